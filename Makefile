@@ -1,0 +1,38 @@
+# One-command entry points. Each target creates the virtual environment it needs (.venv) on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= laptop
+TORCH_VERSION ?= 2.13.0
+# CPU wheels by default; set TORCH_INDEX=https://pypi.org/simple for the CUDA build on a GPU machine.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install test reproduce smoke bench clean-notebooks lab
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --retries 0 --timeout 15 --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)" \
+	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name pocl --display-name "pocl (.venv)" >/dev/null
+	$(BIN)/python -m pocl_utils.data fetch-gpt2-ranks --out data/cache/gpt2.tiktoken
+	touch $@
+
+install: $(BIN)/.installed
+
+## The main job: the whole collection on the `laptop` profile (executed notebooks -> runs/, figures -> figures/).
+reproduce: install
+	$(BIN)/pocl-reproduce --profile $(PROFILE)
+
+## The test suite (includes executing every notebook on the `smoke` profile).
+test: install
+	$(BIN)/python -m pytest -q tests
+
+smoke: install
+	$(BIN)/pocl-reproduce --profile smoke
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+lab: install
+	$(BIN)/jupyter lab notebooks/

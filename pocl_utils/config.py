@@ -1,0 +1,267 @@
+"""Profiles (smoke, classroom, laptop, real-lite, gpu, paper) and the spec of one KD run, with strict validation.
+
+A profile fixes everything a notebook needs except the run grid: data, model sizes, training budgets, evaluation
+protocol. Overrides are strict as in nanoGPT's configurator: an unknown key or a value of the wrong type raises.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A causal LM: built from a small config (`arch` gpt2/llama) or loaded (`arch` hub: name_or_path, optional gguf_file)."""
+
+    arch: str = "gpt2"  # gpt2 | llama | hub
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 2
+    name_or_path: str = ""  # hub id or local dir, arch == "hub" only
+    gguf_file: str = ""  # GGUF file inside name_or_path (loaded dequantized to fp32)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimizer budget. `epochs` counts passes over the full training set of a baseline run."""
+
+    lr: float = 1e-3
+    batch_size: int = 32
+    epochs: float = 1.0
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a run of the collection needs apart from the grid of KD runs."""
+
+    name: str
+    data: str = "world"  # world (generated) | real (MiniLLM-processed files in the data dir)
+    world: str = "laptop"  # WorldConfig preset, data == "world"
+    vocab_size: int = 512  # world tokenizer size
+    teacher: ModelSpec = ModelSpec(n_layer=4, n_embd=256, n_head=4)
+    student: ModelSpec = ModelSpec(n_layer=2, n_embd=64, n_head=2)
+    max_len: int = 64  # prompt + response tokens
+    max_prompt_len: int = 48  # longer prompts are dropped (MiniLLM drops > 256 GPT-2 tokens)
+    max_new_tokens: int = 24  # generation budget for ranking, SeqKD, GKD and evaluation
+    teacher_sft: TrainSpec = TrainSpec(lr=2e-3, batch_size=32, epochs=8)
+    student_pretrain_steps: int = 200  # plain-LM pre-training of the student on world text
+    kd: TrainSpec = TrainSpec(lr=2e-3, batch_size=32, epochs=4)
+    n_subsets: int = 4
+    rrf_k: int = 60
+    n_seeds: int = 3  # training seeds per configuration
+    eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)  # sampling seeds (A.2.3)
+    eval_max_examples: int = 0  # per eval set; 0 = all
+    valid_max_examples: int = 64  # validation subset for checkpoint selection
+    valid_checks: int = 4  # validation points per run (stage ends for POCL)
+    rank_max_examples: int = 0  # real data: rank a seeded subset; 0 = all
+    gkd_lambda: float = 0.5  # fraction of on-policy batches with student-generated outputs
+    workers: int = 2  # parallel worker processes for the grid (1 thread each)
+    lr_grid: tuple[float, ...] = ()  # paper: {5e-4, 1e-4, 5e-5}; empty = use kd.lr
+    batch_grid: tuple[int, ...] = ()  # paper: {8, 16}
+    grid: str = "full"  # full | table1 | minimal
+    seed: int = 0  # world, tokenizer, teacher and ranking seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _profiles() -> dict[str, Profile]:
+    smoke = Profile(
+        name="smoke", world="smoke", vocab_size=384, teacher=ModelSpec(n_layer=1, n_embd=32, n_head=2),
+        student=ModelSpec(n_layer=1, n_embd=16, n_head=2), max_new_tokens=8,
+        teacher_sft=TrainSpec(lr=3e-3, batch_size=16, epochs=1), student_pretrain_steps=4,
+        kd=TrainSpec(lr=3e-3, batch_size=16, epochs=1), n_seeds=1, eval_seeds=(10, 20), eval_max_examples=8,
+        valid_max_examples=8, valid_checks=2, workers=1, grid="minimal")
+    laptop = Profile(name="laptop")
+    classroom = replace(laptop, name="classroom", world="classroom", teacher_sft=TrainSpec(lr=2e-3, batch_size=32, epochs=6),
+                        kd=TrainSpec(lr=2e-3, batch_size=32, epochs=3), n_seeds=2, eval_seeds=(10, 20, 30),
+                        eval_max_examples=48, grid="table1")
+    gpu = replace(laptop, name="gpu", world="gpu", vocab_size=1024, teacher=ModelSpec(n_layer=8, n_embd=512, n_head=8),
+                  student=ModelSpec(n_layer=4, n_embd=128, n_head=4), max_len=96, max_prompt_len=64, max_new_tokens=32,
+                  teacher_sft=TrainSpec(lr=1e-3, batch_size=64, epochs=10), student_pretrain_steps=1000,
+                  kd=TrainSpec(lr=1e-3, batch_size=64, epochs=8), n_seeds=5, workers=1)
+    smol = ModelSpec(arch="hub", name_or_path="smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    real_lite = Profile(
+        name="real-lite", data="real", teacher=smol, student=ModelSpec(arch="llama", n_layer=2, n_embd=64, n_head=2),
+        max_len=320, max_prompt_len=256, max_new_tokens=64, teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=1),
+        kd=TrainSpec(lr=5e-4, batch_size=8, epochs=1), n_seeds=1, eval_max_examples=50, rank_max_examples=64,
+        workers=1, grid="minimal")
+    paper = Profile(
+        name="paper", data="real", teacher=ModelSpec(arch="hub", name_or_path="gpt2-xl"),
+        student=ModelSpec(arch="hub", name_or_path="gpt2"), max_len=512, max_prompt_len=256, max_new_tokens=256,
+        teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=10), student_pretrain_steps=0,
+        kd=TrainSpec(lr=5e-4, batch_size=8, epochs=20, warmup_frac=0.0), n_seeds=1, valid_max_examples=1000,
+        valid_checks=20, workers=1, lr_grid=(5e-4, 1e-4, 5e-5), batch_grid=(8, 16))
+    return {p.name: p for p in (smoke, classroom, laptop, real_lite, gpu, paper)}
+
+
+PROFILES: dict[str, Profile] = _profiles()
+PAPER_OPT = replace(PROFILES["paper"], name="paper-opt", teacher=ModelSpec(arch="hub", name_or_path="facebook/opt-2.7b"),
+                    student=ModelSpec(arch="hub", name_or_path="facebook/opt-350m"))
+PROFILES[PAPER_OPT.name] = PAPER_OPT
+DEFAULT_PROFILE = "laptop"
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Check an override against the type of the current value (tuples accept lists; floats accept ints)."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        if not isinstance(value, bool) or not isinstance(current, bool):
+            raise ConfigError(f"{key}: expected {type(current).__name__}, got {value!r}")
+        return value
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if not isinstance(value, type(current)):
+        raise ConfigError(f"{key}: expected {type(current).__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def override(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of a frozen dataclass with dotted-key overrides applied ("kd.lr": 1e-3); unknown keys raise."""
+    names = {f.name for f in fields(obj)}
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise ConfigError(f"unknown key {prefix + head!r}; valid keys: {', '.join(sorted(names))}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(getattr(obj, head)) and isinstance(value, dict):
+            nested.setdefault(head, {}).update(value)
+        else:
+            flat[head] = _coerce(prefix + head, value, getattr(obj, head))
+    for head, sub in nested.items():
+        flat[head] = override(getattr(obj, head), sub, prefix=f"{prefix}{head}.")
+    return replace(obj, **flat)
+
+
+def validate_profile(p: Profile) -> Profile:
+    """Range checks that the type system cannot express."""
+    checks = [
+        (p.data in ("world", "real"), "data", "must be 'world' or 'real'"),
+        (p.n_subsets >= 1, "n_subsets", "must be >= 1"),
+        (p.rrf_k > 0, "rrf_k", "must be > 0"),
+        (p.n_seeds >= 1, "n_seeds", "must be >= 1"),
+        (len(p.eval_seeds) >= 1, "eval_seeds", "must name at least one seed"),
+        (0.0 <= p.gkd_lambda <= 1.0, "gkd_lambda", "must be in [0, 1]"),
+        (p.workers >= 1, "workers", "must be >= 1"),
+        (0 < p.max_prompt_len < p.max_len, "max_prompt_len", "must be in (0, max_len)"),
+        (p.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
+        (p.grid in ("full", "table1", "minimal"), "grid", "must be full, table1 or minimal"),
+    ]
+    for spec_name in ("teacher_sft", "kd"):
+        t: TrainSpec = getattr(p, spec_name)
+        checks += [(t.lr > 0, f"{spec_name}.lr", "must be > 0"), (t.batch_size >= 1, f"{spec_name}.batch_size", "must be >= 1"),
+                   (t.epochs > 0, f"{spec_name}.epochs", "must be > 0")]
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"profile {p.name!r}: {key} {why}")
+    return p
+
+
+def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> Profile:
+    """Resolve a profile by name, apply strict overrides and validate."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+    return validate_profile(override(PROFILES[name], overrides or {}))
+
+
+# ---- one KD run -------------------------------------------------------------------------------------------------
+
+METHODS = ("SFT", "SeqKD", "GKD", "KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
+DIVERGENCE_OF = {"GKD": "jsd", "KLD": "fkl", "RKL": "rkl", "JSD": "jsd", "TVD": "tvd", "SKL": "skl", "SRKL": "srkl"}
+RANKINGS = ("fusion", "rouge_l", "ce")
+ORDERS = ("easy_to_hard", "hard_to_easy", "random")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid: a method, with or without POCL, and its curriculum settings.
+
+    Without POCL, tau and alpha stay at their start values for the whole run (no schedule), which is also what the
+    adaptive-parameter ablation (Tables 3, 6) means by "w/o temp." and "w/o ratio".
+    """
+
+    method: str  # one of METHODS
+    pocl: bool = False
+    ranking: str = "fusion"  # difficulty measurer: fusion | rouge_l | ce (Tables 2, 5)
+    order: str = "easy_to_hard"  # Table 7
+    n_subsets: int = 4
+    tau: tuple[float, float] = (1.0, 2.0)  # (tau_0, tau_n), Eq. 3; Table 8
+    alpha: tuple[float, float] = (0.3, 0.0)  # (alpha_0, alpha_n), Eq. 4; Table 9
+    seed: int = 0
+    variant: str = ""  # the paper's row label, e.g. "+POCL (R-L)"; derived when empty
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        validate_run(self)
+
+    @property
+    def on_policy(self) -> bool:
+        return self.method == "GKD"
+
+    @property
+    def divergence(self) -> str | None:
+        return DIVERGENCE_OF.get(self.method)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.variant or ('+POCL' if self.pocl else 'baseline')}"
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the run's result (the display label does not)."""
+        d = dataclasses.asdict(self)
+        d.pop("variant")
+        d.pop("extra")
+        return d
+
+
+def validate_run(r: RunSpec) -> None:
+    """Raise ConfigError naming the field of an invalid run spec."""
+    if r.method not in METHODS:
+        raise ConfigError(f"method {r.method!r} unknown; valid: {', '.join(METHODS)}")
+    if r.ranking not in RANKINGS:
+        raise ConfigError(f"ranking {r.ranking!r} unknown; valid: {', '.join(RANKINGS)}")
+    if r.order not in ORDERS:
+        raise ConfigError(f"order {r.order!r} unknown; valid: {', '.join(ORDERS)}")
+    if r.n_subsets < 1:
+        raise ConfigError(f"n_subsets must be >= 1, got {r.n_subsets}")
+    if len(r.tau) != 2 or min(r.tau) <= 0:
+        raise ConfigError(f"tau must be two values > 0, got {r.tau}")
+    if len(r.alpha) != 2 or not all(0.0 <= a <= 1.0 for a in r.alpha):
+        raise ConfigError(f"alpha must be two values in [0, 1], got {r.alpha}")
+    if r.pocl and r.method in ("SFT", "SeqKD"):
+        raise ConfigError(f"POCL applies to the KD methods, not {r.method}")
+
+
+def baseline(method: str, seed: int = 0) -> RunSpec:
+    """The paper's baseline row: no curriculum, tau = 1, alpha = 0.3 off-policy (0 on-policy, 1 for SFT/SeqKD)."""
+    alpha = {"SFT": 1.0, "SeqKD": 1.0, "GKD": 0.0}.get(method, 0.3)
+    return RunSpec(method, tau=(1.0, 1.0), alpha=(alpha, alpha), seed=seed, variant="baseline")
+
+
+def pocl(method: str, seed: int = 0, **changes: Any) -> RunSpec:
+    """The paper's default +POCL row: fusion ranking, easy->hard, n=4, tau 1->2, alpha 0.3->0 (0 on-policy)."""
+    alpha = (0.0, 0.0) if method == "GKD" else (0.3, 0.0)
+    base = RunSpec(method, pocl=True, alpha=alpha, seed=seed, variant="+POCL")
+    return replace(base, **changes)
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of any JSON-able config (dataclasses are converted)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

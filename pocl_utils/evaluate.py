@@ -1,0 +1,89 @@
+"""Evaluation of generated responses.
+
+ROUGE-L comes first: the metric of MiniLLM, DistiLLM and POCL (paper Sec. 5, and the Rouge-L half of the
+difficulty measurer, Eq. 2).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import functools
+from collections.abc import Sequence
+
+# ---------------------------------------------------------------------------
+# ROUGE-L
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    """One shared RougeScorer (building it loads the Porter stemmer)."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
+    """ROUGE-L F-measure x 100 of `prediction`, the max over `references` (a string or a list of them).
+
+    LCS-based F1 on rouge-score's tokens: lower-cased, Porter-stemmed, non-ASCII-alphanumerics dropped
+    (the rouge-score default that MiniLLM/POCL use, so text in other scripts scores 0). In [0, 100].
+    """
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("rouge_l needs at least one reference")
+    for text in [prediction, *refs]:
+        if not isinstance(text, str):
+            raise TypeError(f"rouge_l takes strings, got {type(text).__name__}: {text!r}")
+    scorer = _rouge_scorer()
+    best = max(scorer.score(target=ref, prediction=prediction)["rougeL"].fmeasure for ref in refs)
+    return 100.0 * best
+
+
+def rouge_l_batch(predictions: Sequence[str], references_list: Sequence[str | Sequence[str]]) -> list[float]:
+    """rouge_l for each (prediction, references) pair."""
+    if len(predictions) != len(references_list):
+        raise ValueError(f"{len(predictions)} predictions but {len(references_list)} reference entries")
+    return [rouge_l(p, r) for p, r in zip(predictions, references_list)]
+
+
+# ---- evaluating a model: sampled responses -> ROUGE-L per set (MiniLLM / POCL protocol, A.2.3) -----------------
+
+MINILLM_SAMPLING = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=6)
+
+
+def subset(n: int, max_examples: int, seed: int = 0) -> list[int]:
+    """A seeded subset of positions (all of them when max_examples is 0 or >= n), in their original order."""
+    if not max_examples or max_examples >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=max_examples, replace=False).tolist())
+
+
+def responses(model, tokenizer, encoded: list, *, max_new_tokens: int, seed: int | None = None,
+              batch_size: int = 64, sampling: dict | None = None) -> list[str]:
+    """Decoded responses of `model` to each example's prompt: greedy, or sampled with `sampling` and `seed`."""
+    from .generate import decode, generate
+    outs = generate(model, [e.prompt_ids for e in encoded], eos_id=tokenizer.eos_token_id,
+                    pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, seed=seed,
+                    batch_size=batch_size, keys=[e.index for e in encoded], **(sampling or {}))
+    return decode(tokenizer, outs)
+
+
+def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *, seeds: tuple[int, ...],
+                 max_new_tokens: int, batch_size: int = 64) -> dict:
+    """Mean ROUGE-L of sampled responses for each seed, and their mean and std over seeds (paper: 5 seeds)."""
+    per_seed = {}
+    for seed in seeds:
+        texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, seed=seed,
+                          batch_size=batch_size, sampling=MINILLM_SAMPLING)
+        per_seed[int(seed)] = float(np.mean(rouge_l_batch(texts, references)))
+    values = np.array(list(per_seed.values()))
+    return {"per_seed": per_seed, "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(encoded)}
+
+
+def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
+                 batch_size: int = 64) -> float:
+    """Mean ROUGE-L of greedy responses: the validation score used for checkpoint selection (A.2.2)."""
+    texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return float(np.mean(rouge_l_batch(texts, references)))

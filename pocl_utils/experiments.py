@@ -1,0 +1,99 @@
+"""The run grid of each notebook/table, as lists of RunSpec. Row labels follow the paper's tables
+(`../shared/paper/README.md`), so our results join the paper's numbers on (method, variant)."""
+from __future__ import annotations
+
+from .config import RunSpec, baseline, pocl
+
+OFF_POLICY = ("KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
+KD_METHODS = ("GKD",) + OFF_POLICY
+
+
+def _seeds(n: int) -> range:
+    return range(n)
+
+
+def table1(n_seeds: int, methods: tuple[str, ...] = KD_METHODS) -> list[RunSpec]:
+    """Table 1: SFT, SeqKD, and every KD method with and without POCL."""
+    runs = [baseline(m, s) for s in _seeds(n_seeds) for m in ("SFT", "SeqKD")]
+    for m in methods:
+        runs += [baseline(m, s) for s in _seeds(n_seeds)] + [pocl(m, s) for s in _seeds(n_seeds)]
+    return runs
+
+
+def ranking_ablation(n_seeds: int) -> list[RunSpec]:
+    """Tables 2 and 5: KLD+POCL with ROUGE-L-only, CE-only and fused difficulty ranking."""
+    labels = {"rouge_l": "+POCL (R-L)", "ce": "+POCL (Loss)", "fusion": "+POCL (Fusion)"}
+    return [baseline("KLD", s) for s in _seeds(n_seeds)] + [
+        pocl("KLD", s, ranking=r, variant=v) for r, v in labels.items() for s in _seeds(n_seeds)]
+
+
+def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
+    """Tables 3 and 6: POCL with and without the tau (Eq. 3) and alpha (Eq. 4) schedules, for KLD, JSD and GKD.
+
+    "w/o temp." keeps tau at tau_0 = 1; "w/o ratio" keeps alpha at alpha_0 = 0.3 (GKD has alpha = 0 throughout,
+    so only its temperature can be removed, as in Table 6)."""
+    runs: list[RunSpec] = []
+    for m in ("KLD", "JSD"):
+        runs += [baseline(m, s) for s in _seeds(n_seeds)]
+        for s in _seeds(n_seeds):
+            runs += [pocl(m, s, tau=(1.0, 1.0), alpha=(0.3, 0.3), variant="+POCL (w/o temp. & ratio)"),
+                     pocl(m, s, tau=(1.0, 1.0), variant="+POCL (w/o temp.)"),
+                     pocl(m, s, alpha=(0.3, 0.3), variant="+POCL (w/o ratio)"),
+                     pocl(m, s)]
+    runs += [baseline("GKD", s) for s in _seeds(n_seeds)]
+    runs += [r for s in _seeds(n_seeds) for r in (pocl("GKD", s, tau=(1.0, 1.0), variant="+POCL (w/o temp.)"), pocl("GKD", s))]
+    return runs
+
+
+def order_ablation(n_seeds: int) -> list[RunSpec]:
+    """Table 7 / Fig. 4a: easy->hard vs hard->easy (and random, beyond the paper) for GKD and KLD."""
+    labels = {"easy_to_hard": "+POCL (E2H)", "hard_to_easy": "+POCL (H2E)", "random": "+POCL (random)"}
+    return [spec for m in ("GKD", "KLD") for spec in [baseline(m, s) for s in _seeds(n_seeds)] + [
+        pocl(m, s, order=o, variant=v) for o, v in labels.items() for s in _seeds(n_seeds)]]
+
+
+def temperature_ablation(n_seeds: int) -> list[RunSpec]:
+    """Table 8 / Fig. 4b: tau 1->2 (default) vs 2->1 vs constant 1, for GKD and KLD."""
+    labels = {(1.0, 2.0): "+POCL (temp. 1-2)", (2.0, 1.0): "+POCL (temp. 2-1)", (1.0, 1.0): "+POCL (temp. 1-1)"}
+    return [spec for m in ("GKD", "KLD") for spec in [baseline(m, s) for s in _seeds(n_seeds)] + [
+        pocl(m, s, tau=t, variant=v) for t, v in labels.items() for s in _seeds(n_seeds)]]
+
+
+def ratio_ablation(n_seeds: int) -> list[RunSpec]:
+    """Table 9 / Fig. 4c: alpha 0.3->0 (off-policy default) vs 0->0.3 vs constant, for KLD; and for GKD its default
+    alpha = 0 against the off-policy schedule 0.3->0 (the paper's Table 9 prints GKD rows too, see README A8)."""
+    kld = {(0.3, 0.0): "+POCL (ratio 0.3-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.3): "+POCL (ratio 0.3-0.3)",
+           (0.0, 0.0): "+POCL (ratio 0-0)"}
+    gkd = {(0.0, 0.0): "+POCL (ratio 0-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.0): "+POCL (ratio 0.3-0)"}
+    runs = [baseline("KLD", s) for s in _seeds(n_seeds)] + [pocl("KLD", s, alpha=a, variant=v) for a, v in kld.items() for s in _seeds(n_seeds)]
+    runs += [baseline("GKD", s) for s in _seeds(n_seeds)] + [pocl("GKD", s, alpha=a, variant=v) for a, v in gkd.items() for s in _seeds(n_seeds)]
+    return runs
+
+
+def subsets_ablation(n_seeds: int, ns: tuple[int, ...] = (1, 2, 4, 8)) -> list[RunSpec]:
+    """Beyond the paper: the number of subsets n for KLD+POCL (n = 1 is POCL's schedule without a curriculum)."""
+    return [baseline("KLD", s) for s in _seeds(n_seeds)] + [
+        pocl("KLD", s, n_subsets=n, variant=f"+POCL (n={n})") for n in ns for s in _seeds(n_seeds)]
+
+
+GRIDS = {"table1": table1, "ranking": ranking_ablation, "adaptive": adaptive_ablation, "order": order_ablation,
+         "temperature": temperature_ablation, "ratio": ratio_ablation, "subsets": subsets_ablation}
+
+
+def grid(name: str, n_seeds: int, size: str = "full") -> list[RunSpec]:
+    """The specs of one experiment. size 'minimal' (smoke) keeps one KD method per table to stay within seconds."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRIDS)}")
+    if name == "table1" and size == "minimal":
+        return table1(n_seeds, methods=("GKD", "KLD"))
+    return GRIDS[name](n_seeds)
+
+
+def all_runs(n_seeds: int, size: str = "full") -> list[RunSpec]:
+    """Every distinct run of the collection (identical specs shared between tables appear once)."""
+    names = ["table1"] if size == "table1" else list(GRIDS)
+    seen: dict = {}
+    for name in names:
+        for spec in grid(name, n_seeds, size):
+            seen.setdefault(spec.key().__repr__(), spec)
+    return list(seen.values())

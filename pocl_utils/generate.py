@@ -1,0 +1,267 @@
+"""Batched decoding with a KV cache: greedy or seeded sampling, length-sorted left-padded batches.
+
+Used for the student's greedy outputs in the difficulty measurer (§3.1), for student-generated outputs (SGOs) and for
+evaluation with MiniLLM's test-time settings (temperature 1, top_k 0, top_p 1, no_repeat_ngram_size 6).
+
+Sampling is reproducible and independent of batch composition: the Gumbel noise used to draw token t of sequence
+`key` is a pure integer hash of (seed, key, t, vocabulary id), not a draw from a stateful generator, so the same
+prompt with the same key gives the same tokens whatever batch it sits in, whatever the batch size and on any device
+(up to float round-off in the model's logits, which can change a draw only at an exact probability boundary).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # odd multiplier < 2**27, so a 32-bit value times it stays inside int64
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings. do_sample=False is greedy (argmax); the others then only matter for no_repeat_ngram_size."""
+
+    do_sample: bool = False
+    temperature: float = 1.0  # sampling temperature, > 0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+    no_repeat_ngram_size: int = 0  # 0 = off; counts prompt tokens too, like HF generate
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"generate: temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"generate: top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"generate: top_p must be in (0, 1], got {self.top_p}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"generate: no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# padding and positions
+# ---------------------------------------------------------------------------------------------------------------
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device | str, *, left: bool) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """Pad token lists to one length; returns (ids [B, L], mask [B, L]) with mask 1 on real tokens."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row sees the positions it would see unpadded.
+
+    HF's generate derives them this way; a manual forward must pass them (GPT-2 and Llama default to arange).
+    Pad slots get position 0; they are masked out and never attended to.
+    """
+    return (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """Longest sequence the model's position embeddings allow (GPT-2 n_positions, Llama max_position_embeddings)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd for the block; restores the model's training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# token choice: n-gram ban, top-k / top-p, counter-based Gumbel noise
+# ---------------------------------------------------------------------------------------------------------------
+
+def ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """Set to -inf every token that would complete an n-gram already present in the row's history.
+
+    history [B, L] holds prompt + generated tokens, -1 on pad slots (pads sit on the left only).
+    """
+    if n <= 0 or history.shape[1] < n:
+        return scores
+    windows = history.unfold(1, n, 1)  # [B, W, n], W = L - n + 1
+    tail = history[:, history.shape[1] - n + 1:]  # [B, n-1] the current (n-1)-gram
+    # windows starting on a pad contain a pad; pads are left-aligned so checking the first slot suffices
+    match = (windows[:, :, :-1] == tail[:, None, :]).all(-1) & (windows[:, :, 0] >= 0)  # [B, W]
+    hits = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)  # [B, V]
+    # scatter_add rather than scatter: several windows may ban the same token, and add is order-independent
+    hits.scatter_add_(1, windows[:, :, -1].clamp(min=0), match.long())
+    return scores.masked_fill(hits > 0, float("-inf"))
+
+
+def filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top_k highest scores, then the smallest set of tokens whose probability reaches top_p."""
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)  # [B, V]
+        probs = sorted_scores.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # [B, V] probability of strictly better tokens
+        drop_sorted = mass_before >= top_p  # the best token always stays (mass_before = 0 < top_p)
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # back to vocabulary order
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Bijective 32-bit integer mixer (xorshift-multiply), on int64 tensors holding values in [0, 2**32)."""
+    x = ((x >> 16) ^ x) * _MIX & _MASK32
+    x = ((x >> 16) ^ x) * _MIX & _MASK32
+    return (x >> 16) ^ x
+
+
+def counter_uniform(seed: int, keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+    """Uniform(0, 1) noise [B, V] that is a pure function of (seed, key, step, vocabulary id).
+
+    keys [B] int64 names each sequence (taken mod 2**32). Hashing replaces a random generator so a sequence's draws
+    do not depend on its batch neighbours or on how many draws came before.
+    """
+    seed_h = _mix32(torch.tensor(seed & _MASK32, device=keys.device))
+    row = _mix32(_mix32(seed_h ^ (keys & _MASK32)) ^ (step & _MASK32))  # [B]
+    row2 = _mix32(row ^ 0x9E3779B9)  # [B] second row key, so two rows never share a permuted noise vector
+    vocab = torch.arange(vocab_size, device=keys.device)  # [V]
+    bits = _mix32(_mix32(row[:, None] ^ vocab[None, :]) ^ row2[:, None])  # [B, V] in [0, 2**32)
+    return (bits.double() + 0.5) / 2.0 ** 32  # strictly inside (0, 1)
+
+
+def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Tensor, step: int,
+                    sampling: Sampling) -> torch.Tensor:
+    """Next token per row [B] from logits [B, V]: n-gram ban, then argmax, or temperature/top-k/top-p + Gumbel-max.
+
+    Gumbel-max: argmax_v (s_v + g_v), g_v = -log(-log u_v), u_v ~ U(0, 1), is a draw from softmax(s).
+    """
+    scores = ban_repeated_ngrams(logits.float(), history, sampling.no_repeat_ngram_size)  # [B, V]
+    if not sampling.do_sample:
+        return scores.argmax(-1)
+    scores = filter_top_k_top_p(scores / sampling.temperature, sampling.top_k, sampling.top_p)
+    u = counter_uniform(sampling.seed, keys, step, scores.shape[-1])  # [B, V] float64
+    gumbel = -torch.log(-torch.log(u))
+    return (scores.double() + gumbel).argmax(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the decoding loop
+# ---------------------------------------------------------------------------------------------------------------
+
+def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[object, torch.Tensor]:
+    """One forward over left-padded prompts ids [B, P]; returns (KV cache, logits for the next token [B, V])."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
+                logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1]
+
+
+def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.Tensor, mask: torch.Tensor,
+                      history: torch.Tensor, keys: torch.Tensor, *, eos_id: int, pad_id: int,
+                      max_new_tokens: int, sampling: Sampling) -> list[list[int]]:
+    """Continue B left-padded sequences from their cache; returns new tokens per row, cut at (excluding) EOS.
+
+    cache holds exactly the prompt keys/values (length P = mask.shape[1]), next_logits [B, V] predicts the first
+    new token, history [B, P] the prompt with -1 on pads. Finished rows are dropped from the batch (and cache) so
+    a long straggler does not drag the finished rows through every step.
+    """
+    device = next_logits.device
+    out = torch.full((next_logits.shape[0], max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, T]
+    rows = torch.arange(next_logits.shape[0], device=device)  # [b] original row of each live row
+    next_pos = mask.sum(-1)  # [b] position of the first new token
+    for step in range(max_new_tokens):
+        token = pick_next_token(next_logits, history, keys, step, sampling)  # [b]
+        out[rows, step] = token
+        if step == max_new_tokens - 1:
+            break
+        done = token == eos_id  # [b]
+        if bool(done.any()):  # the one host sync per step, needed to stop early
+            live = (~done).nonzero().squeeze(1)  # [b']
+            if live.numel() == 0:
+                break
+            cache.batch_select_indices(live)
+            rows, mask, next_pos, history, keys, token = (
+                t[live] for t in (rows, mask, next_pos, history, keys, token))
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [b, P + step + 1]
+        history = torch.cat([history, token[:, None]], dim=1)
+        step_out = model(input_ids=token[:, None], attention_mask=mask, position_ids=(next_pos + step)[:, None],
+                         past_key_values=cache, use_cache=True)
+        next_logits = step_out.logits[:, -1]  # [b, V]
+    return cut_at_eos(out.tolist(), eos_id)
+
+
+def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
+    """Drop the first EOS and everything after it."""
+    return [s[:s.index(eos_id)] if eos_id in s else s for s in seqs]
+
+
+def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, limit: int | None) -> None:
+    """Clear errors for empty prompts and prompts too long for the model's position embeddings."""
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    for i, prompt in enumerate(prompt_ids):
+        if len(prompt) == 0:
+            raise ValueError(f"generate: prompt_ids[{i}] is empty; a prompt needs at least one token")
+        # the last new token is never fed back, so the model sees len(prompt) + max_new_tokens - 1 positions
+        if limit is not None and len(prompt) + max_new_tokens - 1 > limit:
+            raise ValueError(f"generate: prompt_ids[{i}] has {len(prompt)} tokens; with max_new_tokens="
+                             f"{max_new_tokens} it exceeds the model's {limit} positions")
+
+
+def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int, pad_id: int | None,
+             max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             no_repeat_ngram_size: int = 0, seed: int | None = None, batch_size: int = 32,
+             keys: list[int] | None = None) -> list[list[int]]:
+    """Continue each prompt; returns only the new tokens, cut at (excluding) EOS, in the input order.
+
+    Prompts are sorted by length into batches of batch_size and left-padded. keys name the sequences for the
+    sampling noise (default: position in prompt_ids; pass dataset indices to make a sample's draw independent of
+    which other prompts are in the call). seed=None with do_sample draws a seed from torch's global generator.
+    """
+    pad_id = eos_id if pad_id is None else pad_id  # GPT-2 tokenizers have no pad token; pads are masked anyway
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()).item()) if do_sample else 0
+    sampling = Sampling(do_sample, temperature, top_k, top_p, no_repeat_ngram_size, seed)
+    check_prompts(prompt_ids, max_new_tokens, max_positions(model))
+    if keys is not None and len(keys) != len(prompt_ids):
+        raise ValueError(f"generate: {len(keys)} keys for {len(prompt_ids)} prompts")
+    if max_new_tokens == 0:
+        return [[] for _ in prompt_ids]
+    keys = list(range(len(prompt_ids))) if keys is None else keys
+    device = model_device(model)
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    results: list[list[int]] = [[] for _ in prompt_ids]
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask = pad_batch([prompt_ids[i] for i in batch], pad_id, device, left=True)  # [B, P]
+            cache, next_logits = prefill(model, ids, mask)
+            batch_keys = torch.tensor([keys[i] for i in batch], dtype=torch.long, device=device)  # [B]
+            new = decode_from_cache(model, cache, next_logits, mask, ids.masked_fill(mask == 0, -1), batch_keys,
+                                    eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens, sampling=sampling)
+            for i, tokens in zip(batch, new):
+                results[i] = tokens
+    return results
+
+
+def decode(tokenizer, ids_list: list[list[int]]) -> list[str]:
+    """Token ids to text, special tokens dropped (as MiniLLM decodes responses for ROUGE-L)."""
+    if not ids_list:  # batch_decode([]) returns [""] in transformers 5: it reads [] as one empty sequence
+        return []
+    return tokenizer.batch_decode(ids_list, skip_special_tokens=True)

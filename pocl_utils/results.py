@@ -1,0 +1,171 @@
+"""Run registry and statistics.
+
+Every finished run lives in `<root>/<kind>/<hash>/result.json`, written atomically (temp file + rename) as the
+last step, so a directory without it is unfinished. A re-run with the same config finds it and skips. Concurrent
+batches claim a run with an exclusive lock file, so two processes never train the same run at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so readers see either the old content or the complete new one, never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with '+dirty' if the tree has changes), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class Registry:
+    """Finished artefacts keyed by kind and config hash under one root folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    def run_dir(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def result_path(self, kind: str, key: str) -> Path:
+        return self.run_dir(kind, key) / "result.json"
+
+    def done(self, kind: str, key: str) -> bool:
+        return self.result_path(kind, key).exists()
+
+    def load(self, kind: str, key: str) -> dict[str, Any]:
+        path = self.result_path(kind, key)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:  # cannot happen with atomic writes; say so clearly if it does
+            raise RuntimeError(f"{path}: corrupt result file ({e}); delete it to re-run") from e
+
+    def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
+        """Record a finished run: config, metrics, timings and provenance, written atomically last."""
+        record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
+                  "git_commit": git_commit(), "host": socket.gethostname(), "finished_at": time.time()}
+        atomic_write_json(self.result_path(kind, key), record)
+        return record
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        folder = self.root / kind
+        if not folder.exists():
+            return []
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*/result.json"))]
+
+    @contextmanager
+    def claim(self, kind: str, key: str) -> Iterator[bool]:
+        """Exclusively claim a run; yields False if another live process holds it. Stale claims are taken over."""
+        lock = self.run_dir(kind, key) / "claim.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        got = _try_lock(lock)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.unlink(missing_ok=True)
+
+
+def _try_lock(lock: Path) -> bool:
+    """O_EXCL lock file holding the owner's pid; a lock whose process is gone is stale and removed."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its owner was killed
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- statistics --------------------------------------------------------------------------------------------------
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Student-t quantile (scipy when available)."""
+    from scipy import stats
+    return float(stats.t.ppf(q, df))
+
+
+def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the half-width of its t confidence interval (NaN half-width for a single value)."""
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, len(x)
+    half = t_quantile(len(x) - 1, 0.5 + level / 2) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return m, half, len(x)
+
+
+def paired_diff(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> tuple[float, float, int]:
+    """Mean and CI half-width of b - a over the seeds both have (paired by training seed)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return math.nan, math.nan, 0
+    d = [b[s] - a[s] for s in seeds]
+    m, half, n = mean_ci(d, level)
+    return m, half, n

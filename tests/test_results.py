@@ -1,0 +1,52 @@
+"""Registry: atomic records, skip of finished runs, exclusive claims; statistics."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pocl_utils.results import Registry, atomic_write_json, mean_ci, paired_diff
+
+
+def test_atomic_write_leaves_no_temp(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": np.float32(1.5), "y": (1, 2)})
+    assert (tmp_path / "a.json").read_text().strip().startswith("{")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_registry_roundtrip_and_done(tmp_path):
+    reg = Registry(tmp_path)
+    assert not reg.done("runs", "k1")
+    reg.save("runs", "k1", {"a": 1}, {"m": 2.0}, 1.25)
+    assert reg.done("runs", "k1")
+    rec = reg.load("runs", "k1")
+    assert rec["metrics"] == {"m": 2.0} and rec["wall_s"] == 1.25 and "git_commit" in rec
+    assert [r["key"] for r in reg.all("runs")] == ["k1"]
+
+
+def test_claim_is_exclusive_and_stale_claims_are_taken(tmp_path):
+    reg = Registry(tmp_path)
+    with reg.claim("runs", "k") as first:
+        assert first
+        with reg.claim("runs", "k") as second:
+            assert not second
+    # a lock left by a dead process is stale
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = tmp_path / "runs" / "k" / "claim.lock"
+    lock.write_text(proc.stdout.strip())
+    with reg.claim("runs", "k") as got:
+        assert got
+
+
+def test_mean_ci_hand_worked():
+    m, half, n = mean_ci([1.0, 2.0, 3.0])
+    # t_{0.975, 2} = 4.302652729911275, sd = 1, sqrt(3)
+    assert m == 2.0 and n == 3 and half == pytest.approx(4.302652729911275 / math.sqrt(3))
+    assert math.isnan(mean_ci([5.0])[1])
+
+
+def test_paired_diff_uses_common_seeds():
+    m, half, n = paired_diff({0: 1.0, 1: 2.0, 2: 5.0}, {0: 2.0, 1: 4.0, 3: 9.0})
+    assert n == 2 and m == pytest.approx(1.5)

@@ -1,0 +1,309 @@
+"""The generated instruction world: determinism, correct answers, splits, held-out sets, tokenizer."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+from pocl_utils import data as D
+from pocl_utils import world as W
+from pocl_utils.data import build_prompt
+
+# Independent answers, written from the task descriptions (not from the generator's code).
+REFERENCE = {
+    "copy": lambda a: " ".join(a["words"]),
+    "reverse": lambda a: " ".join(reversed(a["words"])),
+    "sort": lambda a: " ".join(str(x) for x in sorted(a["nums"])),
+    "count": lambda a: str(len(a["words"])),
+    "add": lambda a: str(a["a"] + a["b"]),
+    "sub": lambda a: str(a["a"] - a["b"]),
+    "max": lambda a: str(max(a["nums"])),
+    "lookup": lambda a: str({k: v for k, v in a["pairs"]}[a["key"]]),
+    "kth_word": lambda a: a["words"][a["k"] - 1],
+    "sort_kth": lambda a: str(sorted(a["nums"])[a["k"] - 1]),
+    "lookup_add": lambda a: str(sum({k: v for k, v in a["pairs"]}[a[q]] for q in ("key", "key2"))),
+    "reverse_kth": lambda a: a["words"][len(a["words"]) - a["k"]],
+    "min": lambda a: str(min(a["nums"])),
+    "last_word": lambda a: a["words"][len(a["words"]) - 1],
+    "sum": lambda a: str(sum(a["nums"])),
+    "sort_kth_add": lambda a: str(sorted(a["nums"])[a["k"] - 1] + a["c"]),
+    "lookup_add3": lambda a: str(sum({k: v for k, v in a["pairs"]}[a[q]] for q in ("key", "key2", "key3"))),
+    "sort_reverse": lambda a: " ".join(str(x) for x in sorted(a["nums"])[::-1]),
+}
+DEPTH = {"sort_kth": 2, "lookup_add": 2, "reverse_kth": 2, "sort_reverse": 2, "sort_kth_add": 3, "lookup_add3": 3}
+ORDINAL = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
+
+
+@pytest.fixture(scope="module")
+def laptop():
+    cfg = W.world_config("laptop")
+    return cfg, W.generate_world(cfg)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(laptop):
+    cfg, world = laptop
+    texts = W.pretrain_corpus(cfg, 1000) + [r["prompt"] + r["output"] for r in world["train"]]
+    return W.train_tokenizer(texts, 512)
+
+
+def _items(args: dict) -> int:
+    """How many list items / pairs a row's input holds (0 for arithmetic)."""
+    return len(args.get("words", args.get("nums", args.get("pairs", []))))
+
+
+def _skeleton(instruction: str) -> str:
+    """An instruction with its arguments masked, i.e. its phrasing."""
+    s = re.sub(r"\b[A-Z]=\d\b", "P", instruction)
+    s = re.sub(r"\b\d+\b", "N", s)
+    s = re.sub(r"\b(" + "|".join(W.WORDS + tuple(ORDINAL)) + r")\b", "W", s)
+    return re.sub(r"\b[A-Z]\b", "K", s)
+
+
+# ---- generation -------------------------------------------------------------------------------------------------
+
+
+def test_generation_is_fast_and_sized(laptop):
+    cfg, world = laptop
+    t0 = time.perf_counter()
+    W.generate_world(cfg)
+    assert time.perf_counter() - t0 < 2.0
+    assert list(world) == ["train", "valid", "DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI"]
+    want = {"train": cfg.n_train, "valid": cfg.n_valid, "DollyEval": cfg.n_test, "SelfInst": cfg.n_ood,
+            "VicunaEval": cfg.n_vicuna, "S-NI": cfg.n_ood, "UnNI": cfg.n_ood}
+    assert {r: len(rows) for r, rows in world.items()} == want
+    assert cfg.n_train / cfg.n_valid == pytest.approx(12.5) and cfg.n_valid / cfg.n_test == pytest.approx(2.0)
+
+
+def test_same_seed_same_files_other_seed_differs(tmp_path):
+    cfg = W.world_config("smoke")
+    a = W.write_world(W.generate_world(cfg), tmp_path / "a", cfg=cfg)
+    b = W.write_world(W.generate_world(cfg), tmp_path / "b", cfg=cfg)
+    c = W.write_world(W.generate_world(replace(cfg, seed=1)), tmp_path / "c")
+    for role in W.ROLES:
+        assert a[role].read_bytes() == b[role].read_bytes()
+        assert a[role].read_bytes() != c[role].read_bytes()
+    assert (tmp_path / "a" / W.META_FILE).read_bytes() == (tmp_path / "b" / W.META_FILE).read_bytes()
+    assert not list((tmp_path / "a").glob("*.tmp")) and not list((tmp_path / "a").glob(".*"))
+
+
+def test_every_answer_is_correct(laptop):
+    _, world = laptop
+    for role, rows in world.items():
+        for r in rows:
+            args = r["meta"]["args"]
+            assert r["output"] == REFERENCE[r["family"]](args), (role, r)
+            text = r["instruction"] + "\n" + r["input"]
+            for key in ("words", "nums"):
+                if key in args:  # the args are what the prompt shows
+                    assert " ".join(map(str, args[key])) in text, r
+            if "pairs" in args:
+                assert " ".join(f"{k}={v}" for k, v in args["pairs"]) in text, r
+            for key in ("a", "b", "c", "key", "key2", "key3"):
+                if key in args:
+                    assert re.search(rf"\b{args[key]}\b", text), r
+            if "k" in args:
+                assert re.search(rf"\b({args['k']}|{ORDINAL[args['k'] - 1]})\b", text), r
+
+
+def test_rows_have_the_minillm_layout(laptop):
+    _, world = laptop
+    for role, rows in world.items():
+        assert len({r["id"] for r in rows}) == len(rows)
+        for r in rows:
+            assert r["prompt"] == build_prompt(r["instruction"], r["input"])
+            assert r["topic"] == r["family"] and isinstance(r["input"], str) and r["output"]
+            assert r["difficulty"] == r["level"] + DEPTH.get(r["family"], 1) - 1
+    no_input = [r for r in world["train"] if r["input"] == ""]
+    assert 0.1 < len(no_input) / len(world["train"]) < 0.5  # both templates are exercised
+    assert all("### Input:" not in r["prompt"] for r in no_input)
+
+
+def test_level_is_a_real_difficulty_knob(laptop):
+    _, world = laptop
+    for r in (r for rows in world.values() for r in rows):
+        args, level = r["meta"]["args"], r["level"]
+        if r["family"] in ("add", "sub"):
+            assert len(str(args["a"])) == len(str(args["b"])) == level
+        elif r["family"] == "lookup_add3":
+            assert _items(args) == level + 2
+        else:
+            assert _items(args) == level + 1, r
+
+
+def test_no_prompt_is_shared_between_roles(laptop):
+    _, world = laptop
+    prompts = [r["prompt"] for rows in world.values() for r in rows]
+    assert len(set(prompts)) == len(prompts)
+    train = {r["prompt"] for r in world["train"]}
+    for role in ("valid", *W.EVAL_ROLES):
+        assert not train & {r["prompt"] for r in world[role]}, role
+
+
+def test_held_out_sets(laptop):
+    cfg, world = laptop
+    train_fams = {r["family"] for r in world["train"]}
+    assert len(train_fams) >= 8 and {"sort_kth", "lookup_add", "reverse_kth"} <= train_fams
+    assert {r["family"] for r in world["DollyEval"]} <= train_fams
+    sni = {r["family"] for r in world["S-NI"]}
+    assert len(sni) >= 2 and not sni & train_fams
+    assert not {r["family"] for r in world["VicunaEval"]} & train_fams
+    assert min(DEPTH.get(r["family"], 1) for r in world["VicunaEval"]) >= 2
+    # SelfInst: trained families, but phrasings never seen in training
+    assert {r["family"] for r in world["SelfInst"]} <= train_fams
+    train_skel = {_skeleton(r["instruction"]) for r in world["train"]}
+    self_skel = {_skeleton(r["instruction"]) for r in world["SelfInst"]}
+    assert len(train_skel) >= 4 * len(train_fams) and len(self_skel) >= len(train_fams)  # several phrasings each
+    assert not self_skel & train_skel
+    # UnNI: trained families at levels above the training maximum, with longer inputs
+    assert max(r["level"] for r in world["train"]) == cfg.max_level
+    assert min(r["level"] for r in world["UnNI"]) == cfg.max_level + 1
+    longest = {f: max(_items(r["meta"]["args"]) for r in world["train"] if r["family"] == f) for f in train_fams}
+    for r in world["UnNI"]:
+        assert r["family"] in train_fams
+        assert _items(r["meta"]["args"]) > longest[r["family"]] or r["family"] in ("add", "sub")
+
+
+def test_true_difficulty():
+    rows = [{"difficulty": 3}, {"difficulty": 1.5}]
+    np.testing.assert_array_equal(W.true_difficulty(rows), np.array([3.0, 1.5]))
+    assert W.true_difficulty(rows).dtype == np.float64
+    enc = D.Encoded([1], [2], meta={"difficulty": 2})
+    np.testing.assert_array_equal(W.true_difficulty([enc]), [2.0])
+    with pytest.raises(KeyError, match="row 1"):
+        W.true_difficulty([{"difficulty": 1}, {"level": 2}])
+
+
+# ---- config -----------------------------------------------------------------------------------------------------
+
+
+def test_config_validation_and_presets():
+    assert W.world_config("laptop") == W.WorldConfig()
+    sizes = [W.world_config(p).n_train for p in ("smoke", "classroom", "laptop", "gpu")]
+    assert sizes == sorted(sizes) and sizes[0] <= 100 and sizes[-1] >= 10000
+    assert W.world_config("smoke", seed=3).seed == 3
+    with pytest.raises(ValueError, match="n_train"):
+        W.WorldConfig(n_train=0)
+    with pytest.raises(TypeError, match="max_level"):
+        W.WorldConfig(max_level=2.0)
+    with pytest.raises(ValueError, match="max_level"):
+        W.WorldConfig(max_level=9, ood_extra_levels=2)
+    with pytest.raises(ValueError, match="laptop"):
+        W.world_config("tiny")
+    with pytest.raises(ValueError, match="n_trian"):
+        W.world_config("smoke", n_trian=3)
+
+
+# ---- files ------------------------------------------------------------------------------------------------------
+
+
+def test_load_or_create_regenerates_only_on_change(tmp_path, monkeypatch):
+    cfg = W.world_config("smoke")
+    calls = []
+    real = W.generate_world
+    monkeypatch.setattr(W, "generate_world", lambda c: calls.append(c) or real(c))
+    paths = W.load_or_create_world(cfg, tmp_path)
+    meta = json.loads((tmp_path / W.META_FILE).read_text())
+    assert meta["config"] == asdict(cfg) and meta["counts"]["train"] == cfg.n_train
+    assert set(meta["families"]["S-NI"]) == set(W.SNI_FAMILIES)
+    assert W.load_or_create_world(cfg, tmp_path) == paths and len(calls) == 1
+    W.load_or_create_world(replace(cfg, seed=5), tmp_path)
+    assert len(calls) == 2 and json.loads((tmp_path / W.META_FILE).read_text())["config"]["seed"] == 5
+    paths["UnNI"].unlink()  # a missing file also triggers a rebuild
+    W.load_or_create_world(replace(cfg, seed=5), tmp_path)
+    assert len(calls) == 3 and paths["UnNI"].exists()
+
+
+def test_files_load_through_load_instructions(tmp_path):
+    load = getattr(D, "load_instructions", None)
+    if load is None:
+        pytest.skip("pocl_utils.data.load_instructions not written yet")
+    cfg = W.world_config("smoke")
+    world = W.generate_world(cfg)
+    paths = W.write_world(world, tmp_path, cfg=cfg)
+    for role, path in paths.items():
+        records = load(path)
+        assert [r["prompt"] for r in records] == [r["prompt"] for r in world[role]]
+        assert [r["output"] for r in records] == [r["output"] for r in world[role]]
+        assert [r["family"] for r in records] == [r["family"] for r in world[role]]
+        want = [r["level"] + DEPTH.get(r["family"], 1) - 1 for r in world[role]]
+        np.testing.assert_array_equal(W.true_difficulty(records), want)
+
+
+# ---- pre-training text ------------------------------------------------------------------------------------------
+
+
+def test_pretrain_corpus_is_deterministic_and_free_of_eval_prompts(laptop):
+    cfg, world = laptop
+    texts = W.pretrain_corpus(cfg, 3000)
+    assert len(texts) == 3000 and texts == W.pretrain_corpus(cfg, 3000)
+    assert texts != W.pretrain_corpus(replace(cfg, seed=1), 3000)
+    qa = [t for t in texts if "\n" in t]
+    assert 0.4 < len(qa) / len(texts) < 0.6  # pretrain_qa_frac = 0.5
+    assert not any("### Instruction" in t for t in texts)
+    # level-1 only: tiny task spaces, where a careless corpus would repeat eval prompts many times
+    small = W.WorldConfig(n_train=50, n_valid=50, n_test=400, n_ood=10, n_vicuna=5, max_level=1)
+    small_world = W.generate_world(small)
+    held = {(r["instruction"], r["input"]) for role in ("valid", *W.EVAL_ROLES) for r in small_world[role]}
+    qa = [t.split("\n") for t in W.pretrain_corpus(small, 2000) if "\n" in t]
+    assert not [lines for lines in qa if (lines[0], lines[1] if len(lines) == 3 else "") in held]
+    assert {r["instruction"] for r in small_world["train"]} & {lines[0] for lines in qa}  # trained tasks are in
+    framed = W.pretrain_corpus(replace(cfg, pretrain_template=True), 500)
+    eval_prompts = {r["prompt"] for role in W.EVAL_ROLES for r in world[role]}
+    assert sum("### Response:\n" in t for t in framed) > 150
+    framed_prompts = {t.split("### Response:\n")[0] + "### Response:\n" for t in framed if "### Response" in t}
+    assert not framed_prompts & eval_prompts
+
+
+# ---- tokenizer --------------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_and_special_tokens(laptop, tokenizer):
+    _, world = laptop
+    tok = tokenizer
+    assert tok.eos_token == tok.bos_token == tok.pad_token == "<|endoftext|>"
+    assert tok.pad_token_id == tok.eos_token_id is not None
+    assert 300 < len(tok) <= 512
+    texts = [r["prompt"] + r["output"] for rows in world.values() for r in rows]
+    texts += ["  two  spaces\n\nand\ttab 007 é ü 12.5%", "a , b . c n't it ' s ?", "<|endoftext|>", ""]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    for text, x in zip(texts, ids):
+        assert tok.decode(x) == text
+    # the prompt/response boundary is a token boundary: tokenizing apart == tokenizing together
+    r = world["train"][0]
+    assert tok(r["prompt"] + r["output"])["input_ids"] == tok(r["prompt"])["input_ids"] + tok(r["output"])["input_ids"]
+
+
+def test_digits_are_single_tokens(tokenizer):
+    for token in tokenizer.get_vocab():
+        text = tokenizer.convert_tokens_to_string([token])
+        assert not any(c.isdigit() for c in text) or len(text) == 1, token
+    ids = tokenizer("Add 305 and 1789.", add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert [p for p in pieces if p.strip().isdigit()] == list("3051789")
+
+
+def test_template_is_cheap(laptop, tokenizer):
+    _, world = laptop
+    n = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert n(build_prompt("")) == 2 and n(build_prompt("", "x")) == 4  # header, markers and 'x'
+    stats = W.token_stats(world, tokenizer)
+    assert stats["train"]["all"]["prompt_max"] <= 40 and stats["train"]["all"]["response_max"] <= 16
+    assert stats["UnNI"]["all"]["prompt_max"] <= 48 and stats["UnNI"]["all"]["response_max"] <= 24
+    assert stats["train"]["all"]["n"] == len(world["train"])
+    assert set(stats["S-NI"]) == set(W.SNI_FAMILIES) | {"all"}
+
+
+def test_tokenizer_save_and_reload(tmp_path, laptop):
+    from transformers import AutoTokenizer
+    cfg, world = laptop
+    tok = W.train_tokenizer(W.pretrain_corpus(cfg, 300), 384, out_dir=tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    prompt = world["SelfInst"][0]["prompt"]
+    assert again(prompt)["input_ids"] == tok(prompt)["input_ids"] and again.pad_token == "<|endoftext|>"
+    with pytest.raises(ValueError, match="vocab_size"):
+        W.train_tokenizer(["abc"], 100)
