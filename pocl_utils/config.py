@@ -80,7 +80,7 @@ def _profiles() -> dict[str, Profile]:
         name="smoke", world="smoke", vocab_size=384, teacher=ModelSpec(n_layer=1, n_embd=32, n_head=2),
         student=ModelSpec(n_layer=1, n_embd=16, n_head=2), max_new_tokens=8,
         teacher_sft=TrainSpec(lr=3e-3, batch_size=16, epochs=1), student_pretrain_steps=4,
-        kd=TrainSpec(lr=3e-3, batch_size=16, epochs=1), n_seeds=1, eval_seeds=(10, 20), eval_max_examples=8,
+        kd=TrainSpec(lr=3e-3, batch_size=16, epochs=2), n_seeds=1, eval_seeds=(10, 20), eval_max_examples=8,
         valid_max_examples=8, valid_checks=2, workers=1, grid="minimal")
     laptop = Profile(name="laptop")
     classroom = replace(laptop, name="classroom", world="classroom", teacher_sft=TrainSpec(lr=2e-3, batch_size=32, epochs=6),

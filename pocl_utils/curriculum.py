@@ -70,12 +70,17 @@ def split_steps(total_steps: int, stage_sizes: list[int]) -> list[int]:
     With equal epochs per stage this reproduces the paper's budget: 20 baseline epochs = 8 epochs on each of the
     stages of sizes N/4, N/2, 3N/4, N (A.2.2), so baseline and POCL take the same number of optimizer steps.
     """
+    if total_steps < len(stage_sizes):
+        raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower n_subsets")
     sizes = np.asarray(stage_sizes, dtype=float)
     raw = total_steps * sizes / sizes.sum()
     steps = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - steps), kind="stable")[: total_steps - steps.sum()]:
         steps[i] += 1  # largest remainders first
-    return [max(int(s), 1) for s in steps]
+    while (steps == 0).any():  # every stage trains at least once; the largest stage pays, so the sum stays exact
+        steps[np.argmax(steps)] -= 1
+        steps[np.argmin(steps)] += 1
+    return [int(s) for s in steps]
 
 
 def plan_stages(easy_first: np.ndarray, *, n_subsets: int, total_steps: int, tau: tuple[float, float],

@@ -201,7 +201,7 @@ def _score_batch(model: torch.nn.Module, batch: list[Encoded], *, eos_id: int, p
     response, response_mask = pad_batch([e.response_ids for e in batch], pad_id, device, left=False)  # [B, R]
     # every prompt ends at column P-1, so the response columns line up across rows
     ids, mask = torch.cat([prompt, response], 1), torch.cat([prompt_mask, response_mask], 1)  # [B, P + R]
-    n_prompt, n_resp = prompt.shape[1], response.shape[1]
+    n_resp = response.shape[1]
     # keep logits for columns P-1 .. P+R-1 only: column P-1+j predicts response token j
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                 logits_to_keep=n_resp + 1)

@@ -4,6 +4,13 @@ Every divergence compares the temperature-softened teacher distribution p_tau = 
 with the student's q_tau = softmax(student_logits / tau) (Eq. 8-9), is scaled by tau**2 (Eq. 7) and averaged over
 the selected tokens: sum / clamp_min(count, 1), so a fully masked batch gives a finite 0.
 
+Deviations from the printed paper (all typos or conventions, commented where they happen):
+- Eq. 7 prints L_kd = -tau^2 * sum_i D(...); a divergence is minimised, so the sign here is +.
+- Eq. 7 sums over tokens; we average over selected tokens (as MiniLLM/DistiLLM code does) so the loss scale
+  does not depend on response length or batch size.
+- Eq. 12 (RKL) and the student term of Eq. 13 (JSD) print an expectation under p; the definitions (and GKD)
+  take it under q, which is what is implemented.
+
 Three implementations of the same number:
 - `divergence_naive`: plain autograd over full log-softmax tensors; the test oracle.
 - `divergence`: row chunks inside a custom autograd Function; the gradient w.r.t. the student logits is worked
@@ -99,7 +106,8 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).clamp_min(LOG_FLOOR)
+    out = torch.log_softmax(logits, dim=-1)
+    return out.clamp_min(LOG_FLOOR) if out.requires_grad else out.clamp_min_(LOG_FLOOR)  # in place when no graph
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -118,10 +126,11 @@ def token_divergence(
     """Per-token D(p || q) for log-probs [N, V] (logq = student, logp = teacher) -> [N]; no tau**2, no mask.
 
     Appendix A.2.4 (p = teacher, q = student, beta in [0, 1]):
-      fkl  KL(p || q) = sum p (log p - log q)                              (Eq. 10)
-      rkl  KL(q || p)                                                      (Eq. 11)
-      jsd  beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (Eq. 12, GKD's generalized JSD;
-           beta = 0 gives KL(p || q) and beta = 1 gives KL(q || p), the GKD/TRL limits, not the literal 0)
+      fkl  KL(p || q) = sum p (log p - log q)                              (Eq. 11)
+      rkl  KL(q || p) = sum q (log q - log p)                              (Eq. 12; the paper prints E_p, a typo)
+      jsd  beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (Eq. 13 at beta = 0.5; GKD's
+           generalized JSD; beta = 0 gives KL(p || q) and beta = 1 gives KL(q || p), the GKD/TRL limits,
+           where the literal formula would be identically 0)
       tvd  0.5 sum |p - q|                                                 (Eq. 14)
       skl  KL(p || beta p + (1 - beta) q)                                  (Eq. 15)
       srkl KL(q || (1 - beta) p + beta q)                                  (Eq. 16)
@@ -257,41 +266,49 @@ def _put(out: torch.Tensor, idx, values: torch.Tensor) -> None:
         out.index_copy_(0, idx, values.to(out.dtype))
 
 
+def _scale_saved(grad: torch.Tensor | None, grad_output: torch.Tensor) -> torch.Tensor | None:
+    """grad * grad_output, in place when grad_output != 1 (saves an input-sized copy).
+
+    grad is a saved tensor, so an in-place change bumps its version and a repeated backward through a
+    retained graph raises PyTorch's "modified by an inplace operation" error instead of returning wrong values;
+    with grad_output == 1 nothing is modified and repeated backward works.
+    """
+    if grad is None or torch.equal(grad_output, torch.ones_like(grad_output)):
+        return grad
+    return grad.mul_(grad_output.to(grad.dtype))
+
+
 class _ChunkedDivergence(torch.autograd.Function):
     """Loss over selected rows of [N, V] logits, one row chunk at a time.
 
-    forward keeps nothing but the inputs (autograd holds them anyway); backward recomputes each chunk's
-    log-probs and writes its hand-derived gradient into a fresh [N, V] tensor. Storing the gradient during
-    forward instead would be a little faster but keeps a logits-sized tensor alive between the passes
-    (next to whatever else the caller builds, e.g. the CE term) and would break repeated backward.
+    forward computes each chunk's value and hand-derived gradient together (one pass over the data, as Liger
+    does) and saves only the [N, V] gradient; backward just scales it. Recomputing in backward instead would
+    cost a second pass for the same peak (the gradient has to exist at backward time either way).
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, rows, kind, temperature, beta, chunk_size):
-        ctx.save_for_backward(student, teacher, rows)
-        ctx.options = (kind, temperature, beta, chunk_size)
+    def forward(ctx, student, teacher, rows, kind, temperature, beta, chunk_size, need_grad):
         count = student.shape[0] if rows is None else rows.numel()
+        # rows never visited must read 0; when every row is visited, skip the memset
+        grad = (torch.empty_like(student) if rows is None else torch.zeros_like(student)) if need_grad else None  # [N, V]
+        grad_scale = temperature / max(count, 1)  # d(tau^2 * D / count) / d logits = tau * dD/ds / count, s = logits / tau
         total = torch.zeros((), dtype=torch.float64, device=student.device)
         for idx in _row_chunks(rows, student.shape[0], chunk_size):
             logq = log_probs(_take(student, idx), temperature)  # [n, V]
             logp = log_probs(_take(teacher, idx), temperature)  # [n, V]
-            total += token_divergence(logq, logp, kind, beta).sum()
+            if grad is None:
+                total += token_divergence(logq, logp, kind, beta).sum()
+                continue
+            value, chunk_grad = _value_and_grad(logq, logp, kind, beta)
+            total += value.sum()
+            _put(grad, idx, chunk_grad.mul_(grad_scale))
+        ctx.save_for_backward(grad)
         return (total * (temperature**2 / max(count, 1))).to(torch.promote_types(student.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad_output):
-        student, teacher, rows = ctx.saved_tensors
-        kind, temperature, beta, chunk_size = ctx.options
-        count = student.shape[0] if rows is None else rows.numel()
-        # d(tau^2 * D / count) / d logits = tau * dD/ds / count, with s = logits / tau
-        scale = grad_output * (temperature / max(count, 1))  # 0-d
-        grad = torch.empty_like(student) if rows is None else torch.zeros_like(student)  # [N, V]; unvisited rows read 0
-        for idx in _row_chunks(rows, student.shape[0], chunk_size):
-            logq = log_probs(_take(student, idx), temperature)  # [n, V]
-            logp = log_probs(_take(teacher, idx), temperature)  # [n, V]
-            _, chunk_grad = _value_and_grad(logq, logp, kind, beta)
-            _put(grad, idx, chunk_grad.mul_(scale))
-        return grad, None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return _scale_saved(grad, grad_output), None, None, None, None, None, None, None
 
 
 def divergence(
@@ -304,14 +321,15 @@ def divergence(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Mean over selected tokens of tau**2 * D(p_tau || q_tau) (Eq. 7-9), computed in row chunks.
+    """Mean over selected tokens of tau**2 * D(p_tau || q_tau) (Eq. 7-9; mean, not the paper's sum), in row chunks.
 
     student_logits, teacher_logits: [B, T, V] (any [..., V]); mask: [B, T] bool or 0/1 (None = all count).
     kind: one of KINDS (see `token_divergence`); beta: mixing weight in [0, 1], default 0.5 for jsd and 0.1
     for skl/srkl, ignored by fkl/rkl/tvd. chunk_size: rows per chunk (None = about CHUNK_ELEMENTS / V).
-    Only selected rows are computed. forward keeps no [N, V] temporaries; backward recomputes chunk by chunk
-    and writes the hand-derived gradient (student only, the teacher is detached), so the extra memory is the
-    student-sized gradient plus a few chunk-sized temporaries. Returns a 0-d fp32 tensor (fp64 for fp64 input).
+    Only selected rows are computed. The hand-derived gradient (student only, the teacher is detached) is
+    computed chunk by chunk during forward and saved, so the extra memory is the student-sized gradient plus a
+    few chunk-sized temporaries. Returns a 0-d fp32 tensor (fp64 for fp64 input). A retained graph can be
+    backpropagated again only when the loss's incoming gradient is 1 (else PyTorch raises an in-place error).
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -320,7 +338,8 @@ def divergence(
     rows = _selected_rows(_flat_mask(mask, student_logits.shape[:-1]))  # [K] or None
     student = student_logits.reshape(-1, vocab)  # [N, V], a view for contiguous input
     teacher = teacher_logits.detach().reshape(-1, vocab)  # [N, V]
-    return _ChunkedDivergence.apply(student, teacher, rows, kind, temperature, beta, chunk_size)
+    need_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    return _ChunkedDivergence.apply(student, teacher, rows, kind, temperature, beta, chunk_size, need_grad)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -347,7 +366,7 @@ def _fold_chunk_grad(grads, idx, chunk_grad: torch.Tensor, hidden_c: torch.Tenso
     if grad_h is not None:
         _put(grad_h, idx, chunk_grad.to(weight.dtype) @ weight)  # [n, H]
     if grad_w is not None:
-        grad_w.copy_(0*grad_w); grad_w.addmm_(chunk_grad.t().to(grad_w.dtype), hidden_c.to(grad_w.dtype))  # [V, H]
+        grad_w.addmm_(chunk_grad.t().to(grad_w.dtype), hidden_c.to(grad_w.dtype))  # [V, H]
     if grad_b is not None:
         grad_b += chunk_grad.sum(0).to(grad_b.dtype)  # [V]
 
@@ -363,7 +382,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
     """Loss of student logits = hidden @ weight^T + bias against a teacher, one row chunk at a time.
 
     The gradients are computed during forward (recomputing them in backward would redo the big matmul) and
-    kept until backward; they are only [N, H] + [V, H] (+ [V]), small next to [N, V].
+    saved for backward; they are only [N, H] + [V, H] (+ [V]), small next to [N, V].
     """
 
     @staticmethod
@@ -382,14 +401,13 @@ class _FusedLinearDivergence(torch.autograd.Function):
             value, chunk_grad = _value_and_grad(logq, logp, kind, beta)
             total += value.sum()
             _fold_chunk_grad(grads, idx, chunk_grad.mul_(grad_scale), hidden_c, weight)
-        if grads is not None:
-            ctx.grads = [None if g is None else g.to(like.dtype) for g, like in zip(grads, (hidden, weight, bias))]
+        grads = grads or [None, None, None]
+        ctx.save_for_backward(*[None if g is None else g.to(like.dtype) for g, like in zip(grads, (hidden, weight, bias))])
         return (total * (temperature**2 / max(count, 1))).to(torch.promote_types(hidden.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad_output):
-        # out of place, so the kept grads stay valid for a repeated backward (retain_graph)
-        scaled = [None if g is None else g * grad_output.to(g.dtype) for g in ctx.grads]
+        scaled = [_scale_saved(g, grad_output) for g in ctx.saved_tensors]
         return (*scaled, None, None, None, None, None, None, None)
 
 
@@ -462,7 +480,7 @@ def kd_objective(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 with Eq. 7).
+    """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 = Eq. 10, with Eq. 7).
 
     labels: [B, T] already aligned with the logits positions (the caller shifts them; label t is the target
     of logits t), -100 = ignore; the same tokens (labels != -100) count in both terms. CE uses temperature 1

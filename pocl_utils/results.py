@@ -93,7 +93,7 @@ class Registry:
         record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
                   "git_commit": git_commit(), "host": socket.gethostname(), "finished_at": time.time()}
         atomic_write_json(self.result_path(kind, key), record)
-        return record
+        return self.load(kind, key)  # the JSON form, identical to what a later skip returns
 
     def all(self, kind: str) -> list[dict[str, Any]]:
         folder = self.root / kind

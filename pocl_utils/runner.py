@@ -207,3 +207,24 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
             for k, (s, _) in enumerate(pool.imap_unordered(_work, todo)):
                 log(f"[grid] {k + 1}/{len(todo)} {s.label} seed {s.seed} ({time.time() - t0:.0f}s)")
     return [ws.registry.load(KIND, run_key(ws, s)) for s in specs if ws.registry.done(KIND, run_key(ws, s))]
+
+
+def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """(spec, record) pairs of the finished runs among `specs`; the spec carries the table's row label."""
+    reg = ws.registry
+    return [(s, reg.load(KIND, run_key(ws, s))) for s in specs if reg.done(KIND, run_key(ws, s))]
+
+
+def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """The teacher's (Table 1's 'Teacher' row) and the untrained student's scores on the eval sets, cached."""
+    from .models import pick_device
+    reg, dev = ws.registry, pick_device()
+    out = {}
+    for name, load in (("Teacher", ws.load_teacher), ("Student (init)", ws.load_student_init)):
+        key = config_hash({"model": name, "prep": prep_keys(ws.profile), "eval": eval_key(ws.profile)})
+        if not reg.done("reference", key):
+            t0 = time.time()
+            metrics = {"eval": evaluate_model(ws, load(dev).eval())}
+            reg.save("reference", key, {"model": name}, metrics, time.time() - t0)
+        out[name] = reg.load("reference", key)
+    return out

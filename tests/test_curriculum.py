@@ -51,6 +51,10 @@ def test_split_steps_equal_budget_like_paper():
     assert split_steps(2000, [25, 50, 75, 100]) == [200, 400, 600, 800]
     steps = split_steps(101, [3, 6, 9, 11])
     assert sum(steps) == 101
+    assert split_steps(4, [16, 32, 48, 64]) == [1, 1, 1, 1]  # few steps: still exact and every stage trains
+    assert split_steps(5, [1, 1, 1, 100]) == [1, 1, 1, 2]
+    with pytest.raises(ValueError, match="cannot cover"):
+        split_steps(3, [1, 2, 3, 4])
 
 
 def test_plan_stages_full():

@@ -92,7 +92,9 @@ def value_and_grad(fn, student, teacher, kind, **kw):
 def test_matches_float64_reference(kind, beta, path):
     s, t = make_logits(3, 5, 17, seed=1)
     mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(2)) > 0.3
-    ref_value, ref_grad = value_and_grad(ref_divergence, s.double(), t.double(), kind, tau=1.7, mask=mask, beta=beta)
+    ref_value, ref_grad = value_and_grad(
+        ref_divergence, s.double(), t.double(), kind, tau=1.7, mask=mask, beta=beta
+    )
     value, grad = value_and_grad(PATHS[path], s, t, kind, temperature=1.7, mask=mask, beta=beta)
     assert value.dtype == torch.float32
     assert abs(value.item() - ref_value.item()) <= 1e-5 * max(1.0, abs(ref_value.item()))
@@ -122,7 +124,8 @@ def test_hand_worked_two_token_vocab():
     for kind, value in expected.items():
         assert divergence(s, t, kind).item() == pytest.approx(value, abs=1e-6)
     # forward KL is F.kl_div(input=log q, target=p): the argument order is the usual trap
-    assert F.kl_div(torch.log_softmax(s, -1), torch.softmax(t, -1), reduction="sum").item() == pytest.approx(fkl, abs=1e-6)
+    kl_div = F.kl_div(torch.log_softmax(s, -1), torch.softmax(t, -1), reduction="sum")
+    assert kl_div.item() == pytest.approx(fkl, abs=1e-6)
     assert fkl != pytest.approx(rkl, abs=1e-3)
 
 
@@ -194,7 +197,9 @@ def test_minus_inf_vocab_entries_drop_out(kind, beta, path):
     s_inf, t_inf = s.clone(), t.clone()
     s_inf[..., dead], t_inf[..., dead] = -math.inf, -math.inf
     value, grad = value_and_grad(PATHS[path], s_inf, t_inf, kind, temperature=1.3, beta=beta)
-    small_value, small_grad = value_and_grad(PATHS[path], s[..., keep], t[..., keep], kind, temperature=1.3, beta=beta)
+    small_value, small_grad = value_and_grad(
+        PATHS[path], s[..., keep], t[..., keep], kind, temperature=1.3, beta=beta
+    )
     assert torch.isfinite(value) and torch.isfinite(grad).all()
     assert value.item() == pytest.approx(small_value.item(), abs=1e-6)
     assert (grad[..., dead] == 0).all()
@@ -247,7 +252,9 @@ def test_fully_masked_batch_is_finite_zero(path):
 # chunked == naive == fused
 
 
-@pytest.mark.parametrize("kind,beta", [("fkl", None), ("rkl", None), ("jsd", 0.3), ("tvd", None), ("skl", None), ("srkl", None)])
+@pytest.mark.parametrize(
+    "kind,beta", [("fkl", None), ("rkl", None), ("jsd", 0.3), ("tvd", None), ("skl", None), ("srkl", None)]
+)
 def test_chunked_equals_naive_for_any_chunk_size(kind, beta):
     s, t = make_logits(3, 7, 33, seed=15)
     mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(16)) > 0.25
@@ -258,7 +265,9 @@ def test_chunked_equals_naive_for_any_chunk_size(kind, beta):
                 ref_value_m, ref_grad_m = value_and_grad(divergence_naive, s, t, kind, temperature=1.5, beta=beta)
             else:
                 ref_value_m, ref_grad_m = ref_value, ref_grad
-            value, grad = value_and_grad(divergence, s, t, kind, temperature=1.5, mask=m, beta=beta, chunk_size=chunk_size)
+            value, grad = value_and_grad(
+                divergence, s, t, kind, temperature=1.5, mask=m, beta=beta, chunk_size=chunk_size
+            )
             assert abs(value.item() - ref_value_m.item()) <= 1e-5 * max(1.0, abs(ref_value_m.item()))
             torch.testing.assert_close(grad, ref_grad_m, atol=1e-6, rtol=1e-5)
 
@@ -293,6 +302,21 @@ def test_fused_equals_plain_lm_head_plus_naive_loss(kind):
                 torch.testing.assert_close(g, rg, atol=1e-5, rtol=1e-5)
 
 
+def test_fused_bf16_close_to_fp32():
+    gen = torch.Generator().manual_seed(23)
+    hidden, weight = torch.randn(16, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    teacher = torch.randn(16, 40, generator=gen)
+    h16, w16 = hidden.bfloat16().requires_grad_(True), weight.bfloat16().requires_grad_(True)
+    value = fused_linear_divergence(h16, w16, teacher.bfloat16(), "jsd", chunk_size=5)
+    value.backward()
+    assert value.dtype == torch.float32 and h16.grad.dtype == w16.grad.dtype == torch.bfloat16
+    h32, w32 = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    ref = naive_linear(h32, w32, None, teacher, "jsd")
+    ref.backward()
+    assert value.item() == pytest.approx(ref.item(), rel=3e-2)
+    torch.testing.assert_close(w16.grad.float(), w32.grad, atol=2e-3, rtol=5e-2)
+
+
 def test_fused_gradcheck_and_repeated_backward():
     gen = torch.Generator().manual_seed(18)
     hidden = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -300,13 +324,19 @@ def test_fused_gradcheck_and_repeated_backward():
     teacher = torch.randn(7, 9, generator=gen, dtype=torch.float64)
     fn = lambda x, w: fused_linear_divergence(x, w, teacher, "srkl", temperature=1.2, chunk_size=3)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (hidden, weight))
-    # a retained graph may be backpropagated twice (grads kept, scaled out of place)
+    # a retained graph can be backpropagated twice when the loss's incoming gradient is 1 ...
     s, t = make_logits(2, 3, 5, seed=19)
     s.requires_grad_(True)
-    loss = 3.0 * divergence(s, t, "jsd")
+    loss = divergence(s, t, "jsd")
     g1 = torch.autograd.grad(loss, s, retain_graph=True)[0]
     g2 = torch.autograd.grad(loss, s)[0]
     torch.testing.assert_close(g1, g2, atol=0, rtol=0)
+    # ... and a scaled one (gradient rescaled in place) refuses loudly instead of returning wrong values
+    scaled = 3.0 * divergence(s, t, "jsd")
+    g3 = torch.autograd.grad(scaled, s, retain_graph=True)[0]
+    torch.testing.assert_close(g3, 3.0 * g1)
+    with pytest.raises(RuntimeError, match="inplace"):
+        torch.autograd.grad(scaled, s)
 
 
 def test_gradient_reaches_student_only():
@@ -317,7 +347,9 @@ def test_gradient_reaches_student_only():
         assert student.grad is not None and teacher.grad is None
     hidden, weight = torch.randn(6, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)
     teacher_hidden, teacher_weight = torch.randn(6, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)
-    fused_linear_divergence(hidden, weight, None, "fkl", teacher_hidden=teacher_hidden, teacher_weight=teacher_weight).backward()
+    fused_linear_divergence(
+        hidden, weight, None, "fkl", teacher_hidden=teacher_hidden, teacher_weight=teacher_weight
+    ).backward()
     assert hidden.grad is not None and weight.grad is not None
     assert teacher_hidden.grad is None and teacher_weight.grad is None
 

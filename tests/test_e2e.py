@@ -1,0 +1,90 @@
+"""A tiny end-to-end run on the smoke profile: rank -> POCL staged KD -> evaluate, through the registry."""
+import numpy as np
+import pytest
+import torch
+
+import pocl_utils.runner as runner
+from pocl_utils.config import baseline, pocl
+from pocl_utils.pipeline import Workspace, prepare
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    torch.set_num_threads(1)
+    return prepare("smoke", runs_root=tmp_path_factory.mktemp("runs"), log=lambda s: None)
+
+
+def _spy_stages(monkeypatch) -> list[set[int]]:
+    """Record the sample positions each stage draws its batches from."""
+    seen: list[set[int]] = []
+    real = runner.epoch_batches
+
+    def spy(indices, batch_size, rng):
+        seen.append(set(np.asarray(indices).tolist()))
+        return real(indices, batch_size, rng)
+
+    monkeypatch.setattr(runner, "epoch_batches", spy)
+    return seen
+
+
+def test_pocl_stages_use_ranked_subsets_and_schedules(ws, monkeypatch):
+    seen = _spy_stages(monkeypatch)
+    spec = pocl("KLD", seed=0)
+    rec = runner.execute(ws, spec, torch.device("cpu"))
+    enc = ws.encoded("train")
+    position = {e.index: k for k, e in enumerate(enc)}
+    easy_first = [position[i] for i in ws.ranking.order("fusion")]
+    n = len(enc)
+    quarter_ends = [len(q) for q in np.array_split(np.arange(n), 4)]
+    expected = [set(easy_first[:sum(quarter_ends[:i + 1])]) for i in range(4)]
+    assert seen == expected  # stage i trains on d_1 ∪ ... ∪ d_i, easiest first
+    stages = rec["metrics"]["train"]["stages"]
+    assert [s["tau"] for s in stages] == pytest.approx([1.0, 4 / 3, 5 / 3, 2.0])
+    assert [s["alpha"] for s in stages] == pytest.approx([0.3, 0.2, 0.1, 0.0])
+    base = runner.execute(ws, baseline("KLD", seed=0), torch.device("cpu"))
+    assert sum(s["steps"] for s in stages) == sum(s["steps"] for s in base["metrics"]["train"]["stages"])
+    for dataset, m in rec["metrics"]["eval"].items():
+        assert set(m["per_seed"]) == {str(s) for s in ws.profile.eval_seeds}
+        assert 0.0 <= m["mean"] <= 100.0
+
+
+def test_registry_skips_finished_runs(ws, monkeypatch):
+    spec = baseline("SFT", seed=0)
+    first = runner.execute(ws, spec, torch.device("cpu"))
+    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert runner.execute(ws, spec, torch.device("cpu")) == first
+    assert runner.run_grid(ws, [spec], log=lambda s: None) == [first]
+
+
+def test_ranking_ablation_changes_the_curriculum(ws):
+    enc = ws.encoded("train")
+    by = {m: runner.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist() for m in ("fusion", "rouge_l", "ce")}
+    assert by["rouge_l"] != by["ce"]
+    h2e = runner.stages_for(ws, pocl("KLD", order="hard_to_easy"), enc)[0].samples.tolist()
+    assert set(h2e).isdisjoint(by["fusion"])
+
+
+def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
+    """Interrupt a POCL run after stage 2, re-run: final metrics equal an uninterrupted run's."""
+    spec = pocl("GKD", seed=3)
+    clean = runner.execute(ws, spec, torch.device("cpu"))
+    other = Workspace(ws.profile, ws.root)
+    monkeypatch.setattr(Workspace, "registry", property(lambda self: __import__("pocl_utils.results").results.Registry(tmp_path)))
+    real = runner.run_steps
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill during stage 3")
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_steps", dying)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(other, spec, torch.device("cpu"))
+    monkeypatch.setattr(runner, "run_steps", real)
+    resumed = runner.execute(other, spec, torch.device("cpu"))
+    assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
+    assert resumed["metrics"]["train"]["stages"] == clean["metrics"]["train"]["stages"]
+    assert resumed["metrics"]["train"]["valid"] == clean["metrics"]["train"]["valid"]
+    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # stage 3 restarted from stage 2's weights
