@@ -6,13 +6,16 @@
 Variants, each run in its own subprocess so that one cannot inherit another's allocator state:
   naive         divergence_naive(student_logits, teacher_logits)        inputs: 2 logits tensors [T, V]
   chunked       divergence(...)                                         same inputs
-  naive_linear  divergence_naive(hidden @ weight^T, teacher_logits)     inputs: hidden [T, H], weight [V, H], teacher logits
+  naive_linear  divergence_naive(hidden @ weight^T, teacher_logits)     inputs: hidden [T, H], weight [V, H],
+                                                                               teacher logits [T, V]
   fused         fused_linear_divergence(hidden, weight, teacher_logits) same inputs
 "Extra peak" is the memory added on top of the inputs, after a warm-up call on 8 tokens (so code pages and
 lazy initialisation are not charged to the variant): on CPU the process's max RSS after the run
 (getrusage) minus its current RSS once the inputs are allocated and filled; on CUDA max_memory_allocated
-minus memory_allocated at the same point. Workers run with MALLOC_MMAP_THRESHOLD_=1 MiB (see MMAP_THRESHOLD).
-The student gradient created by backward counts (every variant
+minus memory_allocated at the same point. glibc's allocator is left at its defaults (what users get):
+tensors above its mmap threshold (at most 32 MiB) go back to the OS when freed, smaller ones (chunk
+temporaries) stay in the heap and count in RSS once. At small sizes heap reuse makes RSS noisy; use the
+default sizes for numbers. The student gradient created by backward counts (every variant
 makes one). Time: median over --reps forward+backward calls, wall clock and process CPU time (the latter is
 steadier on a shared machine). Ratios compare chunked with naive and fused
 with naive_linear (and naive) measured in the same run.
@@ -34,9 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("naive", "chunked", "naive_linear", "fused")
 BASELINE = {"chunked": "naive", "fused": "naive_linear"}  # what each memory-saving variant is compared with
 MB = 2**20
-# glibc otherwise raises its mmap threshold up to 32 MB after frees, so freed 1-32 MB blocks stay resident
-# and RSS ratchets up with heap fragmentation; a fixed threshold makes RSS follow the live tensors
-MMAP_THRESHOLD = 2**20
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -133,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256, help="H of the LM head in the *_linear / fused variants")
     p.add_argument("--kinds", default="fkl,jsd", help="comma-separated divergence kinds")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    p.add_argument("--reps", type=int, default=None, help="timed forward+backward calls per variant (default 3; 2 with --quick)")
+    p.add_argument("--reps", type=int, default=None, help="timed fwd+bwd calls per variant (default 3; 2 with --quick)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -156,7 +156,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def spawn(spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -189,7 +188,8 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{r['kind']:5} {r['variant']:13} {r['extra_peak_MB']:9.0f} {r['extra_peak_x_logits']:8.2f} "
             f"{ratio(f'mem_vs_{base}', '.3f'):>8} {ratio('mem_vs_naive', '.3f'):>9} {r['time_s']:7.2f} "
-            f"{ratio(f'time_vs_{base}', '.2f'):>9} {r['cpu_s']:6.2f} {ratio(f'cpu_vs_{base}', '.2f'):>8} {r['value']:12.6f}"
+            f"{ratio(f'time_vs_{base}', '.2f'):>9} {r['cpu_s']:6.2f} {ratio(f'cpu_vs_{base}', '.2f'):>8} "
+            f"{r['value']:12.6f}"
         )
 
 
@@ -201,7 +201,8 @@ def main(argv=None) -> None:
     import torch
 
     logits_bytes = args.tokens * args.vocab * 4
-    print(f"V={args.vocab} T={args.tokens} H={args.hidden} device={args.device} threads={args.threads} reps={args.reps}; "
+    print(f"V={args.vocab} T={args.tokens} H={args.hidden} device={args.device} threads={args.threads} "
+          f"reps={args.reps}; "
           f"one fp32 logits tensor = {logits_bytes / MB:.0f} MB", flush=True)
     results = []
     for kind in args.kinds.split(","):
@@ -210,15 +211,18 @@ def main(argv=None) -> None:
                         reps=args.reps, device=args.device, threads=args.threads)
             results.append(spawn(spec))
             r = results[-1]
-            print(f"  {kind}/{variant}: {r['extra_peak_bytes'] / MB:.0f} MB, {r['time_s']:.2f} s wall, {r['cpu_s']:.2f} s cpu", flush=True)
+            print(f"  {kind}/{variant}: {r['extra_peak_bytes'] / MB:.0f} MB, {r['time_s']:.2f} s wall, "
+                  f"{r['cpu_s']:.2f} s cpu", flush=True)
     add_ratios(results, logits_bytes)
     print_table(results)
     config = {k: v for k, v in vars(args).items() if k != "worker"}
-    machine = {"malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD)), "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+    machine = {"malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
+               "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
                "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "machine": machine, "logits_bytes": logits_bytes, "results": results}, indent=2))
+    record = {"config": config, "machine": machine, "logits_bytes": logits_bytes, "results": results}
+    out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")
 
 

@@ -82,7 +82,9 @@ def _flat_mask(mask: torch.Tensor | None, lead_shape: torch.Size) -> torch.Tenso
     if mask is None:
         return None
     if mask.shape != lead_shape:
-        raise ValueError(f"losses: mask shape {tuple(mask.shape)} must equal the logits' leading shape {tuple(lead_shape)}")
+        raise ValueError(
+            f"losses: mask shape {tuple(mask.shape)} must equal the logits' leading shape {tuple(lead_shape)}"
+        )
     if mask.dtype != torch.bool:
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("losses: mask must be bool or hold only 0/1 values")
@@ -290,8 +292,9 @@ class _ChunkedDivergence(torch.autograd.Function):
     def forward(ctx, student, teacher, rows, kind, temperature, beta, chunk_size, need_grad):
         count = student.shape[0] if rows is None else rows.numel()
         # rows never visited must read 0; when every row is visited, skip the memset
-        grad = (torch.empty_like(student) if rows is None else torch.zeros_like(student)) if need_grad else None  # [N, V]
-        grad_scale = temperature / max(count, 1)  # d(tau^2 * D / count) / d logits = tau * dD/ds / count, s = logits / tau
+        new_grad = torch.empty_like if rows is None else torch.zeros_like
+        grad = new_grad(student) if need_grad else None  # [N, V]
+        grad_scale = temperature / max(count, 1)  # d(tau^2 D / count) / d logits = tau dD/ds / count, s = logits / tau
         total = torch.zeros((), dtype=torch.float64, device=student.device)
         for idx in _row_chunks(rows, student.shape[0], chunk_size):
             logq = log_probs(_take(student, idx), temperature)  # [n, V]
@@ -402,7 +405,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
             total += value.sum()
             _fold_chunk_grad(grads, idx, chunk_grad.mul_(grad_scale), hidden_c, weight)
         grads = grads or [None, None, None]
-        ctx.save_for_backward(*[None if g is None else g.to(like.dtype) for g, like in zip(grads, (hidden, weight, bias))])
+        ctx.save_for_backward(*[None if g is None else g.to(x.dtype) for g, x in zip(grads, (hidden, weight, bias))])
         return (total * (temperature**2 / max(count, 1))).to(torch.promote_types(hidden.dtype, torch.float32))
 
     @staticmethod
@@ -417,9 +420,12 @@ def _teacher_spec(teacher_logits, teacher_hidden, teacher_weight, teacher_bias, 
         raise ValueError("fused_linear_divergence: pass either teacher_logits or teacher_hidden + teacher_weight")
     if teacher_logits is not None:
         if tuple(teacher_logits.shape) != (n_rows, vocab):
-            raise ValueError(f"fused_linear_divergence: teacher_logits {tuple(teacher_logits.shape)} must be [N={n_rows}, V={vocab}]")
+            raise ValueError(
+                f"fused_linear_divergence: teacher_logits {tuple(teacher_logits.shape)} must be [N={n_rows}, V={vocab}]"
+            )
         return ("logits", teacher_logits.detach())
-    if teacher_hidden.shape[0] != n_rows or teacher_weight.shape[0] != vocab or teacher_hidden.shape[1] != teacher_weight.shape[1]:
+    expected = (n_rows, vocab, teacher_weight.shape[-1])
+    if (teacher_hidden.shape[0], teacher_weight.shape[0], teacher_hidden.shape[-1]) != expected:
         raise ValueError("fused_linear_divergence: teacher_hidden [N, H'] and teacher_weight [V, H'] do not match")
     bias = None if teacher_bias is None else teacher_bias.detach()
     return ("linear", teacher_hidden.detach(), teacher_weight.detach(), bias)
@@ -480,24 +486,33 @@ def kd_objective(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 = Eq. 10, with Eq. 7).
+    """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 = 10, Eq. 7).
 
     labels: [B, T] already aligned with the logits positions (the caller shifts them; label t is the target
-    of logits t), -100 = ignore; the same tokens (labels != -100) count in both terms. CE uses temperature 1
+    of logits t), -100 = ignore; the same tokens (labels != -100) count in both terms. Shift the labels
+    (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]: a sliced, non-contiguous logits
+    tensor is copied whole by the reshape here, the full one is used in place. CE uses temperature 1
     and the mean over counted tokens (0 when none count). Returns (loss, {"ce", "kd"} detached parts).
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"kd_objective: alpha={alpha} must lie in [0, 1]")
     if labels.shape != student_logits.shape[:-1]:
-        raise ValueError(f"kd_objective: labels {tuple(labels.shape)} must equal logits' leading shape {tuple(student_logits.shape[:-1])}")
+        raise ValueError(
+            f"kd_objective: labels {tuple(labels.shape)} must equal the logits' leading shape "
+            f"{tuple(student_logits.shape[:-1])}"
+        )
     mask = labels != IGNORE_INDEX  # [B, T]
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0.0):  # a term weighted 0 needs no graph
         flat_logits = student_logits.reshape(-1, student_logits.shape[-1])  # [N, V]
         compute_dtype = torch.promote_types(flat_logits.dtype, torch.float32)
-        ce_sum = F.cross_entropy(flat_logits.to(compute_dtype), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        ce_sum = F.cross_entropy(
+            flat_logits.to(compute_dtype), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         ce = ce_sum / mask.sum().clamp_min(1)
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha < 1.0):
-        kd = divergence(student_logits, teacher_logits, kind, temperature=tau, mask=mask, beta=beta, chunk_size=chunk_size)
+        kd = divergence(
+            student_logits, teacher_logits, kind, temperature=tau, mask=mask, beta=beta, chunk_size=chunk_size
+        )
     loss = alpha * ce + (1.0 - alpha) * kd
     return loss, {"ce": ce.detach(), "kd": kd.detach()}

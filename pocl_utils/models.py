@@ -72,15 +72,29 @@ def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     return spec.name_or_path, extra
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated or corrupt); the message names the file."""
+
+
+def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}). It is probably truncated "
+                           f"(a killed write or a full disk); delete it and re-run, which rebuilds it.")
+
+
 def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """Load any HF causal LM (hub id, local dir, or a GGUF file inside a dir); never trusts remote code."""
+    from safetensors import SafetensorError
     kwargs: dict[str, Any] = {"dtype": dtype}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
-    except OSError as e:
-        raise FileNotFoundError(_missing_model_message(str(path))) from e
+    except (OSError, ValueError, SafetensorError) as e:
+        if Path(path).is_dir():  # a local folder that exists but does not load: name it, not the hub
+            raise checkpoint_error(Path(path), e) from e
+        if isinstance(e, OSError):
+            raise FileNotFoundError(_missing_model_message(str(path))) from e
+        raise
 
 
 def load_tokenizer(path: str | Path, *, gguf_file: str = ""):
@@ -138,5 +152,9 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights saved by `save_weights` into a model of the same architecture (strict)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
-    load_model(model, str(path), device=str(next(model.parameters()).device))
+    try:
+        load_model(model, str(path), device=str(next(model.parameters()).device))
+    except SafetensorError as e:
+        raise checkpoint_error(Path(path), e) from e

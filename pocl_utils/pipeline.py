@@ -18,31 +18,43 @@ import torch
 
 from . import data as D
 from .config import Profile, RunSpec, TrainSpec, config_hash, get_profile
-from .results import REPO_ROOT, Registry, atomic_write_json
+from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
 
 
 def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
-    """Run `build(tmp_dir)` unless `root/name` already holds the output for `key`; the result appears atomically."""
+    """Run `build(tmp_dir)` unless `root/name` already holds the output for `key`; the result appears atomically.
+
+    Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock` (released by the
+    kernel if it is killed) and the others wait, then find the finished step. A failed build leaves nothing behind."""
     out = root / name
-    stamp = out / "STEP.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+    if _step_key(out) == key:
         return out
-    tmp = root / f".{name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.time()
-    build(tmp)
-    atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3)})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root / f".{name}.lock"):
+        if _step_key(out) == key:  # built by another process while this one waited
+            return out
+        for stale in root.glob(f".{name}.*.tmp"):  # left by a killed builder; we hold the lock, so none is live
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".{name}.{os.getpid()}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            t0 = time.time()
+            build(tmp)
+            atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3)})
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename; removes a failed build's partial output
     return out
 
 
-def step_seconds(root: Path, name: str) -> float:
-    """How long a cached step took when it was built."""
-    return json.loads((root / name / "STEP.json").read_text())["wall_s"]
+def _step_key(out: Path) -> str | None:
+    try:
+        return json.loads((out / "STEP.json").read_text()).get("key")
+    except FileNotFoundError:
+        return None
 
 
 @dataclass
@@ -79,9 +91,14 @@ class Workspace:
 
     @cached_property
     def _encoded(self) -> dict[str, list]:
-        p = self.profile
-        return {role: D.encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
-                for role, rows in self.sets.items()}
+        p, out = self.profile, {}
+        for role, rows in self.sets.items():
+            out[role] = D.encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
+            if rows and not out[role]:  # an empty set would fail later with an unrelated error
+                raise D.DataError(f"all {len(rows)} prompts are longer than max_prompt_len = {p.max_prompt_len} tokens; "
+                                  f"raise the profile's max_prompt_len", path=self.root / "data" / f"{role}.jsonl",
+                                  field="prompt")
+        return out
 
     @cached_property
     def ranking(self):

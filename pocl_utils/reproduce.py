@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,26 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     return {name: spec["default"] for name, spec in pm.inspect_notebook(str(path)).items()}
 
 
+def kernel_name() -> str:
+    """A Jupyter kernel that runs this very interpreter (so notebooks see this environment's packages).
+
+    Prefers `pocl` (what `make install` registers inside the venv), then `python3`. A spec whose command is a bare
+    `python`/`python3` counts, because jupyter_client swaps that for sys.executable; a spec pointing at another
+    interpreter (e.g. a user-wide `python3` kernel from another environment) is skipped."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    bare = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
+    manager = KernelSpecManager()
+    for name in ("pocl", "python3"):
+        try:
+            exe = manager.get_kernel_spec(name).argv[0]
+        except (NoSuchKernel, IndexError):
+            continue
+        if exe in bare or (os.path.exists(exe) and os.path.abspath(exe) == os.path.abspath(sys.executable)):
+            return name
+    raise ConfigError(f"no Jupyter kernel runs {sys.executable}; register one with: "
+                      f"{sys.executable} -m ipykernel install --sys-prefix --name pocl")
+
+
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
     """Raise ConfigError naming an unknown parameter and listing the valid ones."""
     valid = notebook_parameters(path)
@@ -40,22 +61,34 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
 
 def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir: Path | None = None,
                    extra: dict[str, Any] | None = None, log=print) -> dict[str, float]:
-    """Execute each notebook with `profile` (and `extra` parameters where a notebook has them); returns wall times."""
+    """Execute each notebook with `profile` (and `extra` parameters where a notebook has them); returns wall times.
+
+    Every notebook must have `profile`; an extra parameter must exist in at least one notebook (a typo raises before
+    anything runs) and is passed to the notebooks that have it. Kernels start in the repository root, so they import
+    this checkout's pocl_utils even where the package is not installed."""
     import papermill as pm
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     notebooks = notebooks or collection()
     out_dir = Path(out_dir or REPO_ROOT / "runs" / profile / "notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
+    valid = {nb: notebook_parameters(nb) for nb in notebooks}
+    params = {nb: {"profile": profile, **{k: v for k, v in (extra or {}).items() if k in valid[nb]}}
+              for nb in notebooks}
     for nb in notebooks:
-        check_parameters(nb, {"profile": profile, **(extra or {})})
+        check_parameters(nb, params[nb])  # every notebook must take `profile`
+    for key in extra or {}:
+        if not any(key in v for v in valid.values()):
+            names = sorted({k for v in valid.values() for k in v})
+            raise ConfigError(f"unknown parameter {key!r} (in no notebook); valid parameters: {', '.join(names)}")
+    kernel = kernel_name()
     times: dict[str, float] = {}
     t_all = time.time()
     for k, nb in enumerate(notebooks, 1):
         log(f"[{k}/{len(notebooks)}] {nb.name} (profile={profile})")
         t0 = time.time()
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={"profile": profile, **(extra or {})},
-                            kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params[nb], kernel_name=kernel,
+                            cwd=str(REPO_ROOT), progress_bar=False)
         times[nb.name] = round(time.time() - t0, 1)
         log(f"      done in {times[nb.name]:.0f}s")
     times["total"] = round(time.time() - t_all, 1)

@@ -19,6 +19,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -91,7 +96,7 @@ class Registry:
     def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """Record a finished run: config, metrics, timings and provenance, written atomically last."""
         record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
-                  "git_commit": git_commit(), "host": socket.gethostname(), "finished_at": time.time()}
+                  "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(), "finished_at": time.time()}
         atomic_write_json(self.result_path(kind, key), record)
         return self.load(kind, key)  # the JSON form, identical to what a later skip returns
 
@@ -103,44 +108,59 @@ class Registry:
 
     @contextmanager
     def claim(self, kind: str, key: str) -> Iterator[bool]:
-        """Exclusively claim a run; yields False if another live process holds it. Stale claims are taken over."""
+        """Exclusively claim a run; yields False if another live process holds it.
+
+        The claim is an advisory lock (flock) on `claim.lock`, so the kernel drops it when its owner dies, even by
+        SIGKILL: a killed batch leaves no claim that blocks the next one. The file keeps the last owner's pid."""
         lock = self.run_dir(kind, key) / "claim.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
-        got = _try_lock(lock)
+        fd = _try_lock(lock)
         try:
-            yield got
+            yield fd is not None
         finally:
-            if got:
-                lock.unlink(missing_ok=True)
+            if fd is not None:
+                os.close(fd)  # releases the lock; the file stays (unlinking it would race with a waiting opener)
+                if fcntl is None:
+                    lock.unlink(missing_ok=True)
+
+    def note_attempt(self, kind: str, key: str) -> None:
+        """Append one line per training attempt (pid, host, time) to the run's attempts.log: a resumed run shows
+        one line per start, and two lines without a kill between them would mean a run was trained twice."""
+        line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}) + "\n"
+        with open(self.run_dir(kind, key) / "attempts.log", "a", encoding="utf-8") as f:
+            f.write(line)
 
 
-def _try_lock(lock: Path) -> bool:
-    """O_EXCL lock file holding the owner's pid; a lock whose process is gone is stale and removed."""
-    for _ in range(2):
+@contextmanager
+def exclusive_lock(lock: Path) -> Iterator[None]:
+    """Block until this process holds an exclusive flock on `lock` (dropped by the kernel if the holder dies)."""
+    if fcntl is None:  # Windows: no protection between concurrent processes; single-process use still works
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            return True
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _try_lock(lock: Path) -> int | None:
+    """Open `lock` and take a non-blocking exclusive flock; the open fd on success, None if another process holds it."""
+    if fcntl is None:  # Windows: an exclusively created file instead (a killed owner's file must be deleted by hand)
+        try:
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid = int(lock.read_text() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                return False
-            lock.unlink(missing_ok=True)  # stale: its owner was killed
-    return False
-
-
-def _alive(pid: int) -> bool:
+            return None
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 # ---- statistics --------------------------------------------------------------------------------------------------

@@ -159,8 +159,13 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
     with reg.claim(KIND, key) as mine:
         if not mine:
             return None
+        if reg.done(KIND, key):  # finished by another process between the check above and the claim
+            return reg.load(KIND, key)
         t0 = time.time()
         run_dir = reg.run_dir(KIND, key)
+        for stale in run_dir.glob(".*.tmp"):  # half-written by a killed process; the claim makes us the only writer
+            stale.unlink()
+        reg.note_attempt(KIND, key)
         state = train_run(ws, spec, run_dir, device, lambda m: validation_score(ws, m))
         student = ws.load_student_init(device)
         load_weights(student, run_dir / "best.safetensors")

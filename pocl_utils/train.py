@@ -75,7 +75,12 @@ class TeacherCache:
 
     @classmethod
     def load(cls, path: Path) -> "TeacherCache":
-        d = load_file(str(path))
+        from safetensors import SafetensorError
+        try:
+            d = load_file(str(path))
+        except SafetensorError as e:
+            from .models import checkpoint_error
+            raise checkpoint_error(Path(path), e) from e
         return cls(d["logits"], d["offsets"].numpy())
 
 
@@ -115,8 +120,11 @@ def student_logits_at_targets(student: PreTrainedModel, batch: Batch) -> torch.T
 def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor | None, *, kind: str | None,
               tau: float, alpha: float, beta: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """alpha * CE + (1 - alpha) * tau^2 * D(p_tau || q_tau) over the batch's response tokens (Eq. 1, 7-9)."""
-    logits = student_logits_at_targets(student, batch).float()  # [N, V]
     targets = batch.labels[batch.labels != -100]  # [N]
+    if targets.numel() == 0:  # the mean CE of zero tokens is 0/0 = NaN; no valid example can get here
+        raise ValueError("step_loss: the batch has no response tokens (every label is -100); each example needs at "
+                         "least one target token (check max_len against max_prompt_len)")
+    logits = student_logits_at_targets(student, batch).float()  # [N, V]
     ce = F.cross_entropy(logits, targets)
     if teacher_rows is None or kind is None or alpha >= 1.0:
         return ce, {"ce": float(ce.detach())}

@@ -1,0 +1,80 @@
+"""`python -m pocl_utils.batch`: prepare a profile and run one grid to the end without notebooks, then write its
+results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run resumes
+at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one process;
+the other waits for it before writing the CSV)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, RunSpec, get_profile
+from .data import DataError
+from .experiments import GRIDS, grid
+from .results import atomic_write_text, exclusive_lock
+
+
+def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
+              size: str | None = None, out: Path | None = None, log=print) -> Path:
+    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path."""
+    from . import report, runner
+    from .models import pick_device
+    from .pipeline import prepare
+    p = get_profile(profile)
+    specs = grid(grid_name, n_seeds or p.n_seeds, size or p.grid)
+    ws = prepare(p, runs_root=runs_root, log=log)
+    runner.run_grid(ws, specs, log=log)
+    _wait_for_others(ws, specs, pick_device(), log)
+    out = Path(out or ws.root / "results" / f"{grid_name}.csv")
+    frame = report.tidy(runner.records_for(ws, specs))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out.parent / f".{out.name}.lock"):  # a second batch may write the same CSV
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # from a batch killed while writing it
+            stale.unlink()
+        atomic_write_text(out, frame.to_csv(index=False))
+    mine = sum(rec["pid"] == os.getpid() for _, rec in runner.records_for(ws, specs))
+    log(f"[batch] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
+    return out
+
+
+def _wait_for_others(ws, specs: list[RunSpec], device, log, poll_s: float = 0.5) -> None:
+    """Runs claimed by another live process are skipped by run_grid; wait for them, or take them over if their
+    owner dies (its claim is released by the kernel), so the CSV always covers the whole grid."""
+    from .runner import KIND, execute, run_key
+    waited = False
+    while True:
+        todo = [s for s in specs if not ws.registry.done(KIND, run_key(ws, s))]
+        if not todo:
+            return
+        if not waited:
+            log(f"[batch] waiting for {len(todo)} run(s) held by another process")
+            waited = True
+        if all(execute(ws, s, device) is None for s in todo):
+            time.sleep(poll_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pocl_utils.batch", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--grid", default="table1", help=f"one of: {', '.join(GRIDS)}")
+    ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")
+    ap.add_argument("--seeds", type=int, default=None, help="training seeds per configuration (default: the profile's)")
+    ap.add_argument("--size", default=None, help="full | table1 | minimal (default: the profile's grid size)")
+    ap.add_argument("--out", type=Path, default=None, help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    try:
+        run_batch(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
+                  log=lambda s: print(s, flush=True))
+    except (ConfigError, DataError) as e:
+        print(f"pocl-batch: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

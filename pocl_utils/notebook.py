@@ -1,0 +1,358 @@
+"""Glue between the notebooks and the package: set-up, one call per table, named figures, output folders, display.
+
+Each notebook starts with `ws = setup(profile, **overrides)` and then only calls functions from here, `report`,
+`runner` and the method's modules, so no notebook defines anything another one needs. Tables go to
+`results/<profile>/` and figures (PNG + PDF) to `figures/<profile>/`, under the repository root or under
+$POCL_OUTPUT_DIR when set (the tests point it at a temporary folder).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+# tqdm.auto (imported by transformers) falls back to text bars in a kernel without ipywidgets; the fallback is
+# fine and its warning is noise in every notebook. Set before the imports below trigger it.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import report, runner  # noqa: E402
+from .config import DEFAULT_PROFILE, ModelSpec, Profile, RunSpec, get_profile, pocl
+from .experiments import GRIDS, grid
+from .pipeline import Workspace, prepare
+from .results import REPO_ROOT, atomic_write_json, atomic_write_text
+
+# Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
+TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
+               "order": "table7_order", "temperature": "table8_temperature", "ratio": "table9_ratio",
+               "subsets": "beyond_n_subsets"}
+
+
+# ---- folders, set-up, display ------------------------------------------------------------------------------------
+
+
+def output_root() -> Path:
+    """Where results/ and figures/ go: $POCL_OUTPUT_DIR if set, else the repository root."""
+    return Path(os.environ.get("POCL_OUTPUT_DIR") or REPO_ROOT)
+
+
+def _name(profile: str | Profile) -> str:
+    return profile if isinstance(profile, str) else profile.name
+
+
+def results_dir(profile: str | Profile) -> Path:
+    return output_root() / "results" / _name(profile)
+
+
+def figures_dir(profile: str | Profile) -> Path:
+    return output_root() / "figures" / _name(profile)
+
+
+def _model_text(spec: ModelSpec) -> str:
+    return spec.name_or_path if spec.arch == "hub" else f"{spec.arch} {spec.n_layer}L×{spec.n_embd}"
+
+
+def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
+    """Resolve the profile strictly (unknown name or key raises), prepare its cached workspace, set the plot theme,
+    save the resolved profile to results/<profile>/profile.json and print a one-line summary."""
+    import seaborn as sns
+    p = get_profile(profile, overrides)
+    ws = prepare(p)
+    sns.set_theme(style="whitegrid", context="notebook")
+    atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
+    print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
+          f"teacher {_model_text(p.teacher)}, "
+          f"student {_model_text(p.student)}; {p.n_seeds} training seed(s) × {len(p.eval_seeds)} sampling seeds; "
+          f"grid {p.grid!r}; workspace {ws.root}")
+    return ws
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _cell(value: Any, width: int = 120) -> Any:
+    """Markdown-safe cell: one line, pipes escaped, long text cut."""
+    if not isinstance(value, str):
+        return value
+    text = value.replace("\n", " ⏎ ").replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
+    """Display a table as Markdown in a notebook (printed elsewhere); text cells are kept to one line."""
+    if df is None or len(df) == 0:
+        text = "*(no rows for this profile)*"
+    else:
+        if isinstance(df.index, pd.MultiIndex):  # ("KLD", "+POCL") -> "KLD +POCL"
+            df = df.set_axis([" ".join(map(str, key)) for key in df.index])
+        clean = df.apply(lambda col: col.map(_cell)) if len(df.columns) else df
+        plain = pd.api.types.is_integer_dtype(df.index) and df.index.name is None  # row numbers say nothing
+        text = clean.to_markdown(index=not plain, floatfmt=floatfmt)
+    if in_notebook():
+        from IPython.display import Markdown, display
+        display(Markdown(text))
+    else:
+        print(text)
+
+
+def save_table(ws: Workspace, df: pd.DataFrame, name: str) -> Path:
+    """results/<profile>/<name>.csv and .md."""
+    return report.save_table(df, name, results_dir(ws.profile))
+
+
+def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
+    """figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it."""
+    import matplotlib.pyplot as plt
+    path = report.save_figure(fig, name, figures_dir(ws.profile))
+    if in_notebook():
+        from IPython.display import display
+        display(fig)
+    plt.close(fig)
+    return path
+
+
+# ---- the frames the notebooks look at ----------------------------------------------------------------------------
+
+
+def examples_frame(ws: Workspace) -> pd.DataFrame:
+    """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long)."""
+    rows = []
+    for role, data in ws.sets.items():
+        lengths = {e.index: (len(e.prompt_ids), len(e.response_ids) - 1) for e in ws.encoded(role)}  # minus EOS
+        for i, r in enumerate(data):
+            p_len, r_len = lengths.get(i, (np.nan, np.nan))
+            rows.append({"role": role, "family": r.get("family", "-"), "level": r.get("level", np.nan),
+                         "difficulty": r.get("difficulty", np.nan), "prompt_tokens": p_len, "response_tokens": r_len,
+                         "kept": i in lengths})
+    return pd.DataFrame(rows)
+
+
+def sample_rows(ws: Workspace, n: int) -> pd.DataFrame:
+    """The first n rows of every role (instruction, input, reference output, family, level, difficulty)."""
+    keys = ("family", "level", "difficulty", "instruction", "input", "output")
+    return pd.DataFrame([{"role": role, **{k: r.get(k, "") for k in keys}} for role, data in ws.sets.items()
+                         for r in data[:n]])
+
+
+def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
+    """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role."""
+    from .evaluate import responses
+    enc = ws.encoded(role)[:n]
+    out = pd.DataFrame([{k: ws.sets[role][e.index][k] for k in ("instruction", "input", "output")} for e in enc])
+    for name, load in (("teacher", ws.load_teacher), ("student (init)", ws.load_student_init)):
+        out[name] = responses(load("cpu").eval(), ws.tokenizer, enc, max_new_tokens=ws.profile.max_new_tokens)
+    return out
+
+
+def model_sizes(ws: Workspace) -> pd.DataFrame:
+    """Teacher and student: architecture and parameter count."""
+    from .models import n_params
+    out = []
+    for role, spec, load in (("teacher", ws.profile.teacher, ws.load_teacher), ("student", ws.profile.student,
+                                                                                 ws.load_student_init)):
+        out.append({"model": role, "spec": _model_text(spec), "heads": spec.n_head if spec.arch != "hub" else None,
+                    "parameters (M)": n_params(load("cpu")) / 1e6})
+    out = pd.DataFrame(out)
+    out["teacher ÷ this"] = out["parameters (M)"].iloc[0] / out["parameters (M)"]
+    return out
+
+
+def training_logs(ws: Workspace) -> dict[str, list[dict]]:
+    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json)."""
+    import json
+    read = lambda step, name: json.loads((ws.root / step / name).read_text())  # noqa: E731
+    return {f"{title} ({read(step, 'STEP.json')['wall_s']:.3g} s)": read(step, "log.json")
+            for title, step in (("teacher SFT", "teacher"), ("student LM pre-training", "student_init"))}
+
+
+def ranking_table(ws: Workspace) -> pd.DataFrame:
+    """report.ranking_frame of the workspace's cached difficulty ranking (Eq. 2)."""
+    return report.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
+
+
+def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
+    """The curriculum of each distinct (method, variant): per stage its size, the mean true difficulty of the samples
+    it adds (NaN on real data), tau, alpha and optimizer steps."""
+    enc, rows = ws.encoded("train"), ws.sets["train"]
+    out, seen = [], set()
+    for spec in specs:
+        if (spec.method, spec.variant) in seen:
+            continue
+        seen.add((spec.method, spec.variant))
+        done = 0
+        for s in runner.stages_for(ws, spec, enc):
+            added = s.samples[done:]  # Baby Step: stage i = stage i-1's samples followed by d_i
+            done = len(s.samples)
+            truth = [rows[enc[k].index].get("difficulty", np.nan) for k in added]
+            out.append({"method": spec.method, "variant": spec.variant, "stage": s.index, "n_samples": len(s.samples),
+                        "added_difficulty": float(np.mean(truth)), "tau": s.tau, "alpha": s.alpha, "steps": s.steps})
+    return pd.DataFrame(out)
+
+
+# ---- tables ------------------------------------------------------------------------------------------------------
+
+
+def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
+    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only."""
+    p = ws.profile
+    if p.grid == "table1" and name != "table1":
+        return []
+    return grid(name, p.n_seeds, p.grid)
+
+
+def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
+    """(spec, record) of the finished runs of one grid (nothing is trained)."""
+    return runner.records_for(ws, specs_of(ws, name))
+
+
+def run_table(ws: Workspace, name: str) -> pd.DataFrame:
+    """Run whatever of grid `name` is not finished yet, then return its tidy frame (one row per run and eval set)."""
+    specs = specs_of(ws, name)
+    if not specs:
+        print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
+        return pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
+    runner.run_grid(ws, specs)
+    return report.tidy(runner.records_for(ws, specs))
+
+
+@dataclass
+class TableReport:
+    """Everything one grid produces: the tidy runs, their summary (mean ± CI) as a table, the paired differences to
+    the baseline beside the paper's (long and wide), and our numbers beside the paper's (long and wide)."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    wide: pd.DataFrame
+    comparison: pd.DataFrame
+    paired_wide: pd.DataFrame
+    beside: pd.DataFrame
+    beside_wide: pd.DataFrame
+
+
+def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
+    """Run grid `name`, summarise it, set it beside the paper (model `family`: gpt2 or opt) and save the tables as
+    results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`: every number, tidy)."""
+    runs = run_table(ws, name)
+    if runs.empty:
+        return TableReport(*(pd.DataFrame() for _ in range(7)))
+    rows = runs
+    if name == "table1":  # Table 1 prints the teacher; the untrained student shows what KD adds
+        rows = pd.concat([report.reference_tidy(runner.reference_scores(ws)), runs], ignore_index=True)
+    summary = report.summary(rows)
+    comparison = report.paper_comparison(runs, name, family)
+    beside = report.beside_paper(summary, comparison, name, family)
+    out = TableReport(runs, summary, report.wide(summary), comparison, report.paired_wide(comparison), beside,
+                      report.beside_wide(beside))
+    if save:
+        stem = TABLE_FILES[name]
+        for suffix, df in (("ours", out.wide), ("paired", out.paired_wide), ("vs_paper", out.beside_wide),
+                           ("long", beside)):
+            save_table(ws, df, f"{stem}_{suffix}")
+    return out
+
+
+def runs_frame(ws: Workspace) -> pd.DataFrame:
+    """Every finished run of every grid, tidy (one row per grid, run and eval set), with its spec, config hash
+    (run_key), git commit and wall time. A run shared by two tables appears under both, with the same run_key."""
+    parts = []
+    for name in GRIDS:
+        recs = records(ws, name)
+        if not recs:
+            continue
+        specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
+                               "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
+                               "alpha_n": s.alpha[1]} for s, rec in recs]).drop_duplicates("run_key")
+        parts.append(report.tidy(recs).merge(specs, on="run_key").assign(grid=name))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# ---- figures -----------------------------------------------------------------------------------------------------
+
+
+def _bars(name: str, dataset: str, title: str) -> Callable[[Workspace], Any]:
+    def build(ws: Workspace) -> Any:
+        runs = run_table(ws, name)
+        if runs.empty:
+            return None
+        summary = report.summary(runs)
+        with_pocl = summary[summary.variant != "baseline"].method.unique()  # KD methods only (not SFT, SeqKD)
+        return report.grouped_bars(summary[summary.method.isin(with_pocl)], dataset, title)
+    return build
+
+
+def _with_truth(build: Callable[[pd.DataFrame], Any]) -> Callable[[Workspace], Any]:
+    def wrapped(ws: Workspace) -> Any:
+        frame = ranking_table(ws)
+        return None if frame["true_difficulty"].isna().any() else build(frame)  # real data has no true difficulty
+    return wrapped
+
+
+def _families_levels(ws: Workspace) -> Any:
+    return report.family_level_figure(examples_frame(ws)) if ws.profile.data == "world" else None  # real: none
+
+
+FIG3_RUNS = [("KLD", "baseline"), ("KLD", "+POCL"), ("GKD", "baseline"), ("GKD", "+POCL")]
+
+# name -> builder(ws) returning a Figure, or None when the profile has nothing to draw. Notebooks call figure(ws, name).
+FIGURES: dict[str, Callable[[Workspace], Any]] = {
+    "data_families_levels": _families_levels,
+    "data_token_lengths": lambda ws: report.token_length_figure(examples_frame(ws)),
+    "training_logs": lambda ws: report.training_log_figure(training_logs(ws)),
+    "ranking_vs_true_difficulty": _with_truth(report.ranking_vs_truth_figure),
+    "subset_difficulty": _with_truth(report.subset_difficulty_figure),
+    "fig1_pocl_by_method": _bars("table1", "DollyEval", "Fig. 1: KD vs KD+POCL on DollyEval"),
+    "curriculum_kld": lambda ws: report.curriculum_figure(runner.stages_for(ws, pocl("KLD"), ws.encoded("train")),
+                                                          "KLD+POCL curriculum"),
+    "loss_by_stage": lambda ws: report.loss_figure(records(ws, "table1"), FIG3_RUNS[:2]),
+    "fig3_validation": lambda ws: report.validation_figure(records(ws, "table1"), FIG3_RUNS),
+    "table2_ranking_bars": _bars("ranking", "Avg", "Tables 2/5: difficulty measurer"),
+    "table3_adaptive_bars": _bars("adaptive", "Avg", "Tables 3/6: adaptive tau and alpha"),
+    "fig4a_order": _bars("order", "Avg", "Fig. 4a: order of the subsets"),
+    "fig4b_temperature": _bars("temperature", "Avg", "Fig. 4b: temperature schedule"),
+    "fig4c_ratio": _bars("ratio", "Avg", "Fig. 4c: SFT-ratio schedule"),
+    "n_subsets_bars": _bars("subsets", "Avg", "Beyond the paper: number of subsets n"),
+}
+
+
+def figure(ws: Workspace, name: str) -> None:
+    """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it."""
+    if name not in FIGURES:
+        raise KeyError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}")
+    fig = FIGURES[name](ws)
+    if fig is None:
+        print(f"{name}: nothing to draw for profile {ws.profile.name!r}")
+        return
+    save_figure(ws, fig, name)
+
+
+def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
+    """Per grid: how many paired differences the paper also prints, and in how many the sign agrees."""
+    rows = []
+    for name, rep in reports.items():
+        flags = rep.comparison["direction_agrees"] if len(rep.comparison) else pd.Series(dtype=str)
+        compared = int((flags != "").sum())
+        rows.append({"grid": name, "tables": TABLE_FILES[name], "compared_cells": compared,
+                     "same_direction": int((flags == "yes").sum()),
+                     "share": (flags == "yes").sum() / compared if compared else np.nan})
+    return pd.DataFrame(rows)
+
+
+def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
+    """Every table (beside the paper), results/<profile>/runs.csv and every figure of the collection."""
+    reports = {name: table_report(ws, name, family) for name in GRIDS}
+    runs = runs_frame(ws)
+    if len(runs):
+        atomic_write_text(results_dir(ws.profile) / "runs.csv", runs.to_csv(index=False))
+    for name in FIGURES:
+        figure(ws, name)
+    return reports

