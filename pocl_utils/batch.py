@@ -34,7 +34,7 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
         for stale in out.parent.glob(f".{out.name}.*.tmp"):  # from a batch killed while writing it
             stale.unlink()
         atomic_write_text(out, frame.to_csv(index=False))
-    mine = sum(rec["pid"] == os.getpid() for _, rec in runner.records_for(ws, specs))
+    mine = sum(rec.get("pid") == os.getpid() for _, rec in runner.records_for(ws, specs))
     log(f"[batch] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
     return out
 

@@ -89,12 +89,12 @@ def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype
         kwargs["gguf_file"] = gguf_file
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
-    except (OSError, ValueError, SafetensorError) as e:
-        if Path(path).is_dir():  # a local folder that exists but does not load: name it, not the hub
-            raise checkpoint_error(Path(path), e) from e
-        if isinstance(e, OSError):
-            raise FileNotFoundError(_missing_model_message(str(path))) from e
-        raise
+    except SafetensorError as e:  # the weights file exists but is cut short or corrupt
+        shards = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        raise checkpoint_error(shards[0] if len(shards) == 1 else Path(path), e) from e
+    except OSError as e:
+        local = f" The folder exists; loading it failed with: {e}" if Path(path).is_dir() else ""
+        raise FileNotFoundError(_missing_model_message(str(path)) + local) from e
 
 
 def load_tokenizer(path: str | Path, *, gguf_file: str = ""):

@@ -23,7 +23,8 @@ import torch
 from . import data as D
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import ROLES, Workspace, _build_ranking, _build_seqkd, _thin, lm_blocks, prep_keys, step_dir, workspace_root
+from .pipeline import (ROLES, Workspace, _build_ranking, _build_seqkd, _thin, lm_blocks, prep_keys, step_dir,
+                       workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,7 +149,8 @@ def _build_real_data(ws: Workspace, out: Path, dev, *, paths: dict[str, Path], m
         kept, dropped = D.filter_long_prompts(rows, MINILLM_MAX_PROMPT_TOKENS, name=str(path))
         limit = p.rank_max_examples if role == "train" else max_rows
         chosen = [kept[i] for i in subset(len(kept), limit, seed=p.seed)]
-        atomic_write_text(out / f"{role}.jsonl", "".join(json.dumps(_file_row(r), ensure_ascii=False) + "\n" for r in chosen))
+        text = "".join(json.dumps(_file_row(r), ensure_ascii=False) + "\n" for r in chosen)
+        atomic_write_text(out / f"{role}.jsonl", text)
         report[role] = {"source": str(path), "rows": len(rows), "dropped_over_256_gpt2_tokens": dropped,
                         "kept": len(kept), "written": len(chosen)}
         log(f"[prepare_real] {role}: {len(rows)} rows, {dropped} dropped by the 256-GPT-2-token filter, "
@@ -212,7 +214,8 @@ def _build_real_teacher_cache(ws: Workspace, out: Path, dev) -> None:
     """As pipeline._build_teacher_cache, in batches of 8: at vocabulary 49,152 a batch of 64 x 320 positions would hold
     4 GB of logits. The file holds response tokens x 49,152 fp32 (about 200 kB per token)."""
     from .train import build_teacher_cache
-    build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, batch_size=8).save(out / "cache.safetensors")
+    cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, batch_size=8)
+    cache.save(out / "cache.safetensors")
 
 
 # ---- the teacher under the paper's evaluation protocol -----------------------------------------------------------
@@ -220,7 +223,10 @@ def _build_real_teacher_cache(ws: Workspace, out: Path, dev) -> None:
 
 def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
     """The row as one user turn of the model's chat template, ending where the assistant's answer starts."""
-    content = row["instruction"] + ("\n\n" + row["input"] if row["input"] else "") if row["instruction"] else row["prompt"]
+    if not row["instruction"]:  # a prompt-only row: its prompt is the whole user turn
+        content = row["prompt"]
+    else:
+        content = row["instruction"] + ("\n\n" + row["input"] if row["input"] else "")
     out = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                         tokenize=True, return_dict=True)
     return list(out["input_ids"])
@@ -270,7 +276,8 @@ def teacher_table(results: dict[str, dict[str, dict]]) -> "pd.DataFrame":
     for template, per_set in results.items():
         row = {"source": "ours", "model": f"SmolLM2-135M-Instruct ({template} template)"}
         row.update({ds: per_set[ds]["mean"] if ds in per_set else np.nan for ds in D.EVAL_SETS})
-        row["Avg"] = float(np.mean([row[ds] for ds in D.EVAL_SETS])) if all(ds in per_set for ds in D.EVAL_SETS) else np.nan
+        complete = all(ds in per_set for ds in D.EVAL_SETS)
+        row["Avg"] = float(np.mean([row[ds] for ds in D.EVAL_SETS])) if complete else np.nan
         row["n_per_set"] = ", ".join(f"{ds} {m['n']}" for ds, m in per_set.items())
         row["seeds"] = len(next(iter(per_set.values()))["per_seed"]) if per_set else 0
         rows.append({**row, "note": SMOLLM2_NOTE})
@@ -306,7 +313,8 @@ def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size:
     dev = pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     teacher = teacher if teacher is not None else ws.load_teacher(dev)
-    ctx = KDContext(enc, ws.pad_id, ws.eos_id, cache=build_teacher_cache(teacher, enc, ws.pad_id, batch_size=batch_size))
+    cache = build_teacher_cache(teacher, enc, ws.pad_id, batch_size=batch_size)  # [response tokens, V] in memory
+    ctx = KDContext(enc, ws.pad_id, ws.eos_id, cache=cache)
     student = ws.load_student_init(dev)
     spec = replace(ws.profile.kd, batch_size=batch_size, lr=lr or ws.profile.kd.lr)
     rng = np.random.default_rng(seed)
