@@ -25,28 +25,14 @@ from pocl_utils.data import (
     filter_long_prompts, length_sorted_batches, load_instructions, shift_labels,
 )
 
+from conftest import require  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).resolve().parent / "bad_inputs"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def word_count(text: str) -> int:
     return len(text.split())
-
-
-def _require(reason: str):
-    """Skip locally; in CI a missing resource is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true, so this is required)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    for candidate in (os.environ.get("POCL_DATA_DIR"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / data.REAL_SETS["valid"]).is_file():
-            return Path(candidate)
-    _require("real data not found: set POCL_DATA_DIR to the MiniLLM-processed data")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def gpt2():
     try:
         return data.gpt2_encoding()
     except MissingDataError as e:
-        _require(f"GPT-2 ranks missing: {e}")
+        require(f"GPT-2 ranks missing: {e}")
 
 
 # ---------------------------------------------------------------------------

