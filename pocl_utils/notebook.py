@@ -21,7 +21,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import report, runner  # noqa: E402
-from .config import DEFAULT_PROFILE, ModelSpec, Profile, RunSpec, get_profile, pocl
+from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, get_profile, pocl
+from .data import DataError
+from .models import CheckpointError
 from .experiments import GRIDS, grid
 from .pipeline import Workspace, prepare
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
@@ -60,6 +62,7 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     """Resolve the profile strictly (unknown name or key raises), prepare its cached workspace, set the plot theme,
     save the resolved profile to results/<profile>/profile.json and print a one-line summary."""
     import seaborn as sns
+    short_errors()
     p = get_profile(profile, overrides)
     ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
@@ -69,6 +72,28 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
           f"student {_model_text(p.student)}; {p.n_seeds} training seed(s) × {len(p.eval_seeds)} sampling seeds; "
           f"grid {p.grid!r}; workspace {ws.root}")
     return ws
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+
+
+def short_errors() -> None:
+    """In a notebook, show our input errors (bad parameter, bad data file, missing model) as a one-line error
+    instead of a traceback wall; papermill still stops there and reports the error's name and message."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        stb = [f"{etype.__name__}: {value}"]  # a one-line "traceback": the error output papermill reports
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    shell.set_custom_exc(USER_ERRORS, handler)
 
 
 def in_notebook() -> bool:

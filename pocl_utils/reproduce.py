@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error
-        print(f"pocl-reproduce: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", file=sys.stderr)
+    except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error name and value
+        if hasattr(e, "ename"):
+            print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in runs/{args.profile}/notebooks/)", file=sys.stderr)
+        else:
+            print(f"pocl-reproduce: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 

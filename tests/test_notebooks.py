@@ -207,3 +207,19 @@ def test_collection_executes_on_smoke(tmp_path, monkeypatch):
     for stem in nb.TABLE_FILES.values():
         assert (tmp_path / "out" / "results" / "smoke" / f"{stem}_vs_paper.md").exists()
     assert (tmp_path / "runs" / "smoke" / "registry" / "runs").is_dir()  # the kernels used POCL_RUNS_DIR
+
+
+def test_bad_override_in_a_notebook_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """A typo in a notebook's overrides stops the run with one clear line, no traceback wall."""
+    import papermill as pm
+    monkeypatch.setenv("POCL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path / "out"))
+    out = tmp_path / "00.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(NOTEBOOK_DIR / "00_data.ipynb"), str(out), kernel_name=kernel_name(),
+                            parameters={"profile": "smoke", "overrides": {"kd.lrr": 1.0}}, progress_bar=False)
+    assert err.value.ename == "ConfigError" and "unknown key 'kd.lrr'" in err.value.evalue
+    outputs = [o for c in nbformat.read(out, 4).cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert len(errors) == 1 and len(errors[0].traceback) == 1  # one line, no traceback wall
+    assert errors[0].traceback[0].startswith("ConfigError: unknown key 'kd.lrr'; valid keys:")
