@@ -5,27 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .report import paired, paper_diff
+from .report import PAPER_VARIANTS, paired, paper_values
 
-# claim id -> (what the paper says, [(table, base (method, variant), other (method, variant), paper labels or None)])
+# claim id -> (what the paper says, [(grid, base (method, variant), other (method, variant))]); the grid names
+# the paper tables that print the comparison (report.PAPER_TABLES).
 # "other" is what the paper says is better; a positive difference supports the claim.
 CLAIMS: dict[str, tuple[str, list]] = {
     "a": ("+POCL beats its baseline for most KD methods (Table 1)",
-          [(1, (m, "baseline"), (m, "+POCL"), None) for m in ("GKD", "KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")]),
+          [("table1", (m, "baseline"), (m, "+POCL")) for m in ("GKD", "KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")]),
     "b": ("fusion ranking beats single-metric ranking (Tables 2, 5)",
-          [(2, ("KLD", "+POCL (R-L)"), ("KLD", "+POCL (Fusion)"), None),
-           (2, ("KLD", "+POCL (Loss)"), ("KLD", "+POCL (Fusion)"), None)]),
+          [("ranking", ("KLD", "+POCL (R-L)"), ("KLD", "+POCL (Fusion)")),
+           ("ranking", ("KLD", "+POCL (Loss)"), ("KLD", "+POCL (Fusion)"))]),
     "c": ("easy->hard beats hard->easy (Table 7)",
-          [(7, (m, "+POCL (H2E)"), (m, "+POCL (E2H)"), None) for m in ("GKD", "KLD")]),
+          [("order", (m, "+POCL (H2E)"), (m, "+POCL (E2H)")) for m in ("GKD", "KLD")]),
     "d": ("rising temperature 1->2 beats 2->1 and constant (Table 8)",
-          [(8, (m, "+POCL (temp. 2-1)"), (m, "+POCL (temp. 1-2)"), None) for m in ("GKD", "KLD")]
-          + [(8, (m, "+POCL (temp. 1-1)"), (m, "+POCL (temp. 1-2)"), "const") for m in ("GKD", "KLD")]),
+          [("temperature", (m, "+POCL (temp. 2-1)"), (m, "+POCL (temp. 1-2)")) for m in ("GKD", "KLD")]
+          + [("temperature", (m, "+POCL (temp. 1-1)"), (m, "+POCL (temp. 1-2)")) for m in ("GKD", "KLD")]),
     "e": ("decreasing SFT ratio 0.3->0 is best off-policy; 0 is best on-policy (Table 9)",
-          [(9, ("KLD", "+POCL (ratio 0-0.3)"), ("KLD", "+POCL (ratio 0.3-0)"), None),
-           (9, ("KLD", "+POCL (ratio 0.3-0.3)"), ("KLD", "+POCL (ratio 0.3-0)"), "const"),
-           (9, ("KLD", "+POCL (ratio 0-0)"), ("KLD", "+POCL (ratio 0.3-0)"), "const"),
-           (9, ("GKD", "+POCL (ratio 0.3-0)"), ("GKD", "+POCL (ratio 0-0)"), "gkd"),
-           (9, ("GKD", "+POCL (ratio 0-0.3)"), ("GKD", "+POCL (ratio 0-0)"), "gkd")]),
+          [("ratio", ("KLD", "+POCL (ratio 0-0.3)"), ("KLD", "+POCL (ratio 0.3-0)")),
+           ("ratio", ("KLD", "+POCL (ratio 0.3-0.3)"), ("KLD", "+POCL (ratio 0.3-0)")),
+           ("ratio", ("KLD", "+POCL (ratio 0-0)"), ("KLD", "+POCL (ratio 0.3-0)")),
+           ("ratio", ("GKD", "+POCL (ratio 0.3-0)"), ("GKD", "+POCL (ratio 0-0)")),
+           ("ratio", ("GKD", "+POCL (ratio 0-0.3)"), ("GKD", "+POCL (ratio 0-0)"))]),
 }
 
 
@@ -40,21 +41,22 @@ def verdict(diff: float, half: float, n: int) -> str:
     return "not separable from noise" + (" (same direction)" if diff > 0 else " (opposite direction)")
 
 
-def _paper(table: int, base, other, note) -> float:
-    """The paper's Avg difference (mean over the five sets where it prints no Avg); NaN where it has no such row.
-
-    'gkd': the paper's Table 9 prints GKD's default (alpha 0->0) under the label 'ratio 0.3-0' (see README A8), so
-    it has no GKD row we can map our 0.3->0 to; 'const': the paper has no constant-schedule row."""
-    if note in ("const", "gkd"):
-        return np.nan
-    return paper_diff(table, base, other).get("Avg", np.nan)
+def _paper(grid: str, base: tuple[str, str], other: tuple[str, str]) -> float:
+    """The paper's Avg difference other - base (the mean of its five sets where it prints no Avg); NaN where it
+    prints no such row (our constant schedules, and GKD's 0.3->0 ratio: its Table 9 row of that name carries GKD's
+    default alpha = 0 numbers, see report.PAPER_VARIANTS)."""
+    rename = PAPER_VARIANTS.get((grid, base[0]), {})
+    values = paper_values(grid)
+    b = values.get((base[0], rename.get(base[1], base[1]), "Avg"))
+    o = values.get((other[0], rename.get(other[1], other[1]), "Avg"))
+    return o - b if b is not None and o is not None else np.nan
 
 
 def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
     """One row per comparison of every claim: ours (diff, CI, n, verdict) and the paper's difference."""
     rows = []
     for cid, (text, comps) in CLAIMS.items():
-        for table, base, other, note in comps:
+        for grid_name, base, other in comps:
             have = {(m, v) for m, v in zip(df.method, df.variant)}
             if base not in have or other not in have:
                 continue
@@ -63,7 +65,7 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
             rows.append({"claim": cid, "paper_says": text, "comparison": f"{other[0]} {other[1]} vs {base[1]}",
                          "ours_diff": r["diff"], "ci95": r["ci95"], "n_seeds": int(r["n_pairs"]),
                          "verdict": verdict(r["diff"], r["ci95"], int(r["n_pairs"])),
-                         "paper_diff": _paper(table, base, other, note)})
+                         "paper_diff": _paper(grid_name, base, other)})
     return pd.DataFrame(rows)
 
 
