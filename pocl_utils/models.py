@@ -134,13 +134,6 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTraine
     return load_pretrained(path).to(device)
 
 
-def clone_model(model: PreTrainedModel) -> PreTrainedModel:
-    """An independent copy with the same weights (for per-run students)."""
-    copy = type(model)(model.config)
-    copy.load_state_dict(model.state_dict())
-    return copy.to(next(model.parameters()).device)
-
-
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Weights only, as safetensors (tied tensors stored once), via a temp file and rename."""
     from safetensors.torch import save_model

@@ -8,7 +8,7 @@ need the teacher live.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -210,7 +210,6 @@ class KDContext:
     on_policy_frac: float = 0.0  # GKD's lambda: share of batches with student-generated outputs
     max_new_tokens: int = 24
     beta: float | None = None
-    extra_log: list = field(default_factory=list)
 
 
 def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
