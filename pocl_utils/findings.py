@@ -79,15 +79,3 @@ def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
                     "undecided": len(g) - counts.get("supported", 0) - counts.get("contradicted", 0)})
     return pd.DataFrame(out)
 
-
-def ranking_agreement(ranking, rows: list[dict]) -> pd.DataFrame:
-    """Spearman correlation of each difficulty score with the world's true difficulty (harder = larger)."""
-    from scipy.stats import spearmanr
-    truth = np.array([rows[i]["difficulty"] for i in ranking.ids], dtype=float)
-    scores = {"ROUGE-L (lower = harder)": -ranking.rouge_l, "CE (higher = harder)": ranking.ce,
-              "fusion (lower = harder)": -ranking.fused}
-    out = []
-    for name, s in scores.items():
-        rho, p = spearmanr(s, truth)
-        out.append({"ranking": name, "spearman_rho": float(rho), "p_value": float(p), "n": len(truth)})
-    return pd.DataFrame(out)

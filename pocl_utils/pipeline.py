@@ -137,15 +137,20 @@ def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: st
     from .models import pick_device
     p = get_profile(profile) if isinstance(profile, str) else profile
     ws = Workspace(p, workspace_root(p, runs_root))
-    dev = pick_device(device)
-    keys = prep_keys(p)
-    for name, build in (("data", _build_data), ("tokenizer", _build_tokenizer), ("teacher", _build_teacher),
-                        ("student_init", _build_student), ("ranking", _build_ranking),
-                        ("teacher_cache", _build_teacher_cache), ("seqkd", _build_seqkd)):
+    builders = {"data": _build_data, "tokenizer": _build_tokenizer, "teacher": _build_teacher,
+                "student_init": _build_student, "ranking": _build_ranking, "teacher_cache": _build_teacher_cache,
+                "seqkd": _build_seqkd}
+    build_steps(ws, builders, prep_keys(p), pick_device(device), log=log)
+    return ws
+
+
+def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, str], dev, *,
+                log: Callable[[str], None] = print, tag: str = "prepare") -> None:
+    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key."""
+    for name, build in builders.items():
         t0 = time.time()
         step_dir(ws.root, name, keys[name], lambda tmp, b=build: b(ws, tmp, dev))
-        log(f"[prepare] {name:13s} ready ({time.time() - t0:.1f}s)")
-    return ws
+        log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
 
 
 def prep_keys(p: Profile) -> dict[str, str]:

@@ -23,7 +23,7 @@ import torch
 from . import data as D
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import (ROLES, Workspace, _build_ranking, _build_seqkd, _thin, lm_blocks, prep_keys, step_dir,
+from .pipeline import (ROLES, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, lm_blocks, prep_keys, step_dir,
                        workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
@@ -117,10 +117,7 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
                 "teacher": partial(_build_real_teacher, cache_dir=cache_dir),
                 "student_init": partial(_build_real_student, cache_dir=cache_dir),
                 "ranking": _build_ranking, "teacher_cache": _build_real_teacher_cache, "seqkd": _build_seqkd}
-    for name in steps:
-        t0 = time.time()
-        step_dir(ws.root, name, keys[name], lambda tmp, b=builders[name]: b(ws, tmp, dev))
-        log(f"[prepare_real] {name:13s} ready ({time.time() - t0:.1f}s)")
+    build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log, tag="prepare_real")
     return ws
 
 

@@ -128,8 +128,9 @@ def save_figure(fig, name: str, folder: Path | None = None) -> Path:
     """Save a matplotlib figure as PNG and PDF."""
     folder = Path(folder or FIGURES)
     folder.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "pdf"):
-        fig.savefig(folder / f"{name}.{ext}", bbox_inches="tight", dpi=150)
+    for ext in ("png", "pdf"):  # no creation date in the PDF, so a re-run regenerates the committed file exactly
+        metadata = {"CreationDate": None} if ext == "pdf" else None
+        fig.savefig(folder / f"{name}.{ext}", bbox_inches="tight", dpi=150, metadata=metadata)
     return folder / f"{name}.png"
 
 

@@ -211,7 +211,7 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
         with ctx.Pool(workers, initializer=_init_worker, initargs=(ws.profile, str(ws.root), 1)) as pool:
             for k, (s, _) in enumerate(pool.imap_unordered(_work, todo)):
                 log(f"[grid] {k + 1}/{len(todo)} {s.label} seed {s.seed} ({time.time() - t0:.0f}s)")
-    return [ws.registry.load(KIND, run_key(ws, s)) for s in specs if ws.registry.done(KIND, run_key(ws, s))]
+    return [record for _, record in records_for(ws, specs)]
 
 
 def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict[str, Any]]]:

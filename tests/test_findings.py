@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pocl_utils.findings import claim_table, ranking_agreement, verdict
+from pocl_utils.findings import claim_table, verdict
+from pocl_utils.report import rank_agreement
 
 
 def test_verdict_from_ci():
@@ -34,11 +35,7 @@ def test_claim_a_paired_by_seed_and_paper_number():
 
 
 def test_ranking_agreement_signs():
-    class R:
-        ids = np.arange(5)
-        rouge_l = np.array([90.0, 70, 50, 30, 10])
-        ce = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-        fused = np.array([5.0, 4, 3, 2, 1])
-    rows = [{"difficulty": d} for d in (1, 2, 3, 4, 5)]
-    t = ranking_agreement(R(), rows)
-    assert np.allclose(t.spearman_rho, 1.0)
+    frame = pd.DataFrame({"rouge_l": [90.0, 70, 50, 30, 10], "ce": [0.1, 0.2, 0.3, 0.4, 0.5],
+                          "fused": [5.0, 4, 3, 2, 1], "true_difficulty": [1.0, 2, 3, 4, 5]})
+    t = rank_agreement(frame)
+    assert np.allclose(t.spearman_rho, 1.0)  # every measurer oriented harder = larger agrees with the truth
