@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import ConfigError, RunSpec, get_profile
 from .data import DataError
-from .experiments import GRIDS, grid
+from .experiments import GRIDS, grid, n_seeds_for
 from .results import atomic_write_text, exclusive_lock
 
 
@@ -23,7 +23,7 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
     from .models import pick_device
     from .pipeline import prepare
     p = get_profile(profile)
-    specs = grid(grid_name, n_seeds or p.n_seeds, size or p.grid)
+    specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid)
     ws = prepare(p, runs_root=runs_root, log=log)
     runner.run_grid(ws, specs, log=log)
     _wait_for_others(ws, specs, pick_device(), log)

@@ -80,6 +80,11 @@ GRIDS = {"table1": table1, "ranking": ranking_ablation, "adaptive": adaptive_abl
          "temperature": temperature_ablation, "ratio": ratio_ablation, "subsets": subsets_ablation}
 
 
+def n_seeds_for(profile, name: str) -> int:
+    """Training seeds of one experiment under a profile: Table 1 may have more (`table1_seeds`) than the ablations."""
+    return profile.table1_seeds if name == "table1" and profile.table1_seeds else profile.n_seeds
+
+
 def grid(name: str, n_seeds: int, size: str = "full") -> list[RunSpec]:
     """The specs of one experiment. size 'minimal' (smoke) keeps KLD (and GKD in Table 1) so every notebook runs
     in seconds; 'table1' and 'full' run the whole table."""

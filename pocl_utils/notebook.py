@@ -24,7 +24,7 @@ from . import report, runner  # noqa: E402
 from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, get_profile, pocl
 from .data import DataError
 from .models import CheckpointError
-from .experiments import GRIDS, grid
+from .experiments import GRIDS, grid, n_seeds_for
 from .pipeline import Workspace, prepare
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
@@ -69,7 +69,8 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
     print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
           f"teacher {_model_text(p.teacher)}, "
-          f"student {_model_text(p.student)}; {p.n_seeds} training seed(s) × {len(p.eval_seeds)} sampling seeds; "
+          f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, {p.n_seeds} in the "
+          f"ablations, × {len(p.eval_seeds)} sampling seeds; "
           f"grid {p.grid!r}; workspace {ws.root}")
     return ws
 
@@ -232,7 +233,7 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
     p = ws.profile
     if p.grid == "table1" and name != "table1":
         return []
-    return grid(name, p.n_seeds, p.grid)
+    return grid(name, n_seeds_for(p, name), p.grid)
 
 
 def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
