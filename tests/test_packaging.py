@@ -28,3 +28,17 @@ def test_ci_runs_the_readme_test_command():
     commands = [line.split("#", 1)[0].strip() for line in test_cmd]
     assert commands[:2] == ["make reproduce", "make test"]  # the main job first, then the tests
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_gpu_workflow_runs_the_collection_on_a_gpu_runner():
+    """The workflow for users' self-hosted GPU runners: valid YAML, a GPU runner, a CUDA check, the collection on a
+    profile that exists, with its outputs uploaded even when a step fails."""
+    from pocl_utils.config import PROFILES
+    flow = yaml.safe_load((ROOT / ".github" / "workflows" / "gpu.yml").read_text())
+    job = flow["jobs"]["collection"]
+    assert "gpu" in job["runs-on"] and "self-hosted" in job["runs-on"]
+    assert flow[True]["workflow_dispatch"]["inputs"]["profile"]["default"] in PROFILES  # YAML reads `on:` as True
+    script = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "torch.cuda.is_available()" in script and 'pocl-reproduce --profile "$PROFILE"' in script
+    upload = next(step for step in job["steps"] if "upload-artifact" in step.get("uses", ""))
+    assert upload["if"] == "always()" and "results/${{ env.PROFILE }}/" in upload["with"]["path"]
