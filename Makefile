@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheels by default; set TORCH_INDEX=https://pypi.org/simple for the CUDA build on a GPU machine.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install test reproduce smoke bench clean-notebooks lab
+.PHONY: install test reproduce smoke bench clean-notebooks lab lab-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,3 +37,9 @@ bench: install
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
+
+## The lab's two variants from notebooks/lab/11_lab_source.ipynb: the student notebook (committed) and the
+## solutions (ignored, in runs/lab/).
+lab-notebooks: install
+	$(BIN)/python -m pocl_utils.lab build
+	$(BIN)/python -m pocl_utils.lab solutions runs/lab/11_lab_solutions.ipynb
