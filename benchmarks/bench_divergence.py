@@ -33,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, default_out, meta
+
 VARIANTS = ("naive", "chunked", "naive_linear", "fused")
 BASELINE = {"chunked": "naive", "fused": "naive_linear"}  # what each memory-saving variant is compared with
 MB = 2**20
@@ -137,12 +138,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "divergence.json"))
+    p.add_argument("--out", default=None, help="default benchmarks/results/divergence.json (runs/bench/quick/ with --quick)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: JSON spec of one run
     args = p.parse_args(argv)
     args.vocab = args.vocab or (8192 if args.quick else 49152)
     args.tokens = args.tokens or (2048 if args.quick else 4096)
     args.reps = args.reps or (2 if args.quick else 3)
+    args.out = args.out or default_out("divergence", args.quick)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
@@ -221,7 +223,8 @@ def main(argv=None) -> None:
                "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"config": config, "machine": machine, "logits_bytes": logits_bytes, "results": results}
+    record = {"bench": "divergence", "meta": meta(args.quick), "config": config, "machine": machine,
+              "logits_bytes": logits_bytes, "results": results}
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")
 

@@ -1,12 +1,15 @@
 """Benchmark the difficulty measurer's student pass: naive per-sample loop vs batched + shared-cache scoring.
 
-    python benchmarks/bench_ranking.py [--model PATH_OR_PRESET] [--n 128] [--out benchmarks/results/ranking.json]
+    python benchmarks/bench_ranking.py [--model PATH_OR_PRESET] [--n 128] [--quick] [--out benchmarks/results/ranking.json]
 
 Both paths run on the same model and samples in one process; the script asserts identical greedy outputs and CE
-(within 1e-5), then prints and saves the times and the speedup. ROUGE-L is left out of the timing: both paths score
+(within 1e-5, relative for deep models), then prints and saves the times and the speedup. ROUGE-L is left out of the timing: both paths score
 the same decoded texts with the same function, so it adds the same cost to each.
 Default model: a random GPT-2-style student of ~0.14M parameters with random token ids (no tokenizer); a random
-model never emits EOS, so every sample decodes the full max_new_tokens.
+model never emits EOS, so every sample decodes the full max_new_tokens. Presets: tiny; laptop (the laptop workspace's
+initial student, else a random model of its shape); smollm2 (SmolLM2-135M-Instruct from data/cache/, else a random
+Llama of its configuration); real-lite-student (a random Llama 2L x 64 on SmolLM2's vocabulary). --quick: n = 16.
+The JSON records which model was used (`model_source`).
 """
 from __future__ import annotations
 
@@ -22,26 +25,48 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchlib import LAPTOP_ROOT, SMOLLM2_FOLDER, default_out, meta  # noqa: E402
 from pocl_utils.data import Encoded  # noqa: E402
 from pocl_utils.difficulty import greedy_outputs_and_ce, greedy_outputs_and_ce_naive  # noqa: E402
 
 PRESETS = {  # name -> GPT2Config kwargs
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=128),
 }
+FOLDER_PRESETS = {"laptop": LAPTOP_ROOT / "student_init" / "model", "smollm2": SMOLLM2_FOLDER}
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True)
 
 
-def load_model(name: str, device: str) -> torch.nn.Module:
-    """A preset built from random weights (seeded), or a local HF checkpoint folder."""
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+def random_preset(name: str) -> torch.nn.Module:
+    """Seeded random weights of a preset's shape (the stand-in when its folder is missing)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    if name in PRESETS:
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(**PRESETS[name], bos_token_id=0, eos_token_id=0))
-    elif Path(name).is_dir():
-        model = AutoModelForCausalLM.from_pretrained(name)
+    from pocl_utils.config import PROFILES, ModelSpec
+    from pocl_utils.models import build_model
+    torch.manual_seed(0)
+    if name == "tiny":
+        return GPT2LMHeadModel(GPT2Config(**PRESETS[name], bos_token_id=0, eos_token_id=0))
+    if name == "laptop":
+        p = PROFILES["laptop"]
+        return build_model(p.student, p.vocab_size, p.max_len + p.max_new_tokens, seed=1)
+    if name == "smollm2":
+        return LlamaForCausalLM(LlamaConfig(**SMOLLM2_SHAPE, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    return build_model(ModelSpec(arch="llama", n_layer=2, n_embd=64, n_head=2), 49152, 512, seed=1)
+
+
+def load_model(name: str, device: str) -> tuple[torch.nn.Module, str]:
+    """(model, where it came from): a preset's folder, its random stand-in, or a local HF checkpoint folder."""
+    from transformers import AutoModelForCausalLM
+
+    folder = FOLDER_PRESETS.get(name, Path(name))
+    if folder.is_dir():
+        model, source = AutoModelForCausalLM.from_pretrained(str(folder)), str(folder)
+    elif name in (*PRESETS, *FOLDER_PRESETS, "real-lite-student"):
+        model, source = random_preset(name), f"random-init {name} shape"
     else:
-        raise SystemExit(f"--model: {name!r} is neither a preset ({', '.join(PRESETS)}) nor a local folder")
-    return model.to(device).eval()
+        raise SystemExit(f"--model: {name!r} is neither a preset (tiny, laptop, smollm2, real-lite-student) nor a "
+                         f"local folder")
+    return model.to(device).eval(), source
 
 
 def random_samples(n: int, vocab_size: int, eos_id: int, seed: int) -> list[Encoded]:
@@ -68,17 +93,19 @@ def timed(fn, device: str):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help=f"preset ({', '.join(PRESETS)}) or local HF folder")
-    parser.add_argument("--n", type=int, default=128, help="number of samples")
+    parser.add_argument("--n", type=int, default=None, help="number of samples (default 128; 16 with --quick)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/ranking.json")
+    parser.add_argument("--quick", action="store_true", help="16 samples")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    args.n = args.n or (16 if args.quick else 128)
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.device)
+    model, source = load_model(args.model, args.device)
     eos_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
     samples = random_samples(args.n, model.config.vocab_size, eos_id, args.seed)
     kw = dict(eos_id=eos_id, pad_id=eos_id, max_new_tokens=args.max_new_tokens)
@@ -93,9 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
     mismatched = [i for i, (a, b) in enumerate(zip(naive_out, fast_out)) if a != b]
     assert not mismatched, f"greedy outputs differ at samples {mismatched[:10]}"
     ce_err = float(np.abs(naive_ce - fast_ce).max())
-    assert ce_err <= 1e-5, f"CE differs by {ce_err}"
+    # fp32 rounding of padded vs unpadded passes grows with depth: 1e-5 relative to CE (~10 nats on random tokens)
+    assert np.allclose(naive_ce, fast_ce, rtol=1e-5, atol=1e-5), f"CE differs by {ce_err}"
 
     report = {
+        "bench": "ranking", "meta": meta(args.quick, model=args.model, n=args.n), "model_source": source,
         "model": args.model, "params": sum(p.numel() for p in model.parameters()), "n": args.n,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
@@ -105,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"naive {naive_s:.3f} s | batched {fast_s:.3f} s | speedup {naive_s / fast_s:.1f}x "
           f"(n={args.n}, {report['params']} params, {args.device}, outputs identical, max CE diff {ce_err:.1e})")
-    out = Path(args.out)
+    out = Path(args.out or default_out("ranking", args.quick))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report

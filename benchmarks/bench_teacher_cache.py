@@ -4,7 +4,9 @@ Off-policy batches (ground-truth responses) give the teacher the same inputs in 
 `train.TeacherCache` computes its logits once. This times the same KD steps both ways on a prepared workspace and
 checks that the loss logs are identical (exact mode). Usage:
 
-    python benchmarks/bench_teacher_cache.py [--profile laptop] [--steps 150] [--out benchmarks/results/teacher_cache.json]
+    python benchmarks/bench_teacher_cache.py [--profile laptop] [--steps 150] [--quick] [--out benchmarks/results/teacher_cache.json]
+
+--profile laptop uses runs/laptop as it is when prepared (else prepares it); --quick: the smoke workspace, 10 steps.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchlib import default_out, laptop_available, meta, workspace
 
 from pocl_utils.config import get_profile
 from pocl_utils.pipeline import prepare
@@ -38,12 +42,20 @@ def timed_kd(ws, *, cached: bool, steps: int, kind: str, seed: int = 0) -> tuple
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="laptop")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=None, help="KD steps per mode (default 150; 10 with --quick)")
     ap.add_argument("--threads", type=int, default=1, help="1 = what each grid worker uses")
-    ap.add_argument("--out", default="benchmarks/results/teacher_cache.json")
+    ap.add_argument("--quick", action="store_true", help="smoke workspace, 10 steps")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.steps = args.steps or (10 if args.quick else 150)
     torch.set_num_threads(args.threads)
-    ws = prepare(get_profile(args.profile), log=lambda s: None)
+    if args.quick or args.profile == "smoke":
+        args.profile = "smoke"
+        ws, _ = workspace("smoke")
+    elif args.profile == "laptop" and laptop_available():
+        ws, _ = workspace("laptop")
+    else:
+        ws = prepare(get_profile(args.profile), log=lambda s: None)
     rows = []
     for kind in ("fkl", "jsd"):
         live_s, live = timed_kd(ws, cached=False, steps=args.steps, kind=kind)
@@ -53,9 +65,9 @@ def main() -> None:
                      "cached_over_live": round(cache_s / live_s, 3), "max_loss_diff": max_diff})
         print(f"{kind}: live {live_s:.1f}s, cached {cache_s:.1f}s, ratio {cache_s / live_s:.2f}, "
               f"max |loss diff| {max_diff:.2e}", flush=True)
-    out = Path(args.out)
+    out = Path(args.out or default_out("teacher_cache", args.quick))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"profile": args.profile, "threads": args.threads, "torch": torch.__version__,
+    out.write_text(json.dumps({"bench": "teacher_cache", "meta": meta(args.quick, steps=args.steps), "profile": args.profile, "threads": args.threads, "torch": torch.__version__,
                                "rows": rows}, indent=1) + "\n")
 
 

@@ -1,7 +1,12 @@
 """`python -m pocl_utils.batch`: prepare a profile and run one grid to the end without notebooks, then write its
 results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run resumes
 at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one process;
-the other waits for it before writing the CSV)."""
+the other waits for it before writing the CSV).
+
+Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.batch ...` the same command runs
+data parallel with no other change: the main rank prepares the workspace alone while the others wait (`main_first`),
+then all ranks train each run together (`runner.execute`); only the main rank claims runs, writes checkpoints, records
+and the CSV, and logs; the others wait for it at barriers."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from .config import ConfigError, RunSpec, get_profile
 from .data import DataError
 from .experiments import GRIDS, grid, n_seeds_for
@@ -20,14 +26,17 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
               size: str | None = None, out: Path | None = None, log=print) -> Path:
     """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path."""
     from . import report, runner
-    from .models import pick_device
     from .pipeline import prepare
     p = get_profile(profile)
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid)
-    ws = prepare(p, runs_root=runs_root, log=log)
+    log = log if distributed.is_main() else (lambda s: None)
+    with distributed.main_first():
+        ws = prepare(p, runs_root=runs_root, log=log)
     runner.run_grid(ws, specs, log=log)
-    _wait_for_others(ws, specs, pick_device(), log)
+    _wait_for_others(ws, specs, distributed.device(), log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")
+    if not distributed.is_main():
+        return out
     frame = report.tidy(runner.records_for(ws, specs))
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock"):  # a second batch may write the same CSV
@@ -45,7 +54,7 @@ def _wait_for_others(ws, specs: list[RunSpec], device, log, poll_s: float = 0.5)
     from .runner import KIND, execute, run_key
     waited = False
     while True:
-        todo = [s for s in specs if not ws.registry.done(KIND, run_key(ws, s))]
+        todo = distributed.broadcast([s for s in specs if not ws.registry.done(KIND, run_key(ws, s))])
         if not todo:
             return
         if not waited:
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"pocl-batch: {e}", file=sys.stderr)
         return 2
+    distributed.close()
     return 0
 
 

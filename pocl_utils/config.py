@@ -101,7 +101,8 @@ def _profiles() -> dict[str, Profile]:
     # token limits are set so that only MiniLLM's GPT-2 prompt filter decides what is dropped.
     real_lite = Profile(
         name="real-lite", data="real", teacher=smol, student=ModelSpec(arch="llama", n_layer=2, n_embd=64, n_head=2),
-        max_len=416, max_prompt_len=352, max_new_tokens=64, teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=1),
+        max_len=416, max_prompt_len=352, max_new_tokens=64, student_pretrain_steps=100,
+        teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=1),
         kd=TrainSpec(lr=5e-4, batch_size=8, epochs=1), n_seeds=1, eval_max_examples=50, rank_max_examples=64,
         workers=1, grid="minimal")
     paper = Profile(

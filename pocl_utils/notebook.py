@@ -75,6 +75,22 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     return ws
 
 
+def require_real(ws: Workspace) -> None:
+    """Stop with a one-line error unless the workspace holds real data (the real-models notebook needs it)."""
+    if ws.profile.data != "real":
+        raise ConfigError(f"profile {ws.profile.name!r} has generated data; this notebook needs a real-data profile "
+                          f"(real-lite, paper or paper-opt)")
+
+
+def real_data_card(ws: Workspace) -> pd.DataFrame:
+    """real.data_card, saved as results/<profile>/data_card and figures/<profile>/real_prompt_lengths."""
+    from .real import data_card
+    card, lengths = data_card(ws)
+    save_table(ws, card, "data_card")
+    save_figure(ws, report.prompt_length_figure(lengths), "real_prompt_lengths")
+    return card
+
+
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 
 
@@ -194,11 +210,13 @@ def model_sizes(ws: Workspace) -> pd.DataFrame:
 
 
 def training_logs(ws: Workspace) -> dict[str, list[dict]]:
-    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json)."""
+    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json). A step
+    that trained nothing has no log (real-lite's teacher is used as its authors released it)."""
     import json
     read = lambda step, name: json.loads((ws.root / step / name).read_text())  # noqa: E731
     return {f"{title} ({read(step, 'STEP.json')['wall_s']:.3g} s)": read(step, "log.json")
-            for title, step in (("teacher SFT", "teacher"), ("student LM pre-training", "student_init"))}
+            for title, step in (("teacher SFT", "teacher"), ("student LM pre-training", "student_init"))
+            if (ws.root / step / "log.json").exists()}
 
 
 def ranking_table(ws: Workspace) -> pd.DataFrame:
@@ -333,7 +351,7 @@ FIG3_RUNS = [("KLD", "baseline"), ("KLD", "+POCL"), ("GKD", "baseline"), ("GKD",
 FIGURES: dict[str, Callable[[Workspace], Any]] = {
     "data_families_levels": _families_levels,
     "data_token_lengths": lambda ws: report.token_length_figure(examples_frame(ws)),
-    "training_logs": lambda ws: report.training_log_figure(training_logs(ws)),
+    "training_logs": lambda ws: report.training_log_figure(training_logs(ws)) if training_logs(ws) else None,
     "ranking_vs_true_difficulty": _with_truth(report.ranking_vs_truth_figure),
     "subset_difficulty": _with_truth(report.subset_difficulty_figure),
     "fig1_pocl_by_method": _bars("table1", "DollyEval", "Fig. 1: KD vs KD+POCL on DollyEval"),

@@ -115,6 +115,11 @@ class Workspace:
         rows = json.loads((self.root / "seqkd" / "responses.json").read_text())
         return [replace(e, response_ids=r) for e, r in zip(self.encoded("train"), rows)]
 
+    def step_keys(self) -> dict[str, str | None]:
+        """The cache key each prepared step was built with (its STEP.json; None if missing). Runs are keyed on these, so
+        a result always names the artefacts it was trained from, for world and real profiles alike."""
+        return {name: _step_key(self.root / name) for name in STEPS}
+
     def load_teacher(self, device: torch.device):
         from .models import load_checkpoint
         return load_checkpoint(self.root / "teacher" / "model", device).eval()
@@ -125,6 +130,7 @@ class Workspace:
 
 
 ROLES = ("train", "valid") + D.EVAL_SETS
+STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")  # in build order
 
 
 def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
@@ -133,9 +139,13 @@ def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
 
 def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: str = "auto",
             log: Callable[[str], None] = print) -> Workspace:
-    """Build (or find) every shared artefact of a profile's grid and return the workspace."""
+    """Build (or find) every shared artefact of a profile's grid and return the workspace (real-data profiles are
+    prepared by `real.prepare_real`)."""
     from .models import pick_device
     p = get_profile(profile) if isinstance(profile, str) else profile
+    if p.data == "real":
+        from .real import prepare_real
+        return prepare_real(p, runs_root, device=device, log=log)
     ws = Workspace(p, workspace_root(p, runs_root))
     builders = {"data": _build_data, "tokenizer": _build_tokenizer, "teacher": _build_teacher,
                 "student_init": _build_student, "ranking": _build_ranking, "teacher_cache": _build_teacher_cache,

@@ -23,15 +23,16 @@ import torch
 from . import data as D
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import (ROLES, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, lm_blocks, prep_keys, step_dir,
+from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, lm_blocks, prep_keys, step_dir,
                        workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = REPO_ROOT / "data" / "cache" / "smollm2-135m-instruct"  # git-ignored (/data/cache/)
 MINILLM_MAX_PROMPT_TOKENS = 256  # MiniLLM drops prompts over 256 GPT-2 tokens (whatever the model's tokenizer)
-REAL_STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")
+REAL_STEPS = STEPS
 TEMPLATES = ("minillm", "chat")
+REAL_LM_BLOCK = 128  # tokens per block of the small real student's LM pre-training
 
 # ---- SmolLM2: GGUF -> fp32 safetensors cache ---------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
     tok = config_hash({"teacher": p.teacher})  # teacher and student share the teacher's vocabulary
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
     teacher = config_hash({"up": tok, "spec": p.teacher})
-    student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps,
+    student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps, "block": REAL_LM_BLOCK,
                            "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
     ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
     cache = config_hash({"up": teacher, "data": data, **enc})
@@ -199,7 +200,8 @@ def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
     if p.student_pretrain_steps > 0:
         rows = D.load_instructions(json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"])
         pick = subset(len(rows), max(64, 3 * p.student_pretrain_steps * p.kd.batch_size), seed=p.seed + 1)
-        blocks = lm_blocks([rows[i]["prompt"] + rows[i]["output"] for i in pick], tok, p.max_len)
+        # 128-token blocks: a 49,152-word LM head makes each token costly on CPU, and RoPE has no learned positions
+        blocks = lm_blocks([rows[i]["prompt"] + rows[i]["output"] for i in pick], tok, min(p.max_len, REAL_LM_BLOCK))
         spec = replace(p.kd, epochs=1.0)
         log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=p.student_pretrain_steps,
                   desc="student LM pre-training (Dolly text)")
@@ -208,11 +210,11 @@ def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
 
 
 def _build_real_teacher_cache(ws: Workspace, out: Path, dev) -> None:
-    """As pipeline._build_teacher_cache, in batches of 8: at vocabulary 49,152 a batch of 64 x 320 positions would hold
-    4 GB of logits. The file holds response tokens x 49,152 fp32 (about 200 kB per token)."""
-    from .train import build_teacher_cache
-    cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, batch_size=8)
-    cache.save(out / "cache.safetensors")
+    """pipeline._build_teacher_cache itself: train.build_teacher_cache sizes its batches from vocabulary x length
+    (at 49,152 tokens a batch of 64 x 320 positions would hold 4 GB of logits). The file holds the exact logits,
+    response tokens x 49,152 fp32 (about 200 kB per token)."""
+    from .pipeline import _build_teacher_cache
+    _build_teacher_cache(ws, out, dev)
 
 
 # ---- the teacher under the paper's evaluation protocol -----------------------------------------------------------
@@ -356,3 +358,84 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
     if save_to is not None:
         save_checkpoint(model, Path(save_to))
     return {"log": log, "before": before, "after": after, "model": model}
+
+
+# ---- the data card -----------------------------------------------------------------------------------------------
+
+
+def data_card(ws: Workspace) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """Per real set: source file, rows, fields, what MiniLLM's 256-GPT-2-token filter drops, what the workspace
+    uses, licence and provenance (from the data folder's MANIFEST.tsv, when it has one); and every source prompt's
+    GPT-2 length (role, gpt2_prompt_tokens), for the length histograms."""
+    import pandas as pd
+    report = json.loads((ws.root / "data" / "filter.json").read_text())
+    rows, lengths = [], []
+    for role, r in report.items():
+        source = Path(r["source"])
+        raw = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        fields = sorted({k for row in raw for k in row})
+        meta = _manifest(source)
+        rows.append({"role": role, "file": "/".join(source.parts[-2:]), "rows": r["rows"],
+                     "fields": ", ".join(fields), "dropped_over_256_gpt2_tokens": r["dropped_over_256_gpt2_tokens"],
+                     "used_here": r["written"], "licence": meta.get("dataset_license", ""),
+                     "source": meta.get("source_repo", "")})
+        lengths += [{"role": role, "gpt2_prompt_tokens": D.gpt2_token_count(row["prompt"])} for row in raw]
+    return pd.DataFrame(rows), pd.DataFrame(lengths)
+
+
+def _manifest(source: Path) -> dict[str, str]:
+    """The MANIFEST.tsv row of a data file (looked up by its path relative to the data folder), or {}."""
+    import csv
+    manifest = source.parents[1] / "MANIFEST.tsv"
+    if not manifest.exists():
+        return {}
+    with open(manifest, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row.get("file") == "/".join(source.parts[-2:]):
+                return row
+    return {}
+
+
+# ---- cached results of the real-models notebook ------------------------------------------------------------------
+
+
+def cached(ws: Workspace, name: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """compute()'s metrics, stored once in the workspace registry under (name, params, the prepared steps' keys)."""
+    key = config_hash({"name": name, "params": params, "prep": ws.step_keys()})
+    reg = ws.registry
+    if not reg.done("real", key):
+        t0 = time.time()
+        reg.save("real", key, {"name": name, **params}, compute(), time.time() - t0)
+    return reg.load("real", key)
+
+
+def teacher_scores(ws: Workspace) -> dict[str, dict[str, dict]]:
+    """template -> set -> evaluate_set output for the teacher: the MiniLLM template (the Teacher row of notebook 01,
+    reused) and the model's own chat template, on the profile's eval subsets and seeds."""
+    from .runner import eval_key, reference_scores
+    minillm = reference_scores(ws)["Teacher"]["metrics"]["eval"]
+    chat = cached(ws, "teacher_chat_template", eval_key(ws.profile), lambda: evaluate_teacher(ws, "chat"))["metrics"]
+    return {"minillm": minillm, "chat": chat}
+
+
+def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
+    """teacher_sft(ws, **kwargs) without the model, cached: {"log", "before", "after"} plus the run's wall time."""
+    def compute() -> dict[str, Any]:
+        out = teacher_sft(ws, **kwargs)
+        return {"log": out["log"], "before": out["before"], "after": out["after"]}
+    return cached(ws, "teacher_sft", kwargs, compute)
+
+
+def short_kd_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
+    """short_kd(ws, **kwargs), cached: {"log"} plus the run's wall time."""
+    return cached(ws, "short_kd", kwargs, lambda: {"log": short_kd(ws, **kwargs)})
+
+
+def sft_table(report: dict[str, Any]) -> "pd.DataFrame":
+    """DollyEval ROUGE-L before and after the teacher SFT of `teacher_sft_report`."""
+    import pandas as pd
+    cfg = report["config"]
+    return pd.DataFrame([{"model": f"SmolLM2-135M-Instruct, {when}", "DollyEval": report["metrics"][when]["mean"],
+                          "std_over_seeds": report["metrics"][when]["std"], "n": report["metrics"][when]["n"],
+                          "sft_examples": cfg.get("n_examples"), "sft_steps": cfg.get("steps"),
+                          "wall_s": report["wall_s"]} for when in ("before", "after")])

@@ -523,3 +523,28 @@ def token_length_figure(examples: pd.DataFrame) -> Any:
                ylabel="")
     fig.tight_layout()
     return fig
+
+
+def prompt_length_figure(lengths: pd.DataFrame, limit: int = 256) -> Any:
+    """Histogram of GPT-2 prompt lengths per real set, with MiniLLM's cut-off (prompts over `limit` are dropped)."""
+    import seaborn as sns
+    roles = list(lengths["role"].drop_duplicates())
+    grid = sns.displot(data=lengths, x="gpt2_prompt_tokens", col="role", col_wrap=4, col_order=roles, bins=40,
+                       height=2.4, aspect=1.3, facet_kws={"sharey": False})
+    for ax in grid.axes.flat:
+        ax.axvline(limit, color="crimson", linestyle="--", linewidth=1)
+    grid.set_axis_labels("prompt length (GPT-2 tokens)", "rows")
+    grid.figure.suptitle(f"Prompt lengths per set; dashed: MiniLLM's {limit}-token cut-off", y=1.02)
+    return grid.figure
+
+
+def loss_curves_figure(logs: dict[str, list[dict]], title: str) -> Any:
+    """Loss per optimizer step of several short runs on one axis (e.g. teacher SFT and a short KD run)."""
+    import seaborn as sns
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for name, log in logs.items():
+        sns.lineplot(x=np.arange(len(log)), y=[row["loss"] for row in log], ax=ax, label=name, marker="o", markersize=3)
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
+    fig.tight_layout()
+    return fig

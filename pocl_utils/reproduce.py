@@ -2,7 +2,8 @@
 
 Executed copies go to `runs/<profile>/notebooks/` (ignored by git); figures go to `figures/<profile>/`.
 Parameters are checked against each notebook's `parameters` cell before anything runs, so a typo fails at once
-with the list of valid names instead of being silently ignored.
+with the list of valid names instead of being silently ignored. The student lab (11_lab) is not part of the main
+job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs/<profile>/lab/ (see pocl_utils.lab).
 """
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from .results import REPO_ROOT, atomic_write_json
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
-def collection(folder: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The numbered notebooks in run order (the lab notebook and its solutions are not part of the main job)."""
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if "lab" not in p.stem)
+def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Path]:
+    """The numbered notebooks in run order (the lab notebook and its solutions are not part of the main job); the
+    real-models notebook only for profiles with real data."""
+    real = profile in PROFILES and PROFILES[profile].data == "real"
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb")
+                  if "lab" not in p.stem.split("_") and (real or not p.stem.endswith("_real_models")))
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -69,7 +73,7 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
     import papermill as pm
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
-    notebooks = notebooks or collection()
+    notebooks = notebooks or collection(profile=profile)
     out_dir = Path(out_dir or REPO_ROOT / "runs" / profile / "notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
     valid = {nb: notebook_parameters(nb) for nb in notebooks}
@@ -103,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 00 01")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
                     help="extra notebook parameter, value parsed as JSON when possible")
+    ap.add_argument("--lab", action="store_true", help="also run the lab's solutions variant (generated first)")
     args = ap.parse_args(argv)
-    notebooks = collection()
+    notebooks = collection(profile=args.profile)
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
+    if args.lab:  # the student variant would only print "not implemented yet"; the solutions exercise everything
+        from .lab import write
+        notebooks.append(write(REPO_ROOT / "runs" / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
     extra = {k: _parse(v) for k, v in args.param}
     try:
         run_collection(args.profile, notebooks=notebooks, extra=extra)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from . import distributed
 from .config import RunSpec, config_hash
 from .models import load_weights, save_weights
 from .curriculum import Stage, plan_stages
-from .pipeline import Workspace, prep_keys
+from .pipeline import Workspace
 from .results import atomic_write_json
 from .train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
 
@@ -26,7 +29,7 @@ KIND = "runs"
 def run_key(ws: Workspace, spec: RunSpec) -> str:
     """Registry key: the run spec plus everything upstream it depends on (teacher, student, data, budget, eval)."""
     p = ws.profile
-    upstream = prep_keys(p)
+    upstream = ws.step_keys()
     return config_hash({"spec": spec.key(), "kd": asdict(p.kd), "teacher": upstream["teacher_cache"],
                         "student": upstream["ranking"], "seqkd": upstream["seqkd"], "eval": eval_key(p),
                         "gkd_lambda": p.gkd_lambda, "valid": [p.valid_max_examples, p.valid_checks]})
@@ -152,21 +155,24 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
 
 
 def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any] | None:
-    """Run `spec` unless finished; returns its record, or None if another process holds its claim."""
+    """Run `spec` unless finished; returns its record, or None if another process holds its claim.
+
+    Under `accelerate launch` every rank calls this for the same spec and they train the run together (data parallel,
+    `train.run_steps`). Only the main rank reads and claims the registry entry (`_claim` hands its answer to the
+    others), checkpoints, evaluates and writes the record; the others train in a private folder (`_train_dir`),
+    then wait at a barrier until the record exists, and return it too. All ranks must see one file system (one
+    machine, or a shared disk across machines)."""
     reg, key = ws.registry, run_key(ws, spec)
-    if reg.done(KIND, key):
-        return reg.load(KIND, key)
-    with reg.claim(KIND, key) as mine:
-        if not mine:
-            return None
-        if reg.done(KIND, key):  # finished by another process between the check above and the claim
-            return reg.load(KIND, key)
+    with _claim(reg, key) as status:
+        if status != "mine":
+            return reg.load(KIND, key) if status == "done" else None
         t0 = time.time()
-        run_dir = reg.run_dir(KIND, key)
-        for stale in run_dir.glob(".*.tmp"):  # half-written by a killed process; the claim makes us the only writer
-            stale.unlink()
-        reg.note_attempt(KIND, key)
+        run_dir = _train_dir(reg, key)
         state = train_run(ws, spec, run_dir, device, lambda m: validation_score(ws, m))
+        if not distributed.is_main():
+            shutil.rmtree(run_dir)
+            distributed.barrier()  # while the main rank evaluates and writes the record
+            return reg.load(KIND, key)
         student = ws.load_student_init(device)
         load_weights(student, run_dir / "best.safetensors")
         metrics = {"eval": evaluate_model(ws, student), "train": state}
@@ -175,7 +181,40 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
         record = reg.save(KIND, key, config, metrics, time.time() - t0)
         for name in ("last.safetensors", "best.safetensors"):
             (run_dir / name).unlink(missing_ok=True)  # the record is what matters; keep the registry small
+        distributed.barrier()
         return record
+
+
+@contextmanager
+def _claim(reg, key: str) -> Iterator[str]:
+    """The run's status, held for the block: "done", "taken" (another live process holds its claim) or "mine"
+    (claimed by this process until the block ends). When launched, the main rank decides and the others follow."""
+    if not distributed.is_main():
+        yield distributed.broadcast(None)
+    elif reg.done(KIND, key):
+        yield distributed.broadcast("done")
+    else:
+        with reg.claim(KIND, key) as mine:
+            # a run can be finished by another process between the check above and the claim
+            yield distributed.broadcast("taken" if not mine else "done" if reg.done(KIND, key) else "mine")
+
+
+def _train_dir(reg, key: str) -> Path:
+    """Where this process keeps the run's checkpoints: the registry's run folder on the main rank; on another rank a
+    private copy of it (`.rank<r>`), so that `train_run` on every rank resumes from the same stage while only the main
+    rank writes the registry. The copy is deleted when the run ends."""
+    run_dir = reg.run_dir(KIND, key)
+    if distributed.is_main():
+        for stale in run_dir.glob(".*.tmp"):  # half-written by a killed process; the claim makes us the only writer
+            stale.unlink()
+        reg.note_attempt(KIND, key)
+    else:
+        mine = run_dir / f".rank{distributed.rank()}"
+        shutil.rmtree(mine, ignore_errors=True)  # left by a killed launch
+        shutil.copytree(run_dir, mine, ignore=shutil.ignore_patterns(".*", "claim.lock", "attempts.log"))
+        run_dir = mine
+    distributed.barrier()  # the copies are taken before the main rank can write a checkpoint
+    return run_dir
 
 
 # ---- the grid ----------------------------------------------------------------------------------------------------
@@ -196,15 +235,19 @@ def _work(spec: RunSpec) -> tuple[RunSpec, dict | None]:
 
 def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every spec (skipping finished ones) on `workers` processes with one thread each; returns the records."""
+    """Run every spec (skipping finished ones) on `workers` processes with one thread each; returns the records.
+
+    Under `accelerate launch` the launched processes are the workers: they run one spec at a time together
+    (`execute`), so `workers` is 1 and every rank walks the main rank's list of unfinished specs."""
     from .models import pick_device
-    todo = [s for s in specs if not ws.registry.done(KIND, run_key(ws, s))]
-    workers = min(workers or ws.profile.workers, max(1, len(todo)))
-    log(f"[grid] {len(specs)} runs, {len(specs) - len(todo)} finished already, {len(todo)} to run on {workers} worker(s)")
+    todo = distributed.broadcast([s for s in specs if not ws.registry.done(KIND, run_key(ws, s))])
+    workers = 1 if distributed.world_size() > 1 else min(workers or ws.profile.workers, max(1, len(todo)))
+    on = f"{workers} worker(s)" if distributed.world_size() == 1 else f"{distributed.world_size()} processes together"
+    log(f"[grid] {len(specs)} runs, {len(specs) - len(todo)} finished already, {len(todo)} to run on {on}")
     t0 = time.time()
     if workers <= 1 or pick_device().type == "cuda":
         for k, s in enumerate(todo):
-            execute(ws, s, pick_device())
+            execute(ws, s, distributed.device())
             log(f"[grid] {k + 1}/{len(todo)} {s.label} seed {s.seed} ({time.time() - t0:.0f}s)")
     else:
         ctx = mp.get_context("spawn")
@@ -226,7 +269,7 @@ def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:
     reg, dev = ws.registry, pick_device()
     out = {}
     for name, load in (("Teacher", ws.load_teacher), ("Student (init)", ws.load_student_init)):
-        key = config_hash({"model": name, "prep": prep_keys(ws.profile), "eval": eval_key(ws.profile)})
+        key = config_hash({"model": name, "prep": ws.step_keys(), "eval": eval_key(ws.profile)})
         if not reg.done("reference", key):
             t0 = time.time()
             metrics = {"eval": evaluate_model(ws, load(dev).eval())}

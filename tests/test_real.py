@@ -110,6 +110,25 @@ def test_prepare_real_models_and_steps(ws, smollm2, shared_data):
     assert (ws.root / "teacher_cache" / "STEP.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
 
 
+def test_run_keys_follow_the_real_data_keys(ws, shared_data):
+    """A run's registry key names the real artefacts it trains from: other source files or sizes give other keys."""
+    from pocl_utils import runner
+    from pocl_utils.config import baseline
+    paths = {role: D.real_data_path(role, shared_data) for role in ROLES}
+    assert ws.step_keys() == real.real_keys(ws.profile, paths, 2)  # what is on disk is what the keys describe
+    spec = baseline("KLD", 0)
+    before = runner.run_key(ws, spec)
+    step = ws.root / "ranking" / "STEP.json"
+    saved = step.read_text()
+    try:
+        other = real.real_keys(ws.profile, paths, 3)  # other data (3 rows per set) -> other upstream keys
+        step.write_text(json.dumps({"key": other["ranking"]}))
+        assert runner.run_key(ws, spec) != before
+    finally:
+        step.write_text(saved)
+    assert runner.run_key(ws, spec) == before
+
+
 # ---- the teacher under both templates -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,209 @@
+"""Multi-process training through `accelerate launch` (2 CPU processes, gloo, configs/accelerate/cpu_2proc.yaml).
+
+A 2-process step must equal a 1-process step on the same global batch: the batches below give the two shards
+different token counts (a per-rank mean averaged over ranks would then differ) and one batch has a single example
+(one rank holds nothing). Run as a script under `accelerate launch`, this file is also the worker the test launches.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pocl_utils import distributed
+from pocl_utils.config import ModelSpec, TrainSpec
+from pocl_utils.data import Encoded
+from pocl_utils.models import build_model
+from pocl_utils.train import KDContext, TeacherCache, kd_loss_fn, run_steps
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
+VOCAB = 48
+RESPONSE_LENGTHS = [1, 14, 3, 22, 2, 7, 16, 4, 9, 5]  # + EOS each
+# Rank 0 takes the first ceil(B/2) examples of a batch. Step 0: tokens 2 + 15 + 4 = 21 vs 23 + 3 = 26;
+# step 2: [8] leaves rank 1 empty.
+BATCHES = [[0, 1, 2, 3, 4], [5, 6, 7], [8], [3, 9, 1, 6], [2, 0, 8, 5, 7]]
+CLIPS = {"no_clip": 0.0, "clip": 0.05}  # 0.05 is well below the gradient norm: the clip acts on every step
+
+
+def _examples() -> list[Encoded]:
+    rng = np.random.default_rng(0)
+    return [Encoded(rng.integers(1, VOCAB, size=int(rng.integers(2, 6))).tolist(),
+                    rng.integers(1, VOCAB, size=n).tolist() + [0], index=i, meta={})
+            for i, n in enumerate(RESPONSE_LENGTHS)]
+
+
+def _student_and_loss(on_policy: bool = False):
+    """A tiny GPT-2 and its KD loss (forward KL, tau 2, alpha 0.3) against a random teacher's cached logits, or with
+    on-policy batches only (GKD's outputs sampled by the student, scored by a random live teacher)."""
+    encoded = _examples()
+    student = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=0)
+    offsets = np.concatenate([[0], np.cumsum([len(e.response_ids) for e in encoded])])
+    torch.manual_seed(1)
+    cache = TeacherCache(3 * torch.randn(int(offsets[-1]), VOCAB), offsets)  # [rows, V]
+    ctx = KDContext(encoded, pad_id=0, eos_id=0, cache=cache, max_new_tokens=3)
+    if on_policy:
+        ctx.teacher, ctx.on_policy_frac = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=1), 1.0
+    return student, kd_loss_fn(student, ctx, kind="fkl", tau=2.0, alpha=0.3, rng=np.random.default_rng(2))
+
+
+def _spec(grad_clip: float) -> TrainSpec:
+    return TrainSpec(lr=1e-2, batch_size=5, warmup_frac=0.0, grad_clip=grad_clip)
+
+
+def _train(grad_clip: float, on_policy: bool = False) -> dict:
+    """Five KD steps on BATCHES; returns the log, the first step's (summed, clipped) gradient, the final weights and
+    the examples each step computed on."""
+    student, kd = _student_and_loss(on_policy)
+    grads, seen = {}, []
+
+    def loss_fn(idx: list[int], step: int):
+        seen.append(list(idx))
+        return kd(idx, step)
+
+    def on_step(step: int, parts: dict) -> None:
+        if step == 0:
+            grads["step0"] = torch.cat([p.grad.reshape(-1) for p in student.parameters()]).clone()
+
+    log = run_steps(student, loss_fn, iter(BATCHES), len(BATCHES), _spec(grad_clip), on_step=on_step)
+    return {"log": log, "grad0": grads["step0"], "weights": {k: v.clone() for k, v in student.state_dict().items()},
+            "seen": seen}
+
+
+def _settled(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """The weights whose value does not hang on float noise: the attention key bias is dropped. Its gradient is zero in
+    exact arithmetic (it shifts all of a query's scores equally, which the softmax ignores), so what it gets is
+    rounding noise, which Adam's normalisation turns into steps of about lr either way."""
+    if name.endswith("attn.c_attn.bias"):
+        d = weight.shape[0] // 3
+        return torch.cat([weight[:d], weight[2 * d:]])  # query and value parts
+    return weight
+
+
+def _worker(out: Path) -> None:
+    """Body of each launched process: every configuration, saved per rank."""
+    torch.set_num_threads(1)
+    r = distributed.rank()
+    for name, clip in CLIPS.items():
+        torch.save(_train(clip), out / f"{name}.rank{r}.pt")
+    torch.save(_train(1.0, on_policy=True), out / f"gkd.rank{r}.pt")
+    seed = {"world": distributed.world_size(), "seed": distributed.rank_seed(7)}
+    (out / f"seed.rank{r}.json").write_text(json.dumps(seed))
+    distributed.close()
+
+
+def _accelerate(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """`accelerate launch` with the 2-process CPU config (its port 0 picks a free port); fails the test on error."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    _accelerate([str(Path(__file__)), str(out)], timeout=150, cwd=REPO)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_two_processes_equal_one_process_on_the_same_global_batch(launched, name):
+    torch.set_num_threads(1)
+    want = _train(CLIPS[name])
+    got = [torch.load(launched / f"{name}.rank{r}.pt") for r in (0, 1)]
+    assert want["seen"] == BATCHES
+    assert got[0]["seen"] == [[0, 1, 2], [5, 6], [8], [3, 9], [2, 0, 8]]  # each rank computes on its own shard only
+    assert got[1]["seen"] == [[3, 4], [7], [8], [1, 6], [5, 7]]  # step 2: a stand-in for its empty shard, weight 0
+    for row_got, row_want in zip(got[0]["log"], want["log"], strict=True):
+        assert row_got.keys() == row_want.keys() == {"loss", "ce", "kd"}
+        for k in row_want:
+            assert abs(row_got[k] - row_want[k]) < 1e-5, (k, row_got, row_want)
+    torch.testing.assert_close(got[0]["grad0"], want["grad0"], rtol=1e-5, atol=1e-7)
+    for k, w in want["weights"].items():
+        torch.testing.assert_close(_settled(k, got[0]["weights"][k]), _settled(k, w), rtol=0, atol=5e-6, msg=k)
+        assert torch.equal(got[0]["weights"][k], got[1]["weights"][k]), f"replicas differ at {k}"
+    assert got[0]["log"] == got[1]["log"]  # every rank logs the global values
+
+
+def test_on_policy_ranks_sample_apart_and_stay_in_step(launched):
+    seeds = [json.loads((launched / f"seed.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["world"] for s in seeds] == [2, 2]
+    assert seeds[0]["seed"] == distributed.rank_seed(7) == 7 and seeds[1]["seed"] != 7
+    got = [torch.load(launched / f"gkd.rank{r}.pt") for r in (0, 1)]
+    assert all(np.isfinite(row["loss"]) for row in got[0]["log"]) and len(got[0]["log"]) == len(BATCHES)
+    for k, w in got[0]["weights"].items():
+        assert torch.equal(w, got[1]["weights"][k]), f"replicas differ at {k}"
+
+
+def _plain_loop(model, loss_fn, batches, steps: int, spec: TrainSpec) -> list[dict]:
+    """The single-process loop as it was before multi-process support, written out."""
+    from pocl_utils.train import optimizer_for
+    opt, sched = optimizer_for(model, spec, steps)
+    model.train()
+    log = []
+    for step in range(steps):
+        loss, parts = loss_fn(next(batches), step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        opt.step()
+        sched.step()
+        log.append({"loss": float(loss.detach()), **{k: v for k, v in parts.items() if k != "tokens"}})
+    return log
+
+
+def test_one_process_is_the_plain_loop_bitwise():
+    torch.set_num_threads(1)
+    assert not distributed.launched()
+    got = _train(CLIPS["clip"])
+    student, loss_fn = _student_and_loss()
+    want = _plain_loop(student, loss_fn, iter(BATCHES), len(BATCHES), _spec(CLIPS["clip"]))
+    assert got["log"] == want
+    for k, w in student.state_dict().items():
+        assert torch.equal(got["weights"][k], w), k
+    assert distributed._state.cache_info().currsize == 0 and not torch.distributed.is_initialized()
+
+
+def test_shards_partition_the_batch_in_order(monkeypatch):
+    indices = list(range(10, 17))  # 7 examples
+    for world in (1, 2, 3, 8):
+        monkeypatch.setattr(distributed, "world_size", lambda w=world: w)
+        parts = []
+        for r in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+            parts.append(distributed.shard(indices))
+        assert sum(parts, []) == indices
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_batch_entry_point_under_accelerate_launch(tmp_path):
+    """`python -m pocl_utils.batch` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT, SeqKD, GKD and
+    KLD with and without POCL: 6 runs of a few steps), each trained once by both ranks together, recorded once."""
+    from pocl_utils.results import Registry
+    t0 = time.time()
+    proc = _accelerate(["-m", "pocl_utils.batch", "--profile", "smoke", "--grid", "table1", "--size", "minimal",
+                        "--seeds", "1", "--runs-root", str(tmp_path)], timeout=170, cwd=REPO)
+    wall = time.time() - t0
+    records = Registry(tmp_path / "smoke" / "registry").all("runs")
+    assert len(records) == 6 and len({r["pid"] for r in records}) == 1, proc.stdout[-2000:]
+    for rec in records:
+        run_dir = tmp_path / "smoke" / "registry" / "runs" / rec["key"]
+        assert len((run_dir / "attempts.log").read_text().splitlines()) == 1  # claimed and trained once, by one rank
+        assert not list(run_dir.glob(".rank*"))  # the other rank's private checkpoints are gone
+        assert len(rec["metrics"]["train"]["valid"]) >= 2  # validated at its check points
+    assert "6 to run on 2 processes together" in proc.stdout  # only the main rank logs: each line once
+    assert proc.stdout.count("[batch] 6 runs finished (6 trained by this process)") == 1
+    assert len((tmp_path / "smoke" / "results" / "table1.csv").read_text().splitlines()) > 1
+    print(f"2-process smoke batch: {wall:.0f}s")
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))

@@ -1,0 +1,227 @@
+"""The teacher cache: exact mode reproduces the live teacher; top-k mode rebuilds a distribution whose error shrinks with
+k and vanishes at k = V; batches are sized from a memory budget; files round-trip and bad files say what is wrong."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pocl_utils.config import ModelSpec
+from pocl_utils.data import Encoded
+from pocl_utils.losses import KINDS, divergence
+from pocl_utils.models import CheckpointError, build_model
+from pocl_utils.train import (MAX_CACHE_BATCH, TeacherCache, build_teacher_cache, cache_batches, compress_top_k,
+                              expand_top_k, make_batch, teacher_logits)
+
+V = 40
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.set_num_threads(1)
+    return build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), V, 32, seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    rng = np.random.default_rng(0)
+    return [Encoded(rng.integers(1, V, rng.integers(1, 8)).tolist(), rng.integers(1, V, rng.integers(1, 9)).tolist(), i)
+            for i in range(13)]
+
+
+def top_k_cache(logits: torch.Tensor, offsets, k: int) -> TeacherCache:
+    top, ids, rest = compress_top_k(logits, k)
+    return TeacherCache(None, np.asarray(offsets), top, ids, rest, logits.shape[1])
+
+
+def peaked_logits(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    """Teacher-like rows: a few likely tokens and a long tail (Zipf-shaped scores plus noise), [n, vocab]."""
+    gen = torch.Generator().manual_seed(seed)
+    zipf = -1.5 * torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))  # [V]
+    return torch.stack([zipf[torch.randperm(vocab, generator=gen)] for _ in range(n)]) + 0.5 * torch.randn(
+        n, vocab, generator=gen)
+
+
+# ---- exact mode ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_exact_rows_equal_the_live_teacher_run_one_example_at_a_time(teacher, encoded):
+    cache = build_teacher_cache(teacher, encoded, PAD)
+    assert cache.top_k == 0 and cache.vocab_size == V and cache.bytes_per_token() == 4 * V
+    for i, e in enumerate(encoded):  # unpadded, alone: what the teacher says about this example, no batching at all
+        ids = torch.tensor([e.prompt_ids + e.response_ids])
+        live = teacher(input_ids=ids).logits[0, len(e.prompt_ids) - 1:e.length - 1]  # [R, V]
+        torch.testing.assert_close(cache.rows([i]), live, atol=1e-5, rtol=1e-5)
+    pick = [5, 0, 12, 3]
+    batch_rows = teacher_logits(teacher, make_batch([encoded[i] for i in pick], PAD))  # the training batch's order
+    torch.testing.assert_close(cache.rows(pick), batch_rows, atol=1e-5, rtol=1e-5)
+
+
+def test_budget_sized_batches_give_the_same_cache_as_fixed_ones(teacher, encoded):
+    auto = build_teacher_cache(teacher, encoded, PAD)
+    tiny = build_teacher_cache(teacher, encoded, PAD, budget_bytes=3 * 16 * V * 4)  # ~3 short examples per batch
+    ones = build_teacher_cache(teacher, encoded, PAD, batch_size=1)
+    np.testing.assert_array_equal(auto.offsets, ones.offsets)
+    torch.testing.assert_close(auto.logits, ones.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiny.logits, ones.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_batches_respect_the_budget_and_cover_every_example_once():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 400, 300).tolist()
+    vocab, budget = 49152, 256 * 2**20
+    batches = cache_batches(lengths, vocab, budget_bytes=budget)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(300))
+    assert [lengths[i] for i in flat] == sorted(lengths)  # length-sorted, as the teacher pass always was
+    for b in batches:
+        assert len(b) <= MAX_CACHE_BATCH
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) * vocab * 4 <= budget
+    assert len(batches[0]) > len(batches[-1])  # short examples share bigger batches
+    # a small vocabulary keeps the old fixed batches of 64 (so existing caches are rebuilt bitwise the same)
+    small = cache_batches([64] * 200, 512)
+    assert [len(b) for b in small] == [64, 64, 64, 8]
+    assert cache_batches(lengths, vocab, batch_size=7) == [flat[s:s + 7] for s in range(0, 300, 7)]
+    assert cache_batches([], vocab) == []
+
+
+# ---- top-k mode ----------------------------------------------------------------------------------------------------
+
+
+def test_expand_top_k_by_hand():
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    top, ids, rest = compress_top_k(p.log(), 2)
+    assert ids.tolist() == [[1, 3]] and ids.dtype == torch.int32
+    torch.testing.assert_close(top.exp(), torch.tensor([[0.5, 0.3]]))
+    torch.testing.assert_close(rest.exp(), torch.tensor([0.2]))
+    rebuilt = expand_top_k(top, ids, rest, 4).exp()  # the other two tokens share the remaining 0.2
+    torch.testing.assert_close(rebuilt, torch.tensor([[0.1, 0.5, 0.1, 0.3]]))
+    kl = 0.15 * math.log(0.15 / 0.1) + 0.05 * math.log(0.05 / 0.1)  # KL(p || p_hat): only the tail contributes
+    got = (p * (p.log() - rebuilt.log())).sum()
+    assert got.item() == pytest.approx(kl, rel=1e-5)
+
+
+def test_remainder_mass_does_not_underflow_when_the_top_k_hold_almost_everything():
+    logits = torch.tensor([[0.0, -40.0, -40.0, -41.0]])  # tail mass ~ 1e-17: 1 - sum(top) would be 0 in fp32
+    _, _, rest = compress_top_k(logits, 1)
+    expected = math.log(2 * math.exp(-40.0) + math.exp(-41.0))  # log-softmax shift is ~1e-17, invisible here
+    assert rest.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_top_k_with_k_equal_to_vocab_gives_the_exact_losses_and_gradients(teacher, encoded):
+    exact = build_teacher_cache(teacher, encoded, PAD)
+    full = build_teacher_cache(teacher, encoded, PAD, top_k=V)
+    assert full.top_k == V and torch.isinf(full.log_rest).all()
+    pick = [2, 7, 11]
+    n = int(exact.offsets[3] - exact.offsets[2] + exact.offsets[8] - exact.offsets[7] + exact.offsets[12] - exact.offsets[11])
+    student = torch.randn(n, V, generator=torch.Generator().manual_seed(0), dtype=torch.float32) * 2
+    for kind in KINDS:
+        for tau in (1.0, 2.0):
+            losses, grads = [], []
+            for cache in (exact, full):
+                s = student.clone().requires_grad_(True)
+                loss = divergence(s, cache.rows(pick), kind, temperature=tau)
+                loss.backward()
+                losses.append(loss.item())
+                grads.append(s.grad)
+            assert losses[1] == pytest.approx(losses[0], abs=1e-6, rel=1e-5), (kind, tau)
+            torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-4)
+
+
+def kd_error_table(teacher_rows: torch.Tensor, student_rows: torch.Tensor, ks: list[int]) -> dict:
+    """k -> mean KL(p || p_hat) per token and |D(q; p_hat) - D(q; p)| per kind at tau 1 and 2, in fp64."""
+    p = torch.log_softmax(teacher_rows.double(), -1)
+    out = {}
+    for k in ks:
+        rebuilt = top_k_cache(teacher_rows, [0, len(teacher_rows)], k).rows([0]).double()  # [n, V] log p_hat
+        log_hat = torch.log_softmax(rebuilt, -1)
+        row = {"kl": float((p.exp() * (p - log_hat)).sum(-1).mean())}
+        for kind in KINDS:
+            for tau in (1.0, 2.0):
+                ref = divergence(student_rows.double(), teacher_rows.double(), kind, temperature=tau)
+                row[(kind, tau)] = abs(float(divergence(student_rows.double(), rebuilt, kind, temperature=tau) - ref))
+        out[k] = row
+    return out
+
+
+def test_top_k_error_shrinks_with_k_and_vanishes_at_vocab_size():
+    vocab, ks = 256, [1, 4, 16, 64, 256]
+    teacher_rows = peaked_logits(48, vocab)
+    student_rows = peaked_logits(48, vocab, seed=1)
+    table = kd_error_table(teacher_rows, student_rows, ks)
+    print("\nk    KL(p||p_hat)  " + "  ".join(f"{kind}@{tau:g}" for kind in KINDS for tau in (1.0, 2.0)))
+    for k, row in table.items():
+        print(f"{k:<4} {row['kl']:.3e}     " + "  ".join(f"{row[(kind, tau)]:.1e}" for kind in KINDS for tau in (1.0, 2.0)))
+    kls = [table[k]["kl"] for k in ks]
+    assert all(a > b for a, b in zip(kls, kls[1:]))  # strictly better with every larger k ...
+    assert kls[0] > 0.05 and kls[-1] < 1e-6  # ... from a visible error down to none at k = V
+    for key in table[1]:
+        if key == "kl":
+            continue
+        assert table[256][key] < 1e-6, key
+        assert table[64][key] < table[1][key], key  # the KD loss error follows
+
+
+def test_rebuilt_tail_gets_more_mass_above_tau_one_and_less_below():
+    """The documented direction of the approximation's error under re-tempering (x^(1/tau) concave for tau > 1)."""
+    logits = peaked_logits(32, 128, seed=2)
+    cache = top_k_cache(logits, [0, 32], 8)
+    rebuilt, ids = cache.rows([0]), cache.token_ids.long()
+    for tau, more in ((2.0, True), (0.5, False)):
+        tail_true = 1 - torch.softmax(logits / tau, -1).gather(1, ids).sum(-1)  # [n]
+        tail_hat = 1 - torch.softmax(rebuilt / tau, -1).gather(1, ids).sum(-1)  # [n]
+        assert bool((tail_hat >= tail_true - 1e-6).all() if more else (tail_hat <= tail_true + 1e-6).all()), tau
+    torch.testing.assert_close(1 - torch.softmax(rebuilt, -1).gather(1, ids).sum(-1), cache.log_rest.exp())  # tau 1
+
+
+def test_top_k_cache_is_much_smaller_per_token(teacher, encoded):
+    cache = build_teacher_cache(teacher, encoded, PAD, top_k=4)
+    assert cache.bytes_per_token() == 4 * 4 + 4 * 4 + 4  # fp32 log-probs + int32 ids + fp32 remainder
+    assert cache.logits is None and cache.rows([0, 1]).shape == (len(encoded[0].response_ids) + len(encoded[1].response_ids), V)
+
+
+def test_bad_top_k_raises(teacher, encoded):
+    for k in (-1, V + 1, 2.0, True):
+        with pytest.raises(ValueError, match="top_k=.*must be an int in \\[0, 40\\]"):
+            build_teacher_cache(teacher, encoded, PAD, top_k=k)
+    with pytest.raises(ValueError, match="token_ids must lie in \\[0, 4\\)"):
+        TeacherCache(None, np.array([0, 1]), torch.zeros(1, 2), torch.tensor([[0, 4]], dtype=torch.int32),
+                     torch.zeros(1), 4)
+    with pytest.raises(ValueError, match="either logits"):
+        TeacherCache(torch.zeros(1, 4), np.array([0, 1]), torch.zeros(1, 2))
+
+
+# ---- files ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_save_load_round_trip(tmp_path, teacher, encoded, k):
+    cache = build_teacher_cache(teacher, encoded, PAD, top_k=k)
+    cache.save(tmp_path / "cache.safetensors")
+    back = TeacherCache.load(tmp_path / "cache.safetensors")
+    assert (back.top_k, back.vocab_size) == (k, V)
+    np.testing.assert_array_equal(back.offsets, cache.offsets)
+    names = ("logits",) if k == 0 else ("top_logprobs", "token_ids", "log_rest")
+    for name in names:
+        assert torch.equal(getattr(back, name), getattr(cache, name)), name
+    assert torch.equal(back.rows([4, 1]), cache.rows([4, 1]))
+
+
+def test_bad_files_say_what_is_wrong(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match=f"{garbage}: unreadable checkpoint"):
+        TeacherCache.load(garbage)
+    other = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(CheckpointError, match=f"{other}: not a teacher cache: it holds tensors \\['weight'\\]"):
+        TeacherCache.load(other)
+    short = tmp_path / "short.safetensors"
+    save_file({"logits": torch.zeros(5, 3), "offsets": torch.tensor([0, 2, 4])}, str(short))  # 5 rows, offsets end at 4
+    with pytest.raises(CheckpointError, match=f"{short}: inconsistent teacher cache .*offsets must rise from 0 to the 5"):
+        TeacherCache.load(short)
+    with pytest.raises(FileNotFoundError):
+        TeacherCache.load(tmp_path / "missing.safetensors")
