@@ -3,12 +3,16 @@
     python benchmarks/bench_topk_cache.py [--quick] [--ks 8,32,128,512] [--out benchmarks/results/topk_cache.json]
 
 Two vocabularies: SmolLM2's 49,152 and the laptop world's 512. For each, the exact teacher rows of a few hundred
-response tokens are computed once, then every k is compressed (`train.compress_top_k`) and rebuilt (`expand_top_k`,
-remainder spread uniformly), and compared with the exact rows on:
-  bytes per token of the cache (exact 4 V; top-k 8 k + 4), and the ratio;
+response tokens are computed once, then every k is compressed (`train.compress_top_k`) and rebuilt two ways:
+  uniform:  the tau = 1 rows (`expand_top_k`, remainder spread evenly), re-tempered by the loss (the old behaviour);
+  tempered: `TeacherCache.rows(..., tau)`, exact tempered top k and tail mass (interpolated between grid taus),
+and compared with the exact rows on:
+  bytes per token of the cache (exact 4 V; top-k 8 k + 4 + 8 G, G tail temperatures), and the ratio;
   KL(p || p_hat) per token at tau = 1 (the rebuilt distribution's own error) and the remainder mass r;
-  for every divergence kind at tau 1 and 2: the KD loss tau^2 D(p_tau || q_tau) with the exact and the rebuilt teacher
-  (relative error) and the relative L2 error of its gradient w.r.t. the student logits.
+  the tempered tail mass at each tau, and the worst interpolation error of its log between grid taus (INTERP_TAUS);
+  for every divergence kind at each tau of POCL's default schedule (1, 4/3, 5/3, 2): the KD loss tau^2 D(p_tau || q_tau)
+  with the exact and each rebuilt teacher (relative error) and the relative L2 error of its gradient w.r.t. the student
+  logits; for FKL also the part of the loss error that is the teacher's own entropy (constant w.r.t. the student).
 Where the outputs come from (recorded as `source` in the JSON):
   49,152: SmolLM2-135M-Instruct (data/cache/smollm2-135m-instruct) on Dolly prompts when both exist, else a randomly
           initialised Llama on random tokens; the student is a random-init Llama 2L x 64 (real-lite's shape).
@@ -33,10 +37,12 @@ from pocl_utils.config import PROFILES, ModelSpec
 from pocl_utils.data import Encoded
 from pocl_utils.losses import KINDS, divergence
 from pocl_utils.models import build_model
-from pocl_utils.train import (TeacherCache, build_teacher_cache, compress_top_k, expand_top_k, make_batch,
-                              student_logits_at_targets)
+from pocl_utils.curriculum import linear_schedule
+from pocl_utils.train import (TAIL_TAUS, TeacherCache, build_teacher_cache, compress_top_k, expand_top_k, make_batch,
+                              student_logits_at_targets, tempered_log_tail)
 
-TAUS = (1.0, 2.0)
+TAUS = tuple(linear_schedule(1.0, 2.0, 4))  # the stage temperatures of POCL's default schedule: 1, 4/3, 5/3, 2
+INTERP_TAUS = (1.05, 1.1, 1.25, 1.4, 1.75, 1.9)  # between the grid points of TAIL_TAUS: interpolated
 SMOL_VOCAB = 49152
 
 
@@ -122,6 +128,31 @@ def kl_per_token(teacher_rows: torch.Tensor, rebuilt: torch.Tensor) -> torch.Ten
     return torch.cat(out)
 
 
+def neg_entropy(rows: torch.Tensor, tau: float) -> float:
+    """tau^2 * mean over rows of sum_v p_tau log p_tau, p_tau = softmax(rows / tau): FKL's student-free part, fp64."""
+    out = 0.0
+    for s in range(0, len(rows), 64):
+        logp = torch.log_softmax(rows[s:s + 64].double() / tau, -1)
+        out += float((logp.exp() * logp).sum())
+    return tau**2 * out / max(len(rows), 1)
+
+
+def tail_stats(cache: TeacherCache, small: TeacherCache) -> dict:
+    """Mean true tempered tail mass per tau, and the worst |log tail mass| error of the interpolation between grid taus."""
+    ids = small.token_ids.long()
+    mass, interp = {}, 0.0
+    for tau in TAUS + INTERP_TAUS:
+        for s in range(0, len(ids), 64):
+            logp = torch.log_softmax(cache.logits[s:s + 64].double() / tau, -1)  # [<=64, V]
+            true = logp.scatter(1, ids[s:s + 64], float("-inf")).logsumexp(-1)  # [<=64] log tempered tail mass
+            mass[tau] = mass.get(tau, 0.0) + float(true.exp().sum()) / len(ids)
+            if tau in INTERP_TAUS:
+                f = tempered_log_tail(small.tail_taus, small.log_tail_mass[s:s + 64], small.tail_mean_logp[s:s + 64], tau)
+                log_z = (cache.logits[s:s + 64].double().log_softmax(-1) / tau).logsumexp(-1)  # f is unnormalised
+                interp = max(interp, float((f.double() - log_z - true).abs().max()))
+    return {"tempered_tail_mass_mean": {f"{t:.4g}": mass[t] for t in TAUS}, "tail_interp_err_max": interp}
+
+
 def loss_and_grad(student_rows: torch.Tensor, teacher_rows: torch.Tensor, kind: str, tau: float):
     s = student_rows.clone().requires_grad_(True)
     loss = divergence(s, teacher_rows, kind, temperature=tau)
@@ -129,32 +160,55 @@ def loss_and_grad(student_rows: torch.Tensor, teacher_rows: torch.Tensor, kind: 
     return loss.item(), s.grad
 
 
+def error(exact: tuple[float, torch.Tensor], approx: tuple[float, torch.Tensor]) -> dict:
+    (value, grad), (got, grad_hat) = exact, approx
+    return {"approx": got, "rel_err": abs(got - value) / max(abs(value), 1e-12),
+            "grad_rel_err": float((grad_hat - grad).norm() / grad.norm().clamp_min(1e-30))}
+
+
 def compare_k(cache: TeacherCache, student_rows: torch.Tensor, k: int, exact: dict) -> dict:
-    """One k: memory, the rebuilt distribution's error, and the KD loss/gradient error for each kind and tau."""
-    top, ids, rest = compress_top_k(cache.logits, k)
-    small = TeacherCache(None, cache.offsets, top, ids, rest, cache.vocab_size)
-    rebuilt = expand_top_k(top, ids, rest, cache.vocab_size)  # [R, V]
+    """One k: memory, the rebuilt distribution's error, and the KD loss/gradient error for each kind and tau, with the
+    uniform (tau = 1 rows re-tempered) and the tempered rebuild."""
+    top, ids, rest, mass, slope = compress_top_k(cache.logits, k)
+    small = TeacherCache(None, cache.offsets, top, ids, rest, cache.vocab_size, TAIL_TAUS, mass, slope)
+    uniform = expand_top_k(top, ids, rest, cache.vocab_size)  # [R, V]
+    everything = list(range(len(cache.offsets) - 1))
     row = {"k": k, "bytes_per_token": small.bytes_per_token(), "memory_ratio": small.bytes_per_token() / cache.bytes_per_token(),
-           "kl_mean": float(kl_per_token(cache.logits, rebuilt).mean()), "tail_mass_mean": float(rest.exp().mean()),
-           "tail_mass_max": float(rest.exp().max()), "rows_ms_per_batch": rows_ms(small), "errors": []}
-    for (kind, tau), (value, grad) in exact.items():
-        approx, grad_hat = loss_and_grad(student_rows, rebuilt, kind, tau)
-        row["errors"].append({"kind": kind, "tau": tau, "exact": value, "approx": approx, "abs_err": abs(approx - value),
-                              "rel_err": abs(approx - value) / max(abs(value), 1e-12),
-                              "grad_rel_err": float((grad_hat - grad).norm() / grad.norm().clamp_min(1e-30))})
-    worst = lambda tau, key: max(e[key] for e in row["errors"] if e["tau"] == tau)  # noqa: E731
-    row.update({f"max_rel_err_tau{tau:g}": worst(tau, "rel_err") for tau in TAUS})
-    row.update({f"max_grad_rel_err_tau{tau:g}": worst(tau, "grad_rel_err") for tau in TAUS})
+           "kl_mean": float(kl_per_token(cache.logits, uniform).mean()), "tail_mass_mean": float(rest.exp().mean()),
+           "tail_mass_max": float(rest.exp().max()), "rows_ms_per_batch": rows_ms(small), **tail_stats(cache, small),
+           "errors": [], "by_tau": []}
+    for tau in TAUS:
+        tempered = small.rows(everything, tau=tau)  # [R, V]
+        for kind in KINDS:
+            e = {"kind": kind, "tau": tau, "exact": exact[(kind, tau)][0]}
+            for name, rows in (("uniform", uniform), ("tempered", tempered)):
+                e.update({f"{key}_{name}": v for key, v in error(exact[(kind, tau)],
+                                                                  loss_and_grad(student_rows, rows, kind, tau)).items()})
+            row["errors"].append(e)
+        row["by_tau"].append(tau_summary(row["errors"], tau, neg_entropy(tempered, tau) - neg_entropy(cache.logits, tau)))
     return row
 
 
-def rows_ms(cache: TeacherCache, batch: int = 32) -> float:
-    """Milliseconds for `cache.rows` of one training batch of `batch` examples (top-k: includes the rebuild)."""
+def tau_summary(errors: list[dict], tau: float, fkl_entropy_gap: float) -> dict:
+    """One tau's headline: FKL loss/grad errors and the worst over the kinds, uniform vs tempered rebuild."""
+    mine = [e for e in errors if e["tau"] == tau]
+    fkl = next(e for e in mine if e["kind"] == "fkl")
+    out = {"tau": tau, "fkl_entropy_share_tempered": abs(fkl_entropy_gap) / max(abs(fkl["exact"]), 1e-12)}
+    for name in ("uniform", "tempered"):
+        out.update({f"fkl_rel_err_{name}": fkl[f"rel_err_{name}"], f"fkl_grad_rel_err_{name}": fkl[f"grad_rel_err_{name}"],
+                    f"max_rel_err_{name}": max(e[f"rel_err_{name}"] for e in mine),
+                    f"max_grad_rel_err_{name}": max(e[f"grad_rel_err_{name}"] for e in mine)})
+    return out
+
+
+def rows_ms(cache: TeacherCache, batch: int = 32, tau: float = 1.25) -> float:
+    """Milliseconds for `cache.rows` of one training batch of `batch` examples at an interpolated tau (top-k: includes
+    the rebuild)."""
     idx = list(range(min(batch, len(cache.offsets) - 1)))
-    cache.rows(idx)
+    cache.rows(idx, tau=tau)
     t0 = time.perf_counter()
     for _ in range(5):
-        cache.rows(idx)
+        cache.rows(idx, tau=tau)
     return (time.perf_counter() - t0) / 5 * 1e3
 
 
@@ -174,12 +228,20 @@ def bench_vocab(name: str, src: dict, ks: list[int]) -> dict:
 
 def print_vocab(v: dict) -> None:
     print(f"\nV={v['vocab']} ({v['source']}; {v['tokens']} tokens): exact {v['exact_bytes_per_token']:.0f} B/token")
-    print(f"{'k':>5} {'B/token':>8} {'mem ratio':>9} {'KL(p||p^)':>10} {'tail r':>8} {'max rel err t=1':>15} "
-          f"{'t=2':>8} {'grad err t=1':>12} {'t=2':>8}")
+    print(f"{'k':>5} {'B/token':>8} {'mem ratio':>9} {'KL(p||p^)':>10} {'tail r':>7} {'interp':>8} {'tau':>5} "
+          f"{'tail_tau':>8} {'FKL loss err: uniform':>21} {'tempered':>8} {'(entropy)':>9} {'FKL grad err: uniform':>21} "
+          f"{'tempered':>8} {'max-kind loss err: unif.':>24} {'tempered':>8}")
     for r in v["rows"]:
-        print(f"{r['k']:>5} {r['bytes_per_token']:>8.0f} {r['memory_ratio']:>9.4f} {r['kl_mean']:>10.2e} "
-              f"{r['tail_mass_mean']:>8.3f} {r['max_rel_err_tau1']:>15.2e} {r['max_rel_err_tau2']:>8.2e} "
-              f"{r['max_grad_rel_err_tau1']:>12.2e} {r['max_grad_rel_err_tau2']:>8.2e}", flush=True)
+        head = (f"{r['k']:>5} {r['bytes_per_token']:>8.0f} {r['memory_ratio']:>9.4f} {r['kl_mean']:>10.2e} "
+                f"{r['tail_mass_mean']:>7.3f} {r['tail_interp_err_max']:>8.1e}")
+        for t in r["by_tau"]:
+            tail = r["tempered_tail_mass_mean"][f"{t['tau']:.4g}"]
+            print(f"{head} {t['tau']:>5.3g} {tail:>8.3f} "
+                  f"{t['fkl_rel_err_uniform']:>21.2e} {t['fkl_rel_err_tempered']:>8.2e} "
+                  f"{t['fkl_entropy_share_tempered']:>9.2e} {t['fkl_grad_rel_err_uniform']:>21.2e} "
+                  f"{t['fkl_grad_rel_err_tempered']:>8.2e} {t['max_rel_err_uniform']:>24.2e} "
+                  f"{t['max_rel_err_tempered']:>8.2e}", flush=True)
+            head = " " * len(head)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -199,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     vocabs = [bench_vocab("SmolLM2 vocabulary", smollm2_source(args.quick, n, max_response), ks),
               bench_vocab("laptop vocabulary", laptop_source(args.quick, 8 * n), ks)]
     record = {"bench": "topk_cache", "meta": meta(args.quick, ks=ks, examples=n, max_response=max_response,
-                                                    kinds=list(KINDS), taus=list(TAUS)), "vocabs": vocabs}
+                                                    kinds=list(KINDS), taus=list(TAUS), tail_taus=list(TAIL_TAUS),
+                                                    interp_taus=list(INTERP_TAUS)), "vocabs": vocabs}
     write_json(args.out or default_out("topk_cache", args.quick), record)
     return record
 

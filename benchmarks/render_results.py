@@ -149,29 +149,45 @@ def grid_cache_section(rec: dict) -> tuple[str, list[Check]]:
 
 
 def topk_section(rec: dict) -> tuple[str, list[Check]]:
+    if any("by_tau" not in r for v in rec["vocabs"] for r in v["rows"]):
+        return ("Top-k teacher cache: the JSON predates the tempered rebuild (no per-tau errors); re-run "
+                "benchmarks/bench_topk_cache.py\n\n" + provenance(rec)), []
     parts = []
     for v in rec["vocabs"]:
         rows = [[r["k"], f"{r['bytes_per_token']:.0f}", f"{r['memory_ratio']:.4f}", fmt(r["kl_mean"], ".2e"),
-                 fmt(r["tail_mass_mean"], ".3f"), fmt(r["max_rel_err_tau1"], ".2e"), fmt(r["max_rel_err_tau2"], ".2e"),
-                 fmt(r["max_grad_rel_err_tau1"], ".2e"), fmt(r["max_grad_rel_err_tau2"], ".2e"),
+                 fmt(r["tail_mass_mean"], ".3f"), fmt(r["tail_interp_err_max"], ".1e"),
                  fmt(r.get("rows_ms_per_batch"), ".2f")] for r in v["rows"]]
         head = (f"**V = {v['vocab']}** ({v['source']}; {v['tokens']} response tokens"
                 f"{'' if v['representative'] else '; NOT representative: a random-init teacher is nearly uniform'}): "
                 f"exact cache {v['exact_bytes_per_token']:.0f} B/token, rows of a batch in "
                 f"{fmt(v.get('exact_rows_ms_per_batch'), '.2f')} ms")
         parts.append(head + "\n\n" + table(["k", "B/token", "memory / exact", "KL(p ‖ p_hat)", "tail mass r",
-                                            "max rel. KD-loss err tau=1", "tau=2", "max rel. grad err tau=1", "tau=2",
-                                            "rows ms/batch"], rows) + "\n\n" + per_kind_table(v))
-    return ("Top-k teacher cache vs exact (remainder spread uniformly; errors over the six divergences)\n\n"
+                                            "max interp. err of log tail mass", "rows ms/batch"], rows)
+                     + "\n\n" + per_tau_table(v) + "\n\n" + per_kind_table(v))
+    return ("Top-k teacher cache vs exact. uniform = the tau = 1 rows (remainder spread evenly) re-tempered by the loss; "
+            "tempered = rows built for the tau (exact tempered top k and tail mass, interpolated between grid taus)\n\n"
             + "\n\n".join(parts) + "\n\n" + provenance(rec)), []
+
+
+def per_tau_table(v: dict) -> str:
+    rows = [[r["k"], f"{t['tau']:.3g}", fmt(r["tempered_tail_mass_mean"][f"{t['tau']:.4g}"], ".3f"),
+             fmt(t["fkl_rel_err_uniform"], ".2e"), fmt(t["fkl_rel_err_tempered"], ".2e"),
+             fmt(t["fkl_entropy_share_tempered"], ".2e"), fmt(t["fkl_grad_rel_err_uniform"], ".2e"),
+             fmt(t["fkl_grad_rel_err_tempered"], ".2e"), fmt(t["max_rel_err_uniform"], ".2e"),
+             fmt(t["max_rel_err_tempered"], ".2e")] for r in v["rows"] for t in r["by_tau"]]
+    return ("Per KD temperature (the teacher's own entropy term is constant w.r.t. the student: no gradient):\n\n"
+            + table(["k", "tau", "tempered tail mass", "FKL loss err uniform", "tempered", "of which teacher entropy",
+                     "FKL grad err uniform", "tempered", "max-kind loss err uniform", "tempered"], rows))
 
 
 def per_kind_table(v: dict) -> str:
     ks = [r["k"] for r in v["rows"]]
-    errs = {(e["kind"], e["tau"], r["k"]): e["rel_err"] for r in v["rows"] for e in r["errors"]}
+    errs = {(e["kind"], e["tau"], r["k"]): e for r in v["rows"] for e in r["errors"]}
     keys = sorted({(kind, tau) for kind, tau, _ in errs}, key=lambda x: (x[1], x[0]))
-    rows = [[kind, f"{tau:g}"] + [fmt(errs[(kind, tau, k)], ".1e") for k in ks] for kind, tau in keys]
-    return "Relative KD-loss error per kind:\n\n" + table(["kind", "tau"] + [f"k={k}" for k in ks], rows)
+    cell = lambda e: f"{fmt(e['rel_err_uniform'], '.1e')} → {fmt(e['rel_err_tempered'], '.1e')}"  # noqa: E731
+    rows = [[kind, f"{tau:.3g}"] + [cell(errs[(kind, tau, k)]) for k in ks] for kind, tau in keys]
+    return ("Relative KD-loss error per kind, uniform → tempered:\n\n"
+            + table(["kind", "tau"] + [f"k={k}" for k in ks], rows))
 
 
 def flops_section(rec: dict) -> tuple[str, list[Check]]:

@@ -196,6 +196,24 @@ def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
     return out
 
 
+def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
+    """n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the
+    reference, the teacher's and the initial student's greedy answers, and each answer's ROUGE-L."""
+    from .evaluate import responses, rouge_l
+    frame = ranking_table(ws)
+    ends = [frame.subset.min(), frame.subset.max()]
+    picked = pd.concat([frame[frame.subset == s].sample(min(n, int((frame.subset == s).sum())), random_state=seed)
+                        for s in ends])
+    by_index = {e.index: e for e in ws.encoded("train")}
+    enc = [by_index[i] for i in picked["id"]]
+    teacher = responses(ws.load_teacher("cpu"), ws.tokenizer, enc, max_new_tokens=ws.profile.max_new_tokens)
+    out = picked[["subset", "true_difficulty", "instruction", "input", "output"]].reset_index(drop=True)
+    out["teacher"], out["student (init)"] = teacher, list(picked["greedy"])
+    out["ROUGE-L teacher"] = [rouge_l(t, r) for t, r in zip(out["teacher"], out["output"])]
+    out["ROUGE-L student"] = list(picked["rouge_l"])
+    return out
+
+
 def model_sizes(ws: Workspace) -> pd.DataFrame:
     """Teacher and student: architecture and parameter count."""
     from .models import n_params

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import PROFILES, ConfigError
 from .results import REPO_ROOT, atomic_write_json
+from .pipeline import RUNS_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -74,7 +75,7 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     notebooks = notebooks or collection(profile=profile)
-    out_dir = Path(out_dir or REPO_ROOT / "runs" / profile / "notebooks")
+    out_dir = Path(out_dir or RUNS_ROOT / profile / "notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)
     valid = {nb: notebook_parameters(nb) for nb in notebooks}
     params = {nb: {"profile": profile, **{k: v for k, v in (extra or {}).items() if k in valid[nb]}}
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
     if args.lab:  # the student variant would only print "not implemented yet"; the solutions exercise everything
         from .lab import write
-        notebooks.append(write(REPO_ROOT / "runs" / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
+        notebooks.append(write(RUNS_ROOT / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
     extra = {k: _parse(v) for k, v in args.param}
     try:
         run_collection(args.profile, notebooks=notebooks, extra=extra)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error name and value
         if hasattr(e, "ename"):
-            print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in runs/{args.profile}/notebooks/)", file=sys.stderr)
+            print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in {RUNS_ROOT / args.profile / 'notebooks'})", file=sys.stderr)
         else:
             print(f"pocl-reproduce: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

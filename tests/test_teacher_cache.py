@@ -1,5 +1,6 @@
 """The teacher cache: exact mode reproduces the live teacher; top-k mode rebuilds a distribution whose error shrinks with
-k and vanishes at k = V; batches are sized from a memory budget; files round-trip and bad files say what is wrong."""
+k and vanishes at k = V, and whose tempered top k and tail mass are exact at every KD temperature of the schedule;
+batches are sized from a memory budget; files round-trip and bad files say what is wrong."""
 import math
 
 import numpy as np
@@ -8,11 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from pocl_utils.config import ModelSpec
+from pocl_utils.curriculum import linear_schedule
 from pocl_utils.data import Encoded
 from pocl_utils.losses import KINDS, divergence
 from pocl_utils.models import CheckpointError, build_model
-from pocl_utils.train import (MAX_CACHE_BATCH, TeacherCache, build_teacher_cache, cache_batches, compress_top_k,
-                              expand_top_k, make_batch, teacher_logits)
+from pocl_utils.train import (MAX_CACHE_BATCH, TAIL_TAUS, KDContext, TeacherCache, build_teacher_cache, cache_batches,
+                              compress_top_k, expand_top_k, kd_loss_fn, make_batch, step_loss, teacher_logits,
+                              tempered_log_tail)
 
 V = 40
 PAD = 0
@@ -31,9 +34,16 @@ def encoded():
             for i in range(13)]
 
 
-def top_k_cache(logits: torch.Tensor, offsets, k: int) -> TeacherCache:
-    top, ids, rest = compress_top_k(logits, k)
-    return TeacherCache(None, np.asarray(offsets), top, ids, rest, logits.shape[1])
+def top_k_cache(logits: torch.Tensor, offsets, k: int, tail_taus=TAIL_TAUS) -> TeacherCache:
+    top, ids, rest, mass, slope = compress_top_k(logits, k, tail_taus)
+    return TeacherCache(None, np.asarray(offsets), top, ids, rest, logits.shape[1], tail_taus, mass, slope)
+
+
+def naive_log_tail(logits: torch.Tensor, token_ids: torch.Tensor, tau: float) -> torch.Tensor:
+    """fp64 log sum over the non-kept tokens of p_v^(1/tau), p = softmax(logits), the slow obvious way, [n]."""
+    p = torch.softmax(logits.double(), -1)  # [n, V]
+    tail = torch.ones_like(p, dtype=torch.bool).scatter_(1, token_ids.long(), False)  # [n, V]
+    return torch.log((p ** (1 / tau) * tail).sum(-1))
 
 
 def peaked_logits(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -93,7 +103,7 @@ def test_cache_batches_respect_the_budget_and_cover_every_example_once():
 
 def test_expand_top_k_by_hand():
     p = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
-    top, ids, rest = compress_top_k(p.log(), 2)
+    top, ids, rest, _, _ = compress_top_k(p.log(), 2)
     assert ids.tolist() == [[1, 3]] and ids.dtype == torch.int32
     torch.testing.assert_close(top.exp(), torch.tensor([[0.5, 0.3]]))
     torch.testing.assert_close(rest.exp(), torch.tensor([0.2]))
@@ -106,24 +116,45 @@ def test_expand_top_k_by_hand():
 
 def test_remainder_mass_does_not_underflow_when_the_top_k_hold_almost_everything():
     logits = torch.tensor([[0.0, -40.0, -40.0, -41.0]])  # tail mass ~ 1e-17: 1 - sum(top) would be 0 in fp32
-    _, _, rest = compress_top_k(logits, 1)
+    _, _, rest, mass, _ = compress_top_k(logits, 1, (1.0, 2.0))
     expected = math.log(2 * math.exp(-40.0) + math.exp(-41.0))  # log-softmax shift is ~1e-17, invisible here
     assert rest.item() == pytest.approx(expected, rel=1e-6)
+    assert mass[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    assert mass[0, 1].item() == pytest.approx(math.log(2 * math.exp(-20.0) + math.exp(-20.5)), rel=1e-6)  # sqrt(p)
+
+
+def test_tempered_rows_by_hand():
+    """p = (0.15, 0.5, 0.05, 0.3), k = 2 keeps 0.5 and 0.3; at tau = 2 the tempered teacher is sqrt(p) / Z, so the
+    rebuilt one must be (S/2, sqrt 0.5, S/2, sqrt 0.3) / Z with S = sqrt 0.15 + sqrt 0.05, Z = sqrt 0.5 + sqrt 0.3 + S."""
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    cache = top_k_cache(p.log(), [0, 1], 2, (1.0, 2.0))
+    S = math.sqrt(0.15) + math.sqrt(0.05)
+    assert cache.log_tail_mass[0].tolist() == pytest.approx([math.log(0.2), math.log(S)], rel=1e-6)
+    slopes = [(0.15 * math.log(0.15) + 0.05 * math.log(0.05)) / 0.2,  # d/ds log sum p^s = the p^s-weighted mean log p
+              (math.sqrt(0.15) * math.log(0.15) + math.sqrt(0.05) * math.log(0.05)) / S]
+    assert cache.tail_mean_logp[0].tolist() == pytest.approx(slopes, rel=1e-6)
+    Z = math.sqrt(0.5) + math.sqrt(0.3) + S
+    tempered = torch.softmax(cache.rows([0], tau=2.0) / 2.0, -1)  # what `divergence` does with the rows
+    torch.testing.assert_close(tempered, torch.tensor([[S / 2, math.sqrt(0.5), S / 2, math.sqrt(0.3)]]) / Z)
+    # without the tail statistics (the tau = 1 rows re-tempered) the tail would get 2 sqrt(0.1) > S: too much mass
+    old = torch.softmax(cache.rows([0]) / 2.0, -1)
+    assert old[0, 0].item() == pytest.approx(math.sqrt(0.1) / (math.sqrt(0.5) + math.sqrt(0.3) + 2 * math.sqrt(0.1)))
 
 
 def test_top_k_with_k_equal_to_vocab_gives_the_exact_losses_and_gradients(teacher, encoded):
     exact = build_teacher_cache(teacher, encoded, PAD)
     full = build_teacher_cache(teacher, encoded, PAD, top_k=V)
-    assert full.top_k == V and torch.isinf(full.log_rest).all()
+    assert full.top_k == V and torch.isinf(full.log_rest).all() and torch.isinf(full.log_tail_mass).all()
+    assert (full.tail_mean_logp == 0).all()  # an empty tail: no NaN from 0 * (-inf) or 0 / 0
     pick = [2, 7, 11]
     n = int(exact.offsets[3] - exact.offsets[2] + exact.offsets[8] - exact.offsets[7] + exact.offsets[12] - exact.offsets[11])
     student = torch.randn(n, V, generator=torch.Generator().manual_seed(0), dtype=torch.float32) * 2
     for kind in KINDS:
-        for tau in (1.0, 2.0):
+        for tau in (1.0, 1.25, 2.0):  # 1.25: between grid points, interpolated
             losses, grads = [], []
             for cache in (exact, full):
                 s = student.clone().requires_grad_(True)
-                loss = divergence(s, cache.rows(pick), kind, temperature=tau)
+                loss = divergence(s, cache.rows(pick, tau=tau), kind, temperature=tau)
                 loss.backward()
                 losses.append(loss.item())
                 grads.append(s.grad)
@@ -136,12 +167,13 @@ def kd_error_table(teacher_rows: torch.Tensor, student_rows: torch.Tensor, ks: l
     p = torch.log_softmax(teacher_rows.double(), -1)
     out = {}
     for k in ks:
-        rebuilt = top_k_cache(teacher_rows, [0, len(teacher_rows)], k).rows([0]).double()  # [n, V] log p_hat
-        log_hat = torch.log_softmax(rebuilt, -1)
+        cache = top_k_cache(teacher_rows, [0, len(teacher_rows)], k)
+        log_hat = torch.log_softmax(cache.rows([0]).double(), -1)  # [n, V] log p_hat
         row = {"kl": float((p.exp() * (p - log_hat)).sum(-1).mean())}
         for kind in KINDS:
             for tau in (1.0, 2.0):
                 ref = divergence(student_rows.double(), teacher_rows.double(), kind, temperature=tau)
+                rebuilt = cache.rows([0], tau=tau).double()  # [n, V]
                 row[(kind, tau)] = abs(float(divergence(student_rows.double(), rebuilt, kind, temperature=tau) - ref))
         out[k] = row
     return out
@@ -165,8 +197,9 @@ def test_top_k_error_shrinks_with_k_and_vanishes_at_vocab_size():
         assert table[64][key] < table[1][key], key  # the KD loss error follows
 
 
-def test_rebuilt_tail_gets_more_mass_above_tau_one_and_less_below():
-    """The documented direction of the approximation's error under re-tempering (x^(1/tau) concave for tau > 1)."""
+def test_tau_one_rows_re_tempered_give_the_tail_more_mass_above_tau_one_and_less_below():
+    """Why top-k rows need the tempered tail statistics: the tau = 1 rows re-tempered by the losses err in the
+    documented direction (x^(1/tau) concave for tau > 1), while the rows built for the tau get the mass right."""
     logits = peaked_logits(32, 128, seed=2)
     cache = top_k_cache(logits, [0, 32], 8)
     rebuilt, ids = cache.rows([0]), cache.token_ids.long()
@@ -175,11 +208,81 @@ def test_rebuilt_tail_gets_more_mass_above_tau_one_and_less_below():
         tail_hat = 1 - torch.softmax(rebuilt / tau, -1).gather(1, ids).sum(-1)  # [n]
         assert bool((tail_hat >= tail_true - 1e-6).all() if more else (tail_hat <= tail_true + 1e-6).all()), tau
     torch.testing.assert_close(1 - torch.softmax(rebuilt, -1).gather(1, ids).sum(-1), cache.log_rest.exp())  # tau 1
+    tail_true = 1 - torch.softmax(logits / 2, -1).gather(1, ids).sum(-1)  # [n]
+    torch.testing.assert_close(1 - torch.softmax(cache.rows([0], tau=2.0) / 2, -1).gather(1, ids).sum(-1), tail_true)
+    with pytest.raises(ValueError, match="tau = 0.5 is outside the top-k cache's tail statistics, tau in \\[1, 2\\]"):
+        cache.rows([0], tau=0.5)
+
+
+def test_tail_statistics_are_exact_on_the_grid_and_interpolated_closely_between():
+    logits = peaked_logits(24, 1024, seed=3)
+    cache = top_k_cache(logits, [0, 24], 16)
+    ids = cache.token_ids
+    assert TAIL_TAUS[0] == 1.0 and TAIL_TAUS[-1] == 2.0
+    for tau in linear_schedule(1.0, 2.0, 4) + linear_schedule(1.0, 2.0, 3):  # POCL's stages: on the grid, stored
+        assert any(math.isclose(tau, t) for t in TAIL_TAUS), tau
+        got = tempered_log_tail(cache.tail_taus, cache.log_tail_mass, cache.tail_mean_logp, tau)
+        torch.testing.assert_close(got.double(), naive_log_tail(logits, ids, tau), atol=1e-5, rtol=0)  # fp32 storage
+    for tau in (1.05, 1.1, 1.25, 1.4, 1.75, 1.9, 1.99):  # between grid points: cubic Hermite in 1/tau
+        got = tempered_log_tail(cache.tail_taus, cache.log_tail_mass, cache.tail_mean_logp, tau).double()
+        err = float((got - naive_log_tail(logits, ids, tau)).abs().max())
+        # measured max 6e-6 (Hermite on this grid); linear interpolation in 1/tau between the same points errs 5e-3
+        assert err < 5e-5, (tau, err)
+    coarse = top_k_cache(logits, [0, 24], 16, (1.0, 2.0))  # one interval: the Hermite error bound really matters
+    got = tempered_log_tail(coarse.tail_taus, coarse.log_tail_mass, coarse.tail_mean_logp, 4 / 3).double()
+    linear = (coarse.log_tail_mass[:, 0] + coarse.log_tail_mass[:, 1]).double() / 2  # 1/tau = 3/4 is the midpoint
+    truth = naive_log_tail(logits, ids, 4 / 3)
+    assert float((got - truth).abs().max()) < float((linear - truth).abs().max()) / 10  # measured 2.0e-3 vs 0.11
+
+
+def test_tempered_rows_make_the_kd_loss_far_more_accurate_at_pocl_temperatures():
+    """Zipf-like teacher rows, V = 4096, k = 64 (8% of the mass outside the top k at tau = 1, 72% once tempered at
+    tau = 2): the rows built for tau match the tempered top k and tail mass exactly; the loss and gradient errors that
+    remain come from the flat tail shape. Bounds are the measured values (seeded) plus a margin."""
+    teacher_rows, student_rows = peaked_logits(32, 4096, seed=4).double(), peaked_logits(32, 4096, seed=5).double()
+    cache = top_k_cache(teacher_rows.float(), [0, 32], 64)
+    ids = cache.token_ids.long()
+    bounds = {4 / 3: (0.065, 0.036), 5 / 3: (0.13, 0.095), 2.0: (0.19, 0.17)}  # measured 0.056/0.032 .. 0.164/0.148
+    for tau, (loss_bound, grad_bound) in bounds.items():
+        true = torch.softmax(teacher_rows / tau, -1)  # [n, V]
+        errs = {}
+        for fixed in (True, False):
+            rows = cache.rows([0], tau=tau if fixed else 1.0).double()  # [n, V]
+            tempered = torch.softmax(rows / tau, -1)  # [n, V]
+            errs[fixed] = [float((tempered.gather(1, ids) - true.gather(1, ids)).abs().max())]  # top k, each token
+            for ref, approx in zip(*(loss_and_grad(student_rows, t, "fkl", tau) for t in (teacher_rows, rows))):
+                errs[fixed].append(float((approx - ref).norm() / ref.norm()))  # relative error: loss, then gradient
+        assert errs[True][0] < 1e-6 and errs[False][0] > 1e-2, (tau, errs)
+        assert errs[True][1] < loss_bound and errs[True][2] < grad_bound, (tau, errs)
+        assert errs[True][1] < 0.6 * errs[False][1] and errs[True][2] < 0.7 * errs[False][2], (tau, errs)
+
+
+def loss_and_grad(student_rows: torch.Tensor, teacher_rows: torch.Tensor, kind: str, tau: float):
+    s = student_rows.clone().requires_grad_(True)
+    loss = divergence(s, teacher_rows, kind, temperature=tau)
+    loss.backward()
+    return loss.detach(), s.grad
+
+
+def test_kd_loss_fn_gives_the_top_k_cache_the_stage_tau(teacher, encoded):
+    cache = build_teacher_cache(teacher, encoded, PAD, top_k=5)
+    ctx = KDContext(encoded, PAD, eos_id=1, cache=cache)
+    idx = [3, 8]
+    batch = make_batch([encoded[i] for i in idx], PAD)
+    for tau in (1.0, 1.25, 2.0):
+        fn = kd_loss_fn(teacher, ctx, kind="fkl", tau=tau, alpha=0.0, rng=np.random.default_rng(0))
+        with torch.no_grad():
+            loss, _ = fn(idx, 0)
+            want, _ = step_loss(teacher, batch, cache.rows(idx, tau=tau), kind="fkl", tau=tau, alpha=0.0)
+            stale, _ = step_loss(teacher, batch, cache.rows(idx), kind="fkl", tau=tau, alpha=0.0)
+        assert loss.item() == want.item(), tau
+        assert (loss.item() != stale.item()) == (tau != 1.0), tau
 
 
 def test_top_k_cache_is_much_smaller_per_token(teacher, encoded):
     cache = build_teacher_cache(teacher, encoded, PAD, top_k=4)
-    assert cache.bytes_per_token() == 4 * 4 + 4 * 4 + 4  # fp32 log-probs + int32 ids + fp32 remainder
+    # fp32 log-probs + int32 ids + fp32 remainder + fp32 tempered tail mass and slope at the 7 grid temperatures
+    assert cache.bytes_per_token() == 4 * 4 + 4 * 4 + 4 + 2 * 4 * len(TAIL_TAUS)
     assert cache.logits is None and cache.rows([0, 1]).shape == (len(encoded[0].response_ids) + len(encoded[1].response_ids), V)
 
 
@@ -192,6 +295,14 @@ def test_bad_top_k_raises(teacher, encoded):
                      torch.zeros(1), 4)
     with pytest.raises(ValueError, match="either logits"):
         TeacherCache(torch.zeros(1, 4), np.array([0, 1]), torch.zeros(1, 2))
+    parts = (np.array([0, 1]), torch.zeros(1, 2), torch.tensor([[0, 1]], dtype=torch.int32), torch.zeros(1), 4)
+    with pytest.raises(ValueError, match="top-k mode needs tail_taus"):
+        TeacherCache(None, *parts)
+    with pytest.raises(ValueError, match="log_tail_mass \\(1, 3\\) and tail_mean_logp \\(1, 3\\) must be .*\\[1, 2\\]"):
+        TeacherCache(None, *parts, (1.0, 2.0), torch.zeros(1, 3), torch.zeros(1, 3))
+    for taus in ((), (2.0, 1.0), (1.0, float("nan")), 2.0):
+        with pytest.raises(ValueError, match="tail_taus=.*must be"):
+            build_teacher_cache(teacher, encoded, PAD, top_k=4, tail_taus=taus)
 
 
 # ---- files ---------------------------------------------------------------------------------------------------------
@@ -204,10 +315,23 @@ def test_save_load_round_trip(tmp_path, teacher, encoded, k):
     back = TeacherCache.load(tmp_path / "cache.safetensors")
     assert (back.top_k, back.vocab_size) == (k, V)
     np.testing.assert_array_equal(back.offsets, cache.offsets)
-    names = ("logits",) if k == 0 else ("top_logprobs", "token_ids", "log_rest")
+    names = ("logits",) if k == 0 else ("top_logprobs", "token_ids", "log_rest", "log_tail_mass", "tail_mean_logp")
     for name in names:
         assert torch.equal(getattr(back, name), getattr(cache, name)), name
-    assert torch.equal(back.rows([4, 1]), cache.rows([4, 1]))
+    assert back.tail_taus == cache.tail_taus == (() if k == 0 else TAIL_TAUS)
+    for tau in (1.0, 1.25, 5 / 3):
+        assert torch.equal(back.rows([4, 1], tau=tau), cache.rows([4, 1], tau=tau))
+
+
+def test_top_k_file_without_tail_statistics_says_to_rebuild(tmp_path, teacher, encoded):
+    """A top-k cache saved before the tempered tail statistics existed: only right at tau = 1, so loading refuses."""
+    cache = build_teacher_cache(teacher, encoded, PAD, top_k=5)
+    old = tmp_path / "old.safetensors"
+    save_file({"offsets": torch.from_numpy(cache.offsets), "top_logprobs": cache.top_logprobs,
+               "token_ids": cache.token_ids, "log_rest": cache.log_rest, "vocab_size": torch.tensor([V])}, str(old))
+    with pytest.raises(CheckpointError, match=f"{old}: top-k teacher cache written before the tempered tail statistics "
+                                              "\\('tail_taus'|tail_taus"):
+        TeacherCache.load(old)
 
 
 def test_bad_files_say_what_is_wrong(tmp_path):
