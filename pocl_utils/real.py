@@ -365,7 +365,7 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
 
 def data_card(ws: Workspace) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """Per real set: source file, rows, fields, what MiniLLM's 256-GPT-2-token filter drops, what the workspace
-    uses, licence and provenance (from the data folder's MANIFEST.tsv, when it has one); and every source prompt's
+    holds and what the profile scores or trains on (seeded subsets), licence and provenance (from the data folder's MANIFEST.tsv, when it has one); and every source prompt's
     GPT-2 length (role, gpt2_prompt_tokens), for the length histograms."""
     import pandas as pd
     report = json.loads((ws.root / "data" / "filter.json").read_text())
@@ -377,10 +377,17 @@ def data_card(ws: Workspace) -> tuple["pd.DataFrame", "pd.DataFrame"]:
         meta = _manifest(source)
         rows.append({"role": role, "file": "/".join(source.parts[-2:]), "rows": r["rows"],
                      "fields": ", ".join(fields), "dropped_over_256_gpt2_tokens": r["dropped_over_256_gpt2_tokens"],
-                     "used_here": r["written"], "licence": meta.get("dataset_license", ""),
+                     "in_workspace": r["written"], "used": _used(ws.profile, role, r["written"]),
+                     "licence": meta.get("dataset_license", ""),
                      "source": meta.get("source_repo", "")})
         lengths += [{"role": role, "gpt2_prompt_tokens": D.gpt2_token_count(row["prompt"])} for row in raw]
     return pd.DataFrame(rows), pd.DataFrame(lengths)
+
+
+def _used(p: Profile, role: str, written: int) -> int:
+    """Rows a profile scores or trains on: the seeded eval / validation subsets, or the (ranked) training rows."""
+    cap = {"train": 0, "valid": p.valid_max_examples}.get(role, p.eval_max_examples)
+    return min(cap, written) if cap else written
 
 
 def _manifest(source: Path) -> dict[str, str]:
@@ -409,13 +416,15 @@ def cached(ws: Workspace, name: str, params: dict[str, Any], compute: Callable[[
     return reg.load("real", key)
 
 
-def teacher_scores(ws: Workspace) -> dict[str, dict[str, dict]]:
-    """template -> set -> evaluate_set output for the teacher: the MiniLLM template (the Teacher row of notebook 01,
-    reused) and the model's own chat template, on the profile's eval subsets and seeds."""
-    from .runner import eval_key, reference_scores
-    minillm = reference_scores(ws)["Teacher"]["metrics"]["eval"]
-    chat = cached(ws, "teacher_chat_template", eval_key(ws.profile), lambda: evaluate_teacher(ws, "chat"))["metrics"]
-    return {"minillm": minillm, "chat": chat}
+def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, dict[str, dict]]:
+    """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
+    template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
+    profile's sampling seeds; cached in the workspace registry."""
+    from .runner import eval_key
+    n = ws.profile.eval_max_examples if max_examples is None else max_examples
+    params = {**eval_key(ws.profile), "max_examples": n}
+    return {t: cached(ws, f"teacher_{t}_template", params, partial(evaluate_teacher, ws, t, n))["metrics"]
+            for t in TEMPLATES}
 
 
 def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:

@@ -270,3 +270,30 @@ def test_gpt2_offline_tokenisation_matches_hf_bpe(gpt2, shared_data):
         ids = gpt2.encode(text)
         assert hf.encode(text).ids == ids and D.gpt2_token_count(text) == len(ids)
         assert hf.decode(ids) == text
+
+
+def test_real_models_notebook_runs_on_a_tiny_real_lite(smollm2, shared_data, tmp_path, monkeypatch):
+    """Notebook 12 end to end on real data and SmolLM2, shrunk to seconds: data card, both templates beside the
+    paper's rows, teacher SFT before/after, a short KD run whose loss falls; and it is in the real-lite collection."""
+    import pandas as pd
+    from pocl_utils.reproduce import NOTEBOOK_DIR, collection, run_collection
+    nb = NOTEBOOK_DIR / "12_real_models.ipynb"
+    assert nb in collection(profile="real-lite") and nb not in collection(profile="smoke")
+    monkeypatch.setenv("POCL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("POCL_DATA_DIR", str(shared_data))
+    tiny = {"rank_max_examples": 4, "max_new_tokens": 4, "student_pretrain_steps": 1, "kd.batch_size": 2,
+            "eval_seeds": [10, 20], "valid_max_examples": 2}
+    run_collection("real-lite", notebooks=[nb], out_dir=tmp_path / "executed", log=lambda s: None,
+                   extra={"overrides": tiny, "sft_examples": 4, "sft_steps": 2, "sft_batch_size": 2, "sft_max_len": 64,
+                          "kd_steps": 6, "teacher_eval_examples": 2})
+    results = tmp_path / "out" / "results" / "real-lite"
+    card = pd.read_csv(results / "data_card.csv")
+    assert set(card.role) == set(ROLES) and card.loc[card.role == "VicunaEval", "fields"].item().count("input") == 0
+    scores = pd.read_csv(results / "teacher_vs_paper.csv")
+    assert list(scores.source) == ["ours", "ours", "paper", "paper"] and scores.Avg.notna().all()
+    assert scores.n_per_set.iloc[0].startswith("DollyEval 2")
+    sft = pd.read_csv(results / "teacher_sft_dolly.csv")
+    assert list(sft.sft_steps) == [2, 2] and sft.DollyEval.between(0, 100).all()
+    assert (tmp_path / "out" / "figures" / "real-lite" / "real_short_runs.png").exists()
+    assert (tmp_path / "out" / "figures" / "real-lite" / "real_prompt_lengths.png").exists()
