@@ -275,7 +275,7 @@ def test_cli_writes_both_variants(tmp_path, capsys):
 def test_the_main_job_leaves_the_lab_out_unless_asked(tmp_path, monkeypatch):
     assert lab.STUDENT not in collection() and not [p for p in collection() if "lab" in p.stem]
     seen = {}
-    monkeypatch.setattr(reproduce, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(reproduce, "RUNS_ROOT", tmp_path / "runs")  # where the solutions variant is generated
     monkeypatch.setattr(reproduce, "run_collection", lambda profile, notebooks, extra: seen.update(nbs=notebooks))
     assert reproduce.main(["--profile", "smoke", "--only", "00", "--lab"]) == 0
     assert [p.name for p in seen["nbs"]] == ["00_data.ipynb", "11_lab_solutions.ipynb"]
