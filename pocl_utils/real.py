@@ -23,8 +23,8 @@ import torch
 from . import data as D
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, lm_blocks, prep_keys, step_dir,
-                       workspace_root)
+from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, lm_blocks,
+                       prep_keys, step_dir, workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -130,8 +130,8 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
     tok = config_hash({"teacher": p.teacher})  # teacher and student share the teacher's vocabulary
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
     teacher = config_hash({"up": tok, "spec": p.teacher})
-    student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps, "block": REAL_LM_BLOCK,
-                           "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
+    student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps,
+                           "block": REAL_LM_BLOCK, "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
     ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
     cache = config_hash({"up": teacher, "data": data, **enc})
     seqkd = config_hash({"up": teacher, "data": data, "new": p.max_new_tokens, **enc})
@@ -365,8 +365,9 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
 
 def data_card(ws: Workspace) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """Per real set: source file, rows, fields, what MiniLLM's 256-GPT-2-token filter drops, what the workspace
-    holds and what the profile scores or trains on (seeded subsets), licence and provenance (from the data folder's MANIFEST.tsv, when it has one); and every source prompt's
-    GPT-2 length (role, gpt2_prompt_tokens), for the length histograms."""
+    holds and what the profile scores or trains on (seeded subsets), licence and provenance (from the data folder's
+    MANIFEST.tsv, when it has one); and every source prompt's GPT-2 length (role, gpt2_prompt_tokens), for the length
+    histograms."""
     import pandas as pd
     report = json.loads((ws.root / "data" / "filter.json").read_text())
     rows, lengths = [], []
