@@ -13,11 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from . import data as D
-from .config import Profile, RunSpec, TrainSpec, config_hash, get_profile
+from .config import Profile, TrainSpec, config_hash, get_profile
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
@@ -67,6 +66,15 @@ class Workspace:
     @property
     def registry(self) -> Registry:
         return Registry(self.root / "registry")
+
+    def cached(self, kind: str, name: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys)."""
+        key = config_hash({"name": name, "params": params, "prep": self.step_keys()})
+        reg = self.registry
+        if not reg.done(kind, key):
+            t0 = time.time()
+            reg.save(kind, key, {"name": name, **params}, compute(), time.time() - t0)
+        return reg.load(kind, key)
 
     @cached_property
     def tokenizer(self):

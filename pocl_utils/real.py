@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -27,10 +27,12 @@ from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _t
                        prep_keys, step_dir, workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = REPO_ROOT / "data" / "cache" / "smollm2-135m-instruct"  # git-ignored (/data/cache/)
 MINILLM_MAX_PROMPT_TOKENS = 256  # MiniLLM drops prompts over 256 GPT-2 tokens (whatever the model's tokenizer)
-REAL_STEPS = STEPS
 TEMPLATES = ("minillm", "chat")
 REAL_LM_BLOCK = 128  # tokens per block of the small real student's LM pre-training
 
@@ -95,21 +97,21 @@ def _model_source(spec, cache_dir: str | Path | None) -> tuple[Path | str, dict[
 
 
 def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_root: str | Path | None = None,
-                 max_rows: int = 0, cache_dir: str | Path | None = None, steps: tuple[str, ...] = REAL_STEPS,
+                 max_rows: int = 0, cache_dir: str | Path | None = None, steps: tuple[str, ...] = STEPS,
                  device: str = "auto", log: Callable[[str], None] = print) -> Workspace:
     """Build (or find) the workspace of a `data == "real"` profile; returns a pipeline.Workspace.
 
     train = a seeded subset of profile.rank_max_examples rows (0 = all) of Dolly train; valid and the five eval sets
     are whole, or capped at `max_rows` rows each (0 = all; for tests and quick looks). Every set first goes through
     MiniLLM's filter (prompts over 256 GPT-2 tokens dropped; counts in data/filter.json). `steps` picks a prefix
-    of REAL_STEPS to build."""
+    of STEPS to build."""
     from .models import pick_device
     p = get_profile(profile) if isinstance(profile, str) else profile
     if p.data != "real":
         raise ConfigError(f"profile {p.name!r}: data must be 'real' for prepare_real, got {p.data!r}")
-    unknown = [s for s in steps if s not in REAL_STEPS]
+    unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        raise ValueError(f"prepare_real: unknown steps {unknown}; valid: {', '.join(REAL_STEPS)}")
+        raise ValueError(f"prepare_real: unknown steps {unknown}; valid: {', '.join(STEPS)}")
     paths = {role: D.real_data_path(role, data_root) for role in ROLES}
     ws, dev = Workspace(p, workspace_root(p, runs_root)), pick_device(device)
     keys = real_keys(p, paths, max_rows)
@@ -407,16 +409,6 @@ def _manifest(source: Path) -> dict[str, str]:
 # ---- cached results of the real-models notebook ------------------------------------------------------------------
 
 
-def cached(ws: Workspace, name: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """compute()'s metrics, stored once in the workspace registry under (name, params, the prepared steps' keys)."""
-    key = config_hash({"name": name, "params": params, "prep": ws.step_keys()})
-    reg = ws.registry
-    if not reg.done("real", key):
-        t0 = time.time()
-        reg.save("real", key, {"name": name, **params}, compute(), time.time() - t0)
-    return reg.load("real", key)
-
-
 def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, dict[str, dict]]:
     """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
     template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
@@ -424,7 +416,7 @@ def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, 
     from .runner import eval_key
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}
-    return {t: cached(ws, f"teacher_{t}_template", params, partial(evaluate_teacher, ws, t, n))["metrics"]
+    return {t: ws.cached("real", f"teacher_{t}_template", params, partial(evaluate_teacher, ws, t, n))["metrics"]
             for t in TEMPLATES}
 
 
@@ -433,12 +425,12 @@ def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
         out = teacher_sft(ws, **kwargs)
         return {"log": out["log"], "before": out["before"], "after": out["after"]}
-    return cached(ws, "teacher_sft", kwargs, compute)
+    return ws.cached("real", "teacher_sft", kwargs, compute)
 
 
 def short_kd_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
     """short_kd(ws, **kwargs), cached: {"log"} plus the run's wall time."""
-    return cached(ws, "short_kd", kwargs, lambda: {"log": short_kd(ws, **kwargs)})
+    return ws.cached("real", "short_kd", kwargs, lambda: {"log": short_kd(ws, **kwargs)})
 
 
 def sft_table(report: dict[str, Any]) -> "pd.DataFrame":

@@ -77,7 +77,6 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
               validate: Callable[[Any], float]) -> dict[str, Any]:
     """Train one run stage by stage; after each finished stage its weights and log are checkpointed, so a killed run
     resumes at the last finished stage and ends exactly as an uninterrupted one would."""
-    from .models import load_checkpoint
     ctx = kd_context(ws, spec, device)
     stages = stages_for(ws, spec, ctx.encoded)
     checks = check_points(stages, ws.profile.valid_checks)
@@ -266,13 +265,7 @@ def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict
 def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:
     """The teacher's (Table 1's 'Teacher' row) and the untrained student's scores on the eval sets, cached."""
     from .models import pick_device
-    reg, dev = ws.registry, pick_device()
-    out = {}
-    for name, load in (("Teacher", ws.load_teacher), ("Student (init)", ws.load_student_init)):
-        key = config_hash({"model": name, "prep": ws.step_keys(), "eval": eval_key(ws.profile)})
-        if not reg.done("reference", key):
-            t0 = time.time()
-            metrics = {"eval": evaluate_model(ws, load(dev).eval())}
-            reg.save("reference", key, {"model": name}, metrics, time.time() - t0)
-        out[name] = reg.load("reference", key)
-    return out
+    dev = pick_device()
+    return {name: ws.cached("reference", name, eval_key(ws.profile),
+                            lambda load=load: {"eval": evaluate_model(ws, load(dev).eval())})
+            for name, load in (("Teacher", ws.load_teacher), ("Student (init)", ws.load_student_init))}

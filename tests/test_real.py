@@ -8,7 +8,6 @@ absent, unless CI=true, where they fail. The SmolLM2 tests take about a minute o
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np

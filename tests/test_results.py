@@ -1,6 +1,5 @@
 """Registry: atomic records, skip of finished runs, exclusive claims; statistics."""
 import math
-import os
 import subprocess
 import sys
 
