@@ -17,14 +17,21 @@ added analytically: 4 B T^2 d per layer forward (QK^T and AV), 3x that for forwa
   teacher), forward + backward = 3 x forward,
 is reported beside the counter's as a cross-check. Elementwise work (softmax, layer norm, GELU, AdamW) is not counted:
 FLOP/s here means matmul FLOP/s, the work a GPU or BLAS can be efficient on.
-If the fraction of peak is low, a torch.profiler table of one thread's cached steps says where the time goes, and two
-what-ifs (batch 128; AdamW(fused=True)) show what bigger matmuls or fewer optimizer kernels would give.
+If the fraction of peak is low, a torch.profiler table of one thread's cached steps says where the time goes, and
+what-ifs (batch 128; AdamW(fused=True); the student's GELU as one fused tanh kernel) show what bigger matmuls, fewer
+optimizer kernels or fewer elementwise kernels would give.
+Both cores, as the grid uses them: two 1-thread worker processes time the cached step at the same moment; their summed
+GFLOP/s against the 2-thread matmul peak is the "2 workers x 1 thread" row (the grid runs two such workers).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,6 +84,17 @@ def laptop_setup(quick: bool, batch_size: int) -> dict:
     return {"student": build_model(p.student, p.vocab_size, n_pos, seed=1), "pad_id": 0, "examples": examples,
             "teacher": build_model(p.teacher, p.vocab_size, n_pos, seed=0).eval(),
             "source": "random-init models of the laptop shapes, random tokens of laptop lengths"}
+
+
+def with_fused_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a GPT-2 whose MLP activation is the one-kernel tanh GELU (same formula as gelu_new)."""
+    import copy
+
+    from transformers.activations import ACT2FN
+    model = copy.deepcopy(model)
+    for block in model.transformer.h:
+        block.mlp.act = ACT2FN["gelu_pytorch_tanh"]
+    return model
 
 
 def step_fns(setup: dict, batch: Batch, fused_adamw: bool = False) -> dict:
@@ -176,13 +194,17 @@ def profile_table(fn, steps: int, top: int = 12) -> dict:
 
 
 def what_ifs(setup: dict, peak: float, reps: int) -> list[dict]:
-    """One-thread cached steps with (a) batch 128, 4x the tokens per matmul, and (b) AdamW(fused=True)."""
+    """One-thread cached steps with (a) batch 128, 4x the tokens per matmul, (b) AdamW(fused=True) and (c) the
+    student's GELU as one tanh kernel."""
     out = []
     base = make_batch(setup["examples"], setup["pad_id"])
     big = make_batch(setup["examples"] * 4, setup["pad_id"])
-    for label, batch, fused in (("batch 128 (4x rows per matmul)", big, False), ("AdamW(fused=True)", base, True)):
+    gelu = {**setup, "student": with_fused_gelu(setup["student"])}
+    for label, batch, fused, where in (("batch 128 (4x rows per matmul)", big, False, setup),
+                                       ("AdamW(fused=True)", base, True, setup),
+                                       ("GELU as one kernel (gelu_pytorch_tanh)", base, False, gelu)):
         try:
-            fns = step_fns(setup, batch, fused_adamw=fused)
+            fns = step_fns(where, batch, fused_adamw=fused)
         except (RuntimeError, TypeError) as e:  # fused AdamW not built for this CPU/torch
             out.append({"what_if": label, "error": str(e)[:200]})
             continue
@@ -196,6 +218,40 @@ def what_ifs(setup: dict, peak: float, reps: int) -> list[dict]:
         s = statistics.median(times)
         out.append({"what_if": label, "ms": s * 1e3, "gflops": flops / s / 1e9, "fraction_of_peak": flops / s / 1e9 / peak})
     return out
+
+
+def worker_loop(quick: bool, reps: int, start_at: float) -> dict:
+    """One 1-thread worker: warm up, wait for the common start, time `reps` cached steps."""
+    torch.set_num_threads(1)
+    setup = laptop_setup(quick, PROFILES["laptop"].kd.batch_size)
+    fn = step_fns(setup, make_batch(setup["examples"], setup["pad_id"]))["cached"]
+    for _ in range(max(2, reps // 5)):
+        fn()
+    time.sleep(max(0.0, start_at - time.time()))
+    t0, times = time.time(), []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"ms": statistics.median(times) * 1e3, "start": t0, "end": time.time()}
+
+
+def two_workers(quick: bool, reps: int, flops: dict, peak: float) -> dict:
+    """Two 1-thread processes timing the cached step at once (as the grid's two workers run): summed GFLOP/s."""
+    start_at = time.time() + 30  # both have loaded and warmed up by then
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--reps", str(reps), "--start-at", str(start_at)]
+    procs = [subprocess.Popen(cmd + (["--quick"] if quick else []), stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    overlap = max(0.0, min(o["end"] for o in outs) - max(o["start"] for o in outs))
+    span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+    gflops = sum(flops["cached"] / (o["ms"] / 1e3) / 1e9 for o in outs)
+    row = {"threads": "2 workers x 1", "step": "cached", "ms": statistics.mean(o["ms"] for o in outs), "gflops": gflops,
+           "fraction_of_peak": gflops / peak, "peak_gflops": peak, "worker_ms": [o["ms"] for o in outs],
+           "overlap_fraction": overlap / span if span else 0.0}
+    print(f"  2 workers x 1 thread cached {row['ms']:7.2f} ms each  {gflops:6.2f} GFLOP/s together  "
+          f"{100 * row['fraction_of_peak']:5.1f}% of the 2-thread peak (overlap {100 * row['overlap_fraction']:.0f}%)",
+          flush=True)
+    return row
 
 
 def explain(prof: dict, steps: list[dict], setup: dict) -> str:
@@ -216,7 +272,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 20; 3 with --quick)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process of the two-worker row
+    ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker_loop(args.quick, args.reps or (3 if args.quick else 20), args.start_at)), flush=True)
+        return {}
     threads = [int(t) for t in args.threads.split(",")]
     sizes = [int(s) for s in (args.sizes or ("256,512" if args.quick else "1024,2048,4096")).split(",")]
     reps = args.reps or (3 if args.quick else 20)
@@ -230,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
         peaks[str(t)] = peak_matmul(sizes, max(2, min(reps, 5)))
         print(f"threads {t}: matmul peak {peaks[str(t)]['gflops']:.1f} GFLOP/s", flush=True)
         steps += time_steps(step_fns(setup, batch), flops, peaks[str(t)]["gflops"], t, reps, warmup=max(2, reps // 5))
+    if 2 in threads:
+        steps.append(two_workers(args.quick, reps, flops, peaks["2"]["gflops"]))
     torch.set_num_threads(1)
     prof = profile_table(step_fns(setup, batch)["cached"], steps=max(3, reps // 2))
     record = {"bench": "flops", "meta": meta(args.quick, sizes=sizes, reps=reps, threads=threads, source=setup["source"]),

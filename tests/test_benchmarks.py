@@ -117,6 +117,15 @@ def test_numbers_come_from_the_json_and_provenance_is_shown(tmp_path):
     assert "provenance: not recorded (older JSON)" in render_results.render(older)
 
 
+def test_two_worker_flops_row_is_judged_against_the_two_thread_peak(tmp_path):
+    rec = flops(0.31, 0.35)
+    rec["steps"].append({"threads": "2 workers x 1", "step": "cached", "ms": 12.0, "gflops": 40.0, "peak_gflops": 160.0,
+                         "fraction_of_peak": 0.25, "worker_ms": [12.0, 12.0], "overlap_fraction": 0.9})
+    status = target_rows(render_results.render(write(tmp_path, flops=rec)))
+    assert status["cached KD step, 1 thread(s), fraction of matmul peak"] == "PASS"
+    assert status["cached KD step, 2 workers x 1 thread(s), fraction of matmul peak"] == "**MISS**"
+
+
 def test_missing_benchmarks_are_listed_as_not_measured(tmp_path):
     text = render_results.render(write(tmp_path, ranking=ranking(9.0)))
     status = target_rows(text)
