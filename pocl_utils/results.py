@@ -57,11 +57,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def git_commit() -> str:
-    """The repository's HEAD commit (with '+dirty' if the tree has changes), or 'unknown'."""
+# Folders the collection writes into (tables, figures, benchmark reports): changes there do not make the code dirty.
+GENERATED_OUTPUTS = ("results", "figures", "benchmarks/results", "benchmarks/RESULTS.md")
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """The repository's HEAD commit, with '+dirty' if tracked files outside GENERATED_OUTPUTS have changes (so a run
+    of the collection, which rewrites tables and figures as it goes, still records the clean commit), or 'unknown'."""
+    excludes = [f":(exclude){path}" for path in GENERATED_OUTPUTS]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes], cwd=root,
                                capture_output=True, text=True, timeout=10)
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -49,3 +49,22 @@ def test_mean_ci_hand_worked():
 def test_paired_diff_uses_common_seeds():
     m, half, n = paired_diff({0: 1.0, 1: 2.0, 2: 5.0}, {0: 2.0, 1: 4.0, 3: 9.0})
     assert n == 2 and m == pytest.approx(1.5)
+
+
+def test_git_commit_is_dirty_for_code_changes_but_not_for_generated_tables(tmp_path):
+    import subprocess
+
+    from pocl_utils.results import git_commit
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "t.csv").write_text("a\n1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = git("rev-parse", "HEAD").stdout.decode().strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "results" / "t.csv").write_text("a\n2\n")  # the collection rewrote a table
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+dirty"
