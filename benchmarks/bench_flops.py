@@ -159,16 +159,23 @@ def step_flops(setup: dict, batch: Batch, fns: dict) -> dict:
 
 
 def time_steps(fns: dict, flops: dict, peak: float, threads: int, reps: int, warmup: int) -> list[dict]:
-    out = []
-    for name in ("cached", "live", "teacher"):
-        for _ in range(warmup):
+    """Median time of each step. The steps take turns (cached, live, teacher, cached, ...) so that a drift of the
+    machine's speed during the measurement (frequency, other load) touches all of them alike; each turn runs its step
+    twice and times the second call, which finds the caches as consecutive steps of one kind (as in a run) leave them."""
+    names = ("cached", "live", "teacher")
+    for _ in range(warmup):
+        for name in names:
             fns[name]()
-        times = []
-        for _ in range(reps):
+    times = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            fns[name]()
             t0 = time.perf_counter()
             fns[name]()
-            times.append(time.perf_counter() - t0)
-        s = statistics.median(times)
+            times[name].append(time.perf_counter() - t0)
+    out = []
+    for name in names:
+        s = statistics.median(times[name])
         out.append({"threads": threads, "step": name, "ms": s * 1e3, "gflops": flops[name] / s / 1e9,
                     "fraction_of_peak": flops[name] / s / 1e9 / peak, "peak_gflops": peak})
         print(f"  threads {threads} {name:8s} {s * 1e3:7.2f} ms  {flops[name] / s / 1e9:6.2f} GFLOP/s  "

@@ -11,8 +11,9 @@ thread, in a temporary folder: with the exact cache (as the grid does), and with
 cache and load the teacher, so every off-policy batch runs the teacher live. Timed: the whole train_run, and apart
 from it the validation checks inside it (greedy decoding, identical in both modes). The final evaluation on the five
 sets (runner.evaluate_model) is not run: it never touches the teacher. The cache file is loaded before timing (once
-per grid worker). Compared: the loss logs, the validation scores and the final weights (exact mode: equal up to the
-float rounding of differently padded teacher batches), and, where the laptop registry holds the run, the cached run's
+per grid worker). Compared: the loss logs, the validation scores and the final weights (exact mode: the teacher rows
+equal up to the float rounding of differently padded teacher batches, which training then amplifies; the step-0 loss
+difference and the first step whose difference exceeds 1e-4 show where), and, where the laptop registry holds the run, the cached run's
 log against the recorded one (same code: bitwise).
 """
 from __future__ import annotations
@@ -89,6 +90,14 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return float(np.max(np.abs(np.array(a) - np.array(b)))) if a else 0.0
 
 
+def drift(cached: list[dict], live: list[dict], tol: float = 1e-4) -> dict:
+    """How the logged losses of the two modes part: the difference at the first logged step (the teacher rows alone)
+    and the first step whose difference exceeds `tol` (float rounding amplified by training), None if none does."""
+    diffs = [(a["step"], abs(a["loss"] - b["loss"])) for a, b in zip(cached, live)]
+    return {"first_step_loss_diff": diffs[0][1] if diffs else 0.0,
+            "first_step_over_tol": next((step for step, d in diffs if d > tol), None), "drift_tol": tol}
+
+
 def compare(ws, spec, cached: dict, live: dict) -> dict:
     losses = lambda r: [row["loss"] for row in r["state"]["loss"]]  # noqa: E731
     valids = lambda state: [v["rouge_l"] for v in state["valid"]]  # noqa: E731
@@ -98,7 +107,8 @@ def compare(ws, spec, cached: dict, live: dict) -> dict:
            **{f"{mode}_{key}": r[key] for mode, r in (("cached", cached), ("live", live)) for key in ("total_s", "train_s", "valid_s")},
            "train_ratio": cached["train_s"] / live["train_s"], "total_ratio": cached["total_s"] / live["total_s"],
            "max_loss_diff": max_diff(losses(cached), losses(live)), "max_weight_diff": weights,
-           "max_valid_diff": max_diff(valids(cached["state"]), valids(live["state"]))}
+           "max_valid_diff": max_diff(valids(cached["state"]), valids(live["state"])),
+           **drift(cached["state"]["loss"], live["state"]["loss"])}
     reg, key = ws.registry, runner.run_key(ws, spec)
     if reg.done(runner.KIND, key):
         recorded = reg.load(runner.KIND, key)["metrics"]["train"]
@@ -117,6 +127,9 @@ def summary(ws, rows: list[dict], n_off_policy: int) -> dict:
             "total_ratio": sum(r["cached_total_s"] for r in rows) / sum(r["live_total_s"] for r in rows),
             "max_loss_diff": max(r["max_loss_diff"] for r in rows), "max_weight_diff": max(r["max_weight_diff"] for r in rows),
             "max_valid_diff": max(r["max_valid_diff"] for r in rows),
+            "max_first_step_loss_diff": max(r.get("first_step_loss_diff", float("nan")) for r in rows),
+            "earliest_step_over_tol": min((r["first_step_over_tol"] for r in rows if r.get("first_step_over_tol") is not None),
+                                          default=None),
             "off_policy_runs_in_grid": n_off_policy,
             "estimated_grid_saving_min": (live - cached) / steps * grid_steps / 60,
             "registry_runs_compared": len(in_registry),
@@ -151,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
             r = rows[-1]
             print(f"[{k}/{len(specs)}] {r['label']} s{r['seed']}: train cached {r['cached_train_s']:.1f}s / live "
                   f"{r['live_train_s']:.1f}s = {r['train_ratio']:.2f} (with validation {r['total_ratio']:.2f}); "
-                  f"max |loss diff| {r['max_loss_diff']:.1e}, |weight diff| {r['max_weight_diff']:.1e}", flush=True)
+                  f"max |loss diff| {r['max_loss_diff']:.1e} (step 0: {r['first_step_loss_diff']:.1e}; first > 1e-4 at "
+                  f"step {r['first_step_over_tol']} of {r['steps']}), |weight diff| {r['max_weight_diff']:.1e}", flush=True)
     record = {"bench": "grid_cache", "meta": meta(args.quick, runs=len(specs), all=args.all, kd_epochs=ws.profile.kd.epochs,
                                                   **where),
               "rows": rows, "summary": summary(ws, rows, n_off_policy)}
