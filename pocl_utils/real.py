@@ -412,12 +412,18 @@ def _manifest(source: Path) -> dict[str, str]:
 def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, dict[str, dict]]:
     """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
     template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
-    profile's sampling seeds; cached in the workspace registry."""
-    from .runner import eval_key
+    profile's sampling seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template
+    scores are notebook 01's Teacher row (runner.reference_score: the same rows, seeds and prompts), not a second run."""
+    from .runner import eval_key, reference_score
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}
-    return {t: ws.cached("real", f"teacher_{t}_template", params, partial(evaluate_teacher, ws, t, n))["metrics"]
-            for t in TEMPLATES}
+
+    def scores(template: str) -> dict[str, dict]:
+        if template == "minillm" and n == ws.profile.eval_max_examples:
+            return reference_score(ws, "Teacher")["metrics"]["eval"]
+        return ws.cached("real", f"teacher_{template}_template", params,
+                         partial(evaluate_teacher, ws, template, n))["metrics"]
+    return {t: scores(t) for t in TEMPLATES}
 
 
 def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:

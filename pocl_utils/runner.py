@@ -262,10 +262,16 @@ def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict
     return [(s, reg.load(KIND, run_key(ws, s))) for s in specs if reg.done(KIND, run_key(ws, s))]
 
 
+REFERENCE_MODELS = {"Teacher": "load_teacher", "Student (init)": "load_student_init"}  # name -> Workspace loader
+
+
+def reference_score(ws: Workspace, name: str) -> dict[str, Any]:
+    """The registry record of one reference model's scores on the eval sets ('Teacher' or 'Student (init)'), cached."""
+    from .models import pick_device
+    load = getattr(ws, REFERENCE_MODELS[name])
+    return ws.cached("reference", name, eval_key(ws.profile), lambda: {"eval": evaluate_model(ws, load(pick_device()).eval())})
+
+
 def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:
     """The teacher's (Table 1's 'Teacher' row) and the untrained student's scores on the eval sets, cached."""
-    from .models import pick_device
-    dev = pick_device()
-    return {name: ws.cached("reference", name, eval_key(ws.profile),
-                            lambda load=load: {"eval": evaluate_model(ws, load(dev).eval())})
-            for name, load in (("Teacher", ws.load_teacher), ("Student (init)", ws.load_student_init))}
+    return {name: reference_score(ws, name) for name in REFERENCE_MODELS}

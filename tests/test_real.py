@@ -156,6 +156,21 @@ def test_generation_with_both_templates(ws, smollm2):
     assert table.loc[0, "VicunaEval"] == results["minillm"]["VicunaEval"]["mean"] and math.isnan(table.loc[0, "Avg"])
 
 
+def test_teacher_scores_reuse_the_reference_teacher_row_only_on_the_same_subset(ws):
+    from dataclasses import replace
+
+    from pocl_utils import runner
+    one = replace(ws, profile=replace(ws.profile, eval_seeds=(10,)))  # one sampling seed keeps it short
+    scores = real.teacher_scores(one)
+    reference = runner.reference_score(one, "Teacher")["metrics"]["eval"]
+    assert scores["minillm"] == reference
+    fresh = json.loads(json.dumps(real.evaluate_teacher(one, "minillm")))  # as stored: JSON keys are strings
+    assert fresh == reference  # what the reuse stands for: the same numbers
+    assert "teacher_minillm_template" not in {r["config"]["name"] for r in one.registry.all("real")}  # not run twice
+    other = real.teacher_scores(one, max_examples=1)  # another subset: its own evaluation
+    assert {m["n"] for m in other["minillm"].values()} == {1} and set(other) == set(real.TEMPLATES)
+
+
 def test_chat_prompt_joins_instruction_and_input(smollm2):
     _, tok = smollm2
     row = {"instruction": "Summarize.", "input": "A long text.", "prompt": "unused"}
