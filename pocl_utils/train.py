@@ -60,7 +60,9 @@ MAX_CACHE_BATCH = 64  # the batch cap: small vocabularies get the batches they a
 # stage tau of POCL's default schedule (tau 1 -> 2 over n = 4 stages: 1, 4/3, 5/3, 2; also n = 2, 3, 7); other tau in
 # [1, 2] are interpolated. 7 x 2 fp32 per token: 56 bytes, 1.4% of a k = 512 cache.
 TAIL_TAUS = tuple(1.0 + j / 6 for j in range(7))
-TOP_K_FILE_KEYS = ("top_logprobs", "token_ids", "log_rest", "vocab_size", "tail_taus", "log_tail_mass", "tail_mean_logp")
+TOP_K_TENSORS = ("top_logprobs", "token_ids", "log_rest", "log_tail_mass", "tail_mean_logp")  # per-token, [R, ...]
+# The file's keys; the first four are those of files written before the tail statistics (see `TeacherCache.load`).
+TOP_K_FILE_KEYS = (*TOP_K_TENSORS[:3], "vocab_size", "tail_taus", *TOP_K_TENSORS[3:])
 
 
 @dataclass
@@ -126,9 +128,8 @@ class TeacherCache:
         return 0 if self.top_logprobs is None else int(self.top_logprobs.shape[1])
 
     def _parts(self) -> tuple[torch.Tensor, ...]:
-        if self.top_k == 0:
-            return (self.logits,)
-        return self.top_logprobs, self.token_ids, self.log_rest, self.log_tail_mass, self.tail_mean_logp
+        """The per-token tensors: (logits,) in exact mode, TOP_K_TENSORS' fields in top-k mode."""
+        return (self.logits,) if self.top_k == 0 else tuple(getattr(self, name) for name in TOP_K_TENSORS)
 
     def bytes_per_token(self) -> float:
         return sum(t.numel() * t.element_size() for t in self._parts()) / max(int(self.offsets[-1]), 1)
@@ -148,8 +149,7 @@ class TeacherCache:
         if self.top_k == 0:
             tensors["logits"] = self.logits.contiguous()
         else:
-            names = ("top_logprobs", "token_ids", "log_rest", "log_tail_mass", "tail_mean_logp")  # `_parts`' order
-            tensors.update({name: t.contiguous() for name, t in zip(names, self._parts())})
+            tensors.update({name: getattr(self, name).contiguous() for name in TOP_K_TENSORS})
             tensors.update(vocab_size=torch.tensor([self.vocab_size]),
                            tail_taus=torch.tensor(self.tail_taus, dtype=torch.float64))  # float64: read back exactly
         tmp = Path(path).with_suffix(".tmp")
