@@ -50,6 +50,18 @@ MATMUL_OPS = ("mm", "addmm", "bmm", "matmul", "linear", "attention", "baddbmm")
 # ---- peak ----------------------------------------------------------------------------------------------------------
 
 
+def seconds(fn) -> float:
+    """Wall time of one call of fn()."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_s(fn, reps: int) -> float:
+    """Median wall time of `reps` consecutive calls of fn()."""
+    return statistics.median(seconds(fn) for _ in range(reps))
+
+
 def peak_matmul(sizes: list[int], reps: int) -> dict:
     """Best median GFLOP/s of fp32 n x n @ n x n over `sizes` at the current thread count."""
     by_size = []
@@ -57,12 +69,8 @@ def peak_matmul(sizes: list[int], reps: int) -> dict:
         gen = torch.Generator().manual_seed(n)
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
         torch.matmul(a, b)  # warm-up: BLAS thread pool and packing buffers
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            times.append(time.perf_counter() - t0)
-        by_size.append({"n": n, "s": statistics.median(times), "gflops": 2 * n**3 / statistics.median(times) / 1e9})
+        med = median_s(lambda: torch.matmul(a, b), reps)
+        by_size.append({"n": n, "s": med, "gflops": 2 * n**3 / med / 1e9})
     return {"gflops": max(r["gflops"] for r in by_size), "by_size": by_size}
 
 
@@ -170,9 +178,7 @@ def time_steps(fns: dict, flops: dict, peak: float, threads: int, reps: int, war
     for _ in range(reps):
         for name in names:
             fns[name]()
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(seconds(fns[name]))
     out = []
     for name in names:
         s = statistics.median(times[name])
@@ -217,12 +223,7 @@ def what_ifs(setup: dict, peak: float, reps: int) -> list[dict]:
             continue
         flops = counted_flops(fns["cached"])[0] + 3 * analytic_flops(setup["student"], batch, 0)["attention"]
         fns["cached"]()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fns["cached"]()
-            times.append(time.perf_counter() - t0)
-        s = statistics.median(times)
+        s = median_s(fns["cached"], reps)
         out.append({"what_if": label, "ms": s * 1e3, "gflops": flops / s / 1e9, "fraction_of_peak": flops / s / 1e9 / peak})
     return out
 
@@ -235,12 +236,9 @@ def worker_loop(quick: bool, reps: int, start_at: float) -> dict:
     for _ in range(max(2, reps // 5)):
         fn()
     time.sleep(max(0.0, start_at - time.time()))
-    t0, times = time.time(), []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"ms": statistics.median(times) * 1e3, "start": t0, "end": time.time()}
+    t0 = time.time()
+    ms = median_s(fn, reps) * 1e3
+    return {"ms": ms, "start": t0, "end": time.time()}
 
 
 def two_workers(quick: bool, reps: int, flops: dict, peak: float) -> dict:
