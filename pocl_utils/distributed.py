@@ -10,16 +10,24 @@ on CPU) and pins each process to its GPU. `train.run_steps` then does DDP by han
 - `all_reduce_grads` sums the gradients, so every rank holds the 1-process gradient, clips it and takes the same
   optimizer step: the replicas stay identical without any weight broadcast.
 
+Launched with an FSDP config (`ACCELERATE_USE_FSDP=true`, e.g. configs/accelerate/fsdp.yaml), `shard_model` wraps the
+trained model in FSDP2 (`fully_shard`, one unit per transformer block plus the root): each rank then holds 1/N of the
+parameters, gradients and AdamW state, FSDP gathers a block's weights for its forward and backward, and the backward
+reduce-scatters the gradients (summed, as `all_reduce_grads` sums them). Everything else above stays the same, so an
+FSDP step also equals the 1-process step. Every rank must then call the model the same number of times: evaluation
+and GKD's sampling run on every rank with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole
+(`full_state_dict`) and are ordinary safetensors files.
+
 With one process (WORLD_SIZE unset or 1) nothing is initialised, accelerate is not even imported, and every function
 here returns the 1-process answer at once: the plain path runs exactly the code it ran before.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
+from types import MethodType
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -46,9 +54,6 @@ def _state():
         raise RuntimeError(f"pocl_utils.distributed: the environment says {os.environ.get('WORLD_SIZE')} processes but "
                            f"accelerate found none (distributed_type {state.distributed_type}); launch with "
                            f"`accelerate launch --config_file configs/accelerate/<config>.yaml`")
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and state.is_main_process:
-        warnings.warn("FSDP was requested, but pocl's training loop keeps a full model replica on every process and "
-                      "all-reduces gradients (DDP semantics): memory is not sharded.", stacklevel=2)
     return state
 
 
@@ -114,6 +119,90 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
             bucket.append(g)
 
 
+def fsdp() -> bool:
+    """True when launched on several processes with an FSDP config: trained models are sharded (`shard_model`)."""
+    return world_size() > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+@lru_cache(maxsize=None)
+def _mesh():
+    from torch.distributed.device_mesh import init_device_mesh
+    return init_device_mesh(device().type, (world_size(),))
+
+
+def block_classes(model: torch.nn.Module) -> set[str]:
+    """Class names of the model's FSDP units: the config's fsdp_transformer_layer_cls_to_wrap (accelerate passes it as
+    FSDP_TRANSFORMER_CLS_TO_WRAP) and the model's own `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one
+    config serves both the OPT and the GPT-2 profiles."""
+    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if n.strip()}
+    return names | set(getattr(model, "_no_split_modules", None) or ())
+
+
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Under an FSDP launch, shard `model` in place over the ranks (FSDP2: each transformer block a unit, then the root,
+    which holds the embeddings and the tied LM head) with gradients summed, not averaged; otherwise, or if it is
+    sharded already, return it unchanged."""
+    if not fsdp() or is_sharded(model):
+        return model
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
+    names = block_classes(model)
+    for block in [m for m in model.modules() if type(m).__name__ in names]:
+        fully_shard(block, mesh=_mesh(), reshard_after_forward=reshard)
+    fully_shard(model, mesh=_mesh(), reshard_after_forward=reshard)
+    # `logits_at_positions` calls the inner model and the LM head directly, past the root's forward hooks that gather
+    # the root's parameters (embeddings, head); bound to the model and registered, it runs inside those hooks
+    from torch.distributed.fsdp import register_fsdp_forward_method
+    from .models import LOGITS_AT, logits_at_positions
+    setattr(model, LOGITS_AT, MethodType(logits_at_positions, model))
+    register_fsdp_forward_method(model, LOGITS_AT)
+    for unit in model.modules():
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)  # `train._shard_loss` already weighs each rank's share
+            unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every tensor whole: sharded ones are gathered (a collective: every rank must call
+    it). Tied tensors (embeddings and LM head) stay one tensor under both names, as in `model.state_dict()`."""
+    from torch.distributed.tensor import DTensor
+    whole: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        if isinstance(t, DTensor):
+            local = t.to_local()
+            t = whole.setdefault((local.data_ptr(), tuple(t.shape)), t.full_tensor())  # tied: gathered once
+        out[name] = t
+    return out
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole tensors into a sharded model: each rank keeps its own shard of each. Names missing from `state` must
+    be tied to one present (safetensors stores a tied tensor once)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    current = model.state_dict()
+    missing = set(current) - set(state)
+    sharded = {}
+    for name, t in state.items():
+        if name not in current:
+            raise KeyError(f"load_full_state_dict: unexpected tensor {name!r}")
+        ref = current[name]
+        sharded[name] = distribute_tensor(t.to(ref.dtype), ref.device_mesh, ref.placements) if isinstance(ref, DTensor) else t
+    model.load_state_dict(sharded, strict=False)
+    ptr = lambda t: (t.to_local() if isinstance(t, DTensor) else t).data_ptr()  # noqa: E731
+    tied = {n for n in missing if any(ptr(current[n]) == ptr(current[m]) for m in state)}
+    if missing - tied:
+        raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing - tied)}")
+
+
 def barrier() -> None:
     if world_size() > 1:
         _state().wait_for_everyone()
@@ -126,12 +215,6 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def rank_seed(seed: int) -> int:
-    """A per-rank sampling seed: `seed` itself with one process (and on rank 0), `seed + rank * 0x9E3779B1` mod 2^31
-    on the others, so ranks sharing a seed drawn from their common RNG still sample independently."""
-    return seed if world_size() == 1 else (seed + rank() * 0x9E3779B1) % 2**31
 
 
 @contextmanager

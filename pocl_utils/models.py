@@ -12,6 +12,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel)
 
+from . import distributed
 from .config import ModelSpec
 
 from transformers.utils import logging as _hf_logging
@@ -47,6 +48,17 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
                           max_position_embeddings=n_positions, tie_word_embeddings=True, **common)
         return LlamaForCausalLM(cfg)
     raise ValueError(f"build_model: arch must be gpt2 or llama, got {spec.arch!r}")
+
+
+LOGITS_AT = "pocl_logits_at"  # the name `distributed.shard_model` gives `logits_at_positions` on a sharded model
+
+
+def logits_at_positions(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        keep: torch.Tensor) -> torch.Tensor:
+    """LM-head logits at the positions where `keep` [B, T] is True only, [N, V] in flattened (b, t) order: the head
+    runs on N rows of hidden states instead of B*T."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    return model.get_output_embeddings()(hidden[keep])
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -135,19 +147,30 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTraine
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename."""
-    from safetensors.torch import save_model
+    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename. A sharded (FSDP) model is
+    gathered whole first: every rank must call this."""
+    from safetensors.torch import save_file, save_model
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_model(model, str(tmp))
+    if distributed.is_sharded(model):
+        state = distributed.full_state_dict(model)
+        first = {}  # one name per tied tensor, as save_model keeps
+        for name, t in state.items():
+            first.setdefault(t.data_ptr(), name)
+        save_file({name: state[name].contiguous() for name in first.values()}, str(tmp), metadata={"format": "pt"})
+    else:
+        save_model(model, str(tmp))
     os.replace(tmp, path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights saved by `save_weights` into a model of the same architecture (strict)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
     try:
-        load_model(model, str(path), device=str(next(model.parameters()).device))
+        if distributed.is_sharded(model):
+            distributed.load_full_state_dict(model, load_file(str(path)))
+        else:
+            load_model(model, str(path), device=str(next(model.parameters()).device))
     except SafetensorError as e:
         raise checkpoint_error(Path(path), e) from e

@@ -68,7 +68,7 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
     if spec.method != "SFT":
         ctx.cache = ws.teacher_cache
     if spec.on_policy:
-        ctx.teacher = ws.load_teacher(device)
+        ctx.teacher = distributed.shard_model(ws.load_teacher(device))  # sharded only under an FSDP launch
         ctx.on_policy_frac = p.gkd_lambda
     return ctx
 

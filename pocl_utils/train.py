@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +23,7 @@ from . import distributed
 from .config import TrainSpec
 from .data import Encoded
 from .losses import divergence
-from .models import autocast
+from .models import LOGITS_AT, autocast, logits_at_positions
 
 # ---- batches -----------------------------------------------------------------------------------------------------
 
@@ -340,8 +341,8 @@ TOKENS = "tokens"  # key of a loss's parts: the response tokens its mean is over
 
 def student_logits_at_targets(student: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Student logits only where a target exists: the LM head runs on [N, H] rows instead of [B*T, H]."""
-    hidden = student.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    return student.get_output_embeddings()(hidden[batch.labels != -100])  # [N, V]
+    logits_at = getattr(student, LOGITS_AT, None) or partial(logits_at_positions, student)  # a sharded model's own
+    return logits_at(batch.input_ids, batch.attention_mask, batch.labels != -100)  # [N, V]
 
 
 def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor | None, *, kind: str | None,
@@ -381,18 +382,23 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
     return opt, sched
 
 
-LossFn = Callable[[list[int], int], tuple[torch.Tensor, dict[str, float]]]
+# loss_fn(indices, step, batch): the loss of `indices`, this process's share of the global `batch` (the same list
+# with one process), and its log row. Most losses need only `indices`; GKD samples the whole batch (`kd_loss_fn`).
+LossFn = Callable[[list[int], int, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
               on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train") -> list[dict[str, float]]:
-    """`steps` optimizer steps of `loss_fn(batch_indices, step)`; returns the per-step log. Stops on a NaN/inf loss.
+    """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
 
     Launched on several processes (`pocl_utils.distributed`), a step is DDP's: every rank draws the same global batch,
     computes the loss of its shard (`_shard_loss`), the gradients are summed over the ranks before clipping (so the
     clip sees the full gradient), and the logged values are the global ones. The step equals, to float rounding, one
-    process's step on the whole batch. With one process the loop is the plain one, bitwise."""
+    process's step on the whole batch. Under an FSDP launch the model is sharded first (`distributed.shard_model`) and
+    FSDP sums the gradients instead. With one process the loop is the plain one, bitwise."""
     from tqdm.auto import tqdm
+    distributed.shard_model(model)
+    sharded = distributed.is_sharded(model)
     opt, sched = optimizer_for(model, spec, steps)
     model.train()
     log: list[dict[str, float]] = []
@@ -405,7 +411,8 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
             raise FloatingPointError(f"{desc}: non-finite loss {parts['loss']} at step {step}; stopping before any checkpoint is saved")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.all_reduce_grads(model.parameters())
+        if not sharded:  # FSDP's backward has summed them already
+            distributed.all_reduce_grads(model.parameters())
         if spec.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         opt.step()
@@ -419,7 +426,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
 
 def _whole_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """One process: the loss of the whole batch and its log row."""
-    loss, parts = loss_fn(idx, step)
+    loss, parts = loss_fn(idx, step, idx)
     parts.pop(TOKENS, None)
     return loss, {"loss": float(loss.detach()), **parts}
 
@@ -434,7 +441,7 @@ def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     mine = distributed.shard(idx)
     # A batch smaller than the world leaves this rank nothing: it runs a stand-in example at weight 0, so that every
     # rank makes the same RNG draws (GKD's on-policy choice) and the same collective calls.
-    loss, parts = loss_fn(mine or idx[:1], step)
+    loss, parts = loss_fn(mine or idx[:1], step, idx)
     if TOKENS not in parts:
         raise ValueError(f"run_steps: on {distributed.world_size()} processes a loss function must report "
                          f"parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss does)")
@@ -459,7 +466,7 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
     torch.manual_seed(seed)
     batches = epoch_batches(np.arange(len(encoded)), spec.batch_size, rng)
 
-    def loss_fn(idx: list[int], step: int):
+    def loss_fn(idx: list[int], step: int, batch: list[int]):
         return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0, alpha=1.0)
 
     return run_steps(model, loss_fn, batches, steps or total_steps(len(encoded), spec), spec, desc=desc)
@@ -484,13 +491,15 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
     """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the teacher."""
     device = next(student.parameters()).device
 
-    def loss_fn(idx: list[int], step: int):
+    def loss_fn(idx: list[int], step: int, whole: list[int] | None = None):
+        whole = idx if whole is None else whole
         examples = [ctx.encoded[i] for i in idx]
         if ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac:
-            # `rng` is the run's, so every rank draws the same seed at a given step; `rank_seed` then offsets it by
-            # the rank, and each rank samples its own shard's outputs independently (the seed itself with 1 process)
-            seed = distributed.rank_seed(int(rng.integers(2**31)))
-            examples = student_generated(student, examples, ctx, seed=seed)
+            # `rng` is the run's, so every rank draws the same choice and seed. Every rank samples the WHOLE global
+            # batch with that seed and keeps its own rows: the samples are the ones one process would draw, and every
+            # rank's student makes the same forward calls (which a sharded model needs).
+            outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=int(rng.integers(2**31)))
+            examples = [outs[k] for k in _positions(idx, whole)]
             batch = make_batch(examples, ctx.pad_id).to(device)
             rows = teacher_logits(ctx.teacher, batch)
         else:
@@ -503,6 +512,14 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
         return step_loss(student, batch, rows, kind=kind, tau=tau, alpha=alpha, beta=ctx.beta)
 
     return loss_fn
+
+
+def _positions(idx: list[int], whole: list[int]) -> range:
+    """Where `idx`, a contiguous shard of the batch `whole` (or its first example, a stand-in), starts in it."""
+    start = next((k for k in range(len(whole) - len(idx) + 1) if whole[k:k + len(idx)] == idx), None)
+    if start is None:
+        raise ValueError(f"kd_loss_fn: {idx} is not a contiguous part of the batch {whole}")
+    return range(start, start + len(idx))
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Multi-process training through `accelerate launch` (2 CPU processes, gloo, configs/accelerate/cpu_2proc.yaml).
+"""Multi-process training through `accelerate launch` (2 CPU processes, gloo): data parallel
+(configs/accelerate/cpu_2proc.yaml) and FSDP-sharded (configs/accelerate/cpu_2proc_fsdp.yaml).
 
 A 2-process step must equal a 1-process step on the same global batch: the batches below give the two shards
 different token counts (a per-rank mean averaged over ranks would then differ) and one batch has a single example
@@ -22,7 +23,8 @@ from pocl_utils.models import build_model
 from pocl_utils.train import KDContext, TeacherCache, kd_loss_fn, run_steps
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
+CONFIGS = {"ddp": REPO / "configs" / "accelerate" / "cpu_2proc.yaml",
+           "fsdp": REPO / "configs" / "accelerate" / "cpu_2proc_fsdp.yaml"}
 VOCAB = 48
 RESPONSE_LENGTHS = [1, 14, 3, 22, 2, 7, 16, 4, 9, 5]  # + EOS each
 # Rank 0 takes the first ceil(B/2) examples of a batch. Step 0: tokens 2 + 15 + 4 = 21 vs 23 + 3 = 26;
@@ -62,17 +64,28 @@ def _train(grad_clip: float, on_policy: bool = False) -> dict:
     student, kd = _student_and_loss(on_policy)
     grads, seen = {}, []
 
-    def loss_fn(idx: list[int], step: int):
+    def loss_fn(idx: list[int], step: int, batch: list[int]):
         seen.append(list(idx))
-        return kd(idx, step)
+        return kd(idx, step, batch)
 
     def on_step(step: int, parts: dict) -> None:
         if step == 0:
-            grads["step0"] = torch.cat([p.grad.reshape(-1) for p in student.parameters()]).clone()
+            grads["step0"] = torch.cat([_whole(p.grad).reshape(-1) for p in student.parameters()]).clone()
 
     log = run_steps(student, loss_fn, iter(BATCHES), len(BATCHES), _spec(grad_clip), on_step=on_step)
-    return {"log": log, "grad0": grads["step0"], "weights": {k: v.clone() for k, v in student.state_dict().items()},
-            "seen": seen}
+    local = sum(_local(p).numel() for p in student.parameters())
+    return {"log": log, "grad0": grads["step0"], "seen": seen, "local_numel": local,
+            "weights": {k: v.clone() for k, v in distributed.full_state_dict(student).items()}}
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP) tensor gathered whole; a plain one as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's own part of a tensor (its shard under FSDP)."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _settled(name: str, weight: torch.Tensor) -> torch.Tensor:
@@ -86,42 +99,60 @@ def _settled(name: str, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _worker(out: Path) -> None:
-    """Body of each launched process: every configuration, saved per rank."""
+    """Body of each launched process: every configuration, saved per rank, then a checkpoint round trip."""
     torch.set_num_threads(1)
     r = distributed.rank()
     for name, clip in CLIPS.items():
         torch.save(_train(clip), out / f"{name}.rank{r}.pt")
     torch.save(_train(1.0, on_policy=True), out / f"gkd.rank{r}.pt")
-    seed = {"world": distributed.world_size(), "seed": distributed.rank_seed(7)}
-    (out / f"seed.rank{r}.json").write_text(json.dumps(seed))
+    (out / f"world.rank{r}.json").write_text(json.dumps({"world": distributed.world_size(), "fsdp": distributed.fsdp()}))
+    _checkpoint_round_trip(out, r)
     distributed.close()
 
 
-def _accelerate(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    """`accelerate launch` with the 2-process CPU config (its port 0 picks a free port); fails the test on error."""
+def _checkpoint_round_trip(out: Path, r: int) -> None:
+    """Train a few steps, save (gathered whole under FSDP), load into a fresh model of the same kind, save again."""
+    from pocl_utils.models import load_weights, save_weights
+    student, kd = _student_and_loss()
+    run_steps(student, kd, iter(BATCHES), 2, _spec(1.0))
+    save_weights(student, out / f"trained.rank{r}.safetensors")
+    fresh, _ = _student_and_loss()
+    distributed.shard_model(fresh)  # sharded, as a resumed run's model is by its second stage
+    load_weights(fresh, out / f"trained.rank{r}.safetensors")
+    save_weights(fresh, out / f"reloaded.rank{r}.safetensors")
+
+
+def _accelerate(args: list[str], timeout: float, config: str = "ddp", **kw) -> subprocess.CompletedProcess:
+    """`accelerate launch` with a 2-process CPU config (its port 0 picks a free port); fails the test on error."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), *args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS[config]), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    _accelerate([str(Path(__file__)), str(out)], timeout=150, cwd=REPO)
-    return out
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def launched(request, tmp_path_factory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp(request.param)
+    _accelerate([str(Path(__file__)), str(out)], timeout=150, config=request.param, cwd=REPO)
+    return request.param, out
 
 
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_two_processes_equal_one_process_on_the_same_global_batch(launched, name):
     torch.set_num_threads(1)
+    config, out = launched
     want = _train(CLIPS[name])
-    got = [torch.load(launched / f"{name}.rank{r}.pt") for r in (0, 1)]
+    got = [torch.load(out / f"{name}.rank{r}.pt") for r in (0, 1)]
     assert want["seen"] == BATCHES
     assert got[0]["seen"] == [[0, 1, 2], [5, 6], [8], [3, 9], [2, 0, 8]]  # each rank computes on its own shard only
     assert got[1]["seen"] == [[3, 4], [7], [8], [1, 6], [5, 7]]  # step 2: a stand-in for its empty shard, weight 0
+    _assert_same_training(got, want)
+
+
+def _assert_same_training(got: list[dict], want: dict) -> None:
+    """Both ranks' log, first gradient and final weights equal the 1-process run's (up to float rounding)."""
     for row_got, row_want in zip(got[0]["log"], want["log"], strict=True):
         assert row_got.keys() == row_want.keys() == {"loss", "ce", "kd"}
         for k in row_want:
@@ -133,14 +164,40 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(launched, name
     assert got[0]["log"] == got[1]["log"]  # every rank logs the global values
 
 
-def test_on_policy_ranks_sample_apart_and_stay_in_step(launched):
-    seeds = [json.loads((launched / f"seed.rank{r}.json").read_text()) for r in (0, 1)]
-    assert [s["world"] for s in seeds] == [2, 2]
-    assert seeds[0]["seed"] == distributed.rank_seed(7) == 7 and seeds[1]["seed"] != 7
-    got = [torch.load(launched / f"gkd.rank{r}.pt") for r in (0, 1)]
-    assert all(np.isfinite(row["loss"]) for row in got[0]["log"]) and len(got[0]["log"]) == len(BATCHES)
-    for k, w in got[0]["weights"].items():
-        assert torch.equal(w, got[1]["weights"][k]), f"replicas differ at {k}"
+def test_fsdp_shards_the_model_and_ddp_replicates_it(launched):
+    config, out = launched
+    worlds = [json.loads((out / f"world.rank{r}.json").read_text()) for r in (0, 1)]
+    assert worlds == [{"world": 2, "fsdp": config == "fsdp"}] * 2
+    total = sum(p.numel() for p in _student_and_loss()[0].parameters())
+    local = [torch.load(out / f"clip.rank{r}.pt")["local_numel"] for r in (0, 1)]
+    if config == "fsdp":  # each rank holds about half of every tensor (dim 0 split in two), nothing twice
+        assert sum(local) >= total and all(n <= total / 2 + 64 for n in local), (local, total)
+    else:
+        assert local == [total, total]
+
+
+def test_on_policy_two_processes_sample_what_one_process_samples(launched):
+    """GKD: every rank samples the whole global batch with the run's seed and keeps its own rows, so the on-policy
+    outputs, hence the losses and weights, are the 1-process run's."""
+    torch.set_num_threads(1)
+    config, out = launched
+    want = _train(1.0, on_policy=True)
+    got = [torch.load(out / f"gkd.rank{r}.pt") for r in (0, 1)]
+    assert all(np.isfinite(row["loss"]) for row in want["log"])
+    _assert_same_training(got, want)
+
+
+def test_checkpoints_of_a_sharded_model_are_whole_and_load_back(launched):
+    from safetensors.torch import load_file
+    config, out = launched
+    saved = [load_file(out / f"{kind}.rank{r}.safetensors") for kind in ("trained", "reloaded") for r in (0, 1)]
+    student, _ = _student_and_loss()
+    names = set(student.state_dict()) - {"lm_head.weight"}  # tied to the token embedding: stored once
+    for s in saved:
+        assert set(s) == names or set(s) == names - {"transformer.wte.weight"} | {"lm_head.weight"}
+        for k in s:
+            assert s[k].shape == student.state_dict()[k].shape, k
+            assert torch.equal(s[k], saved[0][k]), k  # every rank writes the same whole tensors, and they load back
 
 
 def _plain_loop(model, loss_fn, batches, steps: int, spec: TrainSpec) -> list[dict]:
@@ -150,7 +207,8 @@ def _plain_loop(model, loss_fn, batches, steps: int, spec: TrainSpec) -> list[di
     model.train()
     log = []
     for step in range(steps):
-        loss, parts = loss_fn(next(batches), step)
+        batch = next(batches)
+        loss, parts = loss_fn(batch, step, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
@@ -184,13 +242,15 @@ def test_shards_partition_the_batch_in_order(monkeypatch):
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_batch_entry_point_under_accelerate_launch(tmp_path):
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_batch_entry_point_under_accelerate_launch(tmp_path, config):
     """`python -m pocl_utils.batch` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT, SeqKD, GKD and
-    KLD with and without POCL: 6 runs of a few steps), each trained once by both ranks together, recorded once."""
+    KLD with and without POCL: 6 runs of a few steps), each trained once by both ranks together, recorded once; data
+    parallel, or with the student and GKD's teacher sharded (FSDP)."""
     from pocl_utils.results import Registry
     t0 = time.time()
     proc = _accelerate(["-m", "pocl_utils.batch", "--profile", "smoke", "--grid", "table1", "--size", "minimal",
-                        "--seeds", "1", "--runs-root", str(tmp_path)], timeout=170, cwd=REPO)
+                        "--seeds", "1", "--runs-root", str(tmp_path)], timeout=170, config=config, cwd=REPO)
     wall = time.time() - t0
     records = Registry(tmp_path / "smoke" / "registry").all("runs")
     assert len(records) == 6 and len({r["pid"] for r in records}) == 1, proc.stdout[-2000:]
@@ -202,7 +262,25 @@ def test_batch_entry_point_under_accelerate_launch(tmp_path):
     assert "6 to run on 2 processes together" in proc.stdout  # only the main rank logs: each line once
     assert proc.stdout.count("[batch] 6 runs finished (6 trained by this process)") == 1
     assert len((tmp_path / "smoke" / "results" / "table1.csv").read_text().splitlines()) > 1
-    print(f"2-process smoke batch: {wall:.0f}s")
+    print(f"2-process smoke batch ({config}): {wall:.0f}s")
+
+
+def test_gpu_configs_load_and_name_the_blocks_fsdp_wraps(monkeypatch):
+    """The GPU configs parse as accelerate configs; fsdp.yaml's layer class is the OPT block, which `shard_model` finds
+    in an OPT model (a tiny one built here), as it finds a GPT-2's blocks through the model's own `_no_split_modules`."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from transformers import OPTConfig, OPTForCausalLM
+    configs = {name: load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+               for name in ("single_gpu", "multi_gpu_ddp", "fsdp", "cpu_2proc", "cpu_2proc_fsdp")}
+    assert configs["fsdp"].distributed_type == "FSDP" and not configs["fsdp"].use_cpu
+    assert configs["fsdp"].fsdp_config["fsdp_version"] == 2
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", configs["fsdp"].fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+    opt = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, ffn_dim=32, num_attention_heads=2,
+                                   word_embed_proj_dim=16, max_position_embeddings=32))
+    gpt2 = _student_and_loss()[0]
+    for model, n_blocks in ((opt, 3), (gpt2, 1)):
+        names = distributed.block_classes(model)
+        assert sum(type(m).__name__ in names for m in model.modules()) == n_blocks, names
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def test_extreme_and_bf16_teacher_rows_give_finite_losses(ws):
 def test_run_steps_stops_at_a_non_finite_loss():
     model = torch.nn.Linear(2, 1)
 
-    def loss_fn(idx, step):
+    def loss_fn(idx, step, batch):
         loss = model(torch.ones(1, 2)).sum()
         return (loss * float("nan") if step == 3 else loss), {}
 
@@ -261,8 +261,8 @@ def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path,
         calls["n"] += 1
         inner, stage = real(*args, **kwargs), calls["n"]
 
-        def loss_fn(idx, step):
-            loss, parts = inner(idx, step)
+        def loss_fn(idx, step, batch):
+            loss, parts = inner(idx, step, batch)
             if stage == 3 and step == 1:
                 snapshot.update({p.name: p.read_bytes() for p in run_dir.glob("*.safetensors")})
                 snapshot["progress.json"] = (run_dir / "progress.json").read_bytes()
