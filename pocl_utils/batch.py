@@ -5,7 +5,7 @@ the other waits for it before writing the CSV).
 
 Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.batch ...` the same command runs
 data parallel with no other change: the main rank prepares the workspace alone while the others wait (`main_first`),
-then all ranks train each run together (`runner.execute`); only the main rank claims runs, writes checkpoints, records
+except the teacher SFT, which all ranks train together; then all ranks train each run together (`runner.execute`); only the main rank claims runs, writes checkpoints, records
 and the CSV, and logs; the others wait for it at barriers."""
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
     p = get_profile(profile)
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid)
     log = log if distributed.is_main() else (lambda s: None)
-    with distributed.main_first():
-        ws = prepare(p, runs_root=runs_root, log=log)
+    ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
     runner.run_grid(ws, specs, log=log)
     _wait_for_others(ws, specs, distributed.device(), log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")

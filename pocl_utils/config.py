@@ -57,6 +57,7 @@ class Profile:
     # Teacher budget from a learning-curve check (0.87M teacher, 2.5k examples): validation greedy ROUGE-L 8 / 18 / 24 /
     # 26 after 500 / 1000 / 1500 / 3000 steps; a 3.3M teacher was no better per step and 3x slower on this CPU.
     teacher_sft: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=40)
+    sft_teacher: bool = False  # real data: fine-tune the loaded teacher on the train set while preparing (world: always)
     student_pretrain_steps: int = 200  # plain-LM pre-training of the student on world text
     kd: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=12)
     n_subsets: int = 4
@@ -109,7 +110,7 @@ def _profiles() -> dict[str, Profile]:
     paper = Profile(
         name="paper", data="real", teacher=ModelSpec(arch="hub", name_or_path="gpt2-xl"),
         student=ModelSpec(arch="hub", name_or_path="gpt2"), max_len=512, max_prompt_len=256, max_new_tokens=256,
-        teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=10), student_pretrain_steps=0,
+        teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=10), sft_teacher=True, student_pretrain_steps=0,
         kd=TrainSpec(lr=5e-4, batch_size=8, epochs=20, warmup_frac=0.0), n_seeds=1, valid_max_examples=1000,
         valid_checks=20, workers=1, lr_grid=(5e-4, 1e-4, 5e-5), batch_grid=(8, 16))
     return {p.name: p for p in (smoke, classroom, laptop, real_lite, gpu, paper)}

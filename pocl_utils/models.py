@@ -131,10 +131,14 @@ def _missing_model_message(path: str) -> str:
 
 
 def save_checkpoint(model: PreTrainedModel, out_dir: Path) -> None:
-    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed."""
+    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed. Launched on
+    several processes, only the main one writes; a sharded (FSDP) model is first gathered whole (all must call)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
+    state = distributed.full_state_dict(model) if distributed.is_sharded(model) else None
+    if distributed.world_size() > 1 and not distributed.is_main():
+        return  # a step trained together (pipeline.TOGETHER): the main process writes it
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     if out_dir.exists():
         import shutil
         shutil.rmtree(out_dir)

@@ -9,13 +9,14 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from . import data as D
+from . import distributed
 from .config import Profile, TrainSpec, config_hash, get_profile
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
 
@@ -164,11 +165,46 @@ def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: st
 
 def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, str], dev, *,
                 log: Callable[[str], None] = print, tag: str = "prepare") -> None:
-    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key."""
+    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key.
+
+    Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
+    the steps in TOGETHER, which every process trains together (data parallel, or sharded under FSDP)."""
     for name, build in builders.items():
         t0 = time.time()
-        step_dir(ws.root, name, keys[name], lambda tmp, b=build: b(ws, tmp, dev))
+        b = partial(build, ws)
+        if name in TOGETHER and distributed.world_size() > 1:
+            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
+        else:
+            with distributed.main_first():
+                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
         log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
+
+
+TOGETHER = ("teacher",)  # steps trained by all launched processes: the teacher SFT (OPT-2.7B needs FSDP's sharding)
+
+
+def _build_together(root: Path, name: str, key: str, build: Callable[[Path], None]) -> None:
+    """`step_dir` on the main process; the others run `build` in lockstep with it in a private folder, deleted after.
+    The main process says whether it builds (it may find the step built, by an earlier or a concurrent launch)."""
+    if distributed.is_main():
+        told = []
+
+        def build_main(tmp: Path) -> None:
+            told.append(distributed.broadcast(True))
+            build(tmp)
+
+        step_dir(root, name, key, build_main)
+        if not told:
+            distributed.broadcast(False)
+    elif distributed.broadcast(None):
+        tmp = root / f".{name}.rank{distributed.rank()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()
 
 
 def prep_keys(p: Profile) -> dict[str, str]:

@@ -131,7 +131,8 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
                         "n_train": p.rank_max_examples, "filter": MINILLM_MAX_PROMPT_TOKENS})
     tok = config_hash({"teacher": p.teacher})  # teacher and student share the teacher's vocabulary
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
-    teacher = config_hash({"up": tok, "spec": p.teacher})
+    sft = {"sft": p.teacher_sft, "data": data, "seed": p.seed, **enc} if p.sft_teacher else {}
+    teacher = config_hash({"up": tok, "spec": p.teacher, **sft})
     student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps,
                            "block": REAL_LM_BLOCK, "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
     ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
@@ -173,10 +174,21 @@ def _build_real_tokenizer(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
 
 
 def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
-    """The teacher as it comes (SmolLM2 is instruction-tuned already; `teacher_sft` fine-tunes it on Dolly)."""
+    """The teacher as it comes (SmolLM2 is instruction-tuned already; `teacher_sft` fine-tunes it on Dolly), or, with
+    the profile's `sft_teacher` (the paper profiles), fine-tuned on the workspace's train set first (§4.1: the teacher
+    is made by fine-tuning a large LLM on D). Under `accelerate launch` every process trains it together
+    (`pipeline.TOGETHER`), sharded under FSDP."""
     from .models import load_pretrained, save_checkpoint
-    path, extra = _model_source(ws.profile.teacher, cache_dir)
-    if ws.profile.teacher.name_or_path != "smollm2":
+    from .train import sft
+    p = ws.profile
+    path, extra = _model_source(p.teacher, cache_dir)
+    if p.sft_teacher:
+        model = load_pretrained(path, **extra).to(dev)
+        log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT (train set)")
+        save_checkpoint(model, out / "model")
+        atomic_write_json(out / "log.json", _thin(log))
+        return
+    if p.teacher.name_or_path != "smollm2":
         save_checkpoint(load_pretrained(path, **extra), out / "model")
         return
     (out / "model").mkdir()

@@ -213,6 +213,37 @@ def test_teacher_sft_lowers_the_loss_on_its_batch(ws):
     assert torch.equal(ws.load_teacher(torch.device("cpu")).state_dict()["model.norm.weight"], before)  # file untouched
 
 
+def test_paper_style_profile_fine_tunes_its_hub_teacher_while_preparing(shared_data, tmp_path):
+    """`sft_teacher` (the paper profiles): the teacher step loads the hub teacher, fine-tunes it on the workspace's
+    train set and saves that; here a local stand-in for the hub model (a tiny GPT-2 with a byte-level tokenizer)."""
+    from dataclasses import replace
+    from pocl_utils.config import ModelSpec, TrainSpec
+    from pocl_utils.models import build_model, load_pretrained
+    from pocl_utils.world import train_tokenizer
+    hub = tmp_path / "hub-teacher"
+    rows = D.load_instructions(D.real_data_path("train", shared_data))[:200]
+    tok = train_tokenizer([r["prompt"] + r["output"] for r in rows], 400, hub)
+    build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), len(tok), 1024, seed=3).save_pretrained(hub)
+    spec = TrainSpec(lr=1e-2, batch_size=4, epochs=2)
+    base = replace(get_profile("real-lite"), name="paper-mini", teacher=ModelSpec(arch="hub", name_or_path=str(hub)),
+                   max_len=900, max_prompt_len=800, rank_max_examples=8, teacher_sft=spec)
+    steps = ("data", "tokenizer", "teacher")
+    tuned = real.prepare_real(replace(base, sft_teacher=True), tmp_path / "runs", data_root=shared_data, max_rows=2,
+                              steps=steps, device="cpu", log=lambda s: None)
+    log = json.loads((tuned.root / "teacher" / "log.json").read_text())
+    n = len(tuned.encoded("train"))
+    assert n >= 6 and len(log) == total_steps(n, spec) and log[-1]["loss"] < log[0]["loss"], log
+    original, teacher = load_pretrained(hub).state_dict(), tuned.load_teacher(torch.device("cpu")).state_dict()
+    assert teacher.keys() == original.keys()
+    assert not torch.equal(teacher["transformer.h.0.mlp.c_fc.weight"], original["transformer.h.0.mlp.c_fc.weight"])
+    as_is = real.prepare_real(base, tmp_path / "runs-as-is", data_root=shared_data, max_rows=2, steps=steps,
+                              device="cpu", log=lambda s: None)
+    assert as_is.step_keys()["teacher"] != tuned.step_keys()["teacher"]
+    assert not (as_is.root / "teacher" / "log.json").exists()
+    kept = as_is.load_teacher(torch.device("cpu")).state_dict()
+    assert all(torch.equal(kept[k], original[k]) for k in original)
+
+
 def test_short_examples_fit_max_len():
     enc = [D.Encoded(list(range(p)), list(range(r)) + [99], index=i) for i, (p, r) in
            enumerate([(10, 30), (60, 5), (3, 100), (57, 2)])]
