@@ -4,9 +4,10 @@ at its last finished stage), and safe to start twice on the same runs folder (ea
 the other waits for it before writing the CSV).
 
 Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.batch ...` the same command runs
-data parallel with no other change: the main rank prepares the workspace alone while the others wait (`main_first`),
-except the teacher SFT, which all ranks train together; then all ranks train each run together (`runner.execute`); only the main rank claims runs, writes checkpoints, records
-and the CSV, and logs; the others wait for it at barriers."""
+data parallel (or FSDP-sharded) with no other change. The main rank prepares the workspace alone while the others wait
+(`main_first`), except the teacher SFT, which all ranks train together. Then all ranks train each run together
+(`runner.execute`). Only the main rank claims runs, writes checkpoints, records and the CSV, and logs; the others wait
+for it at barriers."""
 from __future__ import annotations
 
 import argparse

@@ -40,18 +40,38 @@ def _examples() -> list[Encoded]:
             for i, n in enumerate(RESPONSE_LENGTHS)]
 
 
+def kd_cache() -> TeacherCache:
+    """A random teacher's cached logits for the examples' response tokens."""
+    offsets = np.concatenate([[0], np.cumsum([len(e.response_ids) for e in _examples()])])
+    torch.manual_seed(1)
+    return TeacherCache(3 * torch.randn(int(offsets[-1]), VOCAB), offsets)  # [rows, V]
+
+
 def _student_and_loss(on_policy: bool = False):
     """A tiny GPT-2 and its KD loss (forward KL, tau 2, alpha 0.3) against a random teacher's cached logits, or with
     on-policy batches only (GKD's outputs sampled by the student, scored by a random live teacher)."""
     encoded = _examples()
     student = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=0)
-    offsets = np.concatenate([[0], np.cumsum([len(e.response_ids) for e in encoded])])
-    torch.manual_seed(1)
-    cache = TeacherCache(3 * torch.randn(int(offsets[-1]), VOCAB), offsets)  # [rows, V]
-    ctx = KDContext(encoded, pad_id=0, eos_id=0, cache=cache, max_new_tokens=3)
+    ctx = KDContext(encoded, pad_id=0, eos_id=0, cache=kd_cache(), max_new_tokens=3)
     if on_policy:
         ctx.teacher, ctx.on_policy_frac = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=1), 1.0
     return student, kd_loss_fn(student, ctx, kind="fkl", tau=2.0, alpha=0.3, rng=np.random.default_rng(2))
+
+
+def _other_archs() -> dict[str, list[float]]:
+    """The KD losses of a tiny Llama (real-lite's student kind) and a tiny OPT (paper-opt's) over BATCHES."""
+    from transformers import OPTConfig, OPTForCausalLM
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, ffn_dim=32, dropout=0.0,
+                                   num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64))
+    models = {"llama": build_model(ModelSpec(arch="llama", n_layer=2, n_embd=16, n_head=2), VOCAB, 64, seed=0),
+              "opt": opt}
+    losses = {}
+    for arch, model in models.items():
+        ctx = KDContext(_examples(), pad_id=0, eos_id=0, cache=kd_cache(), max_new_tokens=3)
+        loss_fn = kd_loss_fn(model, ctx, kind="fkl", tau=2.0, alpha=0.3, rng=np.random.default_rng(2))
+        losses[arch] = [row["loss"] for row in run_steps(model, loss_fn, iter(BATCHES), len(BATCHES), _spec(0.05))]
+    return losses
 
 
 def _spec(grad_clip: float) -> TrainSpec:
@@ -105,6 +125,7 @@ def _worker(out: Path) -> None:
     for name, clip in CLIPS.items():
         torch.save(_train(clip), out / f"{name}.rank{r}.pt")
     torch.save(_train(1.0, on_policy=True), out / f"gkd.rank{r}.pt")
+    (out / f"archs.rank{r}.json").write_text(json.dumps(_other_archs()))
     (out / f"world.rank{r}.json").write_text(json.dumps({"world": distributed.world_size(), "fsdp": distributed.fsdp()}))
     _checkpoint_round_trip(out, r)
     distributed.close()
@@ -174,6 +195,16 @@ def test_fsdp_shards_the_model_and_ddp_replicates_it(launched):
         assert sum(local) >= total and all(n <= total / 2 + 64 for n in local), (local, total)
     else:
         assert local == [total, total]
+
+
+def test_llama_and_opt_two_processes_equal_one_process(launched):
+    torch.set_num_threads(1)
+    config, out = launched
+    want = _other_archs()
+    for r in (0, 1):
+        got = json.loads((out / f"archs.rank{r}.json").read_text())
+        for arch in want:
+            np.testing.assert_allclose(got[arch], want[arch], rtol=0, atol=1e-5, err_msg=f"{config} {arch} rank {r}")
 
 
 def test_on_policy_two_processes_sample_what_one_process_samples(launched):
