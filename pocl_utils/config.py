@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -58,6 +59,9 @@ class Profile:
     # 26 after 500 / 1000 / 1500 / 3000 steps; a 3.3M teacher was no better per step and 3x slower on this CPU.
     teacher_sft: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=40)
     sft_teacher: bool = False  # real data: fine-tune the loaded teacher on the train set while preparing (world: always)
+    # Off-policy teacher outputs: "exact" (cached logits, [tokens, V] fp32: small vocabularies), "top-<k>" (cached top-k
+    # log-probs + tail mass, approximate: see benchmarks/bench_topk_cache.py) or "live" (the teacher runs every step).
+    teacher_cache: str = "exact"
     student_pretrain_steps: int = 200  # plain-LM pre-training of the student on world text
     kd: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=12)
     n_subsets: int = 4
@@ -112,7 +116,8 @@ def _profiles() -> dict[str, Profile]:
         student=ModelSpec(arch="hub", name_or_path="gpt2"), max_len=512, max_prompt_len=256, max_new_tokens=256,
         teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=10), sft_teacher=True, student_pretrain_steps=0,
         kd=TrainSpec(lr=5e-4, batch_size=8, epochs=20, warmup_frac=0.0), n_seeds=1, valid_max_examples=1000,
-        valid_checks=20, workers=1, lr_grid=(5e-4, 1e-4, 5e-5), batch_grid=(8, 16))
+        valid_checks=20, workers=1, lr_grid=(5e-4, 1e-4, 5e-5), batch_grid=(8, 16),
+        teacher_cache="live")  # exact logits of Dolly's 788k answer tokens x 50,257 x 4 B: ~160 GB
     return {p.name: p for p in (smoke, classroom, laptop, real_lite, gpu, paper)}
 
 
@@ -172,6 +177,8 @@ def validate_profile(p: Profile) -> Profile:
         (0 < p.max_prompt_len < p.max_len, "max_prompt_len", "must be in (0, max_len)"),
         (p.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
         (p.grid in ("full", "table1", "minimal"), "grid", "must be full, table1 or minimal"),
+        (re.fullmatch(r"exact|live|top-[1-9][0-9]*", p.teacher_cache) is not None, "teacher_cache",
+         f"must be 'exact', 'live' or 'top-<k>' with k >= 1 (e.g. 'top-512'), got {p.teacher_cache!r}"),
     ]
     for spec_name in ("teacher_sft", "kd"):
         t: TrainSpec = getattr(p, spec_name)
@@ -181,6 +188,11 @@ def validate_profile(p: Profile) -> Profile:
         if not ok:
             raise ConfigError(f"profile {p.name!r}: {key} {why}")
     return p
+
+
+def cache_top_k(p: Profile) -> int | None:
+    """The profile's teacher cache as `build_teacher_cache`'s top_k: 0 = exact, k = top-k, None = no cache (live)."""
+    return None if p.teacher_cache == "live" else 0 if p.teacher_cache == "exact" else int(p.teacher_cache[4:])
 
 
 def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> Profile:

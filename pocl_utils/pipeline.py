@@ -17,7 +17,7 @@ import torch
 
 from . import data as D
 from . import distributed
-from .config import Profile, TrainSpec, config_hash, get_profile
+from .config import Profile, TrainSpec, cache_top_k, config_hash, get_profile
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
@@ -116,7 +116,10 @@ class Workspace:
 
     @cached_property
     def teacher_cache(self):
+        """The cached teacher outputs of the train set; None when the profile runs the teacher live."""
         from .train import TeacherCache
+        if cache_top_k(self.profile) is None:
+            return None
         return TeacherCache.load(self.root / "teacher_cache" / "cache.safetensors")
 
     @cached_property
@@ -207,6 +210,11 @@ def _build_together(root: Path, name: str, key: str, build: Callable[[Path], Non
     distributed.barrier()
 
 
+def cache_mode(p: Profile) -> dict[str, str]:
+    """The teacher cache's mode for its step key: nothing for "exact" (the keys exact caches have always had)."""
+    return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
+
+
 def prep_keys(p: Profile) -> dict[str, str]:
     """Each step's cache key: the profile fields it reads plus the key of the steps before it."""
     data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
@@ -215,7 +223,7 @@ def prep_keys(p: Profile) -> dict[str, str]:
     teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc})
     student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
     ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
-    cache = config_hash({"up": teacher, **enc})
+    cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
     seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc})
     return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
             "teacher_cache": cache, "seqkd": seqkd}
@@ -282,8 +290,12 @@ def _build_ranking(ws: Workspace, out: Path, dev) -> None:
 
 
 def _build_teacher_cache(ws: Workspace, out: Path, dev) -> None:
+    """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live"."""
     from .train import build_teacher_cache
-    build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id).save(out / "cache.safetensors")
+    top_k = cache_top_k(ws.profile)
+    if top_k is not None:
+        cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, top_k=top_k)
+        cache.save(out / "cache.safetensors")
 
 
 def _build_seqkd(ws: Workspace, out: Path, dev) -> None:

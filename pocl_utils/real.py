@@ -23,8 +23,8 @@ import torch
 from . import data as D
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, lm_blocks,
-                       prep_keys, step_dir, workspace_root)
+from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, cache_mode,
+                       lm_blocks, prep_keys, step_dir, workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
     student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps,
                            "block": REAL_LM_BLOCK, "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
     ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
-    cache = config_hash({"up": teacher, "data": data, **enc})
+    cache = config_hash({"up": teacher, "data": data, **enc, **cache_mode(p)})
     seqkd = config_hash({"up": teacher, "data": data, "new": p.max_new_tokens, **enc})
     return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
             "teacher_cache": cache, "seqkd": seqkd}

@@ -66,9 +66,10 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
         return KDContext(ws.seqkd_encoded, ws.pad_id, ws.eos_id)
     ctx = KDContext(ws.encoded("train"), ws.pad_id, ws.eos_id, max_new_tokens=p.max_new_tokens)
     if spec.method != "SFT":
-        ctx.cache = ws.teacher_cache
-    if spec.on_policy:
+        ctx.cache = ws.teacher_cache  # None: the profile runs the teacher live
+    if spec.on_policy or (spec.method != "SFT" and ctx.cache is None):
         ctx.teacher = distributed.shard_model(ws.load_teacher(device))  # sharded only under an FSDP launch
+    if spec.on_policy:
         ctx.on_policy_frac = p.gkd_lambda
     return ctx
 

@@ -33,6 +33,7 @@ BAD_PROFILES = [
     ({"teacher_sft.epochs": 0}, ["teacher_sft.epochs must be > 0"]),
     ({"gkd_lambda": 1.5}, ["gkd_lambda must be in [0, 1]"]),
     ({"max_prompt_len": 64}, ["max_prompt_len must be in (0, max_len)"]),
+    ({"teacher_cache": "top-0"}, ["teacher_cache must be 'exact', 'live' or 'top-<k>'", "'top-0'"]),
 ]
 
 

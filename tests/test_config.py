@@ -31,6 +31,9 @@ def test_paper_profile_values():
     assert p.lr_grid == (5e-4, 1e-4, 5e-5) and p.batch_grid == (8, 16)
     assert p.kd.epochs == 20 and p.n_subsets == 4 and p.max_len == 512 and p.eval_seeds == (10, 20, 30, 40, 50)
     assert get_profile("paper-opt").teacher.name_or_path == "facebook/opt-2.7b"
+    # the teacher is fine-tuned on Dolly while preparing (§4.1), and runs live (exact logits at V = 50k do not fit)
+    assert p.sft_teacher and p.teacher_cache == "live" and get_profile("paper-opt").teacher_cache == "live"
+    assert get_profile("laptop").teacher_cache == "exact" and not get_profile("laptop").sft_teacher
 
 
 @pytest.mark.parametrize("bad", [dict(n_subsets=0), dict(tau=(0.0, 2.0)), dict(alpha=(0.3, 1.5)),

@@ -349,3 +349,37 @@ def test_bad_files_say_what_is_wrong(tmp_path):
         TeacherCache.load(short)
     with pytest.raises(FileNotFoundError):
         TeacherCache.load(tmp_path / "missing.safetensors")
+
+
+# ---- the profile's cache mode (Profile.teacher_cache) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["top-8", "live"])
+def test_profile_cache_modes_build_their_cache_and_train(mode, tmp_path):
+    """`exact` (every world profile), `top-<k>` and `live` (the paper profiles: no cache, the teacher runs every
+    step): the teacher_cache step builds what the mode says, run keys tell the modes apart, and a KD run trains."""
+    from dataclasses import replace
+    from pocl_utils import runner
+    from pocl_utils.config import baseline, get_profile
+    from pocl_utils.pipeline import prepare
+    torch.set_num_threads(1)
+    exact = prepare("smoke", runs_root=tmp_path / "exact", log=lambda s: None, device="cpu")
+    ws = prepare(replace(get_profile("smoke"), teacher_cache=mode), runs_root=tmp_path / mode, log=lambda s: None,
+                 device="cpu")
+    spec = baseline("KLD", seed=0)
+    assert ws.step_keys()["teacher"] == exact.step_keys()["teacher"]
+    assert ws.step_keys()["teacher_cache"] != exact.step_keys()["teacher_cache"]
+    assert runner.run_key(ws, spec) != runner.run_key(exact, spec)
+    ctx = runner.kd_context(ws, spec, torch.device("cpu"))
+    if mode == "live":
+        assert ws.teacher_cache is None and ctx.cache is None and ctx.teacher is not None
+        assert not (ws.root / "teacher_cache" / "cache.safetensors").exists()
+    else:
+        assert ws.teacher_cache.top_k == 8 and ctx.cache is ws.teacher_cache and ctx.teacher is None
+        want = exact.teacher_cache.rows([0, 1])  # exact logits; the top 8 log-probs of each row must match them
+        got = ws.teacher_cache.rows([0, 1])
+        top = torch.log_softmax(want, -1).topk(8, dim=-1)
+        torch.testing.assert_close(torch.log_softmax(got, -1).gather(-1, top.indices), top.values, rtol=0, atol=1e-5)
+    record = runner.execute(ws, spec, torch.device("cpu"))
+    assert np.isfinite(record["metrics"]["train"]["loss"][-1]["loss"])
+    assert ws.registry.done(runner.KIND, runner.run_key(ws, spec))
