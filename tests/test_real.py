@@ -8,6 +8,7 @@ absent, unless CI=true, where they fail. The SmolLM2 tests take about a minute o
 import importlib.util
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -213,17 +214,28 @@ def test_teacher_sft_lowers_the_loss_on_its_batch(ws):
     assert torch.equal(ws.load_teacher(torch.device("cpu")).state_dict()["model.norm.weight"], before)  # file untouched
 
 
-def test_paper_style_profile_fine_tunes_its_hub_teacher_while_preparing(shared_data, tmp_path):
+@pytest.fixture(scope="module")
+def local_hub(shared_data, tmp_path_factory) -> dict[str, Path]:
+    """Local stand-ins for the paper's hub models: a tiny GPT-2 teacher (2 layers) and student (1 layer) sharing a
+    byte-level BPE tokenizer trained on Dolly text, each saved with save_pretrained as a hub download would be."""
+    from pocl_utils.config import ModelSpec
+    from pocl_utils.models import build_model
+    from pocl_utils.world import train_tokenizer
+    rows = D.load_instructions(D.real_data_path("train", shared_data))[:200]
+    out = {}
+    for role, layers, seed in (("teacher", 2, 3), ("student", 1, 4)):
+        out[role] = tmp_path_factory.mktemp(f"hub-{role}")
+        tok = train_tokenizer([r["prompt"] + r["output"] for r in rows], 400, out[role])
+        build_model(ModelSpec(n_layer=layers, n_embd=16, n_head=2), len(tok), 1024, seed=seed).save_pretrained(out[role])
+    return out
+
+
+def test_paper_style_profile_fine_tunes_its_hub_teacher_while_preparing(shared_data, local_hub, tmp_path):
     """`sft_teacher` (the paper profiles): the teacher step loads the hub teacher, fine-tunes it on the workspace's
     train set and saves that; here a local stand-in for the hub model (a tiny GPT-2 with a byte-level tokenizer)."""
-    from dataclasses import replace
     from pocl_utils.config import ModelSpec, TrainSpec
-    from pocl_utils.models import build_model, load_pretrained
-    from pocl_utils.world import train_tokenizer
-    hub = tmp_path / "hub-teacher"
-    rows = D.load_instructions(D.real_data_path("train", shared_data))[:200]
-    tok = train_tokenizer([r["prompt"] + r["output"] for r in rows], 400, hub)
-    build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), len(tok), 1024, seed=3).save_pretrained(hub)
+    from pocl_utils.models import load_pretrained
+    hub = local_hub["teacher"]
     spec = TrainSpec(lr=1e-2, batch_size=4, epochs=2)
     base = replace(get_profile("real-lite"), name="paper-mini", teacher=ModelSpec(arch="hub", name_or_path=str(hub)),
                    max_len=900, max_prompt_len=800, rank_max_examples=8, teacher_sft=spec)
@@ -242,6 +254,26 @@ def test_paper_style_profile_fine_tunes_its_hub_teacher_while_preparing(shared_d
     assert not (as_is.root / "teacher" / "log.json").exists()
     kept = as_is.load_teacher(torch.device("cpu")).state_dict()
     assert all(torch.equal(kept[k], original[k]) for k in original)
+
+
+def test_paper_profile_end_to_end_on_local_stand_ins(shared_data, local_hub, tmp_path):
+    """The `paper` profile's own path, shrunk: hub teacher and student (local stand-ins), teacher SFT while preparing,
+    no teacher cache (live), every step built, then a POCL run and a GKD run trained, validated and evaluated."""
+    from pocl_utils import runner
+    from pocl_utils.config import ModelSpec
+    p = get_profile("paper", {"max_len": 900, "max_prompt_len": 800, "max_new_tokens": 4, "rank_max_examples": 8,
+                              "valid_max_examples": 2, "valid_checks": 2, "eval_max_examples": 2, "eval_seeds": [10],
+                              "kd.batch_size": 4, "kd.epochs": 2, "teacher_sft.batch_size": 4, "teacher_sft.epochs": 1})
+    p = replace(p, teacher=ModelSpec(arch="hub", name_or_path=str(local_hub["teacher"])),
+                student=ModelSpec(arch="hub", name_or_path=str(local_hub["student"])))
+    ws = real.prepare_real(p, tmp_path, data_root=shared_data, max_rows=2, device="cpu", log=lambda s: None)
+    assert all(ws.step_keys().values()) and ws.teacher_cache is None
+    assert (ws.root / "teacher" / "log.json").exists()  # fine-tuned while preparing
+    for spec in (pocl("KLD", seed=0), baseline("GKD", seed=0)):
+        record = runner.execute(ws, spec, torch.device("cpu"))
+        train = record["metrics"]["train"]
+        assert len(train["stages"]) == (4 if spec.pocl else 1) and all(np.isfinite(r["loss"]) for r in train["loss"])
+        assert set(record["metrics"]["eval"]) == set(D.EVAL_SETS)
 
 
 def test_short_examples_fit_max_len():
