@@ -195,7 +195,8 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
         if name not in current:
             raise KeyError(f"load_full_state_dict: unexpected tensor {name!r}")
         ref = current[name]
-        sharded[name] = distribute_tensor(t.to(ref.dtype), ref.device_mesh, ref.placements) if isinstance(ref, DTensor) else t
+        t = t.to(device=ref.device, dtype=ref.dtype)  # files load on the CPU
+        sharded[name] = distribute_tensor(t, ref.device_mesh, ref.placements) if isinstance(ref, DTensor) else t
     model.load_state_dict(sharded, strict=False)
     ptr = lambda t: (t.to_local() if isinstance(t, DTensor) else t).data_ptr()  # noqa: E731
     tied = {n for n in missing if any(ptr(current[n]) == ptr(current[m]) for m in state)}
