@@ -42,7 +42,7 @@ from benchlib import default_out, laptop_available, meta, workspace, write_json
 from pocl_utils.config import PROFILES
 from pocl_utils.data import Encoded
 from pocl_utils.models import build_model, n_params
-from pocl_utils.train import Batch, make_batch, optimizer_for, step_loss, teacher_logits
+from pocl_utils.train import Batch, apply_grads, make_batch, optimizer_for, step_loss, teacher_logits
 
 MATMUL_OPS = ("mm", "addmm", "bmm", "matmul", "linear", "attention", "baddbmm")
 
@@ -119,8 +119,7 @@ def step_fns(setup: dict, batch: Batch, fused_adamw: bool = False) -> dict:
         loss, _ = step_loss(student, batch, teacher_rows, kind="fkl", tau=1.0, alpha=0.3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), spec.grad_clip)
-        opt.step()
+        apply_grads(student, opt, spec)
 
     return {"cached": lambda: train_step(rows), "live": lambda: train_step(teacher_logits(teacher, batch)),
             "teacher": lambda: teacher_logits(teacher, batch)}

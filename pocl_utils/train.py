@@ -376,10 +376,21 @@ def epoch_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator
 
 
 def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
-    """AdamW + linear warm-up + cosine decay; a fresh one per stage, as the official POCL code restarts them."""
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    """AdamW + linear warm-up + cosine decay; a fresh one per stage, as the official POCL code restarts them.
+
+    Multi-tensor ("foreach") AdamW on every device: torch picks it by default on GPUs only, but on the CPU it is also
+    ~15% faster for the laptop student (fewer, larger kernels) and gives the per-tensor loop's results bitwise
+    (tests/test_reliability.py checks that, so earlier results still reproduce)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
     sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_frac * steps), steps)
     return opt, sched
+
+
+def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainSpec) -> None:
+    """Clip the gradient norm to spec.grad_clip (if > 0; multi-tensor, as the optimizer) and take the optimizer step."""
+    if spec.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip, foreach=True)
+    opt.step()
 
 
 # loss_fn(indices, step, batch): the loss of `indices`, this process's share of the global `batch` (the same list
@@ -413,9 +424,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
         loss.backward()
         if not sharded:  # FSDP's backward has summed them already
             distributed.all_reduce_grads(model.parameters())
-        if spec.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        opt.step()
+        apply_grads(model, opt, spec)
         sched.step()
         log.append(parts)
         if on_step is not None:

@@ -232,9 +232,11 @@ def test_checkpoints_of_a_sharded_model_are_whole_and_load_back(launched):
 
 
 def _plain_loop(model, loss_fn, batches, steps: int, spec: TrainSpec) -> list[dict]:
-    """The single-process loop as it was before multi-process support, written out."""
-    from pocl_utils.train import optimizer_for
-    opt, sched = optimizer_for(model, spec, steps)
+    """The single-process loop as it was before multi-process support, written out, with torch's CPU defaults: the
+    per-tensor AdamW and gradient clipping (run_steps uses the multi-tensor ones, which must give the same bits)."""
+    from transformers import get_cosine_schedule_with_warmup
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, foreach=False)
+    sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_frac * steps), steps)
     model.train()
     log = []
     for step in range(steps):
@@ -242,16 +244,21 @@ def _plain_loop(model, loss_fn, batches, steps: int, spec: TrainSpec) -> list[di
         loss, parts = loss_fn(batch, step, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip, foreach=False)
         opt.step()
         sched.step()
         log.append({"loss": float(loss.detach()), **{k: v for k, v in parts.items() if k != "tokens"}})
     return log
 
 
-def test_one_process_is_the_plain_loop_bitwise():
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_one_process_is_the_plain_loop_bitwise(arch, monkeypatch):
     torch.set_num_threads(1)
     assert not distributed.launched()
+    if arch == "llama":  # the real-lite student's kind: other parameter shapes, no biases
+        real_build = build_model
+        monkeypatch.setitem(globals(), "build_model", lambda spec, *a, **k: real_build(
+            ModelSpec(arch="llama", n_layer=2, n_embd=16, n_head=2), *a, **k))
     got = _train(CLIPS["clip"])
     student, loss_fn = _student_and_loss()
     want = _plain_loop(student, loss_fn, iter(BATCHES), len(BATCHES), _spec(CLIPS["clip"]))
