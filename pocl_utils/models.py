@@ -137,7 +137,7 @@ def save_checkpoint(model: PreTrainedModel, out_dir: Path) -> None:
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     state = distributed.full_state_dict(model) if distributed.is_sharded(model) else None
     if distributed.world_size() > 1 and not distributed.is_main():
-        return  # a step trained together (pipeline.TOGETHER): the main process writes it
+        return  # a step trained together (pipeline.trained_together): the main process writes it
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     if out_dir.exists():
         import shutil

@@ -171,11 +171,11 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
     """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key.
 
     Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
-    the steps in TOGETHER, which every process trains together (data parallel, or sharded under FSDP)."""
+    the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded)."""
     for name, build in builders.items():
         t0 = time.time()
         b = partial(build, ws)
-        if name in TOGETHER and distributed.world_size() > 1:
+        if distributed.world_size() > 1 and trained_together(ws.profile, name):
             _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
         else:
             with distributed.main_first():
@@ -183,7 +183,10 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
         log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
 
 
-TOGETHER = ("teacher",)  # steps trained by all launched processes: the teacher SFT (OPT-2.7B needs FSDP's sharding)
+def trained_together(p: Profile, name: str) -> bool:
+    """Whether all launched processes build step `name` together: the teacher step when it trains the teacher (world
+    profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding)."""
+    return name == "teacher" and (p.data == "world" or p.sft_teacher)
 
 
 def _build_together(root: Path, name: str, key: str, build: Callable[[Path], None]) -> None:

@@ -177,7 +177,7 @@ def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
     """The teacher as it comes (SmolLM2 is instruction-tuned already; `teacher_sft` fine-tunes it on Dolly), or, with
     the profile's `sft_teacher` (the paper profiles), fine-tuned on the workspace's train set first (§4.1: the teacher
     is made by fine-tuning a large LLM on D). Under `accelerate launch` every process trains it together
-    (`pipeline.TOGETHER`), sharded under FSDP."""
+    (`pipeline.trained_together`), sharded under FSDP."""
     from .models import load_pretrained, save_checkpoint
     from .train import sft
     p = ws.profile
