@@ -174,14 +174,20 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict with every tensor whole: sharded ones are gathered (a collective: every rank must call
     it). Tied tensors (embeddings and LM head) stay one tensor under both names, as in `model.state_dict()`."""
     from torch.distributed.tensor import DTensor
-    whole: dict[tuple, torch.Tensor] = {}
+    owner = _owners(model)
+    whole: dict = {}
     out = {}
     for name, t in model.state_dict().items():
         if isinstance(t, DTensor):
-            local = t.to_local()
-            t = whole.setdefault((local.data_ptr(), tuple(t.shape)), t.full_tensor())  # tied: gathered once
+            t = whole.setdefault(owner.get(name, name), t.full_tensor())  # tied: gathered once
         out[name] = t
     return out
+
+
+def _owners(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter name -> the id of the parameter object: tied names share one (a shard's data pointer cannot tell, as
+    an empty shard has none)."""
+    return {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
 
 
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -198,8 +204,9 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
         t = t.to(device=ref.device, dtype=ref.dtype)  # files load on the CPU
         sharded[name] = distribute_tensor(t, ref.device_mesh, ref.placements) if isinstance(ref, DTensor) else t
     model.load_state_dict(sharded, strict=False)
-    ptr = lambda t: (t.to_local() if isinstance(t, DTensor) else t).data_ptr()  # noqa: E731
-    tied = {n for n in missing if any(ptr(current[n]) == ptr(current[m]) for m in state)}
+    owner = _owners(model)
+    present = {owner[m] for m in state if m in owner}
+    tied = {n for n in missing if owner.get(n) in present}
     if missing - tied:
         raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing - tied)}")
 
