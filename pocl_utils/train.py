@@ -508,7 +508,7 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
             # batch with that seed and keeps its own rows: the samples are the ones one process would draw, and every
             # rank's student makes the same forward calls (which a sharded model needs).
             outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=int(rng.integers(2**31)))
-            examples = [outs[k] for k in _positions(idx, whole)]
+            examples = [outs[k] for k in distributed.shard(range(len(whole))) or [0]]  # as `_shard_loss` picks idx
             batch = make_batch(examples, ctx.pad_id).to(device)
             rows = teacher_logits(ctx.teacher, batch)
         else:
@@ -521,14 +521,6 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
         return step_loss(student, batch, rows, kind=kind, tau=tau, alpha=alpha, beta=ctx.beta)
 
     return loss_fn
-
-
-def _positions(idx: list[int], whole: list[int]) -> range:
-    """Where `idx`, a contiguous shard of the batch `whole` (or its first example, a stand-in), starts in it."""
-    start = next((k for k in range(len(whole) - len(idx) + 1) if whole[k:k + len(idx)] == idx), None)
-    if start is None:
-        raise ValueError(f"kd_loss_fn: {idx} is not a contiguous part of the batch {whole}")
-    return range(start, start + len(idx))
 
 
 @torch.no_grad()
