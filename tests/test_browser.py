@@ -331,8 +331,30 @@ def screenshot(browser, path: Path) -> None:
     assert browser.save_screenshot(str(path)), f"could not save a screenshot to {path}"
 
 
-def _saved_outputs(path: Path) -> list[dict]:
-    notebook = nbformat.read(path, as_version=4)
+def _saved_notebook(path: Path, since_ns: int) -> nbformat.NotebookNode | None:
+    """The notebook at `path` once a save after `since_ns` has finished, else None. The server writes in place, so a
+    file caught mid-write is empty or cut short: it does not parse until the write is done."""
+    if path.stat().st_mtime_ns == since_ns:
+        return None
+    try:
+        return nbformat.read(path, as_version=4)
+    except (nbformat.reader.NotJSONError, ValueError):
+        return None
+
+
+def _wait_saved(lab: Lab, path: Path, since_ns: int, timeout: float) -> nbformat.NotebookNode:
+    """Poll until a save after `since_ns` has finished writing `path`; return the notebook it wrote."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        notebook = _saved_notebook(path, since_ns)
+        if notebook is not None:
+            return notebook
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {path.name} to be saved\n"
+                         f"server log:\n{_tail(lab.log)}")
+
+
+def _saved_outputs(notebook: nbformat.NotebookNode) -> list[dict]:
     return [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
 
 
@@ -354,8 +376,7 @@ def _run_all_and_check(browser, lab: Lab, path: Path, n_code: int) -> None:
     # what the kernel sent, as the lab saves it: no error output, and one PNG for each image on the page
     mtime = path.stat().st_mtime_ns
     click_menu(browser, "File", "Save Notebook")
-    _wait(browser, lab, lambda s: path.stat().st_mtime_ns != mtime, 30, "the notebook to be saved")
-    outputs = _saved_outputs(path)
+    outputs = _saved_outputs(_wait_saved(lab, path, mtime, 30))
     assert [o for o in outputs if o.output_type == "error"] == []
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(drawn)
 
