@@ -500,9 +500,7 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
     """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the teacher."""
     device = next(student.parameters()).device
 
-    def loss_fn(idx: list[int], step: int, whole: list[int] | None = None):
-        whole = idx if whole is None else whole
-        examples = [ctx.encoded[i] for i in idx]
+    def loss_fn(idx: list[int], step: int, whole: list[int]):
         if ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac:
             # `rng` is the run's, so every rank draws the same choice and seed. Every rank samples the WHOLE global
             # batch with that seed and keeps its own rows: the samples are the ones one process would draw, and every
@@ -512,7 +510,7 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
             batch = make_batch(examples, ctx.pad_id).to(device)
             rows = teacher_logits(ctx.teacher, batch)
         else:
-            batch = make_batch(examples, ctx.pad_id).to(device)
+            batch = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
             if kind is None:  # SFT / SeqKD: cross-entropy only, no teacher
                 rows = None
             else:

@@ -273,16 +273,28 @@ def _state(browser) -> dict | None:
     return browser.execute_script(PAGE_STATE_JS)
 
 
+def _poll(lab: Lab, probe: Callable[[], Any], timeout: float, what: str,
+          detail: Callable[[], str] = lambda: "") -> Any:
+    """Call `probe()` every half second until it returns something other than None, and return that; a timeout fails
+    with `what`, `detail()` and the server's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail()}\nserver log:\n{_tail(lab.log)}")
+
+
 def _wait(browser, lab: Lab, done: Callable[[dict], bool], timeout: float, what: str) -> dict:
     """Poll the page state until `done(state)`; a timeout fails with the last state and the server's log."""
-    deadline, state = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        state = _state(browser)
-        if state is not None and done(state):
-            return state
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; page state {state}\n"
-                         f"server log:\n{_tail(lab.log)}")
+    last: dict = {}
+
+    def probe() -> dict | None:
+        state = last["state"] = _state(browser)
+        return state if state is not None and done(state) else None
+
+    return _poll(lab, probe, timeout, what, lambda: f"; page state {last.get('state')}")
 
 
 def click_menu(browser, menu: str, item: str) -> None:
@@ -344,14 +356,7 @@ def _saved_notebook(path: Path, since_ns: int) -> nbformat.NotebookNode | None:
 
 def _wait_saved(lab: Lab, path: Path, since_ns: int, timeout: float) -> nbformat.NotebookNode:
     """Poll until a save after `since_ns` has finished writing `path`; return the notebook it wrote."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        notebook = _saved_notebook(path, since_ns)
-        if notebook is not None:
-            return notebook
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {path.name} to be saved\n"
-                         f"server log:\n{_tail(lab.log)}")
+    return _poll(lab, lambda: _saved_notebook(path, since_ns), timeout, f"{path.name} to be saved")
 
 
 def _saved_outputs(notebook: nbformat.NotebookNode) -> list[dict]:

@@ -272,7 +272,7 @@ def test_kd_loss_fn_gives_the_top_k_cache_the_stage_tau(teacher, encoded):
     for tau in (1.0, 1.25, 2.0):
         fn = kd_loss_fn(teacher, ctx, kind="fkl", tau=tau, alpha=0.0, rng=np.random.default_rng(0))
         with torch.no_grad():
-            loss, _ = fn(idx, 0)
+            loss, _ = fn(idx, 0, idx)  # one process: the whole batch is its own
             want, _ = step_loss(teacher, batch, cache.rows(idx, tau=tau), kind="fkl", tau=tau, alpha=0.0)
             stale, _ = step_loss(teacher, batch, cache.rows(idx), kind="fkl", tau=tau, alpha=0.0)
         assert loss.item() == want.item(), tau
