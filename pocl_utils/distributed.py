@@ -32,6 +32,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
+from .heads import HIDDEN_AT, LOGITS_AT, hidden_at_positions, logits_at_positions
+
 # Main-rank-only phases (preparing the workspace, evaluating a run) can take hours on the paper profile while the other
 # ranks wait at a barrier; a dead rank does not leave the others hanging that long, since torchrun then stops them all.
 TIMEOUT = timedelta(hours=24)
@@ -74,8 +76,7 @@ def is_main() -> bool:
 def device() -> torch.device:
     """This process's device: its own GPU when launched on GPUs, else what `models.pick_device` picks."""
     if not launched():
-        from .models import pick_device
-        return pick_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as `models.pick_device("auto")`
     dev = _state().device
     return torch.device("cpu") if dev.type == "cpu" else dev  # accelerate says cpu:0; the rest of pocl says cpu
 
@@ -153,9 +154,9 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     # `logits_at_positions` calls the inner model and the LM head directly, past the root's forward hooks that gather
     # the root's parameters (embeddings, head); bound to the model and registered, it runs inside those hooks
     from torch.distributed.fsdp import register_fsdp_forward_method
-    from .models import LOGITS_AT, logits_at_positions
-    setattr(model, LOGITS_AT, MethodType(logits_at_positions, model))
-    register_fsdp_forward_method(model, LOGITS_AT)
+    for name, method in ((LOGITS_AT, logits_at_positions), (HIDDEN_AT, hidden_at_positions)):
+        setattr(model, name, MethodType(method, model))
+        register_fsdp_forward_method(model, name)
     for unit in model.modules():
         if isinstance(unit, FSDPModule):
             unit.set_gradient_divide_factor(1.0)  # `train._shard_loss` already weighs each rank's share

@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from . import distributed
+from .models import autocast
 
 _MASK32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # odd multiplier < 2**27, so a 32-bit value times it stays inside int64
@@ -81,14 +82,15 @@ def max_positions(model: torch.nn.Module) -> int | None:
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd for the block; restores the model's training flag afterwards.
+    """Eval mode (no dropout), no autograd, and the device's autocast (`models.autocast`: bf16 on a GPU, nothing on the
+    CPU) for the block; restores the model's training flag afterwards.
 
     A sharded (FSDP) model gets `no_grad` instead of `inference_mode`: the buffers FSDP gathers its weights into are
     reused by later training steps, which cannot write to tensors made in inference mode."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad() if distributed.is_sharded(model) else torch.inference_mode():
+        with torch.no_grad() if distributed.is_sharded(model) else torch.inference_mode(), autocast(model_device(model)):
             yield
     finally:
         model.train(was_training)

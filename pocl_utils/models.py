@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 from . import distributed
 from .config import ModelSpec
+from .heads import HIDDEN_AT, LOGITS_AT, hidden_at_positions, logits_at_positions  # noqa: F401 (re-exported)
 
 from transformers.utils import logging as _hf_logging
 
@@ -27,11 +29,44 @@ def pick_device(prefer: str = "auto") -> torch.device:
     return torch.device(prefer)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPU, plain fp32 on CPU (fp32 keeps CPU runs exactly reproducible)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+@dataclass(frozen=True)
+class Precision:
+    """How a device trains: the autocast dtype of forwards (None: plain fp32) and whether the step's loss is computed
+    from hidden states in row chunks (`objective.linear_objective`) instead of from whole [N, V] logits."""
+
+    dtype: torch.dtype | None = None
+    fused_loss: bool = False
+
+
+CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise what it always computed
+GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
+
+
+def precision_for(device: torch.device) -> Precision:
+    """bf16 autocast and the fused loss on CUDA (TF32 enabled for what stays fp32); fp32 and unfused elsewhere."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return GPU_PRECISION
+    return CPU_PRECISION
+
+
+def autocast(device: torch.device, precision: Precision | None = None):
+    """Autocast to the precision's dtype (default: `precision_for(device)`: bf16 on GPU, nothing on CPU, where fp32
+    keeps runs exactly reproducible)."""
+    device = torch.device(device)
+    dtype = (precision or precision_for(device)).dtype
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None) -> PreTrainedModel:
+    """The teacher as KD uses it: eval mode, no gradients, and stored in the precision's dtype (bf16 on GPU: no
+    per-forward cast of fp32 weights; unchanged on CPU). In place; returns it."""
+    precision = precision or precision_for(next(teacher.parameters()).device)
+    teacher.eval().requires_grad_(False)
+    if precision.dtype is not None and next(teacher.parameters()).dtype != precision.dtype:
+        teacher.to(precision.dtype)
+    return teacher
 
 
 def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int = 0, eos_id: int = 0) -> PreTrainedModel:
@@ -48,17 +83,6 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
                           max_position_embeddings=n_positions, tie_word_embeddings=True, **common)
         return LlamaForCausalLM(cfg)
     raise ValueError(f"build_model: arch must be gpt2 or llama, got {spec.arch!r}")
-
-
-LOGITS_AT = "pocl_logits_at"  # the name `distributed.shard_model` gives `logits_at_positions` on a sharded model
-
-
-def logits_at_positions(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        keep: torch.Tensor) -> torch.Tensor:
-    """LM-head logits at the positions where `keep` [B, T] is True only, [N, V] in flattened (b, t) order: the head
-    runs on N rows of hidden states instead of B*T."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
-    return model.get_output_embeddings()(hidden[keep])
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -23,7 +23,9 @@ from . import distributed
 from .config import TrainSpec
 from .data import Encoded
 from .losses import divergence
-from .models import LOGITS_AT, autocast, logits_at_positions
+from .models import (LOGITS_AT, Precision, autocast, freeze_teacher, hidden_at_positions,
+                     logits_at_positions, precision_for)
+from .objective import TeacherHidden, linear_objective
 
 # ---- batches -----------------------------------------------------------------------------------------------------
 
@@ -33,9 +35,20 @@ class Batch:
     input_ids: torch.Tensor  # [B, T] right-padded prompt + response
     attention_mask: torch.Tensor  # [B, T]
     labels: torch.Tensor  # [B, T] aligned with logit positions: labels[b, t] = token t+1 if it is a response token, else -100
+    positions: torch.Tensor | None = None  # [N] flat indices b * T + t of the targets, found on the CPU (no host sync)
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels)))
+        """On `device`; to a GPU from pinned memory, so the copies are really asynchronous."""
+        pin = torch.device(device).type == "cuda"
+        moved = [None if t is None else (t.pin_memory() if pin else t).to(device, non_blocking=True)
+                 for t in (self.input_ids, self.attention_mask, self.labels, self.positions)]
+        return Batch(*moved)
+
+    def target_positions(self) -> torch.Tensor:
+        """[N] flat indices of the targets (`positions`, or found from the labels: a host sync on a GPU)."""
+        if self.positions is not None:
+            return self.positions
+        return (self.labels.reshape(-1) != -100).nonzero().squeeze(1)
 
 
 def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
@@ -50,7 +63,7 @@ def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
         ids[b, :L] = torch.tensor(seq)
         mask[b, :L] = 1
         labels[b, P - 1:L - 1] = torch.tensor(e.response_ids)  # position t predicts token t+1
-    return Batch(ids, mask, labels)
+    return Batch(ids, mask, labels, (labels.reshape(-1) != -100).nonzero().squeeze(1))
 
 
 # ---- the teacher-logit cache: exact, or top-k for large vocabularies ---------------------------------------------
@@ -282,10 +295,21 @@ def expand_top_k(top_logprobs: torch.Tensor, token_ids: torch.Tensor, log_tail: 
 
 @torch.no_grad()
 def teacher_logits(teacher: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Teacher logits at the batch's target positions, [N, V] float32, in flattened (b, t) order."""
+    """Teacher logits at the batch's target positions, [N, V] float32, in flattened (b, t) order: the LM head runs on
+    those N rows only (never [B, T, V]); under bf16 autocast on a GPU."""
+    logits_at = getattr(teacher, LOGITS_AT, None) or partial(logits_at_positions, teacher)  # a sharded model's own
     with autocast(batch.input_ids.device):
-        out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return out.logits[batch.labels != -100].float()
+        return logits_at(batch.input_ids, batch.attention_mask, batch.target_positions()).float()
+
+
+@torch.no_grad()
+def teacher_hidden(teacher: PreTrainedModel, batch: Batch, precision: Precision) -> TeacherHidden:
+    """The teacher's final hidden states at the batch's targets and its LM head, for the fused loss, which builds the
+    teacher's logits one row chunk at a time (`objective.TeacherHidden`)."""
+    with autocast(batch.input_ids.device, precision):
+        hidden = hidden_at_positions(teacher, batch.input_ids, batch.attention_mask, batch.target_positions())
+    head = teacher.get_output_embeddings()
+    return TeacherHidden(hidden, head.weight.detach(), None if head.bias is None else head.bias.detach())
 
 
 def cache_batches(lengths: list[int], vocab_size: int, *, batch_size: int | None = None,
@@ -345,16 +369,26 @@ def student_logits_at_targets(student: PreTrainedModel, batch: Batch) -> torch.T
     return logits_at(batch.input_ids, batch.attention_mask, batch.labels != -100)  # [N, V]
 
 
-def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor | None, *, kind: str | None,
-              tau: float, alpha: float, beta: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor | TeacherHidden | None, *,
+              kind: str | None, tau: float, alpha: float, beta: float | None = None,
+              precision: Precision | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """alpha * CE + (1 - alpha) * tau^2 * D(p_tau || q_tau), the mean over the batch's response tokens (Eq. 1, 7-9).
 
     The parts also give `TOKENS`, the number of tokens averaged over, which `run_steps` needs to weigh the shards of a
-    multi-process step (and drops from the log)."""
-    targets = batch.labels[batch.labels != -100]  # [N]
-    if targets.numel() == 0:  # the mean CE of zero tokens is 0/0 = NaN; no valid example can get here
+    multi-process step (and drops from the log). `precision` (default `models.precision_for` the student's device)
+    chooses the path: fp32 with whole [N, V] logits (the CPU's, bitwise as before), or the student's forward under
+    autocast and the loss fused with the LM head in row chunks (`objective.linear_objective`; GPUs, and sharded
+    models never). The fused path's parts are 0-d tensors, so that it makes no host sync."""
+    precision = precision or precision_for(batch.input_ids.device)
+    if batch.target_positions().numel() == 0:  # the mean CE of zero tokens is 0/0 = NaN; no valid example gets here
         raise ValueError("step_loss: the batch has no response tokens (every label is -100); each example needs at "
                          "least one target token (check max_len against max_prompt_len)")
+    if precision.fused_loss and getattr(student, LOGITS_AT, None) is None:
+        return _fused_step_loss(student, batch, teacher_rows, kind=kind, tau=tau, alpha=alpha, beta=beta,
+                                precision=precision)
+    if isinstance(teacher_rows, TeacherHidden):
+        teacher_rows = teacher_rows.logits(slice(None)).float()  # [N, V]
+    targets = batch.labels[batch.labels != -100]  # [N]
     logits = student_logits_at_targets(student, batch).float()  # [N, V]
     ce = F.cross_entropy(logits, targets)
     if teacher_rows is None or kind is None or alpha >= 1.0:
@@ -362,6 +396,20 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
     kd = divergence(logits[None], teacher_rows[None].to(logits.device), kind, temperature=tau, beta=beta)
     loss = alpha * ce + (1.0 - alpha) * kd if alpha > 0 else kd
     return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), TOKENS: targets.numel()}
+
+
+def _fused_step_loss(student: PreTrainedModel, batch: Batch, teacher: torch.Tensor | TeacherHidden | None, *,
+                     kind: str | None, tau: float, alpha: float, beta: float | None,
+                     precision: Precision) -> tuple[torch.Tensor, dict]:
+    """`step_loss` from the student's hidden states: forward under autocast, then LM head + CE + KD in row chunks."""
+    positions = batch.target_positions()  # [N]
+    targets = batch.labels.reshape(-1).index_select(0, positions)  # [N]
+    with autocast(batch.input_ids.device, precision):
+        hidden = hidden_at_positions(student, batch.input_ids, batch.attention_mask, positions)  # [N, H]
+    head = student.get_output_embeddings()
+    loss, parts = linear_objective(hidden, head.weight, targets, teacher, kind=kind, tau=tau, alpha=alpha, beta=beta,
+                                   bias=head.bias)
+    return loss, {**parts, TOKENS: positions.numel()}
 
 
 # ---- the optimisation loop ---------------------------------------------------------------------------------------
@@ -375,13 +423,35 @@ def epoch_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator
             yield perm[s:s + batch_size].tolist()
 
 
+GROUP_BATCHES = 16  # length grouping sorts windows of this many batches (HF's group_by_length uses 50)
+
+
+def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray, batch_size: int,
+                           rng: np.random.Generator, group: int = GROUP_BATCHES):
+    """Endless stream of mini-batches of similar lengths (less padding): each epoch shuffles, sorts each window of
+    `group` batches by length, cuts it into batches and shuffles the batches' order. Every example still appears once
+    per epoch; a batch is no longer a uniform draw, as with HF Trainer's group_by_length."""
+    lengths = np.asarray(lengths)
+    while True:
+        perm = rng.permutation(indices)
+        out = []
+        for w in range(0, len(perm), batch_size * group):
+            window = perm[w:w + batch_size * group]
+            window = window[np.argsort(lengths[window], kind="stable")]
+            out += [window[s:s + batch_size].tolist() for s in range(0, len(window), batch_size)]
+        for k in rng.permutation(len(out)):
+            yield out[k]
+
+
 def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
     """AdamW + linear warm-up + cosine decay; a fresh one per stage, as the official POCL code restarts them.
 
-    Multi-tensor ("foreach") AdamW on every device: torch picks it by default on GPUs only, but on the CPU it also makes
-    the laptop student's KD step about 10% faster (fewer, larger kernels) and gives the per-tensor loop's results bitwise
-    (tests/test_distributed.py checks that against the plain loop, so earlier results still reproduce)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
+    Fused AdamW (one kernel for all tensors) when every parameter is on a GPU. Elsewhere multi-tensor ("foreach")
+    AdamW: on the CPU it makes the laptop student's KD step about 10% faster (fewer, larger kernels) than the plain loop
+    and gives its results bitwise (tests/test_distributed.py checks that, so earlier results still reproduce)."""
+    on_gpu = all(p.device.type == "cuda" for p in model.parameters())
+    kind = {"fused": True} if on_gpu else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, **kind)
     sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_frac * steps), steps)
     return opt, sched
 
@@ -398,46 +468,75 @@ def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainS
 LossFn = Callable[[list[int], int, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
+LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many steps (one host sync for all of them)
+
+
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
-              on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train") -> list[dict[str, float]]:
+              on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
+              log_every: int | None = None) -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
 
     Launched on several processes (`pocl_utils.distributed`), a step is DDP's: every rank draws the same global batch,
     computes the loss of its shard (`_shard_loss`), the gradients are summed over the ranks before clipping (so the
     clip sees the full gradient), and the logged values are the global ones. The step equals, to float rounding, one
     process's step on the whole batch. Under an FSDP launch the model is sharded first (`distributed.shard_model`) and
-    FSDP sums the gradients instead. With one process the loop is the plain one, bitwise."""
+    FSDP sums the gradients instead. With one process the loop is the plain one, bitwise.
+
+    The log rows are read back (turned into floats, the loss checked for NaN/inf) every `log_every` steps: 1 by default
+    on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
+    each read waits for the device (a bad loss then stops the loop up to that many steps later, still before any
+    checkpoint is saved). `on_step(step, row)` runs after every step's update; between read-backs its row's values
+    are 0-d tensors."""
     from tqdm.auto import tqdm
     distributed.shard_model(model)
     sharded = distributed.is_sharded(model)
+    device = next(model.parameters()).device
+    precision_for(device)  # enables TF32 on a GPU
     opt, sched = optimizer_for(model, spec, steps)
     model.train()
     log: list[dict[str, float]] = []
+    pending: list[dict] = []
+    every = log_every or (LOG_EVERY_GPU if device.type == "cuda" else 1)
     shared = distributed.world_size() > 1
     quiet = None if distributed.is_main() else True  # None: tqdm's default (no bar without a terminal)
     for step in tqdm(range(steps), desc=desc, leave=False, disable=quiet, mininterval=2.0):
         idx = next(batches)
         loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
-        if not math.isfinite(parts["loss"]):  # the global value, so that every rank stops at the same step
-            raise FloatingPointError(f"{desc}: non-finite loss {parts['loss']} at step {step}; stopping before any checkpoint is saved")
+        pending.append(parts)
+        if len(pending) >= every:
+            _read_back(pending, log, desc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if not sharded:  # FSDP's backward has summed them already
             distributed.all_reduce_grads(model.parameters())
         apply_grads(model, opt, spec)
         sched.step()
-        log.append(parts)
         if on_step is not None:
-            on_step(step, parts)
+            on_step(step, log[step] if len(log) > step else parts)
+    _read_back(pending, log, desc)
     model.eval()
     return log
+
+
+def _read_back(pending: list[dict], log: list[dict[str, float]], desc: str) -> None:
+    """Turn the pending steps' log rows into floats (one host sync for all of their tensors), check each step's loss
+    is finite and append them to `log`; empties `pending`."""
+    tensors = [v for row in pending for v in row.values() if isinstance(v, torch.Tensor)]
+    values = iter(torch.stack([t.double() for t in tensors]).tolist() if tensors else [])
+    for row in pending:
+        row = {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in row.items()}
+        step = len(log)
+        if not math.isfinite(row["loss"]):  # the global value, so that every rank stops at the same step
+            raise FloatingPointError(f"{desc}: non-finite loss {row['loss']} at step {step}; stopping before any checkpoint is saved")
+        log.append(row)
+    pending.clear()
 
 
 def _whole_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """One process: the loss of the whole batch and its log row."""
     loss, parts = loss_fn(idx, step, idx)
     parts.pop(TOKENS, None)
-    return loss, {"loss": float(loss.detach()), **parts}
+    return loss, {"loss": loss.detach(), **parts}
 
 
 def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -457,7 +556,7 @@ def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     counted = float(parts.pop(TOKENS))
     n = counted if mine else 0.0  # the stand-in example weighs nothing
     names = list(parts)
-    values = [float(loss.detach()), *(parts[k] for k in names)]
+    values = [float(loss.detach()), *(float(parts[k]) for k in names)]
     totals = distributed.all_sum([n] + [v * n if n else 0.0 for v in values])  # [N, sum loss, sum part...]
     return loss * (n / totals[0]), dict(zip(["loss", *names], [t / totals[0] for t in totals[1:]]))
 
@@ -473,7 +572,10 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    batches = epoch_batches(np.arange(len(encoded)), spec.batch_size, rng)
+    if device.type == "cuda":  # less padding; the CPU keeps its uniform batches (and its results, bitwise)
+        batches = length_grouped_batches(np.arange(len(encoded)), [e.length for e in encoded], spec.batch_size, rng)
+    else:
+        batches = epoch_batches(np.arange(len(encoded)), spec.batch_size, rng)
 
     def loss_fn(idx: list[int], step: int, batch: list[int]):
         return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0, alpha=1.0)
@@ -497,8 +599,14 @@ class KDContext:
 
 def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
                rng: np.random.Generator) -> LossFn:
-    """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the teacher."""
+    """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the teacher.
+
+    The live teacher is frozen (`models.freeze_teacher`: no gradients; stored in bf16 on a GPU)."""
     device = next(student.parameters()).device
+    precision = precision_for(device)
+    if ctx.teacher is not None:
+        freeze_teacher(ctx.teacher, precision)
+    teacher_rows = partial(_live_teacher, ctx.teacher, precision=precision)
 
     def loss_fn(idx: list[int], step: int, whole: list[int]):
         if ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac:
@@ -508,17 +616,25 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
             outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=int(rng.integers(2**31)))
             examples = [outs[k] for k in distributed.shard(range(len(whole))) or [0]]  # as `_shard_loss` picks idx
             batch = make_batch(examples, ctx.pad_id).to(device)
-            rows = teacher_logits(ctx.teacher, batch)
+            rows = teacher_rows(batch)
         else:
             batch = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
             if kind is None:  # SFT / SeqKD: cross-entropy only, no teacher
                 rows = None
             else:
                 # tau: top-k rows carry the stage's tempered tail mass; exact rows ignore it (the loss tempers them)
-                rows = ctx.cache.rows(idx, tau=tau) if ctx.cache is not None else teacher_logits(ctx.teacher, batch)
-        return step_loss(student, batch, rows, kind=kind, tau=tau, alpha=alpha, beta=ctx.beta)
+                rows = ctx.cache.rows(idx, tau=tau) if ctx.cache is not None else teacher_rows(batch)
+        return step_loss(student, batch, rows, kind=kind, tau=tau, alpha=alpha, beta=ctx.beta, precision=precision)
 
     return loss_fn
+
+
+def _live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision) -> torch.Tensor | TeacherHidden:
+    """The live teacher's output for `step_loss`: hidden states + LM head for the fused loss (no [N, V] logits),
+    else its logits at the targets."""
+    if precision.fused_loss and getattr(teacher, LOGITS_AT, None) is None:
+        return teacher_hidden(teacher, batch, precision)
+    return teacher_logits(teacher, batch)
 
 
 @torch.no_grad()
