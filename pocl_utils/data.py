@@ -481,6 +481,18 @@ def _split_shuffled(examples: list[dict], *, seed: int, n_valid: int, n_test: in
 IGNORE_INDEX = -100  # label value the losses skip (prompt and padding positions)
 
 
+def close_response(generated: Sequence[int], max_new_tokens: int, eos_id: int) -> list[int]:
+    """A generated response as training targets: EOS appended only when the model stopped by itself.
+
+    `generated` is cut at EOS (which it excludes). A response that used the whole `max_new_tokens` budget was
+    truncated, so it gets no EOS, as a cut reference loses its EOS in `encode_examples` (MiniLLM); otherwise the
+    student would be taught to stop where the budget, not the teacher, ended the answer. An empty one is [EOS].
+    """
+    ids = list(generated)
+    truncated = len(ids) >= max_new_tokens
+    return ids if truncated else ids + [eos_id]
+
+
 def encode_examples(examples: Sequence[dict], tokenizer, *, max_prompt_len: int, max_len: int,
                     drop_long: bool = True) -> tuple[list[Encoded], int]:
     """Tokenize examples: prompt ids, and response ids = tokens(output) + [eos].

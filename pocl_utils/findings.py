@@ -1,9 +1,11 @@
-"""The paper's claims, tested on our runs: paired differences (by training seed) with 95% CIs, beside the paper's
-printed differences, and a verdict computed from the numbers alone (no hand-picked wording per result)."""
+"""The paper's claims, tested on our runs: paired differences (by training seed) with 95% CIs and paired t-test
+p-values, Holm-adjusted within each claim (a claim is a family of comparisons), beside the paper's printed
+differences, and a verdict computed from the numbers alone (no hand-picked wording per result)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .report import PAPER_VARIANTS, paired, paper_values
 
@@ -30,15 +32,51 @@ CLAIMS: dict[str, tuple[str, list]] = {
 }
 
 
-def verdict(diff: float, half: float, n: int) -> str:
-    """From the paired difference alone: supported / contradicted when the 95% CI excludes 0, else undecided."""
+def p_value(diff: float, half: float, n: int, level: float = 0.95) -> float:
+    """Two-sided p-value of the paired t-test whose mean difference is `diff` and CI half-width `half` (n pairs).
+
+    The CI is diff +- t_q * sd / sqrt(n), so t = diff / (half / t_q) with n - 1 degrees of freedom."""
     if n < 2 or np.isnan(diff) or np.isnan(half):
+        return np.nan
+    if half == 0:
+        return 0.0 if diff != 0 else 1.0
+    t = diff / (half / stats.t.ppf(0.5 + level / 2, n - 1))
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and is not counted.
+
+    Sorted ascending, p_(i) is multiplied by (m - i + 1) for i = 1..m, made monotone, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def verdict(diff: float, p_adj: float, n: int, alpha: float = 0.05) -> str:
+    """From the paired difference and its Holm-adjusted p-value: supported / contradicted, else undecided."""
+    if n < 2 or np.isnan(diff) or np.isnan(p_adj):
         return "too few seeds"
-    if diff - half > 0:
-        return "supported"
-    if diff + half < 0:
-        return "contradicted"
+    if p_adj < alpha:
+        return "supported" if diff > 0 else "contradicted"
     return "not separable from noise" + (" (same direction)" if diff > 0 else " (opposite direction)")
+
+
+def excluded_effects(diff: float, half: float, paper: float) -> str:
+    """What the 95% interval rules out, in words: gains above its upper end (naming the paper's gain if among them)
+    and losses below its lower end."""
+    if np.isnan(diff) or np.isnan(half):
+        return ""
+    lo, hi = diff - half, diff + half
+    text = f"effects above {hi:+.2f} or below {lo:+.2f}"
+    if not np.isnan(paper) and (paper > hi or paper < lo):
+        text += f" (the paper's {paper:+.2f} among them)"
+    return text
 
 
 def _paper(grid: str, base: tuple[str, str], other: tuple[str, str]) -> float:
@@ -53,20 +91,29 @@ def _paper(grid: str, base: tuple[str, str], other: tuple[str, str]) -> float:
 
 
 def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
-    """One row per comparison of every claim: ours (diff, CI, n, verdict) and the paper's difference."""
+    """One row per comparison of every claim: ours (diff, CI, n, p-value, Holm-adjusted p within the claim, verdict,
+    the effects the interval excludes) and the paper's difference. Verdicts use the Holm-adjusted p-values."""
     rows = []
     for cid, (text, comps) in CLAIMS.items():
+        have = {(m, v) for m, v in zip(df.method, df.variant)}
+        family = []
         for grid_name, base, other in comps:
-            have = {(m, v) for m, v in zip(df.method, df.variant)}
             if base not in have or other not in have:
                 continue
             p = paired(df, base, other)
             r = p[p.dataset == dataset].iloc[0]
-            rows.append({"claim": cid, "paper_says": text, "comparison": f"{other[0]} {other[1]} vs {base[1]}",
-                         "ours_diff": r["diff"], "ci95": r["ci95"], "n_seeds": int(r["n_pairs"]),
-                         "verdict": verdict(r["diff"], r["ci95"], int(r["n_pairs"])),
-                         "paper_diff": _paper(grid_name, base, other)})
-    return pd.DataFrame(rows)
+            n, paper = int(r["n_pairs"]), _paper(grid_name, base, other)
+            family.append({"claim": cid, "paper_says": text, "comparison": f"{other[0]} {other[1]} vs {base[1]}",
+                           "ours_diff": r["diff"], "ci95": r["ci95"], "n_seeds": n,
+                           "p_value": p_value(r["diff"], r["ci95"], n), "paper_diff": paper,
+                           "excludes": excluded_effects(r["diff"], r["ci95"], paper)})
+        for row, adj in zip(family, holm([f["p_value"] for f in family])):
+            row["p_holm"] = adj
+            row["verdict"] = verdict(row["ours_diff"], adj, row["n_seeds"])
+        rows += family
+    columns = ["claim", "paper_says", "comparison", "ours_diff", "ci95", "n_seeds", "p_value", "p_holm", "verdict",
+               "excludes", "paper_diff"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def claim_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -227,7 +227,7 @@ def prep_keys(p: Profile) -> dict[str, str]:
     student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
     ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
     cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
-    seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc})
+    seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc, "eos": "when stopped"})
     return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
             "teacher_cache": cache, "seqkd": seqkd}
 
@@ -307,7 +307,7 @@ def _build_seqkd(ws: Workspace, out: Path, dev) -> None:
     enc = ws.encoded("train")
     outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
                     max_new_tokens=ws.profile.max_new_tokens)
-    atomic_write_json(out / "responses.json", [list(o) + [ws.eos_id] for o in outs])
+    atomic_write_json(out / "responses.json", [D.close_response(o, ws.profile.max_new_tokens, ws.eos_id) for o in outs])
 
 
 def _thin(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:

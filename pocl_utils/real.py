@@ -137,7 +137,7 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
                            "block": REAL_LM_BLOCK, "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
     ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
     cache = config_hash({"up": teacher, "data": data, **enc, **cache_mode(p)})
-    seqkd = config_hash({"up": teacher, "data": data, "new": p.max_new_tokens, **enc})
+    seqkd = config_hash({"up": teacher, "data": data, "new": p.max_new_tokens, **enc, "eos": "when stopped"})
     return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
             "teacher_cache": cache, "seqkd": seqkd}
 

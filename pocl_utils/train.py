@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from . import distributed
 from .config import TrainSpec
-from .data import Encoded
+from .data import Encoded, close_response
 from .losses import divergence
 from .models import (LOGITS_AT, Precision, autocast, freeze_teacher, hidden_at_positions,
                      logits_at_positions, precision_for)
@@ -610,23 +610,42 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
 
     def loss_fn(idx: list[int], step: int, whole: list[int]):
         if ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac:
-            # `rng` is the run's, so every rank draws the same choice and seed. Every rank samples the WHOLE global
-            # batch with that seed and keeps its own rows: the samples are the ones one process would draw, and every
-            # rank's student makes the same forward calls (which a sharded model needs).
-            outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=int(rng.integers(2**31)))
-            examples = [outs[k] for k in distributed.shard(range(len(whole))) or [0]]  # as `_shard_loss` picks idx
-            batch = make_batch(examples, ctx.pad_id).to(device)
-            rows = teacher_rows(batch)
+            return _on_policy_loss(student, ctx, idx, whole, kind=kind, tau=tau, alpha=alpha,
+                                   seed=int(rng.integers(2**31)))
+        batch = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
+        if kind is None:  # SFT / SeqKD: cross-entropy only, no teacher
+            rows = None
         else:
-            batch = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
-            if kind is None:  # SFT / SeqKD: cross-entropy only, no teacher
-                rows = None
-            else:
-                # tau: top-k rows carry the stage's tempered tail mass; exact rows ignore it (the loss tempers them)
-                rows = ctx.cache.rows(idx, tau=tau) if ctx.cache is not None else teacher_rows(batch)
+            # tau: top-k rows carry the stage's tempered tail mass; exact rows ignore it (the loss tempers them)
+            rows = ctx.cache.rows(idx, tau=tau) if ctx.cache is not None else teacher_rows(batch)
         return step_loss(student, batch, rows, kind=kind, tau=tau, alpha=alpha, beta=ctx.beta, precision=precision)
 
     return loss_fn
+
+
+def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], whole: list[int], *, kind: str,
+                    tau: float, alpha: float, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """An on-policy step: alpha * CE(ground truth) + (1 - alpha) * tau^2 * D on the student's own samples.
+
+    The divergence is taken on student-generated outputs (GKD's SGOs); the SFT term of Eq. 9 stays on the dataset's
+    responses, as in DistiLLM's and GKD's code, since the student's samples are not targets to imitate. Every rank
+    samples the WHOLE global batch with the run's seed and keeps its own rows, so N processes draw the samples one
+    process would. The two means are over different token counts, so under N processes the CE term is re-weighted
+    here to its whole-batch token mean (`run_steps` weighs the returned loss by the sampled tokens)."""
+    device = next(student.parameters()).device
+    outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=seed)
+    mine = distributed.shard(range(len(whole)))
+    batch = make_batch([outs[k] for k in mine or [0]], ctx.pad_id).to(device)  # as `_shard_loss` picks idx
+    teacher = _live_teacher(ctx.teacher, batch, precision=precision_for(device))
+    kd, parts = step_loss(student, batch, teacher, kind=kind, tau=tau, alpha=0.0, beta=ctx.beta)
+    if alpha <= 0:
+        return kd, parts
+    truth = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
+    ce, ce_parts = step_loss(student, truth, None, kind=None, tau=1.0, alpha=1.0)
+    n_kd, n_ce = (parts[TOKENS], ce_parts[TOKENS]) if mine else (0, 0)
+    total_kd, total_ce = distributed.all_sum([n_kd, n_ce])
+    ce_weight = (n_ce / total_ce) * (total_kd / n_kd) if n_kd else 1.0  # 1.0 with one process
+    return (1.0 - alpha) * kd + alpha * ce_weight * ce, {**parts, "ce": ce_parts["ce"]}
 
 
 def _live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision) -> torch.Tensor | TeacherHidden:
@@ -647,5 +666,5 @@ def student_generated(student: PreTrainedModel, examples: list[Encoded], ctx: KD
                     max_new_tokens=ctx.max_new_tokens, do_sample=True, temperature=1.0, seed=seed,
                     batch_size=len(examples))
     student.train(was_training)
-    return [Encoded(e.prompt_ids, list(o) + ([ctx.eos_id] if len(o) < ctx.max_new_tokens else []) or [ctx.eos_id],
-                    e.index, e.meta) for e, o in zip(examples, outs)]
+    return [Encoded(e.prompt_ids, close_response(o, ctx.max_new_tokens, ctx.eos_id), e.index, e.meta)
+            for e, o in zip(examples, outs)]

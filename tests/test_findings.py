@@ -3,16 +3,40 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pocl_utils.findings import claim_table, verdict
+from scipy import stats
+
+from pocl_utils.findings import claim_table, excluded_effects, holm, p_value, verdict
+from pocl_utils.results import paired_diff
 from pocl_utils.report import rank_agreement
 
 
-def test_verdict_from_ci():
-    assert verdict(1.0, 0.5, 3) == "supported"
-    assert verdict(-1.0, 0.5, 3) == "contradicted"
-    assert verdict(0.2, 0.5, 3) == "not separable from noise (same direction)"
-    assert verdict(-0.2, 0.5, 3) == "not separable from noise (opposite direction)"
+def test_verdict_from_the_adjusted_p_value():
+    assert verdict(1.0, 0.01, 3) == "supported"
+    assert verdict(-1.0, 0.01, 3) == "contradicted"
+    assert verdict(0.2, 0.2, 3) == "not separable from noise (same direction)"
+    assert verdict(-0.2, 0.06, 3) == "not separable from noise (opposite direction)"
     assert verdict(1.0, np.nan, 1) == "too few seeds"
+
+
+def test_p_value_equals_scipys_paired_t_test():
+    a = {0: 10.0, 1: 12.5, 2: 9.0, 3: 11.0, 4: 14.0}
+    b = {0: 11.2, 1: 12.9, 2: 10.4, 3: 11.1, 4: 15.5}
+    diff, half, n = paired_diff(a, b)
+    expected = stats.ttest_rel([b[s] for s in range(5)], [a[s] for s in range(5)]).pvalue
+    assert p_value(diff, half, n) == pytest.approx(expected, rel=1e-9)
+
+
+def test_holm_hand_worked():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> monotone 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    out = holm([0.01, np.nan, 0.02])  # NaN is not counted: m = 2
+    assert out[0] == pytest.approx(0.02) and np.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_excluded_effects_names_the_paper_gain_outside_the_interval():
+    assert excluded_effects(0.2, 0.5, 1.6) == "effects above +0.70 or below -0.30 (the paper's +1.60 among them)"
+    assert excluded_effects(0.2, 0.5, 0.4) == "effects above +0.70 or below -0.30"
 
 
 def _df(rows):
@@ -30,6 +54,8 @@ def test_claim_a_paired_by_seed_and_paper_number():
     row = t[t.claim == "a"].iloc[0]
     assert row.ours_diff == pytest.approx(2.0) and row.n_seeds == 3  # paired: (1 + 2 + 3) / 3
     assert row.verdict == "not separable from noise (same direction)"  # sd 1 -> CI 2.48 > 2
+    assert row.p_value == pytest.approx(stats.ttest_rel([11, 22, 33], [10, 20, 30]).pvalue)
+    assert row.p_holm == pytest.approx(row.p_value)  # the only comparison of claim a here
     # the paper's Table 1 GPT-2 KLD: Avg 18.10 -> 19.70
     assert row.paper_diff == pytest.approx(19.70 - 18.10)
 
@@ -39,3 +65,22 @@ def test_ranking_agreement_signs():
                           "fused": [5.0, 4, 3, 2, 1], "true_difficulty": [1.0, 2, 3, 4, 5]})
     t = rank_agreement(frame)
     assert np.allclose(t.spearman_rho, 1.0)  # every measurer oriented harder = larger agrees with the truth
+
+
+def test_holm_applies_within_a_claim_family():
+    # claim c has two comparisons (GKD, KLD), each with p < 0.05 alone (0.031, 0.041); Holm: 2 x 0.031 = 0.062 and
+    # max(0.062, 0.041) = 0.062, so neither is supported after adjustment. A strong one (p = 0.007) would survive.
+    def table(gkd_diffs):
+        rows = []
+        for seed, (g, k) in enumerate(zip(gkd_diffs, (1.0, 0.6, 1.3))):
+            rows += [("GKD", "+POCL (H2E)", seed, 10.0), ("GKD", "+POCL (E2H)", seed, 10.0 + g),
+                     ("KLD", "+POCL (H2E)", seed, 10.0), ("KLD", "+POCL (E2H)", seed, 10.0 + k)]
+        return claim_table(_df(rows)).query("claim == 'c'").set_index("comparison")
+
+    gkd, kld = "GKD +POCL (E2H) vs +POCL (H2E)", "KLD +POCL (E2H) vs +POCL (H2E)"
+    c = table((1.0, 0.65, 1.25))
+    assert c.p_value.to_numpy() == pytest.approx([0.0309, 0.0413], abs=5e-4)
+    assert c.p_holm.to_numpy() == pytest.approx(holm(c.p_value.to_numpy()))
+    assert (c.p_holm > 0.05).all() and c.verdict.str.startswith("not separable").all()
+    c = table((5.0, 6.0, 4.5))
+    assert c.loc[gkd].verdict == "supported" and c.loc[kld].verdict == "supported"  # 0.014 and 0.041

@@ -1,0 +1,147 @@
+"""POCL's premises, measured in a world before its grid is believed.
+
+A curriculum-KD experiment says something about the method only if
+
+    P1  the teacher is worth distilling: on every eval set it beats the SFT student by >= 3 ROUGE-L and every
+        trivial rule (echo the input; the most frequent training answer) by >= 5; in distribution it scores >= 40;
+    P2  the difficulty measurer can see difficulty: Spearman(fusion rank, true difficulty) >= 0.5 over the training
+        rows, and the student's greedy ROUGE-L is 0 on at most half of them;
+    P3  the grid has the power to see the paper's gains: for each Table-1 method, the minimum detectable effect
+        (80% power, two-sided 5%, paired over the seeds used) beside the paper's gain scaled to our teacher's gap.
+
+This module computes each check from a prepared workspace's rows, ranking and scores; `premises_table` gives the
+committed `premises.csv` (columns premise, value, threshold, holds).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from .evaluate import rouge_l_batch
+
+TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
+TEACHER_MARGIN_RULE = 5.0  # P1: teacher - each trivial rule, every eval set
+TEACHER_IN_DISTRIBUTION = 40.0  # P1: teacher on the in-distribution set
+MEASURER_RHO = 0.5  # P2: Spearman(fusion rank, true difficulty)
+MEASURER_ZERO_SHARE = 0.5  # P2: share of training rows with greedy ROUGE-L 0
+PAPER_TEACHER_GAP = 6.64  # paper Table 1, GPT-2: teacher Avg - SFT student Avg (GPT-2 1.5B -> 0.1B)
+COLUMNS = ("premise", "value", "threshold", "holds")
+
+
+# ---- trivial rules ------------------------------------------------------------------------------------------------
+
+
+def echo_answer(row: Mapping) -> str:
+    """The echo rule: answer with the prompt's input, copied (the instruction when the input is empty)."""
+    return row.get("input") or row["instruction"]
+
+
+def most_frequent_answer(train_rows: Sequence[Mapping]) -> str:
+    """The most frequent reference answer of the training rows (first seen wins a tie)."""
+    if not train_rows:
+        raise ValueError("most_frequent_answer: no training rows")
+    return Counter(r["output"] for r in train_rows).most_common(1)[0][0]
+
+
+def rule_scores(sets: Mapping[str, Sequence[Mapping]], train_rows: Sequence[Mapping]) -> dict[str, dict[str, float]]:
+    """rule -> eval set -> mean ROUGE-L of the rule's answers (deterministic: no model, no sampling).
+
+    Args:
+        sets: eval set name -> rows with `instruction`, `input` and `references` (or `output`).
+        train_rows: the training rows (the frequent-answer rule reads their `output`).
+    Returns:
+        {"echo input": {set: score}, "most frequent answer": {set: score}}.
+    """
+    frequent = most_frequent_answer(train_rows)
+    out: dict[str, dict[str, float]] = {"echo input": {}, "most frequent answer": {}}
+    for name, rows in sets.items():
+        refs = [r.get("references") or [r["output"]] for r in rows]
+        out["echo input"][name] = float(np.mean(rouge_l_batch([echo_answer(r) for r in rows], refs)))
+        out["most frequent answer"][name] = float(np.mean(rouge_l_batch([frequent] * len(rows), refs)))
+    return out
+
+
+# ---- P1: the teacher ------------------------------------------------------------------------------------------------
+
+
+def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: Mapping[str, Mapping[str, float]],
+                 in_distribution: str = "DollyEval") -> list[dict]:
+    """P1 rows: teacher - SFT and teacher - rule per eval set, and the in-distribution teacher score.
+
+    Args:
+        teacher: eval set -> the teacher's mean ROUGE-L (the paper's protocol).
+        sft: eval set -> the SFT student's mean ROUGE-L (mean over training seeds).
+        rules: rule -> eval set -> score, from `rule_scores`.
+        in_distribution: the set held to TEACHER_IN_DISTRIBUTION.
+    """
+    rows = [_row(f"P1 teacher on {in_distribution}", teacher[in_distribution], TEACHER_IN_DISTRIBUTION)]
+    for name in teacher:
+        rows.append(_row(f"P1 teacher - SFT student on {name}", teacher[name] - sft[name], TEACHER_MARGIN_SFT))
+        for rule, scores in rules.items():
+            rows.append(_row(f"P1 teacher - {rule} on {name}", teacher[name] - scores[name], TEACHER_MARGIN_RULE))
+    return rows
+
+
+# ---- P2: the measurer ----------------------------------------------------------------------------------------------
+
+
+def fusion_rank(fused: np.ndarray) -> np.ndarray:
+    """1-based ranks of Eq. 2 scores, 1 = easiest (highest fused score); ties share their mean rank."""
+    return stats.rankdata(-np.asarray(fused, dtype=np.float64), method="average")
+
+
+def measurer_rows(rouge_l: np.ndarray, fused: np.ndarray, true_difficulty: np.ndarray) -> list[dict]:
+    """P2 rows: Spearman(fusion rank, true difficulty) and the share of rows whose greedy ROUGE-L is 0."""
+    rho = float(stats.spearmanr(fusion_rank(fused), true_difficulty).statistic)
+    zero = float(np.mean(np.asarray(rouge_l) == 0.0))
+    return [_row("P2 Spearman(fusion rank, true difficulty)", rho, MEASURER_RHO),
+            _row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE, at_most=True)]
+
+
+# ---- P3: power -------------------------------------------------------------------------------------------------------
+
+
+def paired_power(effect_over_sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of a two-sided paired t-test with n pairs when the true mean difference is effect_over_sd x SD."""
+    if n < 2:
+        return math.nan
+    df, crit, nc = n - 1, stats.t.ppf(1 - alpha / 2, n - 1), effect_over_sd * math.sqrt(n)
+    power = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    return float(np.nan_to_num(power, nan=1.0))  # scipy's nct gives NaN far in the tail, where power is 1
+
+
+def mde_factor(n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The minimum detectable effect of a paired t-test in units of the paired SD (n = 5: 1.68)."""
+    if n < 2:
+        return math.inf
+    return float(optimize.brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, 20.0))
+
+
+def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping[str, float],
+               teacher_gap: float) -> list[dict]:
+    """P3 rows: per method, the MDE (80% power) and the paper's gain scaled by teacher_gap / PAPER_TEACHER_GAP.
+
+    `holds` says whether the scaled paper gain is at least the MDE, i.e. whether the grid could see the paper's
+    effect at our scale; a method where it does not is one whose null result says little.
+    """
+    factor, scale = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP
+    return [_row(f"P3 {m}: MDE (80% power, {n_seeds} seeds) vs paper gain x {scale:.2f}",
+                 factor * sd, paper_gain[m] * scale, at_most=True) for m, sd in paired_sd.items()]
+
+
+# ---- the table ------------------------------------------------------------------------------------------------------
+
+
+def _row(premise: str, value: float, threshold: float, at_most: bool = False) -> dict:
+    holds = value <= threshold if at_most else value >= threshold
+    return {"premise": premise, "value": float(value), "threshold": float(threshold), "holds": bool(holds)}
+
+
+def premises_table(rows: list[dict]) -> pd.DataFrame:
+    """The premise rows as a DataFrame with COLUMNS, in the order given."""
+    return pd.DataFrame(rows, columns=list(COLUMNS))

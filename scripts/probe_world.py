@@ -1,0 +1,84 @@
+"""Probe a world design before its grid runs: POCL's premises P1 and P2 (pocl_utils.premises), per family.
+
+    python scripts/probe_world.py --profile laptop --name v2 [--world '{"n_train": 2500}'] \
+        [--overrides '{"teacher.n_embd": 192}'] [--sft]
+
+Prepares data, tokenizer, teacher and student (warm start) for the profile in a private runs folder (default
+/tmp/pocl-probes/<name>), then prints: the rules' and the teacher's scores per eval set, the measurer's Spearman
+and zero share, greedy ROUGE-L per training family for the teacher and the warm-started student, and with --sft
+the SFT student (one seed) and the P1 rows. Nothing here is committed; it is how the laptop world was chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pocl_utils import pipeline, premises, runner, world
+from pocl_utils.config import baseline, get_profile
+from pocl_utils.evaluate import responses, rouge_l_batch
+from pocl_utils.models import pick_device
+
+
+def per_family(ws, model, role: str, n_max: int = 400) -> pd.Series:
+    enc = ws.encoded(role)[:n_max]
+    rows = [ws.sets[role][e.index] for e in enc]
+    texts = responses(model, ws.tokenizer, enc, max_new_tokens=ws.profile.max_new_tokens)
+    scores = rouge_l_batch(texts, [r["references"] for r in rows])
+    return pd.DataFrame({"family": [r["family"] for r in rows], "level": [r["level"] for r in rows],
+                         "rouge_l": scores}).groupby(["family"]).rouge_l.mean().round(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="laptop")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--world", default="{}", help="WorldConfig overrides (JSON)")
+    ap.add_argument("--overrides", default="{}", help="profile overrides (JSON)")
+    ap.add_argument("--sft", action="store_true", help="also train and evaluate the SFT student (seed 0)")
+    ap.add_argument("--root", default="/tmp/pocl-probes")
+    a = ap.parse_args()
+    base = get_profile(a.profile)
+    world._PRESETS[f"probe-{a.name}"] = {**world._PRESETS[base.world], **json.loads(a.world)}
+    p = get_profile(a.profile, {"world": f"probe-{a.name}", **json.loads(a.overrides)})
+    p = replace(p, name=f"probe-{a.name}")
+    ws = pipeline.Workspace(p, Path(a.root) / a.name)
+    builders = {"data": pipeline._build_data, "tokenizer": pipeline._build_tokenizer,
+                "teacher": pipeline._build_teacher, "student_init": pipeline._build_student,
+                "ranking": pipeline._build_ranking}
+    t0 = time.time()
+    pipeline.build_steps(ws, builders, pipeline.prep_keys(p), pick_device())
+    print(f"prepared in {time.time() - t0:.0f}s")
+    dev = pick_device()
+    teacher, student = ws.load_teacher(dev), ws.load_student_init(dev).eval()
+    fam = pd.DataFrame({"teacher": per_family(ws, teacher, "train"), "student_init": per_family(ws, student, "train")})
+    print(fam.to_string())
+    evals = {role: [ws.sets[role][e.index] for e in runner.eval_data(ws, role, p.eval_max_examples)[0]]
+             for role in pipeline.D.EVAL_SETS}
+    rules = premises.rule_scores(evals, ws.sets["train"])
+    t_eval = runner.reference_score(ws, "Teacher")["metrics"]["eval"]
+    teacher_scores = {k: v["mean"] for k, v in t_eval.items()}
+    print(pd.DataFrame({"teacher": teacher_scores, **rules}).round(2).T.to_string())
+    r = ws.ranking
+    truth = world.true_difficulty([ws.sets["train"][i] for i in r.ids])
+    rows = premises.measurer_rows(r.rouge_l, r.fused, truth)
+    from scipy.stats import spearmanr
+    for name, v in (("rouge_l", -r.rouge_l), ("ce", r.ce)):
+        print(f"rho({name}) = {spearmanr(v, truth).statistic:+.3f}")
+    if a.sft:
+        rec = runner.execute(ws, baseline("SFT"), dev)
+        sft = {k: v["mean"] for k, v in rec["metrics"]["eval"].items()}
+        rows = premises.teacher_rows(teacher_scores, sft, rules) + rows
+        print(pd.DataFrame({"teacher": teacher_scores, "sft": sft}).round(2).T.to_string())
+    table = premises.premises_table(rows)
+    print(table.to_string())
+    print(f"holds: {int(table.holds.sum())}/{len(table)}; total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
