@@ -308,6 +308,7 @@ def teacher_hidden(teacher: PreTrainedModel, batch: Batch, precision: Precision)
     teacher's logits one row chunk at a time (`objective.TeacherHidden`)."""
     with autocast(batch.input_ids.device, precision):
         hidden = hidden_at_positions(teacher, batch.input_ids, batch.attention_mask, batch.target_positions())
+    hidden = _compute_dtype(hidden, precision)
     head = teacher.get_output_embeddings()
     return TeacherHidden(hidden, head.weight.detach(), None if head.bias is None else head.bias.detach())
 
@@ -398,6 +399,11 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
     return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), TOKENS: targets.numel()}
 
 
+def _compute_dtype(hidden: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """Hidden states in the precision's dtype: autocast leaves the final layer norm's output in fp32."""
+    return hidden if precision.dtype is None else hidden.to(precision.dtype)
+
+
 def _fused_step_loss(student: PreTrainedModel, batch: Batch, teacher: torch.Tensor | TeacherHidden | None, *,
                      kind: str | None, tau: float, alpha: float, beta: float | None,
                      precision: Precision) -> tuple[torch.Tensor, dict]:
@@ -406,6 +412,7 @@ def _fused_step_loss(student: PreTrainedModel, batch: Batch, teacher: torch.Tens
     targets = batch.labels.reshape(-1).index_select(0, positions)  # [N]
     with autocast(batch.input_ids.device, precision):
         hidden = hidden_at_positions(student, batch.input_ids, batch.attention_mask, positions)  # [N, H]
+    hidden = _compute_dtype(hidden, precision)  # the LM head's matmuls then run in bf16, not fp32
     head = student.get_output_embeddings()
     loss, parts = linear_objective(hidden, head.weight, targets, teacher, kind=kind, tau=tau, alpha=alpha, beta=beta,
                                    bias=head.bias)

@@ -178,3 +178,26 @@ def test_length_grouped_batches_cover_each_epoch_once_with_less_padding():
     padded = sum(len(b) * max(lengths[b]) for b in epoch)
     uniform = sum(len(b) * max(lengths[b]) for b in np.array_split(rng.permutation(100), 13))
     assert padded < 0.8 * uniform
+
+
+def test_bf16_path_runs_the_lm_head_in_bf16(monkeypatch):
+    """Autocast leaves the final layer norm in fp32; the fused step casts the hidden states so that the LM head's
+    matmuls run in bf16 (the teacher's too), while the loss and the weight gradient stay fp32."""
+    student, batch, _ = _model_and_batch(0)
+    teacher, _, _ = _model_and_batch(1)
+    gpu_like = Precision(torch.bfloat16, fused_loss=True)
+    rows = teacher_hidden(freeze_teacher(teacher, gpu_like), batch, gpu_like)
+    assert rows.hidden.dtype == torch.bfloat16 and rows.weight.dtype == torch.bfloat16
+    seen = []
+    import pocl_utils.objective as objective
+    original = objective._LinearObjective.apply
+
+    def spy(hidden, *args):
+        seen.append(hidden.dtype)
+        return original(hidden, *args)
+
+    monkeypatch.setattr(objective._LinearObjective, "apply", spy)
+    loss, _ = step_loss(student, batch, rows, kind="fkl", tau=1.0, alpha=0.3, precision=gpu_like)
+    loss.backward()
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32
+    assert student.get_output_embeddings().weight.grad.dtype == torch.float32
