@@ -602,6 +602,7 @@ class KDContext:
     on_policy_frac: float = 0.0  # GKD's lambda: share of batches with student-generated outputs
     max_new_tokens: int = 24
     beta: float | None = None
+    precision: Precision | None = None  # None: `models.precision_for` the student's device (tests force the GPU's)
 
 
 def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
@@ -610,7 +611,7 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
 
     The live teacher is frozen (`models.freeze_teacher`: no gradients; stored in bf16 on a GPU)."""
     device = next(student.parameters()).device
-    precision = precision_for(device)
+    precision = ctx.precision or precision_for(device)
     if ctx.teacher is not None:
         freeze_teacher(ctx.teacher, precision)
     teacher_rows = partial(_live_teacher, ctx.teacher, precision=precision)
@@ -643,12 +644,13 @@ def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], wh
     outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=seed)
     mine = distributed.shard(range(len(whole)))
     batch = make_batch([outs[k] for k in mine or [0]], ctx.pad_id).to(device)  # as `_shard_loss` picks idx
-    teacher = _live_teacher(ctx.teacher, batch, precision=precision_for(device))
-    kd, parts = step_loss(student, batch, teacher, kind=kind, tau=tau, alpha=0.0, beta=ctx.beta)
+    precision = ctx.precision or precision_for(device)
+    teacher = _live_teacher(ctx.teacher, batch, precision=precision)
+    kd, parts = step_loss(student, batch, teacher, kind=kind, tau=tau, alpha=0.0, beta=ctx.beta, precision=precision)
     if alpha <= 0:
         return kd, parts
     truth = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
-    ce, ce_parts = step_loss(student, truth, None, kind=None, tau=1.0, alpha=1.0)
+    ce, ce_parts = step_loss(student, truth, None, kind=None, tau=1.0, alpha=1.0, precision=precision)
     n_kd, n_ce = (parts[TOKENS], ce_parts[TOKENS]) if mine else (0, 0)
     total_kd, total_ce = distributed.all_sum([n_kd, n_ce])
     ce_weight = (n_ce / total_ce) * (total_kd / n_kd) if n_kd else 1.0  # 1.0 with one process
