@@ -90,7 +90,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad() if distributed.is_sharded(model) else torch.inference_mode(), autocast(model_device(model)):
+        no_grad = torch.no_grad() if distributed.is_sharded(model) else torch.inference_mode()
+        with no_grad, autocast(model_device(model)):
             yield
     finally:
         model.train(was_training)

@@ -117,7 +117,8 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
     Returns:
         (loss 0-d fp32, {"ce", "kd"} 0-d detached fp32 tensors; "kd" only with a teacher) - no host sync.
     """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or targets.shape != hidden.shape[:1]:
+    shapes_ok = hidden.dim() == 2 and weight.dim() == 2 and hidden.shape[1] == weight.shape[1]
+    if not shapes_ok or targets.shape != hidden.shape[:1]:
         raise ValueError(f"linear_objective: hidden {tuple(hidden.shape)} must be [N, H], weight {tuple(weight.shape)} "
                          f"[V, H] and targets {tuple(targets.shape)} [N]")
     if hidden.shape[0] == 0:

@@ -534,7 +534,8 @@ def _read_back(pending: list[dict], log: list[dict[str, float]], desc: str) -> N
         row = {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in row.items()}
         step = len(log)
         if not math.isfinite(row["loss"]):  # the global value, so that every rank stops at the same step
-            raise FloatingPointError(f"{desc}: non-finite loss {row['loss']} at step {step}; stopping before any checkpoint is saved")
+            raise FloatingPointError(f"{desc}: non-finite loss {row['loss']} at step {step}; stopping before any "
+                                     f"checkpoint is saved")
         log.append(row)
     pending.clear()
 

@@ -30,8 +30,8 @@ RESPONSE_LENGTHS = [1, 14, 3, 22, 2, 7, 16, 4, 9, 5]  # + EOS each
 # Rank 0 takes the first ceil(B/2) examples of a batch. Step 0: tokens 2 + 15 + 4 = 21 vs 23 + 3 = 26;
 # step 2: [8] leaves rank 1 empty.
 BATCHES = [[0, 1, 2, 3, 4], [5, 6, 7], [8], [3, 9, 1, 6], [2, 0, 8, 5, 7]]
-CLIPS = {"no_clip": 0.0, "clip": 0.05}
-FUSED = Precision(None, fused_loss=True)  # the GPU's step path (loss fused with the LM head), in fp32 on the CPU  # 0.05 is well below the gradient norm: the clip acts on every step
+CLIPS = {"no_clip": 0.0, "clip": 0.05}  # 0.05 is well below the gradient norm: the clip acts on every step
+FUSED = Precision(None, fused_loss=True)  # the GPU's step path (loss fused with the LM head), in fp32 on the CPU
 
 
 def _examples() -> list[Encoded]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -426,9 +425,9 @@ def summary(report: dict) -> str:
             lines.append(f"  matmul peak {r['matmul_peak']['tflops']:.1f} TFLOP/s ({r['matmul_peak']['dtype']})")
             for row in r["rows"]:
                 mem = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
-                lines.append(f"  {row['variant']:6s} bs {row['batch']:3d}: {row['ms']:9.2f} ms  {row['tok_s']:10.0f} tok/s  "
-                             f"MFU {100 * row['mfu']:5.1f}%  peak {mem} GiB  loss rel. diff to fp32 "
-                             f"{row['rel_loss_diff']:.2e}")
+                lines.append(f"  {row['variant']:6s} bs {row['batch']:3d}: {row['ms']:9.2f} ms  "
+                             f"{row['tok_s']:10.0f} tok/s  MFU {100 * row['mfu']:5.1f}%  peak {mem} GiB  "
+                             f"loss rel. diff to fp32 {row['rel_loss_diff']:.2e}")
             lines.append(f"  pocl speed-up vs naive: {r['pocl_speedup_vs_naive']}")
         elif name == "generate":
             for k in ("pocl", "transformers"):
