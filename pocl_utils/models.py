@@ -61,10 +61,11 @@ def autocast(device: torch.device, precision: Precision | None = None):
 
 def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None) -> PreTrainedModel:
     """The teacher as KD uses it: eval mode, no gradients, and stored in the precision's dtype (bf16 on GPU: no
-    per-forward cast of fp32 weights; unchanged on CPU). In place; returns it."""
+    per-forward cast of fp32 weights; unchanged on CPU, and when sharded, FSDP keeping its own dtypes). In place."""
     precision = precision or precision_for(next(teacher.parameters()).device)
     teacher.eval().requires_grad_(False)
-    if precision.dtype is not None and next(teacher.parameters()).dtype != precision.dtype:
+    cast = precision.dtype is not None and not distributed.is_sharded(teacher)
+    if cast and next(teacher.parameters()).dtype != precision.dtype:
         teacher.to(precision.dtype)
     return teacher
 

@@ -40,8 +40,8 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         """On `device`; to a GPU from pinned memory, so the copies are really asynchronous."""
         pin = torch.device(device).type == "cuda"
-        moved = [None if t is None else (t.pin_memory() if pin else t).to(device, non_blocking=True)
-                 for t in (self.input_ids, self.attention_mask, self.labels, self.positions)]
+        moved = [None if t is None else (t.pin_memory() if pin and t.device.type == "cpu" else t).to(
+            device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels, self.positions)]
         return Batch(*moved)
 
     def target_positions(self) -> torch.Tensor:

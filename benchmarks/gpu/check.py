@@ -53,13 +53,15 @@ class Sizes:
     profile: str  # the profile of part (c)
     sample: int  # examples each preparation step is timed on
     kd_steps: int  # timed steps of a KD run and of each SFT
+    world_fraction: float  # part (c) generates this fraction of the profile's world and projects to the whole
 
 
 FULL = Sizes(teacher=(48, 1600, 25), student=(12, 768, 12), vocab=50257, prompt=256, response=256, batches=(8, 16),
              warm=3, steps=10, gen_batch=16, gen_prompt=128, gen_new=128, peak_n=8192, profile="gpu", sample=512,
-             kd_steps=20)
+             kd_steps=20, world_fraction=0.1)
 TINY = Sizes(teacher=(2, 64, 2), student=(1, 32, 2), vocab=211, prompt=8, response=8, batches=(2, 4), warm=1, steps=2,
-             gen_batch=4, gen_prompt=6, gen_new=8, peak_n=256, profile="smoke", sample=16, kd_steps=2)
+             gen_batch=4, gen_prompt=6, gen_new=8, peak_n=256, profile="smoke", sample=16, kd_steps=2,
+             world_fraction=1.0)
 ALPHA, KIND = 0.3, "fkl"
 LIMITS_S = {"step": 150, "generate": 60, "profile": 150}  # per part, on one GPU; --timeout overrides
 
@@ -260,14 +262,20 @@ def part_generate(s: Sizes) -> dict:
 
 # ---- (c) the profile ---------------------------------------------------------------------------------------------
 
-def _workspace(p, root: Path):
-    """The profile's data and tokenizer steps, built in `root` (timed), and the workspace reading them."""
+WORLD_SETS = ("n_train", "n_valid", "n_test", "n_ood", "n_vicuna")
+
+
+def _workspace(p, root: Path, fraction: float):
+    """The profile's data and tokenizer steps on `fraction` of its world's rows, built in `root` (timed), and the
+    workspace reading them."""
     from dataclasses import replace
     from pocl_utils.pipeline import Workspace
     from pocl_utils.world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
     from pocl_utils import data as D
     times = {}
-    cfg = replace(world_config(p.world), seed=p.seed)
+    full = world_config(p.world)
+    sizes = {k: max(8, round(getattr(full, k) * fraction)) for k in WORLD_SETS}
+    cfg = replace(world_config(p.world, **sizes), seed=p.seed)
     t0 = time.perf_counter()
     write_world(generate_world(cfg), root / "data", cfg=cfg)
     times["data"] = time.perf_counter() - t0
@@ -299,13 +307,14 @@ def part_profile(s: Sizes) -> dict:
     from pocl_utils.world import pretrain_corpus, world_config
     dev = device()
     p = get_profile(s.profile)
-    out: dict = {"profile": p.name, "sample": s.sample, "steps_timed": s.kd_steps, "prepare_s": {}, "measured_s": {}}
+    out: dict = {"profile": p.name, "sample": s.sample, "steps_timed": s.kd_steps, "world_fraction": s.world_fraction,
+                 "prepare_s": {}, "measured_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        ws, times = _workspace(p, Path(tmp))
-        out["prepare_s"].update(times)
+        ws, times = _workspace(p, Path(tmp), s.world_fraction)
         out["measured_s"].update(times)
+        out["prepare_s"].update({k: v / s.world_fraction for k, v in times.items()})
         enc, tok = ws.encoded("train"), ws.tokenizer
-        n, m = len(enc), min(s.sample, len(enc))
+        n, m = round(len(enc) / s.world_fraction), min(s.sample, len(enc))  # n: the full world's train examples
         sub = enc[:m]
         positions = p.max_len + p.max_new_tokens
 
@@ -341,16 +350,18 @@ def part_profile(s: Sizes) -> dict:
         out["measured_s"]["kd_step"] = per
         kd_train = per * total_steps(n, p.kd)
 
-        valid = ws.encoded("valid")[:min(s.sample, p.valid_max_examples or len(ws.encoded("valid")))]
+        valid = ws.encoded("valid")[:min(s.sample, p.valid_max_examples or s.sample)]
         refs = [[ws.sets["valid"][e.index]["output"]] for e in valid]
         sec = timed(lambda: greedy_rouge(student, tok, valid, refs, max_new_tokens=p.max_new_tokens), dev)
-        n_valid = min(len(ws.encoded("valid")), p.valid_max_examples or len(ws.encoded("valid")))
+        n_valid = round(len(ws.encoded("valid")) / s.world_fraction)
+        n_valid = min(n_valid, p.valid_max_examples or n_valid)
         validation = sec * n_valid / len(valid) * p.valid_checks
         evaluation, eval_rows = 0.0, 0
         for role in EVAL_SETS:
-            full = ws.encoded(role)
-            k = min(len(full), p.eval_max_examples or len(full))
-            part = full[:min(k, max(1, s.sample // len(EVAL_SETS)))]
+            here = ws.encoded(role)
+            k = round(len(here) / s.world_fraction)  # the full world's rows of this set
+            k = min(k, p.eval_max_examples or k)
+            part = here[:min(k, len(here), max(1, s.sample // len(EVAL_SETS)))]
             refs = [[ws.sets[role][e.index]["output"]] for e in part]
             sec = timed(lambda: evaluate_set(student, tok, part, refs, seeds=p.eval_seeds,
                                              max_new_tokens=p.max_new_tokens), dev)
@@ -367,10 +378,11 @@ def part_profile(s: Sizes) -> dict:
     prep = sum(out["prepare_s"].values())
     out["projected_s"] = {"prepare": prep, "grid": len(seen) * out["kd_run_s"]["total"],
                           "total": prep + len(seen) * out["kd_run_s"]["total"]}
-    out["note"] = ("projected from timed samples: SFT and KD steps x their step counts, ranking / cache / SeqKD / "
-                   "evaluation x (full size / sample); a KD run is timed as an off-policy run from the cache (GKD's "
-                   "on-policy steps also generate, so they cost more); untrained models rarely stop early, so the "
-                   "generation-bound steps are upper bounds")
+    out["note"] = ("projected from timed samples: data and tokenizer built on world_fraction of the world x 1 / "
+                   "world_fraction (an upper bound for the tokenizer); SFT and KD steps x their step counts; ranking / "
+                   "cache / SeqKD / evaluation x (full size / sample). A KD run is timed as an off-policy run from "
+                   "the cache (GKD's on-policy steps also generate, so they cost more); untrained models rarely stop "
+                   "early, so the generation-bound steps are upper bounds")
     return out
 
 
