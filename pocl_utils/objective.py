@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .losses import log_probs, token_divergence
 
 CHUNK_ELEMENTS = 2**23  # rows * vocab per chunk: ~32 MB per fp32 [n, V] temporary
+GPU_CHUNK_ELEMENTS = 2**25  # on a GPU: ~128 MB, ~670 rows of GPT-2's vocabulary, so each chunk's matmuls fill the GPU
 
 
 @dataclass
@@ -113,7 +114,8 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         teacher: [N, V] teacher rows (logits or cache rows, any device), a `TeacherHidden`, or None (CE only).
         kind: a `losses.KINDS` divergence; None means CE only.
         tau, alpha, beta: KD temperature, CE weight in [0, 1], divergence mixing weight (see `losses`).
-        bias: [V] LM-head bias or None; chunk_size: rows per chunk (None: about CHUNK_ELEMENTS / V).
+        bias: [V] LM-head bias or None; chunk_size: rows per chunk (None: about CHUNK_ELEMENTS / V, GPU_CHUNK_ELEMENTS
+            / V on a GPU).
     Returns:
         (loss 0-d fp32, {"ce", "kd"} 0-d detached fp32 tensors; "kd" only with a teacher) - no host sync.
     """
@@ -125,7 +127,8 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         raise ValueError("linear_objective: no target rows (every label is -100)")
     if kind is None or alpha >= 1.0:
         teacher = None
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    budget = GPU_CHUNK_ELEMENTS if hidden.device.type == "cuda" else CHUNK_ELEMENTS
+    chunk = chunk_size or max(1, budget // weight.shape[0])
     sums = _LinearObjective.apply(hidden, weight, bias, targets, teacher, kind, float(tau), float(alpha), beta, chunk)
     loss = sums[0]
     parts = {"ce": sums[1].detach()}
