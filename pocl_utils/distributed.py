@@ -2,18 +2,20 @@
 
 `accelerate launch` (torchrun underneath) starts N copies of the same program with RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT set; `accelerate.PartialState` reads them and opens the process group (NCCL on GPUs, gloo
-on CPU) and pins each process to its GPU. `train.run_steps` then does DDP by hand:
+on CPU) and pins each process to its GPU. `train.run_steps` first calls `prepare_model`, then:
 
 - every rank draws the same global batch (same seed, same RNG draws) and trains on `shard(indices)`, its slice;
 - its loss is its shard's summed token loss divided by the GLOBAL number of response tokens (`all_sum`), so the
   ranks' losses add up to the 1-process token mean of the whole batch;
-- `all_reduce_grads` sums the gradients, so every rank holds the 1-process gradient, clips it and takes the same
-  optimizer step: the replicas stay identical without any weight broadcast.
+- data parallel, `prepare_model` has wrapped the model's step forwards (`heads`) in DDP through accelerate's
+  `Accelerator.prepare_model`, with a communication hook that sums the gradient buckets (DDP would average them)
+  while the backward runs: every rank holds the 1-process gradient, clips it and takes the same optimizer step, and
+  the replicas stay identical.
 
-Launched with an FSDP config (`ACCELERATE_USE_FSDP=true`, e.g. configs/accelerate/fsdp.yaml), `shard_model` wraps the
-trained model in FSDP2 (`fully_shard`, one unit per transformer block plus the root): each rank then holds 1/N of the
-parameters, gradients and AdamW state, FSDP gathers a block's weights for its forward and backward, and the backward
-reduce-scatters the gradients (summed, as `all_reduce_grads` sums them). Everything else above stays the same, so an
+Launched with an FSDP config (`ACCELERATE_USE_FSDP=true`, e.g. configs/accelerate/fsdp.yaml), `prepare_model` shards the
+trained model with FSDP2 (`shard_model`: `fully_shard`, one unit per transformer block plus the root): each rank then
+holds 1/N of the parameters, gradients and AdamW state, FSDP gathers a block's weights for its forward and backward,
+and the backward reduce-scatters the gradients (summed, as under DDP). Everything else above stays the same, so an
 FSDP step also equals the 1-process step. Every rank must then call the model the same number of times: evaluation
 and GKD's sampling run on every rank with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole
 (`full_state_dict`) and are ordinary safetensors files.
@@ -26,18 +28,17 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from types import MethodType
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from .heads import HIDDEN_AT, LOGITS_AT, hidden_at_positions, logits_at_positions
+from .heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions, logits_at_positions
 
 # Main-rank-only phases (preparing the workspace, evaluating a run) can take hours on the paper profile while the other
 # ranks wait at a barrier; a dead rank does not leave the others hanging that long, since torchrun then stops them all.
 TIMEOUT = timedelta(hours=24)
-BUCKET_NUMEL = 2**24  # gradient elements per all-reduce call: big calls amortise latency, the buffer stays <= 64 MB
 _ENV_WORLD = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # torchrun, then MPI launchers
 _solo = False  # inside `main_first`: this process runs as a 1-process program (no collectives)
 
@@ -101,23 +102,50 @@ def all_sum(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
-    """Sum every parameter's gradient over the ranks, in place, in flat buckets (a few calls instead of one per tensor).
+class _StepForward(torch.nn.Module):
+    """The trained model's step forwards (`heads`' functions) as one module's forward, which DDP can wrap."""
 
-    Parameters without a gradient are skipped; every rank runs the same graph, so they are the same on every rank."""
-    if world_size() == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    bucket: list[torch.Tensor] = []
-    for g in grads + [None]:  # None flushes the last bucket
-        if bucket and (g is None or sum(b.numel() for b in bucket) + g.numel() > BUCKET_NUMEL):
-            flat = torch.cat([b.reshape(-1) for b in bucket])  # [sum numel]
-            torch.distributed.all_reduce(flat)
-            for b, part in zip(bucket, flat.split([b.numel() for b in bucket])):
-                b.copy_(part.view_as(b))
-            bucket = []
-        if g is not None:
-            bucket.append(g)
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor):
+        fn = {LOGITS_AT: logits_at_positions, HIDDEN_AT: hidden_at_positions, FUSED_AT: fused_inputs}[name]
+        return fn(self.model, input_ids, attention_mask, keep)
+
+
+def _sum_hook(state, bucket):
+    """DDP communication hook: the gradient buckets summed over the ranks, not averaged (each rank's loss is already
+    its token-weighted share of the global mean, `train._shard_loss`)."""
+    fut = torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+@lru_cache(maxsize=None)
+def _accelerator():
+    from accelerate import Accelerator
+    _state()  # the process group, opened once
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")  # pocl's own autocast (models)
+
+
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Ready `model` for training on the launched processes, in place: FSDP2-sharded under an FSDP launch
+    (`shard_model`), else wrapped by accelerate's `prepare` in DDP (gradients summed during the backward, overlapped
+    with it), its step forwards (`heads`) routed through the wrapper. One process: returned unchanged."""
+    if world_size() == 1 or is_prepared(model):
+        return model
+    if fsdp():
+        return shard_model(model)
+    ddp = _accelerator().prepare_model(_StepForward(model))
+    ddp.register_comm_hook(None, _sum_hook)
+    for name in (LOGITS_AT, HIDDEN_AT, FUSED_AT):
+        setattr(model, name, partial(ddp, name))  # a function attribute: not a submodule, no reference cycle
+    return model
+
+
+def is_prepared(model: torch.nn.Module) -> bool:
+    """Whether `prepare_model` has taken `model` over (sharded, or its gradients summed by DDP)."""
+    return is_sharded(model) or getattr(model, FUSED_AT, None) is not None
 
 
 def fsdp() -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-LOGITS_AT = "pocl_logits_at"  # the name `distributed.shard_model` gives `logits_at_positions` on a sharded model
+LOGITS_AT = "pocl_logits_at"  # the name `distributed.prepare_model` gives `logits_at_positions` on a prepared model
 HIDDEN_AT = "pocl_hidden_at"  # ... and `hidden_at_positions`
+FUSED_AT = "pocl_fused_at"  # ... and `fused_inputs` (data parallel only: FSDP shards the LM head outside forward)
 
 
 def logits_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -25,3 +26,12 @@ def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attenti
     if keep.dtype == torch.bool:
         return hidden[keep]
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+
+
+def fused_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What the fused loss needs: hidden states at `keep` [N, H], the LM head's weight [V, H] and bias [V] or None.
+    The head comes out of the call as views, so that a wrapper (DDP) sees it used in the forward."""
+    head = model.get_output_embeddings()
+    bias = None if head.bias is None else head.bias.view_as(head.bias)
+    return hidden_at_positions(model, input_ids, attention_mask, keep), head.weight.view_as(head.weight), bias

@@ -15,7 +15,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 from . import distributed
 from .config import ModelSpec
-from .heads import HIDDEN_AT, LOGITS_AT, hidden_at_positions, logits_at_positions  # noqa: F401 (re-exported)
+from .heads import (FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions,  # noqa: F401 (re-exported)
+                    logits_at_positions)
 
 from transformers.utils import logging as _hf_logging
 

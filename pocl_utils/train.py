@@ -23,7 +23,7 @@ from . import distributed
 from .config import TrainSpec
 from .data import Encoded, close_response
 from .losses import divergence
-from .models import (LOGITS_AT, Precision, autocast, freeze_teacher, hidden_at_positions,
+from .models import (FUSED_AT, LOGITS_AT, Precision, fused_inputs, autocast, freeze_teacher, hidden_at_positions,
                      logits_at_positions, precision_for)
 from .objective import TeacherHidden, linear_objective
 
@@ -384,7 +384,7 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
     if batch.target_positions().numel() == 0:  # the mean CE of zero tokens is 0/0 = NaN; no valid example gets here
         raise ValueError("step_loss: the batch has no response tokens (every label is -100); each example needs at "
                          "least one target token (check max_len against max_prompt_len)")
-    if precision.fused_loss and getattr(student, LOGITS_AT, None) is None:
+    if precision.fused_loss and _fusable(student):
         return _fused_step_loss(student, batch, teacher_rows, kind=kind, tau=tau, alpha=alpha, beta=beta,
                                 precision=precision)
     if isinstance(teacher_rows, TeacherHidden):
@@ -399,6 +399,11 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
     return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), TOKENS: targets.numel()}
 
 
+def _fusable(model: PreTrainedModel) -> bool:
+    """Whether the fused loss can train `model`: not when FSDP shards its LM head outside the forward."""
+    return getattr(model, LOGITS_AT, None) is None or getattr(model, FUSED_AT, None) is not None
+
+
 def _compute_dtype(hidden: torch.Tensor, precision: Precision) -> torch.Tensor:
     """Hidden states in the precision's dtype: autocast leaves the final layer norm's output in fp32."""
     return hidden if precision.dtype is None else hidden.to(precision.dtype)
@@ -410,12 +415,12 @@ def _fused_step_loss(student: PreTrainedModel, batch: Batch, teacher: torch.Tens
     """`step_loss` from the student's hidden states: forward under autocast, then LM head + CE + KD in row chunks."""
     positions = batch.target_positions()  # [N]
     targets = batch.labels.reshape(-1).index_select(0, positions)  # [N]
+    inputs = getattr(student, FUSED_AT, None) or partial(fused_inputs, student)  # data parallel: through DDP
     with autocast(batch.input_ids.device, precision):
-        hidden = hidden_at_positions(student, batch.input_ids, batch.attention_mask, positions)  # [N, H]
+        hidden, weight, bias = inputs(batch.input_ids, batch.attention_mask, positions)  # [N, H], [V, H], [V]
     hidden = _compute_dtype(hidden, precision)  # the LM head's matmuls then run in bf16, not fp32
-    head = student.get_output_embeddings()
-    loss, parts = linear_objective(hidden, head.weight, targets, teacher, kind=kind, tau=tau, alpha=alpha, beta=beta,
-                                   bias=head.bias)
+    loss, parts = linear_objective(hidden, weight, targets, teacher, kind=kind, tau=tau, alpha=alpha, beta=beta,
+                                   bias=bias)
     return loss, {**parts, TOKENS: positions.numel()}
 
 
@@ -483,11 +488,11 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
               log_every: int | None = None) -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
 
-    Launched on several processes (`pocl_utils.distributed`), a step is DDP's: every rank draws the same global batch,
-    computes the loss of its shard (`_shard_loss`), the gradients are summed over the ranks before clipping (so the
-    clip sees the full gradient), and the logged values are the global ones. The step equals, to float rounding, one
-    process's step on the whole batch. Under an FSDP launch the model is sharded first (`distributed.shard_model`) and
-    FSDP sums the gradients instead. With one process the loop is the plain one, bitwise.
+    Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
+    or FSDP2-sharded under an FSDP launch); every rank draws the same global batch, computes the loss of its shard
+    (`_shard_loss`), the backward sums the gradients over the ranks before clipping (so the clip sees the full
+    gradient), and the logged values are the global ones. The step equals, to float rounding, one process's step on
+    the whole batch. With one process the loop is the plain one, bitwise.
 
     The log rows are read back (turned into floats, the loss checked for NaN/inf) every `log_every` steps: 1 by default
     on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
@@ -495,8 +500,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     checkpoint is saved). `on_step(step, row)` runs after every step's update; between read-backs its row's values
     are 0-d tensors."""
     from tqdm.auto import tqdm
-    distributed.shard_model(model)
-    sharded = distributed.is_sharded(model)
+    distributed.prepare_model(model)  # FSDP-sharded or DDP-wrapped when launched; else unchanged
     device = next(model.parameters()).device
     precision_for(device)  # enables TF32 on a GPU
     opt, sched = optimizer_for(model, spec, steps)
@@ -513,9 +517,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
         if len(pending) >= every:
             _read_back(pending, log, desc)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if not sharded:  # FSDP's backward has summed them already
-            distributed.all_reduce_grads(model.parameters())
+        loss.backward()  # launched: the backward also sums the gradients over the ranks (DDP's or FSDP's hooks)
         apply_grads(model, opt, spec)
         sched.step()
         if on_step is not None:
@@ -551,7 +553,7 @@ def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     """This rank's share of a multi-process step, and the step's global log row.
 
     share_r = mean_r * n_r / N = (sum of the shard's token losses) / N, with n_r the shard's response tokens and N the
-    whole batch's: the shares sum to the 1-process token mean, and their gradients, summed by `all_reduce_grads`, to
+    whole batch's: the shares sum to the 1-process token mean, and their gradients, summed by DDP or FSDP, to
     its gradient. (Averaging the ranks' means would weigh a token by 1 / n_r: wrong whenever the shards' counts differ.)
     The logged loss and parts are weighted the same way, so they are the whole batch's token means."""
     mine = distributed.shard(idx)
@@ -661,7 +663,7 @@ def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], wh
 def _live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision) -> torch.Tensor | TeacherHidden:
     """The live teacher's output for `step_loss`: hidden states + LM head for the fused loss (no [N, V] logits),
     else its logits at the targets."""
-    if precision.fused_loss and getattr(teacher, LOGITS_AT, None) is None:
+    if precision.fused_loss and _fusable(teacher):
         return teacher_hidden(teacher, batch, precision)
     return teacher_logits(teacher, batch)
 

@@ -19,7 +19,7 @@ import torch
 from pocl_utils import distributed
 from pocl_utils.config import ModelSpec, TrainSpec
 from pocl_utils.data import Encoded
-from pocl_utils.models import Precision, build_model
+from pocl_utils.models import FUSED_AT, Precision, build_model
 from pocl_utils.train import KDContext, TeacherCache, kd_loss_fn, run_steps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +130,12 @@ def _worker(out: Path) -> None:
     torch.save(_train(CLIPS["clip"], precision=FUSED), out / f"fused.rank{r}.pt")
     torch.save(_train(1.0, on_policy=True, precision=FUSED), out / f"fused_gkd.rank{r}.pt")
     (out / f"archs.rank{r}.json").write_text(json.dumps(_other_archs()))
-    (out / f"world.rank{r}.json").write_text(json.dumps({"world": distributed.world_size(), "fsdp": distributed.fsdp()}))
+    prepared, _ = _student_and_loss()
+    distributed.prepare_model(prepared)
+    step_forward = getattr(prepared, FUSED_AT, None)  # DDP: a partial of the wrapper
+    wrapper = type(step_forward.func).__name__ if step_forward is not None else None
+    (out / f"world.rank{r}.json").write_text(json.dumps({"world": distributed.world_size(), "fsdp": distributed.fsdp(),
+                                                         "ddp_wrapper": wrapper}))
     _checkpoint_round_trip(out, r)
     distributed.close()
 
@@ -192,7 +197,8 @@ def _assert_same_training(got: list[dict], want: dict) -> None:
 def test_fsdp_shards_the_model_and_ddp_replicates_it(launched):
     config, out = launched
     worlds = [json.loads((out / f"world.rank{r}.json").read_text()) for r in (0, 1)]
-    assert worlds == [{"world": 2, "fsdp": config == "fsdp"}] * 2
+    wrapper = None if config == "fsdp" else "DistributedDataParallel"  # data parallel: accelerate's DDP wrapper
+    assert worlds == [{"world": 2, "fsdp": config == "fsdp", "ddp_wrapper": wrapper}] * 2
     total = sum(p.numel() for p in _student_and_loss()[0].parameters())
     local = [torch.load(out / f"clip.rank{r}.pt")["local_numel"] for r in (0, 1)]
     if config == "fsdp":  # each rank holds about half of every tensor (dim 0 split in two), nothing twice
