@@ -62,6 +62,7 @@ class Profile:
     # Off-policy teacher outputs: "exact" (cached logits, [tokens, V] fp32: small vocabularies), "top-<k>" (cached top-k
     # log-probs + tail mass, approximate: see benchmarks/bench_topk_cache.py) or "live" (the teacher runs every step).
     teacher_cache: str = "exact"
+    teacher_pretrain_steps: int = 0  # world profiles: plain-LM pre-training of the teacher before its SFT
     student_pretrain_steps: int = 200  # plain-LM pre-training of the student on world text
     kd: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=12)
     n_subsets: int = 4
@@ -69,7 +70,8 @@ class Profile:
     n_seeds: int = 3  # training seeds per configuration
     table1_seeds: int = 0  # training seeds of Table 1's runs (claim a); 0 = n_seeds
     eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)  # sampling seeds (A.2.3)
-    eval_max_examples: int = 0  # per eval set; 0 = all
+    eval_max_examples: int = 0  # per eval set, the paper's sampled protocol; 0 = all
+    greedy_max_examples: int = -1  # per eval set, the added greedy (deterministic) ROUGE-L; 0 = all, -1 = none
     valid_max_examples: int = 64  # validation subset for checkpoint selection
     valid_checks: int = 4  # validation points per run (stage ends for POCL)
     rank_max_examples: int = 0  # real data: rank a seeded subset; 0 = all
@@ -90,6 +92,7 @@ def _profiles() -> dict[str, Profile]:
         student=ModelSpec(n_layer=1, n_embd=16, n_head=2), max_new_tokens=8,
         teacher_sft=TrainSpec(lr=3e-3, batch_size=16, epochs=1), student_pretrain_steps=4,
         kd=TrainSpec(lr=3e-3, batch_size=16, epochs=2), n_seeds=1, eval_seeds=(10, 20), eval_max_examples=8,
+        greedy_max_examples=16,
         valid_max_examples=8, valid_checks=2, workers=1, grid="minimal")
     # laptop: Table 1 (the headline claim) gets 5 training seeds, the paper's count; the ablations keep 3 so that the
     # main job stays within 60 min. With 3 seeds the paired 95% CI is ±4.30·sd/√3, with 5 it is ±2.78·sd/√5: half.
@@ -206,7 +209,7 @@ def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = 
 
 METHODS = ("SFT", "SeqKD", "GKD", "KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
 DIVERGENCE_OF = {"GKD": "jsd", "KLD": "fkl", "RKL": "rkl", "JSD": "jsd", "TVD": "tvd", "SKL": "skl", "SRKL": "srkl"}
-RANKINGS = ("fusion", "rouge_l", "ce")
+RANKINGS = ("fusion", "rouge_l", "ce", "oracle")  # oracle: the world's true difficulty (a control, world data only)
 ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 
 
@@ -220,7 +223,7 @@ class RunSpec:
 
     method: str  # one of METHODS
     pocl: bool = False
-    ranking: str = "fusion"  # difficulty measurer: fusion | rouge_l | ce (Tables 2, 5)
+    ranking: str = "fusion"  # difficulty measurer: fusion | rouge_l | ce (Tables 2, 5) | oracle (control)
     order: str = "easy_to_hard"  # Table 7
     n_subsets: int = 4
     tau: tuple[float, float] = (1.0, 2.0)  # (tau_0, tau_n), Eq. 3; Table 8

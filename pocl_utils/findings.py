@@ -29,6 +29,11 @@ CLAIMS: dict[str, tuple[str, list]] = {
            ("ratio", ("KLD", "+POCL (ratio 0-0)"), ("KLD", "+POCL (ratio 0.3-0)")),
            ("ratio", ("GKD", "+POCL (ratio 0.3-0)"), ("GKD", "+POCL (ratio 0-0)")),
            ("ratio", ("GKD", "+POCL (ratio 0-0.3)"), ("GKD", "+POCL (ratio 0-0)"))]),
+    # beyond the paper: the controls that say whether this world can show a curriculum effect at all
+    "f": ("control (ours): a curriculum by the world's true difficulty beats the baseline",
+          [("order", (m, "baseline"), (m, "+POCL (oracle)")) for m in ("GKD", "KLD")]),
+    "g": ("control (ours): the measurer's easy->hard order beats a random order",
+          [("order", (m, "+POCL (random)"), (m, "+POCL (E2H)")) for m in ("GKD", "KLD")]),
 }
 
 
@@ -117,12 +122,14 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
 
 
 def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per claim: how many comparisons are supported, contradicted, or undecided."""
+    """Per claim (and protocol, when the table has one): how many comparisons are supported, contradicted, or
+    undecided."""
+    keys = ["protocol", "claim"] if "protocol" in table.columns else ["claim"]
     out = []
-    for cid, g in table.groupby("claim", sort=True):
+    for key, g in table.groupby(keys, sort=False):
         counts = g.verdict.str.split(" \\(").str[0].value_counts().to_dict()
-        out.append({"claim": cid, "paper_says": g.paper_says.iloc[0], "comparisons": len(g),
-                    "supported": counts.get("supported", 0), "contradicted": counts.get("contradicted", 0),
+        out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "paper_says": g.paper_says.iloc[0],
+                    "comparisons": len(g), "supported": counts.get("supported", 0),
+                    "contradicted": counts.get("contradicted", 0),
                     "undecided": len(g) - counts.get("supported", 0) - counts.get("contradicted", 0)})
     return pd.DataFrame(out)
-

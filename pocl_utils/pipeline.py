@@ -223,7 +223,8 @@ def prep_keys(p: Profile) -> dict[str, str]:
     data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
     tok = config_hash({"up": data, "vocab": p.vocab_size})
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
-    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc})
+    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc,
+                           **({"pretrain": p.teacher_pretrain_steps} if p.teacher_pretrain_steps else {})})
     student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
     ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
     cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
@@ -252,27 +253,45 @@ def _build_tokenizer(ws: Workspace, out: Path, dev) -> None:
 
 
 def _build_teacher(ws: Workspace, out: Path, dev) -> None:
+    """World profiles: the teacher is pre-trained as a plain LM on its own pool of world text (as GPT-2 XL is on the
+    web), then fine-tuned on the instruction data (SFT)."""
     from .models import build_model, save_checkpoint
     from .train import sft
     p, tok = ws.profile, ws.tokenizer
     model = build_model(p.teacher, len(tok), p.max_len + p.max_new_tokens, seed=p.seed, eos_id=ws.eos_id).to(dev)
-    log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
+    log = []
+    if p.teacher_pretrain_steps > 0:
+        log += _pretrain(ws, model, p.teacher_sft, p.teacher_pretrain_steps, pool="teacher", seed=p.seed,
+                         desc="teacher LM pre-training")
+    log += sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
     save_checkpoint(model, out / "model")
     atomic_write_json(out / "log.json", _thin(log))
 
 
 def _build_student(ws: Workspace, out: Path, dev) -> None:
+    """The student's warm start: plain-LM pre-training on a pool of world text disjoint from the teacher's."""
     from .models import build_model, save_checkpoint
-    from .train import sft
-    from .world import pretrain_corpus, world_config
     p, tok = ws.profile, ws.tokenizer
     model = build_model(p.student, len(tok), p.max_len + p.max_new_tokens, seed=p.seed + 1, eos_id=ws.eos_id).to(dev)
-    cfg = replace(world_config(p.world), seed=p.seed)
-    blocks = lm_blocks(pretrain_corpus(cfg, 4000), tok, p.max_len)
-    spec = TrainSpec(lr=p.kd.lr, batch_size=p.kd.batch_size, epochs=1.0)
-    log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=max(1, p.student_pretrain_steps), desc="student LM pre-training")
+    log = _pretrain(ws, model, p.kd, max(1, p.student_pretrain_steps), pool="student", seed=p.seed + 1,
+                    desc="student LM pre-training")
     save_checkpoint(model, out / "model")
     atomic_write_json(out / "log.json", _thin(log))
+
+
+PRETRAIN_TOKENS_PER_TEXT = 16  # a lower bound of a world text's length, to size the corpus for the step budget
+
+
+def _pretrain(ws: Workspace, model, spec: TrainSpec, steps: int, *, pool: str, seed: int, desc: str) -> list:
+    """`steps` plain-LM steps on world text (pool `pool`), at spec's learning rate and batch size."""
+    from .train import sft
+    from .world import pretrain_corpus, world_config
+    p = ws.profile
+    cfg = replace(world_config(p.world), seed=p.seed)
+    n_texts = max(4000, steps * spec.batch_size * p.max_len // PRETRAIN_TOKENS_PER_TEXT // 4)
+    blocks = lm_blocks(pretrain_corpus(cfg, n_texts, pool=pool), ws.tokenizer, p.max_len)
+    spec = TrainSpec(lr=spec.lr, batch_size=spec.batch_size, epochs=1.0)
+    return sft(model, blocks, ws.pad_id, spec, seed=seed, steps=steps, desc=desc)
 
 
 def lm_blocks(texts: list[str], tokenizer, block: int) -> list:

@@ -88,3 +88,18 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     assert resumed["metrics"]["train"]["stages"] == clean["metrics"]["train"]["stages"]
     assert resumed["metrics"]["train"]["valid"] == clean["metrics"]["train"]["valid"]
     assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # stage 3 restarted from stage 2's weights
+
+
+def test_oracle_curriculum_orders_by_the_worlds_true_difficulty(ws):
+    from pocl_utils.experiments import ORACLE, grid
+    from pocl_utils.world import true_difficulty
+    enc = ws.encoded("train")
+    truth = true_difficulty([ws.sets["train"][e.index] for e in enc])  # by position in enc
+    stages = runner.stages_for(ws, pocl("KLD", ranking="oracle", variant=ORACLE), enc)
+    first = np.zeros(len(enc), bool)
+    first[stages[0].samples] = True
+    assert truth[first].max() <= truth[~first].min()  # d_1 holds the easiest quarter, by the generator's labels
+    assert len(stages) == 4 and len(stages[-1].samples) == len(enc)
+    order = grid("order", 1, "full", oracle=True)
+    assert {(s.method, s.variant) for s in order if s.ranking == "oracle"} == {("GKD", ORACLE), ("KLD", ORACLE)}
+    assert not [s for s in grid("order", 1, "full") if s.ranking == "oracle"]  # real data: no true difficulty
