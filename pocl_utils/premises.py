@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .data import EVAL_SETS
 from .evaluate import rouge_l_batch
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
@@ -80,7 +81,7 @@ def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: 
         in_distribution: the set held to TEACHER_IN_DISTRIBUTION.
     """
     rows = [premise_row(f"P1 teacher on {in_distribution}", teacher[in_distribution], TEACHER_IN_DISTRIBUTION)]
-    for name in teacher:
+    for name in sorted(teacher, key=lambda k: EVAL_SETS.index(k) if k in EVAL_SETS else len(EVAL_SETS)):
         rows.append(premise_row(f"P1 teacher - SFT student on {name}", teacher[name] - sft[name], TEACHER_MARGIN_SFT))
         for rule, scores in rules.items():
             rows.append(premise_row(f"P1 teacher - {rule} on {name}", teacher[name] - scores[name], TEACHER_MARGIN_RULE))

@@ -413,8 +413,8 @@ def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for ax, method in zip(axes, ("rouge_l", "ce", "fusion")):
         sns.boxplot(data=frame, x="true_difficulty", y=f"rank_{method}", ax=ax, color="#9ecae1", fliersize=2)
-        ax.set(title=f"{RANKING_NAMES[method]} (Spearman ρ = {rho[method]:+.2f})", xlabel="true difficulty",
-               ylabel="rank (1 = easiest)")
+        r = "undefined: all scores tie" if np.isnan(rho[method]) else f"{rho[method]:+.2f}"
+        ax.set(title=f"{RANKING_NAMES[method]} (Spearman ρ = {r})", xlabel="true difficulty", ylabel="rank (1 = easiest)")
     fig.tight_layout()
     return fig
 
