@@ -11,7 +11,8 @@ import pandas as pd
 
 from .config import RunSpec
 from .data import EVAL_SETS
-from .results import REPO_ROOT, atomic_write_text, mean_ci, paired_diff
+from .results import REPO_ROOT, atomic_write_text
+from .stats import mean_ci, paired_diff
 
 FIGURES = REPO_ROOT / "figures"
 

@@ -1,12 +1,10 @@
-"""Registry: atomic records, skip of finished runs, exclusive claims; statistics."""
-import math
+"""Registry: atomic records, skip of finished runs, exclusive claims."""
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from pocl_utils.results import Registry, atomic_write_json, mean_ci, paired_diff
+from pocl_utils.results import Registry, atomic_write_json
 
 
 def test_atomic_write_leaves_no_temp(tmp_path):
@@ -37,18 +35,6 @@ def test_claim_is_exclusive_and_stale_claims_are_taken(tmp_path):
     lock.write_text(proc.stdout.strip())
     with reg.claim("runs", "k") as got:
         assert got
-
-
-def test_mean_ci_hand_worked():
-    m, half, n = mean_ci([1.0, 2.0, 3.0])
-    # t_{0.975, 2} = 4.302652729911275, sd = 1, sqrt(3)
-    assert m == 2.0 and n == 3 and half == pytest.approx(4.302652729911275 / math.sqrt(3))
-    assert math.isnan(mean_ci([5.0])[1])
-
-
-def test_paired_diff_uses_common_seeds():
-    m, half, n = paired_diff({0: 1.0, 1: 2.0, 2: 5.0}, {0: 2.0, 1: 4.0, 3: 9.0})
-    assert n == 2 and m == pytest.approx(1.5)
 
 
 def test_git_commit_is_dirty_for_code_changes_but_not_for_generated_tables(tmp_path):
