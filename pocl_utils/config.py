@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .losses import DIVERGENCES
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
@@ -204,8 +206,9 @@ def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = 
 
 # ---- one KD run -------------------------------------------------------------------------------------------------
 
-METHODS = ("SFT", "SeqKD", "GKD", "KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
-DIVERGENCE_OF = {"GKD": "jsd", "KLD": "fkl", "RKL": "rkl", "JSD": "jsd", "TVD": "tvd", "SKL": "skl", "SRKL": "srkl"}
+# GKD trains on the student's own samples with the generalized JSD; every other KD method is one divergence
+DIVERGENCE_OF = {"GKD": "jsd", **{d.method: d.name for d in DIVERGENCES.values()}}
+METHODS = ("SFT", "SeqKD", *DIVERGENCE_OF)
 RANKINGS = ("fusion", "rouge_l", "ce")
 ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 

@@ -307,11 +307,9 @@ def _divergence_hint(kind: str, got: float, student, teacher, tau: float, mask) 
             f"q = softmax(student/tau)")
 
 
-_BETA = losses.DEFAULT_BETA
-FORMULAS = {"fkl": "KL(p ‖ q) = Σ p (log p − log q)", "rkl": "KL(q ‖ p) = Σ q (log q − log p)",
-            "jsd": f"β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q, β = {_BETA['jsd']}",
-            "tvd": "½ Σ |p − q|", "skl": f"KL(p ‖ β p + (1−β) q), β = {_BETA['skl']}",
-            "srkl": f"KL(q ‖ (1−β) p + β q), β = {_BETA['srkl']}"}  # p = teacher, q = student (Appendix A.2.4)
+# p = teacher, q = student (Appendix A.2.4), with the default beta the check uses
+FORMULAS = {d.name: d.formula + ("" if d.default_beta is None else f", β = {d.default_beta}")
+            for d in losses.DIVERGENCES.values()}
 
 
 def check_divergence(divergence: Callable, kind: str) -> None:

@@ -18,6 +18,9 @@ Three implementations of the same number:
 - `fused_linear_divergence`: also folds the LM head in (as Liger-Kernel's fused linear JSD does): the student
   logits exist one row chunk at a time and their gradient goes straight into grad_hidden / grad_weight.
 
+Adding a divergence takes one `Divergence` entry in `DIVERGENCES`: its formula, its value and its gradient side
+by side. The paper's method names (`config.METHODS`) and the lab's formulas derive from that table.
+
 Numerics: log-softmax runs in fp32 (fp64 stays fp64) whatever the input dtype; mixtures are built in log space
 (logaddexp, log(beta), log1p(-beta)); log-probabilities are floored at LOG_FLOOR so that entries that are -inf in
 both distributions (masked vocabulary) give 0 * finite = 0 instead of NaN, in values and gradients alike.
@@ -25,12 +28,12 @@ both distributions (masked vocabulary) give 0 * finite = 0 instead of NaN, in va
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
-DEFAULT_BETA = {"jsd": 0.5, "skl": 0.1, "srkl": 0.1}  # kinds absent here ignore beta
 LOG_FLOOR = -1e30  # exp(LOG_FLOOR) == 0 in fp32/fp64, yet differences of floored values stay finite
 CHUNK_ELEMENTS = 2**23  # auto chunk: rows * vocab ~ 8M elements, i.e. 32 MB per fp32 temporary
 IGNORE_INDEX = -100
@@ -42,10 +45,10 @@ IGNORE_INDEX = -100
 
 def _check_kind_beta(kind: str, beta: float | None) -> float | None:
     """Valid kind and resolved beta (default per kind); raises ValueError naming the bad argument."""
-    if kind not in KINDS:
-        raise ValueError(f"losses: unknown kind={kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in DIVERGENCES:
+        raise ValueError(f"losses: unknown kind={kind!r}; valid kinds: {', '.join(DIVERGENCES)}")
     if beta is None:
-        return DEFAULT_BETA.get(kind)
+        return DIVERGENCES[kind].default_beta
     beta = float(beta)
     if not 0.0 <= beta <= 1.0:  # also rejects NaN
         raise ValueError(f"losses: beta={beta} must lie in [0, 1] (kind={kind!r})")
@@ -112,6 +115,38 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return out.clamp_min(LOG_FLOOR) if out.requires_grad else out.clamp_min_(LOG_FLOOR)  # in place when no graph
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the divergences: one entry each, the formula beside its value and its gradient
+# p = teacher, q = student (Appendix A.2.4); s = student_logits / tau, the tempered student logits.
+# value(logq, logp, beta) -> D [n] by autograd-friendly ops; value_and_grad(logq, logp, beta) -> (D [n], dD/ds [n, V]).
+# With g_v = dD/dlog q_v, the log-softmax chain rule gives dD/ds_v = g_v - q_v * sum_u g_u.
+# value_and_grad may overwrite the tensors it creates, never its inputs.
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One divergence D(p || q): its formula, its paper method, and its value and gradient side by side.
+
+    Args:
+        name: the `kind` string callers pass (e.g. "fkl").
+        method: the method of the paper's tables that trains with it (e.g. "KLD").
+        formula: D(p || q) in words for people (p = teacher, q = student).
+        value: per-token value for autograd, (logq [n, V], logp [n, V], beta) -> [n].
+        value_and_grad: (logq, logp, beta) -> (value [n], dD/ds [n, V]) without autograd.
+        default_beta: the mixing weight used when the caller passes none; None for kinds without beta.
+        limits: beta -> the name of the divergence this one equals at that beta, or None where it is
+            identically 0 (the literal formula may be 0 there, e.g. GKD's JSD at beta = 0 or 1).
+    """
+
+    name: str
+    method: str
+    formula: str
+    value: Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+    value_and_grad: Callable[[torch.Tensor, torch.Tensor, float | None], tuple[torch.Tensor, torch.Tensor]]
+    default_beta: float | None = None
+    limits: dict[float, str | None] = field(default_factory=dict)
+
+
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """KL(a || b) = sum_v a (log a - log b) per row; inputs are floored log-probs [N, V] -> [N]."""
     return (log_a.exp() * (log_a - log_b)).sum(-1)
@@ -122,66 +157,38 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch
     return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
 
 
-def token_divergence(
-    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
-) -> torch.Tensor:
-    """Per-token D(p || q) for log-probs [N, V] (logq = student, logp = teacher) -> [N]; no tau**2, no mask.
-
-    Appendix A.2.4 (p = teacher, q = student, beta in [0, 1]):
-      fkl  KL(p || q) = sum p (log p - log q)                              (Eq. 11)
-      rkl  KL(q || p) = sum q (log q - log p)                              (Eq. 12; the paper prints E_p, a typo)
-      jsd  beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (Eq. 13 at beta = 0.5; GKD's
-           generalized JSD; beta = 0 gives KL(p || q) and beta = 1 gives KL(q || p), the GKD/TRL limits,
-           where the literal formula would be identically 0)
-      tvd  0.5 sum |p - q|                                                 (Eq. 14)
-      skl  KL(p || beta p + (1 - beta) q)                                  (Eq. 15)
-      srkl KL(q || (1 - beta) p + beta q)                                  (Eq. 16)
-    Inputs should come from `log_probs` (floored), so entries -inf in both give 0 and finite gradients.
-    """
-    beta = _check_kind_beta(kind, beta)
-    logq, logp = student_logprobs, teacher_logprobs.detach()
-    if kind == "fkl" or (kind in ("jsd", "skl") and beta == 0.0):
-        return _kl(logp, logq)
-    if kind == "rkl" or (kind == "srkl" and beta == 0.0) or (kind == "jsd" and beta == 1.0):
-        return _kl(logq, logp)
-    if kind == "tvd":
-        return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
-    if beta == 1.0:  # skl / srkl: the mixture equals the first argument, KL(x || x) = 0
-        return logq.sum(-1) * 0.0  # keeps the graph so backward gives zeros
-    if kind == "jsd":
-        logm = _log_mix(logp, logq, beta)  # [N, V]
-        return beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
-    if kind == "skl":
-        return _kl(logp, _log_mix(logp, logq, beta))
-    return _kl(logq, _log_mix(logq, logp, beta))  # srkl
+# fkl: D = KL(p || q) = sum p (log p - log q)  (Eq. 11);  dD/ds = q - p
+def _fkl(logq, logp, beta=None):
+    return _kl(logp, logq)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# per-token value and hand-derived gradient w.r.t. the student's tempered logits s = student_logits / tau
-# With g_v = dD/dlog q_v, the log-softmax chain rule gives dD/ds_v = g_v - q_v * sum_u g_u.
-
-
-def _fkl_grad(logq, logp):  # D = sum p (log p - log q); dD/ds = q - p
+def _fkl_grad(logq, logp, beta=None):
     p, q = logp.exp(), logq.exp()
     value = (p * (logp - logq)).sum(-1)  # [n]
     return value, q.sub_(p)
 
 
-def _rkl_grad(logq, logp):  # D = sum q (log q - log p); dD/ds = q (log q - log p - D)
+# rkl: D = KL(q || p) = sum q (log q - log p)  (Eq. 12; the paper prints E_p, a typo);
+# dD/ds = q (log q - log p - D)
+def _rkl(logq, logp, beta=None):
+    return _kl(logq, logp)
+
+
+def _rkl_grad(logq, logp, beta=None):
     q, r = logq.exp(), logq - logp
     value = (q * r).sum(-1)  # [n]
     return value, r.sub_(value[:, None]).mul_(q)
 
 
-def _tvd_grad(logq, logp):  # D = 0.5 sum |q - p|; g = 0.5 q sign(q - p)
-    q = logq.exp()
-    diff = q - logp.exp()  # [n, V]
-    value = 0.5 * diff.abs().sum(-1)
-    sign = diff.sign_()
-    return value, sign.sub_((q * sign).sum(-1, keepdim=True)).mul_(q).mul_(0.5)
+# jsd: D = beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q  (Eq. 13 at beta = 0.5; GKD's
+# generalized JSD, whose limits beta = 0 and 1 are KL(p || q) and KL(q || p));
+# dD/ds = (1 - beta) q (log q/m - KL(q || m))
+def _jsd(logq, logp, beta):
+    logm = _log_mix(logp, logq, beta)  # [n, V]
+    return beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
 
 
-def _jsd_grad(logq, logp, beta):  # dD/ds = (1 - beta) q (log q/m - KL(q || m))
+def _jsd_grad(logq, logp, beta):
     logm = _log_mix(logp, logq, beta)  # [n, V]
     q, r = logq.exp(), logq - logm
     kl_qm = (q * r).sum(-1)  # [n]
@@ -189,7 +196,25 @@ def _jsd_grad(logq, logp, beta):  # dD/ds = (1 - beta) q (log q/m - KL(q || m))
     return value, r.sub_(kl_qm[:, None]).mul_(q).mul_(1.0 - beta)
 
 
-def _skl_grad(logq, logp, beta):  # m = beta p + (1-beta) q, w = (1-beta) q / m; dD/ds = -p w + q sum(p w)
+# tvd: D = 0.5 sum |p - q|  (Eq. 14);  g = 0.5 sign(q - p) q
+def _tvd(logq, logp, beta=None):
+    return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
+
+
+def _tvd_grad(logq, logp, beta=None):
+    q = logq.exp()
+    diff = q - logp.exp()  # [n, V]
+    value = 0.5 * diff.abs().sum(-1)
+    sign = diff.sign_()
+    return value, sign.sub_((q * sign).sum(-1, keepdim=True)).mul_(q).mul_(0.5)
+
+
+# skl: D = KL(p || m), m = beta p + (1 - beta) q  (Eq. 15);  w = (1 - beta) q / m, dD/ds = -p w + q sum(p w)
+def _skl(logq, logp, beta):
+    return _kl(logp, _log_mix(logp, logq, beta))
+
+
+def _skl_grad(logq, logp, beta):
     logm = _log_mix(logp, logq, beta)  # [n, V]
     p = logp.exp()
     value = (p * (logp - logm)).sum(-1)  # [n]
@@ -197,7 +222,12 @@ def _skl_grad(logq, logp, beta):  # m = beta p + (1-beta) q, w = (1-beta) q / m;
     return value, logq.exp().mul_(pw.sum(-1, keepdim=True)).sub_(pw)
 
 
-def _srkl_grad(logq, logp, beta):  # m = (1-beta) p + beta q, u = beta q / m; dD/ds = q (r - u - D + sum q u)
+# srkl: D = KL(q || m), m = (1 - beta) p + beta q  (Eq. 16);  u = beta q / m, dD/ds = q (log q/m - u - D + sum q u)
+def _srkl(logq, logp, beta):
+    return _kl(logq, _log_mix(logq, logp, beta))
+
+
+def _srkl_grad(logq, logp, beta):
     logm = _log_mix(logq, logp, beta)  # [n, V]
     q, r = logq.exp(), logq - logm
     value = (q * r).sum(-1)  # [n]
@@ -206,17 +236,57 @@ def _srkl_grad(logq, logp, beta):  # m = (1-beta) p + beta q, u = beta q / m; dD
     return value, r.sub_(u).add_(shift).mul_(q)
 
 
+DIVERGENCES: dict[str, Divergence] = {d.name: d for d in (
+    Divergence("fkl", "KLD", "KL(p ‖ q) = Σ p (log p − log q)", _fkl, _fkl_grad),
+    Divergence("rkl", "RKL", "KL(q ‖ p) = Σ q (log q − log p)", _rkl, _rkl_grad),
+    Divergence("jsd", "JSD", "β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q", _jsd, _jsd_grad,
+               default_beta=0.5, limits={0.0: "fkl", 1.0: "rkl"}),
+    Divergence("tvd", "TVD", "½ Σ |p − q|", _tvd, _tvd_grad),
+    Divergence("skl", "SKL", "KL(p ‖ β p + (1−β) q)", _skl, _skl_grad,
+               default_beta=0.1, limits={0.0: "fkl", 1.0: None}),
+    Divergence("srkl", "SRKL", "KL(q ‖ (1−β) p + β q)", _srkl, _srkl_grad,
+               default_beta=0.1, limits={0.0: "rkl", 1.0: None}),
+)}
+KINDS = tuple(DIVERGENCES)
+DEFAULT_BETA = {d.name: d.default_beta for d in DIVERGENCES.values() if d.default_beta is not None}
+
+
+def _at_beta(kind: str, beta: float | None) -> Divergence | None:
+    """The divergence `kind` equals at this beta (its own entry unless beta is one of its limits); None if 0."""
+    entry = DIVERGENCES[kind]
+    if beta in entry.limits:
+        target = entry.limits[beta]
+        return None if target is None else DIVERGENCES[target]
+    return entry
+
+
+def token_divergence(
+    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
+) -> torch.Tensor:
+    """Per-token D(p || q), no tau**2, no mask, no reduction (the formulas are in `DIVERGENCES`).
+
+    Args:
+        student_logprobs: log q [N, V], from `log_probs` (floored, so entries -inf in both give 0).
+        teacher_logprobs: log p [N, V]; detached here.
+        kind: one of KINDS.
+        beta: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
+
+    Returns:
+        D(p || q) per row, [N].
+    """
+    beta = _check_kind_beta(kind, beta)
+    entry = _at_beta(kind, beta)
+    if entry is None:  # the mixture equals the first argument: KL(x || x) = 0
+        return student_logprobs.sum(-1) * 0.0  # keeps the graph so backward gives zeros
+    return entry.value(student_logprobs, teacher_logprobs.detach(), beta)
+
+
 def _value_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta: float | None):
     """(D [n], dD/ds [n, V]) for floored log-probs [n, V]; beta already resolved."""
-    if kind == "fkl" or (kind in ("jsd", "skl") and beta == 0.0):
-        return _fkl_grad(logq, logp)
-    if kind == "rkl" or (kind == "srkl" and beta == 0.0) or (kind == "jsd" and beta == 1.0):
-        return _rkl_grad(logq, logp)
-    if kind == "tvd":
-        return _tvd_grad(logq, logp)
-    if beta == 1.0:  # skl / srkl with beta = 1: identically 0
+    entry = _at_beta(kind, beta)
+    if entry is None:
         return logq.new_zeros(logq.shape[0]), torch.zeros_like(logq)
-    return {"jsd": _jsd_grad, "skl": _skl_grad, "srkl": _srkl_grad}[kind](logq, logp, beta)
+    return entry.value_and_grad(logq, logp, beta)
 
 
 # ----------------------------------------------------------------------------------------------------------
