@@ -36,7 +36,7 @@ from .results import REPO_ROOT
 
 if TYPE_CHECKING:
     from .config import RunSpec
-    from .pipeline import Workspace
+    from .workspace import Workspace
 
 SOURCE = REPO_ROOT / "notebooks" / "lab" / "11_lab_source.ipynb"
 STUDENT = REPO_ROOT / "notebooks" / "11_lab.ipynb"

@@ -23,8 +23,8 @@ import torch
 from . import data as D
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, cache_mode,
-                       lm_blocks, prep_keys, step_dir, workspace_root)
+from .workspace import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, cache_mode,
+                        lm_blocks, prep_keys, step_dir, workspace_root)
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _build_real_teacher_cache(ws: Workspace, out: Path, dev) -> None:
     """pipeline._build_teacher_cache itself: train.build_teacher_cache sizes its batches from vocabulary x length
     (at 49,152 tokens a batch of 64 x 320 positions would hold 4 GB of logits). The file holds the exact logits,
     response tokens x 49,152 fp32 (about 200 kB per token)."""
-    from .pipeline import _build_teacher_cache
+    from .workspace import _build_teacher_cache
     _build_teacher_cache(ws, out, dev)
 
 

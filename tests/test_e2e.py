@@ -5,7 +5,8 @@ import torch
 
 import pocl_utils.runner as runner
 from pocl_utils.config import baseline, pocl
-from pocl_utils.pipeline import Workspace, prepare
+from pocl_utils.pipeline import prepare
+from pocl_utils.workspace import Workspace
 
 
 @pytest.fixture(scope="module")

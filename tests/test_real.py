@@ -19,7 +19,7 @@ from pocl_utils import data as D
 from pocl_utils import real
 from pocl_utils.config import DIVERGENCE_OF, baseline, get_profile, pocl
 from pocl_utils.curriculum import plan_stages
-from pocl_utils.pipeline import ROLES
+from pocl_utils.workspace import ROLES
 from pocl_utils.report import paper_table
 from pocl_utils.train import total_steps
 
