@@ -14,10 +14,14 @@ from typing import Any, Callable
 
 import torch
 
-from . import data as D
+from .data import EVAL_SETS, DataError, Encoded, encode_examples, load_instructions
 from . import distributed
 from .config import Profile, cache_top_k, config_hash
+from .difficulty import Ranking, score_samples
+from .generate import generate
+from .models import load_checkpoint, load_tokenizer
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
+from .train import TeacherCache, build_teacher_cache
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
 
@@ -78,7 +82,6 @@ class Workspace:
 
     @cached_property
     def tokenizer(self):
-        from .models import load_tokenizer
         return load_tokenizer(self.root / "tokenizer")
 
     @property
@@ -92,7 +95,7 @@ class Workspace:
     @cached_property
     def sets(self) -> dict[str, list[dict]]:
         """Role -> rows: train, valid and the five eval sets."""
-        return {role: D.load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
+        return {role: load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
 
     def encoded(self, role: str) -> list:
         return self._encoded[role]
@@ -101,22 +104,20 @@ class Workspace:
     def _encoded(self) -> dict[str, list]:
         p, out = self.profile, {}
         for role, rows in self.sets.items():
-            out[role] = D.encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
+            out[role] = encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
             if rows and not out[role]:  # an empty set would fail later with an unrelated error
-                raise D.DataError(f"all {len(rows)} prompts are longer than max_prompt_len = {p.max_prompt_len} tokens; "
+                raise DataError(f"all {len(rows)} prompts are longer than max_prompt_len = {p.max_prompt_len} tokens; "
                                   f"raise the profile's max_prompt_len", path=self.root / "data" / f"{role}.jsonl",
                                   field="prompt")
         return out
 
     @cached_property
     def ranking(self):
-        from .difficulty import Ranking
         return Ranking.from_csv(self.root / "ranking" / "ranking.csv")
 
     @cached_property
     def teacher_cache(self):
         """The cached teacher outputs of the train set; None when the profile runs the teacher live."""
-        from .train import TeacherCache
         if cache_top_k(self.profile) is None:
             return None
         return TeacherCache.load(self.root / "teacher_cache" / "cache.safetensors")
@@ -132,15 +133,13 @@ class Workspace:
         return {name: _step_key(self.root / name) for name in STEPS}
 
     def load_teacher(self, device: torch.device):
-        from .models import load_checkpoint
         return load_checkpoint(self.root / "teacher" / "model", device).eval()
 
     def load_student_init(self, device: torch.device):
-        from .models import load_checkpoint
         return load_checkpoint(self.root / "student_init" / "model", device)
 
 
-ROLES = ("train", "valid") + D.EVAL_SETS
+ROLES = ("train", "valid") + EVAL_SETS
 STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")  # in build order
 
 
@@ -196,7 +195,7 @@ def _build_together(root: Path, name: str, key: str, build: Callable[[Path], Non
 
 
 def cache_mode(p: Profile) -> dict[str, str]:
-    """The teacher cache's mode for its step key: nothing for "exact" (the keys exact caches have always had)."""
+    """The teacher cache's mode for its step key; "exact", the default, adds nothing to the key."""
     return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
 
 
@@ -223,11 +222,15 @@ def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
     ids: list[int] = []
     for t in texts:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return [D.Encoded(ids[s:s + 1], ids[s + 1:s + block], index=k) for k, s in enumerate(range(0, len(ids) - block, block))]
+    starts = range(0, len(ids) - block, block)
+    return [Encoded(ids[s:s + 1], ids[s + 1:s + block], index=k) for k, s in enumerate(starts)]
 
 
-def _build_ranking(ws: Workspace, out: Path, dev) -> None:
-    from .difficulty import score_samples
+# A step builder is called as builder(ws, out, dev): it writes its artefacts into the folder `out`.
+
+
+def ranking_step(ws: Workspace, out: Path, dev) -> None:
+    """ranking.csv: the training samples scored by the initial student (`difficulty.score_samples`)."""
     student = ws.load_student_init(dev).eval()
     enc = ws.encoded("train")
     refs = [[ws.sets["train"][e.index]["output"]] for e in enc]
@@ -235,25 +238,23 @@ def _build_ranking(ws: Workspace, out: Path, dev) -> None:
     ranking.to_csv(out / "ranking.csv")
 
 
-def _build_teacher_cache(ws: Workspace, out: Path, dev) -> None:
+def teacher_cache_step(ws: Workspace, out: Path, dev) -> None:
     """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live"."""
-    from .train import build_teacher_cache
     top_k = cache_top_k(ws.profile)
     if top_k is not None:
         cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, top_k=top_k)
         cache.save(out / "cache.safetensors")
 
 
-def _build_seqkd(ws: Workspace, out: Path, dev) -> None:
+def seqkd_step(ws: Workspace, out: Path, dev) -> None:
     """SeqKD data: the teacher's greedy responses to the training prompts (teacher-generated outputs)."""
-    from .generate import generate
     enc = ws.encoded("train")
     outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
                     max_new_tokens=ws.profile.max_new_tokens)
     atomic_write_json(out / "responses.json", [list(o) + [ws.eos_id] for o in outs])
 
 
-def _thin(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
+def thin_log(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
     """Keep a loss log small: every k-th step plus the last, with its step index."""
     k = max(1, len(log) // points)
     return [{"step": i, **row} for i, row in enumerate(log) if i % k == 0 or i == len(log) - 1]
