@@ -353,12 +353,8 @@ def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, vari
 
 
 def _pyplot():
-    """pyplot, on the non-interactive Agg backend unless we run inside a Jupyter kernel (or MPLBACKEND says)."""
-    import os
-    import sys
-    import matplotlib
-    if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
-        matplotlib.use("Agg")
+    """matplotlib.pyplot, imported when a figure is first drawn. The backend is matplotlib's choice (inline in Jupyter,
+    Agg without a display, or MPLBACKEND): a library does not pick it for the application."""
     import matplotlib.pyplot as plt
     return plt
 
