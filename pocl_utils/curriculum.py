@@ -1,4 +1,5 @@
-"""Training scheduler of POCL (paper §3.2-3.3): ordering, partition into subsets, Baby Step stages, tau/alpha schedules."""
+"""Training scheduler of POCL (paper §3.2-3.3): ordering, partition into subsets, Baby Step stages, tau/alpha
+schedules."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 
 
 def apply_order(easy_first: np.ndarray, order: str, *, seed: int = 0) -> np.ndarray:
-    """Reorder an easiest-first index array for the order ablation (Table 7): E2H keeps it, H2E reverses, random shuffles."""
+    """Reorder an easiest-first index array for the order ablation (Table 7): E2H keeps it, H2E reverses, random
+    shuffles."""
     easy_first = np.asarray(easy_first)
     if order == "easy_to_hard":
         return easy_first.copy()
@@ -72,7 +74,8 @@ def split_steps(total_steps: int, stage_sizes: list[int]) -> list[int]:
     stages of sizes N/4, N/2, 3N/4, N (A.2.2), so baseline and POCL take the same number of optimizer steps.
     """
     if total_steps < len(stage_sizes):
-        raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower n_subsets")
+        raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower "
+                         f"n_subsets")
     sizes = np.asarray(stage_sizes, dtype=float)
     raw = total_steps * sizes / sizes.sum()
     steps = np.floor(raw).astype(int)

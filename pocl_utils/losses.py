@@ -107,7 +107,15 @@ def _selected_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / tau) in fp32 (fp64 stays fp64), floored at LOG_FLOOR so -inf entries stay finite."""
+    """log softmax(logits / tau) in fp32 (fp64 stays fp64), floored at LOG_FLOOR so -inf entries stay finite.
+
+    Args:
+        logits: [..., V], any floating dtype.
+        temperature: tau > 0.
+
+    Returns:
+        Floored log-probabilities, [..., V].
+    """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
@@ -302,7 +310,10 @@ def divergence_naive(
     mask: torch.Tensor | None = None,
     beta: float | None = None,
 ) -> torch.Tensor:
-    """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the oracle)."""
+    """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the test oracle).
+
+    Args and Returns as `divergence` (no chunk_size).
+    """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
@@ -394,15 +405,24 @@ def divergence(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Mean over selected tokens of tau**2 * D(p_tau || q_tau) (Eq. 7-9; mean, not the paper's sum), in row chunks.
+    """L = tau**2 * sum_t mask_t D(p_tau,t || q_tau,t) / max(sum_t mask_t, 1)  (Eq. 7-9; a mean, not the paper's sum).
 
-    student_logits, teacher_logits: [B, T, V] (any [..., V]); mask: [B, T] bool or 0/1 (None = all count).
-    kind: one of KINDS (see `token_divergence`); beta: mixing weight in [0, 1], default 0.5 for jsd and 0.1
-    for skl/srkl, ignored by fkl/rkl/tvd. chunk_size: rows per chunk (None = about CHUNK_ELEMENTS / V).
-    Only selected rows are computed. The hand-derived gradient (student only, the teacher is detached) is
-    computed chunk by chunk during forward and saved, so the extra memory is the student-sized gradient plus a
-    few chunk-sized temporaries. Returns a 0-d fp32 tensor (fp64 for fp64 input). A retained graph can be
-    backpropagated again only when the loss's incoming gradient is 1 (else PyTorch raises an in-place error).
+    Computed in row chunks; only selected rows are computed. The gradient w.r.t. the student logits (the teacher is
+    detached) is each divergence's hand-written one (`DIVERGENCES`), computed chunk by chunk during forward and
+    saved, so the extra memory is the student-sized gradient plus a few chunk-sized temporaries. A retained graph
+    can be backpropagated again only when the loss's incoming gradient is 1 (else PyTorch raises an in-place error).
+
+    Args:
+        student_logits: [B, T, V] (any [..., V]).
+        teacher_logits: same shape as student_logits.
+        kind: one of KINDS.
+        temperature: tau > 0, applied to both distributions.
+        mask: [B, T] bool or 0/1; None = every token counts.
+        beta: mixing weight in [0, 1] for jsd/skl/srkl (default 0.5 for jsd, 0.1 for skl/srkl); others ignore it.
+        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V.
+
+    Returns:
+        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -518,11 +538,21 @@ def fused_linear_divergence(
 ) -> torch.Tensor:
     """`divergence` of student logits = student_hidden @ lm_head_weight^T (+ bias), never building them whole.
 
-    student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand);
-    lm_head_weight: [V, H]; lm_head_bias: [V] or None; teacher_logits: [N, V], or None with
-    teacher_hidden [N, H'] + teacher_weight [V, H'] (+ teacher_bias) to build teacher logits per chunk too.
-    Per row chunk: logits, loss and d loss / d logits, folded at once into grad_hidden [N, H] and
-    grad_weight [V, H] (fp32 accumulation); extra memory: those gradients plus a few [chunk, V] temporaries.
+    Per row chunk: logits, loss and d loss / d logits, folded at once into grad_hidden [N, H] and grad_weight [V, H]
+    (fp32 accumulation); extra memory: those gradients plus a few [chunk, V] temporaries.
+
+    Args:
+        student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand).
+        lm_head_weight: [V, H].
+        teacher_logits: [N, V], or None with teacher_hidden + teacher_weight.
+        kind, temperature, beta, chunk_size: as in `divergence`.
+        lm_head_bias: [V] or None.
+        mask: [N] bool or 0/1; None = every row counts.
+        teacher_hidden, teacher_weight, teacher_bias: [N, H'], [V, H'], [V] or None: the teacher's logits are then
+            built per chunk too.
+
+    Returns:
+        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     if student_hidden.dim() != 2 or lm_head_weight.dim() != 2 or student_hidden.shape[1] != lm_head_weight.shape[1]:
@@ -558,11 +588,20 @@ def kd_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 = 10, Eq. 7).
 
-    labels: [B, T] already aligned with the logits positions (the caller shifts them; label t is the target
-    of logits t), -100 = ignore; the same tokens (labels != -100) count in both terms. Shift the labels
-    (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]: a sliced, non-contiguous logits
-    tensor is copied whole by the reshape here, the full one is used in place. CE uses temperature 1
-    and the mean over counted tokens (0 when none count). Returns (loss, {"ce", "kd"} detached parts).
+    The same tokens (labels != -100) count in both terms. CE uses temperature 1 and the mean over counted tokens
+    (0 when none count). Shift the labels (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]:
+    a sliced, non-contiguous logits tensor is copied whole by the reshape here, the full one is used in place.
+
+    Args:
+        student_logits, teacher_logits: [B, T, V].
+        labels: [B, T] aligned with the logits positions (label t is the target of logits t), -100 = ignore.
+        kind: one of KINDS.
+        tau: the KD temperature.
+        alpha: the SFT ratio in [0, 1].
+        beta, chunk_size: as in `divergence`.
+
+    Returns:
+        (loss, {"ce": ..., "kd": ...}): the 0-d loss and its two parts, detached.
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:

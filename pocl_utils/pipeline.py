@@ -21,8 +21,17 @@ from .workspace import (Workspace, build_steps, lm_blocks, prep_keys, ranking_st
 
 def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: str = "auto",
             log: Callable[[str], None] = print) -> Workspace:
-    """Build (or find) every shared artefact of a profile's grid and return the workspace (real-data profiles are
-    prepared by `real.prepare_real`)."""
+    """Build (or find) every shared artefact of a profile's grid: the steps of STEPS, each cached under its key.
+
+    Args:
+        profile: a Profile or a profile name; real-data profiles are prepared by `real.prepare_real`.
+        runs_root: the folder holding one workspace per profile (default RUNS_ROOT).
+        device: "auto", "cpu", "cuda", ... for the steps that train or run a model.
+        log: called with one line per finished step.
+
+    Returns:
+        The workspace, whose artefacts load lazily from disk.
+    """
     p = get_profile(profile) if isinstance(profile, str) else profile
     if p.data == "real":
         return prepare_real(p, runs_root, device=device, log=log)
@@ -65,7 +74,8 @@ def _build_student(ws: Workspace, out: Path, dev) -> None:
     cfg = replace(world_config(p.world), seed=p.seed)
     blocks = lm_blocks(pretrain_corpus(cfg, 4000), tok, p.max_len)
     spec = TrainSpec(lr=p.kd.lr, batch_size=p.kd.batch_size, epochs=1.0)
-    log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=max(1, p.student_pretrain_steps), desc="student LM pre-training")
+    log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=max(1, p.student_pretrain_steps),
+              desc="student LM pre-training")
     save_checkpoint(model, out / "model")
     atomic_write_json(out / "log.json", thin_log(log))
 

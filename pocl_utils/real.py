@@ -404,7 +404,8 @@ def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, 
     """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
     template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
     profile's sampling seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template
-    scores are notebook 01's Teacher row (runner.reference_score: the same rows, seeds and prompts), not a second run."""
+    scores are notebook 01's Teacher row (runner.reference_score: the same rows, seeds and prompts), not a second
+    run."""
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}
 

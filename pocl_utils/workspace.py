@@ -71,7 +71,8 @@ class Workspace:
     def registry(self) -> Registry:
         return Registry(self.root / "registry")
 
-    def cached(self, kind: str, name: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def cached(self, kind: str, name: str, params: dict[str, Any],
+               compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys)."""
         key = config_hash({"name": name, "params": params, "prep": self.step_keys()})
         reg = self.registry
@@ -200,7 +201,14 @@ def cache_mode(p: Profile) -> dict[str, str]:
 
 
 def prep_keys(p: Profile) -> dict[str, str]:
-    """Each step's cache key: the profile fields it reads plus the key of the steps before it."""
+    """Each step's cache key for a world profile: the profile fields it reads plus the key of the steps before it.
+
+    Args:
+        p: the profile.
+
+    Returns:
+        Step name (STEPS) -> key.
+    """
     data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
     tok = config_hash({"up": data, "vocab": p.vocab_size})
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}

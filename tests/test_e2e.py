@@ -91,7 +91,8 @@ def test_registry_skips_finished_runs(ws, monkeypatch):
 
 def test_ranking_ablation_changes_the_curriculum(ws):
     enc = ws.encoded("train")
-    by = {m: runner.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist() for m in ("fusion", "rouge_l", "ce")}
+    by = {m: runner.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist()
+          for m in ("fusion", "rouge_l", "ce")}
     assert by["rouge_l"] != by["ce"]
     h2e = runner.stages_for(ws, pocl("KLD", order="hard_to_easy"), enc)[0].samples.tolist()
     assert set(h2e).isdisjoint(by["fusion"])
@@ -120,4 +121,5 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
     assert resumed["metrics"]["train"]["stages"] == clean["metrics"]["train"]["stages"]
     assert resumed["metrics"]["train"]["valid"] == clean["metrics"]["train"]["valid"]
-    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # stage 3 restarted from stage 2's weights
+    # stage 3 restarted from stage 2's weights
+    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]

@@ -227,7 +227,8 @@ def local_hub(shared_data, tmp_path_factory) -> dict[str, Path]:
     for role, layers, seed in (("teacher", 2, 3), ("student", 1, 4)):
         out[role] = tmp_path_factory.mktemp(f"hub-{role}")
         tok = train_tokenizer([r["prompt"] + r["output"] for r in rows], 400, out[role])
-        build_model(ModelSpec(n_layer=layers, n_embd=16, n_head=2), len(tok), 1024, seed=seed).save_pretrained(out[role])
+        model = build_model(ModelSpec(n_layer=layers, n_embd=16, n_head=2), len(tok), 1024, seed=seed)
+        model.save_pretrained(out[role])
     return out
 
 
