@@ -142,8 +142,8 @@ class Divergence:
         value: per-token value for autograd, (logq [n, V], logp [n, V], beta) -> [n].
         value_and_grad: (logq, logp, beta) -> (value [n], dD/ds [n, V]) without autograd.
         default_beta: the mixing weight used when the caller passes none; None for kinds without beta.
-        limits: beta -> the name of the divergence this one equals at that beta, or None where it is
-            identically 0 (the literal formula may be 0 there, e.g. GKD's JSD at beta = 0 or 1).
+        limits: beta -> the name of the divergence used at that beta, or None where this one is identically 0.
+            GKD's JSD takes KL(p || q) at beta = 0 and KL(q || p) at beta = 1, where its literal formula is 0.
     """
 
     name: str
