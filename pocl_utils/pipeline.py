@@ -1,6 +1,7 @@
-"""The main job as steps: data -> tokenizer -> teacher SFT -> student pre-training -> difficulty ranking -> teacher
-cache -> the grid of KD runs. Every step is cached on disk under the workspace folder and keyed by the hash of what
-it depends on, so notebooks can call `prepare()` again and get the finished artefacts back in seconds.
+"""Preparing a profile's workspace: data -> tokenizer -> teacher SFT -> student pre-training -> difficulty ranking ->
+teacher cache -> SeqKD responses. Every step is cached on disk under the workspace folder and keyed by the hash of
+what it depends on (`workspace`), so notebooks can call `prepare()` again and get the finished artefacts back in
+seconds. The generated world's own steps are here; real-data profiles are prepared by `real.prepare_real`.
 """
 from __future__ import annotations
 
