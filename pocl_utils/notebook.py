@@ -25,8 +25,9 @@ from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, b
 from .data import DataError
 from .models import CheckpointError
 from .experiments import GRIDS, grid, n_seeds_for
-from .pipeline import Workspace, prepare
+from .pipeline import prepare
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
+from .workspace import Workspace
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",

@@ -11,7 +11,8 @@ import pandas as pd
 
 from .config import RunSpec
 from .data import EVAL_SETS
-from .results import REPO_ROOT, atomic_write_text, mean_ci, paired_diff
+from .results import REPO_ROOT, atomic_write_text
+from .stats import mean_ci, paired_diff
 
 FIGURES = REPO_ROOT / "figures"
 
@@ -364,12 +365,8 @@ def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, vari
 
 
 def _pyplot():
-    """pyplot, on the non-interactive Agg backend unless we run inside a Jupyter kernel (or MPLBACKEND says)."""
-    import os
-    import sys
-    import matplotlib
-    if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
-        matplotlib.use("Agg")
+    """matplotlib.pyplot, imported when a figure is first drawn. The backend is matplotlib's choice (inline in Jupyter,
+    Agg without a display, or MPLBACKEND): a library does not pick it for the application."""
     import matplotlib.pyplot as plt
     return plt
 

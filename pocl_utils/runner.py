@@ -19,7 +19,7 @@ from . import distributed
 from .config import RunSpec, config_hash
 from .models import load_weights, save_weights
 from .curriculum import Stage, plan_stages
-from .pipeline import Workspace
+from .workspace import Workspace
 from .results import atomic_write_json
 from .train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
 

@@ -211,7 +211,7 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.pretrain_qa_frac must be in [0, 1], got {self.pretrain_qa_frac}")
 
 
-_PRESETS = {
+PRESETS = {
     "smoke": dict(n_train=64, n_valid=16, n_test=16, n_ood=16, n_vicuna=8, max_level=3),
     "classroom": dict(n_train=1000, n_valid=80, n_test=40, n_ood=48, n_vicuna=24, max_level=4),
     "laptop": dict(n_train=2500, n_valid=200, n_test=100, n_ood=100, n_vicuna=40, max_level=4),
@@ -221,13 +221,13 @@ _PRESETS = {
 
 def world_config(profile: str, **overrides) -> WorldConfig:
     """The preset WorldConfig of a profile ("smoke", "classroom", "laptop", "gpu"), with optional field overrides."""
-    if profile not in _PRESETS:
-        raise ValueError(f"unknown world profile {profile!r}; valid: {sorted(_PRESETS)}")
+    if profile not in PRESETS:
+        raise ValueError(f"unknown world profile {profile!r}; valid: {sorted(PRESETS)}")
     valid = {f.name for f in fields(WorldConfig)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(f"unknown WorldConfig field(s) {unknown}; valid: {sorted(valid)}")
-    return WorldConfig(**{**_PRESETS[profile], **overrides})
+    return WorldConfig(**{**PRESETS[profile], **overrides})
 
 
 # ---- sampling rows ----------------------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from pocl_utils import data as D
+from pocl_utils.data import Encoded, build_prompt, load_instructions
 from pocl_utils import world as W
-from pocl_utils.data import build_prompt
 
 # Independent answers, written from the task descriptions (not from the generator's code).
 def _cumsum(xs):
@@ -181,7 +180,7 @@ def test_true_difficulty():
     rows = [{"difficulty": 3}, {"difficulty": 1.5}]
     np.testing.assert_array_equal(W.true_difficulty(rows), np.array([3.0, 1.5]))
     assert W.true_difficulty(rows).dtype == np.float64
-    enc = D.Encoded([1], [2], meta={"difficulty": 2})
+    enc = Encoded([1], [2], meta={"difficulty": 2})
     np.testing.assert_array_equal(W.true_difficulty([enc]), [2.0])
     with pytest.raises(KeyError, match="row 1"):
         W.true_difficulty([{"difficulty": 1}, {"level": 2}])
@@ -228,14 +227,11 @@ def test_load_or_create_regenerates_only_on_change(tmp_path, monkeypatch):
 
 
 def test_files_load_through_load_instructions(tmp_path):
-    load = getattr(D, "load_instructions", None)
-    if load is None:
-        pytest.skip("pocl_utils.data.load_instructions not written yet")
     cfg = W.world_config("smoke")
     world = W.generate_world(cfg)
     paths = W.write_world(world, tmp_path, cfg=cfg)
     for role, path in paths.items():
-        records = load(path)
+        records = load_instructions(path)
         assert [r["prompt"] for r in records] == [r["prompt"] for r in world[role]]
         assert [r["output"] for r in records] == [r["output"] for r in world[role]]
         assert [r["family"] for r in records] == [r["family"] for r in world[role]]
