@@ -92,9 +92,12 @@ def fits(rows: list[dict]) -> dict:
 
 
 def plot(by_n: list[dict], by_len: list[dict], exps: dict, folder: Path) -> Path:
-    from pocl_utils.report import _pyplot, save_figure
-    plt = _pyplot()
+    import matplotlib
+    matplotlib.use("Agg")  # a script that only writes files
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+
+    from pocl_utils.report import save_figure
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, rows, key, xlabel in ((axes[0], by_n, "n", "training examples N"), (axes[1], by_len, "length", "tokens per example")):
         for name, label in (("ranking", "ranking (score_samples)"), ("kd_epoch", "KD epoch (cached teacher)")):

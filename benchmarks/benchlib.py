@@ -101,7 +101,8 @@ def workspace(which: str = "auto", *, quick: bool = False, log: Callable[[str], 
     reported, not fixed); 'smoke': the smoke profile prepared once under runs/bench/ (~10 s); 'auto': laptop unless
     --quick or missing."""
     from pocl_utils.config import get_profile
-    from pocl_utils.pipeline import Workspace, prep_keys, prepare
+    from pocl_utils.pipeline import prepare
+    from pocl_utils.workspace import Workspace, prep_keys
     if which == "auto":
         which = "laptop" if laptop_available() and not quick else "smoke"
     if which == "laptop":

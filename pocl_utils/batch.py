@@ -29,7 +29,7 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
     from . import report, runner
     from .pipeline import prepare
     p = get_profile(profile)
-    specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid)
+    specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world")
     log = log if distributed.is_main() else (lambda s: None)
     ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
     runner.run_grid(ws, specs, log=log)

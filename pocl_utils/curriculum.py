@@ -1,7 +1,9 @@
-"""Training scheduler of POCL (paper §3.2-3.3): ordering, partition into subsets, Baby Step stages, tau/alpha schedules."""
+"""Training scheduler of POCL (paper §3.2-3.3): ordering, partition into subsets, Baby Step stages, tau/alpha
+schedules."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -9,7 +11,8 @@ ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 
 
 def apply_order(easy_first: np.ndarray, order: str, *, seed: int = 0) -> np.ndarray:
-    """Reorder an easiest-first index array for the order ablation (Table 7): E2H keeps it, H2E reverses, random shuffles."""
+    """Reorder an easiest-first index array for the order ablation (Table 7): E2H keeps it, H2E reverses, random
+    shuffles."""
     easy_first = np.asarray(easy_first)
     if order == "easy_to_hard":
         return easy_first.copy()
@@ -71,7 +74,8 @@ def split_steps(total_steps: int, stage_sizes: list[int]) -> list[int]:
     stages of sizes N/4, N/2, 3N/4, N (A.2.2), so baseline and POCL take the same number of optimizer steps.
     """
     if total_steps < len(stage_sizes):
-        raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower n_subsets")
+        raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower "
+                         f"n_subsets")
     sizes = np.asarray(stage_sizes, dtype=float)
     raw = total_steps * sizes / sizes.sum()
     steps = np.floor(raw).astype(int)
@@ -84,10 +88,26 @@ def split_steps(total_steps: int, stage_sizes: list[int]) -> list[int]:
 
 
 def plan_stages(easy_first: np.ndarray, *, n_subsets: int, total_steps: int, tau: tuple[float, float],
-                alpha: tuple[float, float], order: str = "easy_to_hard", seed: int = 0) -> list[Stage]:
-    """The whole POCL schedule: order the ranked samples, partition, Baby Step, tau/alpha per stage, step budget."""
-    stages = baby_step(partition(apply_order(easy_first, order, seed=seed), n_subsets))
-    taus = linear_schedule(tau[0], tau[1], n_subsets)
-    alphas = linear_schedule(alpha[0], alpha[1], n_subsets)
+                alpha: tuple[float, float], order: str = "easy_to_hard", seed: int = 0,
+                partition_fn: Callable = partition, baby_step_fn: Callable = baby_step,
+                tau_schedule: Callable = linear_schedule, alpha_schedule: Callable = linear_schedule) -> list[Stage]:
+    """The whole POCL schedule: order the ranked samples, partition, Baby Step, tau/alpha per stage, step budget.
+
+    Args:
+        easy_first: sample indices, easiest first (a difficulty ranking).
+        n_subsets: n, the number of subsets and stages.
+        total_steps: optimizer steps of the baseline, shared out over the stages by size (`split_steps`).
+        tau: (tau_0, tau_n) of Eq. 3.
+        alpha: (alpha_0, alpha_n) of Eq. 4.
+        order: one of ORDERS (Table 7's ablation); seed: the shuffle's seed for "random".
+        partition_fn, baby_step_fn, tau_schedule, alpha_schedule: the pieces (the lab passes a student's own).
+
+    Returns:
+        One Stage per i = 1..n: the samples of d_1 ∪ ... ∪ d_i, tau_i, alpha_i and the stage's steps.
+    """
+    ordered = apply_order(easy_first, order, seed=seed)
+    stages = [np.asarray(s, dtype=np.int64) for s in baby_step_fn(partition_fn(ordered, n_subsets))]
+    taus = tau_schedule(tau[0], tau[1], n_subsets)
+    alphas = alpha_schedule(alpha[0], alpha[1], n_subsets)
     steps = split_steps(total_steps, [len(s) for s in stages])
-    return [Stage(i + 1, s, taus[i], alphas[i], steps[i]) for i, s in enumerate(stages)]
+    return [Stage(i + 1, s, float(taus[i]), float(alphas[i]), steps[i]) for i, s in enumerate(stages)]

@@ -82,6 +82,14 @@ def rank_order(rouge_l, ce, method: str = "fusion", k: float = RRF_K) -> np.ndar
     raise ValueError(f"difficulty: unknown ranking method {method!r}; valid: {', '.join(METHODS)}")
 
 
+def order_by_truth(ids, true_difficulty) -> np.ndarray:
+    """ids easiest first by a known true difficulty (the oracle control); equal difficulties keep their id order."""
+    ids, truth = np.asarray(ids, dtype=np.int64), _as_scores(true_difficulty, "true_difficulty")
+    if ids.shape != truth.shape:
+        raise ValueError(f"difficulty: {ids.size} ids but {truth.size} true difficulties")
+    return ids[np.argsort(truth, kind="stable")]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the ranking table
 # ---------------------------------------------------------------------------------------------------------------

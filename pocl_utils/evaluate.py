@@ -78,8 +78,8 @@ def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *
                           batch_size=batch_size, sampling=MINILLM_SAMPLING)
         per_seed[int(seed)] = float(np.mean(rouge_l_batch(texts, references)))
     values = np.array(list(per_seed.values()))
-    return {"per_seed": per_seed, "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "n": len(encoded)}
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"per_seed": per_seed, "mean": float(values.mean()), "std": std, "n": len(encoded)}
 
 
 def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,

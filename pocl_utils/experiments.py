@@ -5,6 +5,7 @@ from __future__ import annotations
 from .config import RunSpec, baseline, pocl
 
 OFF_POLICY = ("KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
+ORACLE = "+POCL (oracle)"
 KD_METHODS = ("GKD",) + OFF_POLICY
 
 
@@ -45,11 +46,18 @@ def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
     return runs
 
 
-def order_ablation(n_seeds: int) -> list[RunSpec]:
-    """Table 7 / Fig. 4a: easy->hard vs hard->easy (and random, beyond the paper) for GKD and KLD."""
+def order_ablation(n_seeds: int, oracle: bool = False) -> list[RunSpec]:
+    """Table 7 / Fig. 4a: easy->hard vs hard->easy for GKD and KLD, and two controls beyond the paper: random order
+    (negative: a curriculum that knows nothing) and, on a generated world, `+POCL (oracle)`, the curriculum ranked by
+    the world's true difficulty (positive: if it cannot beat the baseline, no curriculum has a lever here)."""
     labels = {"easy_to_hard": "+POCL (E2H)", "hard_to_easy": "+POCL (H2E)", "random": "+POCL (random)"}
-    return [spec for m in ("GKD", "KLD") for spec in [baseline(m, s) for s in _seeds(n_seeds)] + [
-        pocl(m, s, order=o, variant=v) for o, v in labels.items() for s in _seeds(n_seeds)]]
+    runs = []
+    for m in ("GKD", "KLD"):
+        runs += [baseline(m, s) for s in _seeds(n_seeds)]
+        runs += [pocl(m, s, order=o, variant=v) for o, v in labels.items() for s in _seeds(n_seeds)]
+        if oracle:
+            runs += [pocl(m, s, ranking="oracle", variant=ORACLE) for s in _seeds(n_seeds)]
+    return runs
 
 
 def temperature_ablation(n_seeds: int) -> list[RunSpec]:
@@ -85,11 +93,15 @@ def n_seeds_for(profile, name: str) -> int:
     return profile.table1_seeds if name == "table1" and profile.table1_seeds else profile.n_seeds
 
 
-def grid(name: str, n_seeds: int, size: str = "full") -> list[RunSpec]:
+def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False) -> list[RunSpec]:
     """The specs of one experiment. size 'minimal' (smoke) keeps KLD (and GKD in Table 1) so every notebook runs
-    in seconds; 'table1' and 'full' run the whole table."""
+    in seconds; 'table1' and 'full' run the whole table. `oracle` adds the true-difficulty control to the order
+    grid (generated worlds only: real data has no true difficulty)."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRIDS)}")
+    if name == "order":
+        specs = order_ablation(n_seeds, oracle=oracle)
+        return specs if size != "minimal" else [s for s in specs if s.method == "KLD"]
     if size != "minimal":
         return GRIDS[name](n_seeds)
     if name == "table1":
@@ -99,11 +111,11 @@ def grid(name: str, n_seeds: int, size: str = "full") -> list[RunSpec]:
     return [s for s in GRIDS[name](n_seeds) if s.method == "KLD"]
 
 
-def all_runs(n_seeds: int, size: str = "full") -> list[RunSpec]:
+def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[RunSpec]:
     """Every distinct run of the collection (identical specs shared between tables appear once)."""
     names = ["table1"] if size == "table1" else list(GRIDS)
     seen: dict = {}
     for name in names:
-        for spec in grid(name, n_seeds, size):
+        for spec in grid(name, n_seeds, size, oracle=oracle):
             seen.setdefault(spec.key().__repr__(), spec)
     return list(seen.values())

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .report import PAPER_VARIANTS, paired, paper_values
+from .stats import holm, p_value
 
 # claim id -> (what the paper says, [(grid, base (method, variant), other (method, variant))]); the grid names
 # the paper tables that print the comparison (report.PAPER_TABLES).
@@ -29,33 +29,12 @@ CLAIMS: dict[str, tuple[str, list]] = {
            ("ratio", ("KLD", "+POCL (ratio 0-0)"), ("KLD", "+POCL (ratio 0.3-0)")),
            ("ratio", ("GKD", "+POCL (ratio 0.3-0)"), ("GKD", "+POCL (ratio 0-0)")),
            ("ratio", ("GKD", "+POCL (ratio 0-0.3)"), ("GKD", "+POCL (ratio 0-0)"))]),
+    # beyond the paper: the controls that say whether this world can show a curriculum effect at all
+    "f": ("control (ours): a curriculum by the world's true difficulty beats the baseline",
+          [("order", (m, "baseline"), (m, "+POCL (oracle)")) for m in ("GKD", "KLD")]),
+    "g": ("control (ours): the measurer's easy->hard order beats a random order",
+          [("order", (m, "+POCL (random)"), (m, "+POCL (E2H)")) for m in ("GKD", "KLD")]),
 }
-
-
-def p_value(diff: float, half: float, n: int, level: float = 0.95) -> float:
-    """Two-sided p-value of the paired t-test whose mean difference is `diff` and CI half-width `half` (n pairs).
-
-    The CI is diff +- t_q * sd / sqrt(n), so t = diff / (half / t_q) with n - 1 degrees of freedom."""
-    if n < 2 or np.isnan(diff) or np.isnan(half):
-        return np.nan
-    if half == 0:
-        return 0.0 if diff != 0 else 1.0
-    t = diff / (half / stats.t.ppf(0.5 + level / 2, n - 1))
-    return float(2 * stats.t.sf(abs(t), n - 1))
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and is not counted.
-
-    Sorted ascending, p_(i) is multiplied by (m - i + 1) for i = 1..m, made monotone, capped at 1."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
 
 
 def verdict(diff: float, p_adj: float, n: int, alpha: float = 0.05) -> str:
@@ -117,12 +96,14 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
 
 
 def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per claim: how many comparisons are supported, contradicted, or undecided."""
+    """Per claim (and protocol, when the table has one): how many comparisons are supported, contradicted, or
+    undecided."""
+    keys = ["protocol", "claim"] if "protocol" in table.columns else ["claim"]
     out = []
-    for cid, g in table.groupby("claim", sort=True):
+    for key, g in table.groupby(keys, sort=False):
         counts = g.verdict.str.split(" \\(").str[0].value_counts().to_dict()
-        out.append({"claim": cid, "paper_says": g.paper_says.iloc[0], "comparisons": len(g),
-                    "supported": counts.get("supported", 0), "contradicted": counts.get("contradicted", 0),
+        out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "paper_says": g.paper_says.iloc[0],
+                    "comparisons": len(g), "supported": counts.get("supported", 0),
+                    "contradicted": counts.get("contradicted", 0),
                     "undecided": len(g) - counts.get("supported", 0) - counts.get("contradicted", 0)})
     return pd.DataFrame(out)
-

@@ -18,6 +18,9 @@ Three implementations of the same number:
 - `fused_linear_divergence`: also folds the LM head in (as Liger-Kernel's fused linear JSD does): the student
   logits exist one row chunk at a time and their gradient goes straight into grad_hidden / grad_weight.
 
+Adding a divergence takes one `Divergence` entry in `DIVERGENCES`: its formula, its value and its gradient side
+by side. The paper's method names (`config.METHODS`) and the lab's formulas derive from that table.
+
 Numerics: log-softmax runs in fp32 (fp64 stays fp64) whatever the input dtype; mixtures are built in log space
 (logaddexp, log(beta), log1p(-beta)); log-probabilities are floored at LOG_FLOOR so that entries that are -inf in
 both distributions (masked vocabulary) give 0 * finite = 0 instead of NaN, in values and gradients alike.
@@ -25,12 +28,12 @@ both distributions (masked vocabulary) give 0 * finite = 0 instead of NaN, in va
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-KINDS = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
-DEFAULT_BETA = {"jsd": 0.5, "skl": 0.1, "srkl": 0.1}  # kinds absent here ignore beta
 LOG_FLOOR = -1e30  # exp(LOG_FLOOR) == 0 in fp32/fp64, yet differences of floored values stay finite
 CHUNK_ELEMENTS = 2**23  # auto chunk: rows * vocab ~ 8M elements, i.e. 32 MB per fp32 temporary
 IGNORE_INDEX = -100
@@ -42,10 +45,10 @@ IGNORE_INDEX = -100
 
 def _check_kind_beta(kind: str, beta: float | None) -> float | None:
     """Valid kind and resolved beta (default per kind); raises ValueError naming the bad argument."""
-    if kind not in KINDS:
-        raise ValueError(f"losses: unknown kind={kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in DIVERGENCES:
+        raise ValueError(f"losses: unknown kind={kind!r}; valid kinds: {', '.join(DIVERGENCES)}")
     if beta is None:
-        return DEFAULT_BETA.get(kind)
+        return DIVERGENCES[kind].default_beta
     beta = float(beta)
     if not 0.0 <= beta <= 1.0:  # also rejects NaN
         raise ValueError(f"losses: beta={beta} must lie in [0, 1] (kind={kind!r})")
@@ -104,12 +107,52 @@ def _selected_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / tau) in fp32 (fp64 stays fp64), floored at LOG_FLOOR so -inf entries stay finite."""
+    """log softmax(logits / tau) in fp32 (fp64 stays fp64), floored at LOG_FLOOR so -inf entries stay finite.
+
+    Args:
+        logits: [..., V], any floating dtype.
+        temperature: tau > 0.
+
+    Returns:
+        Floored log-probabilities, [..., V].
+    """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
     out = torch.log_softmax(logits, dim=-1)
     return out.clamp_min(LOG_FLOOR) if out.requires_grad else out.clamp_min_(LOG_FLOOR)  # in place when no graph
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the divergences: one entry each, the formula beside its value and its gradient
+# p = teacher, q = student (Appendix A.2.4); s = student_logits / tau, the tempered student logits.
+# value(logq, logp, beta) -> D [n] by autograd-friendly ops; value_and_grad(logq, logp, beta) -> (D [n], dD/ds [n, V]).
+# With g_v = dD/dlog q_v, the log-softmax chain rule gives dD/ds_v = g_v - q_v * sum_u g_u.
+# value_and_grad may overwrite the tensors it creates, never its inputs.
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One divergence D(p || q): its formula, its paper method, and its value and gradient side by side.
+
+    Args:
+        name: the `kind` string callers pass (e.g. "fkl").
+        method: the method of the paper's tables that trains with it (e.g. "KLD").
+        formula: D(p || q) in words for people (p = teacher, q = student).
+        value: per-token value for autograd, (logq [n, V], logp [n, V], beta) -> [n].
+        value_and_grad: (logq, logp, beta) -> (value [n], dD/ds [n, V]) without autograd.
+        default_beta: the mixing weight used when the caller passes none; None for kinds without beta.
+        limits: beta -> the name of the divergence used at that beta, or None where this one is identically 0.
+            GKD's JSD takes KL(p || q) at beta = 0 and KL(q || p) at beta = 1, where its literal formula is 0.
+    """
+
+    name: str
+    method: str
+    formula: str
+    value: Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+    value_and_grad: Callable[[torch.Tensor, torch.Tensor, float | None], tuple[torch.Tensor, torch.Tensor]]
+    default_beta: float | None = None
+    limits: dict[float, str | None] = field(default_factory=dict)
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -122,66 +165,38 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch
     return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
 
 
-def token_divergence(
-    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
-) -> torch.Tensor:
-    """Per-token D(p || q) for log-probs [N, V] (logq = student, logp = teacher) -> [N]; no tau**2, no mask.
-
-    Appendix A.2.4 (p = teacher, q = student, beta in [0, 1]):
-      fkl  KL(p || q) = sum p (log p - log q)                              (Eq. 11)
-      rkl  KL(q || p) = sum q (log q - log p)                              (Eq. 12; the paper prints E_p, a typo)
-      jsd  beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q   (Eq. 13 at beta = 0.5; GKD's
-           generalized JSD; beta = 0 gives KL(p || q) and beta = 1 gives KL(q || p), the GKD/TRL limits,
-           where the literal formula would be identically 0)
-      tvd  0.5 sum |p - q|                                                 (Eq. 14)
-      skl  KL(p || beta p + (1 - beta) q)                                  (Eq. 15)
-      srkl KL(q || (1 - beta) p + beta q)                                  (Eq. 16)
-    Inputs should come from `log_probs` (floored), so entries -inf in both give 0 and finite gradients.
-    """
-    beta = _check_kind_beta(kind, beta)
-    logq, logp = student_logprobs, teacher_logprobs.detach()
-    if kind == "fkl" or (kind in ("jsd", "skl") and beta == 0.0):
-        return _kl(logp, logq)
-    if kind == "rkl" or (kind == "srkl" and beta == 0.0) or (kind == "jsd" and beta == 1.0):
-        return _kl(logq, logp)
-    if kind == "tvd":
-        return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
-    if beta == 1.0:  # skl / srkl: the mixture equals the first argument, KL(x || x) = 0
-        return logq.sum(-1) * 0.0  # keeps the graph so backward gives zeros
-    if kind == "jsd":
-        logm = _log_mix(logp, logq, beta)  # [N, V]
-        return beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
-    if kind == "skl":
-        return _kl(logp, _log_mix(logp, logq, beta))
-    return _kl(logq, _log_mix(logq, logp, beta))  # srkl
+# fkl: D = KL(p || q) = sum p (log p - log q)  (Eq. 11);  dD/ds = q - p
+def _fkl(logq, logp, beta=None):
+    return _kl(logp, logq)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# per-token value and hand-derived gradient w.r.t. the student's tempered logits s = student_logits / tau
-# With g_v = dD/dlog q_v, the log-softmax chain rule gives dD/ds_v = g_v - q_v * sum_u g_u.
-
-
-def _fkl_grad(logq, logp):  # D = sum p (log p - log q); dD/ds = q - p
+def _fkl_grad(logq, logp, beta=None):
     p, q = logp.exp(), logq.exp()
     value = (p * (logp - logq)).sum(-1)  # [n]
     return value, q.sub_(p)
 
 
-def _rkl_grad(logq, logp):  # D = sum q (log q - log p); dD/ds = q (log q - log p - D)
+# rkl: D = KL(q || p) = sum q (log q - log p)  (Eq. 12; the paper prints E_p, a typo);
+# dD/ds = q (log q - log p - D)
+def _rkl(logq, logp, beta=None):
+    return _kl(logq, logp)
+
+
+def _rkl_grad(logq, logp, beta=None):
     q, r = logq.exp(), logq - logp
     value = (q * r).sum(-1)  # [n]
     return value, r.sub_(value[:, None]).mul_(q)
 
 
-def _tvd_grad(logq, logp):  # D = 0.5 sum |q - p|; g = 0.5 q sign(q - p)
-    q = logq.exp()
-    diff = q - logp.exp()  # [n, V]
-    value = 0.5 * diff.abs().sum(-1)
-    sign = diff.sign_()
-    return value, sign.sub_((q * sign).sum(-1, keepdim=True)).mul_(q).mul_(0.5)
+# jsd: D = beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q  (Eq. 13 at beta = 0.5; GKD's
+# generalized JSD, whose limits beta = 0 and 1 are KL(p || q) and KL(q || p));
+# dD/ds = (1 - beta) q (log q/m - KL(q || m))
+def _jsd(logq, logp, beta):
+    logm = _log_mix(logp, logq, beta)  # [n, V]
+    return beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
 
 
-def _jsd_grad(logq, logp, beta):  # dD/ds = (1 - beta) q (log q/m - KL(q || m))
+def _jsd_grad(logq, logp, beta):
     logm = _log_mix(logp, logq, beta)  # [n, V]
     q, r = logq.exp(), logq - logm
     kl_qm = (q * r).sum(-1)  # [n]
@@ -189,7 +204,25 @@ def _jsd_grad(logq, logp, beta):  # dD/ds = (1 - beta) q (log q/m - KL(q || m))
     return value, r.sub_(kl_qm[:, None]).mul_(q).mul_(1.0 - beta)
 
 
-def _skl_grad(logq, logp, beta):  # m = beta p + (1-beta) q, w = (1-beta) q / m; dD/ds = -p w + q sum(p w)
+# tvd: D = 0.5 sum |p - q|  (Eq. 14);  g = 0.5 sign(q - p) q
+def _tvd(logq, logp, beta=None):
+    return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
+
+
+def _tvd_grad(logq, logp, beta=None):
+    q = logq.exp()
+    diff = q - logp.exp()  # [n, V]
+    value = 0.5 * diff.abs().sum(-1)
+    sign = diff.sign_()
+    return value, sign.sub_((q * sign).sum(-1, keepdim=True)).mul_(q).mul_(0.5)
+
+
+# skl: D = KL(p || m), m = beta p + (1 - beta) q  (Eq. 15);  w = (1 - beta) q / m, dD/ds = -p w + q sum(p w)
+def _skl(logq, logp, beta):
+    return _kl(logp, _log_mix(logp, logq, beta))
+
+
+def _skl_grad(logq, logp, beta):
     logm = _log_mix(logp, logq, beta)  # [n, V]
     p = logp.exp()
     value = (p * (logp - logm)).sum(-1)  # [n]
@@ -197,7 +230,12 @@ def _skl_grad(logq, logp, beta):  # m = beta p + (1-beta) q, w = (1-beta) q / m;
     return value, logq.exp().mul_(pw.sum(-1, keepdim=True)).sub_(pw)
 
 
-def _srkl_grad(logq, logp, beta):  # m = (1-beta) p + beta q, u = beta q / m; dD/ds = q (r - u - D + sum q u)
+# srkl: D = KL(q || m), m = (1 - beta) p + beta q  (Eq. 16);  u = beta q / m, dD/ds = q (log q/m - u - D + sum q u)
+def _srkl(logq, logp, beta):
+    return _kl(logq, _log_mix(logq, logp, beta))
+
+
+def _srkl_grad(logq, logp, beta):
     logm = _log_mix(logq, logp, beta)  # [n, V]
     q, r = logq.exp(), logq - logm
     value = (q * r).sum(-1)  # [n]
@@ -206,17 +244,57 @@ def _srkl_grad(logq, logp, beta):  # m = (1-beta) p + beta q, u = beta q / m; dD
     return value, r.sub_(u).add_(shift).mul_(q)
 
 
+DIVERGENCES: dict[str, Divergence] = {d.name: d for d in (
+    Divergence("fkl", "KLD", "KL(p ‖ q) = Σ p (log p − log q)", _fkl, _fkl_grad),
+    Divergence("rkl", "RKL", "KL(q ‖ p) = Σ q (log q − log p)", _rkl, _rkl_grad),
+    Divergence("jsd", "JSD", "β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q", _jsd, _jsd_grad,
+               default_beta=0.5, limits={0.0: "fkl", 1.0: "rkl"}),
+    Divergence("tvd", "TVD", "½ Σ |p − q|", _tvd, _tvd_grad),
+    Divergence("skl", "SKL", "KL(p ‖ β p + (1−β) q)", _skl, _skl_grad,
+               default_beta=0.1, limits={0.0: "fkl", 1.0: None}),
+    Divergence("srkl", "SRKL", "KL(q ‖ (1−β) p + β q)", _srkl, _srkl_grad,
+               default_beta=0.1, limits={0.0: "rkl", 1.0: None}),
+)}
+KINDS = tuple(DIVERGENCES)
+DEFAULT_BETA = {d.name: d.default_beta for d in DIVERGENCES.values() if d.default_beta is not None}
+
+
+def _at_beta(kind: str, beta: float | None) -> Divergence | None:
+    """The divergence `kind` equals at this beta (its own entry unless beta is one of its limits); None if 0."""
+    entry = DIVERGENCES[kind]
+    if beta in entry.limits:
+        target = entry.limits[beta]
+        return None if target is None else DIVERGENCES[target]
+    return entry
+
+
+def token_divergence(
+    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
+) -> torch.Tensor:
+    """Per-token D(p || q), no tau**2, no mask, no reduction (the formulas are in `DIVERGENCES`).
+
+    Args:
+        student_logprobs: log q [N, V], from `log_probs` (floored, so entries -inf in both give 0).
+        teacher_logprobs: log p [N, V]; detached here.
+        kind: one of KINDS.
+        beta: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
+
+    Returns:
+        D(p || q) per row, [N].
+    """
+    beta = _check_kind_beta(kind, beta)
+    entry = _at_beta(kind, beta)
+    if entry is None:  # the mixture equals the first argument: KL(x || x) = 0
+        return student_logprobs.sum(-1) * 0.0  # keeps the graph so backward gives zeros
+    return entry.value(student_logprobs, teacher_logprobs.detach(), beta)
+
+
 def _value_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta: float | None):
     """(D [n], dD/ds [n, V]) for floored log-probs [n, V]; beta already resolved."""
-    if kind == "fkl" or (kind in ("jsd", "skl") and beta == 0.0):
-        return _fkl_grad(logq, logp)
-    if kind == "rkl" or (kind == "srkl" and beta == 0.0) or (kind == "jsd" and beta == 1.0):
-        return _rkl_grad(logq, logp)
-    if kind == "tvd":
-        return _tvd_grad(logq, logp)
-    if beta == 1.0:  # skl / srkl with beta = 1: identically 0
+    entry = _at_beta(kind, beta)
+    if entry is None:
         return logq.new_zeros(logq.shape[0]), torch.zeros_like(logq)
-    return {"jsd": _jsd_grad, "skl": _skl_grad, "srkl": _srkl_grad}[kind](logq, logp, beta)
+    return entry.value_and_grad(logq, logp, beta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,7 +310,10 @@ def divergence_naive(
     mask: torch.Tensor | None = None,
     beta: float | None = None,
 ) -> torch.Tensor:
-    """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the oracle)."""
+    """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the test oracle).
+
+    Args and Returns as `divergence` (no chunk_size).
+    """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
@@ -324,15 +405,24 @@ def divergence(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Mean over selected tokens of tau**2 * D(p_tau || q_tau) (Eq. 7-9; mean, not the paper's sum), in row chunks.
+    """L = tau**2 * sum_t mask_t D(p_tau,t || q_tau,t) / max(sum_t mask_t, 1)  (Eq. 7-9; a mean, not the paper's sum).
 
-    student_logits, teacher_logits: [B, T, V] (any [..., V]); mask: [B, T] bool or 0/1 (None = all count).
-    kind: one of KINDS (see `token_divergence`); beta: mixing weight in [0, 1], default 0.5 for jsd and 0.1
-    for skl/srkl, ignored by fkl/rkl/tvd. chunk_size: rows per chunk (None = about CHUNK_ELEMENTS / V).
-    Only selected rows are computed. The hand-derived gradient (student only, the teacher is detached) is
-    computed chunk by chunk during forward and saved, so the extra memory is the student-sized gradient plus a
-    few chunk-sized temporaries. Returns a 0-d fp32 tensor (fp64 for fp64 input). A retained graph can be
-    backpropagated again only when the loss's incoming gradient is 1 (else PyTorch raises an in-place error).
+    Computed in row chunks; only selected rows are computed. The gradient w.r.t. the student logits (the teacher is
+    detached) is each divergence's hand-written one (`DIVERGENCES`), computed chunk by chunk during forward and
+    saved, so the extra memory is the student-sized gradient plus a few chunk-sized temporaries. A retained graph
+    can be backpropagated again only when the loss's incoming gradient is 1 (else PyTorch raises an in-place error).
+
+    Args:
+        student_logits: [B, T, V] (any [..., V]).
+        teacher_logits: same shape as student_logits.
+        kind: one of KINDS.
+        temperature: tau > 0, applied to both distributions.
+        mask: [B, T] bool or 0/1; None = every token counts.
+        beta: mixing weight in [0, 1] for jsd/skl/srkl (default 0.5 for jsd, 0.1 for skl/srkl); others ignore it.
+        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V.
+
+    Returns:
+        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -448,11 +538,21 @@ def fused_linear_divergence(
 ) -> torch.Tensor:
     """`divergence` of student logits = student_hidden @ lm_head_weight^T (+ bias), never building them whole.
 
-    student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand);
-    lm_head_weight: [V, H]; lm_head_bias: [V] or None; teacher_logits: [N, V], or None with
-    teacher_hidden [N, H'] + teacher_weight [V, H'] (+ teacher_bias) to build teacher logits per chunk too.
-    Per row chunk: logits, loss and d loss / d logits, folded at once into grad_hidden [N, H] and
-    grad_weight [V, H] (fp32 accumulation); extra memory: those gradients plus a few [chunk, V] temporaries.
+    Per row chunk: logits, loss and d loss / d logits, folded at once into grad_hidden [N, H] and grad_weight [V, H]
+    (fp32 accumulation); extra memory: those gradients plus a few [chunk, V] temporaries.
+
+    Args:
+        student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand).
+        lm_head_weight: [V, H].
+        teacher_logits: [N, V], or None with teacher_hidden + teacher_weight.
+        kind, temperature, beta, chunk_size: as in `divergence`.
+        lm_head_bias: [V] or None.
+        mask: [N] bool or 0/1; None = every row counts.
+        teacher_hidden, teacher_weight, teacher_bias: [N, H'], [V, H'], [V] or None: the teacher's logits are then
+            built per chunk too.
+
+    Returns:
+        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     if student_hidden.dim() != 2 or lm_head_weight.dim() != 2 or student_hidden.shape[1] != lm_head_weight.shape[1]:
@@ -488,11 +588,20 @@ def kd_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 = 10, Eq. 7).
 
-    labels: [B, T] already aligned with the logits positions (the caller shifts them; label t is the target
-    of logits t), -100 = ignore; the same tokens (labels != -100) count in both terms. Shift the labels
-    (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]: a sliced, non-contiguous logits
-    tensor is copied whole by the reshape here, the full one is used in place. CE uses temperature 1
-    and the mean over counted tokens (0 when none count). Returns (loss, {"ce", "kd"} detached parts).
+    The same tokens (labels != -100) count in both terms. CE uses temperature 1 and the mean over counted tokens
+    (0 when none count). Shift the labels (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]:
+    a sliced, non-contiguous logits tensor is copied whole by the reshape here, the full one is used in place.
+
+    Args:
+        student_logits, teacher_logits: [B, T, V].
+        labels: [B, T] aligned with the logits positions (label t is the target of logits t), -100 = ignore.
+        kind: one of KINDS.
+        tau: the KD temperature.
+        alpha: the SFT ratio in [0, 1].
+        beta, chunk_size: as in `divergence`.
+
+    Returns:
+        (loss, {"ce": ..., "kd": ...}): the 0-d loss and its two parts, detached.
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:

@@ -20,13 +20,14 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import report, runner  # noqa: E402
-from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, get_profile, pocl
+from . import findings, report, runner  # noqa: E402
+from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, baseline, get_profile, pocl
 from .data import DataError
 from .models import CheckpointError
 from .experiments import GRIDS, grid, n_seeds_for
-from .pipeline import Workspace, prepare
+from .pipeline import prepare
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
+from .workspace import Workspace
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
@@ -242,6 +243,57 @@ def ranking_table(ws: Workspace) -> pd.DataFrame:
     return report.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
 
 
+def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
+    """POCL's premises in this workspace (pocl_utils.premises), saved as results/<profile>/premises.{csv,md}.
+
+    P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on
+    the eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the
+    true difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside
+    the paper's gain scaled to our teacher - SFT gap."""
+    from . import premises
+    from .experiments import KD_METHODS
+    p = ws.profile
+    sft_specs = [baseline("SFT", s) for s in range(n_seeds_for(p, "table1"))]
+    runner.run_grid(ws, sft_specs)
+    sft = report.with_average(report.tidy(runner.records_for(ws, sft_specs))).groupby("dataset").rouge_l.mean()
+    teacher = {k: v["mean"] for k, v in runner.reference_score(ws, "Teacher")["metrics"]["eval"].items()}
+    evals = {role: [ws.sets[role][e.index] for e in runner.eval_data(ws, role, p.eval_max_examples)[0]]
+             for role in teacher}
+    rows = premises.teacher_rows(teacher, sft.to_dict(), premises.rule_scores(evals, ws.sets["train"]))
+    frame = ranking_table(ws)
+    if frame["true_difficulty"].isna().any():
+        rows += premises.measurer_rows(frame.rouge_l, frame.fused, None)
+    else:
+        rows += premises.measurer_rows(frame.rouge_l, frame.fused, frame.true_difficulty.to_numpy())
+    if with_power:
+        runs = report.with_average(report.tidy(records(ws, "table1")))
+        avg = runs[runs.dataset == "Avg"]
+        sd = {}
+        for m in KD_METHODS:
+            base, other = report.by_seed(avg, m, "baseline"), report.by_seed(avg, m, "+POCL")
+            diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]
+            if len(diffs) >= 2:
+                sd[m] = float(np.std(diffs, ddof=1))
+        gain = {m: report.paper_diff(1, (m, "baseline"), (m, "+POCL"))["Avg"] for m in sd}
+        gap = float(np.mean(list(teacher.values()))) - float(sft["Avg"])
+        rows += premises.power_rows(sd, n_seeds_for(p, "table1"), gain, gap)
+    table = premises.premises_table(rows)
+    save_table(ws, table, "premises")
+    return table
+
+
+def ranking_verdict(agreement: pd.DataFrame) -> str:
+    """One line on report.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?"""
+    from .premises import MEASURER_RHO
+    rho = agreement.set_index("ranking")["spearman_rho"]
+    if rho.isna().all():
+        return "No true difficulty is known for these rows (real data), so the ranking cannot be checked against it."
+    best = rho.idxmax()
+    verdict = "finds" if rho["fusion"] >= MEASURER_RHO else "does not find"
+    return (f"The fused ranking {verdict} the true difficulty (Spearman ρ = {rho['fusion']:+.2f}; P2 asks for "
+            f"≥ {MEASURER_RHO}); the single best measurer here is {report.RANKING_NAMES[best]} (ρ = {rho[best]:+.2f}).")
+
+
 def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
     """The curriculum of each distinct (method, variant): per stage its size, the mean true difficulty of the samples
     it adds (NaN on real data), tau, alpha and optimizer steps."""
@@ -269,7 +321,7 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
     p = ws.profile
     if p.grid == "table1" and name != "table1":
         return []
-    return grid(name, n_seeds_for(p, name), p.grid)
+    return grid(name, n_seeds_for(p, name), p.grid, oracle=p.data == "world")
 
 
 def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
@@ -334,7 +386,22 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
         specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
                                "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
                                "alpha_n": s.alpha[1]} for s, rec in recs]).drop_duplicates("run_key")
-        parts.append(report.tidy(recs).merge(specs, on="run_key").assign(grid=name))
+        greedy = report.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(["run_key", "dataset"])
+        frame = report.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
+                                        on=["run_key", "dataset"])
+        parts.append(frame.merge(specs, on="run_key").assign(grid=name))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def claims(ws: Workspace) -> pd.DataFrame:
+    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding (column
+    `protocol`); each from the finished runs of every grid (a run shared by two grids under one label counts once)."""
+    parts = []
+    for protocol in report.PROTOCOLS:
+        runs = [report.tidy(records(ws, name), protocol) for name in GRIDS]
+        runs = pd.concat(runs, ignore_index=True).drop_duplicates(["method", "variant", "seed", "dataset"])
+        if len(runs):
+            parts.append(findings.claim_table(runs).assign(protocol=protocol))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 

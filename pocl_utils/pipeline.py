@@ -1,242 +1,57 @@
-"""The main job as steps: data -> tokenizer -> teacher SFT -> student pre-training -> difficulty ranking -> teacher
-cache -> the grid of KD runs. Every step is cached on disk under the workspace folder and keyed by the hash of what
-it depends on, so notebooks can call `prepare()` again and get the finished artefacts back in seconds.
+"""Preparing a profile's workspace: data -> tokenizer -> teacher SFT -> student pre-training -> difficulty ranking ->
+teacher cache -> SeqKD responses. Every step is cached on disk under the workspace folder and keyed by the hash of
+what it depends on (`workspace`), so notebooks can call `prepare()` again and get the finished artefacts back in
+seconds. The generated world's own steps are here; real-data profiles are prepared by `real.prepare_real`.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import time
-from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import torch
-
-from . import data as D
-from . import distributed
-from .config import Profile, TrainSpec, cache_top_k, config_hash, get_profile
-from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
-
-RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
-
-
-def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
-    """Run `build(tmp_dir)` unless `root/name` already holds the output for `key`; the result appears atomically.
-
-    Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock` (released by the
-    kernel if it is killed) and the others wait, then find the finished step. A failed build leaves nothing behind."""
-    out = root / name
-    if _step_key(out) == key:
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(root / f".{name}.lock"):
-        if _step_key(out) == key:  # built by another process while this one waited
-            return out
-        for stale in root.glob(f".{name}.*.tmp"):  # left by a killed builder; we hold the lock, so none is live
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = root / f".{name}.{os.getpid()}.tmp"
-        tmp.mkdir(parents=True)
-        try:
-            t0 = time.time()
-            build(tmp)
-            atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3)})
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename; removes a failed build's partial output
-    return out
-
-
-def _step_key(out: Path) -> str | None:
-    try:
-        return json.loads((out / "STEP.json").read_text()).get("key")
-    except FileNotFoundError:
-        return None
-
-
-@dataclass
-class Workspace:
-    """The prepared artefacts of one profile, loaded lazily from disk (cheap to re-create in worker processes)."""
-
-    profile: Profile
-    root: Path
-
-    @property
-    def registry(self) -> Registry:
-        return Registry(self.root / "registry")
-
-    def cached(self, kind: str, name: str, params: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys)."""
-        key = config_hash({"name": name, "params": params, "prep": self.step_keys()})
-        reg = self.registry
-        if not reg.done(kind, key):
-            t0 = time.time()
-            reg.save(kind, key, {"name": name, **params}, compute(), time.time() - t0)
-        return reg.load(kind, key)
-
-    @cached_property
-    def tokenizer(self):
-        from .models import load_tokenizer
-        return load_tokenizer(self.root / "tokenizer")
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
-    @cached_property
-    def sets(self) -> dict[str, list[dict]]:
-        """Role -> rows: train, valid and the five eval sets."""
-        return {role: D.load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
-
-    def encoded(self, role: str) -> list:
-        return self._encoded[role]
-
-    @cached_property
-    def _encoded(self) -> dict[str, list]:
-        p, out = self.profile, {}
-        for role, rows in self.sets.items():
-            out[role] = D.encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
-            if rows and not out[role]:  # an empty set would fail later with an unrelated error
-                raise D.DataError(f"all {len(rows)} prompts are longer than max_prompt_len = {p.max_prompt_len} tokens; "
-                                  f"raise the profile's max_prompt_len", path=self.root / "data" / f"{role}.jsonl",
-                                  field="prompt")
-        return out
-
-    @cached_property
-    def ranking(self):
-        from .difficulty import Ranking
-        return Ranking.from_csv(self.root / "ranking" / "ranking.csv")
-
-    @cached_property
-    def teacher_cache(self):
-        """The cached teacher outputs of the train set; None when the profile runs the teacher live."""
-        from .train import TeacherCache
-        if cache_top_k(self.profile) is None:
-            return None
-        return TeacherCache.load(self.root / "teacher_cache" / "cache.safetensors")
-
-    @cached_property
-    def seqkd_encoded(self) -> list:
-        rows = json.loads((self.root / "seqkd" / "responses.json").read_text())
-        return [replace(e, response_ids=r) for e, r in zip(self.encoded("train"), rows)]
-
-    def step_keys(self) -> dict[str, str | None]:
-        """The cache key each prepared step was built with (its STEP.json; None if missing). Runs are keyed on these, so
-        a result always names the artefacts it was trained from, for world and real profiles alike."""
-        return {name: _step_key(self.root / name) for name in STEPS}
-
-    def load_teacher(self, device: torch.device):
-        from .models import load_checkpoint
-        return load_checkpoint(self.root / "teacher" / "model", device).eval()
-
-    def load_student_init(self, device: torch.device):
-        from .models import load_checkpoint
-        return load_checkpoint(self.root / "student_init" / "model", device)
-
-
-ROLES = ("train", "valid") + D.EVAL_SETS
-STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")  # in build order
-
-
-def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
-    return Path(runs_root or RUNS_ROOT) / profile.name
+from .data import load_instructions
+from .config import Profile, TrainSpec, get_profile
+from .models import build_model, pick_device, save_checkpoint
+from .real import prepare_real
+from .results import atomic_write_json
+from .train import sft
+from .world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
+from .workspace import (STEPS, Workspace, build_steps, lm_blocks, prep_keys, ranking_step, seqkd_step,
+                        teacher_cache_step, thin_log, workspace_root)
 
 
 def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: str = "auto",
-            log: Callable[[str], None] = print) -> Workspace:
-    """Build (or find) every shared artefact of a profile's grid and return the workspace (real-data profiles are
-    prepared by `real.prepare_real`)."""
-    from .models import pick_device
+            log: Callable[[str], None] = print, until: str = STEPS[-1]) -> Workspace:
+    """Build (or find) every shared artefact of a profile's grid: the steps of STEPS, each cached under its key.
+
+    Args:
+        profile: a Profile or a profile name; real-data profiles are prepared by `real.prepare_real`.
+        runs_root: the folder holding one workspace per profile (default RUNS_ROOT).
+        device: "auto", "cpu", "cuda", ... for the steps that train or run a model.
+        log: called with one line per finished step.
+        until: the last step to build (world profiles; default all of STEPS). Probes stop at "ranking".
+
+    Returns:
+        The workspace, whose artefacts load lazily from disk.
+    """
     p = get_profile(profile) if isinstance(profile, str) else profile
     if p.data == "real":
-        from .real import prepare_real
         return prepare_real(p, runs_root, device=device, log=log)
     ws = Workspace(p, workspace_root(p, runs_root))
     builders = {"data": _build_data, "tokenizer": _build_tokenizer, "teacher": _build_teacher,
-                "student_init": _build_student, "ranking": _build_ranking, "teacher_cache": _build_teacher_cache,
-                "seqkd": _build_seqkd}
+                "student_init": _build_student, "ranking": ranking_step, "teacher_cache": teacher_cache_step,
+                "seqkd": seqkd_step}
+    if until not in STEPS:
+        raise ValueError(f"prepare: until must be one of {STEPS}, got {until!r}")
+    builders = {name: builders[name] for name in STEPS[:STEPS.index(until) + 1]}
     build_steps(ws, builders, prep_keys(p), pick_device(device), log=log)
     return ws
-
-
-def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, str], dev, *,
-                log: Callable[[str], None] = print, tag: str = "prepare") -> None:
-    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key.
-
-    Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
-    the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded)."""
-    for name, build in builders.items():
-        t0 = time.time()
-        b = partial(build, ws)
-        if distributed.world_size() > 1 and trained_together(ws.profile, name):
-            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
-        else:
-            with distributed.main_first():
-                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
-        log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
-
-
-def trained_together(p: Profile, name: str) -> bool:
-    """Whether all launched processes build step `name` together: the teacher step when it trains the teacher (world
-    profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding)."""
-    return name == "teacher" and (p.data == "world" or p.sft_teacher)
-
-
-def _build_together(root: Path, name: str, key: str, build: Callable[[Path], None]) -> None:
-    """`step_dir` on the main process; the others run `build` in lockstep with it in a private folder, deleted after.
-    The main process says whether it builds (it may find the step built, by an earlier or a concurrent launch)."""
-    if distributed.is_main():
-        told = []
-
-        def build_main(tmp: Path) -> None:
-            told.append(distributed.broadcast(True))
-            build(tmp)
-
-        step_dir(root, name, key, build_main)
-        if not told:
-            distributed.broadcast(False)
-    elif distributed.broadcast(None):
-        tmp = root / f".{name}.rank{distributed.rank()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            build(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    distributed.barrier()
-
-
-def cache_mode(p: Profile) -> dict[str, str]:
-    """The teacher cache's mode for its step key: nothing for "exact" (the keys exact caches have always had)."""
-    return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
-
-
-def prep_keys(p: Profile) -> dict[str, str]:
-    """Each step's cache key: the profile fields it reads plus the key of the steps before it."""
-    data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
-    tok = config_hash({"up": data, "vocab": p.vocab_size})
-    enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
-    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc})
-    student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
-    ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
-    cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
-    seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc, "eos": "when stopped"})
-    return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
-            "teacher_cache": cache, "seqkd": seqkd}
 
 
 # ---- the steps ---------------------------------------------------------------------------------------------------
 
 
 def _build_data(ws: Workspace, out: Path, dev) -> None:
-    from .world import generate_world, world_config, write_world
     if ws.profile.data != "world":
         raise NotImplementedError("real-data workspaces are prepared by pocl_utils.real")
     cfg = replace(world_config(ws.profile.world), seed=ws.profile.seed)
@@ -244,73 +59,44 @@ def _build_data(ws: Workspace, out: Path, dev) -> None:
 
 
 def _build_tokenizer(ws: Workspace, out: Path, dev) -> None:
-    from .world import pretrain_corpus, train_tokenizer, world_config
     cfg = replace(world_config(ws.profile.world), seed=ws.profile.seed)
-    rows = D.load_instructions(ws.root / "data" / "train.jsonl")
+    rows = load_instructions(ws.root / "data" / "train.jsonl")
     texts = pretrain_corpus(cfg, 2000) + [r["prompt"] + r["output"] for r in rows]
     train_tokenizer(texts, ws.profile.vocab_size, out)
 
 
 def _build_teacher(ws: Workspace, out: Path, dev) -> None:
-    from .models import build_model, save_checkpoint
-    from .train import sft
+    """The teacher: pre-trained as a plain LM on its own pool of world text when the profile asks
+    (`teacher_pretrain_steps`, as GPT-2 XL is pre-trained on the web), then fine-tuned on the instruction data."""
     p, tok = ws.profile, ws.tokenizer
     model = build_model(p.teacher, len(tok), p.max_len + p.max_new_tokens, seed=p.seed, eos_id=ws.eos_id).to(dev)
-    log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
+    log = []
+    if p.teacher_pretrain_steps > 0:
+        log += _pretrain(ws, model, p.teacher_sft, p.teacher_pretrain_steps, pool="teacher", seed=p.seed,
+                         desc="teacher LM pre-training")
+    log += sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
     save_checkpoint(model, out / "model")
-    atomic_write_json(out / "log.json", _thin(log))
+    atomic_write_json(out / "log.json", thin_log(log))
 
 
 def _build_student(ws: Workspace, out: Path, dev) -> None:
-    from .models import build_model, save_checkpoint
-    from .train import sft
-    from .world import pretrain_corpus, world_config
+    """The student's warm start: plain-LM pre-training on a pool of world text disjoint from the teacher's."""
     p, tok = ws.profile, ws.tokenizer
     model = build_model(p.student, len(tok), p.max_len + p.max_new_tokens, seed=p.seed + 1, eos_id=ws.eos_id).to(dev)
-    cfg = replace(world_config(p.world), seed=p.seed)
-    blocks = lm_blocks(pretrain_corpus(cfg, 4000), tok, p.max_len)
-    spec = TrainSpec(lr=p.kd.lr, batch_size=p.kd.batch_size, epochs=1.0)
-    log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=max(1, p.student_pretrain_steps), desc="student LM pre-training")
+    log = _pretrain(ws, model, p.kd, max(1, p.student_pretrain_steps), pool="student", seed=p.seed + 1,
+                    desc="student LM pre-training")
     save_checkpoint(model, out / "model")
-    atomic_write_json(out / "log.json", _thin(log))
+    atomic_write_json(out / "log.json", thin_log(log))
 
 
-def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
-    """Plain-LM training data as Encoded pairs: the first token is the 'prompt', every later token a target."""
-    ids: list[int] = []
-    for t in texts:
-        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return [D.Encoded(ids[s:s + 1], ids[s + 1:s + block], index=k) for k, s in enumerate(range(0, len(ids) - block, block))]
+PRETRAIN_TOKENS_PER_TEXT = 16  # a lower bound of a world text's length, to size the corpus for the step budget
 
 
-def _build_ranking(ws: Workspace, out: Path, dev) -> None:
-    from .difficulty import score_samples
-    student = ws.load_student_init(dev).eval()
-    enc = ws.encoded("train")
-    refs = [[ws.sets["train"][e.index]["output"]] for e in enc]
-    ranking = score_samples(student, ws.tokenizer, enc, max_new_tokens=ws.profile.max_new_tokens, references=refs)
-    ranking.to_csv(out / "ranking.csv")
-
-
-def _build_teacher_cache(ws: Workspace, out: Path, dev) -> None:
-    """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live"."""
-    from .train import build_teacher_cache
-    top_k = cache_top_k(ws.profile)
-    if top_k is not None:
-        cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, top_k=top_k)
-        cache.save(out / "cache.safetensors")
-
-
-def _build_seqkd(ws: Workspace, out: Path, dev) -> None:
-    """SeqKD data: the teacher's greedy responses to the training prompts (teacher-generated outputs)."""
-    from .generate import generate
-    enc = ws.encoded("train")
-    outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
-                    max_new_tokens=ws.profile.max_new_tokens)
-    atomic_write_json(out / "responses.json", [D.close_response(o, ws.profile.max_new_tokens, ws.eos_id) for o in outs])
-
-
-def _thin(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
-    """Keep a loss log small: every k-th step plus the last, with its step index."""
-    k = max(1, len(log) // points)
-    return [{"step": i, **row} for i, row in enumerate(log) if i % k == 0 or i == len(log) - 1]
+def _pretrain(ws: Workspace, model, spec: TrainSpec, steps: int, *, pool: str, seed: int, desc: str) -> list:
+    """`steps` plain-LM steps on world text (pool `pool`), at spec's learning rate and batch size."""
+    p = ws.profile
+    cfg = replace(world_config(p.world), seed=p.seed)
+    n_texts = max(4000, steps * spec.batch_size * p.max_len // PRETRAIN_TOKENS_PER_TEXT // 4)
+    blocks = lm_blocks(pretrain_corpus(cfg, n_texts, pool=pool), ws.tokenizer, p.max_len)
+    spec = TrainSpec(lr=spec.lr, batch_size=spec.batch_size, epochs=1.0)
+    return sft(model, blocks, ws.pad_id, spec, seed=seed, steps=steps, desc=desc)

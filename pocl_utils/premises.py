@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .data import EVAL_SETS
 from .evaluate import rouge_l_batch
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
@@ -79,11 +80,11 @@ def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: 
         rules: rule -> eval set -> score, from `rule_scores`.
         in_distribution: the set held to TEACHER_IN_DISTRIBUTION.
     """
-    rows = [_row(f"P1 teacher on {in_distribution}", teacher[in_distribution], TEACHER_IN_DISTRIBUTION)]
-    for name in teacher:
-        rows.append(_row(f"P1 teacher - SFT student on {name}", teacher[name] - sft[name], TEACHER_MARGIN_SFT))
+    rows = [premise_row(f"P1 teacher on {in_distribution}", teacher[in_distribution], TEACHER_IN_DISTRIBUTION)]
+    for name in sorted(teacher, key=lambda k: EVAL_SETS.index(k) if k in EVAL_SETS else len(EVAL_SETS)):
+        rows.append(premise_row(f"P1 teacher - SFT student on {name}", teacher[name] - sft[name], TEACHER_MARGIN_SFT))
         for rule, scores in rules.items():
-            rows.append(_row(f"P1 teacher - {rule} on {name}", teacher[name] - scores[name], TEACHER_MARGIN_RULE))
+            rows.append(premise_row(f"P1 teacher - {rule} on {name}", teacher[name] - scores[name], TEACHER_MARGIN_RULE))
     return rows
 
 
@@ -95,12 +96,15 @@ def fusion_rank(fused: np.ndarray) -> np.ndarray:
     return stats.rankdata(-np.asarray(fused, dtype=np.float64), method="average")
 
 
-def measurer_rows(rouge_l: np.ndarray, fused: np.ndarray, true_difficulty: np.ndarray) -> list[dict]:
-    """P2 rows: Spearman(fusion rank, true difficulty) and the share of rows whose greedy ROUGE-L is 0."""
-    rho = float(stats.spearmanr(fusion_rank(fused), true_difficulty).statistic)
+def measurer_rows(rouge_l, fused, true_difficulty) -> list[dict]:
+    """P2 rows: Spearman(fusion rank, true difficulty) (only when the truth is known, i.e. not None) and the share of
+    rows whose greedy ROUGE-L is 0."""
     zero = float(np.mean(np.asarray(rouge_l) == 0.0))
-    return [_row("P2 Spearman(fusion rank, true difficulty)", rho, MEASURER_RHO),
-            _row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE, at_most=True)]
+    rows = [premise_row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE, at_most=True)]
+    if true_difficulty is not None:
+        rho = float(stats.spearmanr(fusion_rank(fused), true_difficulty).statistic)
+        rows.insert(0, premise_row("P2 Spearman(fusion rank, true difficulty)", rho, MEASURER_RHO))
+    return rows
 
 
 # ---- P3: power -------------------------------------------------------------------------------------------------------
@@ -130,14 +134,14 @@ def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping
     effect at our scale; a method where it does not is one whose null result says little.
     """
     factor, scale = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP
-    return [_row(f"P3 {m}: MDE (80% power, {n_seeds} seeds) vs paper gain x {scale:.2f}",
+    return [premise_row(f"P3 {m}: MDE (80% power, {n_seeds} seeds) vs paper gain x {scale:.2f}",
                  factor * sd, paper_gain[m] * scale, at_most=True) for m, sd in paired_sd.items()]
 
 
 # ---- the table ------------------------------------------------------------------------------------------------------
 
 
-def _row(premise: str, value: float, threshold: float, at_most: bool = False) -> dict:
+def premise_row(premise: str, value: float, threshold: float, at_most: bool = False) -> dict:
     holds = value <= threshold if at_most else value >= threshold
     return {"premise": premise, "value": float(value), "threshold": float(threshold), "holds": bool(holds)}
 

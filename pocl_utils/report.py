@@ -11,21 +11,32 @@ import pandas as pd
 
 from .config import RunSpec
 from .data import EVAL_SETS
-from .results import REPO_ROOT, atomic_write_text, mean_ci, paired_diff
+from .results import REPO_ROOT, atomic_write_text
+from .stats import mean_ci, paired_diff
 
 FIGURES = REPO_ROOT / "figures"
 
 
-def tidy(records: list[tuple[RunSpec, dict[str, Any]]]) -> pd.DataFrame:
-    """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l (mean over sampling seeds)."""
+def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled") -> pd.DataFrame:
+    """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l.
+
+    protocol "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
+    ROUGE-L (runner.greedy_scores), for the runs that have it."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"tidy: protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rows = []
     for spec, rec in records:
-        for dataset in EVAL_SETS:
-            m = rec["metrics"]["eval"][dataset]
+        metrics = rec["metrics"].get(PROTOCOLS[protocol]) or {}
+        for dataset in EVAL_SETS if metrics else ():
+            m = metrics[dataset]
             rows.append({"method": spec.method, "variant": spec.variant or ("+POCL" if spec.pocl else "baseline"),
-                         "seed": spec.seed, "dataset": dataset, "rouge_l": m["mean"], "sampling_std": m["std"],
+                         "seed": spec.seed, "dataset": dataset, "rouge_l": m["mean"], "sampling_std": m.get("std", 0.0),
                          "run_key": rec["key"], "wall_s": rec["wall_s"], "git_commit": rec["git_commit"]})
-    return pd.DataFrame(rows)
+    columns = ["method", "variant", "seed", "dataset", "rouge_l", "sampling_std", "run_key", "wall_s", "git_commit"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+PROTOCOLS = {"sampled": "eval", "greedy": "greedy"}  # protocol -> the key of a record's metrics
 
 
 def with_average(df: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +70,8 @@ def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> p
     out = []
     for dataset in list(EVAL_SETS) + ["Avg"]:
         sel = d[d.dataset == dataset]
-        a = _by_seed(sel, *base)
-        b = _by_seed(sel, *other)
+        a = by_seed(sel, *base)
+        b = by_seed(sel, *other)
         m, half, n = paired_diff(a, b)
         out.append({"comparison": f"{other[0]} {other[1]} − {base[0]} {base[1]}", "dataset": dataset,
                     "diff": m, "ci95": half, "n_pairs": n,
@@ -68,7 +79,8 @@ def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> p
     return pd.DataFrame(out)
 
 
-def _by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
+def by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
+    """seed -> rouge_l of one (method, variant) in a tidy frame already cut to one dataset."""
     g = df[(df.method == method) & (df.variant == variant)]
     return dict(zip(g.seed.astype(int), g.rouge_l.astype(float)))
 
@@ -151,12 +163,13 @@ PAPER_VARIANTS: dict[tuple[str, str], dict[str, str]] = {
     ("ratio", "GKD"): {"+POCL (ratio 0-0)": "+POCL (ratio 0.3-0)", "+POCL (ratio 0.3-0)": NOT_IN_PAPER}}
 
 
-def reference_tidy(refs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -> pd.DataFrame:
     """runner.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0)."""
+    key = PROTOCOLS[protocol]
     rows = [{"method": name, "variant": "baseline", "seed": 0, "dataset": ds,
-             "rouge_l": rec["metrics"]["eval"][ds]["mean"], "sampling_std": rec["metrics"]["eval"][ds]["std"],
+             "rouge_l": rec["metrics"][key][ds]["mean"], "sampling_std": rec["metrics"][key][ds].get("std", 0.0),
              "run_key": rec["key"], "wall_s": rec["wall_s"], "git_commit": rec["git_commit"]}
-            for name, rec in refs.items() for ds in EVAL_SETS]
+            for name, rec in refs.items() if rec["metrics"].get(key) for ds in EVAL_SETS]
     return pd.DataFrame(rows)
 
 
@@ -352,12 +365,8 @@ def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, vari
 
 
 def _pyplot():
-    """pyplot, on the non-interactive Agg backend unless we run inside a Jupyter kernel (or MPLBACKEND says)."""
-    import os
-    import sys
-    import matplotlib
-    if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
-        matplotlib.use("Agg")
+    """matplotlib.pyplot, imported when a figure is first drawn. The backend is matplotlib's choice (inline in Jupyter,
+    Agg without a display, or MPLBACKEND): a library does not pick it for the application."""
     import matplotlib.pyplot as plt
     return plt
 
@@ -388,17 +397,35 @@ def curriculum_figure(stages: list, title: str = "POCL curriculum") -> Any:
     return fig
 
 
+RANKING_NAMES = {"rouge_l": "ROUGE-L rank", "ce": "CE rank", "fusion": "fusion rank"}
+
+
 def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
-    """Each measurer's rank (1 = easiest) against the world's true difficulty, one box per difficulty level."""
+    """Each measurer's rank (1 = easiest) against the world's true difficulty, one box per difficulty level, with
+    Spearman's rho (rank_agreement) in each panel."""
     import seaborn as sns
     plt = _pyplot()
+    rho = rank_agreement(frame).set_index("ranking")["spearman_rho"]
     frame = frame.assign(true_difficulty=frame["true_difficulty"].astype(int))  # labels 1, 2, ... not 1.0, 2.0
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for ax, method in zip(axes, ("rouge_l", "ce", "fusion")):
         sns.boxplot(data=frame, x="true_difficulty", y=f"rank_{method}", ax=ax, color="#9ecae1", fliersize=2)
-        ax.set(title=f"rank by {method}", xlabel="true difficulty", ylabel="rank (1 = easiest)")
+        r = "undefined: all scores tie" if np.isnan(rho[method]) else f"{rho[method]:+.2f}"
+        ax.set(title=f"{RANKING_NAMES[method]} (Spearman ρ = {r})", xlabel="true difficulty", ylabel="rank (1 = easiest)")
     fig.tight_layout()
     return fig
+
+
+def ranking_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The committed `ranking_rows.csv`: one row per training example with its family, true difficulty, the student's
+    greedy ROUGE-L and CE, and its rank under each measurer (1 = easiest; tied scores share their mean rank, so
+    Spearman(rank_fusion, true_difficulty) is exactly premise P2's)."""
+    from scipy.stats import rankdata
+    return pd.DataFrame({"index": frame["id"], "family": frame["family"], "true_difficulty": frame["true_difficulty"],
+                         "rouge_l": frame["rouge_l"], "ce": frame["ce"],
+                         "rank_rouge_l": rankdata(-frame["rouge_l"].to_numpy(), method="average"),
+                         "rank_ce": rankdata(frame["ce"].to_numpy(), method="average"),
+                         "rank_fusion": rankdata(-frame["fused"].to_numpy(), method="average")})
 
 
 def subset_difficulty_figure(frame: pd.DataFrame) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import PROFILES, ConfigError
 from .results import REPO_ROOT, atomic_write_json
-from .pipeline import RUNS_ROOT
+from .workspace import RUNS_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

@@ -1,4 +1,4 @@
-"""Run registry and statistics.
+"""Run registry: finished runs on disk, claims and atomic writes.
 
 Every finished run lives in `<root>/<kind>/<hash>/result.json`, written atomically (temp file + rename) as the
 last step, so a directory without it is unfinished. A re-run with the same config finds it and skips. Concurrent
@@ -7,7 +7,6 @@ batches claim a run with an exclusive lock file, so two processes never train th
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess
@@ -167,31 +166,3 @@ def _try_lock(lock: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
-
-
-# ---- statistics --------------------------------------------------------------------------------------------------
-
-def t_quantile(df: int, q: float = 0.975) -> float:
-    """Student-t quantile (scipy when available)."""
-    from scipy import stats
-    return float(stats.t.ppf(q, df))
-
-
-def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the half-width of its t confidence interval (NaN half-width for a single value)."""
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, len(x)
-    half = t_quantile(len(x) - 1, 0.5 + level / 2) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return m, half, len(x)
-
-
-def paired_diff(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> tuple[float, float, int]:
-    """Mean and CI half-width of b - a over the seeds both have (paired by training seed)."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return math.nan, math.nan, 0
-    d = [b[s] - a[s] for s in seeds]
-    m, half, n = mean_ci(d, level)
-    return m, half, n

@@ -19,7 +19,7 @@ from . import distributed
 from .config import RunSpec, config_hash
 from .models import load_weights, save_weights
 from .curriculum import Stage, plan_stages
-from .pipeline import Workspace
+from .workspace import Workspace
 from .results import atomic_write_json
 from .train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
 
@@ -36,7 +36,8 @@ def run_key(ws: Workspace, spec: RunSpec) -> str:
 
 
 def eval_key(p) -> dict[str, Any]:
-    return {"seeds": list(p.eval_seeds), "max_examples": p.eval_max_examples, "new": p.max_new_tokens}
+    key = {"seeds": list(p.eval_seeds), "max_examples": p.eval_max_examples, "new": p.max_new_tokens}
+    return key if p.greedy_max_examples < 0 else {**key, "greedy": p.greedy_max_examples}
 
 
 def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
@@ -46,9 +47,20 @@ def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
     if not spec.pocl:
         return [Stage(1, np.arange(len(encoded)), spec.tau[0], spec.alpha[0], steps)]
     position = {e.index: k for k, e in enumerate(encoded)}  # the ranking names samples by dataset index
-    easy_first = np.array([position[i] for i in ws.ranking.order(spec.ranking)])
+    easy_first = np.array([position[i] for i in easy_first_ids(ws, spec.ranking)])
     return plan_stages(easy_first, n_subsets=spec.n_subsets, total_steps=steps, tau=spec.tau, alpha=spec.alpha,
                        order=spec.order, seed=spec.seed)
+
+
+def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
+    """Training sample ids easiest first: by the student-based measurer (fusion, rouge_l, ce), or by the world's true
+    difficulty ("oracle", the positive control; the rows' order breaks ties, and world rows are in random order)."""
+    if ranking != "oracle":
+        return ws.ranking.order(ranking)
+    from .difficulty import order_by_truth
+    from .world import true_difficulty
+    ids = np.sort(ws.ranking.ids)
+    return order_by_truth(ids, true_difficulty([ws.sets["train"][i] for i in ids]))
 
 
 def check_points(stages: list[Stage], n_checks: int) -> set[tuple[int, int]]:
@@ -154,6 +166,26 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
     return out
 
 
+def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
+    """Greedy ROUGE-L on `greedy_max_examples` rows of each eval set (0 = all): deterministic, so smaller effects are
+    separable than under sampling. Empty when the profile asks for none (-1)."""
+    from .data import EVAL_SETS
+    from .evaluate import greedy_rouge
+    p, out = ws.profile, {}
+    if p.greedy_max_examples < 0:
+        return out
+    for role in EVAL_SETS:
+        enc, refs = eval_data(ws, role, p.greedy_max_examples)
+        out[role] = {"mean": greedy_rouge(model, ws.tokenizer, enc, refs, max_new_tokens=p.max_new_tokens),
+                     "n": len(enc)}
+    return out
+
+
+def scores(ws: Workspace, model) -> dict[str, Any]:
+    """A model's eval metrics: "eval" (the paper's sampled protocol) and "greedy" (see greedy_scores)."""
+    return {"eval": evaluate_model(ws, model), "greedy": greedy_scores(ws, model)}
+
+
 def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any] | None:
     """Run `spec` unless finished; returns its record, or None if another process holds its claim.
 
@@ -175,7 +207,7 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
             return reg.load(KIND, key)
         student = ws.load_student_init(device)
         load_weights(student, run_dir / "best.safetensors")
-        metrics = {"eval": evaluate_model(ws, student), "train": state}
+        metrics = {**scores(ws, student), "train": state}
         config = {"spec": spec.key(), "label": spec.label, "method": spec.method, "variant": spec.variant,
                   "profile": ws.profile.name, "run_key": key}
         record = reg.save(KIND, key, config, metrics, time.time() - t0)
@@ -270,7 +302,7 @@ def reference_score(ws: Workspace, name: str) -> dict[str, Any]:
     """The registry record of one reference model's scores on the eval sets ('Teacher' or 'Student (init)'), cached."""
     from .models import pick_device
     load = getattr(ws, REFERENCE_MODELS[name])
-    return ws.cached("reference", name, eval_key(ws.profile), lambda: {"eval": evaluate_model(ws, load(pick_device()).eval())})
+    return ws.cached("reference", name, eval_key(ws.profile), lambda: scores(ws, load(pick_device()).eval()))
 
 
 def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:

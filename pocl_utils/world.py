@@ -1,28 +1,39 @@
 """A synthetic instruction world: seeded task families whose difficulty is known, plus its BPE tokenizer.
 
 Real instruction data cannot train a useful teacher/student pair on a 2-core CPU, so the default profiles
-generate a small world of natural-language instructions (copy, reverse, sort, count, add, subtract, max,
-key-value lookup, k-th word and two-step compositions), written in the same JSON Lines layout as the
+generate a small world of natural-language instructions, written in the same JSON Lines layout as the
 MiniLLM-processed Dolly files, so one loader reads both.
 
-Difficulty. Every family has one knob, the `level` L = 1, 2, ...: list families use L + 1 items, arithmetic
-families use L-digit operands, lookups use L + 1 key=value pairs. A composition of `depth` d elementary steps
-costs d - 1 more, so
+The tasks (version 2). Every answer is a list made of tokens the input does not show: words reversed, words
+translated into "the old tongue" (a fixed made-up lexicon, `LEXICON`), numbers plus one, running totals, and the
+compositions translate-then-reverse and add-one-then-reverse. Copying the input or answering with the most frequent
+training answer therefore scores little, and a partly right answer earns partial ROUGE-L, so a student's greedy
+output says how far it got (the ranking half of the difficulty measurer needs that). Version 1's single-word
+answers let "echo the input" beat the teacher (FINDINGS.md, run 2).
+
+Difficulty. Every family has one knob, the `level` L = 1, 2, ...: lists have L + 1 items. A composition of
+`depth` d elementary steps costs d - 1 more, so
 
     difficulty = level + depth - 1        (an integer >= 1, comparable across families)
 
-i.e. one unit per extra item/digit and one per extra reasoning step. Training levels are 1..max_level.
+i.e. one unit per extra item and one per extra step. Training levels are 1..max_level.
+
+Pre-training text plays the web's part: it demonstrates every family (S-NI's too), every phrasing and levels up
+to UnNI's, in plain "instruction / input / answer" lines, plus sentences about the lexicon and numbers; it never
+holds a train, valid or eval prompt. The teacher and the student are pre-trained on disjoint pools of it; the
+instruction data then teaches the MiniLLM template on the trained families only.
 
 Eval roles mirror the paper's five sets (Sec. 5, A.2.3):
     DollyEval  - the test split: trained families, trained phrasings, trained levels
-    SelfInst   - trained families asked with phrasings held out of training (last HELD_OUT_TEMPLATES templates)
-    VicunaEval - a small set of harder compositions (depth 2-3) never trained as such
-    S-NI       - families never trained on (min, last word, list sum), described only by their instruction
-    UnNI       - trained families at levels above the training maximum (longer inputs)
+    SelfInst   - trained families asked with phrasings held out of the instruction data
+    VicunaEval - the compositions at the two top trained levels and one beyond, with held-out phrasings (harder)
+    S-NI       - families never in the instruction data (untranslate, decr, double), known from pre-training only
+    UnNI       - trained families at levels above the training maximum (longer lists)
 All prompts are unique across every role, so no eval prompt is ever seen in training.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -36,7 +47,7 @@ import numpy as np
 
 from .data import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
 
-WORLD_VERSION = 1  # bump when generation changes, so load_or_create_world regenerates saved worlds
+WORLD_VERSION = 2  # bump when generation changes, so load_or_create_world regenerates saved worlds
 ROLES = ("train", "valid", "DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI")
 EVAL_ROLES = ("DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI")
 META_FILE = "world_meta.json"
@@ -46,25 +57,40 @@ HELD_OUT_TEMPLATES = 2  # per trained family, the last templates are SelfInst-on
 WORDS = ("apple", "banana", "cat", "dog", "fish", "bird", "tree", "house", "car", "book", "cup", "hat",
          "sun", "moon", "star", "milk", "egg", "box", "pen", "kite", "door", "road", "rain", "snow",
          "lamp", "ship", "frog", "bear", "wolf", "cake", "ball", "rose")
-KEYS = tuple("ABCDEFGHJKLMNPRSTUVWXYZ")  # lookup keys (no I/O: they look like digits)
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
             "eleventh", "twelfth")
-MAX_ITEMS = len(ORDINALS)  # k-th questions need an ordinal for every position
+MAX_ITEMS = len(ORDINALS)
+
+
+def _lexicon() -> dict[str, str]:
+    """The world's second language: each word of WORDS has one fixed made-up translation (consonant-vowel-consonant,
+    never an English word of the list, never ending in s so the ROUGE stemmer leaves it whole). Seeded by name only:
+    every world speaks it."""
+    rng = random.Random("pocl-world/lexicon")
+    cons, vowels, out = "bdfgklmnprtvz", "aeiou", {}
+    while len(out) < len(WORDS):
+        w = rng.choice(cons) + rng.choice(vowels) + rng.choice(cons)
+        if w not in out.values() and w not in WORDS:
+            out[WORDS[len(out)]] = w
+    return out
+
+
+LEXICON = _lexicon()  # word -> its translation
+UNLEXICON = {v: k for k, v in LEXICON.items()}
 
 
 # ---- argument samplers: (rng, level) -> JSON-serialisable args --------------------------------------------------
-
-
-def _int_with_digits(rng: random.Random, digits: int) -> int:
-    lo = 0 if digits == 1 else 10 ** (digits - 1)
-    return rng.randint(lo, 10 ** digits - 1)
 
 
 def _words(rng: random.Random, level: int) -> dict:
     return {"words": [rng.choice(WORDS) for _ in range(level + 1)]}
 
 
-def _nums(rng: random.Random, level: int, hi: int = 99) -> dict:
+def _foreign(rng: random.Random, level: int) -> dict:
+    return {"words": [LEXICON[rng.choice(WORDS)] for _ in range(level + 1)]}
+
+
+def _nums(rng: random.Random, level: int, hi: int = 98) -> dict:
     return {"nums": [rng.randint(0, hi) for _ in range(level + 1)]}
 
 
@@ -72,49 +98,8 @@ def _digits(rng: random.Random, level: int) -> dict:
     return _nums(rng, level, hi=9)
 
 
-def _words_k(rng: random.Random, level: int) -> dict:
-    return {**_words(rng, level), "k": rng.randint(1, level + 1)}
-
-
-def _nums_k(rng: random.Random, level: int) -> dict:
-    return {**_nums(rng, level), "k": rng.randint(1, level + 1)}
-
-
-def _nums_k_c(rng: random.Random, level: int) -> dict:
-    return {**_nums_k(rng, level), "c": rng.randint(1, 9)}
-
-
-def _add(rng: random.Random, level: int) -> dict:
-    return {"a": _int_with_digits(rng, level), "b": _int_with_digits(rng, level)}
-
-
-def _sub(rng: random.Random, level: int) -> dict:
-    a = _int_with_digits(rng, level)
-    lo = 0 if level == 1 else 10 ** (level - 1)
-    return {"a": a, "b": rng.randint(lo, a)}  # b <= a: answers stay non-negative
-
-
-def _pairs(n_pairs: int, n_asked: int, rng: random.Random) -> dict:
-    keys = rng.sample(KEYS, n_pairs)
-    asked = rng.sample(keys, n_asked)
-    names = ("key", "key2", "key3")[:n_asked]
-    return {"pairs": [[k, rng.randint(0, 9)] for k in keys], **dict(zip(names, asked))}
-
-
-def _lookup(rng: random.Random, level: int) -> dict:
-    return _pairs(level + 1, 1, rng)
-
-
-def _lookup2(rng: random.Random, level: int) -> dict:
-    return _pairs(level + 1, 2, rng)
-
-
-def _lookup3(rng: random.Random, level: int) -> dict:
-    return _pairs(level + 2, 3, rng)  # one more pair than level + 1 so level 1 still has 3 keys
-
-
-def _value(args: dict, key: str) -> int:
-    return dict(map(tuple, args["pairs"]))[args[key]]
+def _pos_nums(rng: random.Random, level: int) -> dict:
+    return {"nums": [rng.randint(1, 99) for _ in range(level + 1)]}
 
 
 # ---- the families -----------------------------------------------------------------------------------------------
@@ -135,83 +120,60 @@ def _join(xs: Iterable) -> str:
     return " ".join(map(str, xs))
 
 
+def _running(xs: list[int]) -> list[int]:
+    return list(np.cumsum(xs).tolist())
+
+
+# Every answer is a list as long as the input (or longer), made of tokens the input does not show, so copying the
+# input scores little, and a partly right answer gets partial ROUGE-L credit (the measurer sees degrees of right).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("copy", 1, _words, lambda a: _join(a["words"]), (
-        ("Repeat the words below.", "{words}"), ("Copy the input exactly.", "{words}"),
-        ("Say these words: {words}", ""), ("Write the list again.", "{words}"),
-        ("Echo the following words back.", "{words}"), ("Return the input unchanged.", "{words}"))),
     Family("reverse", 1, _words, lambda a: _join(a["words"][::-1]), (
         ("Reverse the order of the words.", "{words}"), ("Reverse this list: {words}", ""),
         ("Write the words backwards, last word first.", "{words}"), ("Put the words in reverse order.", "{words}"),
         ("Flip the order of these words.", "{words}"), ("List the words from the end to the start.", "{words}"))),
-    Family("sort", 1, _nums, lambda a: _join(sorted(a["nums"])), (
-        ("Sort the numbers from smallest to largest.", "{nums}"), ("Sort: {nums}", ""),
-        ("Put these numbers in increasing order.", "{nums}"), ("Arrange the numbers in ascending order.", "{nums}"),
-        ("Order the numbers, lowest first.", "{nums}"), ("Rewrite the numbers sorted upward.", "{nums}"))),
-    Family("count", 1, _words, lambda a: str(len(a["words"])), (
-        ("How many words are in the list?", "{words}"), ("Count the items: {words}", ""),
-        ("Count the words.", "{words}"), ("How many items are there?", "{words}"),
-        ("Tell me the number of words in the input.", "{words}"), ("What is the length of this list?", "{words}"))),
-    Family("add", 1, _add, lambda a: str(a["a"] + a["b"]), (
-        ("What is {a} plus {b}?", ""), ("Add the two numbers.", "{a} {b}"),
-        ("Compute {a} + {b}.", ""), ("Find the sum of the two numbers.", "{a} {b}"),
-        ("Add {a} and {b}.", ""), ("Give the total of {a} and {b}.", ""))),
-    Family("sub", 1, _sub, lambda a: str(a["a"] - a["b"]), (
-        ("What is {a} minus {b}?", ""), ("Subtract the second number from the first.", "{a} {b}"),
-        ("Compute {a} - {b}.", ""), ("Find the difference between the two numbers.", "{a} {b}"),
-        ("Take {b} away from {a}.", ""), ("Remove {b} from {a}. What is left?", ""))),
-    Family("max", 1, _nums, lambda a: str(max(a["nums"])), (
-        ("What is the largest number?", "{nums}"), ("Which number is the biggest: {nums}", ""),
-        ("Find the maximum.", "{nums}"), ("Give the highest number in the list.", "{nums}"),
-        ("Pick out the greatest value.", "{nums}"), ("Return the max of the numbers.", "{nums}"))),
-    Family("lookup", 1, _lookup, lambda a: str(_value(a, "key")), (
-        ("What is the value of {key}?", "{pairs}"), ("Using {pairs}, what is {key}?", ""),
-        ("Look up {key}.", "{pairs}"), ("Find the number paired with {key}.", "{pairs}"),
-        ("Which value does {key} have?", "{pairs}"), ("Tell me what {key} equals.", "{pairs}"))),
-    Family("kth_word", 1, _words_k, lambda a: a["words"][a["k"] - 1], (
-        ("What is the {kth} word?", "{words}"), ("Give word number {k}.", "{words}"),
-        ("Return the {kth} word of the list.", "{words}"), ("Which word is in position {k}?", "{words}"),
-        ("Pick the {kth} item.", "{words}"), ("Tell me the word at place {k}.", "{words}"))),
-    Family("sort_kth", 2, _nums_k, lambda a: str(sorted(a["nums"])[a["k"] - 1]), (
-        ("Sort the numbers, then give the {kth} one.", "{nums}"), ("Sort {nums} and give the {kth}.", ""),
-        ("After sorting from smallest to largest, which number is {kth}?", "{nums}"),
-        ("Put the numbers in increasing order and return number {k}.", "{nums}"),
-        ("Order the numbers upward, then pick the {kth}.", "{nums}"),
-        ("What is the {kth} smallest number?", "{nums}"))),
-    Family("lookup_add", 2, _lookup2, lambda a: str(_value(a, "key") + _value(a, "key2")), (
-        ("Add the values of {key} and {key2}.", "{pairs}"), ("Using {pairs}, what is {key} + {key2}?", ""),
-        ("What is {key} plus {key2}?", "{pairs}"), ("Look up {key} and {key2} and give their sum.", "{pairs}"),
-        ("Find {key} and {key2}, then add them.", "{pairs}"), ("Give the total of {key} and {key2}.", "{pairs}"))),
-    Family("reverse_kth", 2, _words_k, lambda a: a["words"][::-1][a["k"] - 1], (
-        ("Reverse the words, then give the {kth} one.", "{words}"), ("Reverse {words} and give the {kth} word.", ""),
-        ("Which word is {kth} from the end?", "{words}"), ("Read the list backwards and return word {k}.", "{words}"),
-        ("Flip the list and pick the {kth} word.", "{words}"),
-        ("Count {k} words from the end. Which word is it?", "{words}"))),
-    # S-NI: never trained; every phrasing is new
-    Family("min", 1, _nums, lambda a: str(min(a["nums"])), (
-        ("What is the smallest number?", "{nums}"), ("Find the minimum.", "{nums}"),
-        ("Which number is the lowest: {nums}", ""), ("Give the least value in the list.", "{nums}"))),
-    Family("last_word", 1, _words, lambda a: a["words"][-1], (
-        ("What is the last word?", "{words}"), ("Give the final word of the list.", "{words}"),
-        ("Which word comes at the end: {words}", ""), ("Return the word in the last position.", "{words}"))),
-    Family("sum", 1, _digits, lambda a: str(sum(a["nums"])), (
-        ("Add up all the numbers.", "{nums}"), ("What is the sum of the list?", "{nums}"),
-        ("Find the total of {nums}.", ""), ("Sum the digits in the input.", "{nums}"))),
-    # VicunaEval: harder compositions of trained skills
-    Family("sort_kth_add", 3, _nums_k_c, lambda a: str(sorted(a["nums"])[a["k"] - 1] + a["c"]), (
-        ("Sort the numbers, take the {kth} one, then add {c} to it.", "{nums}"),
-        ("Find the {kth} smallest number and add {c}.", "{nums}"))),
-    Family("lookup_add3", 3, _lookup3, lambda a: str(sum(_value(a, k) for k in ("key", "key2", "key3"))), (
-        ("Add the values of {key}, {key2} and {key3}.", "{pairs}"),
-        ("Using {pairs}, what is {key} + {key2} + {key3}?", ""))),
-    Family("sort_reverse", 2, _nums, lambda a: _join(sorted(a["nums"], reverse=True)), (
-        ("Sort the numbers, then reverse the order.", "{nums}"),
-        ("Put the numbers in increasing order and then write them backwards.", "{nums}"))),
+    Family("translate", 1, _words, lambda a: _join(LEXICON[w] for w in a["words"]), (
+        ("Translate the words into the old tongue.", "{words}"), ("Translate: {words}", ""),
+        ("Give each word in the old tongue.", "{words}"), ("Say these words in the old tongue.", "{words}"),
+        ("How do you say this in the old tongue?", "{words}"), ("Write the list in the old tongue.", "{words}"))),
+    Family("incr", 1, _nums, lambda a: _join(x + 1 for x in a["nums"]), (
+        ("Add one to each number.", "{nums}"), ("Increase every number by 1: {nums}", ""),
+        ("Write each number plus one.", "{nums}"), ("Make every number one bigger.", "{nums}"),
+        ("Count one up from each number.", "{nums}"), ("Give the next number after each of these.", "{nums}"))),
+    Family("running_sum", 1, _digits, lambda a: _join(_running(a["nums"])), (
+        ("Give the running total of the numbers.", "{nums}"), ("Running sum of {nums}", ""),
+        ("Add the numbers up one by one and write each total.", "{nums}"),
+        ("Write the partial sums of the list.", "{nums}"), ("Keep a running total.", "{nums}"),
+        ("After each number, what is the sum so far?", "{nums}"))),
+    Family("translate_reverse", 2, _words, lambda a: _join(LEXICON[w] for w in a["words"][::-1]), (
+        ("Reverse the words, then translate them into the old tongue.", "{words}"),
+        ("Translate {words} into the old tongue, last word first.", ""),
+        ("Say the words backwards in the old tongue.", "{words}"),
+        ("Put the words in reverse order and give them in the old tongue.", "{words}"),
+        ("Flip the list and translate it into the old tongue.", "{words}"),
+        ("In the old tongue, list the words from the end to the start.", "{words}"))),
+    Family("incr_reverse", 2, _nums, lambda a: _join(x + 1 for x in a["nums"][::-1]), (
+        ("Add one to each number, then reverse the list.", "{nums}"),
+        ("Reverse {nums} and increase every number by 1.", ""),
+        ("Write each number plus one, last number first.", "{nums}"),
+        ("Make every number one bigger and put them in reverse order.", "{nums}"),
+        ("Flip the list and add one to every number.", "{nums}"),
+        ("From the end to the start, give each number plus one.", "{nums}"))),
+    # S-NI: never in the instruction data; the pre-training text demonstrates them (as the web does for GPT-2)
+    Family("untranslate", 1, _foreign, lambda a: _join(UNLEXICON[w] for w in a["words"]), (
+        ("Translate the words from the old tongue.", "{words}"), ("What do these old-tongue words mean: {words}", ""),
+        ("Give the plain words for this old-tongue list.", "{words}"),
+        ("Say these old-tongue words in plain words.", "{words}"))),
+    Family("decr", 1, _pos_nums, lambda a: _join(x - 1 for x in a["nums"]), (
+        ("Subtract one from each number.", "{nums}"), ("Decrease every number by 1: {nums}", ""),
+        ("Write each number minus one.", "{nums}"), ("Make every number one smaller.", "{nums}"))),
+    Family("double", 1, _digits, lambda a: _join(2 * x for x in a["nums"]), (
+        ("Double each number.", "{nums}"), ("Multiply every number by 2: {nums}", ""),
+        ("Write each number times two.", "{nums}"), ("Make every number twice as big.", "{nums}"))),
 )}
-TRAIN_FAMILIES = ("copy", "reverse", "sort", "count", "add", "sub", "max", "lookup", "kth_word",
-                  "sort_kth", "lookup_add", "reverse_kth")
-SNI_FAMILIES = ("min", "last_word", "sum")
-VICUNA_FAMILIES = ("sort_kth_add", "lookup_add3", "sort_reverse")
+TRAIN_FAMILIES = ("reverse", "translate", "incr", "running_sum", "translate_reverse", "incr_reverse")
+SNI_FAMILIES = ("untranslate", "decr", "double")
+VICUNA_FAMILIES = ("translate_reverse", "incr_reverse")  # the compositions, at the top trained levels, new phrasings
+PRETRAIN_FAMILIES = TRAIN_FAMILIES + SNI_FAMILIES
 
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -249,7 +211,7 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.pretrain_qa_frac must be in [0, 1], got {self.pretrain_qa_frac}")
 
 
-_PRESETS = {
+PRESETS = {
     "smoke": dict(n_train=64, n_valid=16, n_test=16, n_ood=16, n_vicuna=8, max_level=3),
     "classroom": dict(n_train=1000, n_valid=80, n_test=40, n_ood=48, n_vicuna=24, max_level=4),
     "laptop": dict(n_train=2500, n_valid=200, n_test=100, n_ood=100, n_vicuna=40, max_level=4),
@@ -259,13 +221,13 @@ _PRESETS = {
 
 def world_config(profile: str, **overrides) -> WorldConfig:
     """The preset WorldConfig of a profile ("smoke", "classroom", "laptop", "gpu"), with optional field overrides."""
-    if profile not in _PRESETS:
-        raise ValueError(f"unknown world profile {profile!r}; valid: {sorted(_PRESETS)}")
+    if profile not in PRESETS:
+        raise ValueError(f"unknown world profile {profile!r}; valid: {sorted(PRESETS)}")
     valid = {f.name for f in fields(WorldConfig)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(f"unknown WorldConfig field(s) {unknown}; valid: {sorted(valid)}")
-    return WorldConfig(**{**_PRESETS[profile], **overrides})
+    return WorldConfig(**{**PRESETS[profile], **overrides})
 
 
 # ---- sampling rows ----------------------------------------------------------------------------------------------
@@ -297,12 +259,13 @@ def role_spec(role: str, cfg: WorldConfig) -> RoleSpec:
     """Families, phrasings and levels each role samples from (see the module docstring)."""
     trained = tuple(range(1, cfg.max_level + 1))
     beyond = tuple(range(cfg.max_level + 1, cfg.max_level + cfg.ood_extra_levels + 1))
+    top = tuple(range(max(1, cfg.max_level - 1), cfg.max_level + 2))  # the two top trained levels and one beyond
     specs = {
         "train": RoleSpec(TRAIN_FAMILIES, _train_templates, trained, cfg.n_train),
         "valid": RoleSpec(TRAIN_FAMILIES, _train_templates, trained, cfg.n_valid),
         "DollyEval": RoleSpec(TRAIN_FAMILIES, _train_templates, trained, cfg.n_test),
         "SelfInst": RoleSpec(TRAIN_FAMILIES, _held_templates, trained, cfg.n_ood),
-        "VicunaEval": RoleSpec(VICUNA_FAMILIES, _all_templates, trained, cfg.n_vicuna),
+        "VicunaEval": RoleSpec(VICUNA_FAMILIES, _held_templates, top, cfg.n_vicuna),
         "S-NI": RoleSpec(SNI_FAMILIES, _all_templates, trained, cfg.n_ood),
         "UnNI": RoleSpec(TRAIN_FAMILIES, _train_templates, beyond, cfg.n_ood),
     }
@@ -312,16 +275,8 @@ def role_spec(role: str, cfg: WorldConfig) -> RoleSpec:
 
 
 def _slots(args: dict) -> dict[str, str]:
-    """Strings substituted into a template: lists space-joined, pairs as 'A=3 K=7', k also as an ordinal."""
-    out = {}
-    for name, value in args.items():
-        if name == "pairs":
-            out[name] = " ".join(f"{k}={v}" for k, v in value)
-        else:
-            out[name] = _join(value) if isinstance(value, list) else str(value)
-    if "k" in args:
-        out["kth"] = ORDINALS[args["k"] - 1]
-    return out
+    """Strings substituted into a template: lists space-joined."""
+    return {name: _join(value) if isinstance(value, list) else str(value) for name, value in args.items()}
 
 
 def make_row(family: str, level: int, template: int, args: dict) -> dict:
@@ -407,7 +362,7 @@ def write_world(world: dict[str, list[dict]], out_dir: str | Path, cfg: WorldCon
             "counts": {role: len(rows) for role, rows in world.items()},
             "families": {role: sorted({r["family"] for r in rows}) for role, rows in world.items()},
             "levels": {role: sorted({r["level"] for r in rows}) for role, rows in world.items()},
-            "difficulty": "level + depth - 1 (level: list items - 1, operand digits or pairs - 1; depth: steps)"}
+            "difficulty": "level + depth - 1 (level: list items - 1; depth: steps)"}
     _atomic_write_text(out / META_FILE, json.dumps(meta, indent=1) + "\n")
     return paths
 
@@ -429,27 +384,15 @@ def load_or_create_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Pat
 # ---- plain-LM pre-training text ---------------------------------------------------------------------------------
 
 
-def _fact_arith(rng: random.Random, level: int) -> str:
-    a, s = _add(rng, level), _sub(rng, level)
-    return f"{a['a']} plus {a['b']} is {a['a'] + a['b']}, and {s['a']} minus {s['b']} is {s['a'] - s['b']}."
+def _fact_lexicon(rng: random.Random, level: int) -> str:
+    w = rng.sample(WORDS, min(len(WORDS), level + 1))
+    return "In the old tongue, " + ", ".join(f"{x} is {LEXICON[x]}" for x in w) + "."
 
 
-def _fact_words(rng: random.Random, level: int) -> str:
-    w = _words(rng, level)["words"]
-    k = rng.randint(1, len(w))
-    return (f"The list {_join(w)} has {len(w)} words. Its {ORDINALS[k - 1]} word is {w[k - 1]} and its last "
-            f"word is {w[-1]}. Backwards it reads {_join(w[::-1])}.")
-
-
-def _fact_nums(rng: random.Random, level: int) -> str:
+def _fact_numbers(rng: random.Random, level: int) -> str:
     x = _nums(rng, level)["nums"]
-    return (f"The numbers {_join(x)} sorted are {_join(sorted(x))}. "
-            f"The largest is {max(x)} and the smallest is {min(x)}.")
-
-
-def _fact_pairs(rng: random.Random, level: int) -> str:
-    p, d = _lookup(rng, level), _digits(rng, level)["nums"]
-    return f"In {_slots(p)['pairs']}, {p['key']} is {_value(p, 'key')}. The sum of {_join(d)} is {sum(d)}."
+    return (f"After {_join(x)} come {_join(v + 1 for v in x)}. The numbers {_join(_digits(rng, level)['nums'])} "
+            f"are small.")
 
 
 def _fact_scene(rng: random.Random, level: int) -> str:
@@ -458,7 +401,7 @@ def _fact_scene(rng: random.Random, level: int) -> str:
     return f"The {w1} is {where} the {w2}. There are {level + 1} of them."
 
 
-_FACTS = (_fact_arith, _fact_words, _fact_nums, _fact_pairs, _fact_scene)
+_FACTS = (_fact_lexicon, _fact_numbers, _fact_scene)
 
 
 def _eval_prompts(cfg: WorldConfig) -> set[str]:
@@ -469,25 +412,42 @@ def _eval_prompts(cfg: WorldConfig) -> set[str]:
     return seen
 
 
-def pretrain_corpus(cfg: WorldConfig, n: int) -> list[str]:
-    """`n` deterministic world texts for plain-LM pre-training of the student (as GPT-2 is pre-trained).
+PRETRAIN_POOLS = ("teacher", "student")
 
-    A `pretrain_qa_frac` share are solved tasks of the trained families, phrasings and levels (plain
-    "instruction / input / answer" lines unless `pretrain_template`); the rest are world sentences. The
-    sentences also state facts the S-NI families ask about (smallest, last word, sums), as web text would
-    for GPT-2, but no eval or valid prompt (instruction + input) ever appears.
+
+def _pool_of(prompt: str) -> str:
+    """The pre-training pool a task prompt belongs to: a stable hash, half and half."""
+    return PRETRAIN_POOLS[hashlib.sha256(prompt.encode()).digest()[0] % 2]
+
+
+def pretrain_spec(cfg: WorldConfig) -> RoleSpec:
+    """What pre-training text demonstrates: every family (S-NI's too), every phrasing, levels up to UnNI's."""
+    return RoleSpec(PRETRAIN_FAMILIES, _all_templates, tuple(range(1, cfg.max_level + cfg.ood_extra_levels + 1)), 0)
+
+
+def pretrain_corpus(cfg: WorldConfig, n: int, pool: str = "student") -> list[str]:
+    """`n` deterministic world texts for plain-LM pre-training (as GPT-2 models are pre-trained on web text).
+
+    A `pretrain_qa_frac` share are solved tasks of every family, phrasing and level the world has (plain
+    "instruction / input / answer" lines unless `pretrain_template`); the rest are world sentences (the lexicon,
+    numbers). No eval, valid or train prompt (instruction + input) ever appears. `pool` ("teacher" or "student")
+    picks one of two disjoint halves of the task prompts (split by a hash of the prompt), so the teacher and the
+    student are pre-trained on different demonstrations of the same world.
     """
     if n < 0:
         raise ValueError(f"pretrain_corpus: n must be >= 0, got {n}")
-    rng = random.Random(f"pocl-world/{cfg.seed}/pretrain")
-    banned, spec, texts = _eval_prompts(cfg), role_spec("train", cfg), []
+    if pool not in PRETRAIN_POOLS:
+        raise ValueError(f"pretrain_corpus: pool must be one of {PRETRAIN_POOLS}, got {pool!r}")
+    rng = random.Random(f"pocl-world/{cfg.seed}/pretrain/{pool}")
+    banned, spec, texts = _eval_prompts(cfg), pretrain_spec(cfg), []
+    banned |= {r["prompt"] for r in _sample_role("train", cfg, set(banned))}
     while len(texts) < n:
         if rng.random() >= cfg.pretrain_qa_frac:
             texts.append(rng.choice(_FACTS)(rng, rng.choice(spec.levels)))
             continue
         row = _draw(rng, spec)
-        if row["prompt"] in banned:
-            continue
+        while row["prompt"] in banned or _pool_of(row["prompt"]) != pool:
+            row = _draw(rng, spec)
         qa = [row["instruction"], row["input"], row["output"]]
         texts.append(row["prompt"] + row["output"] if cfg.pretrain_template else "\n".join(s for s in qa if s))
     return texts

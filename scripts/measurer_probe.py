@@ -21,7 +21,8 @@ from pocl_utils import report
 from pocl_utils.config import TrainSpec, get_profile
 from pocl_utils.difficulty import score_samples
 from pocl_utils.models import build_model
-from pocl_utils.pipeline import lm_blocks, prepare
+from pocl_utils.pipeline import prepare
+from pocl_utils.workspace import lm_blocks
 from pocl_utils.results import REPO_ROOT
 from pocl_utils.train import sft
 from pocl_utils.world import pretrain_corpus, world_config

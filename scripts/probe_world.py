@@ -21,6 +21,7 @@ import pandas as pd
 
 from pocl_utils import pipeline, premises, runner, world
 from pocl_utils.config import baseline, get_profile
+from pocl_utils.data import EVAL_SETS
 from pocl_utils.evaluate import responses, rouge_l_batch
 from pocl_utils.models import pick_device
 
@@ -44,22 +45,18 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/pocl-probes")
     a = ap.parse_args()
     base = get_profile(a.profile)
-    world._PRESETS[f"probe-{a.name}"] = {**world._PRESETS[base.world], **json.loads(a.world)}
+    world.PRESETS[f"probe-{a.name}"] = {**world.PRESETS[base.world], **json.loads(a.world)}
     p = get_profile(a.profile, {"world": f"probe-{a.name}", **json.loads(a.overrides)})
-    p = replace(p, name=f"probe-{a.name}")
-    ws = pipeline.Workspace(p, Path(a.root) / a.name)
-    builders = {"data": pipeline._build_data, "tokenizer": pipeline._build_tokenizer,
-                "teacher": pipeline._build_teacher, "student_init": pipeline._build_student,
-                "ranking": pipeline._build_ranking}
+    p = replace(p, name=a.name)
     t0 = time.time()
-    pipeline.build_steps(ws, builders, pipeline.prep_keys(p), pick_device())
+    ws = pipeline.prepare(p, runs_root=Path(a.root), until="ranking")
     print(f"prepared in {time.time() - t0:.0f}s")
     dev = pick_device()
     teacher, student = ws.load_teacher(dev), ws.load_student_init(dev).eval()
     fam = pd.DataFrame({"teacher": per_family(ws, teacher, "train"), "student_init": per_family(ws, student, "train")})
     print(fam.to_string())
     evals = {role: [ws.sets[role][e.index] for e in runner.eval_data(ws, role, p.eval_max_examples)[0]]
-             for role in pipeline.D.EVAL_SETS}
+             for role in EVAL_SETS}
     rules = premises.rule_scores(evals, ws.sets["train"])
     t_eval = runner.reference_score(ws, "Teacher")["metrics"]["eval"]
     teacher_scores = {k: v["mean"] for k, v in t_eval.items()}

@@ -14,7 +14,8 @@ from pocl_utils.batch import main as batch_main
 from pocl_utils.config import ConfigError, ModelSpec, RunSpec, get_profile, pocl
 from pocl_utils.data import DataError
 from pocl_utils.models import CheckpointError, build_model, load_checkpoint, load_weights, save_checkpoint
-from pocl_utils.pipeline import prepare, step_dir
+from pocl_utils.pipeline import prepare
+from pocl_utils.workspace import step_dir
 from pocl_utils.reproduce import check_parameters, collection
 from pocl_utils.results import Registry
 from pocl_utils.train import TeacherCache

@@ -26,7 +26,7 @@ import pytest
 
 from conftest import REPO, require
 from pocl_utils.config import get_profile
-from pocl_utils.pipeline import RUNS_ROOT, workspace_root
+from pocl_utils.workspace import RUNS_ROOT, workspace_root
 from pocl_utils.reproduce import NOTEBOOK_DIR, kernel_name
 
 NOTEBOOK = "00_data.ipynb"  # shows two figures within seconds on `smoke`

@@ -1,7 +1,8 @@
 """Profiles resolve strictly; run specs validate their fields; hashes are stable."""
 import pytest
 
-from pocl_utils.config import (PROFILES, ConfigError, RunSpec, baseline, config_hash, get_profile, pocl)
+from pocl_utils.config import PROFILES, ConfigError, RunSpec, baseline, cache_top_k, config_hash, get_profile, pocl
+from pocl_utils.workspace import prep_keys, trained_together
 
 
 def test_every_profile_resolves():
@@ -25,15 +26,38 @@ def test_override_dotted_and_types():
         get_profile("smoke", {"n_subsets": 0})
 
 
-def test_paper_profile_values():
-    p = get_profile("paper")
-    assert (p.teacher.name_or_path, p.student.name_or_path) == ("gpt2-xl", "gpt2")
-    assert p.lr_grid == (5e-4, 1e-4, 5e-5) and p.batch_grid == (8, 16)
-    assert p.kd.epochs == 20 and p.n_subsets == 4 and p.max_len == 512 and p.eval_seeds == (10, 20, 30, 40, 50)
-    assert get_profile("paper-opt").teacher.name_or_path == "facebook/opt-2.7b"
-    # the teacher is fine-tuned on Dolly while preparing (§4.1), and runs live (exact logits at V = 50k do not fit)
-    assert p.sft_teacher and p.teacher_cache == "live" and get_profile("paper-opt").teacher_cache == "live"
-    assert get_profile("laptop").teacher_cache == "exact" and not get_profile("laptop").sft_teacher
+# profile field -> the prepared steps whose cache key must change with it (the steps that read it, and every step
+# built from those); a key that misses a field would hand back a stale artefact after the field changed
+STEP_READS = {
+    "seed": {"data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd"},
+    "vocab_size": {"tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd"},
+    "teacher_sft.lr": {"teacher", "teacher_cache", "seqkd"},
+    "student_pretrain_steps": {"student_init", "ranking"},
+    "max_new_tokens": {"ranking", "seqkd"},
+    "rank_max_examples": {"ranking"},
+    "teacher_cache": {"teacher_cache"},
+    "max_len": {"teacher", "student_init", "ranking", "teacher_cache", "seqkd"},
+}
+
+
+@pytest.mark.parametrize("field", list(STEP_READS))
+def test_a_profile_field_changes_the_keys_of_the_steps_that_read_it(field):
+    base = get_profile("smoke")
+    value = {"teacher_cache": "top-64", "seed": base.seed + 1, "rank_max_examples": 5}.get(field)
+    if value is None:
+        current = base.teacher_sft.lr if field == "teacher_sft.lr" else getattr(base, field)
+        value = current * 2
+    changed = prep_keys(get_profile("smoke", {field: value}))
+    before = prep_keys(base)
+    assert {step for step in before if before[step] != changed[step]} == STEP_READS[field]
+
+
+def test_paper_profiles_run_the_teacher_live_and_train_it_on_every_process():
+    for name in ("paper", "paper-opt"):
+        p = get_profile(name)
+        assert cache_top_k(p) is None and trained_together(p, "teacher")
+    lite = get_profile("real-lite")  # its teacher is used as it comes: nothing to train
+    assert cache_top_k(lite) == 0 and not trained_together(lite, "teacher")  # 0 = exact logits
 
 
 @pytest.mark.parametrize("bad", [dict(n_subsets=0), dict(tau=(0.0, 2.0)), dict(alpha=(0.3, 1.5)),

@@ -21,8 +21,7 @@ import torch
 
 from pocl_utils import data
 from pocl_utils.data import (
-    DataError, Encoded, MissingDataError, build_prompt, collate_prompts, collate_sft, encode_examples,
-    filter_long_prompts, length_sorted_batches, load_instructions, shift_labels,
+    DataError, Encoded, MissingDataError, build_prompt, encode_examples, filter_long_prompts, load_instructions,
 )
 
 from conftest import require  # noqa: E402
@@ -420,47 +419,26 @@ def test_encode_examples_drops_and_truncates(tiny_tokenizer):
 BATCH = [Encoded([3, 4], [5, 6, 1], index=0), Encoded([8], [3, 4, 5, 6, 7], index=2)]
 
 
-def test_collate_sft_right_pads_and_masks_prompt():
-    out = collate_sft(BATCH, pad_id=0)
-    assert out["input_ids"].tolist() == [[3, 4, 5, 6, 1, 0], [8, 3, 4, 5, 6, 7]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
-    assert out["labels"].tolist() == [[-100, -100, 5, 6, 1, -100], [-100, 3, 4, 5, 6, 7]]
-    assert out["index"].tolist() == [0, 2]
-    assert shift_labels(out["labels"]).tolist() == [[-100, 5, 6, 1, -100, -100], [3, 4, 5, 6, 7, -100]]
-
-
-def test_shift_labels_agrees_with_hf_internal_shift():
+def test_make_batch_labels_agree_with_hf_internal_shift():
+    """train.make_batch aligns labels with logits positions (label t = token t + 1, response tokens only): its CE equals
+    HF's loss on unshifted labels built straight from the examples, and a naive per-token sum."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
+    from pocl_utils.train import make_batch
+
     torch.manual_seed(0)
-    out = collate_sft(BATCH, pad_id=0)
+    batch = make_batch(BATCH, pad_id=0)
+    assert batch.input_ids.tolist() == [[3, 4, 5, 6, 1, 0], [8, 3, 4, 5, 6, 7]]
+    unshifted = torch.full((2, 6), -100)  # HF convention: labels[t] = input_ids[t] at response tokens
+    for b, ex in enumerate(BATCH):
+        unshifted[b, len(ex.prompt_ids):ex.length] = torch.tensor(ex.response_ids)
     logits = torch.randn(2, 6, len(VOCAB), dtype=torch.float64)  # [B, T, V]
-    aligned = shift_labels(out["labels"])  # [B, T]
-    ours = torch.nn.functional.cross_entropy(logits.reshape(-1, len(VOCAB)), aligned.reshape(-1))
-    theirs = ForCausalLMLoss(logits, out["labels"], vocab_size=len(VOCAB))
-    naive = [-torch.log_softmax(logits[b, t], -1)[aligned[b, t]]
-             for b in range(2) for t in range(6) if aligned[b, t] >= 0]
+    ours = torch.nn.functional.cross_entropy(logits.reshape(-1, len(VOCAB)), batch.labels.reshape(-1))
+    theirs = ForCausalLMLoss(logits, unshifted, vocab_size=len(VOCAB))
+    naive = [-torch.log_softmax(logits[b, t], -1)[unshifted[b, t + 1]]
+             for b in range(2) for t in range(5) if unshifted[b, t + 1] >= 0]
     assert torch.allclose(ours, torch.stack(naive).mean(), rtol=0, atol=1e-12)
     assert torch.allclose(ours, theirs.double(), rtol=1e-6, atol=0)  # HF computes the loss in float32
-
-
-def test_collate_prompts_left_pads():
-    out = collate_prompts(BATCH, pad_id=0)
-    assert out["input_ids"].tolist() == [[3, 4], [0, 8]]
-    assert out["attention_mask"].tolist() == [[1, 1], [0, 1]]
-    assert out["index"].tolist() == [0, 2]
-
-
-def test_length_sorted_batches():
-    lengths = [5, 1, 3, 2, 4, 1]
-    assert length_sorted_batches(lengths, 2) == [[1, 5], [3, 2], [4, 0]]
-    assert length_sorted_batches(lengths, 4) == [[1, 5, 3, 2], [4, 0]]
-    shuffled = {seed: length_sorted_batches(lengths, 2, seed=seed) for seed in range(6)}
-    assert all(sorted(b) == [[1, 5], [3, 2], [4, 0]] for b in shuffled.values())  # same buckets
-    assert shuffled[1] == length_sorted_batches(lengths, 2, seed=1)  # deterministic
-    assert len({str(b) for b in shuffled.values()}) > 1  # the seed changes the batch order
-    with pytest.raises(ValueError):
-        length_sorted_batches(lengths, 0)
 
 
 # ---------------------------------------------------------------------------

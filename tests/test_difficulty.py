@@ -255,3 +255,11 @@ def test_csv_written_by_score_samples_is_readable(tmp_path, tokenizer):
     with open(tmp_path / "r.csv", newline="") as f:
         assert next(csv.reader(f)) == ["id", "rouge_l", "ce", "fused", "text"]
     assert Ranking.from_csv(tmp_path / "r.csv").texts == ranking.texts
+
+
+def test_order_by_truth_hand_worked():
+    from pocl_utils.difficulty import order_by_truth
+    # ids 10..14 with difficulties 3, 1, 2, 1, 3: easiest first, ties in id order
+    assert order_by_truth([10, 11, 12, 13, 14], [3, 1, 2, 1, 3]).tolist() == [11, 13, 12, 10, 14]
+    with pytest.raises(ValueError, match="2 ids but 3"):
+        order_by_truth([1, 2], [1, 2, 3])

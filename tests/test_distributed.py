@@ -324,7 +324,7 @@ def test_batch_entry_point_under_accelerate_launch(tmp_path, config):
         assert not list(run_dir.glob(".rank*"))  # the other rank's private checkpoints are gone
         assert len(rec["metrics"]["train"]["valid"]) >= 2  # validated at its check points
     assert "6 to run on 2 processes together" in proc.stdout  # only the main rank logs: each line once
-    # both ranks trained the teacher (pipeline.trained_together); the other rank's private folder is gone
+    # both ranks trained the teacher (workspace.trained_together); the other rank's private folder is gone
     assert (tmp_path / "smoke" / "teacher" / "model" / "model.safetensors").exists()
     assert not list((tmp_path / "smoke").glob(".teacher.rank*")) and not list((tmp_path / "smoke").glob(".*.tmp"))
     assert proc.stdout.count("[batch] 6 runs finished (6 trained by this process)") == 1

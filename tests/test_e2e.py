@@ -1,11 +1,15 @@
 """A tiny end-to-end run on the smoke profile: rank -> POCL staged KD -> evaluate, through the registry."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import pocl_utils.runner as runner
 from pocl_utils.config import baseline, pocl
-from pocl_utils.pipeline import Workspace, prepare
+from pocl_utils.pipeline import prepare
+from pocl_utils.results import Registry
+from pocl_utils.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,23 @@ def _spy_stages(monkeypatch) -> list[set[int]]:
     return seen
 
 
+def _spy_evaluation(monkeypatch) -> list[tuple[dict, dict]]:
+    """Record (weights, metrics) of every model the runner evaluates on the eval sets."""
+    seen: list[tuple[dict, dict]] = []
+    real = runner.evaluate_model
+
+    def spy(ws, model):
+        metrics = real(ws, model)
+        seen.append(({k: v.clone() for k, v in model.state_dict().items()}, metrics))
+        return metrics
+
+    monkeypatch.setattr(runner, "evaluate_model", spy)
+    return seen
+
+
 def test_pocl_stages_use_ranked_subsets_and_schedules(ws, monkeypatch):
     seen = _spy_stages(monkeypatch)
+    evaluated = _spy_evaluation(monkeypatch)
     spec = pocl("KLD", seed=0)
     rec = runner.execute(ws, spec, torch.device("cpu"))
     enc = ws.encoded("train")
@@ -43,9 +62,23 @@ def test_pocl_stages_use_ranked_subsets_and_schedules(ws, monkeypatch):
     assert [s["alpha"] for s in stages] == pytest.approx([0.3, 0.2, 0.1, 0.0])
     base = runner.execute(ws, baseline("KLD", seed=0), torch.device("cpu"))
     assert sum(s["steps"] for s in stages) == sum(s["steps"] for s in base["metrics"]["train"]["stages"])
-    for dataset, m in rec["metrics"]["eval"].items():
-        assert set(m["per_seed"]) == {str(s) for s in ws.profile.eval_seeds}
-        assert 0.0 <= m["mean"] <= 100.0
+    _check_evaluated_model_is_the_best_checkpoint(ws, rec, evaluated)
+
+
+def _check_evaluated_model_is_the_best_checkpoint(ws, rec, evaluated) -> None:
+    """The record holds the eval-set scores of the checkpoint with the best validation ROUGE-L (A.2.2), a trained one,
+    and each set's mean is over the profile's seeds on its seeded subset."""
+    weights, metrics = evaluated[0]  # the POCL run's, the first the test trains
+    assert rec["metrics"]["eval"] == json.loads(json.dumps(metrics))  # the record stores what was evaluated
+    model = ws.load_student_init(torch.device("cpu"))
+    assert any(not torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # trained, not the initial one
+    model.load_state_dict(weights)
+    best = max(v["rouge_l"] for v in rec["metrics"]["train"]["valid"])
+    assert runner.validation_score(ws, model.eval()) == best
+    for dataset, m in metrics.items():
+        assert sorted(m["per_seed"]) == sorted(ws.profile.eval_seeds)
+        assert m["mean"] == pytest.approx(np.mean(list(m["per_seed"].values())), rel=1e-12)
+        assert m["n"] == len(runner.eval_data(ws, dataset, ws.profile.eval_max_examples)[0])
 
 
 def test_registry_skips_finished_runs(ws, monkeypatch):
@@ -58,7 +91,8 @@ def test_registry_skips_finished_runs(ws, monkeypatch):
 
 def test_ranking_ablation_changes_the_curriculum(ws):
     enc = ws.encoded("train")
-    by = {m: runner.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist() for m in ("fusion", "rouge_l", "ce")}
+    by = {m: runner.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist()
+          for m in ("fusion", "rouge_l", "ce")}
     assert by["rouge_l"] != by["ce"]
     h2e = runner.stages_for(ws, pocl("KLD", order="hard_to_easy"), enc)[0].samples.tolist()
     assert set(h2e).isdisjoint(by["fusion"])
@@ -69,7 +103,7 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     spec = pocl("GKD", seed=3)
     clean = runner.execute(ws, spec, torch.device("cpu"))
     other = Workspace(ws.profile, ws.root)
-    monkeypatch.setattr(Workspace, "registry", property(lambda self: __import__("pocl_utils.results").results.Registry(tmp_path)))
+    monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
     real = runner.run_steps
     calls = {"n": 0}
 
@@ -87,4 +121,20 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
     assert resumed["metrics"]["train"]["stages"] == clean["metrics"]["train"]["stages"]
     assert resumed["metrics"]["train"]["valid"] == clean["metrics"]["train"]["valid"]
-    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # stage 3 restarted from stage 2's weights
+    # stage 3 restarted from stage 2's weights
+    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]
+
+
+def test_oracle_curriculum_orders_by_the_worlds_true_difficulty(ws):
+    from pocl_utils.experiments import ORACLE, grid
+    from pocl_utils.world import true_difficulty
+    enc = ws.encoded("train")
+    truth = true_difficulty([ws.sets["train"][e.index] for e in enc])  # by position in enc
+    stages = runner.stages_for(ws, pocl("KLD", ranking="oracle", variant=ORACLE), enc)
+    first = np.zeros(len(enc), bool)
+    first[stages[0].samples] = True
+    assert truth[first].max() <= truth[~first].min()  # d_1 holds the easiest quarter, by the generator's labels
+    assert len(stages) == 4 and len(stages[-1].samples) == len(enc)
+    order = grid("order", 1, "full", oracle=True)
+    assert {(s.method, s.variant) for s in order if s.ranking == "oracle"} == {("GKD", ORACLE), ("KLD", ORACLE)}
+    assert not [s for s in grid("order", 1, "full") if s.ranking == "oracle"]  # real data: no true difficulty

@@ -5,8 +5,9 @@ import pytest
 
 from scipy import stats
 
-from pocl_utils.findings import claim_table, excluded_effects, holm, p_value, verdict
-from pocl_utils.results import paired_diff
+from pocl_utils.findings import claim_table, excluded_effects, verdict
+from pocl_utils.stats import holm, p_value
+from pocl_utils.stats import paired_diff
 from pocl_utils.report import rank_agreement
 
 

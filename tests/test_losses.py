@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pocl_utils.losses import (
+    DIVERGENCES,
     KINDS,
     divergence,
     divergence_naive,
@@ -127,6 +128,28 @@ def test_hand_worked_two_token_vocab():
     kl_div = F.kl_div(torch.log_softmax(s, -1), torch.softmax(t, -1), reduction="sum")
     assert kl_div.item() == pytest.approx(fkl, abs=1e-6)
     assert fkl != pytest.approx(rkl, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", list(DIVERGENCES))
+def test_every_registered_gradient_is_the_derivative_of_its_value(name):
+    """Each entry's hand-written gradient equals autograd through its own value, so a new entry is checked too."""
+    entry = DIVERGENCES[name]
+    s, t = make_logits(4, 13, seed=12, dtype=torch.float64)
+    logp = log_probs(t, 1.0)  # [4, 13]
+    for beta in {entry.default_beta, 0.3}:
+        s_grad = s.clone().requires_grad_(True)
+        value = entry.value(log_probs(s_grad), logp, beta)  # [4]
+        (expected,) = torch.autograd.grad(value.sum(), s_grad)  # d sum_n D_n / ds
+        got_value, got_grad = entry.value_and_grad(log_probs(s), logp.clone(), beta)
+        torch.testing.assert_close(got_value, value.detach(), atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(got_grad, expected, atol=1e-12, rtol=1e-10)
+
+
+def test_config_methods_and_lab_formulas_come_from_the_registry():
+    from pocl_utils import config, lab
+
+    assert set(DIVERGENCES) == set(config.DIVERGENCE_OF.values()) == set(lab.FORMULAS)
+    assert all(config.DIVERGENCE_OF[d.method] == d.name for d in DIVERGENCES.values())
 
 
 def test_token_divergence_is_per_token_without_reduction():

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from pocl_utils import data as D
+from pocl_utils.data import (EVAL_SETS, Encoded, MissingDataError, build_prompt, gpt2_encoding, gpt2_ranks_path,
+                             gpt2_token_count, load_instructions, load_real, real_data_path)
 from pocl_utils import real
 from pocl_utils.config import DIVERGENCE_OF, baseline, get_profile, pocl
 from pocl_utils.curriculum import plan_stages
-from pocl_utils.pipeline import ROLES
+from pocl_utils.workspace import ROLES
 from pocl_utils.report import paper_table
 from pocl_utils.train import total_steps
 
@@ -81,12 +82,12 @@ def test_prepare_real_writes_every_role(ws, shared_data):
     report = json.loads((ws.root / "data" / "filter.json").read_text())
     assert set(report) == set(ROLES)
     for role in ROLES:
-        rows = D.load_instructions(ws.root / "data" / f"{role}.jsonl")  # every written file loads
+        rows = load_instructions(ws.root / "data" / f"{role}.jsonl")  # every written file loads
         r = report[role]
         assert r["written"] == len(rows) == (4 if role == "train" else 2)
-        assert r["kept"] + r["dropped_over_256_gpt2_tokens"] == r["rows"] == len(D.load_real(role, shared_data))
-        assert all(D.gpt2_token_count(row["prompt"]) <= 256 for row in rows)
-    source = {r["id"]: r for r in D.load_real("S-NI", shared_data)}
+        assert r["kept"] + r["dropped_over_256_gpt2_tokens"] == r["rows"] == len(load_real(role, shared_data))
+        assert all(gpt2_token_count(row["prompt"]) <= 256 for row in rows)
+    source = {r["id"]: r for r in load_real("S-NI", shared_data)}
     assert any(len(row["references"]) > 1 for row in ws.sets["S-NI"])  # the sample holds a multi-reference row
     for row in ws.sets["S-NI"]:  # S-NI's lists of references survive the round trip
         assert row["references"] == source[row["id"]]["references"] and row["prompt"] == source[row["id"]]["prompt"]
@@ -114,7 +115,7 @@ def test_run_keys_follow_the_real_data_keys(ws, shared_data):
     """A run's registry key names the real artefacts it trains from: other source files or sizes give other keys."""
     from pocl_utils import runner
     from pocl_utils.config import baseline
-    paths = {role: D.real_data_path(role, shared_data) for role in ROLES}
+    paths = {role: real_data_path(role, shared_data) for role in ROLES}
     assert ws.step_keys() == real.real_keys(ws.profile, paths, 2)  # what is on disk is what the keys describe
     spec = baseline("KLD", 0)
     before = runner.run_key(ws, spec)
@@ -138,7 +139,7 @@ def test_generation_with_both_templates(ws, smollm2):
     minillm, refs = real.template_encoded(ws, "VicunaEval", "minillm", 2)
     chat, _ = real.template_encoded(ws, "VicunaEval", "chat", 2)
     rows = [ws.sets["VicunaEval"][e.index] for e in minillm]
-    assert [e.prompt_ids for e in minillm] == [tok(D.build_prompt(r["instruction"]), add_special_tokens=False).input_ids
+    assert [e.prompt_ids for e in minillm] == [tok(build_prompt(r["instruction"]), add_special_tokens=False).input_ids
                                               for r in rows]
     for e, r in zip(chat, rows):
         text = tok.decode(e.prompt_ids)
@@ -181,15 +182,15 @@ def test_chat_prompt_joins_instruction_and_input(smollm2):
 
 def test_teacher_table_has_the_paper_rows():
     fake = {ds: {"per_seed": {10: 10.0 + i, 20: 12.0 + i}, "mean": 11.0 + i, "std": 1.4, "n": 3}
-            for i, ds in enumerate(D.EVAL_SETS)}
+            for i, ds in enumerate(EVAL_SETS)}
     table = real.teacher_table({"chat": fake})
-    assert list(table.columns) == ["source", "model", *D.EVAL_SETS, "Avg", "n_per_set", "seeds", "note"]
+    assert list(table.columns) == ["source", "model", *EVAL_SETS, "Avg", "n_per_set", "seeds", "note"]
     assert table.loc[0, "Avg"] == pytest.approx(13.0) and table.loc[0, "seeds"] == 2  # (11+12+13+14+15)/5
     paper = paper_table(1).set_index(["method", "dataset"])["rouge_l"]
     assert list(table.source) == ["ours", "paper", "paper"]
     teacher, sft = table.iloc[1], table.iloc[2]
     assert teacher["DollyEval"] == 27.19 and sft["Avg"] == 16.80  # printed in the paper's Table 1
-    for ds in (*D.EVAL_SETS, "Avg"):
+    for ds in (*EVAL_SETS, "Avg"):
         assert teacher[ds] == paper[("Teacher", ds)] and sft[ds] == paper[("SFT", ds)]
     assert "135M" in table.loc[0, "note"] and "1.5B" in table.loc[0, "note"] and "dequantized" in table.loc[0, "note"]
 
@@ -221,12 +222,13 @@ def local_hub(shared_data, tmp_path_factory) -> dict[str, Path]:
     from pocl_utils.config import ModelSpec
     from pocl_utils.models import build_model
     from pocl_utils.world import train_tokenizer
-    rows = D.load_instructions(D.real_data_path("train", shared_data))[:200]
+    rows = load_instructions(real_data_path("train", shared_data))[:200]
     out = {}
     for role, layers, seed in (("teacher", 2, 3), ("student", 1, 4)):
         out[role] = tmp_path_factory.mktemp(f"hub-{role}")
         tok = train_tokenizer([r["prompt"] + r["output"] for r in rows], 400, out[role])
-        build_model(ModelSpec(n_layer=layers, n_embd=16, n_head=2), len(tok), 1024, seed=seed).save_pretrained(out[role])
+        model = build_model(ModelSpec(n_layer=layers, n_embd=16, n_head=2), len(tok), 1024, seed=seed)
+        model.save_pretrained(out[role])
     return out
 
 
@@ -273,11 +275,11 @@ def test_paper_profile_end_to_end_on_local_stand_ins(shared_data, local_hub, tmp
         record = runner.execute(ws, spec, torch.device("cpu"))
         train = record["metrics"]["train"]
         assert len(train["stages"]) == (4 if spec.pocl else 1) and all(np.isfinite(r["loss"]) for r in train["loss"])
-        assert set(record["metrics"]["eval"]) == set(D.EVAL_SETS)
+        assert set(record["metrics"]["eval"]) == set(EVAL_SETS)
 
 
 def test_short_examples_fit_max_len():
-    enc = [D.Encoded(list(range(p)), list(range(r)) + [99], index=i) for i, (p, r) in
+    enc = [Encoded(list(range(p)), list(range(r)) + [99], index=i) for i, (p, r) in
            enumerate([(10, 30), (60, 5), (3, 100), (57, 2)])]
     out = real.short_examples(enc, 8, max_len=64)
     assert [e.index for e in out] == [0, 2]  # prompts of 60 and 57 tokens leave fewer than 8 slots
@@ -324,8 +326,8 @@ def test_paper_alpha_and_tau_defaults():
 @pytest.fixture(scope="module")
 def gpt2():
     try:
-        return D.gpt2_encoding()
-    except D.MissingDataError as e:
+        return gpt2_encoding()
+    except MissingDataError as e:
         require(f"GPT-2 ranks missing: {e}")
 
 
@@ -335,17 +337,17 @@ def test_gpt2_offline_tokenisation_matches_hf_bpe(gpt2, shared_data):
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import TikTokenConverter
-    path = str(D.gpt2_ranks_path())
+    path = str(gpt2_ranks_path())
     vocab, merges = TikTokenConverter(vocab_file=path).extract_vocab_merges_from_model(path)
     hf = Tokenizer(BPE(vocab, merges, fuse_unk=False))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split regex, bytes -> unicode
     hf.decoder = decoders.ByteLevel()
     assert gpt2.encode("Hello world") == [15496, 995] and gpt2.encode(" the") == [262]
     assert gpt2.encode("<|endoftext|>", allowed_special="all") == [50256]
-    prompts = [r["prompt"] for role in ("DollyEval", "S-NI", "VicunaEval") for r in D.load_real(role, shared_data)[:8]]
+    prompts = [r["prompt"] for role in ("DollyEval", "S-NI", "VicunaEval") for r in load_real(role, shared_data)[:8]]
     for text in prompts:
         ids = gpt2.encode(text)
-        assert hf.encode(text).ids == ids and D.gpt2_token_count(text) == len(ids)
+        assert hf.encode(text).ids == ids and gpt2_token_count(text) == len(ids)
         assert hf.decode(ids) == text
 
 

@@ -251,7 +251,7 @@ def test_run_steps_stops_at_a_non_finite_loss():
 
 def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path, monkeypatch):
     """A POCL run whose loss turns NaN in stage 3 stops there: no result, checkpoints still those of stage 2."""
-    from pocl_utils.pipeline import Workspace
+    from pocl_utils.workspace import Workspace
     monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
     spec = pocl("KLD", seed=5)
     run_dir = Registry(tmp_path).run_dir(runner.KIND, runner.run_key(ws, spec))

@@ -9,32 +9,30 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from pocl_utils import data as D
+from pocl_utils.data import Encoded, build_prompt, load_instructions
 from pocl_utils import world as W
-from pocl_utils.data import build_prompt
 
 # Independent answers, written from the task descriptions (not from the generator's code).
+def _cumsum(xs):
+    out, total = [], 0
+    for x in xs:
+        total += x
+        out.append(total)
+    return out
+
+
 REFERENCE = {
-    "copy": lambda a: " ".join(a["words"]),
     "reverse": lambda a: " ".join(reversed(a["words"])),
-    "sort": lambda a: " ".join(str(x) for x in sorted(a["nums"])),
-    "count": lambda a: str(len(a["words"])),
-    "add": lambda a: str(a["a"] + a["b"]),
-    "sub": lambda a: str(a["a"] - a["b"]),
-    "max": lambda a: str(max(a["nums"])),
-    "lookup": lambda a: str({k: v for k, v in a["pairs"]}[a["key"]]),
-    "kth_word": lambda a: a["words"][a["k"] - 1],
-    "sort_kth": lambda a: str(sorted(a["nums"])[a["k"] - 1]),
-    "lookup_add": lambda a: str(sum({k: v for k, v in a["pairs"]}[a[q]] for q in ("key", "key2"))),
-    "reverse_kth": lambda a: a["words"][len(a["words"]) - a["k"]],
-    "min": lambda a: str(min(a["nums"])),
-    "last_word": lambda a: a["words"][len(a["words"]) - 1],
-    "sum": lambda a: str(sum(a["nums"])),
-    "sort_kth_add": lambda a: str(sorted(a["nums"])[a["k"] - 1] + a["c"]),
-    "lookup_add3": lambda a: str(sum({k: v for k, v in a["pairs"]}[a[q]] for q in ("key", "key2", "key3"))),
-    "sort_reverse": lambda a: " ".join(str(x) for x in sorted(a["nums"])[::-1]),
+    "translate": lambda a: " ".join(W.LEXICON[w] for w in a["words"]),
+    "incr": lambda a: " ".join(str(x + 1) for x in a["nums"]),
+    "running_sum": lambda a: " ".join(str(x) for x in _cumsum(a["nums"])),
+    "translate_reverse": lambda a: " ".join(W.LEXICON[w] for w in reversed(a["words"])),
+    "incr_reverse": lambda a: " ".join(str(x + 1) for x in reversed(a["nums"])),
+    "untranslate": lambda a: " ".join({v: k for k, v in W.LEXICON.items()}[w] for w in a["words"]),
+    "decr": lambda a: " ".join(str(x - 1) for x in a["nums"]),
+    "double": lambda a: " ".join(str(2 * x) for x in a["nums"]),
 }
-DEPTH = {"sort_kth": 2, "lookup_add": 2, "reverse_kth": 2, "sort_reverse": 2, "sort_kth_add": 3, "lookup_add3": 3}
+DEPTH = {"translate_reverse": 2, "incr_reverse": 2}
 ORDINAL = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
 
 
@@ -60,7 +58,7 @@ def _skeleton(instruction: str) -> str:
     """An instruction with its arguments masked, i.e. its phrasing."""
     s = re.sub(r"\b[A-Z]=\d\b", "P", instruction)
     s = re.sub(r"\b\d+\b", "N", s)
-    s = re.sub(r"\b(" + "|".join(W.WORDS + tuple(ORDINAL)) + r")\b", "W", s)
+    s = re.sub(r"\b(" + "|".join(W.WORDS + tuple(W.LEXICON.values())) + r")\b", "W", s)
     return re.sub(r"\b[A-Z]\b", "K", s)
 
 
@@ -103,11 +101,6 @@ def test_every_answer_is_correct(laptop):
                     assert " ".join(map(str, args[key])) in text, r
             if "pairs" in args:
                 assert " ".join(f"{k}={v}" for k, v in args["pairs"]) in text, r
-            for key in ("a", "b", "c", "key", "key2", "key3"):
-                if key in args:
-                    assert re.search(rf"\b{args[key]}\b", text), r
-            if "k" in args:
-                assert re.search(rf"\b({args['k']}|{ORDINAL[args['k'] - 1]})\b", text), r
 
 
 def test_rows_have_the_minillm_layout(laptop):
@@ -126,13 +119,20 @@ def test_rows_have_the_minillm_layout(laptop):
 def test_level_is_a_real_difficulty_knob(laptop):
     _, world = laptop
     for r in (r for rows in world.values() for r in rows):
-        args, level = r["meta"]["args"], r["level"]
-        if r["family"] in ("add", "sub"):
-            assert len(str(args["a"])) == len(str(args["b"])) == level
-        elif r["family"] == "lookup_add3":
-            assert _items(args) == level + 2
-        else:
-            assert _items(args) == level + 1, r
+        assert _items(r["meta"]["args"]) == r["level"] + 1, r
+        assert len(r["output"].split()) == r["level"] + 1, r  # one answer item per input item
+
+
+def test_copying_the_input_cannot_fake_an_answer(laptop):
+    from pocl_utils.premises import rule_scores
+    _, world = laptop
+    sets = {role: [dict(r, references=[r["output"]]) for r in world[role]] for role in W.EVAL_ROLES}
+    rules = rule_scores(sets, world["train"])
+    assert max(rules["echo input"].values()) < 15  # version 1's one-word answers gave echo 23.5-38.8
+    assert max(rules["most frequent answer"].values()) < 10
+    for r in (r for rows in world.values() for r in rows):
+        if r["family"] in ("translate", "translate_reverse", "untranslate"):  # other-language answers share nothing
+            assert not set(r["output"].split()) & set((r["instruction"] + " " + r["input"]).split()), r
 
 
 def test_no_prompt_is_shared_between_roles(laptop):
@@ -147,32 +147,40 @@ def test_no_prompt_is_shared_between_roles(laptop):
 def test_held_out_sets(laptop):
     cfg, world = laptop
     train_fams = {r["family"] for r in world["train"]}
-    assert len(train_fams) >= 8 and {"sort_kth", "lookup_add", "reverse_kth"} <= train_fams
+    assert train_fams == set(W.TRAIN_FAMILIES) and {"translate_reverse", "incr_reverse"} <= train_fams
     assert {r["family"] for r in world["DollyEval"]} <= train_fams
     sni = {r["family"] for r in world["S-NI"]}
     assert len(sni) >= 2 and not sni & train_fams
-    assert not {r["family"] for r in world["VicunaEval"]} & train_fams
+    # VicunaEval: the compositions only, at the top trained levels and one beyond, with held-out phrasings
     assert min(DEPTH.get(r["family"], 1) for r in world["VicunaEval"]) >= 2
+    assert {r["level"] for r in world["VicunaEval"]} == {cfg.max_level - 1, cfg.max_level, cfg.max_level + 1}
     # SelfInst: trained families, but phrasings never seen in training
     assert {r["family"] for r in world["SelfInst"]} <= train_fams
     train_skel = {_skeleton(r["instruction"]) for r in world["train"]}
     self_skel = {_skeleton(r["instruction"]) for r in world["SelfInst"]}
+    vicuna_skel = {_skeleton(r["instruction"]) for r in world["VicunaEval"]}
     assert len(train_skel) >= 4 * len(train_fams) and len(self_skel) >= len(train_fams)  # several phrasings each
-    assert not self_skel & train_skel
+    assert not self_skel & train_skel and not vicuna_skel & train_skel
     # UnNI: trained families at levels above the training maximum, with longer inputs
     assert max(r["level"] for r in world["train"]) == cfg.max_level
     assert min(r["level"] for r in world["UnNI"]) == cfg.max_level + 1
     longest = {f: max(_items(r["meta"]["args"]) for r in world["train"] if r["family"] == f) for f in train_fams}
     for r in world["UnNI"]:
         assert r["family"] in train_fams
-        assert _items(r["meta"]["args"]) > longest[r["family"]] or r["family"] in ("add", "sub")
+        assert _items(r["meta"]["args"]) > longest[r["family"]]
+
+
+def test_lexicon_is_a_bijection_of_made_up_words():
+    assert sorted(W.LEXICON) == sorted(W.WORDS)
+    assert len(set(W.LEXICON.values())) == len(W.WORDS) and not set(W.LEXICON.values()) & set(W.WORDS)
+    assert all(re.fullmatch(r"[a-z]{3}", v) and not v.endswith("s") for v in W.LEXICON.values())
 
 
 def test_true_difficulty():
     rows = [{"difficulty": 3}, {"difficulty": 1.5}]
     np.testing.assert_array_equal(W.true_difficulty(rows), np.array([3.0, 1.5]))
     assert W.true_difficulty(rows).dtype == np.float64
-    enc = D.Encoded([1], [2], meta={"difficulty": 2})
+    enc = Encoded([1], [2], meta={"difficulty": 2})
     np.testing.assert_array_equal(W.true_difficulty([enc]), [2.0])
     with pytest.raises(KeyError, match="row 1"):
         W.true_difficulty([{"difficulty": 1}, {"level": 2}])
@@ -219,14 +227,11 @@ def test_load_or_create_regenerates_only_on_change(tmp_path, monkeypatch):
 
 
 def test_files_load_through_load_instructions(tmp_path):
-    load = getattr(D, "load_instructions", None)
-    if load is None:
-        pytest.skip("pocl_utils.data.load_instructions not written yet")
     cfg = W.world_config("smoke")
     world = W.generate_world(cfg)
     paths = W.write_world(world, tmp_path, cfg=cfg)
     for role, path in paths.items():
-        records = load(path)
+        records = load_instructions(path)
         assert [r["prompt"] for r in records] == [r["prompt"] for r in world[role]]
         assert [r["output"] for r in records] == [r["output"] for r in world[role]]
         assert [r["family"] for r in records] == [r["family"] for r in world[role]]
@@ -237,26 +242,31 @@ def test_files_load_through_load_instructions(tmp_path):
 # ---- pre-training text ------------------------------------------------------------------------------------------
 
 
-def test_pretrain_corpus_is_deterministic_and_free_of_eval_prompts(laptop):
+def test_pretrain_corpus_is_deterministic_and_free_of_train_and_eval_prompts(laptop):
     cfg, world = laptop
     texts = W.pretrain_corpus(cfg, 3000)
     assert len(texts) == 3000 and texts == W.pretrain_corpus(cfg, 3000)
     assert texts != W.pretrain_corpus(replace(cfg, seed=1), 3000)
+    teacher = W.pretrain_corpus(cfg, 3000, pool="teacher")
     qa = [t for t in texts if "\n" in t]
     assert 0.4 < len(qa) / len(texts) < 0.6  # pretrain_qa_frac = 0.5
+    assert not set(qa) & set(teacher)  # disjoint pools (the QA texts; short world sentences may coincide)
     assert not any("### Instruction" in t for t in texts)
-    # level-1 only: tiny task spaces, where a careless corpus would repeat eval prompts many times
-    small = W.WorldConfig(n_train=50, n_valid=50, n_test=400, n_ood=10, n_vicuna=5, max_level=1)
+    # the web knows every family, phrasing and level: S-NI's families and UnNI's levels are demonstrated
+    first_lines = {t.split("\n")[0] for t in qa}
+    assert {r["instruction"] for r in world["S-NI"] if r["input"]} & first_lines
+    # level-1 only: tiny task spaces, where a careless corpus would repeat held prompts many times
+    small = W.WorldConfig(n_train=50, n_valid=50, n_test=200, n_ood=10, n_vicuna=5, max_level=1)
     small_world = W.generate_world(small)
-    held = {(r["instruction"], r["input"]) for role in ("valid", *W.EVAL_ROLES) for r in small_world[role]}
+    held = {(r["instruction"], r["input"]) for role in W.ROLES for r in small_world[role]}
     qa = [t.split("\n") for t in W.pretrain_corpus(small, 2000) if "\n" in t]
     assert not [lines for lines in qa if (lines[0], lines[1] if len(lines) == 3 else "") in held]
     assert {r["instruction"] for r in small_world["train"]} & {lines[0] for lines in qa}  # trained tasks are in
     framed = W.pretrain_corpus(replace(cfg, pretrain_template=True), 500)
-    eval_prompts = {r["prompt"] for role in W.EVAL_ROLES for r in world[role]}
+    held_prompts = {r["prompt"] for role in W.ROLES for r in world[role]}
     assert sum("### Response:\n" in t for t in framed) > 150
     framed_prompts = {t.split("### Response:\n")[0] + "### Response:\n" for t in framed if "### Response" in t}
-    assert not framed_prompts & eval_prompts
+    assert not framed_prompts & held_prompts
 
 
 # ---- tokenizer --------------------------------------------------------------------------------------------------
@@ -282,7 +292,7 @@ def test_digits_are_single_tokens(tokenizer):
     for token in tokenizer.get_vocab():
         text = tokenizer.convert_tokens_to_string([token])
         assert not any(c.isdigit() for c in text) or len(text) == 1, token
-    ids = tokenizer("Add 305 and 1789.", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("Add 305 and 1789.", add_special_tokens=False)["input_ids"]  # digits split however rare
     pieces = [tokenizer.decode([i]) for i in ids]
     assert [p for p in pieces if p.strip().isdigit()] == list("3051789")
 

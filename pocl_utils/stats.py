@@ -1,0 +1,59 @@
+"""Statistics over training seeds: means with t confidence intervals, paired differences, paired t-test p-values and
+Holm's adjustment for a family of comparisons."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Student-t quantile."""
+    return float(stats.t.ppf(q, df))
+
+
+def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the half-width of its t confidence interval (NaN half-width for a single value)."""
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, len(x)
+    half = t_quantile(len(x) - 1, 0.5 + level / 2) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return m, half, len(x)
+
+
+def paired_diff(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> tuple[float, float, int]:
+    """Mean and CI half-width of b - a over the seeds both have (paired by training seed)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return math.nan, math.nan, 0
+    d = [b[s] - a[s] for s in seeds]
+    m, half, n = mean_ci(d, level)
+    return m, half, n
+
+
+def p_value(diff: float, half: float, n: int, level: float = 0.95) -> float:
+    """Two-sided p-value of the paired t-test whose mean difference is `diff` and CI half-width `half` (n pairs).
+
+    The CI is diff +- t_q * sd / sqrt(n), so t = diff / (half / t_q) with n - 1 degrees of freedom."""
+    if n < 2 or np.isnan(diff) or np.isnan(half):
+        return np.nan
+    if half == 0:
+        return 0.0 if diff != 0 else 1.0
+    t = diff / (half / stats.t.ppf(0.5 + level / 2, n - 1))
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and is not counted.
+
+    Sorted ascending, p_(i) is multiplied by (m - i + 1) for i = 1..m, made monotone, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out

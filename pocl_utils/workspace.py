@@ -1,0 +1,269 @@
+"""A profile's prepared artefacts on disk: steps cached under their keys, the Workspace that loads them, and the
+steps that world and real workspaces share (difficulty ranking, teacher cache, SeqKD responses).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .data import EVAL_SETS, DataError, Encoded, close_response, encode_examples, load_instructions
+from . import distributed
+from .config import Profile, cache_top_k, config_hash
+from .difficulty import Ranking, score_samples
+from .generate import generate
+from .models import load_checkpoint, load_tokenizer
+from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
+from .train import TeacherCache, build_teacher_cache
+
+RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
+
+
+def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
+    """Run `build(tmp_dir)` unless `root/name` already holds the output for `key`; the result appears atomically.
+
+    Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock` (released by the
+    kernel if it is killed) and the others wait, then find the finished step. A failed build leaves nothing behind."""
+    out = root / name
+    if _step_key(out) == key:
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root / f".{name}.lock"):
+        if _step_key(out) == key:  # built by another process while this one waited
+            return out
+        for stale in root.glob(f".{name}.*.tmp"):  # left by a killed builder; we hold the lock, so none is live
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".{name}.{os.getpid()}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            t0 = time.time()
+            build(tmp)
+            atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3)})
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename; removes a failed build's partial output
+    return out
+
+
+def _step_key(out: Path) -> str | None:
+    try:
+        return json.loads((out / "STEP.json").read_text()).get("key")
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class Workspace:
+    """The prepared artefacts of one profile, loaded lazily from disk (cheap to re-create in worker processes)."""
+
+    profile: Profile
+    root: Path
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.root / "registry")
+
+    def cached(self, kind: str, name: str, params: dict[str, Any],
+               compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys)."""
+        key = config_hash({"name": name, "params": params, "prep": self.step_keys()})
+        reg = self.registry
+        if not reg.done(kind, key):
+            t0 = time.time()
+            reg.save(kind, key, {"name": name, **params}, compute(), time.time() - t0)
+        return reg.load(kind, key)
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.root / "tokenizer")
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @cached_property
+    def sets(self) -> dict[str, list[dict]]:
+        """Role -> rows: train, valid and the five eval sets."""
+        return {role: load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
+
+    def encoded(self, role: str) -> list:
+        return self._encoded[role]
+
+    @cached_property
+    def _encoded(self) -> dict[str, list]:
+        p, out = self.profile, {}
+        for role, rows in self.sets.items():
+            out[role] = encode_examples(rows, self.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
+            if rows and not out[role]:  # an empty set would fail later with an unrelated error
+                raise DataError(f"all {len(rows)} prompts are longer than max_prompt_len = {p.max_prompt_len} tokens; "
+                                  f"raise the profile's max_prompt_len", path=self.root / "data" / f"{role}.jsonl",
+                                  field="prompt")
+        return out
+
+    @cached_property
+    def ranking(self):
+        return Ranking.from_csv(self.root / "ranking" / "ranking.csv")
+
+    @cached_property
+    def teacher_cache(self):
+        """The cached teacher outputs of the train set; None when the profile runs the teacher live."""
+        if cache_top_k(self.profile) is None:
+            return None
+        return TeacherCache.load(self.root / "teacher_cache" / "cache.safetensors")
+
+    @cached_property
+    def seqkd_encoded(self) -> list:
+        rows = json.loads((self.root / "seqkd" / "responses.json").read_text())
+        return [replace(e, response_ids=r) for e, r in zip(self.encoded("train"), rows)]
+
+    def step_keys(self) -> dict[str, str | None]:
+        """The cache key each prepared step was built with (its STEP.json; None if missing). Runs are keyed on these, so
+        a result always names the artefacts it was trained from, for world and real profiles alike."""
+        return {name: _step_key(self.root / name) for name in STEPS}
+
+    def load_teacher(self, device: torch.device):
+        return load_checkpoint(self.root / "teacher" / "model", device).eval()
+
+    def load_student_init(self, device: torch.device):
+        return load_checkpoint(self.root / "student_init" / "model", device)
+
+
+ROLES = ("train", "valid") + EVAL_SETS
+STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")  # in build order
+
+
+def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
+    return Path(runs_root or RUNS_ROOT) / profile.name
+
+
+def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, str], dev, *,
+                log: Callable[[str], None] = print, tag: str = "prepare") -> None:
+    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key.
+
+    Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
+    the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded)."""
+    for name, build in builders.items():
+        t0 = time.time()
+        b = partial(build, ws)
+        if distributed.world_size() > 1 and trained_together(ws.profile, name):
+            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
+        else:
+            with distributed.main_first():
+                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
+        log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
+
+
+def trained_together(p: Profile, name: str) -> bool:
+    """Whether all launched processes build step `name` together: the teacher step when it trains the teacher (world
+    profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding)."""
+    return name == "teacher" and (p.data == "world" or p.sft_teacher)
+
+
+def _build_together(root: Path, name: str, key: str, build: Callable[[Path], None]) -> None:
+    """`step_dir` on the main process; the others run `build` in lockstep with it in a private folder, deleted after.
+    The main process says whether it builds (it may find the step built, by an earlier or a concurrent launch)."""
+    if distributed.is_main():
+        told = []
+
+        def build_main(tmp: Path) -> None:
+            told.append(distributed.broadcast(True))
+            build(tmp)
+
+        step_dir(root, name, key, build_main)
+        if not told:
+            distributed.broadcast(False)
+    elif distributed.broadcast(None):
+        tmp = root / f".{name}.rank{distributed.rank()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()
+
+
+def cache_mode(p: Profile) -> dict[str, str]:
+    """The teacher cache's mode for its step key; "exact", the default, adds nothing to the key."""
+    return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
+
+
+def prep_keys(p: Profile) -> dict[str, str]:
+    """Each step's cache key for a world profile: the profile fields it reads plus the key of the steps before it.
+
+    Args:
+        p: the profile.
+
+    Returns:
+        Step name (STEPS) -> key.
+    """
+    data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
+    tok = config_hash({"up": data, "vocab": p.vocab_size})
+    enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
+    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc,
+                           **({"pretrain": p.teacher_pretrain_steps} if p.teacher_pretrain_steps else {})})
+    student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
+    ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
+    cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
+    seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc, "eos": "when stopped"})
+    return {"data": data, "tokenizer": tok, "teacher": teacher, "student_init": student, "ranking": ranking,
+            "teacher_cache": cache, "seqkd": seqkd}
+
+
+
+# ---- the steps world and real workspaces share -------------------------------------------------------------------
+
+
+def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
+    """Plain-LM training data as Encoded pairs: the first token is the 'prompt', every later token a target."""
+    ids: list[int] = []
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    starts = range(0, len(ids) - block, block)
+    return [Encoded(ids[s:s + 1], ids[s + 1:s + block], index=k) for k, s in enumerate(starts)]
+
+
+# A step builder is called as builder(ws, out, dev): it writes its artefacts into the folder `out`.
+
+
+def ranking_step(ws: Workspace, out: Path, dev) -> None:
+    """ranking.csv: the training samples scored by the initial student (`difficulty.score_samples`)."""
+    student = ws.load_student_init(dev).eval()
+    enc = ws.encoded("train")
+    refs = [[ws.sets["train"][e.index]["output"]] for e in enc]
+    ranking = score_samples(student, ws.tokenizer, enc, max_new_tokens=ws.profile.max_new_tokens, references=refs)
+    ranking.to_csv(out / "ranking.csv")
+
+
+def teacher_cache_step(ws: Workspace, out: Path, dev) -> None:
+    """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live"."""
+    top_k = cache_top_k(ws.profile)
+    if top_k is not None:
+        cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, top_k=top_k)
+        cache.save(out / "cache.safetensors")
+
+
+def seqkd_step(ws: Workspace, out: Path, dev) -> None:
+    """SeqKD data: the teacher's greedy responses to the training prompts (teacher-generated outputs)."""
+    enc = ws.encoded("train")
+    outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
+                    max_new_tokens=ws.profile.max_new_tokens)
+    atomic_write_json(out / "responses.json", [close_response(o, ws.profile.max_new_tokens, ws.eos_id) for o in outs])
+
+
+def thin_log(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
+    """Keep a loss log small: every k-th step plus the last, with its step index."""
+    k = max(1, len(log) // points)
+    return [{"step": i, **row} for i, row in enumerate(log) if i % k == 0 or i == len(log) - 1]
