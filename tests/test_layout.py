@@ -7,8 +7,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pocl_utils"
 # the method: what README points readers to; it may import only what is listed here
 METHOD = {"losses": set(), "difficulty": set(), "curriculum": set(), "data": set(), "stats": set(),
           "evaluate": {"generate"}}  # evaluate_set samples responses from a model
-# cycles still open, each with the issue that removes it
-KNOWN_CYCLES = {frozenset({"distributed", "models"})}  # issue 16 (the engine rewrite)
+# cycles still open, each with the issue that removes it (issue 16 removed models <-> distributed: pocl_utils/heads.py)
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _imports() -> dict[str, list[tuple[str, list[str]]]]:
