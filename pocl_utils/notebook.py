@@ -20,12 +20,13 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import report, runner  # noqa: E402
+from . import distributed, report, runner  # noqa: E402
 from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, get_profile, pocl
 from .data import DataError
 from .models import CheckpointError
 from .experiments import GRIDS, grid, n_seeds_for
-from .pipeline import Workspace, prepare
+from .pipeline import StepError, Workspace, prepare
+from .provenance import describe
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
@@ -67,7 +68,7 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
-    print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
+    print(f"profile {p.name!r} on {describe(distributed.device())}: {p.data} data, {len(ws.sets['train'])} training rows; "
           f"teacher {_model_text(p.teacher)}, "
           f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, {p.n_seeds} in the "
           f"ablations, × {len(p.eval_seeds)} sampling seeds; "
@@ -91,7 +92,7 @@ def real_data_card(ws: Workspace) -> pd.DataFrame:
     return card
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, StepError, FileNotFoundError)
 
 
 def short_errors() -> None:
@@ -323,9 +324,13 @@ def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tr
     return out
 
 
+ENVIRONMENT = ("device", "device_name", "precision", "torch", "transformers")  # provenance.environment's fields
+
+
 def runs_frame(ws: Workspace) -> pd.DataFrame:
     """Every finished run of every grid, tidy (one row per grid, run and eval set), with its spec, config hash
-    (run_key), git commit and wall time. A run shared by two tables appears under both, with the same run_key."""
+    (run_key), git commit, wall time and what it ran on (device, precision policy, torch/transformers versions). A
+    run shared by two tables appears under both, with the same run_key."""
     parts = []
     for name in GRIDS:
         recs = records(ws, name)
@@ -333,7 +338,8 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
             continue
         specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
                                "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
-                               "alpha_n": s.alpha[1]} for s, rec in recs]).drop_duplicates("run_key")
+                               "alpha_n": s.alpha[1], **{k: rec["config"].get(k) for k in ENVIRONMENT}}
+                              for s, rec in recs]).drop_duplicates("run_key")
         parts.append(report.tidy(recs).merge(specs, on="run_key").assign(grid=name))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
