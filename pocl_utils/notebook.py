@@ -27,7 +27,7 @@ from .models import CheckpointError
 from .experiments import GRIDS, grid, n_seeds_for
 from .pipeline import StepError, Workspace, prepare
 from .provenance import describe
-from .results import REPO_ROOT, atomic_write_json, atomic_write_text
+from .results import REPO_ROOT, RegistryError, atomic_write_json, atomic_write_text
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
@@ -92,7 +92,7 @@ def real_data_card(ws: Workspace) -> pd.DataFrame:
     return card
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, StepError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, StepError, RegistryError, FileNotFoundError)
 
 
 def short_errors() -> None:

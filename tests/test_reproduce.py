@@ -140,3 +140,25 @@ def test_ctrl_c_ends_with_one_line_and_keeps_the_good_notebook(tmp_path):
     kept = nbformat.read(out / "03_kd_methods.interrupted.ipynb", as_version=4)
     assert kept.metadata["pocl"]["status"] == "interrupted" and "did not finish" in kept.cells[0].source
     assert not running.exists() and not (out / "timings.json").exists()
+
+
+def test_our_errors_show_as_one_line_in_a_notebook(tmp_path):
+    """Registry, checkpoint and prepared-step errors stop a notebook with their one line, not a traceback wall."""
+    import papermill as pm
+    nb = _notebook(tmp_path / "99_ours.ipynb", """
+        from pocl_utils.notebook import short_errors
+        from pocl_utils.models import CheckpointError
+        from pocl_utils.pipeline import StepError
+        from pocl_utils.results import RegistryError
+        short_errors()""", "raise RegistryError('somewhere: broken')", "raise CheckpointError('somewhere: broken')",
+        "from pathlib import Path\nraise StepError(Path('/r/teacher/STEP.json'), 'unreadable STEP.json')")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name=kernel_name(), cwd=str(REPO),
+                            progress_bar=False, allow_errors=True)  # every cell runs; papermill raises at the end
+    assert err.value.ename == "StepError"
+    errors = [o for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.output_type == "error"]
+    assert [e.traceback for e in errors] == [
+        ["RegistryError: somewhere: broken"], ["CheckpointError: somewhere: broken"],
+        ["StepError: /r/teacher/STEP.json: unreadable STEP.json; delete the folder /r/teacher and re-run, which "
+         "rebuilds that step"]]
