@@ -87,7 +87,7 @@ def _rrf(rouge_l, ce, k: float, method: str = "average", zero_based: bool = Fals
 
 
 RRF_MISTAKES = (  # (variant of Eq. 2, hint shown when the student's scores equal it)
-    (dict(zero_based=True), "did you add 1 to the rank? Ranks start at 1 for the easiest sample"),
+    (dict(zero_based=True), "ranks start at 1: add 1 to 0-based ranks (rank 1 = the easiest sample)"),
     (dict(zero_based=True, method="ordinal"), "ranks from argsort(argsort(...)) start at 0 and break ties by "
      "position: add 1, and give tied scores the mean of their ranks (scipy.stats.rankdata)"),
     (dict(method="ordinal"), "tied scores must share the mean of their ranks (rankdata(..., method='average'))"),
@@ -139,7 +139,7 @@ def check_rrf(fuse_ranks: Callable) -> None:
             i = bad[0]
             r1, r2 = rankdata(-np.asarray(rouge_l), "average")[i], rankdata(ce, "average")[i]
             raise WrongAnswer(f"rrf ({label}): sample {i} has ranks ({r1:g}, {r2:g}) (ROUGE-L, CE); with k={k} "
-                              f"expected 1/{k + r1:g}+1/{k + r2:g}={expected[i]:.5f}, got {got[i]:.4g} — "
+                              f"expected 1/{k + r1:g}+1/{k + r2:g}={expected[i]:.5f}, got {got[i]:.5f} — "
                               f"{_rrf_hint(rouge_l, ce, k, got)}")
     _passed("rrf", len(cases))
 
@@ -442,7 +442,7 @@ def kd_figure(frame: pd.DataFrame, kind: str) -> Any:
     panels = ((axes[0], "kd", f"τ²·D ({kind}), the KD loss of Eq. 7"), (axes[1], "D", f"D ({kind}) alone"))
     for ax, key, title in panels:
         sns.lineplot(data=frame, x="tau", y=key, hue="subset", marker="o", ax=ax, palette="crest")
-        ax.set(xlabel="stage temperature τ", ylabel=key, title=title)
+        ax.set(xlabel="stage temperature τ", ylabel={"kd": "τ²·D", "D": "D"}[key], title=title)
     fig.suptitle("initial student vs teacher on each subset d_j (easiest d1 to hardest)")
     fig.tight_layout()
     return fig
@@ -490,7 +490,11 @@ def variant(source_nb: Any, solutions: bool, source_name: str = "11_lab_source.i
             cell.outputs, cell.execution_count = [], None
     nb.metadata["pocl_lab"] = {"variant": "solutions" if solutions else "student",
                                "generated_from": "notebooks/lab/11_lab_source.ipynb"}
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)  # JupyterLab opens it with the project's kernel (`make install`)
     return nb
+
+
+KERNELSPEC = {"name": "pocl", "display_name": "pocl (.venv)", "language": "python"}  # as the Makefile registers it
 
 
 def render(solutions: bool, source: Path = SOURCE) -> str:
