@@ -68,7 +68,8 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
-    print(f"profile {p.name!r} on {describe(distributed.device())}: {p.data} data, {len(ws.sets['train'])} training rows; "
+    print(f"profile {p.name!r} on {describe(distributed.device())}: {p.data} data, "
+          f"{len(ws.sets['train'])} training rows; "
           f"teacher {_model_text(p.teacher)}, "
           f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, {p.n_seeds} in the "
           f"ablations, × {len(p.eval_seeds)} sampling seeds; "

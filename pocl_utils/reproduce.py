@@ -107,7 +107,8 @@ def check_extra(profile: str, extra: dict[str, Any]) -> None:
     values, or overrides the profile rejects (unknown key, bad value)."""
     if "profile" in extra and extra["profile"] != profile:
         if not isinstance(extra["profile"], str) or extra["profile"] not in PROFILES:
-            raise ConfigError(f"-p profile: unknown profile {extra['profile']!r}; valid profiles: {', '.join(PROFILES)}")
+            raise ConfigError(f"-p profile: unknown profile {extra['profile']!r}; valid profiles: "
+                              f"{', '.join(PROFILES)}")
         raise ConfigError(f"-p profile {extra['profile']!r} conflicts with --profile {profile!r}; choose the profile "
                           f"with --profile alone")
     if isinstance(extra.get("overrides"), Mapping):
@@ -204,7 +205,8 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
         times[nb.name] = round(time.time() - t0, 1)
         log(f"      done in {times[nb.name]:.0f}s")
     total = round(time.time() - t_all, 1)
-    merged = merge_timings(out_dir / "timings.json", times, total, whole=set(notebooks) >= set(collection(profile=profile)))
+    whole = set(notebooks) >= set(collection(profile=profile))
+    merged = merge_timings(out_dir / "timings.json", times, total, whole=whole)
     log(f"collection finished in {total / 60:.1f} min; executed notebooks in {out_dir}")
     return merged
 

@@ -115,3 +115,11 @@ def test_checkpoint_error_inside_a_step_names_the_step_folder(tmp_path):
     assert f"delete the folder {tmp_path / 'teacher'} and re-run" in msg
     loose = str(checkpoint_error(tmp_path / "x.safetensors", ValueError("short")))
     assert "delete it and re-run" in loose
+
+
+def test_classroom_runs_table1_with_the_two_seeds_the_readme_states():
+    from pocl_utils.experiments import n_seeds_for
+    readme = (pipeline.REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    p = get_profile("classroom")
+    assert n_seeds_for(p, "table1") == p.n_seeds == 2
+    assert "Table 1 only, 2 training seeds" in readme
