@@ -60,16 +60,17 @@ def _model_text(spec: ModelSpec) -> str:
 
 
 def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
-    """Resolve the profile strictly (unknown name or key raises), prepare its cached workspace, set the plot theme,
-    save the resolved profile to results/<profile>/profile.json and print a one-line summary."""
+    """Resolve the profile strictly (unknown name or key raises), print the device it runs on (the notebook's first
+    output), prepare its cached workspace, set the plot theme, save the resolved profile to
+    results/<profile>/profile.json and print a one-line summary."""
     import seaborn as sns
     short_errors()
     p = get_profile(profile, overrides)
+    print(f"profile {p.name!r} on {describe(distributed.device())}", flush=True)
     ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
-    print(f"profile {p.name!r} on {describe(distributed.device())}: {p.data} data, "
-          f"{len(ws.sets['train'])} training rows; "
+    print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
           f"teacher {_model_text(p.teacher)}, "
           f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, {p.n_seeds} in the "
           f"ablations, × {len(p.eval_seeds)} sampling seeds; "
