@@ -123,3 +123,20 @@ def test_classroom_runs_table1_with_the_two_seeds_the_readme_states():
     p = get_profile("classroom")
     assert n_seeds_for(p, "table1") == p.n_seeds == 2
     assert "Table 1 only, 2 training seeds" in readme
+
+
+def test_a_truncated_student_checkpoint_heals_at_the_next_prepare(tmp_path):
+    """The issue's case: a truncated student_init/model/model.safetensors. The next prepare() rebuilds the step (the
+    same weights, bitwise, on CPU) instead of failing on it."""
+    from pocl_utils.pipeline import prepare
+    said: list[str] = []
+    ws = prepare("smoke", runs_root=tmp_path, device="cpu", log=said.append)
+    weights = ws.root / "student_init" / "model" / "model.safetensors"
+    good = weights.read_bytes()
+    keys = ws.step_keys()
+    weights.write_bytes(good[: len(good) // 2])
+    said.clear()
+    ws = prepare("smoke", runs_root=tmp_path, device="cpu", log=said.append)
+    assert any("student_init" in s and "model/model.safetensors has" in s and "rebuilding" in s for s in said), said
+    assert weights.read_bytes() == good and ws.step_keys() == keys
+    ws.load_student_init(torch.device("cpu"))
