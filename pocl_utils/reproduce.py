@@ -160,7 +160,8 @@ def _keep_unfinished(running: Path, target: Path, status: str) -> None:
     try:
         nb = nbformat.read(running, as_version=4)
         nb.metadata["pocl"] = {"status": status}
-        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"**This run {status}; the notebook did not finish.** "
+        what = {"failed": "failed", "interrupted": "was interrupted"}[status]
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"**This run {what}; the notebook did not finish.** "
                                                          f"Its outputs stop where it stopped."))
         nbformat.write(nb, running)
     except Exception:  # noqa: BLE001 - a half-written file is still worth keeping under its telling name
