@@ -13,7 +13,6 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pocl_utils import reproduce
 from pocl_utils.config import ConfigError
 from pocl_utils.reproduce import check_extra, check_parameters, collection, execute_one, kernel_name, merge_timings
 
