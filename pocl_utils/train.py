@@ -8,6 +8,7 @@ need the teacher live.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -398,6 +399,16 @@ def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainS
 LossFn = Callable[[list[int], int, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
+def bar_disabled() -> bool | None:
+    """tqdm's `disable` for training loops: off on non-main ranks; on in a Jupyter kernel (no terminal, but someone
+    watching the notebook, e.g. through a long preparation step); else tqdm's default (a bar only on a terminal)."""
+    if not distributed.is_main():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return False if shell is not None and hasattr(shell, "kernel") else None
+
+
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
               on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train") -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
@@ -414,8 +425,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     model.train()
     log: list[dict[str, float]] = []
     shared = distributed.world_size() > 1
-    quiet = None if distributed.is_main() else True  # None: tqdm's default (no bar without a terminal)
-    for step in tqdm(range(steps), desc=desc, leave=False, disable=quiet, mininterval=2.0):
+    for step in tqdm(range(steps), desc=desc, leave=False, disable=bar_disabled(), mininterval=2.0):
         idx = next(batches)
         loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
         if not math.isfinite(parts["loss"]):  # the global value, so that every rank stops at the same step
