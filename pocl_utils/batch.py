@@ -19,8 +19,10 @@ from pathlib import Path
 from . import distributed
 from .config import ConfigError, RunSpec, get_profile
 from .data import DataError
+from .models import CheckpointError
+from .workspace import StepError
 from .experiments import GRIDS, grid, n_seeds_for
-from .results import atomic_write_text, exclusive_lock
+from .results import RegistryError, atomic_write_text, exclusive_lock
 
 
 def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_batch(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
                   log=lambda s: print(s, flush=True))
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError, StepError, RegistryError) as e:  # ours: one line, no traceback
         print(f"pocl-batch: {e}", file=sys.stderr)
         return 2
     distributed.close()

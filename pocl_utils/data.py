@@ -94,7 +94,8 @@ def _json_type(value: Any) -> str:
 # ---------------------------------------------------------------------------
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (1-based line number, parsed value) for each non-blank line of a UTF-8 JSON Lines file."""
+    """Yield (1-based line number, parsed value) for each non-blank line of a UTF-8 JSON Lines file; DataError naming
+    the file and line for bad UTF-8, malformed or too deeply nested JSON, and lone surrogates (e.g. "\\ud800")."""
     with open(path, "rb") as f:  # bytes, so a bad encoding can be pinned to its line
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -105,9 +106,43 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             if not text.strip():
                 continue  # blank lines are allowed and skipped
             try:
-                yield lineno, json.loads(text)
+                value = json.loads(text)
+                where = _lone_surrogate(value) if "\\u" in text else None  # only escapes make lone surrogates
             except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON at column {e.colno}: {e.msg}", path=path, line=lineno) from None
+                raise DataError(f"malformed JSON at column {e.colno}: {e.msg}{_document_hint(path, lineno, text)}",
+                                path=path, line=lineno) from None
+            except RecursionError:
+                raise DataError("JSON nested too deeply to read (a row is one flat JSON object)", path=path,
+                                line=lineno) from None
+            if where is not None:
+                raise DataError(f"lone surrogate {where[1]!r} in a string (an unpaired \\ud800-\\udfff escape is not "
+                                f"valid Unicode)", path=path, line=lineno, field=where[0]) from None
+            yield lineno, value
+
+
+JSONL_HINT = ("; JSON Lines is expected (one JSON object per line), and this looks like a whole JSON document, e.g. a "
+              "pretty-printed .json file: write one object per line")
+
+
+def _document_hint(path: Path, line: int, text: str) -> str:
+    """A hint when a file fails on its first line the way a pretty-printed JSON document does."""
+    start = text.strip()
+    return JSONL_HINT if line == 1 and (path.suffix == ".json" or start in ("{", "[") or start.endswith(("{", "[")))\
+        else ""
+
+
+def _lone_surrogate(value: Any, field: str | None = None) -> tuple[str | None, str] | None:
+    """(field, character) of the first string holding an unpaired UTF-16 surrogate, else None."""
+    if isinstance(value, str):
+        bad = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+        return None if bad is None else (field, bad)
+    if isinstance(value, dict):
+        children = ((k if field is None else f"{field}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{field or ''}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for name, v in children if (found := _lone_surrogate(v, name)) is not None), None)
 
 
 def _text_field(row: dict, key: str, path: Path, line: int, *, allow_empty: bool = False) -> str | None:

@@ -84,7 +84,11 @@ def variant(source_nb: Any, solutions: bool, source_name: str = "11_lab_source.i
             cell.outputs, cell.execution_count = [], None
     nb.metadata["pocl_lab"] = {"variant": "solutions" if solutions else "student",
                                "generated_from": "notebooks/lab/11_lab_source.ipynb"}
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)  # JupyterLab opens it with the project's kernel (`make install`)
     return nb
+
+
+KERNELSPEC = {"name": "pocl", "display_name": "pocl (.venv)", "language": "python"}  # as the Makefile registers it
 
 
 def render(solutions: bool, source: Path = SOURCE) -> str:

@@ -60,7 +60,7 @@ def _rrf(rouge_l, ce, k: float, method: str = "average", zero_based: bool = Fals
 
 
 RRF_MISTAKES = (  # (variant of Eq. 2, hint shown when the student's scores equal it)
-    (dict(zero_based=True), "did you add 1 to the rank? Ranks start at 1 for the easiest sample"),
+    (dict(zero_based=True), "ranks start at 1: add 1 to 0-based ranks (rank 1 = the easiest sample)"),
     (dict(zero_based=True, method="ordinal"), "ranks from argsort(argsort(...)) start at 0 and break ties by "
      "position: add 1, and give tied scores the mean of their ranks (scipy.stats.rankdata)"),
     (dict(method="ordinal"), "tied scores must share the mean of their ranks (rankdata(..., method='average'))"),
@@ -112,7 +112,7 @@ def check_rrf(fuse_ranks: Callable) -> None:
             i = bad[0]
             r1, r2 = rankdata(-np.asarray(rouge_l), "average")[i], rankdata(ce, "average")[i]
             raise WrongAnswer(f"rrf ({label}): sample {i} has ranks ({r1:g}, {r2:g}) (ROUGE-L, CE); with k={k} "
-                              f"expected 1/{k + r1:g}+1/{k + r2:g}={expected[i]:.5f}, got {got[i]:.4g} — "
+                              f"expected 1/{k + r1:g}+1/{k + r2:g}={expected[i]:.5f}, got {got[i]:.5f} — "
                               f"{_rrf_hint(rouge_l, ce, k, got)}")
     _passed("rrf", len(cases))
 

@@ -76,7 +76,7 @@ def kd_figure(frame: pd.DataFrame, kind: str) -> Any:
     panels = ((axes[0], "kd", f"τ²·D ({kind}), the KD loss of Eq. 7"), (axes[1], "D", f"D ({kind}) alone"))
     for ax, key, title in panels:
         sns.lineplot(data=frame, x="tau", y=key, hue="subset", marker="o", ax=ax, palette="crest")
-        ax.set(xlabel="stage temperature τ", ylabel=key, title=title)
+        ax.set(xlabel="stage temperature τ", ylabel={"kd": "τ²·D", "D": "D"}[key], title=title)
     fig.suptitle("initial student vs teacher on each subset d_j (easiest d1 to hardest)")
     fig.tight_layout()
     return fig

@@ -115,8 +115,13 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
+    """The error for an unreadable checkpoint; inside a prepared step it names the step's folder, whose deletion
+    rebuilds the step (deleting the file alone does not rebuild a step finished before STEP.json listed its files)."""
+    step = next((d for d in Path(path).parents if (d / "STEP.json").is_file()), None)
+    fix = (f"delete the folder {step} and re-run, which rebuilds that step" if step is not None
+           else "delete it and re-run, which rebuilds it")
     return CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}). It is probably truncated "
-                           f"(a killed write or a full disk); delete it and re-run, which rebuilds it.")
+                           f"(a killed write or a full disk); {fix}.")
 
 
 def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype = torch.float32) -> PreTrainedModel:

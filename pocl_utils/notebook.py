@@ -20,14 +20,15 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import findings, report, runner  # noqa: E402
+from . import distributed, findings, report, runner  # noqa: E402
 from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, baseline, get_profile, pocl
 from .data import DataError
 from .models import CheckpointError
 from .experiments import GRIDS, grid, n_seeds_for
 from .pipeline import prepare
-from .results import REPO_ROOT, atomic_write_json, atomic_write_text
-from .workspace import Workspace
+from .provenance import describe
+from .results import REPO_ROOT, RegistryError, atomic_write_json, atomic_write_text
+from .workspace import StepError, Workspace
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
@@ -60,11 +61,13 @@ def _model_text(spec: ModelSpec) -> str:
 
 
 def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
-    """Resolve the profile strictly (unknown name or key raises), prepare its cached workspace, set the plot theme,
-    save the resolved profile to results/<profile>/profile.json and print a one-line summary."""
+    """Resolve the profile strictly (unknown name or key raises), print the device it runs on (the notebook's first
+    output), prepare its cached workspace, set the plot theme, save the resolved profile to
+    results/<profile>/profile.json and print a one-line summary."""
     import seaborn as sns
     short_errors()
     p = get_profile(profile, overrides)
+    print(f"profile {p.name!r} on {describe(distributed.device())}", flush=True)
     ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
@@ -92,7 +95,7 @@ def real_data_card(ws: Workspace) -> pd.DataFrame:
     return card
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, StepError, RegistryError, FileNotFoundError)
 
 
 def short_errors() -> None:
@@ -375,9 +378,13 @@ def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tr
     return out
 
 
+ENVIRONMENT = ("device", "device_name", "precision", "torch", "transformers")  # provenance.environment's fields
+
+
 def runs_frame(ws: Workspace) -> pd.DataFrame:
     """Every finished run of every grid, tidy (one row per grid, run and eval set), with its spec, config hash
-    (run_key), git commit and wall time. A run shared by two tables appears under both, with the same run_key."""
+    (run_key), git commit, wall time and what it ran on (device, precision policy, torch/transformers versions). A
+    run shared by two tables appears under both, with the same run_key."""
     parts = []
     for name in GRIDS:
         recs = records(ws, name)
@@ -385,7 +392,8 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
             continue
         specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
                                "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
-                               "alpha_n": s.alpha[1]} for s, rec in recs]).drop_duplicates("run_key")
+                               "alpha_n": s.alpha[1], **{k: rec["config"].get(k) for k in ENVIRONMENT}}
+                              for s, rec in recs]).drop_duplicates("run_key")
         greedy = report.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(["run_key", "dataset"])
         frame = report.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
                                         on=["run_key", "dataset"])

@@ -100,7 +100,7 @@ def _model_source(spec, cache_dir: str | Path | None) -> tuple[Path | str, dict[
 def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_root: str | Path | None = None,
                  max_rows: int = 0, cache_dir: str | Path | None = None, steps: tuple[str, ...] = STEPS,
                  device: str = "auto", log: Callable[[str], None] = print) -> Workspace:
-    """Build (or find) the workspace of a `data == "real"` profile; returns a pipeline.Workspace.
+    """Build (or find) the workspace of a `data == "real"` profile; returns a workspace.Workspace.
 
     train = a seeded subset of profile.rank_max_examples rows (0 = all) of Dolly train; valid and the five eval sets
     are whole, or capped at `max_rows` rows each (0 = all; for tests and quick looks). Every set first goes through

@@ -506,6 +506,16 @@ def training_log_figure(logs: dict[str, list[dict]]) -> Any:
     return fig
 
 
+def error_bar_note(n_seeds: pd.Series) -> str:
+    """What the error bars are, for the figure itself: 'error bars: 95% CI over n = 5 training seeds'."""
+    n = sorted({int(v) for v in n_seeds.dropna()})
+    if not n:
+        return "no runs"
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}"
+    note = f"error bars: 95% CI (Student t) over n = {seeds} training seed{'s' if n[-1] > 1 else ''}"
+    return note + (" (none where n = 1)" if n[0] == 1 else "")
+
+
 def grouped_bars(summary_df: pd.DataFrame, dataset: str = "Avg", title: str = "") -> Any:
     """Mean ROUGE-L per method (groups) and variant (bars) with 95% CI error bars over training seeds."""
     import seaborn as sns
@@ -520,7 +530,7 @@ def grouped_bars(summary_df: pd.DataFrame, dataset: str = "Avg", title: str = ""
         x = np.arange(len(methods)) + (k - (len(variants) - 1) / 2) * width
         ax.bar(x, sel["mean"], width, yerr=sel["ci95"].fillna(0.0), capsize=3, color=colors[k], label=variant)
     ax.set_xticks(np.arange(len(methods)), methods)
-    ax.set(ylabel=f"ROUGE-L ({dataset})", title=title or f"ROUGE-L on {dataset}, mean ± 95% CI over training seeds")
+    ax.set(ylabel=f"ROUGE-L ({dataset})", title=f"{title or f'ROUGE-L on {dataset}'}\n{error_bar_note(d['n_seeds'])}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

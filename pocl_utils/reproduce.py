@@ -1,6 +1,8 @@
 """`pocl-reproduce`: execute the notebook collection in order with papermill for one profile.
 
-Executed copies go to `runs/<profile>/notebooks/` (ignored by git); figures go to `figures/<profile>/`.
+Executed copies go to `runs/<profile>/notebooks/` (ignored by git; `--runs-root` or $POCL_RUNS_DIR moves `runs/`),
+written atomically: a failed or interrupted notebook is kept beside the last good copy under a name that says so.
+Tables and figures go to `results/<profile>/` and `figures/<profile>/` (under $POCL_OUTPUT_DIR when set).
 Parameters are checked against each notebook's `parameters` cell before anything runs, so a typo fails at once
 with the list of valid names instead of being silently ignored. The student lab (11_lab) is not part of the main
 job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs/<profile>/lab/ (see pocl_utils.lab).
@@ -8,14 +10,16 @@ job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, ConfigError
+from .config import PROFILES, ConfigError, get_profile
 from .results import REPO_ROOT, atomic_write_json
 from .workspace import RUNS_ROOT
 
@@ -31,9 +35,17 @@ def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Pat
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
-    """Names and default values of a notebook's `parameters` cell (via papermill's inspector)."""
+    """Names and default values of a notebook's `parameters` cell (via papermill's inspector; a default that is not a
+    Python literal is None)."""
     import papermill as pm
-    return {name: spec["default"] for name, spec in pm.inspect_notebook(str(path)).items()}
+    return {name: _literal(spec["default"]) for name, spec in pm.inspect_notebook(str(path)).items()}
+
+
+def _literal(source: str) -> Any:
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return None
 
 
 def kernel_name() -> str:
@@ -57,74 +69,218 @@ def kernel_name() -> str:
 
 
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
-    """Raise ConfigError naming an unknown parameter and listing the valid ones."""
+    """Raise ConfigError naming an unknown parameter and listing the valid ones, or a value whose type does not match
+    the parameter's default (e.g. `overrides` must be a JSON object)."""
     valid = notebook_parameters(path)
-    for key in params:
+    for key, value in params.items():
         if key not in valid:
             raise ConfigError(f"{path.name}: unknown parameter {key!r}; valid parameters: {', '.join(valid)}")
+        check_value(key, value, valid[key])
+
+
+OVERRIDES_EXAMPLE = """-p overrides '{"kd.lr": 0.001}'"""
+
+
+def check_value(key: str, value: Any, default: Any) -> None:
+    """ConfigError unless `value` has the JSON type of the parameter's `default` (an int is a valid float; a None
+    default takes anything)."""
+    want = _json_kind(default)
+    if want is None or _json_kind(value) == want or (want == "number" and _json_kind(value) == "integer"):
+        return
+    example = f", e.g. {OVERRIDES_EXAMPLE}" if key == "overrides" else ""
+    raise ConfigError(f"-p {key} must be a JSON {want}{example}; got {_json_kind(value) or 'null'} {value!r}")
+
+
+def _json_kind(value: Any) -> str | None:
+    """JSON's name for a value's type (None for null)."""
+    if value is None:
+        return None
+    for kind, types in (("boolean", bool), ("integer", int), ("number", float), ("string", str),
+                        ("object (a mapping of profile keys to values)", Mapping), ("array", (list, tuple))):
+        if isinstance(value, types):
+            return kind
+    return type(value).__name__
+
+
+def check_extra(profile: str, extra: dict[str, Any]) -> None:
+    """Refuse what would run something other than asked, before any kernel starts: `profile` set twice with two
+    values, or overrides the profile rejects (unknown key, bad value)."""
+    if "profile" in extra and extra["profile"] != profile:
+        if not isinstance(extra["profile"], str) or extra["profile"] not in PROFILES:
+            raise ConfigError(f"-p profile: unknown profile {extra['profile']!r}; valid profiles: "
+                              f"{', '.join(PROFILES)}")
+        raise ConfigError(f"-p profile {extra['profile']!r} conflicts with --profile {profile!r}; choose the profile "
+                          f"with --profile alone")
+    if isinstance(extra.get("overrides"), Mapping):
+        try:
+            get_profile(profile, dict(extra["overrides"]))
+        except ConfigError as e:
+            raise ConfigError(f"-p overrides: {e}") from None
+
+
+class Interrupted(Exception):
+    """Ctrl-C while a notebook ran; the partial executed copy is kept as <name>.interrupted.ipynb."""
+
+    def __init__(self, notebook: str):
+        self.notebook = notebook
+        super().__init__(f"interrupted in {notebook}; finished runs are kept; run the same command again to continue")
+
+
+def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str) -> Path:
+    """Execute `nb` into `out_dir/<name>` atomically: papermill writes `<stem>.running.ipynb`, which replaces the last
+    good executed copy only once it finished. A failed run is kept as `<stem>.failed.ipynb`, an interrupted one as
+    `<stem>.interrupted.ipynb` (each marked as such inside); the last good copy is never touched by either."""
+    import papermill as pm
+    final, running = out_dir / nb.name, out_dir / f"{nb.stem}.running.ipynb"
+    try:
+        pm.execute_notebook(str(nb), str(running), parameters=parameters, kernel_name=kernel, cwd=str(REPO_ROOT),
+                            progress_bar=False, extra_arguments=KERNEL_ARGS)
+    except KeyboardInterrupt:
+        _keep_unfinished(running, out_dir / f"{nb.stem}.interrupted.ipynb", "interrupted")
+        raise Interrupted(nb.stem) from None
+    except BaseException:
+        _keep_unfinished(running, out_dir / f"{nb.stem}.failed.ipynb", "failed")
+        raise
+    os.replace(running, final)
+    for status in UNFINISHED:
+        (out_dir / f"{nb.stem}.{status}.ipynb").unlink(missing_ok=True)  # superseded by the finished copy
+    return final
+
+
+UNFINISHED = ("failed", "interrupted")
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]  # ipykernel's own log (its TCP warning, its errors while the client
+# goes away on Ctrl-C) is not for the user; errors in cells still reach the executed notebook and the exit message
+
+
+def _keep_unfinished(running: Path, target: Path, status: str) -> None:
+    """Move a partial executed notebook to `target`, with pocl.status and a first cell saying it did not finish."""
+    import nbformat
+    if not running.exists():
+        return
+    try:
+        nb = nbformat.read(running, as_version=4)
+        nb.metadata["pocl"] = {"status": status}
+        what = {"failed": "failed", "interrupted": "was interrupted"}[status]
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"**This run {what}; the notebook did not finish.** "
+                                                         f"Its outputs stop where it stopped."))
+        nbformat.write(nb, running)
+    except Exception:  # noqa: BLE001 - a half-written file is still worth keeping under its telling name
+        pass
+    os.replace(running, target)
 
 
 def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir: Path | None = None,
                    extra: dict[str, Any] | None = None, log=print) -> dict[str, float]:
     """Execute each notebook with `profile` (and `extra` parameters where a notebook has them); returns wall times.
 
-    Every notebook must have `profile`; an extra parameter must exist in at least one notebook (a typo raises before
-    anything runs) and is passed to the notebooks that have it. Kernels start in the repository root, so they import
-    this checkout's pocl_utils even where the package is not installed."""
-    import papermill as pm
+    Every notebook must have `profile`; an extra parameter must exist in at least one notebook and have the type of
+    its default (checked before anything runs) and is passed to the notebooks that have it. Kernels start in the
+    repository root, so they import this checkout's pocl_utils even where the package is not installed. Wall times are
+    merged into `out_dir/timings.json` (a run of some notebooks updates theirs, the others stay); Ctrl-C raises
+    `Interrupted` naming the notebook."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    extra = dict(extra or {})
+    check_extra(profile, extra)
     notebooks = notebooks or collection(profile=profile)
     out_dir = Path(out_dir or RUNS_ROOT / profile / "notebooks")
-    out_dir.mkdir(parents=True, exist_ok=True)
     valid = {nb: notebook_parameters(nb) for nb in notebooks}
-    params = {nb: {"profile": profile, **{k: v for k, v in (extra or {}).items() if k in valid[nb]}}
-              for nb in notebooks}
-    for nb in notebooks:
-        check_parameters(nb, params[nb])  # every notebook must take `profile`
-    for key in extra or {}:
+    for key in extra:
         if not any(key in v for v in valid.values()):
             names = sorted({k for v in valid.values() for k in v})
             raise ConfigError(f"unknown parameter {key!r} (in no notebook); valid parameters: {', '.join(names)}")
+    params = {nb: {**{k: v for k, v in extra.items() if k in valid[nb]}, "profile": profile} for nb in notebooks}
+    for nb in notebooks:
+        check_parameters(nb, params[nb])  # every notebook must take `profile`; values must have the defaults' types
     kernel = kernel_name()
+    out_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_all = time.time()
     for k, nb in enumerate(notebooks, 1):
         log(f"[{k}/{len(notebooks)}] {nb.name} (profile={profile})")
         t0 = time.time()
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params[nb], kernel_name=kernel,
-                            cwd=str(REPO_ROOT), progress_bar=False)
+        try:
+            execute_one(nb, out_dir, params[nb], kernel)
+        except KeyboardInterrupt:  # outside papermill's call, e.g. while it shut the kernel down
+            raise Interrupted(nb.stem) from None
         times[nb.name] = round(time.time() - t0, 1)
         log(f"      done in {times[nb.name]:.0f}s")
-    times["total"] = round(time.time() - t_all, 1)
-    atomic_write_json(out_dir / "timings.json", times)
-    log(f"collection finished in {times['total'] / 60:.1f} min; executed notebooks in {out_dir}")
-    return times
+    total = round(time.time() - t_all, 1)
+    whole = set(notebooks) >= set(collection(profile=profile))
+    merged = merge_timings(out_dir / "timings.json", times, total, whole=whole)
+    log(f"collection finished in {total / 60:.1f} min; executed notebooks in {out_dir}")
+    return merged
+
+
+def merge_timings(path: Path, times: dict[str, float], total: float, *, whole: bool) -> dict[str, float]:
+    """Update the notebooks' entries in timings.json, keeping the others. `total` is this run's wall time when it ran
+    the whole collection; after a partial run (`--only`) it is the sum of the latest per-notebook times."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        old = {}
+    merged = {**(old if isinstance(old, dict) else {}), **times}
+    merged["total"] = total if whole else round(sum(v for k, v in merged.items() if k != "total"), 1)
+    atomic_write_json(path, merged)
+    return merged
+
+
+EPILOG = f"""examples:
+  pocl-reproduce --profile smoke                          the whole collection, about 2 min
+  pocl-reproduce --profile laptop --only 03 10            two notebooks (their timings are merged into timings.json)
+  pocl-reproduce --profile smoke {OVERRIDES_EXAMPLE}     a profile override (a JSON object)
+
+where things go:
+  executed notebooks   <runs root>/<profile>/notebooks/ (runs root: --runs-root, else $POCL_RUNS_DIR, else ./runs);
+                       a failed or interrupted notebook is kept beside the last good one as <name>.failed.ipynb or
+                       <name>.interrupted.ipynb
+  prepared steps, runs <runs root>/<profile>/ (finished runs are kept: a re-run continues where it stopped)
+  tables, figures      results/<profile>/ and figures/<profile>/ under $POCL_OUTPUT_DIR, else the repository root
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="laptop", help=f"one of: {', '.join(PROFILES)}")
     ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 00 01")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
-                    help="extra notebook parameter, value parsed as JSON when possible")
+                    help="extra notebook parameter, value parsed as JSON when possible, e.g. " + OVERRIDES_EXAMPLE)
+    ap.add_argument("--runs-root", default=None, type=Path,
+                    help="folder for prepared steps, runs and executed notebooks (sets POCL_RUNS_DIR for the kernels; "
+                         "default $POCL_RUNS_DIR, else ./runs)")
     ap.add_argument("--lab", action="store_true", help="also run the lab's solutions variant (generated first)")
     args = ap.parse_args(argv)
+    root, kwargs = RUNS_ROOT, {}
+    if args.runs_root:
+        root = args.runs_root.resolve()
+        os.environ["POCL_RUNS_DIR"] = str(root)  # the kernels inherit it (workspace.RUNS_ROOT)
+        kwargs["out_dir"] = root / args.profile / "notebooks"
     notebooks = collection(profile=args.profile)
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
-    if args.lab:  # the student variant would only print "not implemented yet"; the solutions exercise everything
-        from .lab import write
-        notebooks.append(write(RUNS_ROOT / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
     extra = {k: _parse(v) for k, v in args.param}
     try:
-        run_collection(args.profile, notebooks=notebooks, extra=extra)
+        if args.profile in PROFILES:
+            check_extra(args.profile, extra)  # before the lab notebook is written
+        if args.lab:  # the student variant would only print "not implemented yet"; the solutions exercise everything
+            from .lab import write
+            notebooks.append(write(root / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
+        run_collection(args.profile, notebooks=notebooks, extra=extra, **kwargs)
     except ConfigError as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"pocl-reproduce: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first notebook started
+        print("pocl-reproduce: interrupted before any notebook ran", file=sys.stderr)
+        return 130
     except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error name and value
+        where = kwargs.get("out_dir", root / args.profile / "notebooks")
         if hasattr(e, "ename"):
-            print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in {RUNS_ROOT / args.profile / 'notebooks'})", file=sys.stderr)
+            print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in {where}, as <name>.failed.ipynb)",
+                  file=sys.stderr)
         else:
             print(f"pocl-reproduce: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

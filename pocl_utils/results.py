@@ -73,6 +73,10 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+class RegistryError(RuntimeError):
+    """A registry file cannot be read; the message names it and says how to recover."""
+
+
 @dataclass
 class Registry:
     """Finished artefacts keyed by kind and config hash under one root folder."""
@@ -92,11 +96,7 @@ class Registry:
         return self.result_path(kind, key).exists()
 
     def load(self, kind: str, key: str) -> dict[str, Any]:
-        path = self.result_path(kind, key)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:  # cannot happen with atomic writes; say so clearly if it does
-            raise RuntimeError(f"{path}: corrupt result file ({e}); delete it to re-run") from e
+        return _read_result(self.result_path(kind, key))
 
     def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """Record a finished run: config, metrics, timings and provenance, written atomically last."""
@@ -109,7 +109,7 @@ class Registry:
         folder = self.root / kind
         if not folder.exists():
             return []
-        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*/result.json"))]
+        return [_read_result(p) for p in sorted(folder.glob("*/result.json"))]
 
     @contextmanager
     def claim(self, kind: str, key: str) -> Iterator[bool]:
@@ -134,6 +134,14 @@ class Registry:
         line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}) + "\n"
         with open(self.run_dir(kind, key) / "attempts.log", "a", encoding="utf-8") as f:
             f.write(line)
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # cannot happen with atomic writes; say so if it does
+        raise RegistryError(f"{path}: corrupt result file ({type(e).__name__}: {e}); delete it to re-run that run") \
+            from None
 
 
 @contextmanager

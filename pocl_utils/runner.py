@@ -20,19 +20,23 @@ from .config import RunSpec, config_hash
 from .models import load_weights, save_weights
 from .curriculum import Stage, plan_stages
 from .workspace import Workspace
+from .provenance import environment, precision
 from .results import atomic_write_json
 from .train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
 
 KIND = "runs"
 
 
-def run_key(ws: Workspace, spec: RunSpec) -> str:
-    """Registry key: the run spec plus everything upstream it depends on (teacher, student, data, budget, eval)."""
+def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) -> str:
+    """Registry key: the run spec plus everything upstream it depends on (teacher, student, data, budget, eval) and
+    the precision policy of the device it runs on (`device`, default this process's) and of the prepared steps, so a
+    bf16 CUDA run and an fp32 CPU run of one configuration never stand in for each other."""
     p = ws.profile
     upstream = ws.step_keys()
     return config_hash({"spec": spec.key(), "kd": asdict(p.kd), "teacher": upstream["teacher_cache"],
                         "student": upstream["ranking"], "seqkd": upstream["seqkd"], "eval": eval_key(p),
-                        "gkd_lambda": p.gkd_lambda, "valid": [p.valid_max_examples, p.valid_checks]})
+                        "gkd_lambda": p.gkd_lambda, "valid": [p.valid_max_examples, p.valid_checks],
+                        "precision": precision(device or distributed.device()), "built_with": ws.built_with()})
 
 
 def eval_key(p) -> dict[str, Any]:
@@ -194,7 +198,7 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
     others), checkpoints, evaluates and writes the record; the others train in a private folder (`_train_dir`),
     then wait at a barrier until the record exists, and return it too. All ranks must see one file system (one
     machine, or a shared disk across machines)."""
-    reg, key = ws.registry, run_key(ws, spec)
+    reg, key = ws.registry, run_key(ws, spec, device)
     with _claim(reg, key) as status:
         if status != "mine":
             return reg.load(KIND, key) if status == "done" else None
@@ -209,7 +213,7 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
         load_weights(student, run_dir / "best.safetensors")
         metrics = {**scores(ws, student), "train": state}
         config = {"spec": spec.key(), "label": spec.label, "method": spec.method, "variant": spec.variant,
-                  "profile": ws.profile.name, "run_key": key}
+                  "profile": ws.profile.name, "run_key": key, **environment(device)}
         record = reg.save(KIND, key, config, metrics, time.time() - t0)
         for name in ("last.safetensors", "best.safetensors"):
             (run_dir / name).unlink(missing_ok=True)  # the record is what matters; keep the registry small

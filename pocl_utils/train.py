@@ -8,6 +8,7 @@ need the teacher live.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -480,6 +481,16 @@ def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainS
 LossFn = Callable[[list[int], int, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
+def bar_disabled() -> bool | None:
+    """tqdm's `disable` for training loops: off on non-main ranks; on in a Jupyter kernel (no terminal, but someone
+    watching the notebook, e.g. through a long preparation step); else tqdm's default (a bar only on a terminal)."""
+    if not distributed.is_main():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return False if shell is not None and hasattr(shell, "kernel") else None
+
+
 LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many steps (one host sync for all of them)
 
 
@@ -509,8 +520,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     pending: list[dict] = []
     every = log_every or (LOG_EVERY_GPU if device.type == "cuda" else 1)
     shared = distributed.world_size() > 1
-    quiet = None if distributed.is_main() else True  # None: tqdm's default (no bar without a terminal)
-    for step in tqdm(range(steps), desc=desc, leave=False, disable=quiet, mininterval=2.0):
+    for step in tqdm(range(steps), desc=desc, leave=False, disable=bar_disabled(), mininterval=2.0):
         idx = next(batches)
         loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
         pending.append(parts)

@@ -3,6 +3,7 @@ steps that world and real workspaces share (difficulty ranking, teacher cache, S
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,24 +21,41 @@ from .config import Profile, cache_top_k, config_hash
 from .difficulty import Ranking, score_samples
 from .generate import generate
 from .models import load_checkpoint, load_tokenizer
+from .provenance import environment, precision
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
 from .train import TeacherCache, build_teacher_cache
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
 
 
-def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> Path:
-    """Run `build(tmp_dir)` unless `root/name` already holds the output for `key`; the result appears atomically.
+class StepError(RuntimeError):
+    """A prepared step's STEP.json cannot be read; the message names the file and the folder to delete."""
 
-    Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock` (released by the
-    kernel if it is killed) and the others wait, then find the finished step. A failed build leaves nothing behind."""
+    def __init__(self, path: Path, problem: str):
+        self.problem = problem
+        super().__init__(f"{path}: {problem}; delete the folder {path.parent} and re-run, which rebuilds that step")
+
+
+def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None], *,
+             record: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run `build(tmp_dir)` unless `root/name` already holds the complete output for `key`; the result appears
+    atomically. `record` (e.g. the device it was built on) is kept in the step's STEP.json.
+
+    STEP.json also lists every file the step wrote with its size and sha256 (`manifest`). A step whose files no longer
+    match it (one truncated, deleted or rewritten later), or whose STEP.json is unreadable, is rebuilt, with a line
+    saying so. Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock`
+    (released by the kernel if it is killed) and the others wait, then find the finished step. A failed build leaves
+    nothing behind."""
     out = root / name
-    if _step_key(out) == key:
+    if _intact(out, key):
         return out
     root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(root / f".{name}.lock"):
-        if _step_key(out) == key:  # built by another process while this one waited
+        problem = _step_problem(out, key)
+        if problem is None:  # built by another process while this one waited
             return out
+        if problem != "missing" and not problem.startswith("built for another"):
+            log(f"[prepare] {out}: {problem}; rebuilding the step")
         for stale in root.glob(f".{name}.*.tmp"):  # left by a killed builder; we hold the lock, so none is live
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{name}.{os.getpid()}.tmp"
@@ -45,7 +63,8 @@ def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> 
         try:
             t0 = time.time()
             build(tmp)
-            atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3)})
+            atomic_write_json(tmp / "STEP.json", {"key": key, "wall_s": round(time.time() - t0, 3), **(record or {}),
+                                                  "files": manifest(tmp)})
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
         finally:
@@ -53,11 +72,70 @@ def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None]) -> 
     return out
 
 
-def _step_key(out: Path) -> str | None:
+HASH_LIMIT = 256 * 2**20  # files up to this size are checked by sha256 at every set-up; bigger ones by size only
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Relative path -> {size, sha256} of every file under `folder` (STEP.json excluded)."""
+    return {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != "STEP.json"}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _intact(out: Path, key: str) -> bool:
     try:
-        return json.loads((out / "STEP.json").read_text()).get("key")
+        return _step_problem(out, key) is None
+    except OSError:
+        return False
+
+
+def _step_problem(out: Path, key: str) -> str | None:
+    """None if `out` holds the finished step `key` with every file as its STEP.json recorded; else what is wrong.
+    Steps finished before STEP.json listed its files are trusted as they are."""
+    try:
+        info = step_info(out)
+    except StepError as e:
+        return e.problem
+    if info is None:
+        return "missing"
+    if info.get("key") != key:
+        return "built for another configuration"
+    for rel, want in (info.get("files") or {}).items():
+        f = out / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{rel} has {size} bytes, {want['size']} when the step finished"
+        if size <= HASH_LIMIT and _sha256(f) != want["sha256"]:
+            return f"{rel} changed since the step finished (sha256 differs)"
+    return None
+
+
+def step_info(out: Path) -> dict[str, Any] | None:
+    """A finished step's STEP.json (None if the step is not there); StepError naming the file if it is unreadable."""
+    path = out / "STEP.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StepError(path, f"unreadable STEP.json ({type(e).__name__}: {e})") from None
+    if not isinstance(info, dict):
+        raise StepError(path, "unreadable STEP.json (not a JSON object)")
+    return info
+
+
+def _step_key(out: Path) -> str | None:
+    info = step_info(out)
+    return None if info is None else info.get("key")
 
 
 @dataclass
@@ -73,12 +151,14 @@ class Workspace:
 
     def cached(self, kind: str, name: str, params: dict[str, Any],
                compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys)."""
-        key = config_hash({"name": name, "params": params, "prep": self.step_keys()})
+        """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys, the
+        precision policy of this process's device)."""
+        dev = distributed.device()
+        key = config_hash({"name": name, "params": params, "prep": self.step_keys(), "precision": precision(dev)})
         reg = self.registry
         if not reg.done(kind, key):
             t0 = time.time()
-            reg.save(kind, key, {"name": name, **params}, compute(), time.time() - t0)
+            reg.save(kind, key, {"name": name, **params, **environment(dev)}, compute(), time.time() - t0)
         return reg.load(kind, key)
 
     @cached_property
@@ -133,6 +213,11 @@ class Workspace:
         a result always names the artefacts it was trained from, for world and real profiles alike."""
         return {name: _step_key(self.root / name) for name in STEPS}
 
+    def built_with(self) -> dict[str, str | None]:
+        """The precision policy each prepared step was built with (STEP.json; None for a step built before it was
+        recorded), e.g. {"teacher": "bf16-autocast", ...}."""
+        return {name: (step_info(self.root / name) or {}).get("precision") for name in STEPS}
+
     def load_teacher(self, device: torch.device):
         return load_checkpoint(self.root / "teacher" / "model", device).eval()
 
@@ -158,10 +243,10 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
         t0 = time.time()
         b = partial(build, ws)
         if distributed.world_size() > 1 and trained_together(ws.profile, name):
-            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
+            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev), record=environment(dev), log=log)
         else:
             with distributed.main_first():
-                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev))
+                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev), record=environment(dev), log=log)
         log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
 
 
@@ -171,7 +256,8 @@ def trained_together(p: Profile, name: str) -> bool:
     return name == "teacher" and (p.data == "world" or p.sft_teacher)
 
 
-def _build_together(root: Path, name: str, key: str, build: Callable[[Path], None]) -> None:
+def _build_together(root: Path, name: str, key: str, build: Callable[[Path], None], *,
+                    record: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> None:
     """`step_dir` on the main process; the others run `build` in lockstep with it in a private folder, deleted after.
     The main process says whether it builds (it may find the step built, by an earlier or a concurrent launch)."""
     if distributed.is_main():
@@ -181,7 +267,7 @@ def _build_together(root: Path, name: str, key: str, build: Callable[[Path], Non
             told.append(distributed.broadcast(True))
             build(tmp)
 
-        step_dir(root, name, key, build_main)
+        step_dir(root, name, key, build_main, record=record, log=log)
         if not told:
             distributed.broadcast(False)
     elif distributed.broadcast(None):

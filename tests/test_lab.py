@@ -88,8 +88,8 @@ def _rrf(zero_based=False, k_fixed=None, method="average", ce_sign=1):
 
 
 @pytest.mark.parametrize("answer, expected", [
-    (_rrf(zero_based=True), "sample 0 has ranks (1, 3) (ROUGE-L, CE); with k=60 expected 1/61+1/63=0.03227, got 0.0328"
-                            " — did you add 1 to the rank?"),
+    (_rrf(zero_based=True), "sample 0 has ranks (1, 3) (ROUGE-L, CE); with k=60 expected 1/61+1/63=0.03227, got "
+                            "0.03280 — ranks start at 1: add 1 to 0-based ranks"),
     (_rrf(k_fixed=0), "did you leave out k?"),
     (_rrf(k_fixed=60), "(k = 10): sample 0 has ranks (1, 3) (ROUGE-L, CE); with k=10 expected 1/11+1/13=0.16783, "
                        "got 0.03227 — the k argument is ignored"),

@@ -3,6 +3,7 @@ the notebooks rely on, and the whole collection executed with papermill on the `
 import ast
 import json
 import math
+import re
 import sys
 import time
 
@@ -193,6 +194,9 @@ def test_collection_executes_on_smoke(tmp_path, monkeypatch):
     images = 0
     for path in NOTEBOOKS:
         executed = nbformat.read(tmp_path / "executed" / path.name, as_version=4)
+        first = next(o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        assert re.match(r"profile 'smoke' on device \S+ \((fp32|bf16-autocast), torch ", first.get("text", "")), \
+            f"{path.name}: the first output names the device: {first}"
         for cell in executed.cells:
             for out in cell.get("outputs", []):
                 assert out["output_type"] != "error", f"{path.name}: {out.get('ename')}: {out.get('evalue')}"
@@ -202,6 +206,7 @@ def test_collection_executes_on_smoke(tmp_path, monkeypatch):
     for name in nb.FIGURES:
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
     runs = pd.read_csv(tmp_path / "out" / "results" / "smoke" / "runs.csv")
+    assert {"device", "device_name", "precision", "torch", "transformers"} <= set(runs.columns)
     assert {"run_key", "git_commit", "wall_s", "grid", "method", "variant", "dataset", "rouge_l"} <= set(runs.columns)
     assert set(runs.grid) == set(nb.TABLE_FILES)
     for stem in nb.TABLE_FILES.values():

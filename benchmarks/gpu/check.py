@@ -269,7 +269,7 @@ def _workspace(p, root: Path, fraction: float):
     """The profile's data and tokenizer steps on `fraction` of its world's rows, built in `root` (timed), and the
     workspace reading them."""
     from dataclasses import replace
-    from pocl_utils.pipeline import Workspace
+    from pocl_utils.workspace import Workspace
     from pocl_utils.world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
     from pocl_utils import data as D
     times = {}
@@ -302,7 +302,7 @@ def part_profile(s: Sizes) -> dict:
     from pocl_utils.experiments import GRIDS, grid, n_seeds_for
     from pocl_utils.generate import generate
     from pocl_utils.models import build_model
-    from pocl_utils.pipeline import lm_blocks
+    from pocl_utils.workspace import lm_blocks
     from pocl_utils.train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft, total_steps
     from pocl_utils.world import pretrain_corpus, world_config
     dev = device()

@@ -1,0 +1,39 @@
+"""What a result was computed on: device, precision policy and library versions.
+
+The precision policy follows `models.autocast`: bf16 autocast on CUDA, plain fp32 elsewhere. A bf16 run and an fp32
+run of the same configuration give different numbers, so the policy is part of every run key (`runner.run_key`) and
+every record carries `environment()`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def precision(device: torch.device | str) -> str:
+    """The precision policy used on `device`: "bf16-autocast" on CUDA, "fp32" otherwise (as models.autocast)."""
+    return "bf16-autocast" if torch.device(device).type == "cuda" else "fp32"
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable device name: the GPU's model on CUDA, else the device type."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(dev)
+    return dev.type
+
+
+def environment(device: torch.device | str) -> dict[str, Any]:
+    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files."""
+    import transformers
+    dev = torch.device(device)
+    return {"device": dev.type, "device_name": device_name(dev), "precision": precision(dev),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def describe(device: torch.device | str) -> str:
+    """One phrase for set-up lines, e.g. 'device cpu (fp32, torch 2.5.1)'."""
+    env = environment(device)
+    name = env["device_name"] if env["device_name"] != env["device"] else env["device"]
+    return f"device {name} ({env['precision']}, torch {env['torch']}, transformers {env['transformers']})"

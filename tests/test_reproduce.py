@@ -1,0 +1,177 @@
+"""pocl-reproduce as a user meets it: parameter types and conflicts refused before any kernel starts, executed
+notebooks written atomically (a failed or interrupted one kept beside the good one), Ctrl-C as one line, --only
+merging timings.json, --runs-root."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pocl_utils.config import ConfigError
+from pocl_utils.reproduce import check_extra, check_parameters, collection, execute_one, kernel_name, merge_timings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*argv: str, cwd: Path = REPO, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "pocl_utils.reproduce", *argv], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env, **kw)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "overrides", "[1,2]"], "pocl-reproduce: -p overrides must be a JSON object (a mapping of profile keys to "
+                                   "values), e.g. -p overrides '{\"kd.lr\": 0.001}'; got array [1, 2]"),
+    (["-p", "overrides", "kd.lr=0.1"], "pocl-reproduce: -p overrides must be a JSON object"),
+    (["-p", "overrides", '{"kd.lrr": 1}'], "pocl-reproduce: -p overrides: unknown key 'kd.lrr'"),
+    (["-p", "profile", "3"], "pocl-reproduce: -p profile: unknown profile 3; valid profiles: smoke,"),
+    (["--profile", "smoke", "-p", "profile", "classroom"],
+     "pocl-reproduce: -p profile 'classroom' conflicts with --profile 'smoke'; choose the profile with --profile alone"),
+    (["--profile", "smoke", "-p", "n_examples", "2.5"], "pocl-reproduce: -p n_examples must be a JSON integer; got"),
+])
+def test_bad_parameters_and_conflicts_are_refused_before_any_kernel_starts(tmp_path, argv, message):
+    proc = _cli("--runs-root", str(tmp_path / "runs"), *argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr + proc.stdout and not proc.stdout
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing was written
+
+
+def test_matching_profile_parameter_and_types_are_accepted():
+    check_extra("smoke", {"profile": "smoke", "overrides": {"kd.lr": 0.001}})
+    nb = collection(profile="smoke")[0]
+    check_parameters(nb, {"profile": "smoke", "overrides": {"n_seeds": 2}, "n_examples": 3})
+    with pytest.raises(ConfigError, match="-p overrides must be a JSON object"):
+        check_parameters(nb, {"overrides": [1, 2]})
+
+
+def test_help_shows_an_overrides_example_and_the_output_variables():
+    out = _cli("--help").stdout
+    assert """-p overrides '{"kd.lr": 0.001}'""" in out
+    assert "--runs-root" in out and "POCL_RUNS_DIR" in out and "POCL_OUTPUT_DIR" in out
+
+
+def test_only_merges_into_timings(tmp_path):
+    path = tmp_path / "timings.json"
+    merge_timings(path, {"00_data.ipynb": 10.0, "01_teacher_sft.ipynb": 20.0}, 31.0, whole=True)
+    assert json.loads(path.read_text())["total"] == 31.0
+    merged = merge_timings(path, {"01_teacher_sft.ipynb": 5.0}, 5.2, whole=False)
+    assert merged == {"00_data.ipynb": 10.0, "01_teacher_sft.ipynb": 5.0, "total": 15.0}
+    assert json.loads(path.read_text()) == merged
+
+
+# ---- executed with a kernel ---------------------------------------------------------------------------------------
+
+
+def _notebook(path: Path, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _good_copy(out: Path, name: str) -> bytes:
+    out.mkdir(parents=True, exist_ok=True)
+    good = nbformat.v4.new_notebook()
+    good.metadata["pocl"] = {"status": "the last good run"}
+    nbformat.write(good, out / name)
+    return (out / name).read_bytes()
+
+
+def test_a_failing_notebook_keeps_the_good_copy_and_is_kept_as_failed(tmp_path):
+    nb = _notebook(tmp_path / "99_fails.ipynb", "print('half way')", "raise ValueError('boom')")
+    out = tmp_path / "executed"
+    before = _good_copy(out, nb.name)
+    with pytest.raises(Exception) as info:
+        execute_one(nb, out, {"profile": "smoke"}, kernel_name())
+    assert getattr(info.value, "ename", "") == "ValueError"
+    assert (out / nb.name).read_bytes() == before
+    failed = nbformat.read(out / "99_fails.failed.ipynb", as_version=4)
+    assert failed.metadata["pocl"]["status"] == "failed" and "did not finish" in failed.cells[0].source
+    assert not (out / "99_fails.running.ipynb").exists()
+
+
+def test_a_finished_notebook_replaces_the_good_copy_and_clears_old_failures(tmp_path, capfd):
+    nb = _notebook(tmp_path / "99_ok.ipynb", "print('fine')")
+    out = tmp_path / "executed"
+    _good_copy(out, nb.name)
+    (out / "99_ok.failed.ipynb").write_text("{}")
+    execute_one(nb, out, {"profile": "smoke"}, kernel_name())
+    done = nbformat.read(out / nb.name, as_version=4)
+    assert "pocl" not in done.metadata and done.metadata["papermill"]["exception"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["99_ok.ipynb"]
+    assert "without encryption" not in "".join(capfd.readouterr())  # the kernel's TCP warning stays quiet
+
+
+def test_ctrl_c_ends_with_one_line_and_keeps_the_good_notebook(tmp_path):
+    nb = _notebook(tmp_path / "03_kd_methods.ipynb", "print('started', flush=True)", "import time; time.sleep(120)")
+    runs = tmp_path / "runs"
+    out = runs / "smoke" / "notebooks"
+    before = _good_copy(out, nb.name)
+    script = (f"import sys; from pathlib import Path; from pocl_utils import reproduce; "
+              f"reproduce.collection = lambda profile: [Path({str(nb)!r})]; "
+              f"sys.exit(reproduce.main(['--profile', 'smoke', '--runs-root', {str(runs)!r}]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    running = out / "03_kd_methods.running.ipynb"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (running.exists() and "started" in running.read_text()):
+        time.sleep(0.5)  # papermill saves the notebook after each cell: the sleep cell is running now
+    assert running.exists(), "the notebook never started"
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert stderr.strip() == ("pocl-reproduce: interrupted in 03_kd_methods; finished runs are kept; run the same "
+                              "command again to continue"), stderr
+    assert "Traceback" not in stdout and "without encryption" not in stdout + stderr
+    assert (out / nb.name).read_bytes() == before  # the last good executed notebook survives
+    kept = nbformat.read(out / "03_kd_methods.interrupted.ipynb", as_version=4)
+    assert kept.metadata["pocl"]["status"] == "interrupted" and "did not finish" in kept.cells[0].source
+    assert not running.exists() and not (out / "timings.json").exists()
+
+
+def test_our_errors_show_as_one_line_in_a_notebook(tmp_path):
+    """Registry, checkpoint and prepared-step errors stop a notebook with their one line, not a traceback wall."""
+    import papermill as pm
+    nb = _notebook(tmp_path / "99_ours.ipynb", """
+        from pocl_utils.notebook import short_errors
+        from pocl_utils.models import CheckpointError
+        from pocl_utils.workspace import StepError
+        from pocl_utils.results import RegistryError
+        short_errors()""", "raise RegistryError('somewhere: broken')", "raise CheckpointError('somewhere: broken')",
+        "from pathlib import Path\nraise StepError(Path('/r/teacher/STEP.json'), 'unreadable STEP.json')")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name=kernel_name(), cwd=str(REPO),
+                            progress_bar=False, allow_errors=True)  # every cell runs; papermill raises at the end
+    assert err.value.ename == "StepError"
+    errors = [o for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.output_type == "error"]
+    assert [e.traceback for e in errors] == [
+        ["RegistryError: somewhere: broken"], ["CheckpointError: somewhere: broken"],
+        ["StepError: /r/teacher/STEP.json: unreadable STEP.json; delete the folder /r/teacher and re-run, which "
+         "rebuilds that step"]]
+
+
+def test_training_bars_show_in_a_notebook_kernel_and_follow_tqdm_elsewhere(tmp_path):
+    """Preparation steps train for minutes inside notebook 00: their tqdm bars must reach the notebook."""
+    import papermill as pm
+
+    from pocl_utils.train import bar_disabled
+    assert bar_disabled() is None  # here: tqdm's default, a bar only on a terminal
+    nb = _notebook(tmp_path / "99_bar.ipynb", "from pocl_utils.train import bar_disabled\nprint(bar_disabled())")
+    pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name=kernel_name(), cwd=str(REPO),
+                        progress_bar=False)
+    text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert text.strip() == "False"
