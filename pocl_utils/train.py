@@ -667,7 +667,8 @@ def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], wh
     n_kd, n_ce = (parts[TOKENS], ce_parts[TOKENS]) if mine else (0, 0)
     total_kd, total_ce = distributed.all_sum([n_kd, n_ce])
     ce_weight = (n_ce / total_ce) * (total_kd / n_kd) if n_kd else 1.0  # 1.0 with one process
-    return (1.0 - alpha) * kd + alpha * ce_weight * ce, {**parts, "ce": ce_parts["ce"]}
+    # the logged ce gets the same weight, so `run_steps`' sampled-token average of it is the ground truth's token mean
+    return (1.0 - alpha) * kd + alpha * ce_weight * ce, {**parts, "ce": ce_parts["ce"] * ce_weight}
 
 
 def _live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision) -> torch.Tensor | TeacherHidden:

@@ -228,12 +228,7 @@ def test_on_policy_two_processes_sample_what_one_process_samples(launched):
     _assert_same_training(got, want)
 
 
-ON_POLICY_CE_LOG = pytest.mark.xfail(reason="an on-policy step's logged 'ce' is weighted by the sampled tokens, not the "
-                                      "ground truth's: test_on_policy_two_processes_sample_what_one_process_samples "
-                                      "fails the same way on main at dff89d4 (loss, kd, gradients and weights agree)")
-
-
-@pytest.mark.parametrize("on_policy", [False, pytest.param(True, marks=ON_POLICY_CE_LOG)])
+@pytest.mark.parametrize("on_policy", [False, True])
 def test_fused_step_two_processes_equal_one_process(launched, on_policy):
     """The GPU's step path (LM head + CE + KD fused in row chunks; a sharded model falls back to the unfused one): the
     token-weighted shares still add up to the 1-process step, off- and on-policy."""
