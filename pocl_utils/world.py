@@ -4,12 +4,13 @@ Real instruction data cannot train a useful teacher/student pair on a 2-core CPU
 generate a small world of natural-language instructions, written in the same JSON Lines layout as the
 MiniLLM-processed Dolly files, so one loader reads both.
 
-The tasks (version 2). Every answer is a list made of tokens the input does not show: words reversed, words
-translated into "the old tongue" (a fixed made-up lexicon, `LEXICON`), numbers plus one, running totals, and the
-compositions translate-then-reverse and add-one-then-reverse. Copying the input or answering with the most frequent
-training answer therefore scores little, and a partly right answer earns partial ROUGE-L, so a student's greedy
-output says how far it got (the ranking half of the difficulty measurer needs that). Version 1's single-word
-answers let "echo the input" beat the teacher (FINDINGS.md, run 2).
+The tasks (version 2). Every answer is a list made of tokens the input does not show: words translated into "the
+old tongue" (a fixed made-up lexicon, `LEXICON`), digits plus one, and the compositions translate-then-reverse and
+add-one-then-reverse. Copying the input or answering with the most frequent training answer therefore scores
+little, and a partly right answer earns partial ROUGE-L, so a student's greedy output says how far it got (the
+ranking half of the difficulty measurer needs that). Version 1's single-word answers let "echo the input" beat the
+teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of the same kind (a word or a digit each), so
+that the label below, not the family, is what makes a sample hard.
 
 Difficulty. Every family has one knob, the `level` L = 1, 2, ...: lists have L + 1 items. A composition of
 `depth` d elementary steps costs d - 1 more, so
@@ -98,8 +99,12 @@ def _digits(rng: random.Random, level: int) -> dict:
     return _nums(rng, level, hi=9)
 
 
-def _pos_nums(rng: random.Random, level: int) -> dict:
-    return {"nums": [rng.randint(1, 99) for _ in range(level + 1)]}
+def _small_digits(rng: random.Random, level: int) -> dict:
+    return _nums(rng, level, hi=8)  # + 1 stays one digit: no carries
+
+
+def _pos_digits(rng: random.Random, level: int) -> dict:
+    return {"nums": [rng.randint(1, 9) for _ in range(level + 1)]}  # - 1 stays >= 0
 
 
 # ---- the families -----------------------------------------------------------------------------------------------
@@ -120,30 +125,17 @@ def _join(xs: Iterable) -> str:
     return " ".join(map(str, xs))
 
 
-def _running(xs: list[int]) -> list[int]:
-    return list(np.cumsum(xs).tolist())
-
-
 # Every answer is a list as long as the input (or longer), made of tokens the input does not show, so copying the
 # input scores little, and a partly right answer gets partial ROUGE-L credit (the measurer sees degrees of right).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("reverse", 1, _words, lambda a: _join(a["words"][::-1]), (
-        ("Reverse the order of the words.", "{words}"), ("Reverse this list: {words}", ""),
-        ("Write the words backwards, last word first.", "{words}"), ("Put the words in reverse order.", "{words}"),
-        ("Flip the order of these words.", "{words}"), ("List the words from the end to the start.", "{words}"))),
     Family("translate", 1, _words, lambda a: _join(LEXICON[w] for w in a["words"]), (
         ("Translate the words into the old tongue.", "{words}"), ("Translate: {words}", ""),
         ("Give each word in the old tongue.", "{words}"), ("Say these words in the old tongue.", "{words}"),
         ("How do you say this in the old tongue?", "{words}"), ("Write the list in the old tongue.", "{words}"))),
-    Family("incr", 1, _nums, lambda a: _join(x + 1 for x in a["nums"]), (
+    Family("incr", 1, _small_digits, lambda a: _join(x + 1 for x in a["nums"]), (
         ("Add one to each number.", "{nums}"), ("Increase every number by 1: {nums}", ""),
         ("Write each number plus one.", "{nums}"), ("Make every number one bigger.", "{nums}"),
         ("Count one up from each number.", "{nums}"), ("Give the next number after each of these.", "{nums}"))),
-    Family("running_sum", 1, _digits, lambda a: _join(_running(a["nums"])), (
-        ("Give the running total of the numbers.", "{nums}"), ("Running sum of {nums}", ""),
-        ("Add the numbers up one by one and write each total.", "{nums}"),
-        ("Write the partial sums of the list.", "{nums}"), ("Keep a running total.", "{nums}"),
-        ("After each number, what is the sum so far?", "{nums}"))),
     Family("translate_reverse", 2, _words, lambda a: _join(LEXICON[w] for w in a["words"][::-1]), (
         ("Reverse the words, then translate them into the old tongue.", "{words}"),
         ("Translate {words} into the old tongue, last word first.", ""),
@@ -151,7 +143,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ("Put the words in reverse order and give them in the old tongue.", "{words}"),
         ("Flip the list and translate it into the old tongue.", "{words}"),
         ("In the old tongue, list the words from the end to the start.", "{words}"))),
-    Family("incr_reverse", 2, _nums, lambda a: _join(x + 1 for x in a["nums"][::-1]), (
+    Family("incr_reverse", 2, _small_digits, lambda a: _join(x + 1 for x in a["nums"][::-1]), (
         ("Add one to each number, then reverse the list.", "{nums}"),
         ("Reverse {nums} and increase every number by 1.", ""),
         ("Write each number plus one, last number first.", "{nums}"),
@@ -163,14 +155,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ("Translate the words from the old tongue.", "{words}"), ("What do these old-tongue words mean: {words}", ""),
         ("Give the plain words for this old-tongue list.", "{words}"),
         ("Say these old-tongue words in plain words.", "{words}"))),
-    Family("decr", 1, _pos_nums, lambda a: _join(x - 1 for x in a["nums"]), (
+    Family("decr", 1, _pos_digits, lambda a: _join(x - 1 for x in a["nums"]), (
         ("Subtract one from each number.", "{nums}"), ("Decrease every number by 1: {nums}", ""),
         ("Write each number minus one.", "{nums}"), ("Make every number one smaller.", "{nums}"))),
     Family("double", 1, _digits, lambda a: _join(2 * x for x in a["nums"]), (
         ("Double each number.", "{nums}"), ("Multiply every number by 2: {nums}", ""),
         ("Write each number times two.", "{nums}"), ("Make every number twice as big.", "{nums}"))),
 )}
-TRAIN_FAMILIES = ("reverse", "translate", "incr", "running_sum", "translate_reverse", "incr_reverse")
+TRAIN_FAMILIES = ("translate", "incr", "translate_reverse", "incr_reverse")
 SNI_FAMILIES = ("untranslate", "decr", "double")
 VICUNA_FAMILIES = ("translate_reverse", "incr_reverse")  # the compositions, at the top trained levels, new phrasings
 PRETRAIN_FAMILIES = TRAIN_FAMILIES + SNI_FAMILIES
