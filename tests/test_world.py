@@ -124,7 +124,7 @@ def test_level_is_a_real_difficulty_knob(laptop):
 
 
 def test_copying_the_input_cannot_fake_an_answer(laptop):
-    from pocl_utils.premises import rule_scores
+    from pocl_utils.analysis.premises import rule_scores
     _, world = laptop
     sets = {role: [dict(r, references=[r["output"]]) for r in world[role]] for role in W.EVAL_ROLES}
     rules = rule_scores(sets, world["train"])
