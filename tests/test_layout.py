@@ -145,3 +145,27 @@ def test_the_method_never_imports_training_experiment_analysis_or_notebook():
 def test_analysis_never_imports_training():
     for module in (m for m in _imports() if _in("analysis", m)):
         assert [t for t in _imported(module) if _in("training", t)] == [], module
+
+
+def test_readme_where_each_piece_lives_matches_the_tree():
+    """Every dotted name in README's "where each piece lives" table resolves in the package, and its layout list
+    names every subpackage and every module."""
+    import importlib
+    import re
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## What POCL does, and where each piece lives"):readme.index("## The notebooks")]
+    table, layout = section.split("The package layout", 1)
+    names = {n for row in table.splitlines() if row.startswith("|")
+             for n in re.findall(r"`([\w.]+)`", row.split("|")[-2])}
+    assert {"losses.divergence", "difficulty.fuse_ranks", "curriculum.partition", "evaluate.rouge_l"} <= names
+    for name in names:
+        parts = name.split(".")
+        k = max((i for i in range(1, len(parts) + 1) if f"{ROOT}.{'.'.join(parts[:i])}" in _modules()), default=0)
+        assert k > 0, f"README names {name}, but pocl_utils has no module {parts[0]}"
+        obj = importlib.import_module(f"{ROOT}.{'.'.join(parts[:k])}")
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+    mentioned = set(re.findall(r"`([\w/]+)`", layout))
+    for module in _modules():
+        last = module.split(".")[-1]
+        assert (f"{last}/" if (PACKAGE / last).is_dir() and module.count(".") == 1 else last) in mentioned, module
