@@ -118,7 +118,7 @@ def test_ctrl_c_ends_with_one_line_and_keeps_the_good_notebook(tmp_path):
     runs = tmp_path / "runs"
     out = runs / "smoke" / "notebooks"
     before = _good_copy(out, nb.name)
-    script = (f"import sys; from pathlib import Path; from pocl_utils import reproduce; "
+    script = (f"import sys; from pathlib import Path; from pocl_utils.notebook import reproduce; "
               f"reproduce.collection = lambda profile: [Path({str(nb)!r})]; "
               f"sys.exit(reproduce.main(['--profile', 'smoke', '--runs-root', {str(runs)!r}]))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
