@@ -317,3 +317,17 @@ def test_tokenizer_save_and_reload(tmp_path, laptop):
     assert again(prompt)["input_ids"] == tok(prompt)["input_ids"] and again.pad_token == "<|endoftext|>"
     with pytest.raises(ValueError, match="vocab_size"):
         W.train_tokenizer(["abc"], 100)
+
+
+def test_teacher_sft_mixes_its_own_pretraining_blocks(tmp_path):
+    from pocl_utils.config import get_profile
+    from pocl_utils.pipeline import prepare, teacher_sft_data
+    p = get_profile("smoke", {"teacher_sft_mix": 0.5})
+    ws = prepare(p, runs_root=tmp_path, until="tokenizer", log=lambda s: None)
+    train, mixed = ws.encoded("train"), teacher_sft_data(ws)
+    assert mixed[:len(train)] == train and len(mixed) == 2 * len(train)  # mix 0.5: as many blocks as examples
+    assert [e.index for e in mixed] == list(range(len(mixed)))  # unique indices for the batch sampler
+    blocks = mixed[len(train):]
+    assert all(len(b.prompt_ids) == 1 and len(b.response_ids) == p.max_len - 1 for b in blocks)  # plain-LM blocks
+    assert teacher_sft_data(prepare(get_profile("smoke"), runs_root=tmp_path, until="tokenizer",
+                                    log=lambda s: None)) == ws.encoded("train")  # mix 0: the instruction data only

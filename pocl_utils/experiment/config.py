@@ -67,6 +67,7 @@ class Profile:
     # log-probs + tail mass, approximate: see benchmarks/bench_topk_cache.py) or "live" (the teacher runs every step).
     teacher_cache: str = "exact"
     teacher_pretrain_steps: int = 0  # world profiles: plain-LM pre-training of the teacher before its SFT
+    teacher_sft_mix: float = 0.0  # world profiles: share of pre-training blocks mixed into the teacher's SFT data
     student_pretrain_steps: int = 200  # plain-LM pre-training of the student on world text
     kd: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=12)
     n_subsets: int = 4

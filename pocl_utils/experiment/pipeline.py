@@ -74,9 +74,23 @@ def _build_teacher(ws: Workspace, out: Path, dev) -> None:
     if p.teacher_pretrain_steps > 0:
         log += _pretrain(ws, model, p.teacher_sft, p.teacher_pretrain_steps, pool="teacher", seed=p.seed,
                          desc="teacher LM pre-training")
-    log += sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
+    log += sft(model, teacher_sft_data(ws), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
     save_checkpoint(model, out / "model")
     atomic_write_json(out / "log.json", thin_log(log))
+
+
+def teacher_sft_data(ws: Workspace) -> list:
+    """The teacher's SFT examples: the instruction data, plus (`teacher_sft_mix` > 0) plain-LM blocks of its own
+    pre-training pool, so that instruction tuning does not erase what pre-training taught (the pre-training term of
+    InstructGPT's PPO-ptx and MiniLLM). mix = the share of pre-training blocks among the examples."""
+    p, train = ws.profile, ws.encoded("train")
+    if p.teacher_sft_mix <= 0:
+        return train
+    n_blocks = round(len(train) * p.teacher_sft_mix / (1.0 - p.teacher_sft_mix))
+    cfg = replace(world_config(p.world), seed=p.seed)
+    texts = pretrain_corpus(cfg, max(4000, n_blocks * p.max_len // PRETRAIN_TOKENS_PER_TEXT), pool="teacher")
+    blocks = lm_blocks(texts, ws.tokenizer, p.max_len)[:n_blocks]
+    return train + [replace(b, index=len(train) + k) for k, b in enumerate(blocks)]
 
 
 def _build_student(ws: Workspace, out: Path, dev) -> None:

@@ -299,7 +299,8 @@ def prep_keys(p: Profile) -> dict[str, str]:
     tok = config_hash({"up": data, "vocab": p.vocab_size})
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
     teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc,
-                           **({"pretrain": p.teacher_pretrain_steps} if p.teacher_pretrain_steps else {})})
+                           **({"pretrain": p.teacher_pretrain_steps} if p.teacher_pretrain_steps else {}),
+                           **({"mix": p.teacher_sft_mix} if p.teacher_sft_mix else {})})
     student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
     ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
     cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
