@@ -320,8 +320,8 @@ def test_tokenizer_save_and_reload(tmp_path, laptop):
 
 
 def test_teacher_sft_mixes_its_own_pretraining_blocks(tmp_path):
-    from pocl_utils.config import get_profile
-    from pocl_utils.pipeline import prepare, teacher_sft_data
+    from pocl_utils.experiment.config import get_profile
+    from pocl_utils.experiment.pipeline import prepare, teacher_sft_data
     p = get_profile("smoke", {"teacher_sft_mix": 0.5})
     ws = prepare(p, runs_root=tmp_path, until="tokenizer", log=lambda s: None)
     train, mixed = ws.encoded("train"), teacher_sft_data(ws)
