@@ -41,5 +41,5 @@ lab: install
 ## The lab's two variants from notebooks/lab/11_lab_source.ipynb: the student notebook (committed) and the
 ## solutions (ignored, in runs/lab/).
 lab-notebooks: install
-	$(BIN)/python -m pocl_utils.lab build
-	$(BIN)/python -m pocl_utils.lab solutions runs/lab/11_lab_solutions.ipynb
+	$(BIN)/python -m pocl_utils.notebook.lab build
+	$(BIN)/python -m pocl_utils.notebook.lab solutions runs/lab/11_lab_solutions.ipynb

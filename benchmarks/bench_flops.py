@@ -39,10 +39,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchlib import default_out, laptop_available, meta, workspace, write_json
 
-from pocl_utils.config import PROFILES
+from pocl_utils.experiment.config import PROFILES
 from pocl_utils.data import Encoded
-from pocl_utils.models import build_model, n_params
-from pocl_utils.train import Batch, apply_grads, make_batch, optimizer_for, step_loss, teacher_logits
+from pocl_utils.modeling.models import build_model, n_params
+from pocl_utils.training.train import Batch, apply_grads, make_batch, optimizer_for, step_loss, teacher_logits
 
 MATMUL_OPS = ("mm", "addmm", "bmm", "matmul", "linear", "attention", "baddbmm")
 

@@ -31,9 +31,9 @@ from safetensors.torch import load_file
 
 from benchlib import default_out, meta, workspace, write_json
 
-from pocl_utils import runner
-from pocl_utils.experiments import OFF_POLICY, all_runs
-from pocl_utils.train import total_steps
+from pocl_utils.experiment import runner
+from pocl_utils.experiment.experiments import OFF_POLICY, all_runs
+from pocl_utils.training.train import total_steps
 
 CPU = torch.device("cpu")
 

@@ -41,8 +41,8 @@ def random_preset(name: str) -> torch.nn.Module:
     """Seeded random weights of a preset's shape (the stand-in when its folder is missing)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from pocl_utils.config import PROFILES, ModelSpec
-    from pocl_utils.models import build_model
+    from pocl_utils.experiment.config import PROFILES, ModelSpec
+    from pocl_utils.modeling.models import build_model
     torch.manual_seed(0)
     if name == "tiny":
         return GPT2LMHeadModel(GPT2Config(**PRESETS[name], bos_token_id=0, eos_token_id=0))

@@ -27,7 +27,7 @@ from benchlib import ROOT, fit_exponent, meta, results_dir, timed, workspace, wr
 
 from pocl_utils.data import Encoded
 from pocl_utils.difficulty import score_samples
-from pocl_utils.train import KDContext, TeacherCache, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps
+from pocl_utils.training.train import KDContext, TeacherCache, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps
 
 FIGURES = ROOT / "figures" / "bench"
 
@@ -97,7 +97,7 @@ def plot(by_n: list[dict], by_len: list[dict], exps: dict, folder: Path) -> Path
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
-    from pocl_utils.report import save_figure
+    from pocl_utils.analysis.report import save_figure
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, rows, key, xlabel in ((axes[0], by_n, "n", "training examples N"), (axes[1], by_len, "length", "tokens per example")):
         for name, label in (("ranking", "ranking (score_samples)"), ("kd_epoch", "KD epoch (cached teacher)")):

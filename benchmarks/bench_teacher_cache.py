@@ -20,9 +20,9 @@ import torch
 
 from benchlib import default_out, laptop_available, meta, workspace
 
-from pocl_utils.config import get_profile
-from pocl_utils.pipeline import prepare
-from pocl_utils.train import KDContext, epoch_batches, kd_loss_fn, run_steps
+from pocl_utils.experiment.config import get_profile
+from pocl_utils.experiment.pipeline import prepare
+from pocl_utils.training.train import KDContext, epoch_batches, kd_loss_fn, run_steps
 
 
 def timed_kd(ws, *, cached: bool, steps: int, kind: str, seed: int = 0) -> tuple[float, list[float]]:

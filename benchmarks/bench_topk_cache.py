@@ -33,13 +33,13 @@ import torch
 
 from benchlib import SMOLLM2_FOLDER, default_out, laptop_available, meta, workspace, write_json
 
-from pocl_utils.config import PROFILES, ModelSpec
+from pocl_utils.experiment.config import PROFILES, ModelSpec
 from pocl_utils.data import Encoded
 from pocl_utils.losses import KINDS, divergence
-from pocl_utils.models import build_model
+from pocl_utils.modeling.models import build_model
 from pocl_utils.curriculum import linear_schedule
-from pocl_utils.train import (TAIL_TAUS, TeacherCache, build_teacher_cache, compress_top_k, expand_top_k, make_batch,
-                              student_logits_at_targets, tempered_log_tail)
+from pocl_utils.training.train import (TAIL_TAUS, TeacherCache, build_teacher_cache, compress_top_k, expand_top_k,
+                                       make_batch, student_logits_at_targets, tempered_log_tail)
 
 TAUS = tuple(linear_schedule(1.0, 2.0, 4))  # the stage temperatures of POCL's default schedule: 1, 4/3, 5/3, 2
 INTERP_TAUS = (1.05, 1.1, 1.25, 1.4, 1.75, 1.9)  # between the grid points of TAIL_TAUS: interpolated
@@ -92,7 +92,7 @@ def smollm2_examples(tok, n: int, max_response: int) -> list[Encoded] | None:
 def smollm2_source(quick: bool, n: int, max_response: int) -> dict:
     student = build_model(ModelSpec(arch="llama", n_layer=2, n_embd=64, n_head=2), SMOL_VOCAB, 512, seed=1).eval()
     if (SMOLLM2_FOLDER / "model.safetensors").is_file() and not quick:
-        from pocl_utils.models import load_pretrained, load_tokenizer
+        from pocl_utils.modeling.models import load_pretrained, load_tokenizer
         tok = load_tokenizer(SMOLLM2_FOLDER)
         enc = smollm2_examples(tok, n, max_response)
         data = "Dolly training prompts (MiniLLM template)" if enc else "random tokens (no real data found)"

@@ -75,7 +75,7 @@ def versions() -> dict[str, str]:
 
 def meta(quick: bool, **config: Any) -> dict[str, Any]:
     """Provenance of one benchmark run: date (UTC), git commit, machine, versions, quick flag, threads, config."""
-    from pocl_utils.results import git_commit
+    from pocl_utils.experiment.results import git_commit
     import torch
     return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "git_commit": git_commit(),
             "quick": bool(quick), "threads": torch.get_num_threads(), "machine": machine(), "versions": versions(),
@@ -83,7 +83,7 @@ def meta(quick: bool, **config: Any) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> Path:
-    from pocl_utils.results import atomic_write_json
+    from pocl_utils.experiment.results import atomic_write_json
     atomic_write_json(Path(path), record)
     print(f"wrote {path}")
     return Path(path)
@@ -100,15 +100,15 @@ def workspace(which: str = "auto", *, quick: bool = False, log: Callable[[str], 
     """(Workspace, description). 'laptop': the prepared runs/laptop, used as it is (never rebuilt here: a stale key is
     reported, not fixed); 'smoke': the smoke profile prepared once under runs/bench/ (~10 s); 'auto': laptop unless
     --quick or missing."""
-    from pocl_utils.config import get_profile
-    from pocl_utils.pipeline import prepare
-    from pocl_utils.workspace import Workspace, prep_keys
+    from pocl_utils.experiment.config import get_profile
+    from pocl_utils.experiment.pipeline import prepare
+    from pocl_utils.experiment.workspace import Workspace, prep_keys
     if which == "auto":
         which = "laptop" if laptop_available() and not quick else "smoke"
     if which == "laptop":
         if not laptop_available():
             raise SystemExit(f"--workspace laptop: {LAPTOP_ROOT} is not prepared (run `make reproduce` or "
-                             f"`python -m pocl_utils.pipeline`-style preparation first)")
+                             f"`python -m pocl_utils.experiment.pipeline`-style preparation first)")
         profile = get_profile("laptop")
         keys = prep_keys(profile)
         stale = [s for s in WORKSPACE_STEPS if json.loads((LAPTOP_ROOT / s / "STEP.json").read_text())["key"] != keys[s]]

@@ -293,7 +293,7 @@ def load_results(folder: Path) -> dict[str, dict]:
 
 
 def header(quick: bool, run_log: dict | None) -> str:
-    from pocl_utils.results import git_commit
+    from pocl_utils.experiment.results import git_commit
     import datetime as dt
     m, v = machine(), versions()
     lines = ["# Benchmark results", "",
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--quick", action="store_true", help="label the document as quick-mode results")
     args = ap.parse_args(argv)
-    from pocl_utils.results import atomic_write_text
+    from pocl_utils.experiment.results import atomic_write_text
     atomic_write_text(Path(args.out), render(Path(args.results), quick=args.quick))
     print(f"wrote {args.out}")
 

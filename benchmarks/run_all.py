@@ -28,7 +28,7 @@ from benchlib import BENCH_RUNS, ROOT, machine, results_dir
 from render_results import render
 
 HERE = Path(__file__).resolve().parent
-E2E_SMOKE = ("-m", "pocl_utils.reproduce", "--profile", "smoke")  # run by this interpreter
+E2E_SMOKE = ("-m", "pocl_utils.notebook.reproduce", "--profile", "smoke")  # run by this interpreter
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def run_bench(b: Bench, folder: Path, logs: Path, quick: bool, timeout: float) -
 
 def e2e_smoke(folder: Path, logs: Path, warm: bool) -> dict:
     """Time `pocl-reproduce --profile smoke`; cold (default) = from an empty POCL_RUNS_DIR, so every step is built."""
-    from pocl_utils.results import git_commit
+    from pocl_utils.experiment.results import git_commit
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, *E2E_SMOKE]
     with tempfile.TemporaryDirectory(prefix="pocl-e2e-") as tmp, open(logs / "e2e_smoke.log", "w") as log:
@@ -97,7 +97,7 @@ def e2e_smoke(folder: Path, logs: Path, warm: bool) -> dict:
 
 def merge_e2e(path: Path, entry: dict) -> None:
     """Add or replace (by name) one run in end_to_end.json."""
-    from pocl_utils.results import atomic_write_json
+    from pocl_utils.experiment.results import atomic_write_json
     runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
     atomic_write_json(path, {"runs": [r for r in runs if r.get("name") != entry["name"]] + [entry]})
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             e2e_smoke(folder, logs, args.e2e_warm)
         (logs / "run_all.json").write_text(json.dumps(run_log, indent=1) + "\n")
     out = Path(args.out) if args.out else (folder / "RESULTS.md" if args.quick else HERE / "RESULTS.md")
-    from pocl_utils.results import atomic_write_text
+    from pocl_utils.experiment.results import atomic_write_text
     atomic_write_text(out, render(folder, quick=args.quick, run_log=run_log))
     print(f"wrote {out}")
     return 0 if all(r["rc"] == 0 for r in run_log.values()) else 1

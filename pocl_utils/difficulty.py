@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from pocl_utils.data import Encoded
-from pocl_utils.generate import (Sampling, cut_at_eos, decode, decode_from_cache, eval_mode, max_positions,
-                                 model_device, pad_batch, position_ids)
+from .data import Encoded
+from .modeling.generate import (Sampling, cut_at_eos, decode, decode_from_cache, eval_mode, max_positions,
+                                model_device, pad_batch, position_ids)
 
 RRF_K = 60  # Eq. 2's k, from Cormack et al. (2009)
 METHODS = ("fusion", "rouge_l", "ce")  # the ranking ablation of §5.1 / Table 2
@@ -255,7 +255,7 @@ def greedy_outputs_and_ce(model: torch.nn.Module, encoded: list[Encoded], *, eos
 
 
 def _rouge_scores(texts: list[str], references: list[list[str]]) -> np.ndarray:
-    from pocl_utils.evaluate import rouge_l  # imported here: evaluate pulls in rouge-score only when scoring
+    from .evaluate import rouge_l  # imported here: evaluate pulls in rouge-score only when scoring
 
     return np.array([rouge_l(text, refs) for text, refs in zip(texts, references)], dtype=np.float64)
 

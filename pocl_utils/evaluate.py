@@ -62,7 +62,7 @@ def subset(n: int, max_examples: int, seed: int = 0) -> list[int]:
 def responses(model, tokenizer, encoded: list, *, max_new_tokens: int, seed: int | None = None,
               batch_size: int = 64, sampling: dict | None = None) -> list[str]:
     """Decoded responses of `model` to each example's prompt: greedy, or sampled with `sampling` and `seed`."""
-    from .generate import decode, generate
+    from .modeling.generate import decode, generate
     outs = generate(model, [e.prompt_ids for e in encoded], eos_id=tokenizer.eos_token_id,
                     pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, seed=seed,
                     batch_size=batch_size, keys=[e.index for e in encoded], **(sampling or {}))

@@ -17,14 +17,14 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from pocl_utils import report
-from pocl_utils.config import TrainSpec, get_profile
+from pocl_utils.analysis import report
+from pocl_utils.experiment.config import TrainSpec, get_profile
 from pocl_utils.difficulty import score_samples
-from pocl_utils.models import build_model
-from pocl_utils.pipeline import prepare
-from pocl_utils.workspace import lm_blocks
-from pocl_utils.results import REPO_ROOT
-from pocl_utils.train import sft
+from pocl_utils.modeling.models import build_model
+from pocl_utils.experiment.pipeline import prepare
+from pocl_utils.experiment.workspace import lm_blocks
+from pocl_utils.experiment.results import REPO_ROOT
+from pocl_utils.training.train import sft
 from pocl_utils.world import pretrain_corpus, world_config
 
 SETTINGS = [(200, False), (1000, False), (3000, False), (1000, True)]  # (steps, MiniLLM template in pre-training)

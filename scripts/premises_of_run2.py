@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pocl_utils import premises, report
-from pocl_utils.experiments import KD_METHODS
+from pocl_utils.analysis import premises, report
+from pocl_utils.experiment.experiments import KD_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "laptop"

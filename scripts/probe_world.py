@@ -1,4 +1,4 @@
-"""Probe a world design before its grid runs: POCL's premises P1 and P2 (pocl_utils.premises), per family.
+"""Probe a world design before its grid runs: POCL's premises P1 and P2 (pocl_utils.analysis.premises), per family.
 
     python scripts/probe_world.py --profile laptop --name v2 [--world '{"n_train": 2500}'] \
         [--overrides '{"teacher.n_embd": 192}'] [--sft]
@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pocl_utils import pipeline, premises, runner, world
-from pocl_utils.config import baseline, get_profile
+from pocl_utils import world
+from pocl_utils.experiment import pipeline, runner
+from pocl_utils.analysis import premises
+from pocl_utils.experiment.config import baseline, get_profile
 from pocl_utils.data import EVAL_SETS
 from pocl_utils.evaluate import responses, rouge_l_batch
-from pocl_utils.models import pick_device
+from pocl_utils.modeling.models import pick_device
 
 
 def per_family(ws, model, role: str, n_max: int = 400) -> pd.Series:

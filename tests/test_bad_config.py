@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pocl_utils.batch import main as batch_main
-from pocl_utils.config import ConfigError, ModelSpec, RunSpec, get_profile, pocl
+from pocl_utils.experiment.batch import main as batch_main
+from pocl_utils.experiment.config import ConfigError, ModelSpec, RunSpec, get_profile, pocl
 from pocl_utils.data import DataError
-from pocl_utils.models import CheckpointError, build_model, load_checkpoint, load_weights, save_checkpoint
-from pocl_utils.pipeline import prepare
-from pocl_utils.workspace import step_dir
-from pocl_utils.reproduce import check_parameters, collection
-from pocl_utils.results import Registry
-from pocl_utils.train import TeacherCache
+from pocl_utils.modeling.models import CheckpointError, build_model, load_checkpoint, load_weights, save_checkpoint
+from pocl_utils.experiment.pipeline import prepare
+from pocl_utils.experiment.workspace import step_dir
+from pocl_utils.notebook.reproduce import check_parameters, collection
+from pocl_utils.experiment.results import Registry
+from pocl_utils.training.train import TeacherCache
 
 REPO = Path(__file__).resolve().parent.parent
 BAD = REPO / "tests" / "bad_inputs"
@@ -96,8 +96,8 @@ def test_notebook_parameter_typo_lists_the_valid_ones():
     (["--profile", "smok"], "pocl-reproduce: unknown profile 'smok'; valid profiles: smoke, "),
 ])
 def test_reproduce_command_exits_2_without_traceback(argv, message):
-    proc = subprocess.run([sys.executable, "-m", "pocl_utils.reproduce", *argv], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "pocl_utils.notebook.reproduce", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pocl_utils.train import TAIL_TAUS
+from pocl_utils.training.train import TAIL_TAUS
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

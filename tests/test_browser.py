@@ -25,9 +25,9 @@ import nbformat
 import pytest
 
 from conftest import REPO, require
-from pocl_utils.config import get_profile
-from pocl_utils.workspace import RUNS_ROOT, workspace_root
-from pocl_utils.reproduce import NOTEBOOK_DIR, kernel_name
+from pocl_utils.experiment.config import get_profile
+from pocl_utils.experiment.workspace import RUNS_ROOT, workspace_root
+from pocl_utils.notebook.reproduce import NOTEBOOK_DIR, kernel_name
 
 NOTEBOOK = "00_data.ipynb"  # shows two figures within seconds on `smoke`
 PROFILE = "smoke"

@@ -1,8 +1,9 @@
 """Profiles resolve strictly; run specs validate their fields; hashes are stable."""
 import pytest
 
-from pocl_utils.config import PROFILES, ConfigError, RunSpec, baseline, cache_top_k, config_hash, get_profile, pocl
-from pocl_utils.workspace import prep_keys, trained_together
+from pocl_utils.experiment.config import (PROFILES, ConfigError, RunSpec, baseline, cache_top_k, config_hash,
+                                          get_profile, pocl)
+from pocl_utils.experiment.workspace import prep_keys, trained_together
 
 
 def test_every_profile_resolves():

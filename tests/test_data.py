@@ -424,7 +424,7 @@ def test_make_batch_labels_agree_with_hf_internal_shift():
     HF's loss on unshifted labels built straight from the examples, and a naive per-token sum."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from pocl_utils.train import make_batch
+    from pocl_utils.training.train import make_batch
 
     torch.manual_seed(0)
     batch = make_batch(BATCH, pad_id=0)

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from pocl_utils import distributed
-from pocl_utils.config import ModelSpec, TrainSpec
+from pocl_utils.training import distributed
+from pocl_utils.experiment.config import ModelSpec, TrainSpec
 from pocl_utils.data import Encoded
-from pocl_utils.models import FUSED_AT, Precision, build_model
-from pocl_utils.train import KDContext, TeacherCache, kd_loss_fn, run_steps
+from pocl_utils.modeling.models import FUSED_AT, Precision, build_model
+from pocl_utils.training.train import KDContext, TeacherCache, kd_loss_fn, run_steps
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"ddp": REPO / "configs" / "accelerate" / "cpu_2proc.yaml",
@@ -142,7 +142,7 @@ def _worker(out: Path) -> None:
 
 def _checkpoint_round_trip(out: Path, r: int) -> None:
     """Train a few steps, save (gathered whole under FSDP), load into a fresh model of the same kind, save again."""
-    from pocl_utils.models import load_weights, save_weights
+    from pocl_utils.modeling.models import load_weights, save_weights
     student, kd = _student_and_loss()
     run_steps(student, kd, iter(BATCHES), 2, _spec(1.0))
     save_weights(student, out / f"trained.rank{r}.safetensors")
@@ -303,13 +303,13 @@ def test_shards_partition_the_batch_in_order(monkeypatch):
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_batch_entry_point_under_accelerate_launch(tmp_path, config):
-    """`python -m pocl_utils.batch` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT, SeqKD, GKD and
-    KLD with and without POCL: 6 runs of a few steps), each trained once by both ranks together, recorded once; data
-    parallel, or with the student and GKD's teacher sharded (FSDP)."""
-    from pocl_utils.results import Registry
+    """`python -m pocl_utils.experiment.batch` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT,
+    SeqKD, GKD and KLD with and without POCL: 6 runs of a few steps), each trained once by both ranks together,
+    recorded once; data parallel, or with the student and GKD's teacher sharded (FSDP)."""
+    from pocl_utils.experiment.results import Registry
     t0 = time.time()
-    proc = _accelerate(["-m", "pocl_utils.batch", "--profile", "smoke", "--grid", "table1", "--size", "minimal",
-                        "--seeds", "1", "--runs-root", str(tmp_path)], timeout=170, config=config, cwd=REPO)
+    proc = _accelerate(["-m", "pocl_utils.experiment.batch", "--profile", "smoke", "--grid", "table1", "--size",
+                        "minimal", "--seeds", "1", "--runs-root", str(tmp_path)], timeout=170, config=config, cwd=REPO)
     wall = time.time() - t0
     records = Registry(tmp_path / "smoke" / "registry").all("runs")
     assert len(records) == 6 and len({r["pid"] for r in records}) == 1, proc.stdout[-2000:]

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import pocl_utils.runner as runner
-from pocl_utils.config import baseline, pocl
-from pocl_utils.pipeline import prepare
-from pocl_utils.results import Registry
-from pocl_utils.workspace import Workspace
+import pocl_utils.experiment.runner as runner
+from pocl_utils.experiment.config import baseline, pocl
+from pocl_utils.experiment.pipeline import prepare
+from pocl_utils.experiment.results import Registry
+from pocl_utils.experiment.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
 
 
 def test_oracle_curriculum_orders_by_the_worlds_true_difficulty(ws):
-    from pocl_utils.experiments import ORACLE, grid
+    from pocl_utils.experiment.experiments import ORACLE, grid
     from pocl_utils.world import true_difficulty
     enc = ws.encoded("train")
     truth = true_difficulty([ws.sets["train"][e.index] for e in enc])  # by position in enc

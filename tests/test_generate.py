@@ -7,8 +7,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
-from pocl_utils.generate import (Sampling, ban_repeated_ngrams, counter_uniform, cut_at_eos, decode,
-                                 filter_top_k_top_p, generate, pick_next_token)
+from pocl_utils.modeling.generate import (Sampling, ban_repeated_ngrams, counter_uniform, cut_at_eos, decode,
+                                          filter_top_k_top_p, generate, pick_next_token)
 
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)

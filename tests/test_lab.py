@@ -11,8 +11,9 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from pocl_utils import curriculum, difficulty, lab, losses, reproduce
-from pocl_utils.reproduce import collection, notebook_parameters, run_collection
+from pocl_utils import curriculum, difficulty, losses
+from pocl_utils.notebook import lab, reproduce
+from pocl_utils.notebook.reproduce import collection, notebook_parameters, run_collection
 
 
 def _todo(*args, **kwargs):
@@ -198,7 +199,7 @@ def _cells(variant_text: str) -> list:
 
 def test_committed_student_notebook_is_generated_from_the_source():
     assert lab.STUDENT.read_text(encoding="utf-8") == lab.render(solutions=False), \
-        "notebooks/11_lab.ipynb differs from its source: run `python -m pocl_utils.lab build`"
+        "notebooks/11_lab.ipynb differs from its source: run `python -m pocl_utils.notebook.lab build`"
 
 
 def test_variants_differ_only_inside_the_solution_blocks():

@@ -8,7 +8,8 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from pocl_utils import lab, report
+from pocl_utils.notebook import lab
+from pocl_utils.analysis import report
 
 matplotlib.use("Agg")
 REPO = Path(__file__).resolve().parents[1]

@@ -146,7 +146,8 @@ def test_every_registered_gradient_is_the_derivative_of_its_value(name):
 
 
 def test_config_methods_and_lab_formulas_come_from_the_registry():
-    from pocl_utils import config, lab
+    from pocl_utils.experiment import config
+    from pocl_utils.notebook import lab
 
     assert set(DIVERGENCES) == set(config.DIVERGENCE_OF.values()) == set(lab.FORMULAS)
     assert all(config.DIVERGENCE_OF[d.method] == d.name for d in DIVERGENCES.values())

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from pocl_utils import notebook as nb
-from pocl_utils import report
-from pocl_utils.config import ConfigError, RunSpec
+from pocl_utils.analysis import report
+from pocl_utils.experiment.config import ConfigError, RunSpec
 from pocl_utils.curriculum import Stage
 from pocl_utils.data import EVAL_SETS
 from pocl_utils.difficulty import Ranking
-from pocl_utils.reproduce import NOTEBOOK_DIR, check_parameters, collection, kernel_name, run_collection
+from pocl_utils.notebook.reproduce import NOTEBOOK_DIR, check_parameters, collection, kernel_name, run_collection
 
 NOTEBOOKS = collection()
 
@@ -167,7 +167,7 @@ def test_stage_frame_reads_stages_and_record_dicts_alike():
 
 def test_a_table1_only_profile_skips_the_ablations_cleanly(capsys):
     from types import SimpleNamespace
-    from pocl_utils.config import get_profile
+    from pocl_utils.experiment.config import get_profile
     ws = SimpleNamespace(profile=get_profile("classroom"))  # grid "table1": no ablation runs, nothing trained
     assert nb.specs_of(ws, "order") == [] and len(nb.specs_of(ws, "table1")) > 0
     rep = nb.table_report(ws, "order", save=False)

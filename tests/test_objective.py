@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pocl_utils.config import ModelSpec, TrainSpec
+from pocl_utils.experiment.config import ModelSpec, TrainSpec
 from pocl_utils.data import Encoded
 from pocl_utils.losses import divergence_naive, fused_linear_divergence, kd_objective
-from pocl_utils.models import CPU_PRECISION, Precision, build_model, freeze_teacher
-from pocl_utils.objective import TeacherHidden, linear_objective
-from pocl_utils.train import (make_batch, length_grouped_batches, run_steps, step_loss, teacher_hidden,
-                              teacher_logits)
+from pocl_utils.modeling.models import CPU_PRECISION, Precision, build_model, freeze_teacher
+from pocl_utils.training.objective import TeacherHidden, linear_objective
+from pocl_utils.training.train import (make_batch, length_grouped_batches, run_steps, step_loss, teacher_hidden,
+                                       teacher_logits)
 
 N, H, V = 13, 8, 37
 
@@ -189,7 +189,7 @@ def test_bf16_path_runs_the_lm_head_in_bf16(monkeypatch):
     rows = teacher_hidden(freeze_teacher(teacher, gpu_like), batch, gpu_like)
     assert rows.hidden.dtype == torch.bfloat16 and rows.weight.dtype == torch.bfloat16
     seen = []
-    import pocl_utils.objective as objective
+    import pocl_utils.training.objective as objective
     original = objective._LinearObjective.apply
 
     def spy(hidden, *args):

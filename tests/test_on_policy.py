@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pocl_utils.config import ModelSpec
+from pocl_utils.experiment.config import ModelSpec
 from pocl_utils.data import Encoded, close_response
 from pocl_utils.losses import divergence
-from pocl_utils.models import build_model
-from pocl_utils.train import KDContext, kd_loss_fn, make_batch, student_generated
+from pocl_utils.modeling.models import build_model
+from pocl_utils.training.train import KDContext, kd_loss_fn, make_batch, student_generated
 
 V = 40
 

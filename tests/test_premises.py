@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pocl_utils import premises
+from pocl_utils.analysis import premises
 
 
 def _row(instruction, input_, output):

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from pocl_utils import pipeline, provenance, workspace
-from pocl_utils.config import get_profile, pocl as kd
-from pocl_utils.workspace import StepError, Workspace, step_dir, step_info
-from pocl_utils.runner import run_key
+from pocl_utils.experiment import pipeline, provenance, workspace
+from pocl_utils.experiment.config import get_profile, pocl as kd
+from pocl_utils.experiment.workspace import StepError, Workspace, step_dir, step_info
+from pocl_utils.experiment.runner import run_key
 
 
 def test_precision_policy_follows_the_device():
@@ -108,7 +108,7 @@ def test_hash_limit_is_positive():
 
 
 def test_checkpoint_error_inside_a_step_names_the_step_folder(tmp_path):
-    from pocl_utils.models import checkpoint_error
+    from pocl_utils.modeling.models import checkpoint_error
     (tmp_path / "teacher" / "model").mkdir(parents=True)
     (tmp_path / "teacher" / "STEP.json").write_text("{}")
     msg = str(checkpoint_error(tmp_path / "teacher" / "model" / "model.safetensors", ValueError("short")))
@@ -118,7 +118,7 @@ def test_checkpoint_error_inside_a_step_names_the_step_folder(tmp_path):
 
 
 def test_classroom_runs_table1_with_the_two_seeds_the_readme_states():
-    from pocl_utils.experiments import n_seeds_for
+    from pocl_utils.experiment.experiments import n_seeds_for
     readme = (workspace.REPO_ROOT / "README.md").read_text(encoding="utf-8")
     p = get_profile("classroom")
     assert n_seeds_for(p, "table1") == p.n_seeds == 2
@@ -128,7 +128,7 @@ def test_classroom_runs_table1_with_the_two_seeds_the_readme_states():
 def test_a_truncated_student_checkpoint_heals_at_the_next_prepare(tmp_path):
     """The issue's case: a truncated student_init/model/model.safetensors. The next prepare() rebuilds the step (the
     same weights, bitwise, on CPU) instead of failing on it."""
-    from pocl_utils.pipeline import prepare
+    from pocl_utils.experiment.pipeline import prepare
     said: list[str] = []
     ws = prepare("smoke", runs_root=tmp_path, device="cpu", log=said.append)
     weights = ws.root / "student_init" / "model" / "model.safetensors"

@@ -17,12 +17,12 @@ import torch
 
 from pocl_utils.data import (EVAL_SETS, Encoded, MissingDataError, build_prompt, gpt2_encoding, gpt2_ranks_path,
                              gpt2_token_count, load_instructions, load_real, real_data_path)
-from pocl_utils import real
-from pocl_utils.config import DIVERGENCE_OF, baseline, get_profile, pocl
+from pocl_utils.experiment import real
+from pocl_utils.experiment.config import DIVERGENCE_OF, baseline, get_profile, pocl
 from pocl_utils.curriculum import plan_stages
-from pocl_utils.workspace import ROLES
-from pocl_utils.report import paper_table
-from pocl_utils.train import total_steps
+from pocl_utils.experiment.workspace import ROLES
+from pocl_utils.analysis.report import paper_table
+from pocl_utils.training.train import total_steps
 
 from conftest import require  # noqa: E402
 
@@ -113,8 +113,8 @@ def test_prepare_real_models_and_steps(ws, smollm2, shared_data):
 
 def test_run_keys_follow_the_real_data_keys(ws, shared_data):
     """A run's registry key names the real artefacts it trains from: other source files or sizes give other keys."""
-    from pocl_utils import runner
-    from pocl_utils.config import baseline
+    from pocl_utils.experiment import runner
+    from pocl_utils.experiment.config import baseline
     paths = {role: real_data_path(role, shared_data) for role in ROLES}
     assert ws.step_keys() == real.real_keys(ws.profile, paths, 2)  # what is on disk is what the keys describe
     spec = baseline("KLD", 0)
@@ -161,7 +161,7 @@ def test_generation_with_both_templates(ws, smollm2):
 def test_teacher_scores_reuse_the_reference_teacher_row_only_on_the_same_subset(ws):
     from dataclasses import replace
 
-    from pocl_utils import runner
+    from pocl_utils.experiment import runner
     one = replace(ws, profile=replace(ws.profile, eval_seeds=(10,)))  # one sampling seed keeps it short
     scores = real.teacher_scores(one)
     reference = runner.reference_score(one, "Teacher")["metrics"]["eval"]
@@ -219,8 +219,8 @@ def test_teacher_sft_lowers_the_loss_on_its_batch(ws):
 def local_hub(shared_data, tmp_path_factory) -> dict[str, Path]:
     """Local stand-ins for the paper's hub models: a tiny GPT-2 teacher (2 layers) and student (1 layer) sharing a
     byte-level BPE tokenizer trained on Dolly text, each saved with save_pretrained as a hub download would be."""
-    from pocl_utils.config import ModelSpec
-    from pocl_utils.models import build_model
+    from pocl_utils.experiment.config import ModelSpec
+    from pocl_utils.modeling.models import build_model
     from pocl_utils.world import train_tokenizer
     rows = load_instructions(real_data_path("train", shared_data))[:200]
     out = {}
@@ -235,8 +235,8 @@ def local_hub(shared_data, tmp_path_factory) -> dict[str, Path]:
 def test_paper_style_profile_fine_tunes_its_hub_teacher_while_preparing(shared_data, local_hub, tmp_path):
     """`sft_teacher` (the paper profiles): the teacher step loads the hub teacher, fine-tunes it on the workspace's
     train set and saves that; here a local stand-in for the hub model (a tiny GPT-2 with a byte-level tokenizer)."""
-    from pocl_utils.config import ModelSpec, TrainSpec
-    from pocl_utils.models import load_pretrained
+    from pocl_utils.experiment.config import ModelSpec, TrainSpec
+    from pocl_utils.modeling.models import load_pretrained
     hub = local_hub["teacher"]
     spec = TrainSpec(lr=1e-2, batch_size=4, epochs=2)
     base = replace(get_profile("real-lite"), name="paper-mini", teacher=ModelSpec(arch="hub", name_or_path=str(hub)),
@@ -261,8 +261,8 @@ def test_paper_style_profile_fine_tunes_its_hub_teacher_while_preparing(shared_d
 def test_paper_profile_end_to_end_on_local_stand_ins(shared_data, local_hub, tmp_path):
     """The `paper` profile's own path, shrunk: hub teacher and student (local stand-ins), teacher SFT while preparing,
     no teacher cache (live), every step built, then a POCL run and a GKD run trained, validated and evaluated."""
-    from pocl_utils import runner
-    from pocl_utils.config import ModelSpec
+    from pocl_utils.experiment import runner
+    from pocl_utils.experiment.config import ModelSpec
     p = get_profile("paper", {"max_len": 900, "max_prompt_len": 800, "max_new_tokens": 4, "rank_max_examples": 8,
                               "valid_max_examples": 2, "valid_checks": 2, "eval_max_examples": 2, "eval_seeds": [10],
                               "kd.batch_size": 4, "kd.epochs": 2, "teacher_sft.batch_size": 4, "teacher_sft.epochs": 1})
@@ -355,7 +355,7 @@ def test_real_models_notebook_runs_on_a_tiny_real_lite(smollm2, shared_data, tmp
     """Notebook 12 end to end on real data and SmolLM2, shrunk to seconds: data card, both templates beside the
     paper's rows, teacher SFT before/after, a short KD run whose loss falls; and it is in the real-lite collection."""
     import pandas as pd
-    from pocl_utils.reproduce import NOTEBOOK_DIR, collection, run_collection
+    from pocl_utils.notebook.reproduce import NOTEBOOK_DIR, collection, run_collection
     nb = NOTEBOOK_DIR / "12_real_models.ipynb"
     assert nb in collection(profile="real-lite") and nb not in collection(profile="smoke")
     monkeypatch.setenv("POCL_RUNS_DIR", str(tmp_path / "runs"))

@@ -4,7 +4,7 @@ checkpoints are loaded safely and nothing reaches the network.
 
 The batches run as separate processes. Each is forked from a multiprocessing forkserver that imported torch and
 transformers once, so a start costs milliseconds instead of the ~8 s import; the final run to completion is a plain
-`python -m pocl_utils.batch` subprocess.
+`python -m pocl_utils.experiment.batch` subprocess.
 """
 import ast
 import json
@@ -22,11 +22,11 @@ import pytest
 import torch
 
 import pocl_utils
-import pocl_utils.runner as runner
-from pocl_utils.config import TrainSpec, pocl
-from pocl_utils.pipeline import prepare
-from pocl_utils.results import Registry
-from pocl_utils.train import Batch, run_steps, step_loss
+import pocl_utils.experiment.runner as runner
+from pocl_utils.experiment.config import TrainSpec, pocl
+from pocl_utils.experiment.pipeline import prepare
+from pocl_utils.experiment.results import Registry
+from pocl_utils.training.train import Batch, run_steps, step_loss
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = ["--profile", "smoke", "--grid", "table1", "--seeds", "2"]  # 12 runs: SFT, SeqKD, GKD and KLD with/without POCL
@@ -43,15 +43,16 @@ def _batch_child(argv: list[str], log: str) -> None:
 
     from tqdm.auto import tqdm
     tqdm.set_lock(threading.RLock())  # tqdm's default multiprocessing lock would leak a semaphore on every SIGKILL
-    from pocl_utils.batch import main
+    from pocl_utils.experiment.batch import main
     sys.exit(main(argv))
 
 
 @pytest.fixture(scope="module")
 def forker():
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.batch", "pocl_utils.runner", "pocl_utils.report",
-                                "pocl_utils.pipeline", "pocl_utils.generate", "pocl_utils.difficulty", "pocl_utils.world"])
+    ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.experiment.batch", "pocl_utils.experiment.runner",
+                                "pocl_utils.analysis.report", "pocl_utils.experiment.pipeline",
+                                "pocl_utils.modeling.generate", "pocl_utils.difficulty", "pocl_utils.world"])
     warm = ctx.Process(target=int)  # starts the server (the one-off import) before anything is timed
     warm.start()
     warm.join()
@@ -139,7 +140,7 @@ def test_batch_killed_at_random_moments_resumes_to_identical_results(forker, ref
         elif progress - before > 2 * total / N_KILLS:
             top = max(0.2, top / 1.5)
     assert kills_in_prepare >= 1 and kills_mid_grid >= N_KILLS // 3  # kills hit prepare steps and runs
-    proc = subprocess.run([sys.executable, "-m", "pocl_utils.batch", *GRID, "--runs-root", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "pocl_utils.experiment.batch", *GRID, "--runs-root", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_metrics(_records(tmp_path), reference["records"])
@@ -204,7 +205,7 @@ def ws(tmp_path_factory):
 
 
 def _batch(ws, n: int = 4) -> Batch:
-    from pocl_utils.train import make_batch
+    from pocl_utils.training.train import make_batch
     return make_batch(ws.encoded("train")[:n], ws.pad_id)
 
 
@@ -251,7 +252,7 @@ def test_run_steps_stops_at_a_non_finite_loss():
 
 def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path, monkeypatch):
     """A POCL run whose loss turns NaN in stage 3 stops there: no result, checkpoints still those of stage 2."""
-    from pocl_utils.workspace import Workspace
+    from pocl_utils.experiment.workspace import Workspace
     monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
     spec = pocl("KLD", seed=5)
     run_dir = Registry(tmp_path).run_dir(runner.KIND, runner.run_key(ws, spec))
@@ -327,7 +328,7 @@ def refuse(self, address):
     attempts.append(str(address))
     raise OSError("network access attempted")
 socket.socket.connect = refuse
-from pocl_utils.models import load_pretrained, load_tokenizer
+from pocl_utils.modeling.models import load_pretrained, load_tokenizer
 out = {}
 for fn in (load_pretrained, load_tokenizer):
     try:

@@ -13,16 +13,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pocl_utils.config import ConfigError
-from pocl_utils.reproduce import check_extra, check_parameters, collection, execute_one, kernel_name, merge_timings
+from pocl_utils.experiment.config import ConfigError
+from pocl_utils.notebook.reproduce import (check_extra, check_parameters, collection, execute_one, kernel_name,
+                                           merge_timings)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*argv: str, cwd: Path = REPO, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pocl_utils.reproduce", *argv], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "pocl_utils.notebook.reproduce", *argv], capture_output=True,
+                          text=True, timeout=300, cwd=cwd, env=env, **kw)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -117,7 +118,7 @@ def test_ctrl_c_ends_with_one_line_and_keeps_the_good_notebook(tmp_path):
     runs = tmp_path / "runs"
     out = runs / "smoke" / "notebooks"
     before = _good_copy(out, nb.name)
-    script = (f"import sys; from pathlib import Path; from pocl_utils import reproduce; "
+    script = (f"import sys; from pathlib import Path; from pocl_utils.notebook import reproduce; "
               f"reproduce.collection = lambda profile: [Path({str(nb)!r})]; "
               f"sys.exit(reproduce.main(['--profile', 'smoke', '--runs-root', {str(runs)!r}]))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -146,9 +147,9 @@ def test_our_errors_show_as_one_line_in_a_notebook(tmp_path):
     import papermill as pm
     nb = _notebook(tmp_path / "99_ours.ipynb", """
         from pocl_utils.notebook import short_errors
-        from pocl_utils.models import CheckpointError
-        from pocl_utils.workspace import StepError
-        from pocl_utils.results import RegistryError
+        from pocl_utils.modeling.models import CheckpointError
+        from pocl_utils.experiment.workspace import StepError
+        from pocl_utils.experiment.results import RegistryError
         short_errors()""", "raise RegistryError('somewhere: broken')", "raise CheckpointError('somewhere: broken')",
         "from pathlib import Path\nraise StepError(Path('/r/teacher/STEP.json'), 'unreadable STEP.json')")
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -167,9 +168,10 @@ def test_training_bars_show_in_a_notebook_kernel_and_follow_tqdm_elsewhere(tmp_p
     """Preparation steps train for minutes inside notebook 00: their tqdm bars must reach the notebook."""
     import papermill as pm
 
-    from pocl_utils.train import bar_disabled
+    from pocl_utils.training.train import bar_disabled
     assert bar_disabled() is None  # here: tqdm's default, a bar only on a terminal
-    nb = _notebook(tmp_path / "99_bar.ipynb", "from pocl_utils.train import bar_disabled\nprint(bar_disabled())")
+    nb = _notebook(tmp_path / "99_bar.ipynb",
+                   "from pocl_utils.training.train import bar_disabled\nprint(bar_disabled())")
     pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name=kernel_name(), cwd=str(REPO),
                         progress_bar=False)
     text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if c.cell_type == "code"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocl_utils.results import Registry, atomic_write_json
+from pocl_utils.experiment.results import Registry, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_claim_is_exclusive_within_a_process(tmp_path):
 
 HOLD_CLAIM = """
 import sys, time
-from pocl_utils.results import Registry
+from pocl_utils.experiment.results import Registry
 with Registry(sys.argv[1]).claim("runs", "k") as mine:
     print(mine, flush=True)
     time.sleep(120)
@@ -65,7 +65,7 @@ def test_a_live_process_blocks_the_claim_and_a_killed_one_releases_it(tmp_path):
 def test_git_commit_is_dirty_for_code_changes_but_not_for_generated_tables(tmp_path):
     import subprocess
 
-    from pocl_utils.results import git_commit
+    from pocl_utils.experiment.results import git_commit
     git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
     git("init", "-q")
     (tmp_path / "results").mkdir()

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pocl_utils.config import ModelSpec
+from pocl_utils.experiment.config import ModelSpec
 from pocl_utils.curriculum import linear_schedule
 from pocl_utils.data import Encoded
 from pocl_utils.losses import KINDS, divergence
-from pocl_utils.models import CheckpointError, build_model
-from pocl_utils.train import (MAX_CACHE_BATCH, TAIL_TAUS, KDContext, TeacherCache, build_teacher_cache, cache_batches,
-                              compress_top_k, expand_top_k, kd_loss_fn, make_batch, step_loss, teacher_logits,
-                              tempered_log_tail)
+from pocl_utils.modeling.models import CheckpointError, build_model
+from pocl_utils.training.train import (MAX_CACHE_BATCH, TAIL_TAUS, KDContext, TeacherCache, build_teacher_cache,
+                                       cache_batches, compress_top_k, expand_top_k, kd_loss_fn, make_batch, step_loss,
+                                       teacher_logits, tempered_log_tail)
 
 V = 40
 PAD = 0
@@ -359,9 +359,9 @@ def test_profile_cache_modes_build_their_cache_and_train(mode, tmp_path):
     """`exact` (every world profile), `top-<k>` and `live` (the paper profiles: no cache, the teacher runs every
     step): the teacher_cache step builds what the mode says, run keys tell the modes apart, and a KD run trains."""
     from dataclasses import replace
-    from pocl_utils import runner
-    from pocl_utils.config import baseline, get_profile
-    from pocl_utils.pipeline import prepare
+    from pocl_utils.experiment import runner
+    from pocl_utils.experiment.config import baseline, get_profile
+    from pocl_utils.experiment.pipeline import prepare
     torch.set_num_threads(1)
     exact = prepare("smoke", runs_root=tmp_path / "exact", log=lambda s: None, device="cpu")
     ws = prepare(replace(get_profile("smoke"), teacher_cache=mode), runs_root=tmp_path / mode, log=lambda s: None,

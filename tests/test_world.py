@@ -114,7 +114,7 @@ def test_level_is_a_real_difficulty_knob(laptop):
 
 
 def test_copying_the_input_cannot_fake_an_answer(laptop):
-    from pocl_utils.premises import rule_scores
+    from pocl_utils.analysis.premises import rule_scores
     _, world = laptop
     sets = {role: [dict(r, references=[r["output"]]) for r in world[role]] for role in W.EVAL_ROLES}
     rules = rule_scores(sets, world["train"])
@@ -310,8 +310,8 @@ def test_tokenizer_save_and_reload(tmp_path, laptop):
 
 
 def test_teacher_sft_mixes_its_own_pretraining_blocks(tmp_path):
-    from pocl_utils.config import get_profile
-    from pocl_utils.pipeline import prepare, teacher_sft_data
+    from pocl_utils.experiment.config import get_profile
+    from pocl_utils.experiment.pipeline import prepare, teacher_sft_data
     p = get_profile("smoke", {"teacher_sft_mix": 0.5})
     ws = prepare(p, runs_root=tmp_path, until="tokenizer", log=lambda s: None)
     train, mixed = ws.encoded("train"), teacher_sft_data(ws)

@@ -67,7 +67,7 @@ LIMITS_S = {"step": 150, "generate": 60, "profile": 150}  # per part, on one GPU
 
 
 def device() -> torch.device:
-    from pocl_utils.models import pick_device
+    from pocl_utils.modeling.models import pick_device
     return pick_device()
 
 
@@ -113,8 +113,8 @@ def _examples(s: Sizes, n: int, seed: int = 0):
 
 
 def _gpt2(shape: tuple[int, int, int], s: Sizes, seed: int):
-    from pocl_utils.config import ModelSpec
-    from pocl_utils.models import build_model
+    from pocl_utils.experiment.config import ModelSpec
+    from pocl_utils.modeling.models import build_model
     n_layer, n_embd, n_head = shape
     return build_model(ModelSpec(n_layer=n_layer, n_embd=n_embd, n_head=n_head), s.vocab, s.prompt + s.response,
                        seed=seed)
@@ -122,9 +122,9 @@ def _gpt2(shape: tuple[int, int, int], s: Sizes, seed: int):
 
 def _reference_loss(student, teacher, batch) -> float:
     """The step's loss in plain fp32 (no autocast, no TF32) on the same batch."""
-    from pocl_utils.heads import logits_at_positions
-    from pocl_utils.models import CPU_PRECISION
-    from pocl_utils.train import step_loss
+    from pocl_utils.modeling.heads import logits_at_positions
+    from pocl_utils.modeling.models import CPU_PRECISION
+    from pocl_utils.training.train import step_loss
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -169,8 +169,8 @@ def _measure_naive(student, teacher, batch, s: Sizes, dev) -> tuple[float, float
 def _measure_pocl(student, teacher, examples, s: Sizes, dev) -> tuple[float, float]:
     """pocl's own path: `kd_loss_fn` (live teacher, which it freezes: bf16 on a GPU) inside `run_steps`, timed
     between two synchronised steps."""
-    from pocl_utils.config import TrainSpec
-    from pocl_utils.train import KDContext, kd_loss_fn, run_steps
+    from pocl_utils.experiment.config import TrainSpec
+    from pocl_utils.training.train import KDContext, kd_loss_fn, run_steps
     ctx = KDContext(examples, pad_id=0, eos_id=0, teacher=teacher)
     loss_fn = kd_loss_fn(student, ctx, kind=KIND, tau=1.0, alpha=ALPHA, rng=np.random.default_rng(0))
     marks = {}
@@ -187,8 +187,8 @@ def _measure_pocl(student, teacher, examples, s: Sizes, dev) -> tuple[float, flo
 
 
 def part_step(s: Sizes) -> dict:
-    from pocl_utils.models import freeze_teacher, n_params
-    from pocl_utils.train import make_batch
+    from pocl_utils.modeling.models import freeze_teacher, n_params
+    from pocl_utils.training.train import make_batch
     dev = device()
     peak = matmul_peak(dev, s.peak_n)
     teacher0 = _gpt2(s.teacher, s, 0).eval().requires_grad_(False)  # fp32 on the CPU; each variant takes a copy
@@ -224,8 +224,8 @@ def part_step(s: Sizes) -> dict:
 # ---- (b) generation ----------------------------------------------------------------------------------------------
 
 def part_generate(s: Sizes) -> dict:
-    from pocl_utils.generate import generate
-    from pocl_utils.models import autocast
+    from pocl_utils.modeling.generate import generate
+    from pocl_utils.modeling.models import autocast
     dev = device()
     model = _gpt2(s.student, s, 1).to(dev).eval()
     rng = np.random.default_rng(0)
@@ -269,7 +269,7 @@ def _workspace(p, root: Path, fraction: float):
     """The profile's data and tokenizer steps on `fraction` of its world's rows, built in `root` (timed), and the
     workspace reading them."""
     from dataclasses import replace
-    from pocl_utils.workspace import Workspace
+    from pocl_utils.experiment.workspace import Workspace
     from pocl_utils.world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
     from pocl_utils import data as D
     times = {}
@@ -295,15 +295,16 @@ def _per_step(fn_steps, warm: int, steps: int, dev) -> float:
 
 def part_profile(s: Sizes) -> dict:
     import tempfile
-    from pocl_utils.config import TrainSpec, get_profile
+    from pocl_utils.experiment.config import TrainSpec, get_profile
     from pocl_utils.data import EVAL_SETS
     from pocl_utils.difficulty import score_samples
     from pocl_utils.evaluate import evaluate_set, greedy_rouge
-    from pocl_utils.experiments import GRIDS, grid, n_seeds_for
-    from pocl_utils.generate import generate
-    from pocl_utils.models import build_model
-    from pocl_utils.workspace import lm_blocks
-    from pocl_utils.train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft, total_steps
+    from pocl_utils.experiment.experiments import GRIDS, grid, n_seeds_for
+    from pocl_utils.modeling.generate import generate
+    from pocl_utils.modeling.models import build_model
+    from pocl_utils.experiment.workspace import lm_blocks
+    from pocl_utils.training.train import (KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft,
+                                           total_steps)
     from pocl_utils.world import pretrain_corpus, world_config
     dev = device()
     p = get_profile(s.profile)

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import RunSpec
-from .data import EVAL_SETS
-from .results import REPO_ROOT, atomic_write_text
-from .stats import mean_ci, paired_diff
+from ..experiment.config import RunSpec
+from ..data import EVAL_SETS
+from ..experiment.results import REPO_ROOT, atomic_write_text
+from ..stats import mean_ci, paired_diff
 
 FIGURES = REPO_ROOT / "figures"
 
@@ -297,7 +297,7 @@ def ranking_frame(ranking, rows: list[dict], n_subsets: int) -> pd.DataFrame:
     (1..n by the fused ranking), the world's true difficulty (NaN for real data) and its text.
 
     `ranking.ids` are positions in `rows` (= ws.sets["train"]), so the row fields join by id."""
-    from .curriculum import partition
+    from ..curriculum import partition
     ids = np.asarray(ranking.ids)
     frame = pd.DataFrame({"id": ids, "rouge_l": ranking.rouge_l, "ce": ranking.ce, "fused": ranking.fused,
                           "greedy": ranking.texts if ranking.texts is not None else [""] * len(ids)})

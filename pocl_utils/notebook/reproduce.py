@@ -5,7 +5,8 @@ written atomically: a failed or interrupted notebook is kept beside the last goo
 Tables and figures go to `results/<profile>/` and `figures/<profile>/` (under $POCL_OUTPUT_DIR when set).
 Parameters are checked against each notebook's `parameters` cell before anything runs, so a typo fails at once
 with the list of valid names instead of being silently ignored. The student lab (11_lab) is not part of the main
-job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs/<profile>/lab/ (see pocl_utils.lab).
+job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs/<profile>/lab/
+(see pocl_utils.notebook.lab).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, ConfigError, get_profile
-from .results import REPO_ROOT, atomic_write_json
-from .workspace import RUNS_ROOT
+from ..experiment.config import PROFILES, ConfigError, get_profile
+from ..experiment.results import REPO_ROOT, atomic_write_json
+from ..experiment.workspace import RUNS_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

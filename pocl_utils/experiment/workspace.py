@@ -15,15 +15,15 @@ from typing import Any, Callable
 
 import torch
 
-from .data import EVAL_SETS, DataError, Encoded, close_response, encode_examples, load_instructions
-from . import distributed
+from ..data import EVAL_SETS, DataError, Encoded, close_response, encode_examples, load_instructions
+from ..training import distributed
 from .config import Profile, cache_top_k, config_hash
-from .difficulty import Ranking, score_samples
-from .generate import generate
-from .models import load_checkpoint, load_tokenizer
+from ..difficulty import Ranking, score_samples
+from ..modeling.generate import generate
+from ..modeling.models import load_checkpoint, load_tokenizer
 from .provenance import environment, precision
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
-from .train import TeacherCache, build_teacher_cache
+from ..training.train import TeacherCache, build_teacher_cache
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
 

@@ -4,6 +4,10 @@ Each notebook starts with `ws = setup(profile, **overrides)` and then only calls
 `runner` and the method's modules, so no notebook defines anything another one needs. Tables go to
 `results/<profile>/` and figures (PNG + PDF) to `figures/<profile>/`, under the repository root or under
 $POCL_OUTPUT_DIR when set (the tests point it at a temporary folder).
+
+The subpackage `pocl_utils.notebook`, the top layer, holds this facade, `reproduce` (the papermill runner behind
+`pocl-reproduce`) and the lab (`lab` builds notebook 11's variants, `lab_checks` grades the exercises,
+`lab_experiment` runs its closing experiment). It may import anything in the package; nothing outside it imports it.
 """
 from __future__ import annotations
 
@@ -20,15 +24,17 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import distributed, findings, report, runner  # noqa: E402
-from .config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, baseline, get_profile, pocl
-from .data import DataError
-from .models import CheckpointError
-from .experiments import GRIDS, grid, n_seeds_for
-from .pipeline import prepare
-from .provenance import describe
-from .results import REPO_ROOT, RegistryError, atomic_write_json, atomic_write_text
-from .workspace import StepError, Workspace
+from ..training import distributed  # noqa: E402
+from ..analysis import findings, report  # noqa: E402
+from ..experiment import runner  # noqa: E402
+from ..experiment.config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, baseline, get_profile, pocl
+from ..data import DataError
+from ..modeling.models import CheckpointError
+from ..experiment.experiments import GRIDS, grid, n_seeds_for
+from ..experiment.pipeline import prepare
+from ..experiment.provenance import describe
+from ..experiment.results import REPO_ROOT, RegistryError, atomic_write_json, atomic_write_text
+from ..experiment.workspace import StepError, Workspace
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
@@ -88,7 +94,7 @@ def require_real(ws: Workspace) -> None:
 
 def real_data_card(ws: Workspace) -> pd.DataFrame:
     """real.data_card, saved as results/<profile>/data_card and figures/<profile>/real_prompt_lengths."""
-    from .real import data_card
+    from ..experiment.real import data_card
     card, lengths = data_card(ws)
     save_table(ws, card, "data_card")
     save_figure(ws, report.prompt_length_figure(lengths), "real_prompt_lengths")
@@ -192,7 +198,7 @@ def sample_rows(ws: Workspace, n: int) -> pd.DataFrame:
 
 def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
     """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role."""
-    from .evaluate import responses
+    from ..evaluate import responses
     enc = ws.encoded(role)[:n]
     out = pd.DataFrame([{k: ws.sets[role][e.index][k] for k in ("instruction", "input", "output")} for e in enc])
     for name, load in (("teacher", ws.load_teacher), ("student (init)", ws.load_student_init)):
@@ -203,7 +209,7 @@ def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
 def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
     """n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the
     reference, the teacher's and the initial student's greedy answers, and each answer's ROUGE-L."""
-    from .evaluate import responses, rouge_l
+    from ..evaluate import responses, rouge_l
     frame = ranking_table(ws)
     ends = [frame.subset.min(), frame.subset.max()]
     picked = pd.concat([frame[frame.subset == s].sample(min(n, int((frame.subset == s).sum())), random_state=seed)
@@ -220,7 +226,7 @@ def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
 
 def model_sizes(ws: Workspace) -> pd.DataFrame:
     """Teacher and student: architecture and parameter count."""
-    from .models import n_params
+    from ..modeling.models import n_params
     out = []
     for role, spec, load in (("teacher", ws.profile.teacher, ws.load_teacher), ("student", ws.profile.student,
                                                                                  ws.load_student_init)):
@@ -247,14 +253,14 @@ def ranking_table(ws: Workspace) -> pd.DataFrame:
 
 
 def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
-    """POCL's premises in this workspace (pocl_utils.premises), saved as results/<profile>/premises.{csv,md}.
+    """POCL's premises in this workspace (pocl_utils.analysis.premises), saved as results/<profile>/premises.{csv,md}.
 
     P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on
     the eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the
     true difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside
     the paper's gain scaled to our teacher - SFT gap."""
-    from . import premises
-    from .experiments import KD_METHODS
+    from ..analysis import premises
+    from ..experiment.experiments import KD_METHODS
     p = ws.profile
     sft_specs = [baseline("SFT", s) for s in range(n_seeds_for(p, "table1"))]
     runner.run_grid(ws, sft_specs)
@@ -287,7 +293,7 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
 
 def ranking_verdict(agreement: pd.DataFrame) -> str:
     """One line on report.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?"""
-    from .premises import MEASURER_RHO
+    from ..analysis.premises import MEASURER_RHO
     rho = agreement.set_index("ranking")["spearman_rho"]
     if rho.isna().all():
         return "No true difficulty is known for these rows (real data), so the ranking cannot be checked against it."

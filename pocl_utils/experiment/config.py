@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .losses import DIVERGENCES
+from ..losses import DIVERGENCES
 
 
 class ConfigError(ValueError):

@@ -22,16 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import (EVAL_SETS, encode_examples, filter_long_prompts, gpt2_token_count, load_instructions,
-                   real_data_path)
+from ..data import (EVAL_SETS, encode_examples, filter_long_prompts, gpt2_token_count, load_instructions,
+                    real_data_path)
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
-from .evaluate import evaluate_set, subset
-from .models import (build_model, load_pretrained, load_tokenizer, pick_device, resolve_source, save_checkpoint,
-                     smollm2_dir)
-from .report import paper_table
+from ..evaluate import evaluate_set, subset
+from ..modeling.models import (build_model, load_pretrained, load_tokenizer, pick_device, resolve_source,
+                               save_checkpoint, smollm2_dir)
+from ..analysis.report import paper_table
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 from .runner import eval_data, eval_key, reference_score
-from .train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft
+from ..training.train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft
 from .workspace import (ROLES, STEPS, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
                         seqkd_step, step_dir, teacher_cache_step, thin_log, workspace_root)
 

@@ -23,7 +23,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -15,14 +15,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import distributed
+from ..training import distributed
 from .config import RunSpec, config_hash
-from .models import load_weights, save_weights
-from .curriculum import Stage, plan_stages
+from ..modeling.models import load_weights, save_weights
+from ..curriculum import Stage, plan_stages
 from .workspace import Workspace
 from .provenance import environment, precision
 from .results import atomic_write_json
-from .train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
+from ..training.train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
 
 KIND = "runs"
 
@@ -61,8 +61,8 @@ def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
     difficulty ("oracle", the positive control; the rows' order breaks ties, and world rows are in random order)."""
     if ranking != "oracle":
         return ws.ranking.order(ranking)
-    from .difficulty import order_by_truth
-    from .world import true_difficulty
+    from ..difficulty import order_by_truth
+    from ..world import true_difficulty
     ids = np.sort(ws.ranking.ids)
     return order_by_truth(ids, true_difficulty([ws.sets["train"][i] for i in ids]))
 
@@ -145,7 +145,7 @@ def _save_progress(run_dir: Path, student, state: dict[str, Any]) -> None:
 
 def eval_data(ws: Workspace, role: str, max_examples: int) -> tuple[list, list[list[str]]]:
     """A set's encoded prompts and reference lists, on the profile's seeded subset."""
-    from .evaluate import subset
+    from ..evaluate import subset
     enc = ws.encoded(role)
     enc = [enc[i] for i in subset(len(enc), max_examples)]
     return enc, [ws.sets[role][e.index]["references"] for e in enc]
@@ -153,15 +153,15 @@ def eval_data(ws: Workspace, role: str, max_examples: int) -> tuple[list, list[l
 
 def validation_score(ws: Workspace, model) -> float:
     """Greedy ROUGE-L on the validation subset (checkpoint selection, A.2.2)."""
-    from .evaluate import greedy_rouge
+    from ..evaluate import greedy_rouge
     enc, refs = eval_data(ws, "valid", ws.profile.valid_max_examples)
     return greedy_rouge(model, ws.tokenizer, enc, refs, max_new_tokens=ws.profile.max_new_tokens)
 
 
 def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
     """The paper's protocol on the five eval sets: sampled responses (temperature 1), ROUGE-L, mean over seeds."""
-    from .data import EVAL_SETS
-    from .evaluate import evaluate_set
+    from ..data import EVAL_SETS
+    from ..evaluate import evaluate_set
     p = ws.profile
     out = {}
     for role in EVAL_SETS:
@@ -173,8 +173,8 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
 def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
     """Greedy ROUGE-L on `greedy_max_examples` rows of each eval set (0 = all): deterministic, so smaller effects are
     separable than under sampling. Empty when the profile asks for none (-1)."""
-    from .data import EVAL_SETS
-    from .evaluate import greedy_rouge
+    from ..data import EVAL_SETS
+    from ..evaluate import greedy_rouge
     p, out = ws.profile, {}
     if p.greedy_max_examples < 0:
         return out
@@ -265,7 +265,7 @@ def _init_worker(profile, root: str, threads: int) -> None:
 
 
 def _work(spec: RunSpec) -> tuple[RunSpec, dict | None]:
-    from .models import pick_device
+    from ..modeling.models import pick_device
     return spec, execute(_WS, spec, pick_device())
 
 
@@ -275,7 +275,7 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
 
     Under `accelerate launch` the launched processes are the workers: they run one spec at a time together
     (`execute`), so `workers` is 1 and every rank walks the main rank's list of unfinished specs."""
-    from .models import pick_device
+    from ..modeling.models import pick_device
     todo = distributed.broadcast([s for s in specs if not ws.registry.done(KIND, run_key(ws, s))])
     workers = 1 if distributed.world_size() > 1 else min(workers or ws.profile.workers, max(1, len(todo)))
     on = f"{workers} worker(s)" if distributed.world_size() == 1 else f"{distributed.world_size()} processes together"
@@ -304,7 +304,7 @@ REFERENCE_MODELS = {"Teacher": "load_teacher", "Student (init)": "load_student_i
 
 def reference_score(ws: Workspace, name: str) -> dict[str, Any]:
     """The registry record of one reference model's scores on the eval sets ('Teacher' or 'Student (init)'), cached."""
-    from .models import pick_device
+    from ..modeling.models import pick_device
     load = getattr(ws, REFERENCE_MODELS[name])
     return ws.cached("reference", name, eval_key(ws.profile), lambda: scores(ws, load(pick_device()).eval()))
 

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions, logits_at_positions
+from ..modeling.heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions, logits_at_positions
 
 # Main-rank-only phases (preparing the workspace, evaluating a run) can take hours on the paper profile while the other
 # ranks wait at a barrier; a dead rank does not leave the others hanging that long, since torchrun then stops them all.
@@ -54,8 +54,8 @@ def _state():
     from accelerate import PartialState
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
     if state.num_processes <= 1:
-        raise RuntimeError(f"pocl_utils.distributed: the environment says {os.environ.get('WORLD_SIZE')} processes but "
-                           f"accelerate found none (distributed_type {state.distributed_type}); launch with "
+        raise RuntimeError(f"pocl_utils.training.distributed: the environment says {os.environ.get('WORLD_SIZE')} "
+                           f"processes but accelerate found none (distributed_type {state.distributed_type}); launch with "
                            f"`accelerate launch --config_file configs/accelerate/<config>.yaml`")
     return state
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from . import curriculum, difficulty, losses
+from .. import curriculum, difficulty, losses
 
 
 class WrongAnswer(AssertionError):

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .data import EVAL_SETS
-from .evaluate import rouge_l_batch
+from ..data import EVAL_SETS
+from ..evaluate import rouge_l_batch
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
 TEACHER_MARGIN_RULE = 5.0  # P1: teacher - each trivial rule, every eval set

@@ -31,6 +31,8 @@ Eval roles mirror the paper's five sets (Sec. 5, A.2.3):
     S-NI       - families never in the instruction data (untranslate, decr, double), known from pre-training only
     UnNI       - trained families at levels above the training maximum (longer lists)
 All prompts are unique across every role, so no eval prompt is ever seen in training.
+
+As the subpackage `pocl_utils.world`, it imports only the method's `data` module.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
+from ..data import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
 
 WORLD_VERSION = 2  # bump when generation changes, so load_or_create_world regenerates saved worlds
 ROLES = ("train", "valid", "DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI")

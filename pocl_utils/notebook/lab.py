@@ -7,8 +7,8 @@ re-exported here. This module itself builds the notebook's two variants.
 One source, two variants. notebooks/lab/11_lab_source.ipynb holds each solution between `# BEGIN SOLUTION` and
 `# END SOLUTION` lines, in code cells tagged `exercise`:
 
-    python -m pocl_utils.lab build                  # notebooks/11_lab.ipynb, the student variant (committed)
-    python -m pocl_utils.lab solutions OUT.ipynb    # the solutions variant, anywhere (e.g. runs/lab/)
+    python -m pocl_utils.notebook.lab build                  # notebooks/11_lab.ipynb, the student variant (committed)
+    python -m pocl_utils.notebook.lab solutions OUT.ipynb    # the solutions variant, anywhere (e.g. runs/lab/)
 
 In the student variant each block becomes its `# hint:` lines plus `raise NotImplementedError("your code here")`;
 in the solutions variant only the marker lines go.
@@ -25,7 +25,7 @@ import nbformat
 from .lab_checks import (CHECKS, FORMULAS, NotImplementedYet, WrongAnswer, check, check_divergence, check_rrf,
                          check_schedules, check_stages, pick, reference)
 from .lab_experiment import easy_first, kd_by_subset, kd_figure, plan, same_stages, stage_table
-from .results import REPO_ROOT
+from ..experiment.results import REPO_ROOT
 
 __all__ = ["CHECKS", "FORMULAS", "NotImplementedYet", "WrongAnswer", "check", "check_divergence", "check_rrf",
            "check_schedules", "check_stages", "pick", "reference",
@@ -105,7 +105,7 @@ def write(out: Path, solutions: bool, source: Path = SOURCE) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pocl_utils.lab", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pocl_utils.notebook.lab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help=f"write the student variant (default {STUDENT.relative_to(REPO_ROOT)})")
     build.add_argument("out", nargs="?", default=STUDENT, type=Path)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write(args.out, args.command == "solutions", args.source)
     except LabSourceError as e:
-        print(f"pocl_utils.lab: {e}")
+        print(f"pocl_utils.notebook.lab: {e}")
         return 2
     print(f"wrote {path}")
     return 0

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from . import distributed
+from ..training import distributed
 from .models import autocast
 
 _MASK32 = 0xFFFFFFFF

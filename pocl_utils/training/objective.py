@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import log_probs, token_divergence
+from ..losses import log_probs, token_divergence
 
 CHUNK_ELEMENTS = 2**23  # rows * vocab per chunk: ~32 MB per fp32 [n, V] temporary
 GPU_CHUNK_ELEMENTS = 2**25  # on a GPU: ~128 MB, ~670 rows of GPT-2's vocabulary, so each chunk's matmuls fill the GPU

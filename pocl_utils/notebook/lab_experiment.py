@@ -10,11 +10,11 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from . import curriculum, difficulty
-from .config import RunSpec
-from .report import stage_frame
-from .train import make_batch, student_logits_at_targets, total_steps
-from .workspace import Workspace
+from .. import curriculum, difficulty
+from ..experiment.config import RunSpec
+from ..analysis.report import stage_frame
+from ..training.train import make_batch, student_logits_at_targets, total_steps
+from ..experiment.workspace import Workspace
 
 
 def easy_first(ws: Workspace, fuse_ranks: Callable = difficulty.fuse_ranks) -> np.ndarray:

@@ -1,13 +1,13 @@
-"""`python -m pocl_utils.batch`: prepare a profile and run one grid to the end without notebooks, then write its
-results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run resumes
-at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one process;
-the other waits for it before writing the CSV).
+"""`python -m pocl_utils.experiment.batch`: prepare a profile and run one grid to the end without notebooks, then
+write its results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run
+resumes at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one
+process; the other waits for it before writing the CSV).
 
-Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.batch ...` the same command runs
-data parallel (or FSDP-sharded) with no other change. The main rank prepares the workspace alone while the others wait
-(`main_first`), except the teacher SFT, which all ranks train together. Then all ranks train each run together
-(`runner.execute`). Only the main rank claims runs, writes checkpoints, records and the CSV, and logs; the others wait
-for it at barriers."""
+Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.experiment.batch ...` the same
+command runs data parallel (or FSDP-sharded) with no other change. The main rank prepares the workspace alone while the
+others wait (`main_first`), except the teacher SFT, which all ranks train together. Then all ranks train each run
+together (`runner.execute`). Only the main rank claims runs, writes checkpoints, records and the CSV, and logs; the
+others wait for it at barriers."""
 from __future__ import annotations
 
 import argparse
@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import distributed
+from ..training import distributed
 from .config import ConfigError, RunSpec, get_profile
-from .data import DataError
-from .models import CheckpointError
+from ..data import DataError
+from ..modeling.models import CheckpointError
 from .workspace import StepError
 from .experiments import GRIDS, grid, n_seeds_for
 from .results import RegistryError, atomic_write_text, exclusive_lock
@@ -28,7 +28,8 @@ from .results import RegistryError, atomic_write_text, exclusive_lock
 def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
               size: str | None = None, out: Path | None = None, log=print) -> Path:
     """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path."""
-    from . import report, runner
+    from ..analysis import report
+    from . import runner
     from .pipeline import prepare
     p = get_profile(profile)
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world")
@@ -67,7 +68,7 @@ def _wait_for_others(ws, specs: list[RunSpec], device, log, poll_s: float = 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pocl_utils.batch", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.batch", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--grid", default="table1", help=f"one of: {', '.join(GRIDS)}")
     ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")

@@ -13,8 +13,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel)
 
-from . import distributed
-from .config import ModelSpec
+from ..training import distributed
+from ..experiment.config import ModelSpec
 from .heads import (FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions,  # noqa: F401 (re-exported)
                     logits_at_positions)
 

@@ -9,13 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .data import load_instructions
+from ..data import load_instructions
 from .config import Profile, TrainSpec, get_profile
-from .models import build_model, pick_device, save_checkpoint
+from ..modeling.models import build_model, pick_device, save_checkpoint
 from .real import prepare_real
 from .results import atomic_write_json
-from .train import sft
-from .world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
+from ..training.train import sft
+from ..world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
 from .workspace import (STEPS, Workspace, build_steps, lm_blocks, prep_keys, ranking_step, seqkd_step,
                         teacher_cache_step, thin_log, workspace_root)
 
@@ -53,7 +53,7 @@ def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: st
 
 def _build_data(ws: Workspace, out: Path, dev) -> None:
     if ws.profile.data != "world":
-        raise NotImplementedError("real-data workspaces are prepared by pocl_utils.real")
+        raise NotImplementedError("real-data workspaces are prepared by pocl_utils.experiment.real")
     cfg = replace(world_config(ws.profile.world), seed=ws.profile.seed)
     write_world(generate_world(cfg), out, cfg=cfg)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .report import PAPER_VARIANTS, paired, paper_values
-from .stats import holm, p_value
+from ..stats import holm, p_value
 
 # claim id -> (what the paper says, [(grid, base (method, variant), other (method, variant))]); the grid names
 # the paper tables that print the comparison (report.PAPER_TABLES).

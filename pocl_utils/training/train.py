@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from . import distributed
-from .config import TrainSpec
-from .data import Encoded, close_response
-from .losses import divergence
-from .models import (FUSED_AT, LOGITS_AT, Precision, fused_inputs, autocast, freeze_teacher, hidden_at_positions,
-                     logits_at_positions, precision_for)
+from ..experiment.config import TrainSpec
+from ..data import Encoded, close_response
+from ..losses import divergence
+from ..modeling.models import (FUSED_AT, LOGITS_AT, Precision, fused_inputs, autocast, freeze_teacher,
+                               hidden_at_positions, logits_at_positions, precision_for)
 from .objective import TeacherHidden, linear_objective
 
 # ---- batches -----------------------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class TeacherCache:
     @classmethod
     def load(cls, path: Path) -> "TeacherCache":
         from safetensors import SafetensorError
-        from .models import CheckpointError, checkpoint_error
+        from ..modeling.models import CheckpointError, checkpoint_error
         try:
             d = load_file(str(path))
         except SafetensorError as e:
@@ -682,7 +682,7 @@ def _live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precisio
 @torch.no_grad()
 def student_generated(student: PreTrainedModel, examples: list[Encoded], ctx: KDContext, *, seed: int) -> list[Encoded]:
     """Replace responses by the student's own samples (temperature 1), as GKD's on-policy data (SGOs)."""
-    from .generate import generate
+    from ..modeling.generate import generate
     was_training = student.training
     student.eval()
     outs = generate(student, [e.prompt_ids for e in examples], eos_id=ctx.eos_id, pad_id=ctx.pad_id,

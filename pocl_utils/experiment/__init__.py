@@ -1,0 +1,8 @@
+"""Experiments: profiles and run specs (`config`), the run grids of the paper's tables (`experiments`), a profile's
+prepared artefacts and how they are made (`workspace`, `pipeline`, and `real` for real data), one run and the grid
+(`runner`, and `batch`, the command line), the run registry (`results`) and the environment a result came from
+(`provenance`).
+
+May import the method's modules, `modeling`, `training`, `world` and `analysis.report` (the paper's tables, the
+results CSV); never `notebook`.
+"""
