@@ -4,13 +4,13 @@ Real instruction data cannot train a useful teacher/student pair on a 2-core CPU
 generate a small world of natural-language instructions, written in the same JSON Lines layout as the
 MiniLLM-processed Dolly files, so one loader reads both.
 
-The tasks (version 2). Every answer is a list made of tokens the input does not show: words translated into "the
-old tongue" (a fixed made-up lexicon, `LEXICON`), digits plus one, and the compositions translate-then-reverse and
-add-one-then-reverse. Copying the input or answering with the most frequent training answer therefore scores
-little, and a partly right answer earns partial ROUGE-L, so a student's greedy output says how far it got (the
-ranking half of the difficulty measurer needs that). Version 1's single-word answers let "echo the input" beat the
-teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of the same kind (a word or a digit each), so
-that the label below, not the family, is what makes a sample hard.
+The tasks (version 2). Every answer is a list made of tokens the input does not show: a list of words translated
+into "the old tongue" or "the new tongue" (two fixed made-up lexicons of 64 words, `LEXICON` and `NEW_LEXICON`),
+in order or last word first. Copying the input or answering with the most frequent training answer therefore
+scores little, and a partly right answer earns partial ROUGE-L, so a student's greedy output says how far it got
+(the ranking half of the difficulty measurer needs that). Version 1's single-word answers let "echo the input"
+beat the teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of one kind, so that the label below,
+not the family, is what makes a sample hard, and the lexicons take capacity to learn, so the teacher's size matters.
 
 Difficulty. Every family has one knob, the `level` L = 1, 2, ...: lists have L + 1 items. A composition of
 `depth` d elementary steps costs d - 1 more, so
@@ -59,27 +59,31 @@ HELD_OUT_TEMPLATES = 2  # per trained family, the last templates are SelfInst-on
 
 WORDS = ("apple", "banana", "cat", "dog", "fish", "bird", "tree", "house", "car", "book", "cup", "hat",
          "sun", "moon", "star", "milk", "egg", "box", "pen", "kite", "door", "road", "rain", "snow",
-         "lamp", "ship", "frog", "bear", "wolf", "cake", "ball", "rose")
+         "lamp", "ship", "frog", "bear", "wolf", "cake", "ball", "rose", "chair", "table", "spoon", "bread",
+         "cheese", "horse", "duck", "goat", "sheep", "mouse", "river", "hill", "stone", "leaf", "cloud", "wind",
+         "boat", "train", "bell", "drum", "key", "ring", "shoe", "coat", "bed", "cow", "pig", "owl", "bee", "ant",
+         "corn", "rice")
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
             "eleventh", "twelfth")
 MAX_ITEMS = len(ORDINALS)
 
 
-def _lexicon() -> dict[str, str]:
-    """The world's second language: each word of WORDS has one fixed made-up translation (consonant-vowel-consonant,
-    never an English word of the list, never ending in s so the ROUGE stemmer leaves it whole). Seeded by name only:
-    every world speaks it."""
-    rng = random.Random("pocl-world/lexicon")
+def _lexicon(name: str, taken: tuple[str, ...] = ()) -> dict[str, str]:
+    """A made-up language: each word of WORDS has one fixed translation (consonant-vowel-consonant, never a word of
+    the list or of `taken`, never ending in s so the ROUGE stemmer leaves it whole). Seeded by the language's name
+    only: every world speaks it."""
+    rng = random.Random(f"pocl-world/lexicon/{name}")
     cons, vowels, out = "bdfgklmnprtvz", "aeiou", {}
     while len(out) < len(WORDS):
         w = rng.choice(cons) + rng.choice(vowels) + rng.choice(cons)
-        if w not in out.values() and w not in WORDS:
+        if w not in out.values() and w not in WORDS and w not in taken:
             out[WORDS[len(out)]] = w
     return out
 
 
-LEXICON = _lexicon()  # word -> its translation
+LEXICON = _lexicon("old")  # word -> its word in the old tongue
 UNLEXICON = {v: k for k, v in LEXICON.items()}
+NEW_LEXICON = _lexicon("new", tuple(LEXICON.values()))  # word -> its word in the new tongue
 
 
 # ---- argument samplers: (rng, level) -> JSON-serialisable args --------------------------------------------------
@@ -99,10 +103,6 @@ def _nums(rng: random.Random, level: int, hi: int = 98) -> dict:
 
 def _digits(rng: random.Random, level: int) -> dict:
     return _nums(rng, level, hi=9)
-
-
-def _small_digits(rng: random.Random, level: int) -> dict:
-    return _nums(rng, level, hi=8)  # + 1 stays one digit: no carries
 
 
 def _pos_digits(rng: random.Random, level: int) -> dict:
@@ -134,10 +134,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ("Translate the words into the old tongue.", "{words}"), ("Translate: {words}", ""),
         ("Give each word in the old tongue.", "{words}"), ("Say these words in the old tongue.", "{words}"),
         ("How do you say this in the old tongue?", "{words}"), ("Write the list in the old tongue.", "{words}"))),
-    Family("incr", 1, _small_digits, lambda a: _join(x + 1 for x in a["nums"]), (
-        ("Add one to each number.", "{nums}"), ("Increase every number by 1: {nums}", ""),
-        ("Write each number plus one.", "{nums}"), ("Make every number one bigger.", "{nums}"),
-        ("Count one up from each number.", "{nums}"), ("Give the next number after each of these.", "{nums}"))),
+    Family("encode", 1, _words, lambda a: _join(NEW_LEXICON[w] for w in a["words"]), (
+        ("Translate the words into the new tongue.", "{words}"), ("Encode: {words}", ""),
+        ("Give each word in the new tongue.", "{words}"), ("Say these words in the new tongue.", "{words}"),
+        ("How do you say this in the new tongue?", "{words}"), ("Write the list in the new tongue.", "{words}"))),
     Family("translate_reverse", 2, _words, lambda a: _join(LEXICON[w] for w in a["words"][::-1]), (
         ("Reverse the words, then translate them into the old tongue.", "{words}"),
         ("Translate {words} into the old tongue, last word first.", ""),
@@ -145,13 +145,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ("Put the words in reverse order and give them in the old tongue.", "{words}"),
         ("Flip the list and translate it into the old tongue.", "{words}"),
         ("In the old tongue, list the words from the end to the start.", "{words}"))),
-    Family("incr_reverse", 2, _small_digits, lambda a: _join(x + 1 for x in a["nums"][::-1]), (
-        ("Add one to each number, then reverse the list.", "{nums}"),
-        ("Reverse {nums} and increase every number by 1.", ""),
-        ("Write each number plus one, last number first.", "{nums}"),
-        ("Make every number one bigger and put them in reverse order.", "{nums}"),
-        ("Flip the list and add one to every number.", "{nums}"),
-        ("From the end to the start, give each number plus one.", "{nums}"))),
+    Family("encode_reverse", 2, _words, lambda a: _join(NEW_LEXICON[w] for w in a["words"][::-1]), (
+        ("Reverse the words, then translate them into the new tongue.", "{words}"),
+        ("Encode {words} in the new tongue, last word first.", ""),
+        ("Say the words backwards in the new tongue.", "{words}"),
+        ("Put the words in reverse order and give them in the new tongue.", "{words}"),
+        ("Flip the list and translate it into the new tongue.", "{words}"),
+        ("In the new tongue, list the words from the end to the start.", "{words}"))),
     # S-NI: never in the instruction data; the pre-training text demonstrates them (as the web does for GPT-2)
     Family("untranslate", 1, _foreign, lambda a: _join(UNLEXICON[w] for w in a["words"]), (
         ("Translate the words from the old tongue.", "{words}"), ("What do these old-tongue words mean: {words}", ""),
@@ -164,9 +164,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ("Double each number.", "{nums}"), ("Multiply every number by 2: {nums}", ""),
         ("Write each number times two.", "{nums}"), ("Make every number twice as big.", "{nums}"))),
 )}
-TRAIN_FAMILIES = ("translate", "incr", "translate_reverse", "incr_reverse")
+TRAIN_FAMILIES = ("translate", "encode", "translate_reverse", "encode_reverse")
 SNI_FAMILIES = ("untranslate", "decr", "double")
-VICUNA_FAMILIES = ("translate_reverse", "incr_reverse")  # the compositions, at the top trained levels, new phrasings
+VICUNA_FAMILIES = ("translate_reverse", "encode_reverse")  # the compositions, at the top trained levels, new phrasings
 PRETRAIN_FAMILIES = TRAIN_FAMILIES + SNI_FAMILIES
 
 
@@ -380,7 +380,8 @@ def load_or_create_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Pat
 
 def _fact_lexicon(rng: random.Random, level: int) -> str:
     w = rng.sample(WORDS, min(len(WORDS), level + 1))
-    return "In the old tongue, " + ", ".join(f"{x} is {LEXICON[x]}" for x in w) + "."
+    tongue, lexicon = rng.choice((("old", LEXICON), ("new", NEW_LEXICON)))
+    return f"In the {tongue} tongue, " + ", ".join(f"{x} is {lexicon[x]}" for x in w) + "."
 
 
 def _fact_numbers(rng: random.Random, level: int) -> str:
