@@ -64,7 +64,8 @@ def test_generation_is_fast_and_sized(laptop):
     want = {"train": cfg.n_train, "valid": cfg.n_valid, "DollyEval": cfg.n_test, "SelfInst": cfg.n_ood,
             "VicunaEval": cfg.n_vicuna, "S-NI": cfg.n_ood, "UnNI": cfg.n_ood}
     assert {r: len(rows) for r, rows in world.items()} == want
-    assert cfg.n_train / cfg.n_valid == pytest.approx(12.5) and cfg.n_valid / cfg.n_test == pytest.approx(2.0)
+    assert cfg.n_train / cfg.n_valid == pytest.approx(12.5)  # Dolly's train : valid
+    assert cfg.n_test >= 100 and cfg.n_ood >= 100  # the greedy protocol scores every row of these
 
 
 def test_same_seed_same_files_other_seed_differs(tmp_path):
@@ -183,7 +184,8 @@ def test_true_difficulty():
 
 
 def test_config_validation_and_presets():
-    assert W.world_config("laptop") == W.WorldConfig()
+    assert W.world_config("laptop") == W.WorldConfig(n_test=300, n_ood=300, n_vicuna=120, pretrain_template=True,
+                                                     pretrain_qa_frac=0.8)
     sizes = [W.world_config(p).n_train for p in ("smoke", "classroom", "laptop", "gpu")]
     assert sizes == sorted(sizes) and sizes[0] <= 100 and sizes[-1] >= 10000
     assert W.world_config("smoke", seed=3).seed == 3
@@ -237,6 +239,7 @@ def test_files_load_through_load_instructions(tmp_path):
 
 def test_pretrain_corpus_is_deterministic_and_free_of_train_and_eval_prompts(laptop):
     cfg, world = laptop
+    cfg = replace(cfg, pretrain_template=False, pretrain_qa_frac=0.5)  # plain lines, half of them demonstrations
     texts = W.pretrain_corpus(cfg, 3000)
     assert len(texts) == 3000 and texts == W.pretrain_corpus(cfg, 3000)
     assert texts != W.pretrain_corpus(replace(cfg, seed=1), 3000)
