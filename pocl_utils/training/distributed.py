@@ -21,7 +21,7 @@ and GKD's sampling run on every rank with the same inputs (`train.kd_loss_fn`). 
 (`full_state_dict`) and are ordinary safetensors files.
 
 With one process (WORLD_SIZE unset or 1) nothing is initialised, accelerate is not even imported, and every function
-here returns the 1-process answer at once: the plain path runs exactly the code it ran before.
+here returns the 1-process answer at once, so a 1-process run is the plain training loop.
 """
 from __future__ import annotations
 

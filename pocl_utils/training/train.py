@@ -70,7 +70,7 @@ def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
 # ---- the teacher-logit cache: exact, or top-k for large vocabularies ---------------------------------------------
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # bytes of fp32 teacher logits [B, T, V] per cache batch (sizes the batch)
-MAX_CACHE_BATCH = 64  # the batch cap: small vocabularies get the batches they always had (bitwise the same cache)
+MAX_CACHE_BATCH = 64  # the batch cap for small vocabularies, whose logits would allow larger batches
 # KD temperatures at which top-k mode stores the exact tempered tail (see `TeacherCache`): 1, 7/6, ..., 2 holds every
 # stage tau of POCL's default schedule (tau 1 -> 2 over n = 4 stages: 1, 4/3, 5/3, 2; also n = 2, 3, 7); other tau in
 # [1, 2] are interpolated. 7 x 2 fp32 per token: 56 bytes, 1.4% of a k = 512 cache.
