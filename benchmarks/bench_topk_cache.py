@@ -2,7 +2,8 @@
 
     python benchmarks/bench_topk_cache.py [--quick] [--ks 8,32,128,512] [--out benchmarks/results/topk_cache.json]
 
-Two vocabularies: SmolLM2's 49,152 and the laptop world's 512. For each, the exact teacher rows of a few hundred
+Two vocabularies: SmolLM2's 49,152 and the laptop profile's (512 when the committed results were measured).
+For each, the exact teacher rows of a few hundred
 response tokens are computed once, then every k is compressed (`train.compress_top_k`) and rebuilt two ways:
   uniform:  the tau = 1 rows (`expand_top_k`, remainder spread evenly), re-tempered by the loss (the old behaviour);
   tempered: `TeacherCache.rows(..., tau)`, exact tempered top k and tail mass (interpolated between grid taus),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pocl_utils.training.train import TAIL_TAUS
+from pocl_utils.experiment.config import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -190,17 +191,19 @@ def test_fit_exponent():
 
 def test_topk_benchmark_runs_in_quick_mode_and_renders(tmp_path):
     out = tmp_path / "topk_cache.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_topk_cache.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    laptop_vocab = get_profile("laptop").vocab_size
+    ks = (8, 32, 128, laptop_vocab)  # the last k keeps the laptop vocabulary whole
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_topk_cache.py"), "--quick", "--out", str(out),
+                           "--ks", ",".join(map(str, ks))], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads(out.read_text())
-    assert rec["meta"]["quick"] and [v["vocab"] for v in rec["vocabs"]] == [49152, 512]
+    assert rec["meta"]["quick"] and [v["vocab"] for v in rec["vocabs"]] == [49152, laptop_vocab]
     for v in rec["vocabs"]:
         assert not v["representative"] and "random-init" in v["source"]  # quick mode never claims real outputs
         kls = [r["kl_mean"] for r in v["rows"]]
         assert all(a >= b for a, b in zip(kls, kls[1:]))  # the rebuilt distribution improves with k
         tail = 8 * len(TAIL_TAUS)  # per tempering grid point: log tail mass and mean tail log-prob, fp32
-        assert [r["bytes_per_token"] for r in v["rows"]] == [8 * k + 4 + tail for k in (8, 32, 128, 512)]
-    exact = v["rows"][-1]  # k = V = 512: nothing is cut, so every kind's loss is exact at every tau
+        assert [r["bytes_per_token"] for r in v["rows"]] == [8 * k + 4 + tail for k in ks]
+    exact = v["rows"][-1]  # k = V: nothing is cut, so every kind's loss is exact at every tau
     assert all(t["max_rel_err_tempered"] < 1e-4 for t in exact["by_tau"])
     assert "Top-k teacher cache vs exact" in render_results.render(tmp_path)
