@@ -54,14 +54,9 @@ def main() -> None:
     rows += [premises.premise_row("P2 Spearman(fusion rank, true difficulty)", rho, premises.MEASURER_RHO),
              premises.premise_row("P2 share of training rows with student greedy ROUGE-L 0", zero,
                            premises.MEASURER_ZERO_SHARE, at_most=True)]
-    avg = t1[t1.dataset == "Avg"]
-    sd, gain = {}, {}
-    for m in KD_METHODS:
-        base, other = report.by_seed(avg, m, "baseline"), report.by_seed(avg, m, "+POCL")
-        sd[m] = float(np.std([other[s] - base[s] for s in sorted(base)], ddof=1))
-        gain[m] = report.paper_diff(1, (m, "baseline"), (m, "+POCL"))["Avg"]
-    gap = float(np.mean(list(teacher.values())) - sft["Avg"])
-    rows += premises.power_rows(sd, len(base), gain, gap)
+    n_seeds = t1[t1.method == "SFT"].seed.nunique()
+    rows += premises.table1_power_rows(t1, float(np.mean(list(teacher.values()))), float(sft["Avg"]), n_seeds,
+                                       KD_METHODS)
     table = premises.premises_table(rows)
     out = RESULTS / "run2_5seeds"
     out.mkdir(exist_ok=True)

@@ -58,3 +58,16 @@ def test_power_rows_scale_the_paper_gain_by_the_teacher_gap():
     assert r.value == pytest.approx(premises.mde_factor(5) * 0.5)
     assert r.threshold == pytest.approx(1.6 * 3.32 / 6.64)
     assert r.holds == (r.value <= r.threshold)
+
+
+def test_table1_power_rows_from_tidy_runs():
+    import pandas as pd
+    rows = []
+    for seed, gain in enumerate((1.0, 2.0, 3.0)):  # paired differences 1, 2, 3: SD 1
+        rows += [{"method": "KLD", "variant": "baseline", "seed": seed, "dataset": "Avg", "rouge_l": 10.0},
+                 {"method": "KLD", "variant": "+POCL", "seed": seed, "dataset": "Avg", "rouge_l": 10.0 + gain},
+                 {"method": "RKL", "variant": "baseline", "seed": seed, "dataset": "Avg", "rouge_l": 10.0}]
+    out = premises.premises_table(premises.table1_power_rows(pd.DataFrame(rows), 12.0, 8.68, 3, ("KLD", "RKL")))
+    assert len(out) == 1  # RKL has no +POCL runs: no row
+    assert out.value[0] == pytest.approx(premises.mde_factor(3) * 1.0)
+    assert out.threshold[0] == pytest.approx((19.70 - 18.10) * (12.0 - 8.68) / 6.64)  # paper Table 1 KLD Avg gain

@@ -24,6 +24,7 @@ from scipy import optimize, stats
 
 from ..data import EVAL_SETS
 from ..evaluate import rouge_l_batch
+from .report import by_seed, paper_diff
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
 TEACHER_MARGIN_RULE = 5.0  # P1: teacher - each trivial rule, every eval set
@@ -136,6 +137,22 @@ def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping
     factor, scale = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP
     return [premise_row(f"P3 {m}: MDE (80% power, {n_seeds} seeds) vs paper gain x {scale:.2f}",
                  factor * sd, paper_gain[m] * scale, at_most=True) for m, sd in paired_sd.items()]
+
+
+def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, n_seeds: int,
+                      methods: Sequence[str]) -> list[dict]:
+    """P3 rows from Table 1's tidy runs (report.with_average applied): each method's paired SD of +POCL - baseline on
+    Avg over the seeds both have (methods with fewer than 2 pairs are left out), the paper's Table 1 Avg gain, and
+    our teacher - SFT gap on Avg."""
+    avg = table1[table1.dataset == "Avg"]
+    sd, gain = {}, {}
+    for m in methods:
+        base, other = by_seed(avg, m, "baseline"), by_seed(avg, m, "+POCL")
+        diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]
+        if len(diffs) >= 2:
+            sd[m] = float(np.std(diffs, ddof=1))
+            gain[m] = paper_diff(1, (m, "baseline"), (m, "+POCL"))["Avg"]
+    return power_rows(sd, n_seeds, gain, teacher_avg - sft_avg)
 
 
 # ---- the table ------------------------------------------------------------------------------------------------------

@@ -276,16 +276,8 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
         rows += premises.measurer_rows(frame.rouge_l, frame.fused, frame.true_difficulty.to_numpy())
     if with_power:
         runs = report.with_average(report.tidy(records(ws, "table1")))
-        avg = runs[runs.dataset == "Avg"]
-        sd = {}
-        for m in KD_METHODS:
-            base, other = report.by_seed(avg, m, "baseline"), report.by_seed(avg, m, "+POCL")
-            diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]
-            if len(diffs) >= 2:
-                sd[m] = float(np.std(diffs, ddof=1))
-        gain = {m: report.paper_diff(1, (m, "baseline"), (m, "+POCL"))["Avg"] for m in sd}
-        gap = float(np.mean(list(teacher.values()))) - float(sft["Avg"])
-        rows += premises.power_rows(sd, n_seeds_for(p, "table1"), gain, gap)
+        rows += premises.table1_power_rows(runs, float(np.mean(list(teacher.values()))), float(sft["Avg"]),
+                                           n_seeds_for(p, "table1"), KD_METHODS)
     table = premises.premises_table(rows)
     save_table(ws, table, "premises")
     return table
