@@ -162,7 +162,7 @@ def test_held_out_sets(laptop):
 
 
 def test_lexicons_are_bijections_of_made_up_words():
-    assert len(set(W.WORDS)) == len(W.WORDS) == 64
+    assert len(set(W.WORDS)) == len(W.WORDS) == 128
     for lexicon in (W.LEXICON, W.NEW_LEXICON):
         assert sorted(lexicon) == sorted(W.WORDS)
         assert len(set(lexicon.values())) == len(W.WORDS) and not set(lexicon.values()) & set(W.WORDS)
@@ -178,6 +178,24 @@ def test_true_difficulty():
     np.testing.assert_array_equal(W.true_difficulty([enc]), [2.0])
     with pytest.raises(KeyError, match="row 1"):
         W.true_difficulty([{"difficulty": 1}, {"level": 2}])
+
+
+def test_level_pools_put_the_rarest_words_in_the_longest_lists():
+    cfg = W.WorldConfig(n_words=128, max_level=4, level_pools=True)
+    assert [len(W.word_pool(cfg, level)) for level in (1, 2, 3, 4, 5, 6)] == [32, 64, 96, 128, 128, 128]
+    assert W.word_pool(cfg, 1) == W.WORDS[:32]  # a prefix: every pool holds the pools of the levels below
+    flat = W.WorldConfig(n_words=40, max_level=4)
+    assert all(W.word_pool(flat, level) == W.WORDS[:40] for level in (1, 4, 6))
+    world = W.generate_world(replace(cfg, n_train=800))
+    for role in ("train", "DollyEval", "UnNI"):
+        for r in world[role]:
+            words = r["meta"]["args"].get("words", [])
+            assert set(words) <= set(W.word_pool(cfg, r["level"])), (role, r["level"], words)
+    top = {w for r in world["train"] if r["level"] == 4 for w in r["meta"]["args"]["words"]}
+    assert top - set(W.WORDS[:96])  # the rare words do occur, at the top level only
+    assert not {w for r in world["train"] if r["level"] < 4 for w in r["meta"]["args"]["words"]} - set(W.WORDS[:96])
+    facts = [t for t in W.pretrain_corpus(flat, 400) if t.startswith("In the ")]
+    assert facts and all(set(re.findall(r"(\w+) is ", t)) <= set(W.WORDS[:40]) for t in facts)
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
@@ -197,6 +215,10 @@ def test_config_validation_and_presets():
         W.WorldConfig(max_level=9, ood_extra_levels=2)
     with pytest.raises(ValueError, match="laptop"):
         W.world_config("tiny")
+    with pytest.raises(ValueError, match="n_words"):
+        W.WorldConfig(n_words=len(W.WORDS) + 1)
+    with pytest.raises(ValueError, match="n_words"):
+        W.WorldConfig(n_words=7, max_level=4)
     with pytest.raises(ValueError, match="n_trian"):
         W.world_config("smoke", n_trian=3)
 

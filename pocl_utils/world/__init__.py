@@ -50,7 +50,7 @@ import numpy as np
 
 from ..data import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
 
-WORLD_VERSION = 2  # bump when generation changes, so load_or_create_world regenerates saved worlds
+WORLD_VERSION = 3  # bump when generation changes, so load_or_create_world regenerates saved worlds
 ROLES = ("train", "valid", "DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI")
 EVAL_ROLES = ("DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI")
 META_FILE = "world_meta.json"
@@ -62,7 +62,12 @@ WORDS = ("apple", "banana", "cat", "dog", "fish", "bird", "tree", "house", "car"
          "lamp", "ship", "frog", "bear", "wolf", "cake", "ball", "rose", "chair", "table", "spoon", "bread",
          "cheese", "horse", "duck", "goat", "sheep", "mouse", "river", "hill", "stone", "leaf", "cloud", "wind",
          "boat", "train", "bell", "drum", "key", "ring", "shoe", "coat", "bed", "cow", "pig", "owl", "bee", "ant",
-         "corn", "rice")
+         "corn", "rice", "wall", "nest", "bowl", "fork", "rope", "sock", "tent", "coin", "lake", "sand", "seed", "nut",
+         "pear", "plum", "lion", "tiger", "whale", "crab", "worm", "snail", "shell", "pearl", "gold", "iron", "salt",
+         "soup", "tea", "jam", "honey", "candle", "clock", "glove", "scarf", "shirt", "belt", "bag", "basket", "broom",
+         "brush", "comb", "soap", "towel", "mirror", "window", "roof", "floor", "garden", "field", "forest", "island",
+         "bridge", "tower", "castle", "king", "queen", "baby", "girl", "boy", "farmer", "sailor", "doctor", "flag",
+         "map", "gate")
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
             "eleventh", "twelfth")
 MAX_ITEMS = len(ORDINALS)
@@ -86,26 +91,26 @@ UNLEXICON = {v: k for k, v in LEXICON.items()}
 NEW_LEXICON = _lexicon("new", tuple(LEXICON.values()))  # word -> its word in the new tongue
 
 
-# ---- argument samplers: (rng, level) -> JSON-serialisable args --------------------------------------------------
+# ---- argument samplers: (rng, level, word pool) -> JSON-serialisable args ---------------------------------------
 
 
-def _words(rng: random.Random, level: int) -> dict:
-    return {"words": [rng.choice(WORDS) for _ in range(level + 1)]}
+def _words(rng: random.Random, level: int, pool: tuple[str, ...]) -> dict:
+    return {"words": [rng.choice(pool) for _ in range(level + 1)]}
 
 
-def _foreign(rng: random.Random, level: int) -> dict:
-    return {"words": [LEXICON[rng.choice(WORDS)] for _ in range(level + 1)]}
+def _foreign(rng: random.Random, level: int, pool: tuple[str, ...]) -> dict:
+    return {"words": [LEXICON[rng.choice(pool)] for _ in range(level + 1)]}
 
 
 def _nums(rng: random.Random, level: int, hi: int = 98) -> dict:
     return {"nums": [rng.randint(0, hi) for _ in range(level + 1)]}
 
 
-def _digits(rng: random.Random, level: int) -> dict:
+def _digits(rng: random.Random, level: int, pool: tuple[str, ...] = ()) -> dict:
     return _nums(rng, level, hi=9)
 
 
-def _pos_digits(rng: random.Random, level: int) -> dict:
+def _pos_digits(rng: random.Random, level: int, pool: tuple[str, ...] = ()) -> dict:
     return {"nums": [rng.randint(1, 9) for _ in range(level + 1)]}  # - 1 stays >= 0
 
 
@@ -118,7 +123,7 @@ class Family:
 
     name: str
     depth: int  # elementary steps composed (1 = primitive)
-    sample: Callable[[random.Random, int], dict]
+    sample: Callable[[random.Random, int, tuple[str, ...]], dict]
     answer: Callable[[dict], str]
     templates: tuple[tuple[str, str], ...]
 
@@ -187,6 +192,8 @@ class WorldConfig:
     seed: int = 0
     pretrain_qa_frac: float = 0.5  # pretrain_corpus: share of Q/A texts (the rest are world sentences)
     pretrain_template: bool = False  # pretrain_corpus: wrap Q/A texts in the MiniLLM template (GPT-2 never saw it)
+    n_words: int = 64  # the world speaks the first n_words of WORDS (and their made-up translations)
+    level_pools: bool = False  # level L draws its words from the first n_words * L / max_level: rarer words are harder
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -195,12 +202,14 @@ class WorldConfig:
                 continue
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"WorldConfig.{f.name}: expected {kind.__name__}, got {value!r}")
-        for name in ("n_train", "n_valid", "n_test", "n_ood", "n_vicuna", "max_level", "ood_extra_levels"):
+        for name in ("n_train", "n_valid", "n_test", "n_ood", "n_vicuna", "max_level", "ood_extra_levels", "n_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WorldConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_level + self.ood_extra_levels + 2 > MAX_ITEMS:
             raise ValueError(f"WorldConfig: max_level + ood_extra_levels must be <= {MAX_ITEMS - 2} "
                              f"(lists get up to level + 2 items), got {self.max_level + self.ood_extra_levels}")
+        if self.n_words > len(WORDS) or self.n_words < 2 * self.max_level:
+            raise ValueError(f"WorldConfig.n_words must be in [2 * max_level, {len(WORDS)}], got {self.n_words}")
         if not 0.0 <= self.pretrain_qa_frac <= 1.0:
             raise ValueError(f"WorldConfig.pretrain_qa_frac must be in [0, 1], got {self.pretrain_qa_frac}")
 
@@ -287,11 +296,19 @@ def make_row(family: str, level: int, template: int, args: dict) -> dict:
             "meta": {"args": args, "template": template, "depth": fam.depth}}
 
 
-def _draw(rng: random.Random, spec: RoleSpec) -> dict:
+def word_pool(cfg: WorldConfig, level: int) -> tuple[str, ...]:
+    """The words a row of this level draws from: the world's first n_words, or with level_pools the first
+    n_words * level / max_level (levels above max_level: all), so that the rarest words come with the longest lists."""
+    if not cfg.level_pools or level >= cfg.max_level:
+        return WORDS[:cfg.n_words]
+    return WORDS[:max(2, round(cfg.n_words * level / cfg.max_level))]
+
+
+def _draw(rng: random.Random, spec: RoleSpec, cfg: WorldConfig) -> dict:
     fam = FAMILIES[rng.choice(spec.families)]
     level = rng.choice(spec.levels)
     template = rng.choice(spec.templates(fam))
-    return make_row(fam.name, level, template, fam.sample(rng, level))
+    return make_row(fam.name, level, template, fam.sample(rng, level, word_pool(cfg, level)))
 
 
 def _sample_role(role: str, cfg: WorldConfig, seen: set[str], max_tries: int = 500) -> list[dict]:
@@ -300,7 +317,7 @@ def _sample_role(role: str, cfg: WorldConfig, seen: set[str], max_tries: int = 5
     spec, rows = role_spec(role, cfg), []
     while len(rows) < spec.n:
         for _ in range(max_tries):
-            row = _draw(rng, spec)
+            row = _draw(rng, spec, cfg)
             if row["prompt"] not in seen:
                 break
         else:
@@ -381,20 +398,20 @@ def load_or_create_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Pat
 # ---- plain-LM pre-training text ---------------------------------------------------------------------------------
 
 
-def _fact_lexicon(rng: random.Random, level: int) -> str:
-    w = rng.sample(WORDS, min(len(WORDS), level + 1))
+def _fact_lexicon(rng: random.Random, level: int, cfg: WorldConfig) -> str:
+    w = rng.sample(word_pool(cfg, level), level + 1)
     tongue, lexicon = rng.choice((("old", LEXICON), ("new", NEW_LEXICON)))
     return f"In the {tongue} tongue, " + ", ".join(f"{x} is {lexicon[x]}" for x in w) + "."
 
 
-def _fact_numbers(rng: random.Random, level: int) -> str:
+def _fact_numbers(rng: random.Random, level: int, cfg: WorldConfig) -> str:
     x = _nums(rng, level)["nums"]
     return (f"After {_join(x)} come {_join(v + 1 for v in x)}. The numbers {_join(_digits(rng, level)['nums'])} "
             f"are small.")
 
 
-def _fact_scene(rng: random.Random, level: int) -> str:
-    w1, w2 = rng.sample(WORDS, 2)
+def _fact_scene(rng: random.Random, level: int, cfg: WorldConfig) -> str:
+    w1, w2 = rng.sample(word_pool(cfg, level), 2)
     where = rng.choice(("next to", "under", "on", "near", "behind"))
     return f"The {w1} is {where} the {w2}. There are {level + 1} of them."
 
@@ -441,11 +458,11 @@ def pretrain_corpus(cfg: WorldConfig, n: int, pool: str = "student") -> list[str
     banned |= {r["prompt"] for r in _sample_role("train", cfg, set(banned))}
     while len(texts) < n:
         if rng.random() >= cfg.pretrain_qa_frac:
-            texts.append(rng.choice(_FACTS)(rng, rng.choice(spec.levels)))
+            texts.append(rng.choice(_FACTS)(rng, rng.choice(spec.levels), cfg))
             continue
-        row = _draw(rng, spec)
+        row = _draw(rng, spec, cfg)
         while row["prompt"] in banned or _pool_of(row["prompt"]) != pool:
-            row = _draw(rng, spec)
+            row = _draw(rng, spec, cfg)
         qa = [row["instruction"], row["input"], row["output"]]
         texts.append(row["prompt"] + row["output"] if cfg.pretrain_template else "\n".join(s for s in qa if s))
     return texts
