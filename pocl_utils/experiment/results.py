@@ -101,7 +101,8 @@ class Registry:
     def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """Record a finished run: config, metrics, timings and provenance, written atomically last."""
         record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
-                  "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(), "finished_at": time.time()}
+                  "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(),
+                  "finished_at": time.time()}
         atomic_write_json(self.result_path(kind, key), record)
         return self.load(kind, key)  # the JSON form, identical to what a later skip returns
 

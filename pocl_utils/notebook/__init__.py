@@ -78,8 +78,8 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
     print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
           f"teacher {_model_text(p.teacher)}, "
-          f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, {p.n_seeds} in the "
-          f"ablations, × {len(p.eval_seeds)} sampling seeds; "
+          f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, "
+          f"{p.n_seeds} in the ablations, × {len(p.eval_seeds)} sampling seeds; "
           f"grid {p.grid!r}; workspace {ws.root}")
     return ws
 
@@ -291,7 +291,8 @@ def ranking_verdict(agreement: pd.DataFrame) -> str:
     best = rho.idxmax()
     verdict = "finds" if rho["fusion"] >= MEASURER_RHO else "does not find"
     return (f"The fused ranking {verdict} the true difficulty (Spearman ρ = {rho['fusion']:+.2f}; P2 asks for "
-            f"≥ {MEASURER_RHO}); the single best measurer here is {report.RANKING_NAMES[best]} (ρ = {rho[best]:+.2f}).")
+            f"≥ {MEASURER_RHO}); the single best measurer here is {report.RANKING_NAMES[best]} "
+            f"(ρ = {rho[best]:+.2f}).")
 
 
 def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:

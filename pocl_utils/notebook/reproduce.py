@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 def where_outputs(profile: str, log=print) -> None:
     """Say where this run's tables are and how to compare them with, or publish them as, the committed reference."""
     run, ref = _short(output_root() / "results" / profile), _short(REPO_ROOT / "results" / profile)
-    log(f"tables in {run}/, figures in {_short(output_root() / 'figures' / profile)}/ (the committed reference: {ref}/)")
+    figures = _short(output_root() / "figures" / profile)
+    log(f"tables in {run}/, figures in {figures}/ (the committed reference: {ref}/)")
     log(f"compare: diff -q {ref} {run}; publish as the reference: pocl-reproduce --profile {profile} --publish")
 
 
