@@ -56,13 +56,14 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-# Folders the collection writes into (tables, figures, benchmark reports): changes there do not make the code dirty.
+# Generated outputs (the reference tables and figures that `pocl-reproduce --publish` and scripts/ rewrite, benchmark
+# reports): changes there do not make the code dirty.
 GENERATED_OUTPUTS = ("results", "figures", "benchmarks/results", "benchmarks/RESULTS.md")
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
     """The repository's HEAD commit, with '+dirty' if tracked files outside GENERATED_OUTPUTS have changes (so a run
-    of the collection, which rewrites tables and figures as it goes, still records the clean commit), or 'unknown'."""
+    made while published tables or figures await their commit still records the clean commit), or 'unknown'."""
     excludes = [f":(exclude){path}" for path in GENERATED_OUTPUTS]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
