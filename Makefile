@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheels by default; set TORCH_INDEX=https://pypi.org/simple for the CUDA build on a GPU machine.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install test reproduce smoke bench clean-notebooks lab lab-notebooks
+.PHONY: install test reproduce publish smoke bench clean-notebooks lab lab-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,15 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-## The main job: the whole collection on the `laptop` profile (executed notebooks -> runs/, figures -> figures/).
+## The main job: the whole collection on the `laptop` profile (executed notebooks -> runs/<profile>/notebooks/,
+## tables and figures -> runs/results/<profile>/ and runs/figures/<profile>/; the committed results/ stay as they are).
 reproduce: install
 	$(BIN)/pocl-reproduce --profile $(PROFILE)
+
+## For maintainers: make the finished run of $(PROFILE) the committed reference in results/<profile>/ and
+## figures/<profile>/ (refused if the run is incomplete; history subfolders are kept).
+publish: install
+	$(BIN)/pocl-reproduce --profile $(PROFILE) --publish
 
 ## The test suite (includes executing every notebook on the `smoke` profile).
 test: install

@@ -169,3 +169,9 @@ def test_readme_where_each_piece_lives_matches_the_tree():
     for module in _modules():
         last = module.split(".")[-1]
         assert (f"{last}/" if (PACKAGE / last).is_dir() and module.count(".") == 1 else last) in mentioned, module
+
+
+def test_no_line_of_the_package_is_over_120_characters():
+    long = [f"{path.relative_to(PACKAGE.parent)}:{n}" for path in sorted(PACKAGE.rglob("*.py"))
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
+    assert not long, f"lines over 120 characters: {', '.join(long)}"

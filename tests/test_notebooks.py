@@ -19,6 +19,7 @@ from pocl_utils.curriculum import Stage
 from pocl_utils.data import EVAL_SETS
 from pocl_utils.difficulty import Ranking
 from pocl_utils.notebook.reproduce import NOTEBOOK_DIR, check_parameters, collection, kernel_name, run_collection
+from pocl_utils.experiment.workspace import RUNS_ROOT
 
 NOTEBOOKS = collection()
 
@@ -86,7 +87,10 @@ def test_output_folders_follow_pocl_output_dir(tmp_path, monkeypatch):
     assert nb.results_dir("smoke") == tmp_path / "results" / "smoke"
     assert nb.figures_dir("laptop") == tmp_path / "figures" / "laptop"
     monkeypatch.delenv("POCL_OUTPUT_DIR")
-    assert nb.results_dir("smoke") == nb.REPO_ROOT / "results" / "smoke"
+    monkeypatch.setenv("POCL_RUNS_DIR", str(tmp_path / "runs"))  # else the run folder, never the committed reference
+    assert nb.results_dir("smoke") == tmp_path / "runs" / "results" / "smoke"
+    monkeypatch.delenv("POCL_RUNS_DIR")
+    assert nb.figures_dir("smoke") == RUNS_ROOT / "figures" / "smoke" != nb.REPO_ROOT / "figures" / "smoke"
 
 
 # ---- the report helpers behind the tables ------------------------------------------------------------------------

@@ -85,7 +85,8 @@ def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: 
     for name in sorted(teacher, key=lambda k: EVAL_SETS.index(k) if k in EVAL_SETS else len(EVAL_SETS)):
         rows.append(premise_row(f"P1 teacher - SFT student on {name}", teacher[name] - sft[name], TEACHER_MARGIN_SFT))
         for rule, scores in rules.items():
-            rows.append(premise_row(f"P1 teacher - {rule} on {name}", teacher[name] - scores[name], TEACHER_MARGIN_RULE))
+            rows.append(premise_row(f"P1 teacher - {rule} on {name}", teacher[name] - scores[name],
+                                    TEACHER_MARGIN_RULE))
     return rows
 
 
@@ -101,7 +102,8 @@ def measurer_rows(rouge_l, fused, true_difficulty) -> list[dict]:
     """P2 rows: Spearman(fusion rank, true difficulty) (only when the truth is known, i.e. not None) and the share of
     rows whose greedy ROUGE-L is 0."""
     zero = float(np.mean(np.asarray(rouge_l) == 0.0))
-    rows = [premise_row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE, at_most=True)]
+    rows = [premise_row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE,
+                        at_most=True)]
     if true_difficulty is not None:
         rho = float(stats.spearmanr(fusion_rank(fused), true_difficulty).statistic)
         rows.insert(0, premise_row("P2 Spearman(fusion rank, true difficulty)", rho, MEASURER_RHO))

@@ -59,7 +59,8 @@ def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.
     """Rows = method/variant, columns = datasets (+ Avg), cells 'mean ± CI'."""
     cells = summary_df.assign(cell=[fmt.format(mean=r["mean"], ci95=0.0 if np.isnan(r["ci95"]) else r["ci95"])
                                     for _, r in summary_df.iterrows()])
-    table = cells.pivot_table(index=["method", "variant"], columns="dataset", values="cell", aggfunc="first", sort=False)
+    table = cells.pivot_table(index=["method", "variant"], columns="dataset", values="cell", aggfunc="first",
+                              sort=False)
     cols = [c for c in list(EVAL_SETS) + ["Avg"] if c in table.columns]
     return table[cols]
 
@@ -117,7 +118,8 @@ def compare_with_paper(df: pd.DataFrame, table: int, comparisons: list[tuple[tup
     out = []
     for base, other in comparisons:
         ours = paired(df, base, other)
-        theirs = paper_diff(table, (base[0], rename.get(base[1], base[1])), (other[0], rename.get(other[1], other[1])), family)
+        theirs = paper_diff(table, (base[0], rename.get(base[1], base[1])), (other[0], rename.get(other[1], other[1])),
+                            family)
         for _, r in ours.iterrows():
             p = theirs.get(r["dataset"], np.nan)
             agree = "" if np.isnan(p) or np.isnan(r["diff"]) else ("yes" if np.sign(p) == np.sign(r["diff"]) else "no")
@@ -411,7 +413,8 @@ def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
     for ax, method in zip(axes, ("rouge_l", "ce", "fusion")):
         sns.boxplot(data=frame, x="true_difficulty", y=f"rank_{method}", ax=ax, color="#9ecae1", fliersize=2)
         r = "undefined: all scores tie" if np.isnan(rho[method]) else f"{rho[method]:+.2f}"
-        ax.set(title=f"{RANKING_NAMES[method]} (Spearman ρ = {r})", xlabel="true difficulty", ylabel="rank (1 = easiest)")
+        ax.set(title=f"{RANKING_NAMES[method]} (Spearman ρ = {r})", xlabel="true difficulty",
+               ylabel="rank (1 = easiest)")
     fig.tight_layout()
     return fig
 

@@ -27,7 +27,8 @@ from .results import RegistryError, atomic_write_text, exclusive_lock
 
 def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
               size: str | None = None, out: Path | None = None, log=print) -> Path:
-    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path."""
+    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its
+    path."""
     from ..analysis import report
     from . import runner
     from .pipeline import prepare
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")
     ap.add_argument("--seeds", type=int, default=None, help="training seeds per configuration (default: the profile's)")
     ap.add_argument("--size", default=None, help="full | table1 | minimal (default: the profile's grid size)")
-    ap.add_argument("--out", type=Path, default=None, help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
     import torch

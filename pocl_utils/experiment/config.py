@@ -100,7 +100,8 @@ def _profiles() -> dict[str, Profile]:
         greedy_max_examples=16,
         valid_max_examples=8, valid_checks=2, workers=1, grid="minimal")
     # laptop: Table 1 (the headline claim) gets 5 training seeds, the paper's count; the ablations keep 3 so that the
-    # main job stays within 60 min. With 3 seeds the paired 95% CI is ±4.30·sd/√3, with 5 it is ±2.78·sd/√5: half.
+    # main job stays within 60 min. With 3 seeds the paired 95% CI is ±4.30·sd/√3, with 5 it is ±2.78·sd/√5:
+    # half.
     # laptop: world version 2 as probe v2g set it (FINDINGS.md; P1 does not hold yet): a token per made-up word; the
     # teacher pre-trained, then SFT mixed with half pre-training blocks; the student warm-started on 3,000 steps of
     # templated demonstrations. Sampled evaluation on 100 rows per set (the paper's protocol), greedy on every row.

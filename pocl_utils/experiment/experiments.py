@@ -42,7 +42,8 @@ def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
                      pocl(m, s, alpha=(0.3, 0.3), variant="+POCL (w/o ratio)"),
                      pocl(m, s)]
     runs += [baseline("GKD", s) for s in _seeds(n_seeds)]
-    runs += [r for s in _seeds(n_seeds) for r in (pocl("GKD", s, tau=(1.0, 1.0), variant="+POCL (w/o temp.)"), pocl("GKD", s))]
+    runs += [r for s in _seeds(n_seeds)
+             for r in (pocl("GKD", s, tau=(1.0, 1.0), variant="+POCL (w/o temp.)"), pocl("GKD", s))]
     return runs
 
 
@@ -73,8 +74,10 @@ def ratio_ablation(n_seeds: int) -> list[RunSpec]:
     kld = {(0.3, 0.0): "+POCL (ratio 0.3-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.3): "+POCL (ratio 0.3-0.3)",
            (0.0, 0.0): "+POCL (ratio 0-0)"}
     gkd = {(0.0, 0.0): "+POCL (ratio 0-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.0): "+POCL (ratio 0.3-0)"}
-    runs = [baseline("KLD", s) for s in _seeds(n_seeds)] + [pocl("KLD", s, alpha=a, variant=v) for a, v in kld.items() for s in _seeds(n_seeds)]
-    runs += [baseline("GKD", s) for s in _seeds(n_seeds)] + [pocl("GKD", s, alpha=a, variant=v) for a, v in gkd.items() for s in _seeds(n_seeds)]
+    runs = ([baseline("KLD", s) for s in _seeds(n_seeds)]
+            + [pocl("KLD", s, alpha=a, variant=v) for a, v in kld.items() for s in _seeds(n_seeds)])
+    runs += ([baseline("GKD", s) for s in _seeds(n_seeds)]
+             + [pocl("GKD", s, alpha=a, variant=v) for a, v in gkd.items() for s in _seeds(n_seeds)])
     return runs
 
 

@@ -56,13 +56,14 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-# Folders the collection writes into (tables, figures, benchmark reports): changes there do not make the code dirty.
+# Generated outputs (the reference tables and figures that `pocl-reproduce --publish` and scripts/ rewrite, benchmark
+# reports): changes there do not make the code dirty.
 GENERATED_OUTPUTS = ("results", "figures", "benchmarks/results", "benchmarks/RESULTS.md")
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
     """The repository's HEAD commit, with '+dirty' if tracked files outside GENERATED_OUTPUTS have changes (so a run
-    of the collection, which rewrites tables and figures as it goes, still records the clean commit), or 'unknown'."""
+    made while published tables or figures await their commit still records the clean commit), or 'unknown'."""
     excludes = [f":(exclude){path}" for path in GENERATED_OUTPUTS]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -101,7 +102,8 @@ class Registry:
     def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """Record a finished run: config, metrics, timings and provenance, written atomically last."""
         record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
-                  "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(), "finished_at": time.time()}
+                  "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(),
+                  "finished_at": time.time()}
         atomic_write_json(self.result_path(kind, key), record)
         return self.load(kind, key)  # the JSON form, identical to what a later skip returns
 

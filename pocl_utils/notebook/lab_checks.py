@@ -1,9 +1,9 @@
 """The lab's grader: each `check_*` runs a student's function on several inputs (edge cases included) and compares it
 with pocl_utils's own implementation.
 
-A check prints "✓ correct" when every input agrees. Otherwise it raises `WrongAnswer` (an AssertionError) whose message
-names the input, the expected and the received value, and a hint about the likely mistake. A function that still
-raises NotImplementedError gives `NotImplementedYet` ("not implemented yet"). In the notebook, `check(name, ...)`
+A check prints "✓ correct" when every input agrees. Otherwise it raises `WrongAnswer` (an AssertionError) whose
+message names the input, the expected and the received value, and a hint about the likely mistake. A function that
+still raises NotImplementedError gives `NotImplementedYet` ("not implemented yet"). In the notebook, `check(name, ...)`
 prints the verdict and never raises, so a half-done lab still runs to the end, and `pick(name, ...)` hands the
 experiment the student's functions once they pass and pocl_utils's until then.
 """

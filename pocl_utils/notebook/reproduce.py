@@ -2,7 +2,8 @@
 
 Executed copies go to `runs/<profile>/notebooks/` (ignored by git; `--runs-root` or $POCL_RUNS_DIR moves `runs/`),
 written atomically: a failed or interrupted notebook is kept beside the last good copy under a name that says so.
-Tables and figures go to `results/<profile>/` and `figures/<profile>/` (under $POCL_OUTPUT_DIR when set).
+Tables and figures go to `results/<profile>/` and `figures/<profile>/` under the runs root (under $POCL_OUTPUT_DIR
+when set), not into the committed reference results; `--publish` copies a finished run there (see outputs).
 Parameters are checked against each notebook's `parameters` cell before anything runs, so a typo fails at once
 with the list of valid names instead of being silently ignored. The student lab (11_lab) is not part of the main
 job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs/<profile>/lab/
@@ -23,6 +24,7 @@ from typing import Any
 from ..experiment.config import PROFILES, ConfigError, get_profile
 from ..experiment.results import REPO_ROOT, atomic_write_json
 from ..experiment.workspace import RUNS_ROOT
+from .outputs import UNFINISHED, PublishError, output_root, publish
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -148,7 +150,6 @@ def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str
     return final
 
 
-UNFINISHED = ("failed", "interrupted")
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]  # ipykernel's own log (its TCP warning, its errors while the client
 # goes away on Ctrl-C) is not for the user; errors in cells still reach the executed notebook and the exit message
 
@@ -236,7 +237,9 @@ where things go:
                        a failed or interrupted notebook is kept beside the last good one as <name>.failed.ipynb or
                        <name>.interrupted.ipynb
   prepared steps, runs <runs root>/<profile>/ (finished runs are kept: a re-run continues where it stopped)
-  tables, figures      results/<profile>/ and figures/<profile>/ under $POCL_OUTPUT_DIR, else the repository root
+  tables, figures      results/<profile>/ and figures/<profile>/ under $POCL_OUTPUT_DIR, else the runs root
+  reference results    the committed results/<profile>/ and figures/<profile>/ of the repository; only --publish
+                       changes them (it copies a finished run there; their other files and subfolders are kept)
 """
 
 
@@ -251,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for prepared steps, runs and executed notebooks (sets POCL_RUNS_DIR for the kernels; "
                          "default $POCL_RUNS_DIR, else ./runs)")
     ap.add_argument("--lab", action="store_true", help="also run the lab's solutions variant (generated first)")
+    ap.add_argument("--publish", action="store_true",
+                    help="run nothing: copy this profile's finished run into the committed results/<profile>/ and "
+                         "figures/<profile>/ (refused if a notebook has not finished or a table is missing)")
     args = ap.parse_args(argv)
     root, kwargs = RUNS_ROOT, {}
     if args.runs_root:
@@ -258,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["POCL_RUNS_DIR"] = str(root)  # the kernels inherit it (workspace.RUNS_ROOT)
         kwargs["out_dir"] = root / args.profile / "notebooks"
     notebooks = collection(profile=args.profile)
+    if args.publish:
+        return _publish(args.profile, notebooks, root / args.profile / "notebooks")
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
     extra = {k: _parse(v) for k, v in args.param}
@@ -268,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             from .lab import write
             notebooks.append(write(root / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
         run_collection(args.profile, notebooks=notebooks, extra=extra, **kwargs)
+        where_outputs(args.profile)
     except ConfigError as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
         return 2
@@ -284,6 +293,33 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         else:
             print(f"pocl-reproduce: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def where_outputs(profile: str, log=print) -> None:
+    """Say where this run's tables are and how to compare them with, or publish them as, the committed reference."""
+    run, ref = _short(output_root() / "results" / profile), _short(REPO_ROOT / "results" / profile)
+    figures = _short(output_root() / "figures" / profile)
+    log(f"tables in {run}/, figures in {figures}/ (the committed reference: {ref}/)")
+    log(f"compare: diff -q {ref} {run}; publish as the reference: pocl-reproduce --profile {profile} --publish")
+
+
+def _short(path: Path) -> str:
+    """`path` relative to the working directory when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _publish(profile: str, notebooks: list[Path], executed: Path) -> int:
+    try:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+        publish(profile, notebooks, executed, output_root())
+    except (ConfigError, PublishError) as e:
+        print(f"pocl-reproduce: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -55,8 +55,8 @@ def _state():
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
     if state.num_processes <= 1:
         raise RuntimeError(f"pocl_utils.training.distributed: the environment says {os.environ.get('WORLD_SIZE')} "
-                           f"processes but accelerate found none (distributed_type {state.distributed_type}); launch with "
-                           f"`accelerate launch --config_file configs/accelerate/<config>.yaml`")
+                           f"processes but accelerate found none (distributed_type {state.distributed_type}); launch "
+                           f"with `accelerate launch --config_file configs/accelerate/<config>.yaml`")
     return state
 
 

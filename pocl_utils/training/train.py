@@ -35,7 +35,8 @@ from .objective import TeacherHidden, linear_objective
 class Batch:
     input_ids: torch.Tensor  # [B, T] right-padded prompt + response
     attention_mask: torch.Tensor  # [B, T]
-    labels: torch.Tensor  # [B, T] aligned with logit positions: labels[b, t] = token t+1 if it is a response token, else -100
+    # [B, T] aligned with logit positions: labels[b, t] = token t+1 if it is a response token, else -100
+    labels: torch.Tensor
     positions: torch.Tensor | None = None  # [N] flat indices b * T + t of the targets, found on the CPU (no host sync)
 
     def to(self, device: torch.device) -> "Batch":
@@ -108,7 +109,8 @@ class TeacherCache:
     points f is cubic-Hermite interpolated in s from f and f' at the two neighbours (f is the tail's log-partition
     function, smooth and convex in s; error ~ h^4 |f''''| / 384, measured <= 1e-4 on SmolLM2 rows); tau outside the
     grid raises. What remains is the tail's shape: the rebuilt tempered tail is flat, so the FKL loss misses part of
-    the teacher's entropy (constant w.r.t. the student), and the gradient errs where the student's mass sits in the tail.
+    the teacher's entropy (constant w.r.t. the student), and the gradient errs where the student's mass sits in the
+    tail.
     """
 
     logits: torch.Tensor | None  # exact: [R, V] float32
@@ -187,13 +189,14 @@ class TeacherCache:
                            int(d["vocab_size"].reshape(-1)[0]), tuple(d["tail_taus"].tolist()), d["log_tail_mass"],
                            d["tail_mean_logp"])
         except ValueError as e:
-            raise CheckpointError(f"{path}: inconsistent teacher cache ({e}); delete it and re-run, which rebuilds it") from e
+            raise CheckpointError(f"{path}: inconsistent teacher cache ({e}); delete it and re-run, which rebuilds "
+                                  f"it") from e
         if "offsets" in d and all(k in d for k in TOP_K_FILE_KEYS[:4]):
             raise CheckpointError(f"{path}: top-k teacher cache written before the tempered tail statistics "
-                                  f"({', '.join(TOP_K_FILE_KEYS[4:])}) were stored, so its rows are only right at tau = 1; "
-                                  f"delete it and re-run, which rebuilds it")
-        raise CheckpointError(f"{path}: not a teacher cache: it holds tensors {sorted(d)}; expected 'logits' + 'offsets' "
-                              f"(exact) or {', '.join(repr(k) for k in TOP_K_FILE_KEYS)} + 'offsets' (top-k)")
+                                  f"({', '.join(TOP_K_FILE_KEYS[4:])}) were stored, so its rows are only right at "
+                                  f"tau = 1; delete it and re-run, which rebuilds it")
+        raise CheckpointError(f"{path}: not a teacher cache: it holds tensors {sorted(d)}; expected 'logits' + "
+                              f"'offsets' (exact) or {', '.join(repr(k) for k in TOP_K_FILE_KEYS)} + 'offsets' (top-k)")
 
 
 def _check_top_k_parts(top: torch.Tensor, ids: torch.Tensor | None, rest: torch.Tensor | None, vocab: int) -> None:
@@ -204,7 +207,8 @@ def _check_top_k_parts(top: torch.Tensor, ids: torch.Tensor | None, rest: torch.
         raise ValueError(f"TeacherCache: token_ids {tuple(ids.shape)} and log_rest {tuple(rest.shape)} do not match "
                          f"top_logprobs {tuple(top.shape)}")
     if not 1 <= top.shape[1] <= vocab:
-        raise ValueError(f"TeacherCache: top-k needs 1 <= k <= vocab_size, got k = {top.shape[1]}, vocab_size = {vocab}")
+        raise ValueError(f"TeacherCache: top-k needs 1 <= k <= vocab_size, got k = {top.shape[1]}, "
+                         f"vocab_size = {vocab}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"TeacherCache: token_ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
 
@@ -220,7 +224,8 @@ def _check_tail_taus(taus) -> tuple[float, ...]:
     return taus
 
 
-def _check_tail_parts(taus, mass: torch.Tensor | None, slope: torch.Tensor | None, rest: torch.Tensor) -> tuple[float, ...]:
+def _check_tail_parts(taus, mass: torch.Tensor | None, slope: torch.Tensor | None,
+                      rest: torch.Tensor) -> tuple[float, ...]:
     """The tail statistics of top-k mode: taus as a tuple of floats; raises ValueError naming the bad field."""
     if mass is None or slope is None:
         raise ValueError("TeacherCache: top-k mode needs tail_taus [G] with log_tail_mass and tail_mean_logp [R, G] "
@@ -245,8 +250,8 @@ def compress_top_k(logits: torch.Tensor, k: int, tail_taus: tuple[float, ...] = 
 
 
 def _tail_moments(tail: torch.Tensor, taus: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(s) = log sum_v exp(s tail_v) and f'(s) = the exp(s tail)-weighted mean of tail, over the finite entries, at each
-    s = 1 / tau: [n, G] each. tail: [n, V] log p with -inf off the tail. One max per row and one exp per tau (a
+    """f(s) = log sum_v exp(s tail_v) and f'(s) = the exp(s tail)-weighted mean of tail, over the finite entries, at
+    each s = 1 / tau: [n, G] each. tail: [n, V] log p with -inf off the tail. One max per row and one exp per tau (a
     logsumexp per tau would take two); an empty tail (k = V, or only -inf logits left) gives f = -inf, f' = 0."""
     top = tail.amax(dim=-1, keepdim=True)  # [n, 1]; the max of s * tail is s * top for s > 0
     shifted = tail - torch.where(torch.isinf(top), 0.0, top)  # [n, V] <= 0; -inf off the tail
@@ -598,7 +603,8 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
         batches = epoch_batches(np.arange(len(encoded)), spec.batch_size, rng)
 
     def loss_fn(idx: list[int], step: int, batch: list[int]):
-        return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0, alpha=1.0)
+        return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0,
+                         alpha=1.0)
 
     return run_steps(model, loss_fn, batches, steps or total_steps(len(encoded), spec), spec, desc=desc)
 
@@ -620,7 +626,8 @@ class KDContext:
 
 def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
                rng: np.random.Generator) -> LossFn:
-    """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the teacher.
+    """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the
+    teacher.
 
     The live teacher is frozen (`models.freeze_teacher`: no gradients; stored in bf16 on a GPU)."""
     device = next(student.parameters()).device

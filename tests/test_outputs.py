@@ -1,0 +1,160 @@
+"""A run's tables and figures go to the ignored run folder, never into the committed reference results; `--publish`
+copies a finished run there whole (history subfolders kept) and refuses an unfinished one without touching anything."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pocl_utils.notebook.outputs import PublishError, publish
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folders`: (size, mtime in ns), to tell whether anything was written there."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for f in folders if f.exists()
+            for p in sorted(f.rglob("*"))}
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_writes_tables_and_figures_into_the_run_folder_not_the_reference(tmp_path):
+    """`pocl-reproduce` with one notebook that saves a table and a figure through the facade, as every notebook does:
+    both land under the runs root; the repository's results/ and figures/ are not written; the last lines say where
+    the tables are and how to publish them."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "laptop"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(textwrap.dedent("""
+        import types
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import pandas as pd
+        from pocl_utils import notebook as nb
+        ws = types.SimpleNamespace(profile=profile)
+        nb.save_table(ws, pd.DataFrame({"a": [1, 2]}), "probe_table")
+        nb.save_figure(ws, plt.figure(), "probe_figure")"""))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "10_probe.ipynb"
+    nbformat.write(nb, path)
+    runs = tmp_path / "runs"
+    reference = [REPO / "results", REPO / "figures"]
+    before = _snapshot(*reference)
+    script = (f"import sys; from pathlib import Path; from pocl_utils.notebook import reproduce; "
+              f"reproduce.collection = lambda profile: [Path({str(path)!r})]; "
+              f"sys.exit(reproduce.main(['--profile', 'laptop', '--runs-root', {str(runs)!r}]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("POCL_OUTPUT_DIR", "POCL_RUNS_DIR")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (runs / "results" / "laptop" / "probe_table.csv").read_text() == "a\n1\n2\n"
+    assert (runs / "figures" / "laptop" / "probe_figure.png").stat().st_size > 0
+    assert (runs / "laptop" / "notebooks" / "10_probe.ipynb").exists()
+    assert _snapshot(*reference) == before  # the committed reference results were not touched
+    last = proc.stdout.strip().splitlines()[-2:]
+    assert last[0] == ("tables in runs/results/laptop/, figures in runs/figures/laptop/ (the committed reference: "
+                       f"{REPO / 'results' / 'laptop'}/)"), last
+    assert last[1].endswith("publish as the reference: pocl-reproduce --profile laptop --publish")
+
+
+# ---- publish ------------------------------------------------------------------------------------------------------
+
+
+def _run(tmp_path: Path, notebooks=("00_data", "10_tables_and_figures")) -> tuple[list[Path], Path, Path]:
+    """A finished fake run: executed notebooks, the required tables, one more table and a figure."""
+    executed, output = tmp_path / "runs" / "laptop" / "notebooks", tmp_path / "runs"
+    executed.mkdir(parents=True)
+    for stem in notebooks:
+        (executed / f"{stem}.ipynb").write_text("{}")
+    tables = output / "results" / "laptop"
+    tables.mkdir(parents=True)
+    for name, text in (("profile.json", "{}\n"), ("runs.csv", "run_key\nnew\n"), ("claims_summary.csv", "c\n1\n"),
+                       ("table1_kd_methods_ours.csv", "m\n2\n")):
+        (tables / name).write_text(text)
+    (output / "figures" / "laptop").mkdir(parents=True)
+    (output / "figures" / "laptop" / "training_logs.png").write_bytes(b"\x89PNG new")
+    return [Path(f"notebooks/{stem}.ipynb") for stem in notebooks], executed, output
+
+
+def _reference(tmp_path: Path) -> Path:
+    """The committed reference as it is before publishing: an older run, history and a script's table."""
+    ref = tmp_path / "repo"
+    (ref / "results" / "laptop" / "run1_3seeds").mkdir(parents=True)
+    (ref / "results" / "laptop" / "runs.csv").write_text("run_key\nold\n")
+    (ref / "results" / "laptop" / "measurer_probe.csv").write_text("probe\n")
+    (ref / "results" / "laptop" / "run1_3seeds" / "runs.csv").write_text("run_key\nhistory\n")
+    (ref / "figures" / "laptop").mkdir(parents=True)
+    (ref / "figures" / "laptop" / "training_logs.png").write_bytes(b"\x89PNG old")
+    return ref
+
+
+def test_publish_copies_the_run_and_keeps_history(tmp_path):
+    notebooks, executed, output = _run(tmp_path)
+    ref = _reference(tmp_path)
+    lines, run_before = [], _tree(output)
+    done = publish("laptop", notebooks, executed, output, reference=ref, log=lines.append)
+    assert done == [ref / "results" / "laptop", ref / "figures" / "laptop"]
+    assert _tree(ref / "results" / "laptop") == {
+        "claims_summary.csv": b"c\n1\n", "measurer_probe.csv": b"probe\n", "profile.json": b"{}\n",
+        "run1_3seeds/runs.csv": b"run_key\nhistory\n", "runs.csv": b"run_key\nnew\n",
+        "table1_kd_methods_ours.csv": b"m\n2\n"}
+    assert _tree(ref / "figures" / "laptop") == {"training_logs.png": b"\x89PNG new"}
+    assert sorted(p.name for p in (ref / "results").iterdir()) == ["laptop"]  # no staging folder left behind
+    assert any("measurer_probe.csv" in line and "kept" in line for line in lines)
+    assert _tree(output) == run_before  # the run itself is only read
+
+
+def test_publish_into_an_empty_reference_and_after_an_interrupted_publish(tmp_path):
+    notebooks, executed, output = _run(tmp_path)
+    ref = tmp_path / "repo"
+    (ref / "results").mkdir(parents=True)
+    # a publish killed between its two renames: the old reference waits beside its missing place
+    (ref / "results" / ".laptop.publish.old").mkdir()
+    (ref / "results" / ".laptop.publish.old" / "measurer_probe.csv").write_text("probe\n")
+    (ref / "results" / ".laptop.publish.tmp").mkdir()  # a half-built stage
+    (ref / "results" / ".laptop.publish.tmp" / "runs.csv").write_text("half")
+    publish("laptop", notebooks, executed, output, reference=ref, log=lambda s: None)
+    assert _tree(ref / "results" / "laptop")["measurer_probe.csv"] == b"probe\n"  # recovered, then kept
+    assert _tree(ref / "results" / "laptop")["runs.csv"] == b"run_key\nnew\n"
+    assert sorted(p.name for p in (ref / "results").iterdir()) == ["laptop"]
+    assert _tree(ref / "figures" / "laptop") == {"training_logs.png": b"\x89PNG new"}
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda ex, out: (ex / "10_tables_and_figures.failed.ipynb").write_text("{}"),
+     "10_tables_and_figures failed (see "),
+    (lambda ex, out: (ex / "10_tables_and_figures.interrupted.ipynb").write_text("{}"),
+     "10_tables_and_figures interrupted (see "),
+    (lambda ex, out: (ex / "00_data.ipynb").unlink(), "00_data has not run (no "),
+    (lambda ex, out: (out / "results" / "laptop" / "claims_summary.csv").unlink(), "table claims_summary.csv is missing"),
+    (lambda ex, out: (out / "figures" / "laptop" / "training_logs.png").unlink(), "no figure in "),
+])
+def test_publish_refuses_an_unfinished_run_and_touches_nothing(tmp_path, break_it, message):
+    notebooks, executed, output = _run(tmp_path)
+    break_it(executed, output)
+    ref = _reference(tmp_path)
+    before = _snapshot(ref)
+    with pytest.raises(PublishError) as err:
+        publish("laptop", notebooks, executed, output, reference=ref, log=lambda s: None)
+    assert str(err.value).startswith(f"cannot publish 'laptop': {message}")
+    assert str(err.value).endswith("; finish the run first (pocl-reproduce --profile laptop)")
+    assert _snapshot(ref) == before
+
+
+def test_publish_refusal_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("POCL_OUTPUT_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "pocl_utils.notebook.reproduce", "--profile", "smoke", "--publish",
+                           "--runs-root", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pocl-reproduce: cannot publish 'smoke': 00_data has not run (no ")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
