@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,40 @@ def test_shards_partition_the_batch_in_order(monkeypatch):
             parts.append(distributed.shard(indices))
         assert sum(parts, []) == indices
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+class _FakeState:
+    """Stands in for accelerate's PartialState on 2 processes: records what `main_first` asks of it."""
+
+    num_processes = 2
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @contextmanager
+    def main_process_first(self):
+        self.calls.append("enter")
+        yield
+        self.calls.append("exit")
+
+
+def test_main_first_runs_its_block_alone_through_accelerates_main_process_first(monkeypatch):
+    """Inside `main_first` (accelerate's `main_process_first`) the process sees a world of 1, so the block makes no
+    collective call; the world is restored when the block ends, also when it raises."""
+    state = _FakeState()
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setattr(distributed, "_state", lambda: state)
+    assert distributed.world_size() == 2
+    with distributed.main_first():
+        assert distributed.world_size() == 1 and state.calls == ["enter"]
+        with distributed.main_first():  # nested: already alone, no second barrier
+            assert distributed.world_size() == 1
+    assert distributed.world_size() == 2 and state.calls == ["enter", "exit"]
+    with pytest.raises(RuntimeError), distributed.alone():
+        assert distributed.world_size() == 1
+        raise RuntimeError("a failing step")
+    assert distributed.world_size() == 2
+    assert not hasattr(distributed, "_solo")  # no module-global flag
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))

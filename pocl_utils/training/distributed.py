@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from functools import lru_cache, partial
 from types import MethodType
@@ -40,7 +41,10 @@ from ..modeling.heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidde
 # ranks wait at a barrier; a dead rank does not leave the others hanging that long, since torchrun then stops them all.
 TIMEOUT = timedelta(hours=24)
 _ENV_WORLD = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # torchrun, then MPI launchers
-_solo = False  # inside `main_first`: this process runs as a 1-process program (no collectives)
+# True inside `main_first`'s block: this process runs as a 1-process program (no collectives). A context variable,
+# not a module flag: its value belongs to the block that set it, is restored when the block exits (also on an
+# error), and is per thread.
+_ALONE: ContextVar[bool] = ContextVar("pocl_alone", default=False)
 
 
 def launched() -> bool:
@@ -62,7 +66,7 @@ def _state():
 
 def world_size() -> int:
     """Processes training together (1 when not launched, or inside `main_first`)."""
-    return 1 if _solo or not launched() else _state().num_processes
+    return 1 if _ALONE.get() or not launched() else _state().num_processes
 
 
 def rank() -> int:
@@ -255,24 +259,28 @@ def broadcast(obj: Any) -> Any:
 
 
 @contextmanager
-def main_first() -> Iterator[None]:
-    """Run the block on the main rank first, as a 1-process program (no collectives inside), then on the others.
-
-    For steps cached on disk (`pipeline.prepare`): the main rank builds them alone while the others wait at a
-    barrier; the others then run the same block and find everything built. Without a launch it just runs the block."""
-    global _solo
-    if world_size() == 1:
-        yield
-        return
-    if not is_main():
-        barrier()
-    _solo = True
+def alone() -> Iterator[None]:
+    """Run the block as a 1-process program on this process: `world_size()` is 1 inside, so nothing in it makes a
+    collective call (no other rank is there to answer)."""
+    token = _ALONE.set(True)
     try:
         yield
     finally:
-        _solo = False
-    if is_main():
-        barrier()
+        _ALONE.reset(token)
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on the main rank first, as a 1-process program (`alone`), then on the others (accelerate's
+    `main_process_first`: barriers before the others' turn and after the main rank's).
+
+    For steps cached on disk (`pipeline.prepare`): the main rank builds them alone while the others wait at a
+    barrier; the others then run the same block and find everything built. Without a launch it just runs the block."""
+    if world_size() == 1:
+        yield
+        return
+    with _state().main_process_first(), alone():
+        yield
 
 
 def close() -> None:
