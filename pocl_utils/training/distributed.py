@@ -12,8 +12,9 @@ on CPU) and pins each process to its GPU. `train.run_steps` first calls `prepare
   while the backward runs: every rank holds the 1-process gradient, clips it and takes the same optimizer step, and
   the replicas stay identical.
 
-Launched with an FSDP config (`ACCELERATE_USE_FSDP=true`, e.g. configs/accelerate/fsdp.yaml), `prepare_model` shards the
-trained model with FSDP2 (`shard_model`: `fully_shard`, one unit per transformer block plus the root): each rank then
+Launched with an FSDP config (e.g. configs/accelerate/fsdp.yaml, read by accelerate's `FullyShardedDataParallelPlugin`,
+`fsdp_plugin`), `prepare_model` shards the trained model with FSDP2 as the plugin sets it (`shard_model`:
+`fully_shard`, one unit per transformer block plus the root): each rank then
 holds 1/N of the parameters, gradients and AdamW state, FSDP gathers a block's weights for its forward and backward,
 and the backward reduce-scatters the gradients (summed, as under DDP). Everything else above stays the same, so an
 FSDP step also equals the 1-process step. Every rank must then call the model the same number of times: evaluation
@@ -154,7 +155,22 @@ def is_prepared(model: torch.nn.Module) -> bool:
 
 def fsdp() -> bool:
     """True when launched on several processes with an FSDP config: trained models are sharded (`shard_model`)."""
-    return world_size() > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return world_size() > 1 and fsdp_plugin() is not None
+
+
+def fsdp_plugin():
+    """accelerate's `FullyShardedDataParallelPlugin` of this launch: the FSDP settings of the config yaml (exported
+    by `accelerate launch` as ACCELERATE_USE_FSDP and FSDP_*), parsed by accelerate; None when not an FSDP launch.
+    pocl shards with FSDP2 only: an FSDP1 config (fsdp_version 1) raises."""
+    from accelerate.utils import FullyShardedDataParallelPlugin, parse_flag_from_env
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return None
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"pocl_utils.training.distributed: the accelerate config asks for FSDP version "
+                         f"{plugin.fsdp_version}; pocl shards with FSDP2: set fsdp_config.fsdp_version: 2 (as "
+                         f"configs/accelerate/fsdp.yaml)")
+    return plugin
 
 
 @lru_cache(maxsize=None)
@@ -163,29 +179,35 @@ def _mesh():
     return init_device_mesh(device().type, (world_size(),))
 
 
-def block_classes(model: torch.nn.Module) -> set[str]:
-    """Class names of the model's FSDP units: the config's fsdp_transformer_layer_cls_to_wrap (accelerate passes it as
-    FSDP_TRANSFORMER_CLS_TO_WRAP) and the model's own `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one
-    config serves both the OPT and the GPT-2 profiles."""
-    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if n.strip()}
+def block_classes(model: torch.nn.Module, plugin=None) -> set[str]:
+    """Class names of the model's FSDP units: the plugin's transformer_cls_names_to_wrap (the config's
+    fsdp_transformer_layer_cls_to_wrap; default: accelerate's plugin read from the environment) and the model's own
+    `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2
+    profiles."""
+    if plugin is None:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    names = set(plugin.transformer_cls_names_to_wrap or ())
     return names | set(getattr(model, "_no_split_modules", None) or ())
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Under an FSDP launch, shard `model` in place over the ranks (FSDP2: each transformer block a unit, then the root,
-    which holds the embeddings and the tied LM head) with gradients summed, not averaged; otherwise, or if it is
-    sharded already, return it unchanged."""
+    """Under an FSDP launch, shard `model` in place over the ranks with FSDP2, as accelerate's plugin (`fsdp_plugin`)
+    sets it (reshard_after_forward, offloading, the block classes): each transformer block a unit, then the root, which
+    holds the embeddings and the tied LM head; gradients summed, not averaged. Otherwise, or if it is sharded already,
+    return it unchanged."""
     if not fsdp() or is_sharded(model):
         return model
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
-    names = block_classes(model)
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+    plugin = fsdp_plugin()
+    kwargs = {"mesh": _mesh(), "reshard_after_forward": plugin.reshard_after_forward,
+              "offload_policy": plugin.cpu_offload}
+    names = block_classes(model, plugin)
     for block in [m for m in model.modules() if type(m).__name__ in names]:
-        fully_shard(block, mesh=_mesh(), reshard_after_forward=reshard)
-    fully_shard(model, mesh=_mesh(), reshard_after_forward=reshard)
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
     # `logits_at_positions` calls the inner model and the LM head directly, past the root's forward hooks that gather
     # the root's parameters (embeddings, head); bound to the model and registered, it runs inside those hooks
-    from torch.distributed.fsdp import register_fsdp_forward_method
     for name, method in ((LOGITS_AT, logits_at_positions), (HIDDEN_AT, hidden_at_positions)):
         setattr(model, name, MethodType(method, model))
         register_fsdp_forward_method(model, name)
@@ -204,17 +226,17 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every tensor whole: sharded ones are gathered (a collective: every rank must call
-    it). Tied tensors (embeddings and LM head) stay one tensor under both names, as in `model.state_dict()`."""
-    from torch.distributed.tensor import DTensor
+    """The model's state dict with every tensor whole: a sharded one is gathered by torch's distributed-checkpoint
+    `get_model_state_dict` (full_state_dict, as accelerate's `Accelerator.get_state_dict` asks for FSDP2, but on every
+    rank: each keeps its own checkpoint to resume from; a collective: every rank must call it). Tied names
+    (embeddings and LM head) share one tensor, as in `model.state_dict()`."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    first: dict[int, torch.Tensor] = {}
     owner = _owners(model)
-    whole: dict = {}
-    out = {}
-    for name, t in model.state_dict().items():
-        if isinstance(t, DTensor):
-            t = whole.setdefault(owner.get(name, name), t.full_tensor())  # tied: gathered once
-        out[name] = t
-    return out
+    return {name: first.setdefault(owner.get(name, id(t)), t) for name, t in state.items()}
 
 
 def _owners(model: torch.nn.Module) -> dict[str, int]:
