@@ -24,8 +24,8 @@ from . import distributed
 from ..experiment.config import TrainSpec
 from ..data import Encoded, close_response
 from ..losses import divergence
-from ..modeling.models import (FUSED_AT, LOGITS_AT, Precision, fused_inputs, autocast, freeze_teacher,
-                               hidden_at_positions, logits_at_positions, precision_for)
+from ..modeling.models import (FUSED_AT, LOGITS_AT, Precision, autocast, compiled_inputs, freeze_teacher,
+                               fused_inputs, hidden_at_positions, logits_at_positions, precision_for)
 from .objective import TeacherHidden, linear_objective
 
 # ---- batches -----------------------------------------------------------------------------------------------------
@@ -421,7 +421,9 @@ def _fused_step_loss(student: PreTrainedModel, batch: Batch, teacher: torch.Tens
     """`step_loss` from the student's hidden states: forward under autocast, then LM head + CE + KD in row chunks."""
     positions = batch.target_positions()  # [N]
     targets = batch.labels.reshape(-1).index_select(0, positions)  # [N]
-    inputs = getattr(student, FUSED_AT, None) or partial(fused_inputs, student)  # data parallel: through DDP
+    inputs = getattr(student, FUSED_AT, None)  # data parallel: through DDP
+    if inputs is None:
+        inputs = compiled_inputs(student) if precision.compile else partial(fused_inputs, student)
     with autocast(batch.input_ids.device, precision):
         hidden, weight, bias = inputs(batch.input_ids, batch.attention_mask, positions)  # [N, H], [V, H], [V]
     hidden = _compute_dtype(hidden, precision)  # the LM head's matmuls then run in bf16, not fp32
