@@ -41,6 +41,18 @@ class Precision:
     fused_loss: bool = False
     compile: bool = False
 
+    @property
+    def tag(self) -> str:
+        """The policy's name in run and step keys and in records: "fp32" (the CPU's), else e.g.
+        "bf16-autocast+fused+compiled"."""
+        if self.dtype is None and not self.fused_loss and not self.compile:
+            return "fp32"
+        name = "fp32" if self.dtype is None else f"{_DTYPE_NAMES.get(self.dtype, str(self.dtype))}-autocast"
+        return name + "+fused" * self.fused_loss + "+compiled" * self.compile
+
+
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
 
 CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise what it always computed
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
@@ -55,14 +67,20 @@ def compile_requested() -> bool:
     return value in ("1", "true")
 
 
-def precision_for(device: torch.device) -> Precision:
-    """bf16 autocast and the fused loss on CUDA (TF32 enabled for what stays fp32; the step compiled when
+def policy_for(device: torch.device | str) -> Precision:
+    """The precision policy of `device`: bf16 autocast and the fused loss on CUDA (the step compiled when
     POCL_COMPILE=1); fp32 and unfused elsewhere."""
+    if torch.device(device).type == "cuda":
+        return replace(GPU_PRECISION, compile=compile_requested())
+    return CPU_PRECISION
+
+
+def precision_for(device: torch.device) -> Precision:
+    """`policy_for(device)`, ready to train with: on CUDA TF32 is enabled for what stays fp32."""
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        return replace(GPU_PRECISION, compile=compile_requested())
-    return CPU_PRECISION
+    return policy_for(device)
 
 
 def compiled_inputs(model: torch.nn.Module):
