@@ -21,13 +21,13 @@ def ws(tmp_path_factory) -> Workspace:
 def _spy_stages(monkeypatch) -> list[set[int]]:
     """Record the sample positions each stage draws its batches from."""
     seen: list[set[int]] = []
-    real = runner.epoch_batches
+    real = runner.batch_stream
 
-    def spy(indices, batch_size, rng):
+    def spy(indices, *args):
         seen.append(set(np.asarray(indices).tolist()))
-        return real(indices, batch_size, rng)
+        return real(indices, *args)
 
-    monkeypatch.setattr(runner, "epoch_batches", spy)
+    monkeypatch.setattr(runner, "batch_stream", spy)
     return seen
 
 

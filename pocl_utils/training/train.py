@@ -463,6 +463,15 @@ def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray,
             yield out[k]
 
 
+def batch_stream(indices: np.ndarray, encoded: list[Encoded], batch_size: int, rng: np.random.Generator,
+                 device: torch.device | str):
+    """The training batches of `indices` (positions in `encoded`) on `device`: length-grouped on CUDA (less padding,
+    `length_grouped_batches`); elsewhere uniform reshuffles (`epoch_batches`: the CPU's draws, bitwise unchanged)."""
+    if torch.device(device).type == "cuda":
+        return length_grouped_batches(indices, [e.length for e in encoded], batch_size, rng)
+    return epoch_batches(indices, batch_size, rng)
+
+
 def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
     """AdamW + linear warm-up + cosine decay; a fresh one per stage, as the official POCL code restarts them.
 
@@ -599,10 +608,7 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    if device.type == "cuda":  # less padding; the CPU keeps its uniform batches (and its results, bitwise)
-        batches = length_grouped_batches(np.arange(len(encoded)), [e.length for e in encoded], spec.batch_size, rng)
-    else:
-        batches = epoch_batches(np.arange(len(encoded)), spec.batch_size, rng)
+    batches = batch_stream(np.arange(len(encoded)), encoded, spec.batch_size, rng, device)
 
     def loss_fn(idx: list[int], step: int, batch: list[int]):
         return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0,
