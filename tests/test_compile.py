@@ -56,6 +56,9 @@ def test_compile_is_opt_in_and_only_on_cuda(monkeypatch):
     monkeypatch.setenv(models.COMPILE_ENV, "1")
     assert models.compile_requested()
     assert precision_for(torch.device("cpu")) == models.CPU_PRECISION  # the CPU never compiles
+    assert models.policy_for("cuda").compile and models.policy_for("cuda").tag == "bf16-autocast+fused+compiled"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under `accelerate launch` DDP wraps the step forward: not compiled
+    assert not models.policy_for("cuda").compile
     monkeypatch.setenv(models.COMPILE_ENV, "yes please")
     with pytest.raises(ValueError, match="POCL_COMPILE"):
         models.compile_requested()

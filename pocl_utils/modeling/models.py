@@ -56,7 +56,7 @@ _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise what it always computed
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
-COMPILE_ENV = "POCL_COMPILE"  # =1: CUDA runs compile the student's step forward (opt-in; never on the CPU)
+COMPILE_ENV = "POCL_COMPILE"  # =1: 1-process CUDA runs compile the student's step (opt-in; never on the CPU)
 
 
 def compile_requested() -> bool:
@@ -69,9 +69,10 @@ def compile_requested() -> bool:
 
 def policy_for(device: torch.device | str) -> Precision:
     """The precision policy of `device`: bf16 autocast and the fused loss on CUDA (the step compiled when
-    POCL_COMPILE=1); fp32 and unfused elsewhere."""
+    POCL_COMPILE=1 and not launched on several processes, whose step forward DDP wraps); fp32 and unfused
+    elsewhere."""
     if torch.device(device).type == "cuda":
-        return replace(GPU_PRECISION, compile=compile_requested())
+        return replace(GPU_PRECISION, compile=compile_requested() and not distributed.launched())
     return CPU_PRECISION
 
 
