@@ -246,24 +246,20 @@ def _owners(model: torch.nn.Module) -> dict[str, int]:
 
 
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole tensors into a sharded model: each rank keeps its own shard of each. Names missing from `state` must
-    be tied to one present (safetensors stores a tied tensor once)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-    current = model.state_dict()
-    missing = set(current) - set(state)
-    sharded = {}
-    for name, t in state.items():
-        if name not in current:
-            raise KeyError(f"load_full_state_dict: unexpected tensor {name!r}")
-        ref = current[name]
-        t = t.to(device=ref.device, dtype=ref.dtype)  # files load on the CPU
-        sharded[name] = distribute_tensor(t, ref.device_mesh, ref.placements) if isinstance(ref, DTensor) else t
-    model.load_state_dict(sharded, strict=False)
+    """Load whole tensors into a sharded model, each rank keeping its own shard of each (torch's distributed-checkpoint
+    `set_model_state_dict`, the counterpart of `full_state_dict`). Names missing from `state` must be tied to one
+    present (safetensors stores a tied tensor once)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    current = set(model.state_dict())
+    unexpected = sorted(set(state) - current)
+    if unexpected:
+        raise KeyError(f"load_full_state_dict: unexpected tensors {unexpected}")
     owner = _owners(model)
     present = {owner[m] for m in state if m in owner}
-    tied = {n for n in missing if owner.get(n) in present}
-    if missing - tied:
-        raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing - tied)}")
+    missing = {n for n in current - set(state) if owner.get(n) not in present}
+    if missing:
+        raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing)}")
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def barrier() -> None:
