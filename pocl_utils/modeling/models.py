@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
@@ -84,7 +84,7 @@ def precision_for(device: torch.device) -> Precision:
     return policy_for(device)
 
 
-def compiled_inputs(model: torch.nn.Module):
+def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
     """`fused_inputs` of `model` (the student's step forward: transformer + hidden states at the targets + LM head)
     compiled with `torch.compile` (dynamic shapes: batches change length), built once per model and kept on it."""
     fn = getattr(model, COMPILED_AT, None)

@@ -32,9 +32,12 @@ from contextvars import ContextVar
 from datetime import timedelta
 from functools import lru_cache, partial
 from types import MethodType
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from accelerate.utils import FullyShardedDataParallelPlugin
 
 from ..modeling.heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions, logits_at_positions
 
@@ -158,7 +161,7 @@ def fsdp() -> bool:
     return world_size() > 1 and fsdp_plugin() is not None
 
 
-def fsdp_plugin():
+def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
     """accelerate's `FullyShardedDataParallelPlugin` of this launch: the FSDP settings of the config yaml (exported
     by `accelerate launch` as ACCELERATE_USE_FSDP and FSDP_*), parsed by accelerate; None when not an FSDP launch.
     pocl shards with FSDP2 only: an FSDP1 config (fsdp_version 1) raises."""
@@ -179,7 +182,7 @@ def _mesh():
     return init_device_mesh(device().type, (world_size(),))
 
 
-def block_classes(model: torch.nn.Module, plugin=None) -> set[str]:
+def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin | None = None) -> set[str]:
     """Class names of the model's FSDP units: the plugin's transformer_cls_names_to_wrap (the config's
     fsdp_transformer_layer_cls_to_wrap; default: accelerate's plugin read from the environment) and the model's own
     `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2
