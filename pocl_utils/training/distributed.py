@@ -14,12 +14,15 @@ on CPU) and pins each process to its GPU. `train.run_steps` first calls `prepare
 
 Launched with an FSDP config (e.g. configs/accelerate/fsdp.yaml, read by accelerate's `FullyShardedDataParallelPlugin`,
 `fsdp_plugin`), `prepare_model` shards the trained model with FSDP2 as the plugin sets it (`shard_model`:
-`fully_shard`, one unit per transformer block plus the root): each rank then
-holds 1/N of the parameters, gradients and AdamW state, FSDP gathers a block's weights for its forward and backward,
-and the backward reduce-scatters the gradients (summed, as under DDP). Everything else above stays the same, so an
-FSDP step also equals the 1-process step. Every rank must then call the model the same number of times: evaluation
-and GKD's sampling run on every rank with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole
-(`full_state_dict`) and are ordinary safetensors files.
+`fully_shard`, one unit per transformer block plus the root): each rank then holds 1/N of the parameters, gradients
+and AdamW state, FSDP gathers a block's weights for its forward and backward, and the backward reduce-scatters the
+gradients (summed, as under DDP). Everything else above stays the same, so an FSDP step also equals the 1-process
+step. Every rank must then call the model the same number of times: evaluation and GKD's sampling run on every rank
+with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole (`full_state_dict`, torch's
+distributed-checkpoint API) and are ordinary safetensors files.
+
+Preparation steps run on the main rank first, alone (`main_first`: accelerate's `main_process_first` around `alone`,
+a context variable that makes the block a 1-process program).
 
 With one process (WORLD_SIZE unset or 1) nothing is initialised, accelerate is not even imported, and every function
 here returns the 1-process answer at once, so a 1-process run is the plain training loop.
