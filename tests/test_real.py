@@ -21,7 +21,7 @@ from pocl_utils.experiment import real
 from pocl_utils.experiment.config import DIVERGENCE_OF, baseline, get_profile, pocl
 from pocl_utils.curriculum import plan_stages
 from pocl_utils.experiment.workspace import ROLES
-from pocl_utils.analysis.report import paper_table
+from pocl_utils.analysis.paper import paper_table
 from pocl_utils.training.train import total_steps
 
 from conftest import require  # noqa: E402

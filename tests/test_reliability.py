@@ -51,7 +51,7 @@ def _batch_child(argv: list[str], log: str) -> None:
 def forker():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.experiment.batch", "pocl_utils.experiment.runner",
-                                "pocl_utils.analysis.report", "pocl_utils.experiment.pipeline",
+                                "pocl_utils.analysis.tables", "pocl_utils.experiment.pipeline",
                                 "pocl_utils.modeling.generate", "pocl_utils.difficulty", "pocl_utils.world"])
     warm = ctx.Process(target=int)  # starts the server (the one-off import) before anything is timed
     warm.start()

@@ -3,6 +3,6 @@ prepared artefacts and how they are made (`workspace`, `pipeline`, and `real` fo
 (`runner`, and `batch`, the command line), the run registry (`results`) and the environment a result came from
 (`provenance`).
 
-May import the method's modules, `modeling`, `training`, `world` and `analysis.report` (the paper's tables, the
-results CSV); never `notebook`.
+May import the method's modules, `modeling`, `training`, `world` and `analysis.tables` / `analysis.paper`
+(the results CSV, the paper's tables); never `notebook`.
 """

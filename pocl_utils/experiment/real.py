@@ -28,7 +28,7 @@ from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profil
 from ..evaluate import evaluate_set, subset
 from ..modeling.models import (build_model, load_pretrained, load_tokenizer, pick_device, resolve_source,
                                save_checkpoint, smollm2_dir)
-from ..analysis.report import paper_table
+from ..analysis.paper import paper_table
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 from .runner import eval_data, eval_key, reference_score
 from ..training.train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft

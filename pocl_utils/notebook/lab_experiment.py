@@ -12,7 +12,7 @@ import torch
 
 from .. import curriculum, difficulty
 from ..experiment.config import RunSpec
-from ..analysis.report import stage_frame
+from ..analysis.frames import stage_frame
 from ..training.train import make_batch, student_logits_at_targets, total_steps
 from ..experiment.workspace import Workspace
 
@@ -38,7 +38,7 @@ def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, b
 
 
 def stage_table(stages: Sequence[curriculum.Stage]) -> pd.DataFrame:
-    """report.stage_frame with what each stage trains on (d1 ∪ … ∪ di) and how many samples it adds (|d_i|)."""
+    """frames.stage_frame with what each stage trains on (d1 ∪ … ∪ di) and how many samples it adds (|d_i|)."""
     frame = stage_frame(list(stages))
     frame.insert(1, "trains on", [" ∪ ".join(f"d{j}" for j in range(1, i + 1)) for i in frame["stage"]])
     frame.insert(3, "added", np.diff(frame["n_samples"].to_numpy(), prepend=0))
