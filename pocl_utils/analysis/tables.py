@@ -22,7 +22,7 @@ def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled
     """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l.
 
     protocol "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
-    ROUGE-L (runner.greedy_scores), for the runs that have it."""
+    ROUGE-L (scoring.greedy_scores), for the runs that have it."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"tidy: protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rows = []
@@ -41,7 +41,7 @@ PROTOCOLS = {"sampled": "eval", "greedy": "greedy"}  # protocol -> the key of a 
 
 
 def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -> pd.DataFrame:
-    """runner.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0)."""
+    """scoring.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0)."""
     key = PROTOCOLS[protocol]
     rows = [{"method": name, "variant": "baseline", "seed": 0, "dataset": ds,
              "rouge_l": rec["metrics"][key][ds]["mean"], "sampling_std": rec["metrics"][key][ds].get("std", 0.0),

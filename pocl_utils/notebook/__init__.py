@@ -1,7 +1,7 @@
 """Glue between the notebooks and the package: set-up, one call per table, named figures, output folders, display.
 
 Each notebook starts with `ws = setup(profile, **overrides)` and then only calls functions from here, `analysis`,
-`runner` and the method's modules, so no notebook defines anything another one needs. Tables go to
+`experiment` and the method's modules, so no notebook defines anything another one needs. Tables go to
 `results/<profile>/` and figures (PNG + PDF) to `figures/<profile>/`, under the run folder (./runs, or
 $POCL_RUNS_DIR) or under $POCL_OUTPUT_DIR when set; the committed reference results in the repository's own
 `results/` and `figures/` change only through `pocl-reproduce --publish` (see `outputs`).
@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 
 from ..training import distributed  # noqa: E402
 from ..analysis import figures, findings, frames, paper, tables  # noqa: E402
-from ..experiment import runner  # noqa: E402
+from ..experiment import pool, runner, scoring, training_run  # noqa: E402
 from ..experiment.config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, baseline, get_profile, pocl
 from ..data import DataError
 from ..modeling.models import CheckpointError
@@ -262,10 +262,10 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     from ..experiment.experiments import KD_METHODS
     p = ws.profile
     sft_specs = [baseline("SFT", s) for s in range(n_seeds_for(p, "table1"))]
-    runner.run_grid(ws, sft_specs)
+    pool.run_grid(ws, sft_specs)
     sft = tables.with_average(tables.tidy(runner.records_for(ws, sft_specs))).groupby("dataset").rouge_l.mean()
-    teacher = {k: v["mean"] for k, v in runner.reference_score(ws, "Teacher")["metrics"]["eval"].items()}
-    evals = {role: [ws.sets[role][e.index] for e in runner.eval_data(ws, role, p.eval_max_examples)[0]]
+    teacher = {k: v["mean"] for k, v in scoring.reference_score(ws, "Teacher")["metrics"]["eval"].items()}
+    evals = {role: [ws.sets[role][e.index] for e in scoring.eval_data(ws, role, p.eval_max_examples)[0]]
              for role in teacher}
     rows = premises.teacher_rows(teacher, sft.to_dict(), premises.rule_scores(evals, ws.sets["train"]))
     frame = ranking_table(ws)
@@ -305,7 +305,7 @@ def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
             continue
         seen.add((spec.method, spec.variant))
         done = 0
-        for s in runner.stages_for(ws, spec, enc):
+        for s in training_run.stages_for(ws, spec, enc):
             added = s.samples[done:]  # Baby Step: stage i = stage i-1's samples followed by d_i
             done = len(s.samples)
             truth = [rows[enc[k].index].get("difficulty", np.nan) for k in added]
@@ -336,7 +336,7 @@ def run_table(ws: Workspace, name: str) -> pd.DataFrame:
     if not specs:
         print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
         return pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
-    runner.run_grid(ws, specs)
+    pool.run_grid(ws, specs)
     return tables.tidy(runner.records_for(ws, specs))
 
 
@@ -362,7 +362,7 @@ def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tr
         return TableReport(*(pd.DataFrame() for _ in range(7)))
     rows = runs
     if name == "table1":  # Table 1 prints the teacher; the untrained student shows what KD adds
-        rows = pd.concat([tables.reference_tidy(runner.reference_scores(ws)), runs], ignore_index=True)
+        rows = pd.concat([tables.reference_tidy(scoring.reference_scores(ws)), runs], ignore_index=True)
     summary = tables.summary(rows)
     comparison = paper.paper_comparison(runs, name, family)
     beside = paper.beside_paper(summary, comparison, name, family)
@@ -446,8 +446,8 @@ FIGURES: dict[str, Callable[[Workspace], Any]] = {
     "ranking_vs_true_difficulty": _with_truth(figures.ranking_vs_truth_figure),
     "subset_difficulty": _with_truth(figures.subset_difficulty_figure),
     "fig1_pocl_by_method": _bars("table1", "DollyEval", "Fig. 1: KD vs KD+POCL on DollyEval"),
-    "curriculum_kld": lambda ws: figures.curriculum_figure(runner.stages_for(ws, pocl("KLD"), ws.encoded("train")),
-                                                          "KLD+POCL curriculum"),
+    "curriculum_kld": lambda ws: figures.curriculum_figure(
+        training_run.stages_for(ws, pocl("KLD"), ws.encoded("train")), "KLD+POCL curriculum"),
     "loss_by_stage": lambda ws: figures.loss_figure(records(ws, "table1"), FIG3_RUNS[:2]),
     "fig3_validation": lambda ws: figures.validation_figure(records(ws, "table1"), FIG3_RUNS),
     "table2_ranking_bars": _bars("ranking", "Avg", "Tables 2/5: difficulty measurer"),

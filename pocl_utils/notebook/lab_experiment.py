@@ -29,7 +29,7 @@ def easy_first(ws: Workspace, fuse_ranks: Callable = difficulty.fuse_ranks) -> n
 def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, baby_step: Callable,
          tau_schedule: Callable, alpha_schedule: Callable) -> list[curriculum.Stage]:
     """The POCL stages of run `spec` built from the given pieces by curriculum.plan_stages, with the baseline's step
-    budget, as runner.stages_for builds them from pocl_utils's pieces."""
+    budget, as training_run.stages_for builds them from pocl_utils's pieces."""
     n_steps = total_steps(len(ws.encoded("train")), ws.profile.kd)
     return curriculum.plan_stages(order, n_subsets=spec.n_subsets, total_steps=n_steps,
                                   tau=spec.tau, alpha=spec.alpha, order=spec.order, seed=spec.seed,
