@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,58 @@ def test_shards_partition_the_batch_in_order(monkeypatch):
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+class _FakeState:
+    """Stands in for accelerate's PartialState on 2 processes: records what `main_first` asks of it."""
+
+    num_processes = 2
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @contextmanager
+    def main_process_first(self):
+        self.calls.append("enter")
+        yield
+        self.calls.append("exit")
+
+
+def test_main_first_runs_its_block_alone_through_accelerates_main_process_first(monkeypatch):
+    """Inside `main_first` (accelerate's `main_process_first`) the process sees a world of 1, so the block makes no
+    collective call; the world is restored when the block ends, also when it raises."""
+    state = _FakeState()
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setattr(distributed, "_state", lambda: state)
+    assert distributed.world_size() == 2
+    with distributed.main_first():
+        assert distributed.world_size() == 1 and state.calls == ["enter"]
+        with distributed.main_first():  # nested: already alone, no second barrier
+            assert distributed.world_size() == 1
+    assert distributed.world_size() == 2 and state.calls == ["enter", "exit"]
+    with pytest.raises(RuntimeError), distributed.alone():
+        assert distributed.world_size() == 1
+        raise RuntimeError("a failing step")
+    assert distributed.world_size() == 2
+    assert not hasattr(distributed, "_solo")  # no module-global flag
+
+
+def test_fsdp_settings_come_from_accelerates_plugin(monkeypatch):
+    """The FSDP settings are accelerate's `FullyShardedDataParallelPlugin`, read from what `accelerate launch` exports
+    of the config; no FSDP launch gives none, and an FSDP1 config is refused with the fix."""
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert distributed.fsdp_plugin() is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "OPTDecoderLayer")
+    plugin = distributed.fsdp_plugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is False
+    assert distributed.block_classes(_student_and_loss()[0], plugin) == {"OPTDecoderLayer", "GPT2Block"}
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        distributed.fsdp_plugin()
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_batch_entry_point_under_accelerate_launch(tmp_path, config):
     """`python -m pocl_utils.experiment.batch` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT,
@@ -336,7 +389,8 @@ def test_gpu_configs_load_and_name_the_blocks_fsdp_wraps(monkeypatch):
                for name in ("single_gpu", "multi_gpu_ddp", "fsdp", "cpu_2proc", "cpu_2proc_fsdp")}
     assert configs["fsdp"].distributed_type == "FSDP" and not configs["fsdp"].use_cpu
     assert configs["fsdp"].fsdp_config["fsdp_version"] == 2
-    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", configs["fsdp"].fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+    for key in ("fsdp_auto_wrap_policy", "fsdp_transformer_layer_cls_to_wrap"):  # as `accelerate launch` exports them
+        monkeypatch.setenv(key.upper().replace("_LAYER_CLS", "_CLS"), configs["fsdp"].fsdp_config[key])
     opt = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, ffn_dim=32, num_attention_heads=2,
                                    word_embed_proj_dim=16, max_position_embeddings=32))
     gpt2 = _student_and_loss()[0]

@@ -24,13 +24,13 @@ def ws(tmp_path_factory) -> Workspace:
 def _spy_stages(monkeypatch) -> list[set[int]]:
     """Record the sample positions each stage draws its batches from."""
     seen: list[set[int]] = []
-    real = training_run.epoch_batches
+    real = training_run.batch_stream
 
-    def spy(indices, batch_size, rng):
+    def spy(indices, *args):
         seen.append(set(np.asarray(indices).tolist()))
-        return real(indices, batch_size, rng)
+        return real(indices, *args)
 
-    monkeypatch.setattr(training_run, "epoch_batches", spy)
+    monkeypatch.setattr(training_run, "batch_stream", spy)
     return seen
 
 

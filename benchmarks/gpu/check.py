@@ -11,8 +11,10 @@ out-of-memory never hides the others; prints a summary and writes everything as 
   profile   the `gpu` profile: each preparation step timed on a sample and projected to its full size, one KD run
             (steps, validation, evaluation) likewise, and the projected time of the whole grid.
 
-`--tiny` runs the same code at toy sizes (the CPU: CI checks correctness, not speed); there the step's losses must
-equal the fp32 reference. MFU counts 2 N_teacher + 6 N_student FLOPs per token over every position.
+`--compile` adds a step variant with the student's step forward compiled (`torch.compile`, what POCL_COMPILE=1 turns
+on in runs; the part gets 120 s more for the compilations). `--tiny` runs the same code at toy sizes (the CPU: CI
+checks correctness, not speed); there the step's losses must equal the fp32 reference. MFU counts
+2 N_teacher + 6 N_student FLOPs per token over every position.
 """
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ TINY = Sizes(teacher=(2, 64, 2), student=(1, 32, 2), vocab=211, prompt=8, respon
              world_fraction=1.0)
 ALPHA, KIND = 0.3, "fkl"
 LIMITS_S = {"step": 150, "generate": 60, "profile": 150}  # per part, on one GPU; --timeout overrides
+COMPILE_EXTRA_S = 120  # --compile: the step part's extra time, for torch.compile's compilations
+COMPILED = "pocl+compile"  # --compile's variant of the step: pocl's step with the student's forward compiled
 
 
 def device() -> torch.device:
@@ -166,12 +170,16 @@ def _measure_naive(student, teacher, batch, s: Sizes, dev) -> tuple[float, float
     return seconds / s.steps, first
 
 
-def _measure_pocl(student, teacher, examples, s: Sizes, dev) -> tuple[float, float]:
+def _measure_pocl(student, teacher, examples, s: Sizes, dev, compiled: bool = False) -> tuple[float, float]:
     """pocl's own path: `kd_loss_fn` (live teacher, which it freezes: bf16 on a GPU) inside `run_steps`, timed
-    between two synchronised steps."""
+    between two synchronised steps; `compiled`: the student's step forward compiled (`models.compiled_inputs`, as
+    POCL_COMPILE=1 asks; compiled during the untimed steps)."""
+    from dataclasses import replace
     from pocl_utils.experiment.config import TrainSpec
+    from pocl_utils.modeling.models import policy_for
     from pocl_utils.training.train import KDContext, kd_loss_fn, run_steps
-    ctx = KDContext(examples, pad_id=0, eos_id=0, teacher=teacher)
+    precision = replace(policy_for(dev), fused_loss=True, compile=True) if compiled else None  # fused: what compiles
+    ctx = KDContext(examples, pad_id=0, eos_id=0, teacher=teacher, precision=precision)
     loss_fn = kd_loss_fn(student, ctx, kind=KIND, tau=1.0, alpha=ALPHA, rng=np.random.default_rng(0))
     marks = {}
 
@@ -186,7 +194,7 @@ def _measure_pocl(student, teacher, examples, s: Sizes, dev) -> tuple[float, flo
     return (marks[s.warm + s.steps - 1] - marks[s.warm - 1]) / s.steps, log[0]["loss"]
 
 
-def part_step(s: Sizes) -> dict:
+def part_step(s: Sizes, compiled: bool = False) -> dict:
     from pocl_utils.modeling.models import freeze_teacher, n_params
     from pocl_utils.training.train import make_batch
     dev = device()
@@ -202,15 +210,15 @@ def part_step(s: Sizes) -> dict:
         teacher = copy.deepcopy(teacher0).to(dev)
         ref = _reference_loss(copy.deepcopy(student0).to(dev), teacher, batch)
         del teacher
-        for name in ("naive", "pocl"):
+        for name in ("naive", "pocl") + ((COMPILED,) if compiled else ()):
             student, teacher = copy.deepcopy(student0).to(dev), copy.deepcopy(teacher0).to(dev)
-            if name == "pocl":
+            if name != "naive":
                 freeze_teacher(teacher)  # as kd_loss_fn does: bf16 on a GPU (a real run would load it so)
             reset_peak(dev)
             if name == "naive":
                 sec, first = _measure_naive(student, teacher, batch, s, dev)
             else:
-                sec, first = _measure_pocl(student, teacher, examples, s, dev)
+                sec, first = _measure_pocl(student, teacher, examples, s, dev, compiled=name == COMPILED)
             rows.append({"variant": name, "batch": bs, "ms": 1e3 * sec, "tok_s": tokens / sec,
                          "mfu": flops_per_token * tokens / sec / (peak["tflops"] * 1e12), "peak_gib": peak_gib(dev),
                          "loss": first, "fp32_loss": ref, "rel_loss_diff": abs(first - ref) / abs(ref)})
@@ -407,13 +415,13 @@ def machine() -> dict:
     return info
 
 
-def run_part(name: str, tiny: bool, timeout: float) -> dict:
+def run_part(name: str, tiny: bool, timeout: float, compiled: bool = False) -> dict:
     """One part in a subprocess: {status: ok | failed | timeout, seconds, result | error}."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "part.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--part-out", str(result)]
-        cmd += ["--tiny"] if tiny else []
+        cmd += (["--tiny"] if tiny else []) + (["--compile"] if compiled else [])
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -438,7 +446,7 @@ def summary(report: dict) -> str:
             lines.append(f"  matmul peak {r['matmul_peak']['tflops']:.1f} TFLOP/s ({r['matmul_peak']['dtype']})")
             for row in r["rows"]:
                 mem = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
-                lines.append(f"  {row['variant']:6s} bs {row['batch']:3d}: {row['ms']:9.2f} ms  "
+                lines.append(f"  {row['variant']:12s} bs {row['batch']:3d}: {row['ms']:9.2f} ms  "
                              f"{row['tok_s']:10.0f} tok/s  MFU {100 * row['mfu']:5.1f}%  peak {mem} GiB  "
                              f"loss rel. diff to fp32 {row['rel_loss_diff']:.2e}")
             lines.append(f"  pocl speed-up vs naive: {r['pocl_speedup_vs_naive']}")
@@ -460,21 +468,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per part (default: per-part limits)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "gpu_check.json")
+    ap.add_argument("--compile", action="store_true",
+                    help=f"add the step variant {COMPILED!r} (torch.compile, as POCL_COMPILE=1; +{COMPILE_EXTRA_S} s)")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = TINY if args.tiny else FULL
     if args.part:  # the worker of one part
         torch.manual_seed(0)
-        args.part_out.write_text(json.dumps(PARTS[args.part](sizes)))
+        extra = {"compiled": True} if args.compile and args.part == "step" else {}
+        args.part_out.write_text(json.dumps(PARTS[args.part](sizes, **extra)))
         return 0
     names = [n.strip() for n in args.parts.split(",") if n.strip()]
     unknown = [n for n in names if n not in PARTS]
     if unknown:
         ap.error(f"unknown part(s) {unknown}; valid: {', '.join(PARTS)}")
-    report = {"bench": "gpu_check", "tiny": args.tiny, "sizes": asdict(sizes), "machine": machine(), "parts": {}}
+    report = {"bench": "gpu_check", "tiny": args.tiny, "compile": args.compile, "sizes": asdict(sizes),
+              "machine": machine(), "parts": {}}
     for name in names:
-        report["parts"][name] = run_part(name, args.tiny, args.timeout or LIMITS_S[name])
+        limit = args.timeout or LIMITS_S[name] + (COMPILE_EXTRA_S if args.compile and name == "step" else 0)
+        report["parts"][name] = run_part(name, args.tiny, limit, compiled=args.compile)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))  # after each part: a later hang loses nothing
     print(summary(report))

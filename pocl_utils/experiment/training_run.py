@@ -19,7 +19,7 @@ from ..curriculum import Stage, plan_stages
 from ..difficulty import order_by_truth
 from ..modeling.models import load_weights, save_weights
 from ..training import distributed
-from ..training.train import KDContext, epoch_batches, kd_loss_fn, run_steps, total_steps
+from ..training.train import KDContext, batch_stream, kd_loss_fn, run_steps, total_steps
 from ..world import true_difficulty
 from .config import RunSpec
 from .results import atomic_write_json
@@ -95,7 +95,8 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
                     state["best"] = score
                     save_weights(student, run_dir / "best.safetensors")
 
-        log = run_steps(student, loss_fn, epoch_batches(stage.samples, ws.profile.kd.batch_size, rng), stage.steps,
+        batches = batch_stream(stage.samples, ctx.encoded, ws.profile.kd.batch_size, rng, device)  # CUDA: by length
+        log = run_steps(student, loss_fn, batches, stage.steps,
                         ws.profile.kd, on_step=on_step, desc=f"{spec.label} s{spec.seed} stage {stage.index}")
         state["loss"] += [{"stage": stage.index, "step": state["steps"] + i, **row} for i, row in enumerate(log)
                           if i % max(1, stage.steps // 50) == 0 or i == stage.steps - 1]

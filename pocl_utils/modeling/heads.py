@@ -8,6 +8,7 @@ import torch
 LOGITS_AT = "pocl_logits_at"  # the name `distributed.prepare_model` gives `logits_at_positions` on a prepared model
 HIDDEN_AT = "pocl_hidden_at"  # ... and `hidden_at_positions`
 FUSED_AT = "pocl_fused_at"  # ... and `fused_inputs` (data parallel only: FSDP shards the LM head outside forward)
+COMPILED_AT = "pocl_compiled_at"  # `fused_inputs` compiled (`models.compiled_inputs`, opt-in on CUDA)
 
 
 def logits_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

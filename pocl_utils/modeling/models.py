@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
@@ -15,8 +16,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 from ..training import distributed
 from ..experiment.config import ModelSpec
-from .heads import (FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions,  # noqa: F401 (re-exported)
-                    logits_at_positions)
+from .heads import (COMPILED_AT, FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs,  # noqa: F401 (re-exported)
+                    hidden_at_positions, logits_at_positions)
 
 from transformers.utils import logging as _hf_logging
 
@@ -32,24 +33,65 @@ def pick_device(prefer: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """How a device trains: the autocast dtype of forwards (None: plain fp32) and whether the step's loss is computed
-    from hidden states in row chunks (`objective.linear_objective`) instead of from whole [N, V] logits."""
+    """How a device trains: the autocast dtype of forwards (None: plain fp32), whether the step's loss is computed
+    from hidden states in row chunks (`objective.linear_objective`) instead of from whole [N, V] logits, and whether
+    the student's step forward is compiled with `torch.compile` (`compiled_inputs`; fused path only)."""
 
     dtype: torch.dtype | None = None
     fused_loss: bool = False
+    compile: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The policy's name in run and step keys and in records: "fp32" (the CPU's), else e.g.
+        "bf16-autocast+fused+compiled"."""
+        if self.dtype is None and not self.fused_loss and not self.compile:
+            return "fp32"
+        name = "fp32" if self.dtype is None else f"{_DTYPE_NAMES.get(self.dtype, str(self.dtype))}-autocast"
+        return name + "+fused" * self.fused_loss + "+compiled" * self.compile
+
+
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise what it always computed
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
+COMPILE_ENV = "POCL_COMPILE"  # =1: 1-process CUDA runs compile the student's step (opt-in; never on the CPU)
+
+
+def compile_requested() -> bool:
+    """Whether the environment opts CUDA runs into `torch.compile` of the student's step (POCL_COMPILE=1)."""
+    value = os.environ.get(COMPILE_ENV, "0").strip().lower()
+    if value not in ("0", "1", "", "false", "true"):
+        raise ValueError(f"{COMPILE_ENV}={value!r}: expected 1 (compile the student's step on CUDA) or 0")
+    return value in ("1", "true")
+
+
+def policy_for(device: torch.device | str) -> Precision:
+    """The precision policy of `device`: bf16 autocast and the fused loss on CUDA (the step compiled when
+    POCL_COMPILE=1 and not launched on several processes, whose step forward DDP wraps); fp32 and unfused
+    elsewhere."""
+    if torch.device(device).type == "cuda":
+        return replace(GPU_PRECISION, compile=compile_requested() and not distributed.launched())
+    return CPU_PRECISION
 
 
 def precision_for(device: torch.device) -> Precision:
-    """bf16 autocast and the fused loss on CUDA (TF32 enabled for what stays fp32); fp32 and unfused elsewhere."""
+    """`policy_for(device)`, ready to train with: on CUDA TF32 is enabled for what stays fp32."""
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        return GPU_PRECISION
-    return CPU_PRECISION
+    return policy_for(device)
+
+
+def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
+    """`fused_inputs` of `model` (the student's step forward: transformer + hidden states at the targets + LM head)
+    compiled with `torch.compile` (dynamic shapes: batches change length), built once per model and kept on it."""
+    fn = getattr(model, COMPILED_AT, None)
+    if fn is None:
+        fn = torch.compile(partial(fused_inputs, model), dynamic=True)
+        setattr(model, COMPILED_AT, fn)  # a function attribute, not a submodule: the state dict is unchanged
+    return fn
 
 
 def autocast(device: torch.device, precision: Precision | None = None):

@@ -12,13 +12,17 @@ on CPU) and pins each process to its GPU. `train.run_steps` first calls `prepare
   while the backward runs: every rank holds the 1-process gradient, clips it and takes the same optimizer step, and
   the replicas stay identical.
 
-Launched with an FSDP config (`ACCELERATE_USE_FSDP=true`, e.g. configs/accelerate/fsdp.yaml), `prepare_model` shards the
-trained model with FSDP2 (`shard_model`: `fully_shard`, one unit per transformer block plus the root): each rank then
-holds 1/N of the parameters, gradients and AdamW state, FSDP gathers a block's weights for its forward and backward,
-and the backward reduce-scatters the gradients (summed, as under DDP). Everything else above stays the same, so an
-FSDP step also equals the 1-process step. Every rank must then call the model the same number of times: evaluation
-and GKD's sampling run on every rank with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole
-(`full_state_dict`) and are ordinary safetensors files.
+Launched with an FSDP config (e.g. configs/accelerate/fsdp.yaml, read by accelerate's `FullyShardedDataParallelPlugin`,
+`fsdp_plugin`), `prepare_model` shards the trained model with FSDP2 as the plugin sets it (`shard_model`:
+`fully_shard`, one unit per transformer block plus the root): each rank then holds 1/N of the parameters, gradients
+and AdamW state, FSDP gathers a block's weights for its forward and backward, and the backward reduce-scatters the
+gradients (summed, as under DDP). Everything else above stays the same, so an FSDP step also equals the 1-process
+step. Every rank must then call the model the same number of times: evaluation and GKD's sampling run on every rank
+with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole (`full_state_dict`, torch's
+distributed-checkpoint API) and are ordinary safetensors files.
+
+Preparation steps run on the main rank first, alone (`main_first`: accelerate's `main_process_first` around `alone`,
+a context variable that makes the block a 1-process program).
 
 With one process (WORLD_SIZE unset or 1) nothing is initialised, accelerate is not even imported, and every function
 here returns the 1-process answer at once, so a 1-process run is the plain training loop.
@@ -27,12 +31,16 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from functools import lru_cache, partial
 from types import MethodType
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from accelerate.utils import FullyShardedDataParallelPlugin
 
 from ..modeling.heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions, logits_at_positions
 
@@ -40,7 +48,10 @@ from ..modeling.heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidde
 # ranks wait at a barrier; a dead rank does not leave the others hanging that long, since torchrun then stops them all.
 TIMEOUT = timedelta(hours=24)
 _ENV_WORLD = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # torchrun, then MPI launchers
-_solo = False  # inside `main_first`: this process runs as a 1-process program (no collectives)
+# True inside `main_first`'s block: this process runs as a 1-process program (no collectives). A context variable,
+# not a module flag: its value belongs to the block that set it, is restored when the block exits (also on an
+# error), and is per thread.
+_ALONE: ContextVar[bool] = ContextVar("pocl_alone", default=False)
 
 
 def launched() -> bool:
@@ -62,7 +73,7 @@ def _state():
 
 def world_size() -> int:
     """Processes training together (1 when not launched, or inside `main_first`)."""
-    return 1 if _solo or not launched() else _state().num_processes
+    return 1 if _ALONE.get() or not launched() else _state().num_processes
 
 
 def rank() -> int:
@@ -150,7 +161,22 @@ def is_prepared(model: torch.nn.Module) -> bool:
 
 def fsdp() -> bool:
     """True when launched on several processes with an FSDP config: trained models are sharded (`shard_model`)."""
-    return world_size() > 1 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return world_size() > 1 and fsdp_plugin() is not None
+
+
+def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
+    """accelerate's `FullyShardedDataParallelPlugin` of this launch: the FSDP settings of the config yaml (exported
+    by `accelerate launch` as ACCELERATE_USE_FSDP and FSDP_*), parsed by accelerate; None when not an FSDP launch.
+    pocl shards with FSDP2 only: an FSDP1 config (fsdp_version 1) raises."""
+    from accelerate.utils import FullyShardedDataParallelPlugin, parse_flag_from_env
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return None
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"pocl_utils.training.distributed: the accelerate config asks for FSDP version "
+                         f"{plugin.fsdp_version}; pocl shards with FSDP2: set fsdp_config.fsdp_version: 2 (as "
+                         f"configs/accelerate/fsdp.yaml)")
+    return plugin
 
 
 @lru_cache(maxsize=None)
@@ -159,29 +185,35 @@ def _mesh():
     return init_device_mesh(device().type, (world_size(),))
 
 
-def block_classes(model: torch.nn.Module) -> set[str]:
-    """Class names of the model's FSDP units: the config's fsdp_transformer_layer_cls_to_wrap (accelerate passes it as
-    FSDP_TRANSFORMER_CLS_TO_WRAP) and the model's own `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one
-    config serves both the OPT and the GPT-2 profiles."""
-    names = {n.strip() for n in os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if n.strip()}
+def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin | None = None) -> set[str]:
+    """Class names of the model's FSDP units: the plugin's transformer_cls_names_to_wrap (the config's
+    fsdp_transformer_layer_cls_to_wrap; default: accelerate's plugin read from the environment) and the model's own
+    `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2
+    profiles."""
+    if plugin is None:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    names = set(plugin.transformer_cls_names_to_wrap or ())
     return names | set(getattr(model, "_no_split_modules", None) or ())
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Under an FSDP launch, shard `model` in place over the ranks (FSDP2: each transformer block a unit, then the root,
-    which holds the embeddings and the tied LM head) with gradients summed, not averaged; otherwise, or if it is
-    sharded already, return it unchanged."""
+    """Under an FSDP launch, shard `model` in place over the ranks with FSDP2, as accelerate's plugin (`fsdp_plugin`)
+    sets it (reshard_after_forward, offloading, the block classes): each transformer block a unit, then the root, which
+    holds the embeddings and the tied LM head; gradients summed, not averaged. Otherwise, or if it is sharded already,
+    return it unchanged."""
     if not fsdp() or is_sharded(model):
         return model
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
-    names = block_classes(model)
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+    plugin = fsdp_plugin()
+    kwargs = {"mesh": _mesh(), "reshard_after_forward": plugin.reshard_after_forward,
+              "offload_policy": plugin.cpu_offload}
+    names = block_classes(model, plugin)
     for block in [m for m in model.modules() if type(m).__name__ in names]:
-        fully_shard(block, mesh=_mesh(), reshard_after_forward=reshard)
-    fully_shard(model, mesh=_mesh(), reshard_after_forward=reshard)
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
     # `logits_at_positions` calls the inner model and the LM head directly, past the root's forward hooks that gather
     # the root's parameters (embeddings, head); bound to the model and registered, it runs inside those hooks
-    from torch.distributed.fsdp import register_fsdp_forward_method
     for name, method in ((LOGITS_AT, logits_at_positions), (HIDDEN_AT, hidden_at_positions)):
         setattr(model, name, MethodType(method, model))
         register_fsdp_forward_method(model, name)
@@ -200,17 +232,17 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every tensor whole: sharded ones are gathered (a collective: every rank must call
-    it). Tied tensors (embeddings and LM head) stay one tensor under both names, as in `model.state_dict()`."""
-    from torch.distributed.tensor import DTensor
+    """The model's state dict with every tensor whole: a sharded one is gathered by torch's distributed-checkpoint
+    `get_model_state_dict` (full_state_dict, as accelerate's `Accelerator.get_state_dict` asks for FSDP2, but on every
+    rank: each keeps its own checkpoint to resume from; a collective: every rank must call it). Tied names
+    (embeddings and LM head) share one tensor, as in `model.state_dict()`."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    first: dict[int, torch.Tensor] = {}
     owner = _owners(model)
-    whole: dict = {}
-    out = {}
-    for name, t in model.state_dict().items():
-        if isinstance(t, DTensor):
-            t = whole.setdefault(owner.get(name, name), t.full_tensor())  # tied: gathered once
-        out[name] = t
-    return out
+    return {name: first.setdefault(owner.get(name, id(t)), t) for name, t in state.items()}
 
 
 def _owners(model: torch.nn.Module) -> dict[str, int]:
@@ -220,24 +252,20 @@ def _owners(model: torch.nn.Module) -> dict[str, int]:
 
 
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole tensors into a sharded model: each rank keeps its own shard of each. Names missing from `state` must
-    be tied to one present (safetensors stores a tied tensor once)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-    current = model.state_dict()
-    missing = set(current) - set(state)
-    sharded = {}
-    for name, t in state.items():
-        if name not in current:
-            raise KeyError(f"load_full_state_dict: unexpected tensor {name!r}")
-        ref = current[name]
-        t = t.to(device=ref.device, dtype=ref.dtype)  # files load on the CPU
-        sharded[name] = distribute_tensor(t, ref.device_mesh, ref.placements) if isinstance(ref, DTensor) else t
-    model.load_state_dict(sharded, strict=False)
+    """Load whole tensors into a sharded model, each rank keeping its own shard of each (torch's distributed-checkpoint
+    `set_model_state_dict`, the counterpart of `full_state_dict`). Names missing from `state` must be tied to one
+    present (safetensors stores a tied tensor once)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    current = set(model.state_dict())
+    unexpected = sorted(set(state) - current)
+    if unexpected:
+        raise KeyError(f"load_full_state_dict: unexpected tensors {unexpected}")
     owner = _owners(model)
     present = {owner[m] for m in state if m in owner}
-    tied = {n for n in missing if owner.get(n) in present}
-    if missing - tied:
-        raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing - tied)}")
+    missing = {n for n in current - set(state) if owner.get(n) not in present}
+    if missing:
+        raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing)}")
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def barrier() -> None:
@@ -255,24 +283,28 @@ def broadcast(obj: Any) -> Any:
 
 
 @contextmanager
-def main_first() -> Iterator[None]:
-    """Run the block on the main rank first, as a 1-process program (no collectives inside), then on the others.
-
-    For steps cached on disk (`pipeline.prepare`): the main rank builds them alone while the others wait at a
-    barrier; the others then run the same block and find everything built. Without a launch it just runs the block."""
-    global _solo
-    if world_size() == 1:
-        yield
-        return
-    if not is_main():
-        barrier()
-    _solo = True
+def alone() -> Iterator[None]:
+    """Run the block as a 1-process program on this process: `world_size()` is 1 inside, so nothing in it makes a
+    collective call (no other rank is there to answer)."""
+    token = _ALONE.set(True)
     try:
         yield
     finally:
-        _solo = False
-    if is_main():
-        barrier()
+        _ALONE.reset(token)
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on the main rank first, as a 1-process program (`alone`), then on the others (accelerate's
+    `main_process_first`: barriers before the others' turn and after the main rank's).
+
+    For steps cached on disk (`pipeline.prepare`): the main rank builds them alone while the others wait at a
+    barrier; the others then run the same block and find everything built. Without a launch it just runs the block."""
+    if world_size() == 1:
+        yield
+        return
+    with _state().main_process_first(), alone():
+        yield
 
 
 def close() -> None:

@@ -24,8 +24,8 @@ from . import distributed
 from ..experiment.config import TrainSpec
 from ..data import Encoded, close_response
 from ..losses import divergence
-from ..modeling.models import (FUSED_AT, LOGITS_AT, Precision, fused_inputs, autocast, freeze_teacher,
-                               hidden_at_positions, logits_at_positions, precision_for)
+from ..modeling.models import (FUSED_AT, LOGITS_AT, Precision, autocast, compiled_inputs, freeze_teacher,
+                               fused_inputs, hidden_at_positions, logits_at_positions, precision_for)
 from .objective import TeacherHidden, linear_objective
 
 # ---- batches -----------------------------------------------------------------------------------------------------
@@ -421,7 +421,9 @@ def _fused_step_loss(student: PreTrainedModel, batch: Batch, teacher: torch.Tens
     """`step_loss` from the student's hidden states: forward under autocast, then LM head + CE + KD in row chunks."""
     positions = batch.target_positions()  # [N]
     targets = batch.labels.reshape(-1).index_select(0, positions)  # [N]
-    inputs = getattr(student, FUSED_AT, None) or partial(fused_inputs, student)  # data parallel: through DDP
+    inputs = getattr(student, FUSED_AT, None)  # data parallel: through DDP
+    if inputs is None:
+        inputs = compiled_inputs(student) if precision.compile else partial(fused_inputs, student)
     with autocast(batch.input_ids.device, precision):
         hidden, weight, bias = inputs(batch.input_ids, batch.attention_mask, positions)  # [N, H], [V, H], [V]
     hidden = _compute_dtype(hidden, precision)  # the LM head's matmuls then run in bf16, not fp32
@@ -459,6 +461,15 @@ def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray,
             out += [window[s:s + batch_size].tolist() for s in range(0, len(window), batch_size)]
         for k in rng.permutation(len(out)):
             yield out[k]
+
+
+def batch_stream(indices: np.ndarray, encoded: list[Encoded], batch_size: int, rng: np.random.Generator,
+                 device: torch.device | str):
+    """The training batches of `indices` (positions in `encoded`) on `device`: length-grouped on CUDA (less padding,
+    `length_grouped_batches`); elsewhere uniform reshuffles (`epoch_batches`: the CPU's draws, bitwise unchanged)."""
+    if torch.device(device).type == "cuda":
+        return length_grouped_batches(indices, [e.length for e in encoded], batch_size, rng)
+    return epoch_batches(indices, batch_size, rng)
 
 
 def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
@@ -597,10 +608,7 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    if device.type == "cuda":  # less padding; the CPU keeps its uniform batches (and its results, bitwise)
-        batches = length_grouped_batches(np.arange(len(encoded)), [e.length for e in encoded], spec.batch_size, rng)
-    else:
-        batches = epoch_batches(np.arange(len(encoded)), spec.batch_size, rng)
+    batches = batch_stream(np.arange(len(encoded)), encoded, spec.batch_size, rng, device)
 
     def loss_fn(idx: list[int], step: int, batch: list[int]):
         return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0,
