@@ -1,4 +1,5 @@
-"""Grid runs with the teacher cache vs the teacher run live: wall time and identical results, through runner.train_run.
+"""Grid runs with the teacher cache vs the teacher run live: wall time and identical results, through
+training_run.train_run.
 
     python benchmarks/bench_grid_cache.py [--quick] [--runs N] [--all] [--out benchmarks/results/grid_cache.json]
 
@@ -6,11 +7,11 @@ Which runs: the off-policy KD runs of the profile's grid (KLD, RKL, JSD, TVD, SK
 teacher and GKD's on-policy batches always need it live). By default a representative subset: seed 0, the baseline and
 the default +POCL run of each divergence (12 runs on laptop, 2 on smoke); --all takes every off-policy run of the grid
 (78 on laptop: hours); --runs N keeps the first N.
-Each run is trained twice by runner.train_run (stages, validation checks, checkpoints - what the grid does), one
-thread, in a temporary folder: with the exact cache (as the grid does), and with runner.kd_context patched to drop the
-cache and load the teacher, so every off-policy batch runs the teacher live. Timed: the whole train_run, and apart
+Each run is trained twice by training_run.train_run (stages, validation checks, checkpoints - what the grid does),
+one thread, in a temporary folder: with the exact cache (as the grid does), and with training_run.kd_context patched to
+drop the cache and load the teacher, so every off-policy batch runs the teacher live. Timed: the whole train_run, and apart
 from it the validation checks inside it (greedy decoding, identical in both modes). The final evaluation on the five
-sets (runner.evaluate_model) is not run: it never touches the teacher. The cache file is loaded before timing (once
+sets (scoring.evaluate_model) is not run: it never touches the teacher. The cache file is loaded before timing (once
 per grid worker). Compared: the loss logs, the validation scores and the final weights (exact mode: the teacher rows
 equal up to the float rounding of differently padded teacher batches, which training then amplifies; the step-0 loss
 difference and the first step whose difference exceeds 1e-4 show where), and, where the laptop registry holds the run, the cached run's
@@ -31,7 +32,7 @@ from safetensors.torch import load_file
 
 from benchlib import default_out, meta, workspace, write_json
 
-from pocl_utils.experiment import runner
+from pocl_utils.experiment import runner, scoring, training_run
 from pocl_utils.experiment.experiments import OFF_POLICY, all_runs
 from pocl_utils.training.train import total_steps
 
@@ -48,8 +49,9 @@ def off_policy_specs(ws, everything: bool) -> list:
 
 @contextmanager
 def live_teacher():
-    """runner.kd_context without the cache: every off-policy batch calls the teacher (train.kd_loss_fn's fallback)."""
-    original = runner.kd_context
+    """training_run.kd_context without the cache: every off-policy batch calls the teacher (train.kd_loss_fn's
+    fallback)."""
+    original = training_run.kd_context
 
     def without_cache(ws, spec, device):
         ctx = original(ws, spec, device)
@@ -57,11 +59,11 @@ def live_teacher():
             ctx.cache, ctx.teacher = None, ctx.teacher or ws.load_teacher(device)
         return ctx
 
-    runner.kd_context = without_cache
+    training_run.kd_context = without_cache
     try:
         yield
     finally:
-        runner.kd_context = original
+        training_run.kd_context = original
 
 
 def train_once(ws, spec, folder: Path, cached: bool) -> dict:
@@ -72,13 +74,13 @@ def train_once(ws, spec, folder: Path, cached: bool) -> dict:
 
     def validate(model) -> float:
         t0 = time.perf_counter()
-        score = runner.validation_score(ws, model)
+        score = scoring.validation_score(ws, model)
         valid_s[0] += time.perf_counter() - t0
         return score
 
     with live_teacher() if not cached else nullcontext():
         t0 = time.perf_counter()
-        state = runner.train_run(ws, spec, run_dir, CPU, validate)
+        state = training_run.train_run(ws, spec, run_dir, CPU, validate)
         total = time.perf_counter() - t0
     return {"total_s": total, "valid_s": valid_s[0], "train_s": total - valid_s[0], "state": state,
             "weights": load_file(str(run_dir / "last.safetensors"))}
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_off_policy = len(off_policy_specs(ws, True))
     specs = specs[:args.runs or (2 if args.quick else len(specs))]
     ws.teacher_cache, ws.encoded("train")  # loaded once per grid worker: not timed
-    runner.validation_score(ws, ws.load_student_init(CPU))  # warm-up: the first greedy decode pays lazy initialisation
+    scoring.validation_score(ws, ws.load_student_init(CPU))  # warm-up: the first greedy decode pays lazy initialisation
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_grid_cache.") as tmp:
         for k, spec in enumerate(specs, 1):

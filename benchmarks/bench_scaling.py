@@ -97,7 +97,7 @@ def plot(by_n: list[dict], by_len: list[dict], exps: dict, folder: Path) -> Path
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
-    from pocl_utils.analysis.report import save_figure
+    from pocl_utils.analysis.figures import save_figure
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, rows, key, xlabel in ((axes[0], by_n, "n", "training examples N"), (axes[1], by_len, "length", "tokens per example")):
         for name, label in (("ranking", "ranking (score_samples)"), ("kd_epoch", "KD epoch (cached teacher)")):

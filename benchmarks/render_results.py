@@ -149,7 +149,7 @@ def grid_cache_section(rec: dict) -> tuple[str, list[Check]]:
              f"that rounding (first step with a loss diff above 1e-4: {s.get('earliest_step_over_tol', '-')}), as any "
              f"change of float summation order would. {s['registry_runs_compared']} runs compared with the "
              f"registry's records, max loss diff {fmt(s['registry_max_loss_diff'], '.1e')}.")
-    return ("Teacher cache on whole grid runs (runner.train_run, 1 thread)\n\n" + body + "\n\n" + extra + "\n\n"
+    return ("Teacher cache on whole grid runs (training_run.train_run, 1 thread)\n\n" + body + "\n\n" + extra + "\n\n"
             + provenance(rec)), checks
 
 

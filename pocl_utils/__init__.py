@@ -3,8 +3,9 @@
 The method, the paper's equations, sits at the top: `losses`, `difficulty`, `curriculum`, `evaluate`, `data` and
 `stats`; it imports none of the machinery below except generation (`modeling.generate`), which `difficulty` and
 `evaluate` use to sample responses. The machinery: `modeling/` (models, generation), `training/` (batches, teacher
-cache, step, loop, processes), `experiment/` (config, grids, workspaces, runner, registry), `world/` (the generated
-instruction world), `analysis/` (tables, figures, findings) and `notebook/` (the notebooks' facade, the
+cache, step, loop, processes), `experiment/` (config, grids, workspaces, a run's training and scoring, the runner
+and its process pool, registry), `world/` (the generated instruction world), `analysis/` (tables, the paper beside
+ours, figures, findings) and `notebook/` (the notebooks' facade, the
 papermill runner, the lab).
 """
 

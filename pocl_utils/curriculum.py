@@ -12,7 +12,16 @@ ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 
 def apply_order(easy_first: np.ndarray, order: str, *, seed: int = 0) -> np.ndarray:
     """Reorder an easiest-first index array for the order ablation (Table 7): E2H keeps it, H2E reverses, random
-    shuffles."""
+    shuffles.
+
+    Args:
+        easy_first: sample indices, easiest first.
+        order: one of ORDERS.
+        seed: the shuffle's seed for "random".
+
+    Returns:
+        A new index array in the requested order.
+    """
     easy_first = np.asarray(easy_first)
     if order == "easy_to_hard":
         return easy_first.copy()
@@ -27,6 +36,13 @@ def partition(order: np.ndarray | list[int], n: int) -> list[np.ndarray]:
     """Split an ordered index array into n consecutive subsets d_1..d_n (§3.1).
 
     Sizes are floor(N/n) or floor(N/n)+1 (the larger ones first), covering every index exactly once.
+
+    Args:
+        order: N sample indices, easiest first.
+        n: the number of subsets, 1 <= n <= N.
+
+    Returns:
+        n int64 arrays d_1..d_n, consecutive slices of `order`.
     """
     order = np.asarray(order, dtype=np.int64)
     if n < 1:
@@ -40,7 +56,14 @@ def partition(order: np.ndarray | list[int], n: int) -> list[np.ndarray]:
 
 
 def baby_step(subsets: list[np.ndarray]) -> list[np.ndarray]:
-    """Baby Step scheduler (§3.2): stage i trains on d_1 ∪ ... ∪ d_i."""
+    """Baby Step scheduler (§3.2): stage i trains on d_1 ∪ ... ∪ d_i.
+
+    Args:
+        subsets: d_1..d_n, easiest first (`partition`).
+
+    Returns:
+        n arrays; the i-th is the concatenation d_1 ∪ ... ∪ d_i.
+    """
     return [np.concatenate(subsets[: i + 1]) for i in range(len(subsets))]
 
 
@@ -48,6 +71,14 @@ def linear_schedule(start: float, end: float, n: int) -> list[float]:
     """Per-stage values of Eq. 3 (tau) and Eq. 4 (alpha): v_i = v_0 + (v_n - v_0) * (i-1)/(n-1), i = 1..n.
 
     Eq. 4 is written v_0 - (v_0 - v_n) * (i-1)/(n-1), the same line. n = 1 gives [start].
+
+    Args:
+        start: v_0, the value of stage 1.
+        end: v_n, the value of stage n.
+        n: the number of stages, >= 1.
+
+    Returns:
+        The n values v_1..v_n as floats.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -72,6 +103,13 @@ def split_steps(total_steps: int, stage_sizes: list[int]) -> list[int]:
 
     With equal epochs per stage this reproduces the paper's budget: 20 baseline epochs = 8 epochs on each of the
     stages of sizes N/4, N/2, 3N/4, N (A.2.2), so baseline and POCL take the same number of optimizer steps.
+
+    Args:
+        total_steps: the optimizer steps to share out, at least one per stage.
+        stage_sizes: the number of samples of each stage.
+
+    Returns:
+        Steps per stage (largest remainders rounded up, every stage >= 1), summing to `total_steps`.
     """
     if total_steps < len(stage_sizes):
         raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower "

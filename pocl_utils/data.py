@@ -35,7 +35,15 @@ PROMPT_WITH_INPUT = (
 
 
 def build_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - name fixed by the API
-    """The MiniLLM/POCL prompt template (the `prompt` field of every MiniLLM-processed file)."""
+    """The MiniLLM/POCL prompt template (the `prompt` field of every MiniLLM-processed file).
+
+    Args:
+        instruction: the task.
+        input: its context; empty = the template without an input section.
+
+    Returns:
+        The prompt, ending in "### Response:\\n".
+    """
     if input:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
@@ -221,7 +229,16 @@ def load_instructions(path: str | os.PathLike) -> list[dict]:
     Rows hold `instruction` (+ optional `input`) and/or `prompt`, and `output` (a string, or a list of
     references as in S-NI). Each record gets `id`, `instruction`, `input`, `prompt`, `references`
     (list[str]) and `output` (the first reference); every other field of the row is kept.
-    Raises DataError naming file, line and field for any malformed row, a duplicate id or an empty file.
+
+    Args:
+        path: the JSON Lines file.
+
+    Returns:
+        One record per row, in file order.
+
+    Raises:
+        MissingDataError: the file does not exist.
+        DataError: naming file, line and field, for a malformed row, a duplicate id or an empty file.
     """
     path = Path(path)
     if not path.is_file():
@@ -277,7 +294,17 @@ def real_data_path(role: str, root: str | os.PathLike | None = None) -> Path:
     """Path of a real set (a key of REAL_SETS) under `root` (default: data_dir()).
 
     For the Dolly roles the file written by `download-dolly` is accepted when MiniLLM's is absent.
-    Raises MissingDataError (a DataError and a FileNotFoundError) saying how to get the data.
+
+    Args:
+        role: a key of REAL_SETS.
+        root: the data folder; None = data_dir().
+
+    Returns:
+        The set's JSON Lines file.
+
+    Raises:
+        DataError: an unknown role.
+        MissingDataError: (a DataError and a FileNotFoundError) no file, with how to get the data.
     """
     if role not in REAL_SETS:
         raise DataError(f"unknown data role {role!r}; valid roles: {', '.join(REAL_SETS)}")
@@ -301,7 +328,14 @@ def _missing_set_message(role: str, root: Path) -> str:
 
 
 def load_real(role: str, root: str | os.PathLike | None = None) -> list[dict]:
-    """load_instructions(real_data_path(role, root))."""
+    """load_instructions(real_data_path(role, root)).
+
+    Args:
+        role, root: as in `real_data_path`.
+
+    Returns:
+        The set's records (`load_instructions`).
+    """
     return load_instructions(real_data_path(role, root))
 
 
@@ -368,14 +402,27 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
 
 
 def gpt2_token_count(text: str) -> int:
-    """Number of GPT-2 tokens of `text` (no BOS/EOS added), as MiniLLM's 256-token prompt filter counts."""
+    """Number of GPT-2 tokens of `text` (no BOS/EOS added), as MiniLLM's 256-token prompt filter counts.
+
+    Args:
+        text: any string; a literal '<|endoftext|>' counts as one token.
+
+    Returns:
+        The token count.
+    """
     # HF's GPT-2 tokenizer (used by MiniLLM) turns a literal '<|endoftext|>' into the special token; so do we.
     return len(gpt2_encoding().encode(text, allowed_special={GPT2_EOS}))
 
 
 def fetch_gpt2_ranks(dest: str | os.PathLike | None = None) -> Path:
-    """Download openai-whisper's sdist from PyPI, extract gpt2.tiktoken, check its sha256, write it to
-    `dest` (default <data_dir>/cache/gpt2.tiktoken) atomically."""
+    """Download openai-whisper's sdist from PyPI, extract gpt2.tiktoken, check its sha256 and write it atomically.
+
+    Args:
+        dest: the destination file; None = <data_dir>/cache/gpt2.tiktoken.
+
+    Returns:
+        The written file.
+    """
     dest = Path(dest) if dest is not None else data_dir() / "cache" / "gpt2.tiktoken"
     with tempfile.TemporaryDirectory() as tmp:
         sdist = _pip_download_sdist(Path(tmp))
@@ -433,8 +480,17 @@ def filter_long_prompts(examples: Sequence[dict], max_prompt_tokens: int = 256,
                         name: str | None = None) -> tuple[list[dict], int]:
     """Drop examples whose prompt has more than `max_prompt_tokens` tokens (MiniLLM drops, not truncates).
 
-    Returns (kept, n_dropped). Raises DataError naming the set (`name`, else the first example's id)
-    when every example is dropped.
+    Args:
+        examples: records with a `prompt`.
+        max_prompt_tokens: the longest prompt kept.
+        count_tokens: the token counter (default GPT-2's).
+        name: the set's name for the error message.
+
+    Returns:
+        (kept, n_dropped).
+
+    Raises:
+        DataError: naming the set (`name`, else the first example's id) when every example is dropped.
     """
     kept = [ex for ex in examples if count_tokens(ex["prompt"]) <= max_prompt_tokens]
     n_dropped = len(examples) - len(kept)
@@ -456,7 +512,18 @@ def load_dolly_from_hub(out_dir: str | os.PathLike, *, seed: int = 0, name: str 
     `max_prompt_tokens` GPT-2 tokens (or `count_tokens`) are dropped first. Then a seeded shuffle, and
     the test set is the first `n_test` rows, valid the next `n_valid`, train the rest (MiniLLM also
     splits by position after shuffling, but with its own shuffle: these are not MiniLLM's exact rows).
-    Files go to out_dir/HUB_DOLLY_FILES[role]; returns role -> path ('train', 'valid', 'DollyEval').
+
+    Args:
+        out_dir: the data folder; files go to out_dir/HUB_DOLLY_FILES[role].
+        seed: the shuffle's seed.
+        name: a hub dataset id, or a local JSON Lines file / folder.
+        n_valid, n_test: the sizes of the validation and test sets.
+        max_prompt_tokens: the longest prompt kept.
+        count_tokens: the token counter; None = GPT-2's.
+        cache_dir: the `datasets` cache folder.
+
+    Returns:
+        role -> written file, for 'train', 'valid' and 'DollyEval'.
     """
     rows = _load_hub_rows(name, cache_dir)
     examples = [_dolly_example(row, name, i + 1) for i, row in enumerate(rows)]
@@ -522,6 +589,14 @@ def close_response(generated: Sequence[int], max_new_tokens: int, eos_id: int) -
     `generated` is cut at EOS (which it excludes). A response that used the whole `max_new_tokens` budget was
     truncated, so it gets no EOS, as a cut reference loses its EOS in `encode_examples` (MiniLLM); otherwise the
     student would be taught to stop where the budget, not the teacher, ended the answer. An empty one is [EOS].
+
+    Args:
+        generated: the generated ids, cut at (excluding) EOS.
+        max_new_tokens: the generation budget.
+        eos_id: the EOS token id.
+
+    Returns:
+        The response ids: `generated` + [eos_id], or `generated` alone when it used the whole budget.
     """
     ids = list(generated)
     truncated = len(ids) >= max_new_tokens
@@ -534,8 +609,17 @@ def encode_examples(examples: Sequence[dict], tokenizer, *, max_prompt_len: int,
 
     Prompts longer than `max_prompt_len` are dropped and counted (MiniLLM), or truncated to it when
     drop_long=False (DistiLLM). The response is cut so prompt + response <= max_len; a cut response
-    loses its EOS, as in MiniLLM. Returns (encoded, n_dropped); Encoded.index is the position in
-    `examples`, Encoded.meta['id'] the example's id.
+    loses its EOS, as in MiniLLM.
+
+    Args:
+        examples: records with `prompt` and `output` (`load_instructions`).
+        tokenizer: a Hugging Face tokenizer with an EOS token.
+        max_prompt_len: the longest prompt in tokens, < max_len.
+        max_len: the longest prompt + response in tokens.
+        drop_long: drop longer prompts (True) or truncate them (False).
+
+    Returns:
+        (encoded, n_dropped); Encoded.index is the position in `examples`, Encoded.meta['id'] the example's id.
     """
     if max_prompt_len >= max_len:
         raise ValueError(f"max_prompt_len ({max_prompt_len}) must be < max_len ({max_len}) "
@@ -571,8 +655,16 @@ def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
 # ---------------------------------------------------------------------------
 
 def describe_sets(sets: Mapping[str, Sequence[dict]], count_tokens: Callable[[str], int] = gpt2_token_count):
-    """One row per set (records from load_instructions): rows, extra fields (beyond STANDARD_FIELDS),
-    prompt tokens (mean/median/max), mean words per reference, references per row."""
+    """A data card: per set its rows, extra fields, prompt lengths and reference lengths.
+
+    Args:
+        sets: set name -> records (`load_instructions`).
+        count_tokens: the prompt token counter (default GPT-2's).
+
+    Returns:
+        A DataFrame indexed by set: rows, extra fields (beyond STANDARD_FIELDS), prompt tokens (mean/median/max),
+        mean words per reference, references per row.
+    """
     import pandas as pd
 
     table = {name: _describe_one(records, count_tokens) for name, records in sets.items()}
@@ -609,6 +701,7 @@ def _hf_token_counter(name: str) -> Callable[[str], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: `download-dolly` (load_dolly_from_hub) and `fetch-gpt2-ranks` (fetch_gpt2_ranks)."""
     parser = argparse.ArgumentParser(prog="python -m pocl_utils.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     dolly = commands.add_parser("download-dolly", help="build train/valid/test JSON Lines from databricks-dolly-15k")

@@ -54,6 +54,14 @@ def fuse_ranks(rouge_l, ce, k: float = RRF_K) -> np.ndarray:
     Ranks start at 1 for the easiest sample (highest ROUGE-L, lowest CE); tied values share the mean of their ranks.
     Deviation from the blog's reference code, which uses 0-based argsort-of-argsort ranks and breaks ties by index:
     we follow the paper and Cormack et al. (1-based ranks) and treat ties symmetrically.
+
+    Args:
+        rouge_l: [n] the student's greedy ROUGE-L per sample (higher = easier).
+        ce: [n] the student's mean reference cross-entropy per sample (lower = easier).
+        k: the fusion constant, >= 0 (the paper: 60).
+
+    Returns:
+        [n] FR scores, higher = easier.
     """
     rouge_l, ce = _as_scores(rouge_l, "rouge_l"), _as_scores(ce, "ce")
     if rouge_l.shape != ce.shape:
@@ -66,13 +74,29 @@ def fuse_ranks(rouge_l, ce, k: float = RRF_K) -> np.ndarray:
 
 
 def order_from_scores(scores, *, higher_is_easier: bool = True) -> np.ndarray:
-    """Sample positions sorted easiest first; equal scores keep their index order (stable sort)."""
+    """Sample positions sorted easiest first; equal scores keep their index order (stable sort).
+
+    Args:
+        scores: [n] finite scores.
+        higher_is_easier: the scores' direction.
+
+    Returns:
+        [n] int64 positions, easiest first.
+    """
     scores = _as_scores(scores, "scores")
     return np.argsort(-scores if higher_is_easier else scores, kind="stable").astype(np.int64)
 
 
 def rank_order(rouge_l, ce, method: str = "fusion", k: float = RRF_K) -> np.ndarray:
-    """Sample positions easiest first by fusion (Eq. 2), ROUGE-L only or CE only (the §5.1 ablation)."""
+    """Sample positions easiest first by fusion (Eq. 2), ROUGE-L only or CE only (the §5.1 ablation).
+
+    Args:
+        rouge_l, ce, k: as in `fuse_ranks`.
+        method: one of METHODS.
+
+    Returns:
+        [n] int64 positions, easiest first.
+    """
     if method == "fusion":
         return order_from_scores(fuse_ranks(rouge_l, ce, k))
     if method == "rouge_l":
@@ -83,7 +107,15 @@ def rank_order(rouge_l, ce, method: str = "fusion", k: float = RRF_K) -> np.ndar
 
 
 def order_by_truth(ids, true_difficulty) -> np.ndarray:
-    """ids easiest first by a known true difficulty (the oracle control); equal difficulties keep their id order."""
+    """ids easiest first by a known true difficulty (the oracle control); equal difficulties keep their id order.
+
+    Args:
+        ids: [n] sample ids.
+        true_difficulty: [n] the known difficulty of each id (higher = harder).
+
+    Returns:
+        [n] int64 ids, easiest first.
+    """
     ids, truth = np.asarray(ids, dtype=np.int64), _as_scores(true_difficulty, "true_difficulty")
     if ids.shape != truth.shape:
         raise ValueError(f"difficulty: {ids.size} ids but {truth.size} true difficulties")
@@ -148,6 +180,7 @@ class Ranking:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Ranking:
+        """A Ranking read back from `to_csv`'s file, exactly; a malformed file raises ValueError naming its line."""
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         if not rows or tuple(rows[0]) not in (CSV_COLUMNS, CSV_COLUMNS[:-1]):
@@ -171,7 +204,14 @@ class Ranking:
 # ---------------------------------------------------------------------------------------------------------------
 
 def special_ids(tokenizer) -> tuple[int, int]:
-    """(eos_id, pad_id); pad falls back to EOS as in GPT-2 setups."""
+    """The tokenizer's EOS and pad ids; pad falls back to EOS as in GPT-2 setups.
+
+    Args:
+        tokenizer: a tokenizer with `eos_token_id` (required) and `pad_token_id`.
+
+    Returns:
+        (eos_id, pad_id).
+    """
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("difficulty: tokenizer has no eos_token_id")
@@ -180,7 +220,16 @@ def special_ids(tokenizer) -> tuple[int, int]:
 
 
 def check_encoded(encoded: list[Encoded], max_new_tokens: int, limit: int | None) -> None:
-    """Clear errors for empty prompts/responses and samples too long for the model's positions."""
+    """Clear errors for empty prompts/responses and samples too long for the model's positions.
+
+    Args:
+        encoded: the samples to score.
+        max_new_tokens: the greedy decode's length limit.
+        limit: the model's number of positions; None = unlimited.
+
+    Raises:
+        ValueError: naming the first bad sample (its position and index).
+    """
     for i, ex in enumerate(encoded):
         if not ex.prompt_ids or not ex.response_ids:
             raise ValueError(f"difficulty: encoded[{i}] (index {ex.index}) has an empty prompt or response")
@@ -194,7 +243,13 @@ def check_encoded(encoded: list[Encoded], max_new_tokens: int, limit: int | None
 def response_ce(logits: torch.Tensor, response: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy per row (nats), L_ce of Eq. 5 averaged over the response tokens incl. EOS.
 
-    logits [B, R, V] predict response [B, R] (right-padded, response_mask [B, R]); log-softmax in fp32.
+    Args:
+        logits: [B, R, V], column j predicts response token j; log-softmax runs in fp32.
+        response: [B, R] right-padded response token ids.
+        response_mask: [B, R], 1 on real tokens.
+
+    Returns:
+        [B] mean CE per row over its real tokens.
     """
     labels = response.masked_fill(response_mask == 0, -100)  # [B, R]
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B, R]
@@ -231,7 +286,18 @@ def _score_batch(model: torch.nn.Module, batch: list[Encoded], *, eos_id: int, p
 
 def greedy_outputs_and_ce(model: torch.nn.Module, encoded: list[Encoded], *, eos_id: int, pad_id: int,
                           max_new_tokens: int, batch_size: int = 32) -> tuple[list[list[int]], np.ndarray]:
-    """Greedy continuation ids (cut at EOS) and mean reference CE per sample, in input order; batched and cached."""
+    """Greedy continuation ids (cut at EOS) and mean reference CE per sample, in input order; batched and cached.
+
+    Args:
+        model: the student, a causal LM.
+        encoded: the samples (prompt and reference response ids).
+        eos_id, pad_id: special token ids (`special_ids`).
+        max_new_tokens: the greedy decode's length limit, >= 1.
+        batch_size: samples per forward.
+
+    Returns:
+        (outputs, ce): per sample its greedy continuation ids and its mean reference CE (`response_ce`), [n].
+    """
     check_encoded(encoded, max_new_tokens, max_positions(model))
     if max_new_tokens < 1:
         raise ValueError(f"difficulty: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -282,7 +348,17 @@ def score_samples(model: torch.nn.Module, tokenizer, encoded: list[Encoded], *, 
                   batch_size: int = 32, references: list[list[str]] | None = None, k: float = RRF_K) -> Ranking:
     """Score every sample with the student and fuse the ranks (Eq. 2); batched fast path.
 
-    references: each sample's reference strings (ROUGE-L takes the max over them); default the decoded response.
+    Args:
+        model: the student, a causal LM.
+        tokenizer: its tokenizer (special ids, decoding).
+        encoded: the samples; their `index` values must be unique and become the Ranking's ids.
+        max_new_tokens: the greedy decode's length limit.
+        batch_size: samples per forward.
+        references: each sample's reference strings (ROUGE-L takes the max over them); None = the decoded response.
+        k: the fusion constant of Eq. 2.
+
+    Returns:
+        A Ranking with each sample's ROUGE-L, CE, fused score and greedy text.
     """
     eos_id, pad_id = special_ids(tokenizer)
     _check_unique_indices(encoded)
@@ -299,7 +375,10 @@ def score_samples(model: torch.nn.Module, tokenizer, encoded: list[Encoded], *, 
 
 def greedy_outputs_and_ce_naive(model: torch.nn.Module, encoded: list[Encoded], *, eos_id: int, pad_id: int,
                                 max_new_tokens: int) -> tuple[list[list[int]], np.ndarray]:
-    """Per-sample oracle for greedy_outputs_and_ce: unpadded HF generate, then a full forward for the CE."""
+    """Per-sample oracle for greedy_outputs_and_ce: unpadded HF generate, then a full forward for the CE.
+
+    Args and Returns as `greedy_outputs_and_ce` (no batch_size).
+    """
     check_encoded(encoded, max_new_tokens, max_positions(model))
     device = model_device(model)
     outputs, ce = [], np.empty(len(encoded), dtype=np.float64)
@@ -318,7 +397,10 @@ def greedy_outputs_and_ce_naive(model: torch.nn.Module, encoded: list[Encoded], 
 
 def score_samples_naive(model: torch.nn.Module, tokenizer, encoded: list[Encoded], *, max_new_tokens: int,
                         references: list[list[str]] | None = None, k: float = RRF_K) -> Ranking:
-    """Slow reference for score_samples: same result, one sample at a time."""
+    """Slow reference for score_samples: same result, one sample at a time.
+
+    Args and Returns as `score_samples` (no batch_size).
+    """
     eos_id, pad_id = special_ids(tokenizer)
     _check_unique_indices(encoded)
     refs = _references(tokenizer, encoded, references)

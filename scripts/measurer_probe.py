@@ -3,7 +3,7 @@
 For each setting (pre-training steps, whether the pre-training texts use the MiniLLM template), pre-trains the laptop
 student from scratch exactly as `pipeline._build_student` does, ranks the 2,500 training rows with it
 (`difficulty.score_samples`), and reports Spearman's rho of each measurer with the world's true difficulty
-(`report.rank_agreement`) and the share of rows whose greedy output scores ROUGE-L 0. Nothing in the workspace is
+(`frames.rank_agreement`) and the share of rows whose greedy output scores ROUGE-L 0. Nothing in the workspace is
 replaced. Writes results/laptop/measurer_probe.{csv,md}.
 
     python scripts/measurer_probe.py            # the committed settings, about 1-3 min each on one core
@@ -17,7 +17,7 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from pocl_utils.analysis import report
+from pocl_utils.analysis import frames, tables
 from pocl_utils.experiment.config import TrainSpec, get_profile
 from pocl_utils.difficulty import score_samples
 from pocl_utils.modeling.models import build_model
@@ -41,8 +41,8 @@ def probe(ws, steps: int, template: bool) -> dict:
     enc = ws.encoded("train")
     refs = [[ws.sets["train"][e.index]["output"]] for e in enc]
     ranking = score_samples(model.eval(), tok, enc, max_new_tokens=p.max_new_tokens, references=refs)
-    frame = report.ranking_frame(ranking, ws.sets["train"], p.n_subsets)
-    rho = report.rank_agreement(frame).set_index("ranking")["spearman_rho"]
+    frame = frames.ranking_frame(ranking, ws.sets["train"], p.n_subsets)
+    rho = frames.rank_agreement(frame).set_index("ranking")["spearman_rho"]
     return {"pretrain_steps": steps, "template_in_pretraining": template, "rouge_l_zero_share": (frame.rouge_l == 0).mean(),
             "rouge_l_mean": frame.rouge_l.mean(), "rho_rouge_l": rho["rouge_l"], "rho_ce": rho["ce"],
             "rho_fusion": rho["fusion"], "wall_s": round(time.time() - t0, 1)}
@@ -56,7 +56,7 @@ def main() -> None:
     ws = prepare(get_profile("laptop"))
     rows = [probe(ws, steps, template) for steps, template in SETTINGS]
     frame = pd.DataFrame(rows)
-    report.save_table(frame, "measurer_probe", REPO_ROOT / "results" / "laptop")
+    tables.save_table(frame, "measurer_probe", REPO_ROOT / "results" / "laptop")
     print(frame.to_string(index=False))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pocl_utils.analysis import premises, report
+from pocl_utils.analysis import premises, tables
 from pocl_utils.experiment.experiments import KD_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def main() -> None:
     teacher_row = scores[scores.method == "Teacher"].iloc[0]
     teacher = {k: float(str(teacher_row[k]).split(" ")[0]) for k in sets}
     runs = pd.read_csv(RESULTS / "runs.csv")
-    t1 = report.with_average(runs[runs.grid == "table1"][["method", "variant", "seed", "dataset", "rouge_l"]])
+    t1 = tables.with_average(runs[runs.grid == "table1"][["method", "variant", "seed", "dataset", "rouge_l"]])
     sft = t1[t1.method == "SFT"].groupby("dataset").rouge_l.mean()
     rows = premises.teacher_rows(teacher, sft.to_dict(), rules)
     rho = pd.read_csv(RESULTS / "ranking_vs_true_difficulty.csv").set_index("ranking").spearman_rho["fusion"]
@@ -60,7 +60,7 @@ def main() -> None:
     table = premises.premises_table(rows)
     out = RESULTS / "run2_5seeds"
     out.mkdir(exist_ok=True)
-    report.save_table(table, "premises", out)
+    tables.save_table(table, "premises", out)
     print(table.to_string())
 
 

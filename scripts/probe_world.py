@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pocl_utils import world
-from pocl_utils.experiment import pipeline, runner
+from pocl_utils.experiment import pipeline, runner, scoring
 from pocl_utils.analysis import premises
 from pocl_utils.experiment.config import baseline, get_profile
 from pocl_utils.data import EVAL_SETS
@@ -57,10 +57,10 @@ def main() -> None:
     teacher, student = ws.load_teacher(dev), ws.load_student_init(dev).eval()
     fam = pd.DataFrame({"teacher": per_family(ws, teacher, "train"), "student_init": per_family(ws, student, "train")})
     print(fam.to_string())
-    evals = {role: [ws.sets[role][e.index] for e in runner.eval_data(ws, role, p.eval_max_examples)[0]]
+    evals = {role: [ws.sets[role][e.index] for e in scoring.eval_data(ws, role, p.eval_max_examples)[0]]
              for role in EVAL_SETS}
     rules = premises.rule_scores(evals, ws.sets["train"])
-    t_eval = runner.reference_score(ws, "Teacher")["metrics"]["eval"]
+    t_eval = scoring.reference_score(ws, "Teacher")["metrics"]["eval"]
     teacher_scores = {k: v["mean"] for k, v in t_eval.items()}
     print(pd.DataFrame({"teacher": teacher_scores, **rules}).round(2).T.to_string())
     r = ws.ranking

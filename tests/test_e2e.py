@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+import pocl_utils.experiment.pool as pool
 import pocl_utils.experiment.runner as runner
+import pocl_utils.experiment.scoring as scoring
+import pocl_utils.experiment.training_run as training_run
 from pocl_utils.experiment.config import baseline, pocl
 from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.experiment.results import Registry
@@ -21,27 +24,27 @@ def ws(tmp_path_factory) -> Workspace:
 def _spy_stages(monkeypatch) -> list[set[int]]:
     """Record the sample positions each stage draws its batches from."""
     seen: list[set[int]] = []
-    real = runner.batch_stream
+    real = training_run.batch_stream
 
     def spy(indices, *args):
         seen.append(set(np.asarray(indices).tolist()))
         return real(indices, *args)
 
-    monkeypatch.setattr(runner, "batch_stream", spy)
+    monkeypatch.setattr(training_run, "batch_stream", spy)
     return seen
 
 
 def _spy_evaluation(monkeypatch) -> list[tuple[dict, dict]]:
     """Record (weights, metrics) of every model the runner evaluates on the eval sets."""
     seen: list[tuple[dict, dict]] = []
-    real = runner.evaluate_model
+    real = scoring.evaluate_model
 
     def spy(ws, model):
         metrics = real(ws, model)
         seen.append(({k: v.clone() for k, v in model.state_dict().items()}, metrics))
         return metrics
 
-    monkeypatch.setattr(runner, "evaluate_model", spy)
+    monkeypatch.setattr(scoring, "evaluate_model", spy)
     return seen
 
 
@@ -74,11 +77,11 @@ def _check_evaluated_model_is_the_best_checkpoint(ws, rec, evaluated) -> None:
     assert any(not torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # trained, not the initial one
     model.load_state_dict(weights)
     best = max(v["rouge_l"] for v in rec["metrics"]["train"]["valid"])
-    assert runner.validation_score(ws, model.eval()) == best
+    assert scoring.validation_score(ws, model.eval()) == best
     for dataset, m in metrics.items():
         assert sorted(m["per_seed"]) == sorted(ws.profile.eval_seeds)
         assert m["mean"] == pytest.approx(np.mean(list(m["per_seed"].values())), rel=1e-12)
-        assert m["n"] == len(runner.eval_data(ws, dataset, ws.profile.eval_max_examples)[0])
+        assert m["n"] == len(scoring.eval_data(ws, dataset, ws.profile.eval_max_examples)[0])
 
 
 def test_registry_skips_finished_runs(ws, monkeypatch):
@@ -86,15 +89,15 @@ def test_registry_skips_finished_runs(ws, monkeypatch):
     first = runner.execute(ws, spec, torch.device("cpu"))
     monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert runner.execute(ws, spec, torch.device("cpu")) == first
-    assert runner.run_grid(ws, [spec], log=lambda s: None) == [first]
+    assert pool.run_grid(ws, [spec], log=lambda s: None) == [first]
 
 
 def test_ranking_ablation_changes_the_curriculum(ws):
     enc = ws.encoded("train")
-    by = {m: runner.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist()
+    by = {m: training_run.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist()
           for m in ("fusion", "rouge_l", "ce")}
     assert by["rouge_l"] != by["ce"]
-    h2e = runner.stages_for(ws, pocl("KLD", order="hard_to_easy"), enc)[0].samples.tolist()
+    h2e = training_run.stages_for(ws, pocl("KLD", order="hard_to_easy"), enc)[0].samples.tolist()
     assert set(h2e).isdisjoint(by["fusion"])
 
 
@@ -104,7 +107,7 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     clean = runner.execute(ws, spec, torch.device("cpu"))
     other = Workspace(ws.profile, ws.root)
     monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
-    real = runner.run_steps
+    real = training_run.run_steps
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -113,10 +116,10 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill during stage 3")
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "run_steps", dying)
+    monkeypatch.setattr(training_run, "run_steps", dying)
     with pytest.raises(KeyboardInterrupt):
         runner.execute(other, spec, torch.device("cpu"))
-    monkeypatch.setattr(runner, "run_steps", real)
+    monkeypatch.setattr(training_run, "run_steps", real)
     resumed = runner.execute(other, spec, torch.device("cpu"))
     assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
     assert resumed["metrics"]["train"]["stages"] == clean["metrics"]["train"]["stages"]
@@ -130,7 +133,7 @@ def test_oracle_curriculum_orders_by_the_worlds_true_difficulty(ws):
     from pocl_utils.world import true_difficulty
     enc = ws.encoded("train")
     truth = true_difficulty([ws.sets["train"][e.index] for e in enc])  # by position in enc
-    stages = runner.stages_for(ws, pocl("KLD", ranking="oracle", variant=ORACLE), enc)
+    stages = training_run.stages_for(ws, pocl("KLD", ranking="oracle", variant=ORACLE), enc)
     first = np.zeros(len(enc), bool)
     first[stages[0].samples] = True
     assert truth[first].max() <= truth[~first].min()  # d_1 holds the easiest quarter, by the generator's labels

@@ -8,7 +8,7 @@ from scipy import stats
 from pocl_utils.analysis.findings import claim_table, excluded_effects, verdict
 from pocl_utils.stats import holm, p_value
 from pocl_utils.stats import paired_diff
-from pocl_utils.analysis.report import rank_agreement
+from pocl_utils.analysis.frames import rank_agreement
 
 
 def test_verdict_from_the_adjusted_p_value():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pocl_utils.notebook import lab
-from pocl_utils.analysis import report
+from pocl_utils.analysis import figures
 
 matplotlib.use("Agg")
 REPO = Path(__file__).resolve().parents[1]
@@ -22,10 +22,10 @@ def _summary(n_seeds: list[int]) -> pd.DataFrame:
 
 
 def test_bar_figures_say_what_their_error_bars_are():
-    fig = report.grouped_bars(_summary([5, 5]), "Avg", "Fig. 1: KD vs KD+POCL")
+    fig = figures.grouped_bars(_summary([5, 5]), "Avg", "Fig. 1: KD vs KD+POCL")
     title = fig.axes[0].get_title()
     assert title == "Fig. 1: KD vs KD+POCL\nerror bars: 95% CI (Student t) over n = 5 training seeds"
-    mixed = report.grouped_bars(_summary([1, 3]), "Avg").axes[0].get_title()
+    mixed = figures.grouped_bars(_summary([1, 3]), "Avg").axes[0].get_title()
     assert mixed.endswith("over n = 1–3 training seeds (none where n = 1)")
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pocl_utils import notebook as nb
-from pocl_utils.analysis import report
+from pocl_utils.analysis import frames, paper, tables
 from pocl_utils.experiment.config import ConfigError, RunSpec
 from pocl_utils.curriculum import Stage
 from pocl_utils.data import EVAL_SETS
@@ -93,7 +93,7 @@ def test_output_folders_follow_pocl_output_dir(tmp_path, monkeypatch):
     assert nb.figures_dir("smoke") == RUNS_ROOT / "figures" / "smoke" != nb.REPO_ROOT / "figures" / "smoke"
 
 
-# ---- the report helpers behind the tables ------------------------------------------------------------------------
+# ---- the analysis helpers behind the tables ----------------------------------------------------------------------
 
 
 def _tidy(scores: dict[tuple[str, str], list[float]], dataset_offset: dict[str, float] | None = None) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def _tidy(scores: dict[tuple[str, str], list[float]], dataset_offset: dict[str, 
 
 def test_paper_comparison_pairs_by_seed_and_checks_the_direction():
     df = _tidy({("KLD", "baseline"): [10.0, 12.0, 11.0], ("KLD", "+POCL"): [11.0, 12.5, 13.0]})
-    out = report.paper_comparison(df, "table1").set_index("dataset")
+    out = paper.paper_comparison(df, "table1").set_index("dataset")
     # differences 1.0, 0.5, 2.0: mean 7/6, CI half-width t(0.975, 2) * sd / sqrt(3)
     d = np.array([1.0, 0.5, 2.0])
     half = 4.302652729911275 * d.std(ddof=1) / math.sqrt(3)
@@ -114,14 +114,14 @@ def test_paper_comparison_pairs_by_seed_and_checks_the_direction():
     assert out.loc["DollyEval", "paper_diff"] == pytest.approx(24.87 - 23.49)  # Table 1, as printed
     assert set(out["direction_agrees"]) == {"yes"}
     worse = _tidy({("KLD", "baseline"): [10.0], ("KLD", "+POCL"): [9.0]})
-    assert set(report.paper_comparison(worse, "table1")["direction_agrees"]) == {"no"}
+    assert set(paper.paper_comparison(worse, "table1")["direction_agrees"]) == {"no"}
 
 
 def test_gkd_ratio_rows_map_to_the_papers_default_row():
     df = _tidy({("GKD", "baseline"): [20.0], ("GKD", "+POCL (ratio 0-0)"): [21.0],
                 ("GKD", "+POCL (ratio 0.3-0)"): [19.0], ("KLD", "baseline"): [20.0],
                 ("KLD", "+POCL (ratio 0-0)"): [21.0]})
-    out = report.paper_comparison(df, "ratio").set_index(["method", "variant", "dataset"])["paper_diff"]
+    out = paper.paper_comparison(df, "ratio").set_index(["method", "variant", "dataset"])["paper_diff"]
     # our GKD 0-0 (its default) sits beside the paper's GKD "ratio 0.3-0" row, which prints the default numbers
     assert out[("GKD", "+POCL (ratio 0-0)", "DollyEval")] == pytest.approx(26.60 - 24.67)
     assert np.isnan(out[("GKD", "+POCL (ratio 0.3-0)", "DollyEval")])  # no printed counterpart
@@ -130,17 +130,17 @@ def test_gkd_ratio_rows_map_to_the_papers_default_row():
 
 def test_ranking_ablation_joins_tables_2_and_5_and_derives_the_average():
     df = _tidy({("KLD", "baseline"): [10.0], ("KLD", "+POCL (R-L)"): [11.0]})
-    out = report.paper_comparison(df, "ranking").set_index("dataset")["paper_diff"]
-    paper = {"DollyEval": 24.56 - 23.49, "SelfInst": 11.10 - 10.33, "VicunaEval": 16.24 - 14.96,
-             "S-NI": 21.06 - 19.70, "UnNI": 24.60 - 22.01}
-    for ds, value in paper.items():
+    out = paper.paper_comparison(df, "ranking").set_index("dataset")["paper_diff"]
+    printed = {"DollyEval": 24.56 - 23.49, "SelfInst": 11.10 - 10.33, "VicunaEval": 16.24 - 14.96,
+               "S-NI": 21.06 - 19.70, "UnNI": 24.60 - 22.01}
+    for ds, value in printed.items():
         assert out[ds] == pytest.approx(value)
-    assert out["Avg"] == pytest.approx(np.mean(list(paper.values())))
-    summary = report.summary(df)
-    beside = report.beside_paper(summary, report.paper_comparison(df, "ranking"), "ranking")
+    assert out["Avg"] == pytest.approx(np.mean(list(printed.values())))
+    summary = tables.summary(df)
+    beside = paper.beside_paper(summary, paper.paper_comparison(df, "ranking"), "ranking")
     row = beside[(beside.variant == "+POCL (R-L)") & (beside.dataset == "DollyEval")].iloc[0]
     assert row["paper"] == pytest.approx(24.56) and row["mean"] == pytest.approx(11.0)
-    assert "paper 24.56 ✓" in report.beside_wide(beside).loc[("KLD", "+POCL (R-L)"), "DollyEval"]
+    assert "paper 24.56 ✓" in paper.beside_wide(beside).loc[("KLD", "+POCL (R-L)"), "DollyEval"]
 
 
 def test_ranking_frame_ranks_subsets_and_joins_truth_by_id():
@@ -149,15 +149,15 @@ def test_ranking_frame_ranks_subsets_and_joins_truth_by_id():
                             texts=["a", "b", "c", "d"])
     rows = [{"difficulty": d, "family": f"f{d}", "level": d, "instruction": "", "input": "", "output": ""}
             for d in (4, 3, 2, 1)]  # row i has difficulty 4 - i
-    frame = report.ranking_frame(ranking, rows, n_subsets=2).set_index("id")
+    frame = frames.ranking_frame(ranking, rows, n_subsets=2).set_index("id")
     assert frame["rank_fusion"].to_dict() == {3: 1, 2: 2, 1: 3, 0: 4}
     assert frame["subset"].to_dict() == {3: 1, 2: 1, 1: 2, 0: 2}
     assert frame["true_difficulty"].to_dict() == {3: 1.0, 0: 4.0, 2: 2.0, 1: 3.0}
-    agreement = report.rank_agreement(frame.reset_index()).set_index("ranking")["spearman_rho"]
+    agreement = frames.rank_agreement(frame.reset_index()).set_index("ranking")["spearman_rho"]
     assert agreement.to_dict() == pytest.approx({"rouge_l": 1.0, "ce": 1.0, "fusion": 1.0})
     # a measurer that cannot tell samples apart has no rho, whatever order its index-broken ties give
-    flat = report.ranking_frame(Ranking.build([0, 1, 2, 3], [0.0] * 4, [1.0, 2.0, 3.0, 4.0]), rows, 2)
-    rho = report.rank_agreement(flat).set_index("ranking")["spearman_rho"]
+    flat = frames.ranking_frame(Ranking.build([0, 1, 2, 3], [0.0] * 4, [1.0, 2.0, 3.0, 4.0]), rows, 2)
+    rho = frames.rank_agreement(flat).set_index("ranking")["spearman_rho"]
     assert np.isnan(rho["rouge_l"]) and rho["ce"] == pytest.approx(-1.0)  # CE rises as true difficulty falls
 
 
@@ -165,8 +165,8 @@ def test_stage_frame_reads_stages_and_record_dicts_alike():
     stages = [Stage(1, np.arange(5), 1.0, 0.3, 2), Stage(2, np.arange(10), 2.0, 0.0, 4)]
     from_dicts = [{"stage": 1, "n_samples": 5, "tau": 1.0, "alpha": 0.3, "steps": 2},
                   {"stage": 2, "n_samples": 10, "tau": 2.0, "alpha": 0.0, "steps": 4}]
-    pd.testing.assert_frame_equal(report.stage_frame(stages), report.stage_frame(from_dicts))
-    assert report.find_record([(RunSpec("KLD", variant="baseline"), {"key": "k"})], "KLD", "baseline") == {"key": "k"}
+    pd.testing.assert_frame_equal(frames.stage_frame(stages), frames.stage_frame(from_dicts))
+    assert frames.find_record([(RunSpec("KLD", variant="baseline"), {"key": "k"})], "KLD", "baseline") == {"key": "k"}
 
 
 def test_a_table1_only_profile_skips_the_ablations_cleanly(capsys):

@@ -21,7 +21,7 @@ from pocl_utils.experiment import real
 from pocl_utils.experiment.config import DIVERGENCE_OF, baseline, get_profile, pocl
 from pocl_utils.curriculum import plan_stages
 from pocl_utils.experiment.workspace import ROLES
-from pocl_utils.analysis.report import paper_table
+from pocl_utils.analysis.paper import paper_table
 from pocl_utils.training.train import total_steps
 
 from conftest import require  # noqa: E402
@@ -161,10 +161,10 @@ def test_generation_with_both_templates(ws, smollm2):
 def test_teacher_scores_reuse_the_reference_teacher_row_only_on_the_same_subset(ws):
     from dataclasses import replace
 
-    from pocl_utils.experiment import runner
+    from pocl_utils.experiment import scoring
     one = replace(ws, profile=replace(ws.profile, eval_seeds=(10,)))  # one sampling seed keeps it short
     scores = real.teacher_scores(one)
-    reference = runner.reference_score(one, "Teacher")["metrics"]["eval"]
+    reference = scoring.reference_score(one, "Teacher")["metrics"]["eval"]
     assert scores["minillm"] == reference
     fresh = json.loads(json.dumps(real.evaluate_teacher(one, "minillm")))  # as stored: JSON keys are strings
     assert fresh == reference  # what the reuse stands for: the same numbers

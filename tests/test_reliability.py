@@ -23,6 +23,7 @@ import torch
 
 import pocl_utils
 import pocl_utils.experiment.runner as runner
+import pocl_utils.experiment.training_run as training_run
 from pocl_utils.experiment.config import TrainSpec, pocl
 from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.experiment.results import Registry
@@ -50,8 +51,8 @@ def _batch_child(argv: list[str], log: str) -> None:
 @pytest.fixture(scope="module")
 def forker():
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.experiment.batch", "pocl_utils.experiment.runner",
-                                "pocl_utils.analysis.report", "pocl_utils.experiment.pipeline",
+    ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.experiment.batch", "pocl_utils.experiment.pool",
+                                "pocl_utils.analysis.tables", "pocl_utils.experiment.pipeline",
                                 "pocl_utils.modeling.generate", "pocl_utils.difficulty", "pocl_utils.world"])
     warm = ctx.Process(target=int)  # starts the server (the one-off import) before anything is timed
     warm.start()
@@ -256,7 +257,7 @@ def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path,
     monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
     spec = pocl("KLD", seed=5)
     run_dir = Registry(tmp_path).run_dir(runner.KIND, runner.run_key(ws, spec))
-    real, calls, snapshot = runner.kd_loss_fn, {"n": 0}, {}
+    real, calls, snapshot = training_run.kd_loss_fn, {"n": 0}, {}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
@@ -271,7 +272,7 @@ def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path,
             return loss, parts
         return loss_fn
 
-    monkeypatch.setattr(runner, "kd_loss_fn", poisoned)
+    monkeypatch.setattr(training_run, "kd_loss_fn", poisoned)
     with pytest.raises(FloatingPointError, match=r"KLD \+POCL s5 stage 3: non-finite loss nan at step 1"):
         runner.execute(ws, spec, CPU)
     assert not (run_dir / "result.json").exists()
@@ -279,7 +280,7 @@ def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path,
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.safetensors")} == {
         k: v for k, v in snapshot.items() if k.endswith(".safetensors")}
     assert json.loads((run_dir / "progress.json").read_text())["done_stage"] == 2
-    monkeypatch.setattr(runner, "kd_loss_fn", real)  # the cause is gone: the run resumes at stage 3 and finishes
+    monkeypatch.setattr(training_run, "kd_loss_fn", real)  # the cause is gone: the run resumes at stage 3 and finishes
     assert runner.execute(ws, spec, CPU)["metrics"]["train"]["stages"][-1]["stage"] == 4
 
 

@@ -359,7 +359,7 @@ def test_profile_cache_modes_build_their_cache_and_train(mode, tmp_path):
     """`exact` (every world profile), `top-<k>` and `live` (the paper profiles: no cache, the teacher runs every
     step): the teacher_cache step builds what the mode says, run keys tell the modes apart, and a KD run trains."""
     from dataclasses import replace
-    from pocl_utils.experiment import runner
+    from pocl_utils.experiment import runner, training_run
     from pocl_utils.experiment.config import baseline, get_profile
     from pocl_utils.experiment.pipeline import prepare
     torch.set_num_threads(1)
@@ -370,7 +370,7 @@ def test_profile_cache_modes_build_their_cache_and_train(mode, tmp_path):
     assert ws.step_keys()["teacher"] == exact.step_keys()["teacher"]
     assert ws.step_keys()["teacher_cache"] != exact.step_keys()["teacher_cache"]
     assert runner.run_key(ws, spec) != runner.run_key(exact, spec)
-    ctx = runner.kd_context(ws, spec, torch.device("cpu"))
+    ctx = training_run.kd_context(ws, spec, torch.device("cpu"))
     if mode == "live":
         assert ws.teacher_cache is None and ctx.cache is None and ctx.teacher is not None
         assert not (ws.root / "teacher_cache" / "cache.safetensors").exists()

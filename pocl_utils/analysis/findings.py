@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .report import PAPER_VARIANTS, paired, paper_values
+from .paper import PAPER_VARIANTS, paper_values
+from .tables import paired
 from ..stats import holm, p_value
 
 # claim id -> (what the paper says, [(grid, base (method, variant), other (method, variant))]); the grid names
-# the paper tables that print the comparison (report.PAPER_TABLES).
+# the paper tables that print the comparison (paper.PAPER_TABLES).
 # "other" is what the paper says is better; a positive difference supports the claim.
 CLAIMS: dict[str, tuple[str, list]] = {
     "a": ("+POCL beats its baseline for most KD methods (Table 1)",
@@ -61,7 +62,7 @@ def excluded_effects(diff: float, half: float, paper: float) -> str:
 def _paper(grid: str, base: tuple[str, str], other: tuple[str, str]) -> float:
     """The paper's Avg difference other - base (the mean of its five sets where it prints no Avg); NaN where it
     prints no such row (our constant schedules, and GKD's 0.3->0 ratio: its Table 9 row of that name carries GKD's
-    default alpha = 0 numbers, see report.PAPER_VARIANTS)."""
+    default alpha = 0 numbers, see paper.PAPER_VARIANTS)."""
     rename = PAPER_VARIANTS.get((grid, base[0]), {})
     values = paper_values(grid)
     b = values.get((base[0], rename.get(base[1], base[1]), "Avg"))

@@ -24,7 +24,8 @@ from scipy import optimize, stats
 
 from ..data import EVAL_SETS
 from ..evaluate import rouge_l_batch
-from .report import by_seed, paper_diff
+from .paper import paper_diff
+from .tables import by_seed
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
 TEACHER_MARGIN_RULE = 5.0  # P1: teacher - each trivial rule, every eval set
@@ -143,7 +144,7 @@ def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping
 
 def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, n_seeds: int,
                       methods: Sequence[str]) -> list[dict]:
-    """P3 rows from Table 1's tidy runs (report.with_average applied): each method's paired SD of +POCL - baseline on
+    """P3 rows from Table 1's tidy runs (tables.with_average applied): each method's paired SD of +POCL - baseline on
     Avg over the seeds both have (methods with fewer than 2 pairs are left out), the paper's Table 1 Avg gain, and
     our teacher - SFT gap on Avg."""
     avg = table1[table1.dataset == "Avg"]

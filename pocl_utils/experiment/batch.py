@@ -29,19 +29,19 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
               size: str | None = None, out: Path | None = None, log=print) -> Path:
     """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its
     path."""
-    from ..analysis import report
-    from . import runner
+    from ..analysis.tables import tidy
+    from . import pool, runner
     from .pipeline import prepare
     p = get_profile(profile)
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world")
     log = log if distributed.is_main() else (lambda s: None)
     ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
-    runner.run_grid(ws, specs, log=log)
+    pool.run_grid(ws, specs, log=log)
     _wait_for_others(ws, specs, distributed.device(), log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")
     if not distributed.is_main():
         return out
-    frame = report.tidy(runner.records_for(ws, specs))
+    frame = tidy(runner.records_for(ws, specs))
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock"):  # a second batch may write the same CSV
         for stale in out.parent.glob(f".{out.name}.*.tmp"):  # from a batch killed while writing it

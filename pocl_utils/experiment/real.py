@@ -28,9 +28,9 @@ from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profil
 from ..evaluate import evaluate_set, subset
 from ..modeling.models import (build_model, load_pretrained, load_tokenizer, pick_device, resolve_source,
                                save_checkpoint, smollm2_dir)
-from ..analysis.report import paper_table
+from ..analysis.paper import paper_table
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
-from .runner import eval_data, eval_key, reference_score
+from .scoring import eval_data, eval_key, reference_score
 from ..training.train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft
 from .workspace import (ROLES, STEPS, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
                         seqkd_step, step_dir, teacher_cache_step, thin_log, workspace_root)
@@ -404,7 +404,7 @@ def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, 
     """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
     template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
     profile's sampling seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template
-    scores are notebook 01's Teacher row (runner.reference_score: the same rows, seeds and prompts), not a second
+    scores are notebook 01's Teacher row (scoring.reference_score: the same rows, seeds and prompts), not a second
     run."""
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}

@@ -1,7 +1,7 @@
 """Glue between the notebooks and the package: set-up, one call per table, named figures, output folders, display.
 
-Each notebook starts with `ws = setup(profile, **overrides)` and then only calls functions from here, `report`,
-`runner` and the method's modules, so no notebook defines anything another one needs. Tables go to
+Each notebook starts with `ws = setup(profile, **overrides)` and then only calls functions from here, `analysis`,
+`experiment` and the method's modules, so no notebook defines anything another one needs. Tables go to
 `results/<profile>/` and figures (PNG + PDF) to `figures/<profile>/`, under the run folder (./runs, or
 $POCL_RUNS_DIR) or under $POCL_OUTPUT_DIR when set; the committed reference results in the repository's own
 `results/` and `figures/` change only through `pocl-reproduce --publish` (see `outputs`).
@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..training import distributed  # noqa: E402
-from ..analysis import findings, report  # noqa: E402
-from ..experiment import runner  # noqa: E402
+from ..analysis import figures, findings, frames, paper, tables  # noqa: E402
+from ..experiment import pool, runner, scoring, training_run  # noqa: E402
 from ..experiment.config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, RunSpec, baseline, get_profile, pocl
 from ..data import DataError
 from ..modeling.models import CheckpointError
@@ -96,7 +96,7 @@ def real_data_card(ws: Workspace) -> pd.DataFrame:
     from ..experiment.real import data_card
     card, lengths = data_card(ws)
     save_table(ws, card, "data_card")
-    save_figure(ws, report.prompt_length_figure(lengths), "real_prompt_lengths")
+    save_figure(ws, figures.prompt_length_figure(lengths), "real_prompt_lengths")
     return card
 
 
@@ -158,13 +158,13 @@ def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
 
 def save_table(ws: Workspace, df: pd.DataFrame, name: str) -> Path:
     """results/<profile>/<name>.csv and .md."""
-    return report.save_table(df, name, results_dir(ws.profile))
+    return tables.save_table(df, name, results_dir(ws.profile))
 
 
 def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
     """figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it."""
     import matplotlib.pyplot as plt
-    path = report.save_figure(fig, name, figures_dir(ws.profile))
+    path = figures.save_figure(fig, name, figures_dir(ws.profile))
     if in_notebook():
         from IPython.display import display
         display(fig)
@@ -247,8 +247,8 @@ def training_logs(ws: Workspace) -> dict[str, list[dict]]:
 
 
 def ranking_table(ws: Workspace) -> pd.DataFrame:
-    """report.ranking_frame of the workspace's cached difficulty ranking (Eq. 2)."""
-    return report.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
+    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2)."""
+    return frames.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
 
 
 def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
@@ -262,10 +262,10 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     from ..experiment.experiments import KD_METHODS
     p = ws.profile
     sft_specs = [baseline("SFT", s) for s in range(n_seeds_for(p, "table1"))]
-    runner.run_grid(ws, sft_specs)
-    sft = report.with_average(report.tidy(runner.records_for(ws, sft_specs))).groupby("dataset").rouge_l.mean()
-    teacher = {k: v["mean"] for k, v in runner.reference_score(ws, "Teacher")["metrics"]["eval"].items()}
-    evals = {role: [ws.sets[role][e.index] for e in runner.eval_data(ws, role, p.eval_max_examples)[0]]
+    pool.run_grid(ws, sft_specs)
+    sft = tables.with_average(tables.tidy(runner.records_for(ws, sft_specs))).groupby("dataset").rouge_l.mean()
+    teacher = {k: v["mean"] for k, v in scoring.reference_score(ws, "Teacher")["metrics"]["eval"].items()}
+    evals = {role: [ws.sets[role][e.index] for e in scoring.eval_data(ws, role, p.eval_max_examples)[0]]
              for role in teacher}
     rows = premises.teacher_rows(teacher, sft.to_dict(), premises.rule_scores(evals, ws.sets["train"]))
     frame = ranking_table(ws)
@@ -274,7 +274,7 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     else:
         rows += premises.measurer_rows(frame.rouge_l, frame.fused, frame.true_difficulty.to_numpy())
     if with_power:
-        runs = report.with_average(report.tidy(records(ws, "table1")))
+        runs = tables.with_average(tables.tidy(records(ws, "table1")))
         rows += premises.table1_power_rows(runs, float(np.mean(list(teacher.values()))), float(sft["Avg"]),
                                            n_seeds_for(p, "table1"), KD_METHODS)
     table = premises.premises_table(rows)
@@ -283,7 +283,7 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
 
 
 def ranking_verdict(agreement: pd.DataFrame) -> str:
-    """One line on report.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?"""
+    """One line on frames.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?"""
     from ..analysis.premises import MEASURER_RHO
     rho = agreement.set_index("ranking")["spearman_rho"]
     if rho.isna().all():
@@ -291,7 +291,7 @@ def ranking_verdict(agreement: pd.DataFrame) -> str:
     best = rho.idxmax()
     verdict = "finds" if rho["fusion"] >= MEASURER_RHO else "does not find"
     return (f"The fused ranking {verdict} the true difficulty (Spearman ρ = {rho['fusion']:+.2f}; P2 asks for "
-            f"≥ {MEASURER_RHO}); the single best measurer here is {report.RANKING_NAMES[best]} "
+            f"≥ {MEASURER_RHO}); the single best measurer here is {figures.RANKING_NAMES[best]} "
             f"(ρ = {rho[best]:+.2f}).")
 
 
@@ -305,7 +305,7 @@ def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
             continue
         seen.add((spec.method, spec.variant))
         done = 0
-        for s in runner.stages_for(ws, spec, enc):
+        for s in training_run.stages_for(ws, spec, enc):
             added = s.samples[done:]  # Baby Step: stage i = stage i-1's samples followed by d_i
             done = len(s.samples)
             truth = [rows[enc[k].index].get("difficulty", np.nan) for k in added]
@@ -336,8 +336,8 @@ def run_table(ws: Workspace, name: str) -> pd.DataFrame:
     if not specs:
         print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
         return pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
-    runner.run_grid(ws, specs)
-    return report.tidy(runner.records_for(ws, specs))
+    pool.run_grid(ws, specs)
+    return tables.tidy(runner.records_for(ws, specs))
 
 
 @dataclass
@@ -362,12 +362,12 @@ def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tr
         return TableReport(*(pd.DataFrame() for _ in range(7)))
     rows = runs
     if name == "table1":  # Table 1 prints the teacher; the untrained student shows what KD adds
-        rows = pd.concat([report.reference_tidy(runner.reference_scores(ws)), runs], ignore_index=True)
-    summary = report.summary(rows)
-    comparison = report.paper_comparison(runs, name, family)
-    beside = report.beside_paper(summary, comparison, name, family)
-    out = TableReport(runs, summary, report.wide(summary), comparison, report.paired_wide(comparison), beside,
-                      report.beside_wide(beside))
+        rows = pd.concat([tables.reference_tidy(scoring.reference_scores(ws)), runs], ignore_index=True)
+    summary = tables.summary(rows)
+    comparison = paper.paper_comparison(runs, name, family)
+    beside = paper.beside_paper(summary, comparison, name, family)
+    out = TableReport(runs, summary, tables.wide(summary), comparison, paper.paired_wide(comparison), beside,
+                      paper.beside_wide(beside))
     if save:
         stem = TABLE_FILES[name]
         for suffix, df in (("ours", out.wide), ("paired", out.paired_wide), ("vs_paper", out.beside_wide),
@@ -392,8 +392,8 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
                                "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
                                "alpha_n": s.alpha[1], **{k: rec["config"].get(k) for k in ENVIRONMENT}}
                               for s, rec in recs]).drop_duplicates("run_key")
-        greedy = report.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(["run_key", "dataset"])
-        frame = report.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
+        greedy = tables.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(["run_key", "dataset"])
+        frame = tables.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
                                         on=["run_key", "dataset"])
         parts.append(frame.merge(specs, on="run_key").assign(grid=name))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -403,8 +403,8 @@ def claims(ws: Workspace) -> pd.DataFrame:
     """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding (column
     `protocol`); each from the finished runs of every grid (a run shared by two grids under one label counts once)."""
     parts = []
-    for protocol in report.PROTOCOLS:
-        runs = [report.tidy(records(ws, name), protocol) for name in GRIDS]
+    for protocol in tables.PROTOCOLS:
+        runs = [tables.tidy(records(ws, name), protocol) for name in GRIDS]
         runs = pd.concat(runs, ignore_index=True).drop_duplicates(["method", "variant", "seed", "dataset"])
         if len(runs):
             parts.append(findings.claim_table(runs).assign(protocol=protocol))
@@ -419,9 +419,9 @@ def _bars(name: str, dataset: str, title: str) -> Callable[[Workspace], Any]:
         runs = run_table(ws, name)
         if runs.empty:
             return None
-        summary = report.summary(runs)
+        summary = tables.summary(runs)
         with_pocl = summary[summary.variant != "baseline"].method.unique()  # KD methods only (not SFT, SeqKD)
-        return report.grouped_bars(summary[summary.method.isin(with_pocl)], dataset, title)
+        return figures.grouped_bars(summary[summary.method.isin(with_pocl)], dataset, title)
     return build
 
 
@@ -433,7 +433,7 @@ def _with_truth(build: Callable[[pd.DataFrame], Any]) -> Callable[[Workspace], A
 
 
 def _families_levels(ws: Workspace) -> Any:
-    return report.family_level_figure(examples_frame(ws)) if ws.profile.data == "world" else None  # real: none
+    return figures.family_level_figure(examples_frame(ws)) if ws.profile.data == "world" else None  # real: none
 
 
 FIG3_RUNS = [("KLD", "baseline"), ("KLD", "+POCL"), ("GKD", "baseline"), ("GKD", "+POCL")]
@@ -441,15 +441,15 @@ FIG3_RUNS = [("KLD", "baseline"), ("KLD", "+POCL"), ("GKD", "baseline"), ("GKD",
 # name -> builder(ws) returning a Figure, or None when the profile has nothing to draw. Notebooks call figure(ws, name).
 FIGURES: dict[str, Callable[[Workspace], Any]] = {
     "data_families_levels": _families_levels,
-    "data_token_lengths": lambda ws: report.token_length_figure(examples_frame(ws)),
-    "training_logs": lambda ws: report.training_log_figure(training_logs(ws)) if training_logs(ws) else None,
-    "ranking_vs_true_difficulty": _with_truth(report.ranking_vs_truth_figure),
-    "subset_difficulty": _with_truth(report.subset_difficulty_figure),
+    "data_token_lengths": lambda ws: figures.token_length_figure(examples_frame(ws)),
+    "training_logs": lambda ws: figures.training_log_figure(training_logs(ws)) if training_logs(ws) else None,
+    "ranking_vs_true_difficulty": _with_truth(figures.ranking_vs_truth_figure),
+    "subset_difficulty": _with_truth(figures.subset_difficulty_figure),
     "fig1_pocl_by_method": _bars("table1", "DollyEval", "Fig. 1: KD vs KD+POCL on DollyEval"),
-    "curriculum_kld": lambda ws: report.curriculum_figure(runner.stages_for(ws, pocl("KLD"), ws.encoded("train")),
-                                                          "KLD+POCL curriculum"),
-    "loss_by_stage": lambda ws: report.loss_figure(records(ws, "table1"), FIG3_RUNS[:2]),
-    "fig3_validation": lambda ws: report.validation_figure(records(ws, "table1"), FIG3_RUNS),
+    "curriculum_kld": lambda ws: figures.curriculum_figure(
+        training_run.stages_for(ws, pocl("KLD"), ws.encoded("train")), "KLD+POCL curriculum"),
+    "loss_by_stage": lambda ws: figures.loss_figure(records(ws, "table1"), FIG3_RUNS[:2]),
+    "fig3_validation": lambda ws: figures.validation_figure(records(ws, "table1"), FIG3_RUNS),
     "table2_ranking_bars": _bars("ranking", "Avg", "Tables 2/5: difficulty measurer"),
     "table3_adaptive_bars": _bars("adaptive", "Avg", "Tables 3/6: adaptive tau and alpha"),
     "fig4a_order": _bars("order", "Avg", "Fig. 4a: order of the subsets"),

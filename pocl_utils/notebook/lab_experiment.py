@@ -12,7 +12,7 @@ import torch
 
 from .. import curriculum, difficulty
 from ..experiment.config import RunSpec
-from ..analysis.report import stage_frame
+from ..analysis.frames import stage_frame
 from ..training.train import make_batch, student_logits_at_targets, total_steps
 from ..experiment.workspace import Workspace
 
@@ -29,7 +29,7 @@ def easy_first(ws: Workspace, fuse_ranks: Callable = difficulty.fuse_ranks) -> n
 def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, baby_step: Callable,
          tau_schedule: Callable, alpha_schedule: Callable) -> list[curriculum.Stage]:
     """The POCL stages of run `spec` built from the given pieces by curriculum.plan_stages, with the baseline's step
-    budget, as runner.stages_for builds them from pocl_utils's pieces."""
+    budget, as training_run.stages_for builds them from pocl_utils's pieces."""
     n_steps = total_steps(len(ws.encoded("train")), ws.profile.kd)
     return curriculum.plan_stages(order, n_subsets=spec.n_subsets, total_steps=n_steps,
                                   tau=spec.tau, alpha=spec.alpha, order=spec.order, seed=spec.seed,
@@ -38,7 +38,7 @@ def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, b
 
 
 def stage_table(stages: Sequence[curriculum.Stage]) -> pd.DataFrame:
-    """report.stage_frame with what each stage trains on (d1 ∪ … ∪ di) and how many samples it adds (|d_i|)."""
+    """frames.stage_frame with what each stage trains on (d1 ∪ … ∪ di) and how many samples it adds (|d_i|)."""
     frame = stage_frame(list(stages))
     frame.insert(1, "trains on", [" ∪ ".join(f"d{j}" for j in range(1, i + 1)) for i in frame["stage"]])
     frame.insert(3, "added", np.diff(frame["n_samples"].to_numpy(), prepend=0))

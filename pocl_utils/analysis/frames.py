@@ -1,0 +1,103 @@
+"""Frames behind the figures and the small tables: the data sets per role, the difficulty ranking (scores, ranks,
+subsets, agreement with the true difficulty), the curriculum's stages, and one run's record among many.
+
+May import the method's `curriculum` and `experiment.config`; nothing of `training`, `modeling` or `notebook`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..curriculum import partition
+from ..experiment.config import RunSpec
+
+
+def set_table(examples: pd.DataFrame) -> pd.DataFrame:
+    """Per role: rows, rows kept after the length filter, families, levels, mean difficulty, token lengths."""
+    g = examples.groupby("role", sort=False)
+    return pd.DataFrame({
+        "rows": g.size(), "kept": g["kept"].sum(), "families": g["family"].nunique(),
+        "levels": g["level"].agg(lambda s: f"{s.min():.0f}-{s.max():.0f}" if s.notna().any() else "-"),
+        "difficulty_mean": g["difficulty"].mean(), "prompt_tokens_mean": g["prompt_tokens"].mean(),
+        "prompt_tokens_max": g["prompt_tokens"].max(), "response_tokens_mean": g["response_tokens"].mean(),
+        "response_tokens_max": g["response_tokens"].max()})
+
+
+def ranking_frame(ranking, rows: list[dict], n_subsets: int) -> pd.DataFrame:
+    """One row per ranked training sample: its scores, its rank under each measurer (1 = easiest), its POCL subset
+    (1..n by the fused ranking), the world's true difficulty (NaN for real data) and its text.
+
+    `ranking.ids` are positions in `rows` (= ws.sets["train"]), so the row fields join by id."""
+    ids = np.asarray(ranking.ids)
+    frame = pd.DataFrame({"id": ids, "rouge_l": ranking.rouge_l, "ce": ranking.ce, "fused": ranking.fused,
+                          "greedy": ranking.texts if ranking.texts is not None else [""] * len(ids)})
+    for method in ("rouge_l", "ce", "fusion"):
+        position = pd.Series(np.arange(1, len(ids) + 1), index=ranking.order(method))
+        frame[f"rank_{method}"] = position.loc[ids].to_numpy()
+    subset = {int(i): k + 1 for k, part in enumerate(partition(ranking.order("fusion"), n_subsets)) for i in part}
+    frame["subset"] = [subset[int(i)] for i in ids]
+    for key in ("family", "level", "instruction", "input", "output"):
+        frame[key] = [rows[i].get(key, "") for i in ids]
+    frame["true_difficulty"] = [float(rows[i].get("difficulty", np.nan)) for i in ids]
+    return frame
+
+
+def ranking_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The committed `ranking_rows.csv`: one row per training example with its family, true difficulty, the student's
+    greedy ROUGE-L and CE, and its rank under each measurer (1 = easiest; tied scores share their mean rank, so
+    Spearman(rank_fusion, true_difficulty) is exactly premise P2's)."""
+    from scipy.stats import rankdata
+    return pd.DataFrame({"index": frame["id"], "family": frame["family"], "true_difficulty": frame["true_difficulty"],
+                         "rouge_l": frame["rouge_l"], "ce": frame["ce"],
+                         "rank_rouge_l": rankdata(-frame["rouge_l"].to_numpy(), method="average"),
+                         "rank_ce": rankdata(frame["ce"].to_numpy(), method="average"),
+                         "rank_fusion": rankdata(-frame["fused"].to_numpy(), method="average")})
+
+
+def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spearman's rho between each measurer and the true difficulty; rho > 0 = the measurer calls harder samples hard.
+
+    Computed on the scores oriented harder = larger (-ROUGE-L, CE, -FR), so tied scores share their mean rank; the
+    rank_* columns break ties by index (the order the curriculum uses) and would add index noise to rho."""
+    from scipy.stats import spearmanr
+    out = []
+    truth = frame["true_difficulty"].to_numpy()
+    harder = {"rouge_l": -frame["rouge_l"], "ce": frame["ce"], "fusion": -frame["fused"]}
+    for method, score in harder.items():
+        score = score.to_numpy()
+        ok = not np.isnan(truth).any() and np.ptp(truth) > 0 and np.ptp(score) > 0  # rho is undefined otherwise
+        rho, p = spearmanr(score, truth) if ok else (np.nan, np.nan)
+        out.append({"ranking": method, "spearman_rho": float(rho), "p_value": float(p), "n": len(frame)})
+    return pd.DataFrame(out)
+
+
+def extremes(frame: pd.DataFrame, n: int, method: str = "fusion") -> pd.DataFrame:
+    """The n easiest and n hardest samples by one measurer, with the student's greedy output beside the reference."""
+    cols = ["which", f"rank_{method}", "true_difficulty", "family", "instruction", "input", "output", "greedy",
+            "rouge_l", "ce"]
+    ranked = frame.sort_values(f"rank_{method}")
+    return pd.concat([ranked.head(n).assign(which="easiest"), ranked.tail(n).assign(which="hardest")])[cols]
+
+
+def stage_frame(stages: list) -> pd.DataFrame:
+    """curriculum.Stage objects, or a record's metrics.train.stages dicts, as rows: stage, n_samples, tau, alpha,
+    steps."""
+    rows = []
+    for s in stages:
+        if isinstance(s, dict):
+            rows.append({k: s[k] for k in ("stage", "n_samples", "tau", "alpha", "steps")})
+        else:
+            rows.append({"stage": s.index, "n_samples": len(s.samples), "tau": s.tau, "alpha": s.alpha,
+                         "steps": s.steps})
+    return pd.DataFrame(rows)
+
+
+def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, variant: str, seed: int = 0) -> dict | None:
+    """The record of one (method, variant, seed) among runner.records_for pairs, or None."""
+    for spec, rec in records:
+        label = spec.variant or ("+POCL" if spec.pocl else "baseline")  # as tidy() labels it
+        if spec.method == method and label == variant and spec.seed == seed:
+            return rec
+    return None

@@ -1,0 +1,105 @@
+"""Tables of finished runs: tidy frames (one row per run and eval set), mean +- 95% CI over training seeds, paired
+differences by training seed, and writing a table as CSV and Markdown.
+
+May import the method's `data` and `stats`, and `experiment.config` / `experiment.results` (run specs, atomic
+writes); nothing of `training`, `modeling` or `notebook`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data import EVAL_SETS
+from ..experiment.config import RunSpec
+from ..experiment.results import atomic_write_text
+from ..stats import mean_ci, paired_diff
+
+
+def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled") -> pd.DataFrame:
+    """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l.
+
+    protocol "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
+    ROUGE-L (scoring.greedy_scores), for the runs that have it."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"tidy: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    rows = []
+    for spec, rec in records:
+        metrics = rec["metrics"].get(PROTOCOLS[protocol]) or {}
+        for dataset in EVAL_SETS if metrics else ():
+            m = metrics[dataset]
+            rows.append({"method": spec.method, "variant": spec.variant or ("+POCL" if spec.pocl else "baseline"),
+                         "seed": spec.seed, "dataset": dataset, "rouge_l": m["mean"], "sampling_std": m.get("std", 0.0),
+                         "run_key": rec["key"], "wall_s": rec["wall_s"], "git_commit": rec["git_commit"]})
+    columns = ["method", "variant", "seed", "dataset", "rouge_l", "sampling_std", "run_key", "wall_s", "git_commit"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+PROTOCOLS = {"sampled": "eval", "greedy": "greedy"}  # protocol -> the key of a record's metrics
+
+
+def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -> pd.DataFrame:
+    """scoring.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0)."""
+    key = PROTOCOLS[protocol]
+    rows = [{"method": name, "variant": "baseline", "seed": 0, "dataset": ds,
+             "rouge_l": rec["metrics"][key][ds]["mean"], "sampling_std": rec["metrics"][key][ds].get("std", 0.0),
+             "run_key": rec["key"], "wall_s": rec["wall_s"], "git_commit": rec["git_commit"]}
+            for name, rec in refs.items() if rec["metrics"].get(key) for ds in EVAL_SETS]
+    return pd.DataFrame(rows)
+
+
+def with_average(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the per-run average over the five eval sets as dataset 'Avg' (as Tables 1 and 4 print)."""
+    keys = ["method", "variant", "seed"]
+    avg = df.groupby(keys, sort=False, as_index=False)["rouge_l"].mean().assign(dataset="Avg")
+    return pd.concat([df, avg], ignore_index=True)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 95% CI half-width and seed count per (method, variant, dataset)."""
+    out = []
+    for (method, variant, dataset), g in with_average(df).groupby(["method", "variant", "dataset"], sort=False):
+        m, half, n = mean_ci(g["rouge_l"].to_numpy())
+        out.append({"method": method, "variant": variant, "dataset": dataset, "mean": m, "ci95": half, "n_seeds": n})
+    return pd.DataFrame(out)
+
+
+def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.DataFrame:
+    """Rows = method/variant, columns = datasets (+ Avg), cells 'mean ± CI'."""
+    cells = summary_df.assign(cell=[fmt.format(mean=r["mean"], ci95=0.0 if np.isnan(r["ci95"]) else r["ci95"])
+                                    for _, r in summary_df.iterrows()])
+    table = cells.pivot_table(index=["method", "variant"], columns="dataset", values="cell", aggfunc="first",
+                              sort=False)
+    cols = [c for c in list(EVAL_SETS) + ["Avg"] if c in table.columns]
+    return table[cols]
+
+
+def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> pd.DataFrame:
+    """other - base per dataset (+ Avg), paired by training seed, with its 95% CI and the seed count."""
+    d = with_average(df)
+    out = []
+    for dataset in list(EVAL_SETS) + ["Avg"]:
+        sel = d[d.dataset == dataset]
+        a = by_seed(sel, *base)
+        b = by_seed(sel, *other)
+        m, half, n = paired_diff(a, b)
+        out.append({"comparison": f"{other[0]} {other[1]} − {base[0]} {base[1]}", "dataset": dataset,
+                    "diff": m, "ci95": half, "n_pairs": n,
+                    "significant": bool(n > 1 and not np.isnan(half) and abs(m) > half)})
+    return pd.DataFrame(out)
+
+
+def by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
+    """seed -> rouge_l of one (method, variant) in a tidy frame already cut to one dataset."""
+    g = df[(df.method == method) & (df.variant == variant)]
+    return dict(zip(g.seed.astype(int), g.rouge_l.astype(float)))
+
+
+def save_table(df: pd.DataFrame, name: str, folder: Path) -> Path:
+    """Write a table as CSV and Markdown (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{name}.csv", df.to_csv(index=not isinstance(df.index, pd.RangeIndex)))
+    atomic_write_text(folder / f"{name}.md", df.to_markdown(floatfmt=".2f") + "\n")
+    return folder / f"{name}.csv"

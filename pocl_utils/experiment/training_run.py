@@ -1,0 +1,124 @@
+"""One run's training: its curriculum (POCL's ranked Baby Step stages, or one stage for a baseline), its KD context
+(the teacher cache or the live teacher), and the stage-by-stage loop with validation checks and a checkpoint after
+each stage, from which a killed run resumes.
+
+May import the method's modules, `modeling`, `training`, `world` and `experiment.config` / `workspace` / `results`;
+nothing of `analysis` or `notebook`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..curriculum import Stage, plan_stages
+from ..difficulty import order_by_truth
+from ..modeling.models import load_weights, save_weights
+from ..training import distributed
+from ..training.train import KDContext, batch_stream, kd_loss_fn, run_steps, total_steps
+from ..world import true_difficulty
+from .config import RunSpec
+from .results import atomic_write_json
+from .workspace import Workspace
+
+
+def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
+    """POCL: ranked, partitioned, Baby Step stages sharing the baseline's step budget; baseline: one stage.
+    Stage samples are positions in `encoded`."""
+    steps = total_steps(len(encoded), ws.profile.kd)
+    if not spec.pocl:
+        return [Stage(1, np.arange(len(encoded)), spec.tau[0], spec.alpha[0], steps)]
+    position = {e.index: k for k, e in enumerate(encoded)}  # the ranking names samples by dataset index
+    easy_first = np.array([position[i] for i in easy_first_ids(ws, spec.ranking)])
+    return plan_stages(easy_first, n_subsets=spec.n_subsets, total_steps=steps, tau=spec.tau, alpha=spec.alpha,
+                       order=spec.order, seed=spec.seed)
+
+
+def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
+    """Training sample ids easiest first: by the student-based measurer (fusion, rouge_l, ce), or by the world's true
+    difficulty ("oracle", the positive control; the rows' order breaks ties, and world rows are in random order)."""
+    if ranking != "oracle":
+        return ws.ranking.order(ranking)
+    ids = np.sort(ws.ranking.ids)
+    return order_by_truth(ids, true_difficulty([ws.sets["train"][i] for i in ids]))
+
+
+def check_points(stages: list[Stage], n_checks: int) -> set[tuple[int, int]]:
+    """(stage, step) pairs after which the validation ROUGE-L is measured: each POCL stage's end; for a single stage,
+    `n_checks` evenly spaced points ending at the last step."""
+    if len(stages) > 1:
+        return {(s.index, s.steps - 1) for s in stages}
+    steps = stages[0].steps
+    return {(1, max(0, math.ceil(steps * (k + 1) / n_checks) - 1)) for k in range(n_checks)}
+
+
+def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
+    p = ws.profile
+    if spec.method == "SeqKD":
+        return KDContext(ws.seqkd_encoded, ws.pad_id, ws.eos_id)
+    ctx = KDContext(ws.encoded("train"), ws.pad_id, ws.eos_id, max_new_tokens=p.max_new_tokens)
+    if spec.method != "SFT":
+        ctx.cache = ws.teacher_cache  # None: the profile runs the teacher live
+    if spec.on_policy or (spec.method != "SFT" and ctx.cache is None):
+        ctx.teacher = distributed.shard_model(ws.load_teacher(device))  # sharded only under an FSDP launch
+    if spec.on_policy:
+        ctx.on_policy_frac = p.gkd_lambda
+    return ctx
+
+
+def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
+              validate: Callable[[Any], float]) -> dict[str, Any]:
+    """Train one run stage by stage; after each finished stage its weights and log are checkpointed, so a killed run
+    resumes at the last finished stage and ends exactly as an uninterrupted one would."""
+    ctx = kd_context(ws, spec, device)
+    stages = stages_for(ws, spec, ctx.encoded)
+    checks = check_points(stages, ws.profile.valid_checks)
+    student = ws.load_student_init(device)
+    state = _load_progress(run_dir, student)
+    for stage in stages:
+        if stage.index <= state["done_stage"]:
+            continue
+        torch.manual_seed(spec.seed * 1000 + stage.index)
+        rng = np.random.default_rng([spec.seed, stage.index])
+        kind = None if spec.method in ("SFT", "SeqKD") else spec.divergence
+        loss_fn = kd_loss_fn(student, ctx, kind=kind, tau=stage.tau, alpha=stage.alpha, rng=rng)
+
+        def on_step(step: int, parts: dict, stage=stage) -> None:
+            if (stage.index, step) in checks:
+                score = validate(student)
+                state["valid"].append({"stage": stage.index, "step": state["steps"] + step + 1, "rouge_l": score})
+                if score > state["best"]:
+                    state["best"] = score
+                    save_weights(student, run_dir / "best.safetensors")
+
+        batches = batch_stream(stage.samples, ctx.encoded, ws.profile.kd.batch_size, rng, device)  # CUDA: by length
+        log = run_steps(student, loss_fn, batches, stage.steps,
+                        ws.profile.kd, on_step=on_step, desc=f"{spec.label} s{spec.seed} stage {stage.index}")
+        state["loss"] += [{"stage": stage.index, "step": state["steps"] + i, **row} for i, row in enumerate(log)
+                          if i % max(1, stage.steps // 50) == 0 or i == stage.steps - 1]
+        state["steps"] += stage.steps
+        state["stages"].append({"stage": stage.index, "n_samples": len(stage.samples), "tau": stage.tau,
+                                "alpha": stage.alpha, "steps": stage.steps})
+        state["done_stage"] = stage.index
+        _save_progress(run_dir, student, state)
+    load_weights(student, run_dir / "best.safetensors")
+    return state
+
+
+def _load_progress(run_dir: Path, student) -> dict[str, Any]:
+    path = run_dir / "progress.json"
+    if not path.exists():
+        return {"done_stage": 0, "steps": 0, "best": -1.0, "valid": [], "loss": [], "stages": []}
+    state = json.loads(path.read_text())
+    load_weights(student, run_dir / "last.safetensors")
+    return state
+
+
+def _save_progress(run_dir: Path, student, state: dict[str, Any]) -> None:
+    """Weights first, then the progress file that points at them (both atomic renames)."""
+    save_weights(student, run_dir / "last.safetensors")
+    atomic_write_json(run_dir / "progress.json", state)
