@@ -45,10 +45,13 @@ def main() -> None:
     ap.add_argument("--overrides", default="{}", help="profile overrides (JSON)")
     ap.add_argument("--sft", action="store_true", help="also train and evaluate the SFT student (seed 0)")
     ap.add_argument("--root", default="/tmp/pocl-probes")
+    ap.add_argument("--world-name", default="", help="name of the world preset (default probe-<name>); probes that "
+                    "share it and the teacher's settings can reuse a copied teacher folder")
     a = ap.parse_args()
     base = get_profile(a.profile)
-    world.PRESETS[f"probe-{a.name}"] = {**world.PRESETS[base.world], **json.loads(a.world)}
-    p = get_profile(a.profile, {"world": f"probe-{a.name}", **json.loads(a.overrides)})
+    world_name = a.world_name or f"probe-{a.name}"
+    world.PRESETS[world_name] = {**world.PRESETS[base.world], **json.loads(a.world)}
+    p = get_profile(a.profile, {"world": world_name, **json.loads(a.overrides)})
     p = replace(p, name=a.name)
     t0 = time.time()
     ws = pipeline.prepare(p, runs_root=Path(a.root), until="ranking")

@@ -203,7 +203,7 @@ def test_level_pools_put_the_rarest_words_in_the_longest_lists():
 
 def test_config_validation_and_presets():
     assert W.world_config("laptop") == W.WorldConfig(n_test=300, n_ood=300, n_vicuna=120, pretrain_template=True,
-                                                     pretrain_qa_frac=0.8)
+                                                     pretrain_qa_frac=0.8, n_words=128, level_pools=True)
     sizes = [W.world_config(p).n_train for p in ("smoke", "classroom", "laptop", "gpu")]
     assert sizes == sorted(sizes) and sizes[0] <= 100 and sizes[-1] >= 10000
     assert W.world_config("smoke", seed=3).seed == 3

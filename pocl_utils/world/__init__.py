@@ -217,11 +217,11 @@ class WorldConfig:
 PRESETS = {
     "smoke": dict(n_train=64, n_valid=16, n_test=16, n_ood=16, n_vicuna=8, max_level=3),
     "classroom": dict(n_train=1000, n_valid=80, n_test=40, n_ood=48, n_vicuna=24, max_level=4,
-                      pretrain_template=True, pretrain_qa_frac=0.8),
+                      pretrain_template=True, pretrain_qa_frac=0.8, n_words=128, level_pools=True),
     "laptop": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
-                   pretrain_template=True, pretrain_qa_frac=0.8),
+                   pretrain_template=True, pretrain_qa_frac=0.8, n_words=128, level_pools=True),
     "gpu": dict(n_train=20000, n_valid=1600, n_test=800, n_ood=400, n_vicuna=80, max_level=6,
-                pretrain_template=True, pretrain_qa_frac=0.8),
+                pretrain_template=True, pretrain_qa_frac=0.8, n_words=128, level_pools=True),
 }
 
 
