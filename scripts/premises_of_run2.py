@@ -21,7 +21,7 @@ from pocl_utils.analysis import premises, tables
 from pocl_utils.experiment.experiments import KD_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "results" / "laptop"
+RESULTS = REPO / "results" / "laptop" / "run2_5seeds"
 V1_COMMIT = "7045d1d"
 
 
@@ -58,9 +58,7 @@ def main() -> None:
     rows += premises.table1_power_rows(t1, float(np.mean(list(teacher.values()))), float(sft["Avg"]), n_seeds,
                                        KD_METHODS)
     table = premises.premises_table(rows)
-    out = RESULTS / "run2_5seeds"
-    out.mkdir(exist_ok=True)
-    tables.save_table(table, "premises", out)
+    tables.save_table(table, "premises", RESULTS)
     print(table.to_string())
 
 
