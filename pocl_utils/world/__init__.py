@@ -4,9 +4,9 @@ Real instruction data cannot train a useful teacher/student pair on a 2-core CPU
 generate a small world of natural-language instructions, written in the same JSON Lines layout as the
 MiniLLM-processed Dolly files, so one loader reads both.
 
-The tasks (version 2). Every answer is a list made of tokens the input does not show: a list of words translated
-into "the old tongue" or "the new tongue" (two fixed made-up lexicons of 64 words, `LEXICON` and `NEW_LEXICON`),
-in order or last word first. Copying the input or answering with the most frequent training answer therefore
+The tasks (version 3). Every answer is a list made of tokens the input does not show: a list of words translated
+into "the old tongue" or "the new tongue" (two fixed made-up lexicons, `LEXICON` and `NEW_LEXICON`, over the
+world's first `n_words` of the 128 `WORDS`), in order or last word first. Copying the input or answering with the most frequent training answer therefore
 scores little, and a partly right answer earns partial ROUGE-L, so a student's greedy output says how far it got
 (the ranking half of the difficulty measurer needs that). Version 1's single-word answers let "echo the input"
 beat the teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of one kind, so that the label below,
@@ -17,7 +17,10 @@ Difficulty. Every family has one knob, the `level` L = 1, 2, ...: lists have L +
 
     difficulty = level + depth - 1        (an integer >= 1, comparable across families)
 
-i.e. one unit per extra item and one per extra step. Training levels are 1..max_level.
+i.e. one unit per extra item and one per extra step. Training levels are 1..max_level. With `level_pools` a
+row of level L also draws its words from the first n_words * L / max_level only (`word_pool`), so the rarest words
+(the most knowledge) come with the longest lists, as rare knowledge comes with hard questions in real data. The
+label stays level + depth - 1; it is fixed by the generator, never by a model.
 
 Pre-training text plays the web's part: it demonstrates every family (S-NI's too), every phrasing and levels up
 to UnNI's, in plain "instruction / input / answer" lines, plus sentences about the lexicon and numbers; it never
