@@ -141,3 +141,38 @@ def test_oracle_curriculum_orders_by_the_worlds_true_difficulty(ws):
     order = grid("order", 1, "full", oracle=True)
     assert {(s.method, s.variant) for s in order if s.ranking == "oracle"} == {("GKD", ORACLE), ("KLD", ORACLE)}
     assert not [s for s in grid("order", 1, "full") if s.ranking == "oracle"]  # real data: no true difficulty
+
+
+def test_one_schedule_across_stages_resumes_and_differs_from_restarts(ws, tmp_path, monkeypatch):
+    """restarts=False: one AdamW + LR schedule over all stages (checkpointed with the weights), so a run killed in
+    stage 3 resumes to the uninterrupted result; it trains differently from the default fresh optimizer per stage,
+    and the default's run key is the one it had before the field existed."""
+    spec = pocl("KLD", seed=3, restarts=False)
+    assert "restarts" not in pocl("KLD", seed=3).key() and spec.key()["restarts"] is False
+    made = []
+    real_opt = training_run.optimizer_for
+    monkeypatch.setattr(training_run, "optimizer_for", lambda *a: made.append(a[2]) or real_opt(*a))
+    clean = runner.execute(ws, spec, torch.device("cpu"))
+    assert made == [clean["metrics"]["train"]["steps"]]  # one optimizer, for every stage's steps
+    default = runner.execute(ws, pocl("KLD", seed=3), torch.device("cpu"))
+    assert clean["metrics"]["train"]["loss"] != default["metrics"]["train"]["loss"]
+    assert [s["steps"] for s in clean["metrics"]["train"]["stages"]] == \
+        [s["steps"] for s in default["metrics"]["train"]["stages"]]
+    other = Workspace(ws.profile, ws.root)
+    monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
+    real = training_run.run_steps
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill during stage 3")
+        return real(*a, **k)
+
+    monkeypatch.setattr(training_run, "run_steps", dying)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(other, spec, torch.device("cpu"))
+    monkeypatch.setattr(training_run, "run_steps", real)
+    resumed = runner.execute(other, spec, torch.device("cpu"))
+    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # optimizer state restored
+    assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]

@@ -252,6 +252,7 @@ class RunSpec:
     tau: tuple[float, float] = (1.0, 2.0)  # (tau_0, tau_n), Eq. 3; Table 8
     alpha: tuple[float, float] = (0.3, 0.0)  # (alpha_0, alpha_n), Eq. 4; Table 9
     seed: int = 0
+    restarts: bool = True  # each stage a fresh AdamW + LR schedule (the official code); False: one across stages
     variant: str = ""  # the paper's row label, e.g. "+POCL (R-L)"; derived when empty
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -275,6 +276,8 @@ class RunSpec:
         d = dataclasses.asdict(self)
         d.pop("variant")
         d.pop("extra")
+        if d["restarts"]:
+            d.pop("restarts")  # the default: keys of runs made before the field existed stay the same
         return d
 
 

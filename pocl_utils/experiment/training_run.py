@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from ..curriculum import Stage, plan_stages
 from ..difficulty import order_by_truth
 from ..modeling.models import load_weights, save_weights
 from ..training import distributed
-from ..training.train import KDContext, batch_stream, kd_loss_fn, run_steps, total_steps
+from ..training.train import KDContext, batch_stream, kd_loss_fn, optimizer_for, run_steps, total_steps
 from ..world import true_difficulty
 from .config import RunSpec
 from .results import atomic_write_json
@@ -73,12 +74,15 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
 def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
               validate: Callable[[Any], float]) -> dict[str, Any]:
     """Train one run stage by stage; after each finished stage its weights and log are checkpointed, so a killed run
-    resumes at the last finished stage and ends exactly as an uninterrupted one would."""
+    resumes at the last finished stage and ends exactly as an uninterrupted one would. Each stage starts a fresh
+    optimizer and LR schedule, as the official POCL code does, unless `spec.restarts` is False: then one AdamW and one
+    warm-up + cosine schedule run over all the stages' steps (checkpointed with the weights)."""
     ctx = kd_context(ws, spec, device)
     stages = stages_for(ws, spec, ctx.encoded)
     checks = check_points(stages, ws.profile.valid_checks)
     student = ws.load_student_init(device)
     state = _load_progress(run_dir, student)
+    shared = None if spec.restarts else _shared_optimizer(run_dir, student, ws, stages, state["steps"])
     for stage in stages:
         if stage.index <= state["done_stage"]:
             continue
@@ -96,17 +100,38 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
                     save_weights(student, run_dir / "best.safetensors")
 
         batches = batch_stream(stage.samples, ctx.encoded, ws.profile.kd.batch_size, rng, device)  # CUDA: by length
-        log = run_steps(student, loss_fn, batches, stage.steps,
-                        ws.profile.kd, on_step=on_step, desc=f"{spec.label} s{spec.seed} stage {stage.index}")
+        log = run_steps(student, loss_fn, batches, stage.steps, ws.profile.kd, on_step=on_step,
+                        desc=f"{spec.label} s{spec.seed} stage {stage.index}", optimizer=shared)
         state["loss"] += [{"stage": stage.index, "step": state["steps"] + i, **row} for i, row in enumerate(log)
                           if i % max(1, stage.steps // 50) == 0 or i == stage.steps - 1]
         state["steps"] += stage.steps
         state["stages"].append({"stage": stage.index, "n_samples": len(stage.samples), "tau": stage.tau,
                                 "alpha": stage.alpha, "steps": stage.steps})
         state["done_stage"] = stage.index
+        if shared is not None:
+            _save_optimizer(run_dir, shared[0])
         _save_progress(run_dir, student, state)
     load_weights(student, run_dir / "best.safetensors")
     return state
+
+
+def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage], done_steps: int) -> tuple:
+    """One (AdamW, warm-up + cosine schedule) over all the stages' steps; resumed after `done_steps` from the state
+    checkpointed at the last finished stage."""
+    if distributed.world_size() > 1:
+        raise ValueError("RunSpec.restarts=False (one schedule across stages) runs on one process only")
+    spec = ws.profile.kd
+    opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages))
+    if done_steps:
+        opt.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True))  # its lr is the step's
+        sched.last_epoch = done_steps  # the schedule is a function of the step alone
+    return opt, sched
+
+
+def _save_optimizer(run_dir: Path, opt: torch.optim.Optimizer) -> None:
+    tmp = run_dir / "optimizer.pt.tmp"
+    torch.save(opt.state_dict(), tmp)
+    os.replace(tmp, run_dir / "optimizer.pt")
 
 
 def _load_progress(run_dir: Path, student) -> dict[str, Any]:

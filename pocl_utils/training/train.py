@@ -512,7 +512,7 @@ LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many 
 
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
               on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
-              log_every: int | None = None) -> list[dict[str, float]]:
+              log_every: int | None = None, optimizer: tuple | None = None) -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
 
     Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
@@ -525,12 +525,13 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
     each read waits for the device (a bad loss then stops the loop up to that many steps later, still before any
     checkpoint is saved). `on_step(step, row)` runs after every step's update; between read-backs its row's values
-    are 0-d tensors."""
+    are 0-d tensors. `optimizer`: an (optimizer, schedule) pair to continue (one schedule across several calls);
+    default a fresh `optimizer_for(model, spec, steps)`."""
     from tqdm.auto import tqdm
     distributed.prepare_model(model)  # FSDP-sharded or DDP-wrapped when launched; else unchanged
     device = next(model.parameters()).device
     precision_for(device)  # enables TF32 on a GPU
-    opt, sched = optimizer_for(model, spec, steps)
+    opt, sched = optimizer or optimizer_for(model, spec, steps)
     model.train()
     log: list[dict[str, float]] = []
     pending: list[dict] = []

@@ -5,12 +5,13 @@ generate a small world of natural-language instructions, written in the same JSO
 MiniLLM-processed Dolly files, so one loader reads both.
 
 The tasks (version 3). Every answer is a list made of tokens the input does not show: a list of words translated
-into "the old tongue" or "the new tongue" (two fixed made-up lexicons, `LEXICON` and `NEW_LEXICON`, over the
-world's first `n_words` of the 128 `WORDS`), in order or last word first. Copying the input or answering with the most frequent training answer therefore
-scores little, and a partly right answer earns partial ROUGE-L, so a student's greedy output says how far it got
-(the ranking half of the difficulty measurer needs that). Version 1's single-word answers let "echo the input"
-beat the teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of one kind, so that the label below,
-not the family, is what makes a sample hard, and the lexicons take capacity to learn, so the teacher's size matters.
+into "the old tongue" or "the new tongue" (two fixed made-up lexicons, `LEXICON` and `NEW_LEXICON`, over the world's
+first `n_words` of the 128 `WORDS`), in order or last word first. Copying the input or answering with the most
+frequent training answer therefore scores little, and a partly right answer earns partial ROUGE-L, so a student's
+greedy output says how far it got (the ranking half of the difficulty measurer needs that). Version 1's single-word
+answers let "echo the input" beat the teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of one
+kind, so that the label below, not the family, is what makes a sample hard, and the lexicons take capacity to learn,
+so the teacher's size matters.
 
 Difficulty. Every family has one knob, the `level` L = 1, 2, ...: lists have L + 1 items. A composition of
 `depth` d elementary steps costs d - 1 more, so
