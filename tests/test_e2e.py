@@ -101,10 +101,8 @@ def test_ranking_ablation_changes_the_curriculum(ws):
     assert set(h2e).isdisjoint(by["fusion"])
 
 
-def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
-    """Interrupt a POCL run after stage 2, re-run: final metrics equal an uninterrupted run's."""
-    spec = pocl("GKD", seed=3)
-    clean = runner.execute(ws, spec, torch.device("cpu"))
+def _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch) -> dict:
+    """Run `spec` in a fresh registry, kill it during stage 3, run it again; the resumed run's record."""
     other = Workspace(ws.profile, ws.root)
     monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
     real = training_run.run_steps
@@ -120,7 +118,14 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         runner.execute(other, spec, torch.device("cpu"))
     monkeypatch.setattr(training_run, "run_steps", real)
-    resumed = runner.execute(other, spec, torch.device("cpu"))
+    return runner.execute(other, spec, torch.device("cpu"))
+
+
+def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
+    """Interrupt a POCL run after stage 2, re-run: final metrics equal an uninterrupted run's."""
+    spec = pocl("GKD", seed=3)
+    clean = runner.execute(ws, spec, torch.device("cpu"))
+    resumed = _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch)
     assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
     assert resumed["metrics"]["train"]["stages"] == clean["metrics"]["train"]["stages"]
     assert resumed["metrics"]["train"]["valid"] == clean["metrics"]["train"]["valid"]
@@ -158,21 +163,6 @@ def test_one_schedule_across_stages_resumes_and_differs_from_restarts(ws, tmp_pa
     assert clean["metrics"]["train"]["loss"] != default["metrics"]["train"]["loss"]
     assert [s["steps"] for s in clean["metrics"]["train"]["stages"]] == \
         [s["steps"] for s in default["metrics"]["train"]["stages"]]
-    other = Workspace(ws.profile, ws.root)
-    monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
-    real = training_run.run_steps
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill during stage 3")
-        return real(*a, **k)
-
-    monkeypatch.setattr(training_run, "run_steps", dying)
-    with pytest.raises(KeyboardInterrupt):
-        runner.execute(other, spec, torch.device("cpu"))
-    monkeypatch.setattr(training_run, "run_steps", real)
-    resumed = runner.execute(other, spec, torch.device("cpu"))
+    resumed = _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch)
     assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # optimizer state restored
     assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
