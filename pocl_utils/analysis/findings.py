@@ -37,7 +37,7 @@ CLAIMS: dict[str, tuple[str, list]] = {
           [("order", (m, "+POCL (random)"), (m, "+POCL (E2H)")) for m in ("GKD", "KLD")]),
     # beyond the paper: does Baby Step's cost come from restarting the optimizer and LR schedule at every stage?
     "h": ("ours: POCL with one optimizer and LR schedule across its stages beats a fresh one per stage",
-          [("subsets", ("KLD", "+POCL (n=4)"), ("KLD", "+POCL (n=4, one schedule)"))]),
+          [("subsets", (m, "+POCL (n=4)"), (m, "+POCL (n=4, one schedule)")) for m in ("GKD", "KLD")]),
 }
 
 

@@ -82,12 +82,19 @@ def ratio_ablation(n_seeds: int) -> list[RunSpec]:
     return runs
 
 
-def subsets_ablation(n_seeds: int, ns: tuple[int, ...] = (1, 2, 4, 8)) -> list[RunSpec]:
-    """Beyond the paper: the number of subsets n for KLD+POCL (n = 1 is POCL's schedule without a curriculum), and
-    n = 4 with one optimizer and LR schedule across the stages instead of a fresh one per stage."""
-    return [baseline("KLD", s) for s in _seeds(n_seeds)] + [
-        pocl("KLD", s, n_subsets=n, variant=f"+POCL (n={n})") for n in ns for s in _seeds(n_seeds)] + [
-        pocl("KLD", s, restarts=False, variant=ONE_SCHEDULE) for s in _seeds(n_seeds)]
+def subsets_ablation(n_seeds: int, ns: tuple[int, ...] = (1, 2, 4, 8),
+                     one_schedule: tuple[str, ...] = ("KLD", "GKD")) -> list[RunSpec]:
+    """Beyond the paper: the number of subsets n for KLD+POCL (n = 1 is POCL's schedule without a curriculum), and,
+    for the `one_schedule` methods, n = 4 with one optimizer and LR schedule across the stages instead of a fresh one
+    per stage (beside their baseline and default +POCL)."""
+    runs = [baseline("KLD", s) for s in _seeds(n_seeds)] + [
+        pocl("KLD", s, n_subsets=n, variant=f"+POCL (n={n})") for n in ns for s in _seeds(n_seeds)]
+    for m in one_schedule:
+        if m != "KLD":
+            runs += [baseline(m, s) for s in _seeds(n_seeds)] + [
+                pocl(m, s, variant="+POCL (n=4)") for s in _seeds(n_seeds)]
+        runs += [pocl(m, s, restarts=False, variant=ONE_SCHEDULE) for s in _seeds(n_seeds)]
+    return runs
 
 
 GRIDS = {"table1": table1, "ranking": ranking_ablation, "adaptive": adaptive_ablation, "order": order_ablation,
@@ -113,7 +120,7 @@ def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False) -> l
     if name == "table1":
         return table1(n_seeds, methods=("GKD", "KLD"))
     if name == "subsets":
-        return subsets_ablation(n_seeds, ns=(1, 2, 4))
+        return subsets_ablation(n_seeds, ns=(1, 2, 4), one_schedule=("KLD",))
     return [s for s in GRIDS[name](n_seeds) if s.method == "KLD"]
 
 
