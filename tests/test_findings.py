@@ -85,3 +85,15 @@ def test_holm_applies_within_a_claim_family():
     assert (c.p_holm > 0.05).all() and c.verdict.str.startswith("not separable").all()
     c = table((5.0, 6.0, 4.5))
     assert c.loc[gkd].verdict == "supported" and c.loc[kld].verdict == "supported"  # 0.014 and 0.041
+
+
+def test_claim_i_compares_one_schedule_with_the_baseline_and_has_no_paper_number():
+    one = "+POCL (n=4, one schedule)"
+    rows = []
+    for seed, gap in enumerate((-3.0, -2.0, -4.0)):
+        rows += [("KLD", "baseline", seed, 50.0), ("KLD", one, seed, 50.0 + gap), ("KLD", "+POCL (n=4)", seed, 40.0)]
+    t = claim_table(_df(rows)).set_index("claim")
+    assert t.loc["i", "comparison"] == f"KLD {one} vs baseline"
+    assert t.loc["i", "ours_diff"] == pytest.approx(-3.0) and t.loc["i", "verdict"] == "contradicted"
+    assert np.isnan(t.loc["i", "paper_diff"])  # the paper has no one-schedule row
+    assert t.loc["h", "ours_diff"] == pytest.approx(7.0)  # one schedule vs restarts: (7 + 8 + 6) / 3
