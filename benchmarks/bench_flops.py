@@ -7,9 +7,9 @@ median over sizes, per thread count.
 Steps (the laptop profile: teacher GPT-2 4L x 128, student 2L x 48, vocabulary 512, batch 32 of <= 64 tokens; the
 workspace's models and training examples when runs/laptop exists, else same-shaped random-init models and random
 tokens of the laptop's lengths - FLOPs and time do not depend on the weights):
-  cached   student forward + backward with cached teacher rows + clip + AdamW step (train.step_loss, as run_steps)
+  cached   student forward + backward with cached teacher rows + clip + AdamW step (step.step_loss, as loop.run_steps)
   live     the teacher forward for the rows, then the cached step
-  teacher  the teacher forward alone (train.teacher_logits)
+  teacher  the teacher forward alone (step.teacher_logits)
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on one call (it counts the matmuls that really run,
 e.g. the student's LM head on target rows only). It does not count CPU scaled-dot-product attention, so that is
 added analytically: 4 B T^2 d per layer forward (QK^T and AV), 3x that for forward + backward. The analytic total,
@@ -42,7 +42,9 @@ from benchlib import default_out, laptop_available, meta, workspace, write_json
 from pocl_utils.experiment.config import PROFILES
 from pocl_utils.data import Encoded
 from pocl_utils.modeling.models import build_model, n_params
-from pocl_utils.training.train import Batch, apply_grads, make_batch, optimizer_for, step_loss, teacher_logits
+from pocl_utils.training.batches import Batch, make_batch
+from pocl_utils.training.loop import apply_grads, optimizer_for
+from pocl_utils.training.step import step_loss, teacher_logits
 
 MATMUL_OPS = ("mm", "addmm", "bmm", "matmul", "linear", "attention", "baddbmm")
 
@@ -106,7 +108,7 @@ def with_fused_gelu(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def step_fns(setup: dict, batch: Batch, fused_adamw: bool = False) -> dict:
-    """name -> a callable running one step as train.run_steps does (fresh optimizer state, fixed batch)."""
+    """name -> a callable running one step as loop.run_steps does (fresh optimizer state, fixed batch)."""
     student, teacher = setup["student"], setup["teacher"]
     spec = PROFILES["laptop"].kd
     opt, _ = optimizer_for(student, spec, 1000)

@@ -34,7 +34,7 @@ from benchlib import default_out, meta, workspace, write_json
 
 from pocl_utils.experiment import runner, scoring, training_run
 from pocl_utils.experiment.experiments import OFF_POLICY, all_runs
-from pocl_utils.training.train import total_steps
+from pocl_utils.training.loop import total_steps
 
 CPU = torch.device("cpu")
 
@@ -49,7 +49,7 @@ def off_policy_specs(ws, everything: bool) -> list:
 
 @contextmanager
 def live_teacher():
-    """training_run.kd_context without the cache: every off-policy batch calls the teacher (train.kd_loss_fn's
+    """training_run.kd_context without the cache: every off-policy batch calls the teacher (kd.kd_loss_fn's
     fallback)."""
     original = training_run.kd_context
 

@@ -4,7 +4,7 @@
 
 Series, each timed --reps times (median), one thread:
   ranking vs N   difficulty.score_samples (greedy decode + reference CE + ROUGE-L) on N, 2N, 4N training examples
-  KD epoch vs N  one epoch (ceil(N / batch) steps) of off-policy KD with cached teacher rows (train.kd_loss_fn,
+  KD epoch vs N  one epoch (ceil(N / batch) steps) of off-policy KD with cached teacher rows (kd.kd_loss_fn,
                  run_steps; forward KL, alpha 0.3, tau 1) on the same N, 2N, 4N examples
   ... vs length  the same two on N random-token examples of total length L (prompt L/2, response L/2); ranking's
                  greedy decode keeps its max_new_tokens budget (and may stop early at EOS), so only its
@@ -27,7 +27,10 @@ from benchlib import ROOT, fit_exponent, meta, results_dir, timed, workspace, wr
 
 from pocl_utils.data import Encoded
 from pocl_utils.difficulty import score_samples
-from pocl_utils.training.train import KDContext, TeacherCache, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps
+from pocl_utils.training.batches import epoch_batches
+from pocl_utils.training.kd import KDContext, kd_loss_fn
+from pocl_utils.training.loop import run_steps
+from pocl_utils.training.teacher_cache import TeacherCache, build_teacher_cache
 
 FIGURES = ROOT / "figures" / "bench"
 

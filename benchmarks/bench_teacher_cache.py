@@ -1,8 +1,8 @@
 """Teacher-logit cache: off-policy KD with the exact cache vs the teacher run live at every step, side by side.
 
 Off-policy batches (ground-truth responses) give the teacher the same inputs in every method, seed and stage, so
-`train.TeacherCache` computes its logits once. This times the same KD steps both ways on a prepared workspace and
-checks that the loss logs are identical (exact mode). Usage:
+`teacher_cache.TeacherCache` computes its logits once. This times the same KD steps both ways on a prepared workspace
+and checks that the loss logs are identical (exact mode). Usage:
 
     python benchmarks/bench_teacher_cache.py [--profile laptop] [--steps 150] [--quick] [--out benchmarks/results/teacher_cache.json]
 
@@ -22,7 +22,9 @@ from benchlib import default_out, laptop_available, meta, workspace
 
 from pocl_utils.experiment.config import get_profile
 from pocl_utils.experiment.pipeline import prepare
-from pocl_utils.training.train import KDContext, epoch_batches, kd_loss_fn, run_steps
+from pocl_utils.training.batches import epoch_batches
+from pocl_utils.training.kd import KDContext, kd_loss_fn
+from pocl_utils.training.loop import run_steps
 
 
 def timed_kd(ws, *, cached: bool, steps: int, kind: str, seed: int = 0) -> tuple[float, list[float]]:

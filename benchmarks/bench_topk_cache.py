@@ -4,7 +4,7 @@
 
 Two vocabularies: SmolLM2's 49,152 and the laptop profile's (512 when the committed results were measured).
 For each, the exact teacher rows of a few hundred
-response tokens are computed once, then every k is compressed (`train.compress_top_k`) and rebuilt two ways:
+response tokens are computed once, then every k is compressed (`teacher_cache.compress_top_k`) and rebuilt two ways:
   uniform:  the tau = 1 rows (`expand_top_k`, remainder spread evenly), re-tempered by the loss (the old behaviour);
   tempered: `TeacherCache.rows(..., tau)`, exact tempered top k and tail mass (interpolated between grid taus),
 and compared with the exact rows on:
@@ -39,8 +39,10 @@ from pocl_utils.data import Encoded
 from pocl_utils.losses import KINDS, divergence
 from pocl_utils.modeling.models import build_model
 from pocl_utils.curriculum import linear_schedule
-from pocl_utils.training.train import (TAIL_TAUS, TeacherCache, build_teacher_cache, compress_top_k, expand_top_k,
-                                       make_batch, student_logits_at_targets, tempered_log_tail)
+from pocl_utils.training.batches import make_batch
+from pocl_utils.training.step import student_logits_at_targets
+from pocl_utils.training.teacher_cache import (TAIL_TAUS, TeacherCache, build_teacher_cache, compress_top_k,
+                                               expand_top_k, tempered_log_tail)
 
 TAUS = tuple(linear_schedule(1.0, 2.0, 4))  # the stage temperatures of POCL's default schedule: 1, 4/3, 5/3, 2
 INTERP_TAUS = (1.05, 1.1, 1.25, 1.4, 1.75, 1.9)  # between the grid points of TAIL_TAUS: interpolated

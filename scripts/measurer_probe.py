@@ -24,7 +24,7 @@ from pocl_utils.modeling.models import build_model
 from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.experiment.workspace import lm_blocks
 from pocl_utils.experiment.results import REPO_ROOT
-from pocl_utils.training.train import sft
+from pocl_utils.training.loop import sft
 from pocl_utils.world import pretrain_corpus, world_config
 
 SETTINGS = [(200, False), (1000, False), (3000, False), (1000, True)]  # (steps, MiniLLM template in pre-training)

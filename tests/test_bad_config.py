@@ -18,7 +18,7 @@ from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.experiment.workspace import step_dir
 from pocl_utils.notebook.reproduce import check_parameters, collection
 from pocl_utils.experiment.results import Registry
-from pocl_utils.training.train import TeacherCache
+from pocl_utils.training.teacher_cache import TeacherCache
 
 REPO = Path(__file__).resolve().parent.parent
 BAD = REPO / "tests" / "bad_inputs"

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from pocl_utils.data import Encoded
-from pocl_utils.training.train import batch_stream, epoch_batches
+from pocl_utils.training.batches import batch_stream, epoch_batches
 
 LENGTHS = [3 + (7 * i) % 29 for i in range(40)]  # 40 examples of lengths 3..31
 

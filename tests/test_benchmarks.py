@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pocl_utils.training.train import TAIL_TAUS
+from pocl_utils.training.teacher_cache import TAIL_TAUS
 from pocl_utils.experiment.config import get_profile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ from pocl_utils.data import Encoded
 from pocl_utils.experiment.config import ModelSpec
 from pocl_utils.modeling import models
 from pocl_utils.modeling.models import COMPILED_AT, Precision, build_model, precision_for
-from pocl_utils.training.train import make_batch, step_loss
+from pocl_utils.training.batches import make_batch
+from pocl_utils.training.step import step_loss
 
 VOCAB = 48
 EAGER = Precision(None, fused_loss=True)  # the GPU's step path, in fp32 on the CPU

@@ -17,7 +17,9 @@ import torch
 from pocl_utils.data import Encoded
 from pocl_utils.experiment.config import ModelSpec, TrainSpec
 from pocl_utils.modeling.models import build_model
-from pocl_utils.training.train import KDContext, TeacherCache, kd_loss_fn, run_steps, sft
+from pocl_utils.training.kd import KDContext, kd_loss_fn
+from pocl_utils.training.loop import run_steps, sft
+from pocl_utils.training.teacher_cache import TeacherCache
 
 VOCAB = 48
 RESPONSE_LENGTHS = [1, 14, 3, 22, 2, 7, 16, 4, 9, 5]  # + EOS each

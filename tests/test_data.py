@@ -420,11 +420,11 @@ BATCH = [Encoded([3, 4], [5, 6, 1], index=0), Encoded([8], [3, 4, 5, 6, 7], inde
 
 
 def test_make_batch_labels_agree_with_hf_internal_shift():
-    """train.make_batch aligns labels with logits positions (label t = token t + 1, response tokens only): its CE equals
-    HF's loss on unshifted labels built straight from the examples, and a naive per-token sum."""
+    """batches.make_batch aligns labels with logits positions (label t = token t + 1, response tokens only): its CE
+    equals HF's loss on unshifted labels built straight from the examples, and a naive per-token sum."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from pocl_utils.training.train import make_batch
+    from pocl_utils.training.batches import make_batch
 
     torch.manual_seed(0)
     batch = make_batch(BATCH, pad_id=0)

@@ -21,7 +21,9 @@ from pocl_utils.training import distributed
 from pocl_utils.experiment.config import ModelSpec, TrainSpec
 from pocl_utils.data import Encoded
 from pocl_utils.modeling.models import FUSED_AT, Precision, build_model
-from pocl_utils.training.train import KDContext, TeacherCache, kd_loss_fn, run_steps
+from pocl_utils.training.kd import KDContext, kd_loss_fn
+from pocl_utils.training.loop import run_steps
+from pocl_utils.training.teacher_cache import TeacherCache
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"ddp": REPO / "configs" / "accelerate" / "cpu_2proc.yaml",

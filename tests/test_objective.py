@@ -11,8 +11,9 @@ from pocl_utils.data import Encoded
 from pocl_utils.losses import divergence_naive, fused_linear_divergence, kd_objective
 from pocl_utils.modeling.models import CPU_PRECISION, Precision, build_model, freeze_teacher
 from pocl_utils.training.objective import TeacherHidden, linear_objective
-from pocl_utils.training.train import (make_batch, length_grouped_batches, run_steps, step_loss, teacher_hidden,
-                                       teacher_logits)
+from pocl_utils.training.batches import length_grouped_batches, make_batch
+from pocl_utils.training.loop import run_steps
+from pocl_utils.training.step import step_loss, teacher_hidden, teacher_logits
 
 N, H, V = 13, 8, 37
 

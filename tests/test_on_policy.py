@@ -12,7 +12,8 @@ from pocl_utils.experiment.config import ModelSpec
 from pocl_utils.data import Encoded, close_response
 from pocl_utils.losses import divergence
 from pocl_utils.modeling.models import build_model
-from pocl_utils.training.train import KDContext, kd_loss_fn, make_batch, student_generated
+from pocl_utils.training.batches import make_batch
+from pocl_utils.training.kd import KDContext, kd_loss_fn, student_generated
 
 V = 40
 

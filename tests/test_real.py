@@ -22,7 +22,7 @@ from pocl_utils.experiment.config import DIVERGENCE_OF, baseline, get_profile, p
 from pocl_utils.curriculum import plan_stages
 from pocl_utils.experiment.workspace import ROLES
 from pocl_utils.analysis.paper import paper_table
-from pocl_utils.training.train import total_steps
+from pocl_utils.training.loop import total_steps
 
 from conftest import require  # noqa: E402
 

@@ -27,7 +27,9 @@ import pocl_utils.experiment.training_run as training_run
 from pocl_utils.experiment.config import TrainSpec, pocl
 from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.experiment.results import Registry
-from pocl_utils.training.train import Batch, run_steps, step_loss
+from pocl_utils.training.batches import Batch
+from pocl_utils.training.loop import run_steps
+from pocl_utils.training.step import step_loss
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = ["--profile", "smoke", "--grid", "table1", "--seeds", "2"]  # 12 runs: SFT, SeqKD, GKD and KLD with/without POCL
@@ -206,7 +208,7 @@ def ws(tmp_path_factory):
 
 
 def _batch(ws, n: int = 4) -> Batch:
-    from pocl_utils.training.train import make_batch
+    from pocl_utils.training.batches import make_batch
     return make_batch(ws.encoded("train")[:n], ws.pad_id)
 
 

@@ -168,10 +168,10 @@ def test_training_bars_show_in_a_notebook_kernel_and_follow_tqdm_elsewhere(tmp_p
     """Preparation steps train for minutes inside notebook 00: their tqdm bars must reach the notebook."""
     import papermill as pm
 
-    from pocl_utils.training.train import bar_disabled
+    from pocl_utils.training.loop import bar_disabled
     assert bar_disabled() is None  # here: tqdm's default, a bar only on a terminal
     nb = _notebook(tmp_path / "99_bar.ipynb",
-                   "from pocl_utils.training.train import bar_disabled\nprint(bar_disabled())")
+                   "from pocl_utils.training.loop import bar_disabled\nprint(bar_disabled())")
     pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name=kernel_name(), cwd=str(REPO),
                         progress_bar=False)
     text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if c.cell_type == "code"

@@ -13,9 +13,11 @@ from pocl_utils.curriculum import linear_schedule
 from pocl_utils.data import Encoded
 from pocl_utils.losses import KINDS, divergence
 from pocl_utils.modeling.models import CheckpointError, build_model
-from pocl_utils.training.train import (MAX_CACHE_BATCH, TAIL_TAUS, KDContext, TeacherCache, build_teacher_cache,
-                                       cache_batches, compress_top_k, expand_top_k, kd_loss_fn, make_batch, step_loss,
-                                       teacher_logits, tempered_log_tail)
+from pocl_utils.training.batches import make_batch
+from pocl_utils.training.kd import KDContext, kd_loss_fn
+from pocl_utils.training.step import step_loss, teacher_logits
+from pocl_utils.training.teacher_cache import (MAX_CACHE_BATCH, TAIL_TAUS, TeacherCache, build_teacher_cache,
+                                               cache_batches, compress_top_k, expand_top_k, tempered_log_tail)
 
 V = 40
 PAD = 0

@@ -2,7 +2,7 @@
 pocl_utils importable). Three parts, each in its own subprocess with its own time limit, so that one failure, hang or
 out-of-memory never hides the others; prints a summary and writes everything as JSON (--out).
 
-  step      a naive KD loop vs pocl's training step (`train.kd_loss_fn` + `train.run_steps`, live teacher) at two
+  step      a naive KD loop vs pocl's training step (`kd.kd_loss_fn` + `loop.run_steps`, live teacher) at two
             batch sizes: ms/step, tokens/s, MFU against a bf16 matmul peak measured here, peak memory, and each
             one's first loss against an fp32 reference on the same batch (random-init GPT-2 XL teacher -> GPT-2
             student, prompt 256 + response 256 tokens, FKL, alpha 0.3: the setting of issue 16's table).
@@ -128,7 +128,7 @@ def _reference_loss(student, teacher, batch) -> float:
     """The step's loss in plain fp32 (no autocast, no TF32) on the same batch."""
     from pocl_utils.modeling.heads import logits_at_positions
     from pocl_utils.modeling.models import CPU_PRECISION
-    from pocl_utils.training.train import step_loss
+    from pocl_utils.training.step import step_loss
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -177,7 +177,8 @@ def _measure_pocl(student, teacher, examples, s: Sizes, dev, compiled: bool = Fa
     from dataclasses import replace
     from pocl_utils.experiment.config import TrainSpec
     from pocl_utils.modeling.models import policy_for
-    from pocl_utils.training.train import KDContext, kd_loss_fn, run_steps
+    from pocl_utils.training.kd import KDContext, kd_loss_fn
+    from pocl_utils.training.loop import run_steps
     precision = replace(policy_for(dev), fused_loss=True, compile=True) if compiled else None  # fused: what compiles
     ctx = KDContext(examples, pad_id=0, eos_id=0, teacher=teacher, precision=precision)
     loss_fn = kd_loss_fn(student, ctx, kind=KIND, tau=1.0, alpha=ALPHA, rng=np.random.default_rng(0))
@@ -196,7 +197,7 @@ def _measure_pocl(student, teacher, examples, s: Sizes, dev, compiled: bool = Fa
 
 def part_step(s: Sizes, compiled: bool = False) -> dict:
     from pocl_utils.modeling.models import freeze_teacher, n_params
-    from pocl_utils.training.train import make_batch
+    from pocl_utils.training.batches import make_batch
     dev = device()
     peak = matmul_peak(dev, s.peak_n)
     teacher0 = _gpt2(s.teacher, s, 0).eval().requires_grad_(False)  # fp32 on the CPU; each variant takes a copy
@@ -311,8 +312,10 @@ def part_profile(s: Sizes) -> dict:
     from pocl_utils.modeling.generate import generate
     from pocl_utils.modeling.models import build_model
     from pocl_utils.experiment.workspace import lm_blocks
-    from pocl_utils.training.train import (KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft,
-                                           total_steps)
+    from pocl_utils.training.batches import epoch_batches
+    from pocl_utils.training.kd import KDContext, kd_loss_fn
+    from pocl_utils.training.loop import run_steps, sft, total_steps
+    from pocl_utils.training.teacher_cache import build_teacher_cache
     from pocl_utils.world import pretrain_corpus, world_config
     dev = device()
     p = get_profile(s.profile)

@@ -14,7 +14,7 @@ from .config import Profile, TrainSpec, get_profile
 from ..modeling.models import build_model, pick_device, save_checkpoint
 from .real import prepare_real
 from .results import atomic_write_json
-from ..training.train import sft
+from ..training.loop import sft
 from ..world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
 from .workspace import (STEPS, Workspace, build_steps, lm_blocks, prep_keys, ranking_step, seqkd_step,
                         teacher_cache_step, thin_log, workspace_root)

@@ -31,7 +31,10 @@ from ..modeling.models import (build_model, load_pretrained, load_tokenizer, pic
 from ..analysis.paper import paper_table
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 from .scoring import eval_data, eval_key, reference_score
-from ..training.train import KDContext, build_teacher_cache, epoch_batches, kd_loss_fn, run_steps, sft
+from ..training.batches import epoch_batches
+from ..training.kd import KDContext, kd_loss_fn
+from ..training.loop import run_steps, sft
+from ..training.teacher_cache import build_teacher_cache
 from .workspace import (ROLES, STEPS, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
                         seqkd_step, step_dir, teacher_cache_step, thin_log, workspace_root)
 
@@ -120,7 +123,7 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
                 "teacher": partial(_build_real_teacher, cache_dir=cache_dir),
                 "student_init": partial(_build_real_student, cache_dir=cache_dir),
                 # the teacher cache holds exact logits, 49,152 fp32 per response token (about 200 kB);
-                # train.build_teacher_cache sizes its batches from vocabulary x length, so they fit in memory
+                # teacher_cache.build_teacher_cache sizes its batches from vocabulary x length, so they fit in memory
                 "ranking": ranking_step, "teacher_cache": teacher_cache_step, "seqkd": seqkd_step}
     build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log, tag="prepare_real")
     return ws

@@ -43,7 +43,7 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
     """Run `spec` unless finished; returns its record, or None if another process holds its claim.
 
     Under `accelerate launch` every rank calls this for the same spec and they train the run together (data parallel,
-    `train.run_steps`). Only the main rank reads and claims the registry entry (`_claim` hands its answer to the
+    `loop.run_steps`). Only the main rank reads and claims the registry entry (`_claim` hands its answer to the
     others), checkpoints, evaluates and writes the record; the others train in a private folder (`_train_dir`),
     then wait at a barrier until the record exists, and return it too. All ranks must see one file system (one
     machine, or a shared disk across machines)."""

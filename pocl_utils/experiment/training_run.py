@@ -20,7 +20,9 @@ from ..curriculum import Stage, plan_stages
 from ..difficulty import order_by_truth
 from ..modeling.models import load_weights, save_weights
 from ..training import distributed
-from ..training.train import KDContext, batch_stream, kd_loss_fn, optimizer_for, run_steps, total_steps
+from ..training.batches import batch_stream
+from ..training.kd import KDContext, kd_loss_fn
+from ..training.loop import optimizer_for, run_steps, total_steps
 from ..world import true_difficulty
 from .config import RunSpec
 from .results import atomic_write_json

@@ -23,7 +23,7 @@ from ..modeling.generate import generate
 from ..modeling.models import load_checkpoint, load_tokenizer
 from .provenance import environment, precision
 from .results import REPO_ROOT, Registry, atomic_write_json, exclusive_lock
-from ..training.train import TeacherCache, build_teacher_cache
+from ..training.teacher_cache import TeacherCache, build_teacher_cache
 
 RUNS_ROOT = Path(os.environ.get("POCL_RUNS_DIR", REPO_ROOT / "runs"))
 

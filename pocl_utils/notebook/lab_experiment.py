@@ -13,7 +13,9 @@ import torch
 from .. import curriculum, difficulty
 from ..experiment.config import RunSpec
 from ..analysis.frames import stage_frame
-from ..training.train import make_batch, student_logits_at_targets, total_steps
+from ..training.batches import make_batch
+from ..training.loop import total_steps
+from ..training.step import student_logits_at_targets
 from ..experiment.workspace import Workspace
 
 

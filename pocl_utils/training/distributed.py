@@ -2,7 +2,7 @@
 
 `accelerate launch` (torchrun underneath) starts N copies of the same program with RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT set; `accelerate.PartialState` reads them and opens the process group (NCCL on GPUs, gloo
-on CPU) and pins each process to its GPU. `train.run_steps` first calls `prepare_model`, then:
+on CPU) and pins each process to its GPU. `loop.run_steps` first calls `prepare_model`, then:
 
 - every rank draws the same global batch (same seed, same RNG draws) and trains on `shard(indices)`, its slice;
 - its loss is its shard's summed token loss divided by the GLOBAL number of response tokens (`all_sum`), so the
@@ -18,7 +18,7 @@ Launched with an FSDP config (e.g. configs/accelerate/fsdp.yaml, read by acceler
 and AdamW state, FSDP gathers a block's weights for its forward and backward, and the backward reduce-scatters the
 gradients (summed, as under DDP). Everything else above stays the same, so an FSDP step also equals the 1-process
 step. Every rank must then call the model the same number of times: evaluation and GKD's sampling run on every rank
-with the same inputs (`train.kd_loss_fn`). Checkpoints are gathered whole (`full_state_dict`, torch's
+with the same inputs (`kd.kd_loss_fn`). Checkpoints are gathered whole (`full_state_dict`, torch's
 distributed-checkpoint API) and are ordinary safetensors files.
 
 Preparation steps run on the main rank first, alone (`main_first`: accelerate's `main_process_first` around `alone`,
@@ -95,7 +95,7 @@ def device() -> torch.device:
 
 def shard(indices: Sequence[int]) -> list[int]:
     """This rank's contiguous slice of a global batch; slice sizes differ by at most one (earlier ranks get the extra
-    example). A batch smaller than the world leaves some ranks with an empty slice; `train.run_steps` handles that."""
+    example). A batch smaller than the world leaves some ranks with an empty slice; `loop.run_steps` handles that."""
     n, world = len(indices), world_size()
     if world == 1:
         return list(indices)
@@ -127,7 +127,7 @@ class _StepForward(torch.nn.Module):
 
 def _sum_hook(state, bucket):
     """DDP communication hook: the gradient buckets summed over the ranks, not averaged (each rank's loss is already
-    its token-weighted share of the global mean, `train._shard_loss`)."""
+    its token-weighted share of the global mean, `loop._shard_loss`)."""
     fut = torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
@@ -219,7 +219,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
         register_fsdp_forward_method(model, name)
     for unit in model.modules():
         if isinstance(unit, FSDPModule):
-            unit.set_gradient_divide_factor(1.0)  # `train._shard_loss` already weighs each rank's share
+            unit.set_gradient_divide_factor(1.0)  # `loop._shard_loss` already weighs each rank's share
             unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
     return model
 

@@ -1,0 +1,102 @@
+"""Knowledge distillation's step loss: ground-truth batches against the cached (or live) teacher; on-policy batches
+(GKD) on the student's own samples, scored by the live teacher."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from . import distributed
+from ..data import Encoded, close_response
+from ..modeling.models import Precision, freeze_teacher, precision_for
+from .batches import make_batch
+from .loop import LossFn
+from .step import TOKENS, live_teacher, step_loss
+from .teacher_cache import TeacherCache
+
+
+@dataclass
+class KDContext:
+    """What a KD stage needs besides the student: data, teacher access, on-policy settings."""
+
+    encoded: list[Encoded]
+    pad_id: int
+    eos_id: int
+    cache: TeacherCache | None = None  # exact teacher logits for ground-truth batches
+    teacher: PreTrainedModel | None = None  # needed live for on-policy batches (or when no cache)
+    on_policy_frac: float = 0.0  # GKD's lambda: share of batches with student-generated outputs
+    max_new_tokens: int = 24
+    beta: float | None = None
+    precision: Precision | None = None  # None: `models.precision_for` the student's device (tests force the GPU's)
+
+
+def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
+               rng: np.random.Generator) -> LossFn:
+    """The loss of one KD step: ground-truth batches use the cached teacher; on-policy ones generate then ask the
+    teacher.
+
+    The live teacher is frozen (`models.freeze_teacher`: no gradients; stored in bf16 on a GPU)."""
+    device = next(student.parameters()).device
+    precision = ctx.precision or precision_for(device)
+    if ctx.teacher is not None:
+        freeze_teacher(ctx.teacher, precision)
+    teacher_rows = partial(live_teacher, ctx.teacher, precision=precision)
+
+    def loss_fn(idx: list[int], step: int, whole: list[int]):
+        if ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac:
+            return _on_policy_loss(student, ctx, idx, whole, kind=kind, tau=tau, alpha=alpha,
+                                   seed=int(rng.integers(2**31)))
+        batch = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
+        if kind is None:  # SFT / SeqKD: cross-entropy only, no teacher
+            rows = None
+        else:
+            # tau: top-k rows carry the stage's tempered tail mass; exact rows ignore it (the loss tempers them)
+            rows = ctx.cache.rows(idx, tau=tau) if ctx.cache is not None else teacher_rows(batch)
+        return step_loss(student, batch, rows, kind=kind, tau=tau, alpha=alpha, beta=ctx.beta, precision=precision)
+
+    return loss_fn
+
+
+def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], whole: list[int], *, kind: str,
+                    tau: float, alpha: float, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """An on-policy step: alpha * CE(ground truth) + (1 - alpha) * tau^2 * D on the student's own samples.
+
+    The divergence is taken on student-generated outputs (GKD's SGOs); the SFT term of Eq. 9 stays on the dataset's
+    responses, as in DistiLLM's and GKD's code, since the student's samples are not targets to imitate. Every rank
+    samples the WHOLE global batch with the run's seed and keeps its own rows, so N processes draw the samples one
+    process would. The two means are over different token counts, so under N processes the CE term is re-weighted
+    here to its whole-batch token mean (`loop.run_steps` weighs the returned loss by the sampled tokens)."""
+    device = next(student.parameters()).device
+    outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=seed)
+    mine = distributed.shard(range(len(whole)))
+    batch = make_batch([outs[k] for k in mine or [0]], ctx.pad_id).to(device)  # as `loop._shard_loss` picks idx
+    precision = ctx.precision or precision_for(device)
+    teacher = live_teacher(ctx.teacher, batch, precision=precision)
+    kd, parts = step_loss(student, batch, teacher, kind=kind, tau=tau, alpha=0.0, beta=ctx.beta, precision=precision)
+    if alpha <= 0:
+        return kd, parts
+    truth = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
+    ce, ce_parts = step_loss(student, truth, None, kind=None, tau=1.0, alpha=1.0, precision=precision)
+    n_kd, n_ce = (parts[TOKENS], ce_parts[TOKENS]) if mine else (0, 0)
+    total_kd, total_ce = distributed.all_sum([n_kd, n_ce])
+    ce_weight = (n_ce / total_ce) * (total_kd / n_kd) if n_kd else 1.0  # 1.0 with one process
+    # the logged ce gets the same weight, so `loop.run_steps`' sampled-token average of it is the ground truth's token
+    # mean
+    return (1.0 - alpha) * kd + alpha * ce_weight * ce, {**parts, "ce": ce_parts["ce"] * ce_weight}
+
+
+@torch.no_grad()
+def student_generated(student: PreTrainedModel, examples: list[Encoded], ctx: KDContext, *, seed: int) -> list[Encoded]:
+    """Replace responses by the student's own samples (temperature 1), as GKD's on-policy data (SGOs)."""
+    from ..modeling.generate import generate
+    was_training = student.training
+    student.eval()
+    outs = generate(student, [e.prompt_ids for e in examples], eos_id=ctx.eos_id, pad_id=ctx.pad_id,
+                    max_new_tokens=ctx.max_new_tokens, do_sample=True, temperature=1.0, seed=seed,
+                    batch_size=len(examples))
+    student.train(was_training)
+    return [Encoded(e.prompt_ids, close_response(o, ctx.max_new_tokens, ctx.eos_id), e.index, e.meta)
+            for e, o in zip(examples, outs)]

@@ -1,0 +1,164 @@
+"""The optimisation loop: the optimizer and its schedule, `run_steps` (one process, or a data-parallel shard of each
+step per process), the step budget, and SFT (cross-entropy on response tokens)."""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from . import distributed
+from ..data import Encoded
+from ..experiment.config import TrainSpec
+from ..modeling.models import precision_for
+from .batches import batch_stream, make_batch
+from .step import TOKENS, step_loss
+
+
+def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
+    """AdamW + linear warm-up + cosine decay; a fresh one per stage, as the official POCL code restarts them.
+
+    Fused AdamW (one kernel for all tensors) when every parameter is on a GPU. Elsewhere multi-tensor ("foreach")
+    AdamW: on the CPU it makes the laptop student's KD step about 10% faster (fewer, larger kernels) than the plain loop
+    and gives its results bitwise (tests/test_distributed.py checks that, so earlier results still reproduce)."""
+    on_gpu = all(p.device.type == "cuda" for p in model.parameters())
+    kind = {"fused": True} if on_gpu else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, **kind)
+    sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_frac * steps), steps)
+    return opt, sched
+
+
+def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainSpec) -> None:
+    """Clip the gradient norm to spec.grad_clip (if > 0; multi-tensor, as the optimizer) and take the optimizer step."""
+    if spec.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip, foreach=True)
+    opt.step()
+
+
+# loss_fn(indices, step, batch): the loss of `indices`, this process's share of the global `batch` (the same list
+# with one process), and its log row. Most losses need only `indices`; GKD samples the whole batch (`kd.kd_loss_fn`).
+LossFn = Callable[[list[int], int, list[int]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def bar_disabled() -> bool | None:
+    """tqdm's `disable` for training loops: off on non-main ranks; on in a Jupyter kernel (no terminal, but someone
+    watching the notebook, e.g. through a long preparation step); else tqdm's default (a bar only on a terminal)."""
+    if not distributed.is_main():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return False if shell is not None and hasattr(shell, "kernel") else None
+
+
+LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many steps (one host sync for all of them)
+
+
+def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
+              on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
+              log_every: int | None = None, optimizer: tuple | None = None) -> list[dict[str, float]]:
+    """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
+
+    Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
+    or FSDP2-sharded under an FSDP launch); every rank draws the same global batch, computes the loss of its shard
+    (`_shard_loss`), the backward sums the gradients over the ranks before clipping (so the clip sees the full
+    gradient), and the logged values are the global ones. The step equals, to float rounding, one process's step on
+    the whole batch. With one process the loop is the plain one, bitwise.
+
+    The log rows are read back (turned into floats, the loss checked for NaN/inf) every `log_every` steps: 1 by default
+    on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
+    each read waits for the device (a bad loss then stops the loop up to that many steps later, still before any
+    checkpoint is saved). `on_step(step, row)` runs after every step's update; between read-backs its row's values
+    are 0-d tensors. `optimizer`: an (optimizer, schedule) pair to continue (one schedule across several calls);
+    default a fresh `optimizer_for(model, spec, steps)`."""
+    from tqdm.auto import tqdm
+    distributed.prepare_model(model)  # FSDP-sharded or DDP-wrapped when launched; else unchanged
+    device = next(model.parameters()).device
+    precision_for(device)  # enables TF32 on a GPU
+    opt, sched = optimizer or optimizer_for(model, spec, steps)
+    model.train()
+    log: list[dict[str, float]] = []
+    pending: list[dict] = []
+    every = log_every or (LOG_EVERY_GPU if device.type == "cuda" else 1)
+    shared = distributed.world_size() > 1
+    for step in tqdm(range(steps), desc=desc, leave=False, disable=bar_disabled(), mininterval=2.0):
+        idx = next(batches)
+        loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
+        pending.append(parts)
+        if len(pending) >= every:
+            _read_back(pending, log, desc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # launched: the backward also sums the gradients over the ranks (DDP's or FSDP's hooks)
+        apply_grads(model, opt, spec)
+        sched.step()
+        if on_step is not None:
+            on_step(step, log[step] if len(log) > step else parts)
+    _read_back(pending, log, desc)
+    model.eval()
+    return log
+
+
+def _read_back(pending: list[dict], log: list[dict[str, float]], desc: str) -> None:
+    """Turn the pending steps' log rows into floats (one host sync for all of their tensors), check each step's loss
+    is finite and append them to `log`; empties `pending`."""
+    tensors = [v for row in pending for v in row.values() if isinstance(v, torch.Tensor)]
+    values = iter(torch.stack([t.double() for t in tensors]).tolist() if tensors else [])
+    for row in pending:
+        row = {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in row.items()}
+        step = len(log)
+        if not math.isfinite(row["loss"]):  # the global value, so that every rank stops at the same step
+            raise FloatingPointError(f"{desc}: non-finite loss {row['loss']} at step {step}; stopping before any "
+                                     f"checkpoint is saved")
+        log.append(row)
+    pending.clear()
+
+
+def _whole_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """One process: the loss of the whole batch and its log row."""
+    loss, parts = loss_fn(idx, step, idx)
+    parts.pop(TOKENS, None)
+    return loss, {"loss": loss.detach(), **parts}
+
+
+def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """This rank's share of a multi-process step, and the step's global log row.
+
+    share_r = mean_r * n_r / N = (sum of the shard's token losses) / N, with n_r the shard's response tokens and N the
+    whole batch's: the shares sum to the 1-process token mean, and their gradients, summed by DDP or FSDP, to
+    its gradient. (Averaging the ranks' means would weigh a token by 1 / n_r: wrong whenever the shards' counts differ.)
+    The logged loss and parts are weighted the same way, so they are the whole batch's token means."""
+    mine = distributed.shard(idx)
+    # A batch smaller than the world leaves this rank nothing: it runs a stand-in example at weight 0, so that every
+    # rank makes the same RNG draws (GKD's on-policy choice) and the same collective calls.
+    loss, parts = loss_fn(mine or idx[:1], step, idx)
+    if TOKENS not in parts:
+        raise ValueError(f"run_steps: on {distributed.world_size()} processes a loss function must report "
+                         f"parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss does)")
+    counted = float(parts.pop(TOKENS))
+    n = counted if mine else 0.0  # the stand-in example weighs nothing
+    names = list(parts)
+    values = [float(loss.detach()), *(float(parts[k]) for k in names)]
+    totals = distributed.all_sum([n] + [v * n if n else 0.0 for v in values])  # [N, sum loss, sum part...]
+    return loss * (n / totals[0]), dict(zip(["loss", *names], [t / totals[0] for t in totals[1:]]))
+
+
+def total_steps(n_examples: int, spec: TrainSpec) -> int:
+    """Baseline budget: `epochs` passes over the full training set."""
+    return max(1, math.ceil(spec.epochs * n_examples / spec.batch_size))
+
+
+def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: TrainSpec, *, seed: int = 0,
+        steps: int | None = None, desc: str = "sft") -> list[dict[str, float]]:
+    """Supervised fine-tuning on (prompt, response) pairs: CE on response tokens."""
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    batches = batch_stream(np.arange(len(encoded)), encoded, spec.batch_size, rng, device)
+
+    def loss_fn(idx: list[int], step: int, batch: list[int]):
+        return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0,
+                         alpha=1.0)
+
+    return run_steps(model, loss_fn, batches, steps or total_steps(len(encoded), spec), spec, desc=desc)
