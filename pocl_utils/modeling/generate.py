@@ -241,7 +241,7 @@ class NgramBan(LogitsProcessor):
 
 
 class GumbelNoise(LogitsProcessor):
-    """`gumbel_scores` as a LogitsProcessor, so that greedy argmax draws the sample; step t = tokens generated so far."""
+    """`gumbel_scores` as a LogitsProcessor, so that greedy argmax draws the sample; step = tokens generated so far."""
 
     def __init__(self, sampling: Sampling, keys: torch.Tensor, prompt_len: int) -> None:
         self.sampling, self.keys, self.prompt_len = sampling, keys, prompt_len
@@ -271,8 +271,10 @@ def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: to
     if sampling.do_sample:
         processors.append(GumbelNoise(sampling, keys, ids.shape[1]))
     given = {} if cache is None else {"past_key_values": cache}  # the name transformers 4.x and 5.x both accept
-    out = model.generate(input_ids=ids, attention_mask=mask, **given, logits_processor=processors, do_sample=False, num_beams=1, no_repeat_ngram_size=0, repetition_penalty=1.0,
-                         max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos_id, pad_token_id=pad_id)
+    # greedy argmax over the processed scores; the settings a checkpoint's generation_config could add are switched off
+    out = model.generate(input_ids=ids, attention_mask=mask, **given, logits_processor=processors, do_sample=False,
+                         num_beams=1, no_repeat_ngram_size=0, repetition_penalty=1.0, min_new_tokens=0,
+                         max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
     return cut_at_eos(out[:, ids.shape[1]:].tolist(), eos_id)
 
 
