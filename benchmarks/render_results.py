@@ -93,10 +93,13 @@ def ranking_section(recs: dict[str, dict]) -> tuple[str, list[Check]]:
             "identical)\n\n" + body + "\n\n" + notes), checks
 
 
+GENERATE_CASES = ("ranking_greedy", "generate_greedy", "generate_sampled")  # bench_generate.py's cases, in its order
+
+
 def generate_section(rec: dict) -> tuple[str, list[Check]]:
     rows = [[name, c["what"], c["generated_tokens"], fmt(c["pocl_s"]), fmt(c["transformers_s"]),
              f"{c['transformers_over_pocl']:.2f}", "yes" if c["outputs_identical"] else "**no**"]
-            for name, c in rec["cases"].items()]
+            for name, c in sorted(rec["cases"].items(), key=lambda kv: GENERATE_CASES.index(kv[0]))]
     body = table(["case", "what", "new tokens", "pocl s", "transformers s", "transformers / pocl", "same tokens"], rows)
     end = rec.get("load_avg_at_end")
     return (f"Decoding loop: pocl's KV-cache loop vs transformers' `model.generate` with pocl's LogitsProcessors "

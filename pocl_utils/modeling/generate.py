@@ -7,6 +7,16 @@ Sampling is reproducible and independent of batch composition: the Gumbel noise 
 `key` is a pure integer hash of (seed, key, t, vocabulary id), not a draw from a stateful generator, so the same
 prompt with the same key gives the same tokens whatever batch it sits in, whatever the batch size and on any device
 (up to float round-off in the model's logits, which can change a draw only at an exact probability boundary).
+
+Two backends return the same tokens on the CPU (tests/test_generate.py): "pocl", this module's loop (the default), and
+"transformers", transformers' `model.generate` with the n-gram ban and the Gumbel noise as LogitsProcessors
+(`NgramBan`, `GumbelNoise`; greedy argmax over the noised scores is the sample). Ours stays the default because it is
+faster where pocl decodes: with the laptop student's shape on a shared 2-core CPU (1 thread), transformers' generate
+took 1.09-1.16x our loop's time in the difficulty measurer's greedy pass, plain greedy and evaluation's sampling
+(benchmarks/bench_generate.py; the committed run in benchmarks/RESULTS.md, "Decoding backends"; three repeats gave
+1.08-1.26x). The models are small, so each step's fixed overhead counts, and generate's general machinery adds to it;
+our loop also drops finished rows from the batch (not exercised there: random students never stop).
+On a GPU, benchmarks/gpu/check.py part (b) reports both backends side by side.
 """
 from __future__ import annotations
 
