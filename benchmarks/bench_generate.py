@@ -1,7 +1,7 @@
 """Benchmark the decoding loop: pocl's own KV-cache loop vs transformers' `model.generate` with pocl's two
 LogitsProcessors (`generate.NgramBan`, `generate.GumbelNoise`), on the same model and prompts in one process.
 
-    python benchmarks/bench_generate.py [--model laptop] [--n 128] [--reps 5] [--quick] [--out benchmarks/results/generate.json]
+    python benchmarks/bench_generate.py [--model laptop] [--n 128] [--reps 5] [--quick] [--out PATH]
 
 Cases: the difficulty measurer's greedy pass (`difficulty.greedy_outputs_and_ce`, the laptop ranking benchmark's
 batched path), plain greedy `generate.generate`, and sampling with evaluation's settings (temperature 1, top_k 0,

@@ -294,6 +294,7 @@ def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
 
 
 def check_backend(backend: str) -> None:
+    """A clear error for a backend that is not one of `BACKENDS`."""
     if backend not in BACKENDS:
         raise ValueError(f"generate: backend must be one of {BACKENDS}, got {backend!r}")
 
