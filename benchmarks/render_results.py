@@ -93,6 +93,23 @@ def ranking_section(recs: dict[str, dict]) -> tuple[str, list[Check]]:
             "identical)\n\n" + body + "\n\n" + notes), checks
 
 
+GENERATE_CASES = ("ranking_greedy", "generate_greedy", "generate_sampled")  # bench_generate.py's cases, in its order
+
+
+def generate_section(rec: dict) -> tuple[str, list[Check]]:
+    rows = [[name, c["what"], c["generated_tokens"], fmt(c["pocl_s"]), fmt(c["transformers_s"]),
+             f"{c['transformers_over_pocl']:.2f}", "yes" if c["outputs_identical"] else "**no**"]
+            for name, c in sorted(rec["cases"].items(), key=lambda kv: GENERATE_CASES.index(kv[0]))]
+    body = table(["case", "what", "new tokens", "pocl s", "transformers s", "transformers / pocl", "same tokens"], rows)
+    end = rec.get("load_avg_at_end")
+    return (f"Decoding loop: pocl's KV-cache loop vs transformers' `model.generate` with pocl's LogitsProcessors "
+            f"(model {rec.get('model_source', rec['model'])}, {rec['params']:,} params, {rec['n']} prompts, "
+            f"max_new_tokens {rec['max_new_tokens']}, batch {rec['batch_size']}, {rec['threads']} thread; median of "
+            f"{rec['reps']} alternating calls)\n\n" + body + "\n\n" + provenance(rec)
+            + (f"\n\nLoad average at the end of the run: {end[0]} (a shared machine: the ratio, measured "
+                  f"alternately, is what to read)" if end else "")), []
+
+
 def divergence_section(rec: dict) -> tuple[str, list[Check]]:
     rows, checks = [], []
     for r in rec["results"]:
@@ -272,6 +289,7 @@ UNMEASURED = {
 
 SECTIONS: list[tuple[str, tuple[str, ...], Callable]] = [
     ("Ranking", ("ranking", "ranking_smollm2"), ranking_section),
+    ("Decoding backends", ("generate",), generate_section),
     ("Divergence", ("divergence",), divergence_section),
     ("Teacher cache (KD steps)", ("teacher_cache",), teacher_cache_section),
     ("Teacher cache (grid runs)", ("grid_cache",), grid_cache_section),

@@ -45,6 +45,8 @@ BENCHES = (
           ("--quick", "--model", "tiny", "--threads", "1"), 0.5),
     Bench("ranking_smollm2", "bench_ranking.py", ("--model", "smollm2", "--n", "64", "--threads", "2"),
           ("--quick", "--model", "real-lite-student", "--n", "8", "--threads", "1"), 4),
+    Bench("generate", "bench_generate.py", ("--model", "laptop", "--threads", "1"),
+          ("--quick", "--model", "tiny", "--threads", "1"), 0.5),
     Bench("divergence", "bench_divergence.py", (),
           ("--quick", "--vocab", "4096", "--tokens", "512", "--kinds", "fkl", "--reps", "1"), 4),
     Bench("teacher_cache", "bench_teacher_cache.py", (), ("--quick",), 1),

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from .data import Encoded
-from .modeling.generate import (Sampling, cut_at_eos, decode, decode_from_cache, eval_mode, max_positions,
-                                model_device, pad_batch, position_ids)
+from .modeling.generate import (Sampling, check_backend, cut_at_eos, decode, decode_from_cache,
+                                decode_with_transformers, eval_mode, max_positions, model_device, pad_batch,
+                                position_ids)
 
 RRF_K = 60  # Eq. 2's k, from Cormack et al. (2009)
 METHODS = ("fusion", "rouge_l", "ce")  # the ranking ablation of §5.1 / Table 2
@@ -257,7 +258,7 @@ def response_ce(logits: torch.Tensor, response: torch.Tensor, response_mask: tor
 
 
 def _score_batch(model: torch.nn.Module, batch: list[Encoded], *, eos_id: int, pad_id: int,
-                 max_new_tokens: int) -> tuple[list[list[int]], torch.Tensor]:
+                 max_new_tokens: int, backend: str = "pocl") -> tuple[list[list[int]], torch.Tensor]:
     """Greedy outputs and reference CE for one batch, from a single teacher-forced forward plus the decode loop."""
     device = model_device(model)
     prompt, prompt_mask = pad_batch([e.prompt_ids for e in batch], pad_id, device, left=True)  # [B, P]
@@ -274,18 +275,24 @@ def _score_batch(model: torch.nn.Module, batch: list[Encoded], *, eos_id: int, p
     ce = response_ce(logits[:, :-1], response, response_mask)  # [B]
     first_logits = logits[:, 0].clone()  # [B, V] greedy's first step is the teacher-forced first prediction
     del logits  # the [B, R, V] block is the peak of memory; free it before decoding
+    keys = torch.zeros(len(batch), dtype=torch.long, device=device)  # unused by greedy decoding
+    if backend == "transformers":  # generate recomputes the last prompt column's logits from a P - 1 cache
+        cache.crop(-(n_resp + 1))
+        new = decode_with_transformers(model, prompt, prompt_mask, keys, eos_id=eos_id, pad_id=pad_id,
+                                       max_new_tokens=max_new_tokens, sampling=Sampling(), cache=cache)
+        return new, ce
     # causal attention: the prompt's keys/values do not depend on the response, so dropping the response
     # columns leaves exactly the cache a prompt-only prefill would build
     cache.crop(-n_resp)
     history = prompt.masked_fill(prompt_mask == 0, -1)
-    keys = torch.zeros(len(batch), dtype=torch.long, device=device)  # unused by greedy decoding
     new = decode_from_cache(model, cache, first_logits, prompt_mask, history, keys, eos_id=eos_id, pad_id=pad_id,
                             max_new_tokens=max_new_tokens, sampling=Sampling())
     return new, ce
 
 
 def greedy_outputs_and_ce(model: torch.nn.Module, encoded: list[Encoded], *, eos_id: int, pad_id: int,
-                          max_new_tokens: int, batch_size: int = 32) -> tuple[list[list[int]], np.ndarray]:
+                          max_new_tokens: int, batch_size: int = 32,
+                          backend: str = "pocl") -> tuple[list[list[int]], np.ndarray]:
     """Greedy continuation ids (cut at EOS) and mean reference CE per sample, in input order; batched and cached.
 
     Args:
@@ -294,10 +301,12 @@ def greedy_outputs_and_ce(model: torch.nn.Module, encoded: list[Encoded], *, eos
         eos_id, pad_id: special token ids (`special_ids`).
         max_new_tokens: the greedy decode's length limit, >= 1.
         batch_size: samples per forward.
+        backend: the greedy decode after the shared forward, "pocl" or "transformers" (`generate.BACKENDS`).
 
     Returns:
         (outputs, ce): per sample its greedy continuation ids and its mean reference CE (`response_ce`), [n].
     """
+    check_backend(backend)
     check_encoded(encoded, max_new_tokens, max_positions(model))
     if max_new_tokens < 1:
         raise ValueError(f"difficulty: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -309,7 +318,7 @@ def greedy_outputs_and_ce(model: torch.nn.Module, encoded: list[Encoded], *, eos
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             new, ce = _score_batch(model, [encoded[i] for i in batch], eos_id=eos_id, pad_id=pad_id,
-                                   max_new_tokens=max_new_tokens)
+                                   max_new_tokens=max_new_tokens, backend=backend)
             for i, tokens in zip(batch, new):
                 outputs[i] = tokens
             ce_parts.append(ce)

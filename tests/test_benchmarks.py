@@ -1,8 +1,8 @@
 """benchmarks/: RESULTS.md is rendered from the JSONs alone with honest PASS/MISS (fixture JSONs at and around every
 target), run_all orchestrates scripts in subprocesses and reports failures, and one real benchmark runs in quick mode.
 
-`run_all.py --quick` runs all eight benchmarks in about 2 minutes, over this file's budget, so the real run here is
-bench_topk_cache --quick alone (~15 s); the rest uses fixtures and stand-in scripts."""
+`run_all.py --quick` runs all nine benchmarks in about 2 minutes, over this file's budget, so the real runs here are
+bench_topk_cache --quick (~15 s) and bench_generate --quick (~10 s); the rest uses fixtures and stand-in scripts."""
 import json
 import subprocess
 import sys
@@ -207,3 +207,18 @@ def test_topk_benchmark_runs_in_quick_mode_and_renders(tmp_path):
     exact = v["rows"][-1]  # k = V: nothing is cut, so every kind's loss is exact at every tau
     assert all(t["max_rel_err_tempered"] < 1e-4 for t in exact["by_tau"])
     assert "Top-k teacher cache vs exact" in render_results.render(tmp_path)
+
+
+def test_generate_benchmark_runs_in_quick_mode_and_renders(tmp_path):
+    out = tmp_path / "generate.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_generate.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert rec["meta"]["quick"] and set(rec["cases"]) == {"ranking_greedy", "generate_greedy", "generate_sampled"}
+    for case in rec["cases"].values():  # the script asserts equal tokens before timing; the JSON says so
+        assert case["outputs_identical"] and case["generated_tokens"] == 16 * 16  # tiny random model: no EOS
+        assert len(case["times_s"]["pocl"]) == len(case["times_s"]["transformers"]) == 2
+        assert case["transformers_over_pocl"] == pytest.approx(case["transformers_s"] / case["pocl_s"], abs=0.02)
+    text = render_results.render(tmp_path)
+    assert "## Decoding backends" in text and "generate_sampled" in text

@@ -13,6 +13,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
 from transformers.utils import logging as hf_logging
 
 from pocl_utils.data import Encoded
+from pocl_utils.modeling.generate import BACKENDS
 from pocl_utils.difficulty import (Ranking, fuse_ranks, greedy_outputs_and_ce, greedy_outputs_and_ce_naive,
                                    order_from_scores, rank_order, response_ce, score_samples, score_samples_naive)
 
@@ -204,9 +205,12 @@ def test_batched_matches_naive(name, device):
     kw = dict(eos_id=EOS, pad_id=EOS, max_new_tokens=10)
     naive_out, naive_ce = greedy_outputs_and_ce_naive(model, encoded, **kw)
     for batch_size in (4, 32):
-        out, ce = greedy_outputs_and_ce(model, encoded, batch_size=batch_size, **kw)
-        assert out == naive_out
-        np.testing.assert_allclose(ce, naive_ce, rtol=0, atol=1e-5)
+        ce_of = {}
+        for backend in BACKENDS:  # the decode after the shared forward: our loop or transformers' generate
+            out, ce_of[backend] = greedy_outputs_and_ce(model, encoded, batch_size=batch_size, backend=backend, **kw)
+            assert out == naive_out, backend
+            np.testing.assert_allclose(ce_of[backend], naive_ce, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(ce_of["pocl"], ce_of["transformers"])  # the same forward gives the CE
     lengths = {len(o) for o in naive_out}
     if name != "opt":
         assert 10 in lengths and min(lengths) < 10  # both EOS-stopped and max-length outputs are covered
@@ -240,6 +244,8 @@ def test_scoring_rejects_bad_samples():
         greedy_outputs_and_ce(model, [Encoded([1], [EOS]), Encoded([], [EOS], index=5)], **kw)
     with pytest.raises(ValueError, match=r"encoded\[0\] \(index 0\) needs 130 positions"):
         greedy_outputs_and_ce(model, [Encoded([1] * 100, [2] * 29 + [EOS])], **kw)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        greedy_outputs_and_ce(model, [Encoded([1], [EOS])], backend="hf", **kw)
 
 
 def test_score_samples_needs_unique_indices(tokenizer):

@@ -1,4 +1,5 @@
-"""Batched KV-cache decoding: greedy == HF generate per sample, n-gram ban, seeded sampling, filters."""
+"""Batched KV-cache decoding: greedy == HF generate per sample, n-gram ban, seeded sampling, filters, and the
+transformers backend (generate + our LogitsProcessors) == our loop token for token."""
 import itertools
 
 import pytest
@@ -7,8 +8,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
-from pocl_utils.modeling.generate import (Sampling, ban_repeated_ngrams, counter_uniform, cut_at_eos, decode,
-                                          filter_top_k_top_p, generate, pick_next_token)
+from pocl_utils.modeling.generate import (BACKENDS, NgramBan, Sampling, ban_repeated_ngrams, counter_uniform,
+                                          cut_at_eos, decode, filter_top_k_top_p, generate, pick_next_token)
 
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -99,6 +100,16 @@ def test_ban_repeated_ngrams_hand_example():
     assert not ban_repeated_ngrams(torch.zeros(1, 10), padded, 3).isinf().any()
 
 
+def test_ngram_ban_processor_ignores_prompt_pads():
+    # row 0: pad 7, then prompt 5 7, then generated 7; tail (7,) was followed by 7 (real) and, on the pad, by 5
+    # row 1: no pads, same tokens after the first, so (7, 5) is real there and 5 is banned too
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    input_ids = torch.tensor([[7, 5, 7, 7], [7, 5, 7, 7]])
+    banned = NgramBan(2, mask)(input_ids, torch.zeros(2, 8)).isinf()
+    assert banned[0].nonzero().flatten().tolist() == [7]
+    assert banned[1].nonzero().flatten().tolist() == [5, 7]
+
+
 def test_top_k_top_p_hand_example():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     kept = lambda s: (~s.isinf()).nonzero()[:, 1].tolist()  # noqa: E731
@@ -143,21 +154,44 @@ def test_gumbel_sampling_follows_softmax_after_filters():
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_sampling_reproducible_and_batch_independent(name, device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_reproducible_and_batch_independent(name, device, backend):
     model = MODELS[name]().to(device)
     prompts = random_prompts(8, seed=3)
-    kw = dict(eos_id=EOS, pad_id=EOS, max_new_tokens=10, do_sample=True, top_k=0, top_p=1.0)
+    kw = dict(eos_id=EOS, pad_id=EOS, max_new_tokens=10, do_sample=True, top_k=0, top_p=1.0, backend=backend)
     a = generate(model, prompts, seed=11, batch_size=3, **kw)
     assert a == generate(model, prompts, seed=11, batch_size=3, **kw)
     assert a == generate(model, prompts, seed=11, batch_size=8, **kw)  # other batch composition, same draws
     sub = [5, 1, 6]
     assert generate(model, [prompts[i] for i in sub], seed=11, keys=sub, **kw) == [a[i] for i in sub]
     assert a != generate(model, prompts, seed=12, batch_size=3, **kw)
-    greedy = generate(model, prompts, eos_id=EOS, pad_id=EOS, max_new_tokens=10)
+    greedy = generate(model, prompts, eos_id=EOS, pad_id=EOS, max_new_tokens=10, backend=backend)
     assert a != greedy
     # temperature -> 0 turns sampling into argmax
     cold = generate(model, prompts, seed=11, **{**kw, "temperature": 1e-4})
     assert cold == greedy
+
+
+SETTINGS = {  # evaluation's (MiniLLM's test-time settings) and a filtered, tempered one; greedy with the same ban
+    "greedy": dict(do_sample=False),
+    "eval": dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0),
+    "filtered": dict(do_sample=True, temperature=0.7, top_k=10, top_p=0.9),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_transformers_backend_equals_ours_token_for_token(name, setting):
+    model = MODELS[name]()
+    prompts = random_prompts(10, seed=4)
+    kw = dict(eos_id=EOS, pad_id=EOS, max_new_tokens=24, batch_size=4, seed=5, **SETTINGS[setting])
+    for n in (0, 6):
+        ours = generate(model, prompts, no_repeat_ngram_size=n, **kw)
+        assert ours == generate(model, prompts, no_repeat_ngram_size=n, backend="transformers", **kw), n
+        lengths = {len(o) for o in ours}
+        assert 24 in lengths and min(lengths) < 24  # rows cut by max_new_tokens and rows stopped by EOS
+    if setting == "greedy":  # greedy tiny models loop, so the 6-gram ban changes their outputs: not vacuous
+        assert generate(model, prompts, no_repeat_ngram_size=6, **kw) != generate(model, prompts, **kw)
 
 
 def test_model_mode_and_edge_cases():
@@ -173,6 +207,9 @@ def test_model_mode_and_edge_cases():
         generate(model, [[1]], eos_id=EOS, pad_id=EOS, max_new_tokens=4, do_sample=True, top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         generate(model, [[1]], eos_id=EOS, pad_id=EOS, max_new_tokens=4, do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        generate(model, [[1]], eos_id=EOS, pad_id=EOS, max_new_tokens=4, backend="hf")
+    assert generate(model, [[1, 2, 3]], eos_id=EOS, pad_id=EOS, max_new_tokens=0, backend="transformers") == [[]]
 
 
 def test_decode_drops_special_tokens():

@@ -1,6 +1,7 @@
 """benchmarks/gpu/check.py at toy sizes on the CPU: every part runs in its own process and reports, the JSON is written,
 and the numbers it reports are right (the step's losses equal the fp32 reference, pocl's greedy generation equals
-transformers', the profile's projection adds up). Its speed numbers only mean something on a GPU."""
+transformers', its sampling equals the transformers backend's, the profile's projection adds up). Its speed numbers
+only mean something on a GPU."""
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def test_gpu_check_runs_tiny_on_cpu_and_reports_each_part(tmp_path):
         assert row["ms"] > 0 and row["tok_s"] > 0 and 0 < row["mfu"]
     gen = report["parts"]["generate"]["result"]
     assert gen["rows_equal"] == gen["rows"] == 4
+    assert gen["sampled"]["rows_equal"] == 4  # fp32 on the CPU: both backends draw the same samples
     prof = report["parts"]["profile"]["result"]
     assert set(prof["prepare_s"]) == {"data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache",
                                       "seqkd"}

@@ -7,7 +7,9 @@ out-of-memory never hides the others; prints a summary and writes everything as 
             one's first loss against an fp32 reference on the same batch (random-init GPT-2 XL teacher -> GPT-2
             student, prompt 256 + response 256 tokens, FKL, alpha 0.3: the setting of issue 16's table).
   generate  greedy tokens/s of `generate.generate` vs `transformers`' `model.generate`, same model, prompts and
-            settings (GPT-2-sized, bf16 autocast on a GPU for both), and how many rows agree.
+            settings (GPT-2-sized, bf16 autocast on a GPU for both), and how many rows agree; then sampled with
+            evaluation's settings, pocl's loop vs `generate.generate(backend="transformers")` (transformers' generate
+            with pocl's n-gram ban and counter-based Gumbel noise as LogitsProcessors).
   profile   the `gpu` profile: each preparation step timed on a sample and projected to its full size, one KD run
             (steps, validation, evaluation) likewise, and the projected time of the whole grid.
 
@@ -65,7 +67,7 @@ TINY = Sizes(teacher=(2, 64, 2), student=(1, 32, 2), vocab=211, prompt=8, respon
              gen_batch=4, gen_prompt=6, gen_new=8, peak_n=256, profile="smoke", sample=16, kd_steps=2,
              world_fraction=1.0)
 ALPHA, KIND = 0.3, "fkl"
-LIMITS_S = {"step": 150, "generate": 60, "profile": 150}  # per part, on one GPU; --timeout overrides
+LIMITS_S = {"step": 150, "generate": 90, "profile": 150}  # per part, on one GPU; --timeout overrides
 COMPILE_EXTRA_S = 120  # --compile: the step part's extra time, for torch.compile's compilations
 COMPILED = "pocl+compile"  # --compile's variant of the step: pocl's step with the student's forward compiled
 
@@ -232,6 +234,19 @@ def part_step(s: Sizes, compiled: bool = False) -> dict:
 
 # ---- (b) generation ----------------------------------------------------------------------------------------------
 
+def _time_generation(fns: dict, new: int, dev: torch.device) -> tuple[dict, dict]:
+    """(per name: seconds, new tokens, tokens/s; per name: the outputs) of each generation function, after a warm-up."""
+    result, outs = {}, {}
+    for name, fn in fns.items():
+        fn(2)  # warm-up: kernels, caches
+        box = {}
+        sec = timed(lambda: box.setdefault("out", fn(new)), dev)
+        outs[name] = box["out"]
+        n_tokens = sum(min(len(o) + 1, new) for o in box["out"])  # the EOS counts as generated
+        result[name] = {"seconds": sec, "new_tokens": n_tokens, "tok_s": n_tokens / sec}
+    return result, outs
+
+
 def part_generate(s: Sizes) -> dict:
     from pocl_utils.modeling.generate import generate
     from pocl_utils.modeling.models import autocast
@@ -242,8 +257,9 @@ def part_generate(s: Sizes) -> dict:
     eos = s.vocab - 1
     ids = torch.tensor(prompts, device=dev)
 
-    def ours(new: int):
-        return generate(model, prompts, eos_id=eos, pad_id=0, max_new_tokens=new, batch_size=s.gen_batch)
+    def ours(new: int, backend: str = "pocl", **sampling):
+        return generate(model, prompts, eos_id=eos, pad_id=0, max_new_tokens=new, batch_size=s.gen_batch,
+                        backend=backend, **sampling)
 
     def theirs(new: int):
         with torch.inference_mode(), autocast(dev):
@@ -252,20 +268,20 @@ def part_generate(s: Sizes) -> dict:
         new_ids = out[:, ids.shape[1]:].tolist()
         return [row[:row.index(eos)] if eos in row else row for row in new_ids]
 
-    result = {}
-    outs = {}
-    for name, fn in (("pocl", ours), ("transformers", theirs)):
-        fn(2)  # warm-up: kernels, caches
-        box = {}
-        sec = timed(lambda: box.setdefault("out", fn(s.gen_new)), dev)
-        outs[name] = box["out"]
-        n_tokens = sum(min(len(o) + 1, s.gen_new) for o in box["out"])  # the EOS counts as generated
-        result[name] = {"seconds": sec, "new_tokens": n_tokens, "tok_s": n_tokens / sec}
+    result, outs = _time_generation({"pocl": ours, "transformers": theirs}, s.gen_new, dev)
     result["pocl_speedup"] = result["pocl"]["tok_s"] / result["transformers"]["tok_s"]
     result["rows_equal"] = sum(a == b for a, b in zip(outs["pocl"], outs["transformers"]))
     result["rows"] = s.gen_batch
     result["settings"] = {"batch": s.gen_batch, "prompt": s.gen_prompt, "max_new_tokens": s.gen_new, "greedy": True,
                           "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32"}
+    # sampled with evaluation's settings: pocl's loop vs transformers' generate + pocl's two LogitsProcessors
+    evaluation = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=6, seed=0)
+    backends = {b: (lambda new, b=b: ours(new, b, **evaluation)) for b in ("pocl", "transformers")}
+    sampled, outs = _time_generation(backends, s.gen_new, dev)
+    sampled["pocl_speedup"] = sampled["pocl"]["tok_s"] / sampled["transformers"]["tok_s"]
+    sampled["rows_equal"] = sum(a == b for a, b in zip(outs["pocl"], outs["transformers"]))
+    sampled["settings"] = {**evaluation, "transformers": "generate.generate(backend='transformers')"}
+    result["sampled"] = sampled
     return result
 
 
@@ -457,6 +473,10 @@ def summary(report: dict) -> str:
             for k in ("pocl", "transformers"):
                 lines.append(f"  {k:12s}: {r[k]['tok_s']:10.1f} tok/s ({r[k]['new_tokens']} tokens)")
             lines.append(f"  pocl / transformers: {r['pocl_speedup']:.2f}x; rows equal {r['rows_equal']}/{r['rows']}")
+            q = r["sampled"]
+            lines.append(f"  sampled (T 1, no_repeat_ngram_size 6): pocl {q['pocl']['tok_s']:.1f} tok/s, "
+                         f"transformers + pocl's processors {q['transformers']['tok_s']:.1f} tok/s; "
+                         f"pocl / transformers {q['pocl_speedup']:.2f}x; rows equal {q['rows_equal']}/{r['rows']}")
         else:
             for k, v in r["prepare_s"].items():
                 lines.append(f"  prepare {k:13s} {v:10.1f} s")

@@ -7,6 +7,16 @@ Sampling is reproducible and independent of batch composition: the Gumbel noise 
 `key` is a pure integer hash of (seed, key, t, vocabulary id), not a draw from a stateful generator, so the same
 prompt with the same key gives the same tokens whatever batch it sits in, whatever the batch size and on any device
 (up to float round-off in the model's logits, which can change a draw only at an exact probability boundary).
+
+Two backends return the same tokens on the CPU (tests/test_generate.py): "pocl", this module's loop (the default), and
+"transformers", transformers' `model.generate` with the n-gram ban and the Gumbel noise as LogitsProcessors
+(`NgramBan`, `GumbelNoise`; greedy argmax over the noised scores is the sample). Ours stays the default because it is
+faster where pocl decodes: with the laptop student's shape on a shared 2-core CPU (1 thread), transformers' generate
+took 1.09-1.16x our loop's time in the difficulty measurer's greedy pass, plain greedy and evaluation's sampling
+(benchmarks/bench_generate.py; the committed run in benchmarks/RESULTS.md, "Decoding backends"; three repeats gave
+1.08-1.26x). The models are small, so each step's fixed overhead counts, and generate's general machinery adds to it;
+our loop also drops finished rows from the batch (not exercised there: random students never stop).
+On a GPU, benchmarks/gpu/check.py part (b) reports both backends side by side.
 """
 from __future__ import annotations
 
@@ -15,12 +25,14 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..training import distributed
 from .models import autocast
 
 _MASK32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # odd multiplier < 2**27, so a 32-bit value times it stays inside int64
+BACKENDS = ("pocl", "transformers")  # the decoding loop: ours (default), or transformers' generate + our processors
 
 
 @dataclass(frozen=True)
@@ -154,19 +166,24 @@ def counter_uniform(seed: int, keys: torch.Tensor, step: int, vocab_size: int) -
     return (bits.double() + 0.5) / 2.0 ** 32  # strictly inside (0, 1)
 
 
-def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Tensor, step: int,
-                    sampling: Sampling) -> torch.Tensor:
-    """Next token per row [B] from logits [B, V]: n-gram ban, then argmax, or temperature/top-k/top-p + Gumbel-max.
+def gumbel_scores(scores: torch.Tensor, keys: torch.Tensor, step: int, sampling: Sampling) -> torch.Tensor:
+    """Scores [B, V] (float64) whose argmax is the sampled token: temperature, top-k/top-p, then Gumbel noise.
 
     Gumbel-max: argmax_v (s_v + g_v), g_v = -log(-log u_v), u_v ~ U(0, 1), is a draw from softmax(s).
     """
-    scores = ban_repeated_ngrams(logits.float(), history, sampling.no_repeat_ngram_size)  # [B, V]
-    if not sampling.do_sample:
-        return scores.argmax(-1)
     scores = filter_top_k_top_p(scores / sampling.temperature, sampling.top_k, sampling.top_p)
     u = counter_uniform(sampling.seed, keys, step, scores.shape[-1])  # [B, V] float64
     gumbel = -torch.log(-torch.log(u))
-    return (scores.double() + gumbel).argmax(-1)
+    return scores.double() + gumbel
+
+
+def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Tensor, step: int,
+                    sampling: Sampling) -> torch.Tensor:
+    """Next token per row [B] from logits [B, V]: n-gram ban, then argmax, or `gumbel_scores`' argmax (a sample)."""
+    scores = ban_repeated_ngrams(logits.float(), history, sampling.no_repeat_ngram_size)  # [B, V]
+    if not sampling.do_sample:
+        return scores.argmax(-1)
+    return gumbel_scores(scores, keys, step, sampling).argmax(-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,9 +231,72 @@ def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.
     return cut_at_eos(out.tolist(), eos_id)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the same choice inside transformers' generate: two LogitsProcessors, greedy argmax picks
+# ---------------------------------------------------------------------------------------------------------------
+
+class NgramBan(LogitsProcessor):
+    """`ban_repeated_ngrams` as a LogitsProcessor: left pads of the prompt (mask 0) never count as tokens.
+
+    transformers' own NoRepeatNGramLogitsProcessor loops over rows in Python and counts pads as tokens.
+    """
+
+    def __init__(self, n: int, prompt_mask: torch.Tensor) -> None:
+        self.n, self.pads = n, prompt_mask == 0  # [B, P]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        history = input_ids.clone()  # [B, P + t]
+        history[:, :self.pads.shape[1]].masked_fill_(self.pads, -1)
+        return ban_repeated_ngrams(scores, history, self.n)
+
+
+class GumbelNoise(LogitsProcessor):
+    """`gumbel_scores` as a LogitsProcessor, so that greedy argmax draws the sample; step = tokens generated so far."""
+
+    def __init__(self, sampling: Sampling, keys: torch.Tensor, prompt_len: int) -> None:
+        self.sampling, self.keys, self.prompt_len = sampling, keys, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return gumbel_scores(scores, self.keys, input_ids.shape[1] - self.prompt_len, self.sampling)
+
+
+def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor, *,
+                             eos_id: int, pad_id: int, max_new_tokens: int, sampling: Sampling,
+                             cache: object | None = None) -> list[list[int]]:
+    """`decode_from_cache`'s tokens from transformers' `model.generate` with `NgramBan` and `GumbelNoise`.
+
+    Args:
+        model: a causal LM, in eval mode.
+        ids, mask: left-padded prompts [B, P] and their mask (1 on real tokens).
+        keys: [B] int64 names of the sequences for the sampling noise.
+        eos_id, pad_id, max_new_tokens, sampling: as in `generate`.
+        cache: optional KV cache of the first P - 1 prompt columns (generate then runs only the last one).
+
+    Returns:
+        The new tokens per row, cut at (excluding) EOS.
+    """
+    processors = LogitsProcessorList()
+    if sampling.no_repeat_ngram_size > 0:
+        processors.append(NgramBan(sampling.no_repeat_ngram_size, mask))
+    if sampling.do_sample:
+        processors.append(GumbelNoise(sampling, keys, ids.shape[1]))
+    given = {} if cache is None else {"past_key_values": cache}  # the name transformers 4.x and 5.x both accept
+    # greedy argmax over the processed scores; the settings a checkpoint's generation_config could add are switched off
+    out = model.generate(input_ids=ids, attention_mask=mask, **given, logits_processor=processors, do_sample=False,
+                         num_beams=1, no_repeat_ngram_size=0, repetition_penalty=1.0, min_new_tokens=0,
+                         max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
+    return cut_at_eos(out[:, ids.shape[1]:].tolist(), eos_id)
+
+
 def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
     """Drop the first EOS and everything after it."""
     return [s[:s.index(eos_id)] if eos_id in s else s for s in seqs]
+
+
+def check_backend(backend: str) -> None:
+    """A clear error for a backend that is not one of `BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"generate: backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, limit: int | None) -> None:
@@ -235,13 +315,16 @@ def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, limit: int |
 def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int, pad_id: int | None,
              max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              no_repeat_ngram_size: int = 0, seed: int | None = None, batch_size: int = 32,
-             keys: list[int] | None = None) -> list[list[int]]:
+             keys: list[int] | None = None, backend: str = "pocl") -> list[list[int]]:
     """Continue each prompt; returns only the new tokens, cut at (excluding) EOS, in the input order.
 
     Prompts are sorted by length into batches of batch_size and left-padded. keys name the sequences for the
     sampling noise (default: position in prompt_ids; pass dataset indices to make a sample's draw independent of
     which other prompts are in the call). seed=None with do_sample draws a seed from torch's global generator.
+    backend: "pocl" (this module's loop, the default) or "transformers" (`decode_with_transformers`); on the CPU
+    both return the same tokens.
     """
+    check_backend(backend)
     pad_id = eos_id if pad_id is None else pad_id  # GPT-2 tokenizers have no pad token; pads are masked anyway
     if seed is None:
         seed = int(torch.randint(0, 2 ** 31 - 1, ()).item()) if do_sample else 0
@@ -259,10 +342,14 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             ids, mask = pad_batch([prompt_ids[i] for i in batch], pad_id, device, left=True)  # [B, P]
-            cache, next_logits = prefill(model, ids, mask)
             batch_keys = torch.tensor([keys[i] for i in batch], dtype=torch.long, device=device)  # [B]
-            new = decode_from_cache(model, cache, next_logits, mask, ids.masked_fill(mask == 0, -1), batch_keys,
-                                    eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens, sampling=sampling)
+            kw = dict(eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens, sampling=sampling)
+            if backend == "transformers":
+                new = decode_with_transformers(model, ids, mask, batch_keys, **kw)
+            else:
+                cache, next_logits = prefill(model, ids, mask)
+                new = decode_from_cache(model, cache, next_logits, mask, ids.masked_fill(mask == 0, -1), batch_keys,
+                                        **kw)
             for i, tokens in zip(batch, new):
                 results[i] = tokens
     return results
