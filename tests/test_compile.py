@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from pocl_utils.data import Encoded
+from pocl_utils.experiment import provenance
 from pocl_utils.experiment.config import ModelSpec
 from pocl_utils.modeling import models
 from pocl_utils.modeling.models import COMPILED_AT, Precision, build_model, precision_for
+from pocl_utils.training import distributed
 from pocl_utils.training.batches import make_batch
 from pocl_utils.training.step import step_loss
 
@@ -58,8 +60,10 @@ def test_compile_is_opt_in_and_only_on_cuda(monkeypatch):
     assert models.compile_requested()
     assert precision_for(torch.device("cpu")) == models.CPU_PRECISION  # the CPU never compiles
     assert models.policy_for("cuda").compile and models.policy_for("cuda").tag == "bf16-autocast+fused+compiled"
+    assert provenance.precision("cuda") == "bf16-autocast+fused+compiled"
     monkeypatch.setenv("WORLD_SIZE", "2")  # under `accelerate launch` DDP wraps the step forward: not compiled
-    assert not models.policy_for("cuda").compile
+    assert not distributed.step_policy("cuda").compile and distributed.step_policy("cuda").tag == "bf16-autocast+fused"
+    assert provenance.precision("cuda") == "bf16-autocast+fused"  # what the run key records
     monkeypatch.setenv(models.COMPILE_ENV, "yes please")
     with pytest.raises(ValueError, match="POCL_COMPILE"):
         models.compile_requested()

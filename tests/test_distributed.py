@@ -145,14 +145,13 @@ def _worker(out: Path) -> None:
 
 def _checkpoint_round_trip(out: Path, r: int) -> None:
     """Train a few steps, save (gathered whole under FSDP), load into a fresh model of the same kind, save again."""
-    from pocl_utils.modeling.models import load_weights, save_weights
     student, kd = _student_and_loss()
     run_steps(student, kd, iter(BATCHES), 2, _spec(1.0))
-    save_weights(student, out / f"trained.rank{r}.safetensors")
+    distributed.save_weights(student, out / f"trained.rank{r}.safetensors")
     fresh, _ = _student_and_loss()
     distributed.shard_model(fresh)  # sharded, as a resumed run's model is by its second stage
-    load_weights(fresh, out / f"trained.rank{r}.safetensors")
-    save_weights(fresh, out / f"reloaded.rank{r}.safetensors")
+    distributed.load_weights(fresh, out / f"trained.rank{r}.safetensors")
+    distributed.save_weights(fresh, out / f"reloaded.rank{r}.safetensors")
 
 
 def _accelerate(args: list[str], timeout: float, config: str = "ddp", **kw) -> subprocess.CompletedProcess:

@@ -101,23 +101,25 @@ def test_ranking_ablation_changes_the_curriculum(ws):
     assert set(h2e).isdisjoint(by["fusion"])
 
 
-def _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch) -> dict:
-    """Run `spec` in a fresh registry, kill it during stage 3, run it again; the resumed run's record."""
+def _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch, at: str = "run_steps") -> dict:
+    """Run `spec` in a fresh registry, kill it at the third call of `training_run.<at>` (run_steps: during stage 3;
+    atomic_write_json: after stage 3's weights are saved, before its progress file), run it again; the resumed run's
+    record."""
     other = Workspace(ws.profile, ws.root)
     monkeypatch.setattr(Workspace, "registry", property(lambda self: Registry(tmp_path)))
-    real = training_run.run_steps
+    real = getattr(training_run, at)
     calls = {"n": 0}
 
     def dying(*a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill during stage 3")
+            raise KeyboardInterrupt(f"simulated kill at {at} in stage 3")
         return real(*a, **k)
 
-    monkeypatch.setattr(training_run, "run_steps", dying)
+    monkeypatch.setattr(training_run, at, dying)
     with pytest.raises(KeyboardInterrupt):
         runner.execute(other, spec, torch.device("cpu"))
-    monkeypatch.setattr(training_run, "run_steps", real)
+    monkeypatch.setattr(training_run, at, real)
     return runner.execute(other, spec, torch.device("cpu"))
 
 
@@ -131,6 +133,18 @@ def test_killed_run_resumes_to_identical_result(ws, tmp_path, monkeypatch):
     assert resumed["metrics"]["train"]["valid"] == clean["metrics"]["train"]["valid"]
     # stage 3 restarted from stage 2's weights
     assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]
+
+
+@pytest.mark.parametrize("restarts", [True, False])
+def test_killed_between_a_stages_weights_and_its_progress_file_resumes_to_identical_result(ws, tmp_path, monkeypatch,
+                                                                                           restarts):
+    """Stage 3's weights (and optimizer) are on disk but its progress file is not: the resumed run must redo stage 3
+    from stage 2's checkpoint, not from stage 3's weights."""
+    spec = pocl("KLD", seed=4, restarts=restarts)
+    clean = runner.execute(ws, spec, torch.device("cpu"))
+    resumed = _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch, at="atomic_write_json")
+    assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]
+    assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
 
 
 def test_oracle_curriculum_orders_by_the_worlds_true_difficulty(ws):

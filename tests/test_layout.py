@@ -1,7 +1,7 @@
 """The package's import graph: no cycles, no module reaching into another's private names, the method's modules
-(the paper's equations, at the top of pocl_utils/) importing none of the machinery, and analysis never importing
-training. Modules are named by their dotted path (`pocl_utils.experiment.runner`); a package's __init__.py is the
-package itself (`pocl_utils.world`)."""
+(the paper's equations, at the top of pocl_utils/) importing none of the machinery, and neither analysis nor modeling
+importing training. Modules are named by their dotted path (`pocl_utils.experiment.runner`); a package's __init__.py
+is the package itself (`pocl_utils.world`)."""
 import ast
 from pathlib import Path
 
@@ -140,6 +140,12 @@ def test_the_method_never_imports_training_experiment_analysis_or_notebook():
     for module in METHOD:
         bad = [t for t in _imported(module) for p in ("training", "experiment", "analysis", "notebook") if _in(p, t)]
         assert bad == [], module
+
+
+def test_modeling_never_imports_training():
+    """Only training knows about processes: models and generation never ask whether a model is sharded."""
+    for module in (m for m in _imports() if _in("modeling", m)):
+        assert [t for t in _imported(module) if _in("training", t)] == [], module
 
 
 def test_analysis_never_imports_training():

@@ -139,6 +139,8 @@ def test_bf16_path_on_cpu_is_close_to_fp32():
     teacher, _, _ = _model_and_batch(1)
     ref, _ = step_loss(student, batch, teacher_logits(teacher, batch), kind="fkl", tau=1.0, alpha=0.3)
     gpu_like = Precision(torch.bfloat16, fused_loss=True)
+    freeze_teacher(teacher, gpu_like, cast=False)  # as a sharded teacher: frozen, its dtypes left to FSDP
+    assert next(teacher.parameters()).dtype == torch.float32 and not teacher.training
     freeze_teacher(teacher, gpu_like)
     assert next(teacher.parameters()).dtype == torch.bfloat16
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training

@@ -278,7 +278,7 @@ def test_nan_loss_mid_run_leaves_no_result_and_no_later_checkpoint(ws, tmp_path,
     with pytest.raises(FloatingPointError, match=r"KLD \+POCL s5 stage 3: non-finite loss nan at step 1"):
         runner.execute(ws, spec, CPU)
     assert not (run_dir / "result.json").exists()
-    assert {"last.safetensors", "best.safetensors"} <= set(snapshot)
+    assert {"stage2.safetensors", "best.safetensors"} <= set(snapshot)
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.safetensors")} == {
         k: v for k, v in snapshot.items() if k.endswith(".safetensors")}
     assert json.loads((run_dir / "progress.json").read_text())["done_stage"] == 2

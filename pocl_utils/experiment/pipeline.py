@@ -11,9 +11,10 @@ from typing import Callable
 
 from ..data import load_instructions
 from .config import Profile, TrainSpec, get_profile
-from ..modeling.models import build_model, pick_device, save_checkpoint
+from ..modeling.models import build_model, pick_device
 from .real import prepare_real
 from .results import atomic_write_json
+from ..training.distributed import save_checkpoint
 from ..training.loop import sft
 from ..world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
 from .workspace import (STEPS, Workspace, build_steps, lm_blocks, prep_keys, ranking_step, seqkd_step,

@@ -1,8 +1,8 @@
 """What a result was computed on: device, precision policy and library versions.
 
-The precision policy follows `models.policy_for`: bf16 autocast and the fused loss on CUDA, plain fp32 elsewhere. A
-bf16 run and an fp32 run of the same configuration give different numbers, so the policy is part of every run key
-(`runner.run_key`) and every record carries `environment()`.
+The precision policy follows `distributed.step_policy`: bf16 autocast and the fused loss on CUDA, plain fp32
+elsewhere. A bf16 run and an fp32 run of the same configuration give different numbers, so the policy is part of
+every run key (`runner.run_key`) and every record carries `environment()`.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 
 
 def precision(device: torch.device | str) -> str:
-    """The precision policy used on `device` (`models.policy_for(device).tag`): "fp32" on the CPU; on CUDA
-    "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher stored in bf16), with
-    "+compiled" when POCL_COMPILE=1. CPU keys are unchanged by the GPU path's tags."""
-    from ..modeling.models import policy_for
-    return policy_for(device).tag
+    """The precision policy a run's steps use on `device` (`distributed.step_policy(device).tag`): "fp32" on the CPU;
+    on CUDA "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher stored in bf16), with
+    "+compiled" when POCL_COMPILE=1 and one process. CPU keys are unchanged by the GPU path's tags."""
+    from ..training.distributed import step_policy
+    return step_policy(device).tag
 
 
 def device_name(device: torch.device | str) -> str:

@@ -26,12 +26,12 @@ from ..data import (EVAL_SETS, encode_examples, filter_long_prompts, gpt2_token_
                     real_data_path)
 from .config import DIVERGENCE_OF, ConfigError, Profile, config_hash, get_profile
 from ..evaluate import evaluate_set, subset
-from ..modeling.models import (build_model, load_pretrained, load_tokenizer, pick_device, resolve_source,
-                               save_checkpoint, smollm2_dir)
+from ..modeling.models import build_model, load_pretrained, load_tokenizer, pick_device, resolve_source, smollm2_dir
 from ..analysis.paper import paper_table
 from .results import REPO_ROOT, atomic_write_json, atomic_write_text
 from .scoring import eval_data, eval_key, reference_score
 from ..training.batches import epoch_batches
+from ..training.distributed import save_checkpoint
 from ..training.kd import KDContext, kd_loss_fn
 from ..training.loop import run_steps, sft
 from ..training.teacher_cache import build_teacher_cache

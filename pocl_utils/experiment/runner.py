@@ -16,12 +16,11 @@ from typing import Any, Iterator
 
 import torch
 
-from ..modeling.models import load_weights
 from ..training import distributed
 from .config import RunSpec, config_hash
 from .provenance import environment, precision
 from .scoring import eval_key, scores, validation_score
-from .training_run import train_run
+from .training_run import remove_checkpoints, train_run
 from .workspace import Workspace
 
 KIND = "runs"
@@ -59,13 +58,12 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
             distributed.barrier()  # while the main rank evaluates and writes the record
             return reg.load(KIND, key)
         student = ws.load_student_init(device)
-        load_weights(student, run_dir / "best.safetensors")
+        distributed.load_weights(student, run_dir / "best.safetensors")
         metrics = {**scores(ws, student), "train": state}
         config = {"spec": spec.key(), "label": spec.label, "method": spec.method, "variant": spec.variant,
                   "profile": ws.profile.name, "run_key": key, **environment(device)}
         record = reg.save(KIND, key, config, metrics, time.time() - t0)
-        for name in ("last.safetensors", "best.safetensors"):
-            (run_dir / name).unlink(missing_ok=True)  # the record is what matters; keep the registry small
+        remove_checkpoints(run_dir)
         distributed.barrier()
         return record
 

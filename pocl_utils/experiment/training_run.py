@@ -18,7 +18,6 @@ import torch
 
 from ..curriculum import Stage, plan_stages
 from ..difficulty import order_by_truth
-from ..modeling.models import load_weights, save_weights
 from ..training import distributed
 from ..training.batches import batch_stream
 from ..training.kd import KDContext, kd_loss_fn
@@ -84,7 +83,7 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
     checks = check_points(stages, ws.profile.valid_checks)
     student = ws.load_student_init(device)
     state = _load_progress(run_dir, student)
-    shared = None if spec.restarts else _shared_optimizer(run_dir, student, ws, stages, state["steps"])
+    shared = None if spec.restarts else _shared_optimizer(run_dir, student, ws, stages, state)
     for stage in stages:
         if stage.index <= state["done_stage"]:
             continue
@@ -99,7 +98,7 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
                 state["valid"].append({"stage": stage.index, "step": state["steps"] + step + 1, "rouge_l": score})
                 if score > state["best"]:
                     state["best"] = score
-                    save_weights(student, run_dir / "best.safetensors")
+                    distributed.save_weights(student, run_dir / "best.safetensors")
 
         batches = batch_stream(stage.samples, ctx.encoded, ws.profile.kd.batch_size, rng, device)  # CUDA: by length
         log = run_steps(student, loss_fn, batches, stage.steps, ws.profile.kd, on_step=on_step,
@@ -110,30 +109,36 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
         state["stages"].append({"stage": stage.index, "n_samples": len(stage.samples), "tau": stage.tau,
                                 "alpha": stage.alpha, "steps": stage.steps})
         state["done_stage"] = stage.index
-        if shared is not None:
-            _save_optimizer(run_dir, shared[0])
-        _save_progress(run_dir, student, state)
-    load_weights(student, run_dir / "best.safetensors")
+        _save_progress(run_dir, student, state, None if shared is None else shared[0])
+    distributed.load_weights(student, run_dir / "best.safetensors")
     return state
 
 
-def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage], done_steps: int) -> tuple:
-    """One (AdamW, warm-up + cosine schedule) over all the stages' steps; resumed after `done_steps` from the state
-    checkpointed at the last finished stage."""
+def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage], state: dict[str, Any]) -> tuple:
+    """One (AdamW, warm-up + cosine schedule) over all the stages' steps; resumed after the progress `state`'s steps
+    from the optimizer checkpointed with its last finished stage."""
     if distributed.world_size() > 1:
         raise ValueError("RunSpec.restarts=False (one schedule across stages) runs on one process only")
     spec = ws.profile.kd
     opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages))
-    if done_steps:
-        opt.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True))  # its lr is the step's
-        sched.last_epoch = done_steps  # the schedule is a function of the step alone
+    if state["steps"]:
+        saved = _checkpoint(run_dir, state["done_stage"], ".optimizer.pt")
+        opt.load_state_dict(torch.load(saved, weights_only=True))
+        sched.last_epoch = state["steps"]  # the schedule is a function of the step alone; the optimizer's lr is the step's
     return opt, sched
 
 
-def _save_optimizer(run_dir: Path, opt: torch.optim.Optimizer) -> None:
-    tmp = run_dir / "optimizer.pt.tmp"
-    torch.save(opt.state_dict(), tmp)
-    os.replace(tmp, run_dir / "optimizer.pt")
+def _checkpoint(run_dir: Path, stage: int, suffix: str) -> Path:
+    """The file of stage `stage`'s checkpoint: its weights (".safetensors") or its optimizer (".optimizer.pt")."""
+    return run_dir / f"stage{stage}{suffix}"
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """Delete a finished run's checkpoints (its stages' weights and optimizer, its best weights): the record is what
+    matters, and the registry stays small."""
+    for path in [*run_dir.glob("stage*.safetensors"), *run_dir.glob("stage*.optimizer.pt")]:
+        path.unlink()
+    (run_dir / "best.safetensors").unlink(missing_ok=True)
 
 
 def _load_progress(run_dir: Path, student) -> dict[str, Any]:
@@ -141,11 +146,21 @@ def _load_progress(run_dir: Path, student) -> dict[str, Any]:
     if not path.exists():
         return {"done_stage": 0, "steps": 0, "best": -1.0, "valid": [], "loss": [], "stages": []}
     state = json.loads(path.read_text())
-    load_weights(student, run_dir / "last.safetensors")
+    distributed.load_weights(student, _checkpoint(run_dir, state["done_stage"], ".safetensors"))
     return state
 
 
-def _save_progress(run_dir: Path, student, state: dict[str, Any]) -> None:
-    """Weights first, then the progress file that points at them (both atomic renames)."""
-    save_weights(student, run_dir / "last.safetensors")
+def _save_progress(run_dir: Path, student, state: dict[str, Any], opt: torch.optim.Optimizer | None) -> None:
+    """The finished stage's checkpoint under its own names, then the progress file that names that stage (each an
+    atomic rename), then the older stages' files. A kill at any moment leaves progress.json naming a whole
+    checkpoint: never the next stage's weights under the previous stage's progress."""
+    stage = state["done_stage"]
+    distributed.save_weights(student, _checkpoint(run_dir, stage, ".safetensors"))
+    if opt is not None:
+        tmp = run_dir / f".stage{stage}.optimizer.pt.tmp"
+        torch.save(opt.state_dict(), tmp)
+        os.replace(tmp, _checkpoint(run_dir, stage, ".optimizer.pt"))
     atomic_write_json(run_dir / "progress.json", state)
+    for old in range(stage):
+        for suffix in (".safetensors", ".optimizer.pt"):
+            _checkpoint(run_dir, old, suffix).unlink(missing_ok=True)

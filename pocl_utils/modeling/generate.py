@@ -27,7 +27,6 @@ from typing import Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from ..training import distributed
 from .models import autocast
 
 _MASK32 = 0xFFFFFFFF
@@ -97,13 +96,12 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (no dropout), no autograd, and the device's autocast (`models.autocast`: bf16 on a GPU, nothing on the
     CPU) for the block; restores the model's training flag afterwards.
 
-    A sharded (FSDP) model gets `no_grad` instead of `inference_mode`: the buffers FSDP gathers its weights into are
-    reused by later training steps, which cannot write to tensors made in inference mode."""
+    `no_grad`, not `inference_mode`: the tensors made here may meet autograd later (an FSDP-sharded model gathers its
+    weights into buffers that later training steps reuse, and those cannot be inference tensors)."""
     was_training = model.training
     model.eval()
     try:
-        no_grad = torch.no_grad() if distributed.is_sharded(model) else torch.inference_mode()
-        with no_grad, autocast(model_device(model)):
+        with torch.no_grad(), autocast(model_device(model)):
             yield
     finally:
         model.train(was_training)

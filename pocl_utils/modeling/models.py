@@ -14,7 +14,6 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel)
 
-from ..training import distributed
 from ..experiment.config import ModelSpec
 from .heads import (COMPILED_AT, FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs,  # noqa: F401 (re-exported)
                     hidden_at_positions, logits_at_positions)
@@ -68,11 +67,11 @@ def compile_requested() -> bool:
 
 
 def policy_for(device: torch.device | str) -> Precision:
-    """The precision policy of `device`: bf16 autocast and the fused loss on CUDA (the step compiled when
-    POCL_COMPILE=1 and not launched on several processes, whose step forward DDP wraps); fp32 and unfused
-    elsewhere."""
+    """The precision policy of `device` for one process: bf16 autocast and the fused loss on CUDA (the step compiled
+    when POCL_COMPILE=1); fp32 and unfused elsewhere. Launched on several processes, `distributed.step_policy` says
+    what a training step uses."""
     if torch.device(device).type == "cuda":
-        return replace(GPU_PRECISION, compile=compile_requested() and not distributed.launched())
+        return replace(GPU_PRECISION, compile=compile_requested())
     return CPU_PRECISION
 
 
@@ -102,12 +101,14 @@ def autocast(device: torch.device, precision: Precision | None = None):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None) -> PreTrainedModel:
-    """The teacher as KD uses it: eval mode, no gradients, and stored in the precision's dtype (bf16 on GPU: no
-    per-forward cast of fp32 weights; unchanged on CPU, and when sharded, FSDP keeping its own dtypes). In place."""
+def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None, *,
+                   cast: bool = True) -> PreTrainedModel:
+    """The teacher as KD uses it: eval mode, no gradients, and, with `cast`, stored in the precision's dtype (bf16 on
+    GPU: no per-forward cast of fp32 weights; unchanged on CPU). cast=False keeps its dtypes (an FSDP-sharded teacher,
+    whose parameters FSDP manages). In place."""
     precision = precision or precision_for(next(teacher.parameters()).device)
     teacher.eval().requires_grad_(False)
-    cast = precision.dtype is not None and not distributed.is_sharded(teacher)
+    cast = cast and precision.dtype is not None
     if cast and next(teacher.parameters()).dtype != precision.dtype:
         teacher.to(precision.dtype)
     return teacher
@@ -204,15 +205,19 @@ def _missing_model_message(path: str) -> str:
             f"save_pretrained also works.")
 
 
-def save_checkpoint(model: PreTrainedModel, out_dir: Path) -> None:
-    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed. Launched on
-    several processes, only the main one writes; a sharded (FSDP) model is first gathered whole (all must call)."""
+def save_checkpoint(model: PreTrainedModel, out_dir: Path, *,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed.
+
+    Args:
+        model: the model; its config is saved, and its weights unless `state_dict` is given.
+        out_dir: the checkpoint folder, replaced if it exists.
+        state_dict: the weights to save instead of the model's own (`distributed.save_checkpoint` passes a sharded
+            model's, gathered whole).
+    """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    state = distributed.full_state_dict(model) if distributed.is_sharded(model) else None
-    if distributed.world_size() > 1 and not distributed.is_main():
-        return  # a step trained together (pipeline.trained_together): the main process writes it
-    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if out_dir.exists():
         import shutil
         shutil.rmtree(out_dir)
@@ -224,14 +229,20 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTraine
     return load_pretrained(path).to(device)
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename. A sharded (FSDP) model is
-    gathered whole first: every rank must call this."""
+def save_weights(model: torch.nn.Module, path: Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename.
+
+    Args:
+        model: the model whose weights are saved, unless `state_dict` is given.
+        path: the .safetensors file, replaced if it exists.
+        state_dict: the weights to save instead, tied names sharing one tensor (`distributed.save_weights` passes a
+            sharded model's, gathered whole).
+    """
     from safetensors.torch import save_file, save_model
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if distributed.is_sharded(model):
-        state = distributed.full_state_dict(model)
+    if state_dict is not None:
+        state = state_dict
         first = {}  # one name per tied tensor, as save_model keeps
         for name, t in state.items():
             first.setdefault(t.data_ptr(), name)
@@ -244,11 +255,18 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights saved by `save_weights` into a model of the same architecture (strict)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, load_model
+    from safetensors.torch import load_model
     try:
-        if distributed.is_sharded(model):
-            distributed.load_full_state_dict(model, load_file(str(path)))
-        else:
-            load_model(model, str(path), device=str(next(model.parameters()).device))
+        load_model(model, str(path), device=str(next(model.parameters()).device))
+    except SafetensorError as e:
+        raise checkpoint_error(Path(path), e) from e
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `save_weights` file, on the CPU (tied tensors stored once)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
     except SafetensorError as e:
         raise checkpoint_error(Path(path), e) from e

@@ -32,8 +32,10 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from datetime import timedelta
 from functools import lru_cache, partial
+from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -42,6 +44,7 @@ import torch
 if TYPE_CHECKING:
     from accelerate.utils import FullyShardedDataParallelPlugin
 
+from ..modeling import models
 from ..modeling.heads import FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs, hidden_at_positions, logits_at_positions
 
 # Main-rank-only phases (preparing the workspace, evaluating a run) can take hours on the paper profile while the other
@@ -266,6 +269,36 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     if missing:
         raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing)}")
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def step_policy(device: torch.device | str) -> models.Precision:
+    """The precision policy a training step uses on `device` here: `models.policy_for`, never compiled when launched
+    on several processes (DDP wraps the step forward, FSDP keeps it unfused: `step._fused_step_loss`)."""
+    policy = models.policy_for(device)
+    return replace(policy, compile=False) if launched() else policy
+
+
+def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
+    """`models.save_checkpoint` on the launched processes: a sharded model is gathered whole first (a collective:
+    every rank must call), then only the main rank writes."""
+    state = full_state_dict(model) if is_sharded(model) else None
+    if world_size() > 1 and not is_main():
+        return  # a step trained together (`pipeline.trained_together`): the main process writes it
+    models.save_checkpoint(model, out_dir, state_dict=state)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """`models.save_weights` of a model that may be sharded: gathered whole first (a collective: every rank must
+    call); every rank writes its own file."""
+    models.save_weights(model, path, state_dict=full_state_dict(model) if is_sharded(model) else None)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """`models.load_weights` into a model that may be sharded: each rank then keeps its shard of every tensor."""
+    if is_sharded(model):
+        load_full_state_dict(model, models.read_weights(path))
+    else:
+        models.load_weights(model, path)
 
 
 def barrier() -> None:

@@ -42,7 +42,7 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
     device = next(student.parameters()).device
     precision = ctx.precision or precision_for(device)
     if ctx.teacher is not None:
-        freeze_teacher(ctx.teacher, precision)
+        freeze_teacher(ctx.teacher, precision, cast=not distributed.is_sharded(ctx.teacher))  # FSDP keeps its dtypes
     teacher_rows = partial(live_teacher, ctx.teacher, precision=precision)
 
     def loss_fn(idx: list[int], step: int, whole: list[int]):
