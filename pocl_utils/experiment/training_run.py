@@ -123,8 +123,8 @@ def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage]
     opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages))
     if state["steps"]:
         saved = _checkpoint(run_dir, state["done_stage"], ".optimizer.pt")
-        opt.load_state_dict(torch.load(saved, weights_only=True))
-        sched.last_epoch = state["steps"]  # the schedule is a function of the step alone; the optimizer's lr is the step's
+        opt.load_state_dict(torch.load(saved, weights_only=True))  # its lr is the step's
+        sched.last_epoch = state["steps"]  # the schedule is a function of the step alone
     return opt, sched
 
 
