@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pocl_utils.experiment.batch import main as batch_main
+from pocl_utils.experiment.job import main as batch_main
 from pocl_utils.experiment.config import ConfigError, ModelSpec, RunSpec, get_profile, pocl
 from pocl_utils.data import DataError
 from pocl_utils.modeling.models import CheckpointError, build_model, load_checkpoint, load_weights, save_checkpoint
@@ -105,7 +105,7 @@ def test_reproduce_command_exits_2_without_traceback(argv, message):
 
 def test_batch_command_bad_profile_exits_2(tmp_path, capsys):
     assert batch_main(["--profile", "smok", "--runs-root", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("pocl-batch: unknown profile 'smok'; valid profiles:")
+    assert capsys.readouterr().err.startswith("pocl-job: unknown profile 'smok'; valid profiles:")
     assert list(tmp_path.iterdir()) == []
 
 

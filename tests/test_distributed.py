@@ -357,12 +357,12 @@ def test_fsdp_settings_come_from_accelerates_plugin(monkeypatch):
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_batch_entry_point_under_accelerate_launch(tmp_path, config):
-    """`python -m pocl_utils.experiment.batch` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT,
+    """`python -m pocl_utils.experiment.job` on 2 processes, unchanged: the smoke profile's minimal Table 1 (SFT,
     SeqKD, GKD and KLD with and without POCL: 6 runs of a few steps), each trained once by both ranks together,
     recorded once; data parallel, or with the student and GKD's teacher sharded (FSDP)."""
     from pocl_utils.experiment.results import Registry
     t0 = time.time()
-    proc = _accelerate(["-m", "pocl_utils.experiment.batch", "--profile", "smoke", "--grid", "table1", "--size",
+    proc = _accelerate(["-m", "pocl_utils.experiment.job", "--profile", "smoke", "--grid", "table1", "--size",
                         "minimal", "--seeds", "1", "--runs-root", str(tmp_path)], timeout=170, config=config, cwd=REPO)
     wall = time.time() - t0
     records = Registry(tmp_path / "smoke" / "registry").all("runs")
@@ -376,7 +376,7 @@ def test_batch_entry_point_under_accelerate_launch(tmp_path, config):
     # both ranks trained the teacher (workspace.trained_together); the other rank's private folder is gone
     assert (tmp_path / "smoke" / "teacher" / "model" / "model.safetensors").exists()
     assert not list((tmp_path / "smoke").glob(".teacher.rank*")) and not list((tmp_path / "smoke").glob(".*.tmp"))
-    assert proc.stdout.count("[batch] 6 runs finished (6 trained by this process)") == 1
+    assert proc.stdout.count("[job] 6 runs finished (6 trained by this process)") == 1
     assert len((tmp_path / "smoke" / "results" / "table1.csv").read_text().splitlines()) > 1
     print(f"2-process smoke batch ({config}): {wall:.0f}s")
 

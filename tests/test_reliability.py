@@ -4,7 +4,7 @@ checkpoints are loaded safely and nothing reaches the network.
 
 The batches run as separate processes. Each is forked from a multiprocessing forkserver that imported torch and
 transformers once, so a start costs milliseconds instead of the ~8 s import; the final run to completion is a plain
-`python -m pocl_utils.experiment.batch` subprocess.
+`python -m pocl_utils.experiment.job` subprocess.
 """
 import ast
 import json
@@ -46,14 +46,14 @@ def _batch_child(argv: list[str], log: str) -> None:
 
     from tqdm.auto import tqdm
     tqdm.set_lock(threading.RLock())  # tqdm's default multiprocessing lock would leak a semaphore on every SIGKILL
-    from pocl_utils.experiment.batch import main
+    from pocl_utils.experiment.job import main
     sys.exit(main(argv))
 
 
 @pytest.fixture(scope="module")
 def forker():
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.experiment.batch", "pocl_utils.experiment.pool",
+    ctx.set_forkserver_preload(["torch", "transformers", "pocl_utils.experiment.job", "pocl_utils.experiment.pool",
                                 "pocl_utils.analysis.tables", "pocl_utils.experiment.pipeline",
                                 "pocl_utils.modeling.generate", "pocl_utils.difficulty", "pocl_utils.world"])
     warm = ctx.Process(target=int)  # starts the server (the one-off import) before anything is timed
@@ -143,7 +143,7 @@ def test_batch_killed_at_random_moments_resumes_to_identical_results(forker, ref
         elif progress - before > 2 * total / N_KILLS:
             top = max(0.2, top / 1.5)
     assert kills_in_prepare >= 1 and kills_mid_grid >= N_KILLS // 3  # kills hit prepare steps and runs
-    proc = subprocess.run([sys.executable, "-m", "pocl_utils.experiment.batch", *GRID, "--runs-root", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "pocl_utils.experiment.job", *GRID, "--runs-root", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_metrics(_records(tmp_path), reference["records"])

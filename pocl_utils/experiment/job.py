@@ -1,9 +1,9 @@
-"""`python -m pocl_utils.experiment.batch`: prepare a profile and run one grid to the end without notebooks, then
+"""`python -m pocl_utils.experiment.job`: prepare a profile and run one grid to the end without notebooks, then
 write its results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run
 resumes at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one
 process; the other waits for it before writing the CSV).
 
-Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.experiment.batch ...` the same
+Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.experiment.job ...` the same
 command runs data parallel (or FSDP-sharded) with no other change. The main rank prepares the workspace alone while the
 others wait (`main_first`), except the teacher SFT, which all ranks train together. Then all ranks train each run
 together (`runner.execute`). Only the main rank claims runs, writes checkpoints, records and the CSV, and logs; the
@@ -25,8 +25,8 @@ from .experiments import GRIDS, grid, n_seeds_for
 from .results import RegistryError, atomic_write_text, exclusive_lock
 
 
-def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
-              size: str | None = None, out: Path | None = None, log=print) -> Path:
+def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
+            size: str | None = None, out: Path | None = None, log=print) -> Path:
     """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its
     path."""
     from ..analysis.tables import tidy
@@ -48,7 +48,7 @@ def run_batch(profile: str, grid_name: str, *, runs_root: Path | None = None, n_
             stale.unlink()
         atomic_write_text(out, frame.to_csv(index=False))
     mine = sum(rec.get("pid") == os.getpid() for _, rec in runner.records_for(ws, specs))
-    log(f"[batch] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
+    log(f"[job] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
     return out
 
 
@@ -62,14 +62,14 @@ def _wait_for_others(ws, specs: list[RunSpec], device, log, poll_s: float = 0.5)
         if not todo:
             return
         if not waited:
-            log(f"[batch] waiting for {len(todo)} run(s) held by another process")
+            log(f"[job] waiting for {len(todo)} run(s) held by another process")
             waited = True
         if all(execute(ws, s, device) is None for s in todo):
             time.sleep(poll_s)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.batch", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.job", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--grid", default="table1", help=f"one of: {', '.join(GRIDS)}")
     ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     try:
-        run_batch(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
+        run_job(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
                   log=lambda s: print(s, flush=True))
     except (ConfigError, DataError, CheckpointError, StepError, RegistryError) as e:  # ours: one line, no traceback
-        print(f"pocl-batch: {e}", file=sys.stderr)
+        print(f"pocl-job: {e}", file=sys.stderr)
         return 2
     distributed.close()
     return 0
