@@ -99,7 +99,14 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's (first) parameters."""
+    """The device of the model's (first) parameters.
+
+    Args:
+        model: the model.
+
+    Returns:
+        Its device.
+    """
     return next(model.parameters()).device
 
 

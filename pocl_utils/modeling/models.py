@@ -197,7 +197,14 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
 
 
 def n_params(model: torch.nn.Module) -> int:
-    """The number of parameters of `model` (tied ones counted once)."""
+    """The number of parameters of `model` (tied ones counted once).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The count.
+    """
     return sum(p.numel() for p in model.parameters())
 
 
