@@ -281,6 +281,9 @@ def token_divergence(
 
     Returns:
         D(p || q) per row, [N].
+
+    Raises:
+        ValueError: an unknown kind, or beta outside [0, 1].
     """
     beta = _check_kind_beta(kind, beta)
     entry = _at_beta(kind, beta)
@@ -312,7 +315,19 @@ def divergence_naive(
 ) -> torch.Tensor:
     """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the test oracle).
 
-    Args and Returns as `divergence` (no chunk_size).
+    Args:
+        student_logits: [B, T, V] (any [..., V]).
+        teacher_logits: same shape as student_logits.
+        kind: one of KINDS.
+        temperature: tau > 0, applied to both distributions.
+        mask: [B, T] bool or 0/1; None = every token counts.
+        beta: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
+
+    Returns:
+        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
+
+    Raises:
+        ValueError: as `divergence`, naming the bad argument.
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -405,7 +420,9 @@ def divergence(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """L = tau**2 * sum_t mask_t D(p_tau,t || q_tau,t) / max(sum_t mask_t, 1)  (Eq. 7-9; a mean, not the paper's sum).
+    """The distillation loss of Eq. 7-9: tau**2 times the masked token mean of D(p_tau || q_tau).
+
+        L = tau**2 * sum_t mask_t D(p_tau,t || q_tau,t) / max(sum_t mask_t, 1)  (a mean, not the paper's sum)
 
     Computed in row chunks; only selected rows are computed. The gradient w.r.t. the student logits (the teacher is
     detached) is each divergence's hand-written one (`DIVERGENCES`), computed chunk by chunk during forward and
@@ -423,6 +440,11 @@ def divergence(
 
     Returns:
         The loss, a 0-d fp32 tensor (fp64 for fp64 input).
+
+    Raises:
+        ValueError: naming the bad argument: an unknown kind, beta outside [0, 1], a temperature that is not a finite
+            number > 0, logits of different shapes or not floating point, a mask of the wrong shape or not 0/1, or a
+            chunk_size that is not a positive int.
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -545,14 +567,22 @@ def fused_linear_divergence(
         student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand).
         lm_head_weight: [V, H].
         teacher_logits: [N, V], or None with teacher_hidden + teacher_weight.
-        kind, temperature, beta, chunk_size: as in `divergence`.
+        kind: one of KINDS.
+        temperature: tau > 0, applied to both distributions.
+        beta: as in `divergence`.
+        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V.
         lm_head_bias: [V] or None.
         mask: [N] bool or 0/1; None = every row counts.
-        teacher_hidden, teacher_weight, teacher_bias: [N, H'], [V, H'], [V] or None: the teacher's logits are then
-            built per chunk too.
+        teacher_hidden: [N, H'] or None; with teacher_weight, the teacher's logits are then built per chunk too.
+        teacher_weight: [V, H'] or None, the teacher's LM head.
+        teacher_bias: [V] or None, the teacher's LM-head bias.
 
     Returns:
         The loss, a 0-d fp32 tensor (fp64 for fp64 input).
+
+    Raises:
+        ValueError: shapes that do not match ([N, H] against [V, H], the teacher's against N and V), neither or both
+            teacher forms given, or a bad kind, beta, temperature, mask or chunk_size (as `divergence`).
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     if student_hidden.dim() != 2 or lm_head_weight.dim() != 2 or student_hidden.shape[1] != lm_head_weight.shape[1]:
@@ -586,22 +616,29 @@ def kd_objective(
     beta: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)  (Eq. 1 = 10, Eq. 7).
+    """The paper's loss: alpha * CE + (1 - alpha) * the KD divergence, on the response tokens (Eq. 1 = 10, Eq. 7).
+
+        loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)
 
     The same tokens (labels != -100) count in both terms. CE uses temperature 1 and the mean over counted tokens
     (0 when none count). Shift the labels (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]:
     a sliced, non-contiguous logits tensor is copied whole by the reshape here, the full one is used in place.
 
     Args:
-        student_logits, teacher_logits: [B, T, V].
+        student_logits: [B, T, V].
+        teacher_logits: [B, T, V].
         labels: [B, T] aligned with the logits positions (label t is the target of logits t), -100 = ignore.
         kind: one of KINDS.
         tau: the KD temperature.
         alpha: the SFT ratio in [0, 1].
-        beta, chunk_size: as in `divergence`.
+        beta: as in `divergence`.
+        chunk_size: as in `divergence`.
 
     Returns:
         (loss, {"ce": ..., "kd": ...}): the 0-d loss and its two parts, detached.
+
+    Raises:
+        ValueError: alpha outside [0, 1], labels not of the logits' leading shape, or a bad argument of `divergence`.
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:

@@ -62,7 +62,17 @@ class Sampling:
 
 def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device | str, *, left: bool) -> tuple[
         torch.Tensor, torch.Tensor]:
-    """Pad token lists to one length; returns (ids [B, L], mask [B, L]) with mask 1 on real tokens."""
+    """Pad token lists to one length, on the left or on the right.
+
+    Args:
+        seqs: the token lists, at least one.
+        pad_id: the token id that fills the padding.
+        device: the device of the returned tensors.
+        left: True pads on the left (prompts for decoding), False on the right.
+
+    Returns:
+        (ids [B, L], mask [B, L]) with mask 1 on real tokens, L = the longest list.
+    """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -78,26 +88,51 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
     HF's generate derives them this way; a manual forward must pass them (GPT-2 and Llama default to arange).
     Pad slots get position 0; they are masked out and never attended to.
+
+    Args:
+        mask: [B, L] attention mask, 1 on real tokens.
+
+    Returns:
+        Position ids [B, L].
     """
     return (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's (first) parameters.
+
+    Args:
+        model: the model.
+
+    Returns:
+        Its device.
+    """
     return next(model.parameters()).device
 
 
 def max_positions(model: torch.nn.Module) -> int | None:
-    """Longest sequence the model's position embeddings allow (GPT-2 n_positions, Llama max_position_embeddings)."""
+    """Longest sequence the model's position embeddings allow (GPT-2 n_positions, Llama max_position_embeddings).
+
+    Args:
+        model: a causal LM.
+
+    Returns:
+        The number of positions, or None when the config does not say.
+    """
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout), no autograd, and the device's autocast (`models.autocast`: bf16 on a GPU, nothing on the
-    CPU) for the block; restores the model's training flag afterwards.
+    """Eval mode (no dropout), no autograd and the device's autocast for the block; the training flag is restored after.
 
-    `no_grad`, not `inference_mode`: the tensors made here may meet autograd later (an FSDP-sharded model gathers its
-    weights into buffers that later training steps reuse, and those cannot be inference tensors)."""
+    The autocast is `models.autocast`: bf16 on a GPU, nothing on the CPU. `no_grad`, not `inference_mode`: the tensors
+    made here may meet autograd later (an FSDP-sharded model gathers its weights into buffers that later training steps
+    reuse, and those cannot be inference tensors).
+
+    Args:
+        model: the model used inside the block.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -114,7 +149,13 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
     """Set to -inf every token that would complete an n-gram already present in the row's history.
 
-    history [B, L] holds prompt + generated tokens, -1 on pad slots (pads sit on the left only).
+    Args:
+        scores: [B, V] next-token scores.
+        history: [B, L] prompt + generated tokens, -1 on pad slots (pads sit on the left only).
+        n: the n-gram size; 0 = off.
+
+    Returns:
+        The scores [B, V] with the banned tokens at -inf (the input itself when nothing can be banned).
     """
     if n <= 0 or history.shape[1] < n:
         return scores
@@ -129,7 +170,16 @@ def ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> 
 
 
 def filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Keep the top_k highest scores, then the smallest set of tokens whose probability reaches top_p."""
+    """Keep the top_k highest scores, then the smallest set of tokens whose probability reaches top_p.
+
+    Args:
+        scores: [B, V] (tempered) next-token scores.
+        top_k: tokens kept per row; 0 = no top-k filter.
+        top_p: the nucleus's probability mass; 1.0 = no nucleus filter.
+
+    Returns:
+        The scores [B, V] with the dropped tokens at -inf.
+    """
     if 0 < top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -153,8 +203,17 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 def counter_uniform(seed: int, keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
     """Uniform(0, 1) noise [B, V] that is a pure function of (seed, key, step, vocabulary id).
 
-    keys [B] int64 names each sequence (taken mod 2**32). Hashing replaces a random generator so a sequence's draws
-    do not depend on its batch neighbours or on how many draws came before.
+    Hashing replaces a random generator so a sequence's draws do not depend on its batch neighbours or on how many draws
+    came before.
+
+    Args:
+        seed: the sampling seed.
+        keys: [B] int64 names of the sequences (taken mod 2**32).
+        step: the index of the token being drawn.
+        vocab_size: V.
+
+    Returns:
+        Noise [B, V] float64, strictly inside (0, 1).
     """
     seed_h = _mix32(torch.tensor(seed & _MASK32, device=keys.device))
     row = _mix32(_mix32(seed_h ^ (keys & _MASK32)) ^ (step & _MASK32))  # [B]
@@ -168,6 +227,15 @@ def gumbel_scores(scores: torch.Tensor, keys: torch.Tensor, step: int, sampling:
     """Scores [B, V] (float64) whose argmax is the sampled token: temperature, top-k/top-p, then Gumbel noise.
 
     Gumbel-max: argmax_v (s_v + g_v), g_v = -log(-log u_v), u_v ~ U(0, 1), is a draw from softmax(s).
+
+    Args:
+        scores: [B, V] next-token scores.
+        keys: [B] int64 names of the sequences (`counter_uniform`).
+        step: the index of the token being drawn.
+        sampling: the temperature, top_k, top_p and seed.
+
+    Returns:
+        The noised scores [B, V] float64.
     """
     scores = filter_top_k_top_p(scores / sampling.temperature, sampling.top_k, sampling.top_p)
     u = counter_uniform(sampling.seed, keys, step, scores.shape[-1])  # [B, V] float64
@@ -177,7 +245,18 @@ def gumbel_scores(scores: torch.Tensor, keys: torch.Tensor, step: int, sampling:
 
 def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Tensor, step: int,
                     sampling: Sampling) -> torch.Tensor:
-    """Next token per row [B] from logits [B, V]: n-gram ban, then argmax, or `gumbel_scores`' argmax (a sample)."""
+    """Next token per row: n-gram ban, then argmax (greedy), or `gumbel_scores`' argmax (a sample).
+
+    Args:
+        logits: [B, V] next-token logits.
+        history: [B, L] prompt + generated tokens, -1 on pads (the n-gram ban's).
+        keys: [B] int64 names of the sequences for the sampling noise.
+        step: the index of the token being drawn.
+        sampling: the decoding settings.
+
+    Returns:
+        Token ids [B].
+    """
     scores = ban_repeated_ngrams(logits.float(), history, sampling.no_repeat_ngram_size)  # [B, V]
     if not sampling.do_sample:
         return scores.argmax(-1)
@@ -189,7 +268,16 @@ def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Ten
 # ---------------------------------------------------------------------------------------------------------------
 
 def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[object, torch.Tensor]:
-    """One forward over left-padded prompts ids [B, P]; returns (KV cache, logits for the next token [B, V])."""
+    """One forward over left-padded prompts: their KV cache and the logits of the next token.
+
+    Args:
+        model: a causal LM, in eval mode.
+        ids: [B, P] left-padded prompts.
+        mask: [B, P], 1 on real tokens.
+
+    Returns:
+        (KV cache, logits for the next token [B, V]).
+    """
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                 logits_to_keep=1)
     return out.past_key_values, out.logits[:, -1]
@@ -198,11 +286,25 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tu
 def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.Tensor, mask: torch.Tensor,
                       history: torch.Tensor, keys: torch.Tensor, *, eos_id: int, pad_id: int,
                       max_new_tokens: int, sampling: Sampling) -> list[list[int]]:
-    """Continue B left-padded sequences from their cache; returns new tokens per row, cut at (excluding) EOS.
+    """Continue B left-padded sequences from their cache; returns the new tokens per row, cut at (excluding) EOS.
 
-    cache holds exactly the prompt keys/values (length P = mask.shape[1]), next_logits [B, V] predicts the first
-    new token, history [B, P] the prompt with -1 on pads. Finished rows are dropped from the batch (and cache) so
-    a long straggler does not drag the finished rows through every step.
+    Finished rows are dropped from the batch (and cache) so a long straggler does not drag the finished rows through
+    every step.
+
+    Args:
+        model: a causal LM, in eval mode.
+        cache: the KV cache of exactly the prompts (length P = mask.shape[1]); modified in place.
+        next_logits: [B, V] the logits that predict the first new token.
+        mask: [B, P] the prompts' mask, 1 on real tokens.
+        history: [B, P] the prompts with -1 on pads.
+        keys: [B] int64 names of the sequences for the sampling noise.
+        eos_id: the token that ends a sequence.
+        pad_id: the padding token id.
+        max_new_tokens: the most new tokens per row.
+        sampling: the decoding settings.
+
+    Returns:
+        The new tokens per row, in the batch's order.
     """
     device = next_logits.device
     out = torch.full((next_logits.shape[0], max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, T]
@@ -237,6 +339,10 @@ class NgramBan(LogitsProcessor):
     """`ban_repeated_ngrams` as a LogitsProcessor: left pads of the prompt (mask 0) never count as tokens.
 
     transformers' own NoRepeatNGramLogitsProcessor loops over rows in Python and counts pads as tokens.
+
+    Args:
+        n: the n-gram size.
+        prompt_mask: [B, P] the left-padded prompts' mask, 1 on real tokens.
     """
 
     def __init__(self, n: int, prompt_mask: torch.Tensor) -> None:
@@ -249,7 +355,13 @@ class NgramBan(LogitsProcessor):
 
 
 class GumbelNoise(LogitsProcessor):
-    """`gumbel_scores` as a LogitsProcessor, so that greedy argmax draws the sample; step = tokens generated so far."""
+    """`gumbel_scores` as a LogitsProcessor, so that greedy argmax draws the sample; step = tokens generated so far.
+
+    Args:
+        sampling: the temperature, top_k, top_p and seed.
+        keys: [B] int64 names of the sequences.
+        prompt_len: P, the padded prompts' length.
+    """
 
     def __init__(self, sampling: Sampling, keys: torch.Tensor, prompt_len: int) -> None:
         self.sampling, self.keys, self.prompt_len = sampling, keys, prompt_len
@@ -287,18 +399,42 @@ def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: to
 
 
 def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
-    """Drop the first EOS and everything after it."""
+    """Drop the first EOS and everything after it.
+
+    Args:
+        seqs: token lists.
+        eos_id: the EOS token id.
+
+    Returns:
+        The lists cut before their first EOS (unchanged where there is none).
+    """
     return [s[:s.index(eos_id)] if eos_id in s else s for s in seqs]
 
 
 def check_backend(backend: str) -> None:
-    """A clear error for a backend that is not one of `BACKENDS`."""
+    """A clear error for a backend that is not one of `BACKENDS`.
+
+    Args:
+        backend: the backend's name.
+
+    Raises:
+        ValueError: naming the valid backends.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"generate: backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, limit: int | None) -> None:
-    """Clear errors for empty prompts and prompts too long for the model's position embeddings."""
+    """Clear errors for empty prompts and prompts too long for the model's position embeddings.
+
+    Args:
+        prompt_ids: the prompts' token lists.
+        max_new_tokens: the most new tokens per prompt, >= 0.
+        limit: the model's number of positions; None = unlimited.
+
+    Raises:
+        ValueError: a negative max_new_tokens, or naming the first empty or too long prompt.
+    """
     if max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
     for i, prompt in enumerate(prompt_ids):
@@ -316,11 +452,32 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int
              keys: list[int] | None = None, backend: str = "pocl") -> list[list[int]]:
     """Continue each prompt; returns only the new tokens, cut at (excluding) EOS, in the input order.
 
-    Prompts are sorted by length into batches of batch_size and left-padded. keys name the sequences for the
-    sampling noise (default: position in prompt_ids; pass dataset indices to make a sample's draw independent of
-    which other prompts are in the call). seed=None with do_sample draws a seed from torch's global generator.
-    backend: "pocl" (this module's loop, the default) or "transformers" (`decode_with_transformers`); on the CPU
-    both return the same tokens.
+    Prompts are sorted by length into batches of batch_size and left-padded. On the CPU both backends return the same
+    tokens.
+
+    Args:
+        model: a causal LM; run in eval mode, without gradients, for the call (`eval_mode`).
+        prompt_ids: the prompts' token lists, each non-empty.
+        eos_id: the token that ends a sequence.
+        pad_id: the padding token id; None = eos_id (GPT-2 tokenizers have no pad token).
+        max_new_tokens: the most new tokens per prompt, >= 0.
+        do_sample: False = greedy (argmax), True = sampling.
+        temperature: the sampling temperature, > 0.
+        top_k: tokens kept per step when sampling; 0 = no top-k filter.
+        top_p: the nucleus's probability mass when sampling; 1.0 = no nucleus filter.
+        no_repeat_ngram_size: ban repeating n-grams of this size (prompt tokens count too); 0 = off.
+        seed: the sampling seed; None with do_sample draws one from torch's global generator.
+        batch_size: prompts per forward batch.
+        keys: names of the sequences for the sampling noise (default: position in prompt_ids; pass dataset indices to
+            make a sample's draw independent of which other prompts are in the call).
+        backend: "pocl" (this module's loop, the default) or "transformers" (`decode_with_transformers`).
+
+    Returns:
+        The new tokens of each prompt, in the order of prompt_ids.
+
+    Raises:
+        ValueError: an unknown backend, a bad sampling setting, an empty or too long prompt, or keys not one per
+            prompt.
     """
     check_backend(backend)
     pad_id = eos_id if pad_id is None else pad_id  # GPT-2 tokenizers have no pad token; pads are masked anyway
@@ -354,7 +511,15 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int
 
 
 def decode(tokenizer, ids_list: list[list[int]]) -> list[str]:
-    """Token ids to text, special tokens dropped (as MiniLLM decodes responses for ROUGE-L)."""
+    """Token ids to text, special tokens dropped (as MiniLLM decodes responses for ROUGE-L).
+
+    Args:
+        tokenizer: the tokenizer.
+        ids_list: token lists.
+
+    Returns:
+        One string per list.
+    """
     if not ids_list:  # batch_decode([]) returns [""] in transformers 5: it reads [] as one empty sequence
         return []
     return tokenizer.batch_decode(ids_list, skip_special_tokens=True)

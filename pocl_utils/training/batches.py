@@ -12,6 +12,8 @@ from ..data import Encoded
 
 @dataclass
 class Batch:
+    """Right-padded prompt + response sequences with their mask and labels (targets) aligned with the logits."""
+
     input_ids: torch.Tensor  # [B, T] right-padded prompt + response
     attention_mask: torch.Tensor  # [B, T]
     # [B, T] aligned with logit positions: labels[b, t] = token t+1 if it is a response token, else -100
@@ -19,21 +21,37 @@ class Batch:
     positions: torch.Tensor | None = None  # [N] flat indices b * T + t of the targets, found on the CPU (no host sync)
 
     def to(self, device: torch.device) -> "Batch":
-        """On `device`; to a GPU from pinned memory, so the copies are really asynchronous."""
+        """The batch on `device`; to a GPU from pinned memory, so the copies are really asynchronous.
+
+        Args:
+            device: the target device.
+
+        Returns:
+            A new Batch whose tensors live on `device`.
+        """
         pin = torch.device(device).type == "cuda"
         moved = [None if t is None else (t.pin_memory() if pin and t.device.type == "cpu" else t).to(
             device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels, self.positions)]
         return Batch(*moved)
 
     def target_positions(self) -> torch.Tensor:
-        """[N] flat indices of the targets (`positions`, or found from the labels: a host sync on a GPU)."""
+        """[N] flat indices b * T + t of the targets (`positions`, or found from the labels: a host sync on a GPU)."""
         if self.positions is not None:
             return self.positions
         return (self.labels.reshape(-1) != -100).nonzero().squeeze(1)
 
 
 def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
-    """Right-pad prompt+response sequences; only response tokens (incl. EOS) are targets."""
+    """Right-pad prompt + response sequences into one batch; only response tokens (incl. EOS) are targets.
+
+    Args:
+        examples: the encoded examples of the batch.
+        pad_id: the token id that fills the padding.
+
+    Returns:
+        A Batch with input_ids, attention_mask and labels [B, T] (T = the longest example; labels[b, t] is token t + 1
+        where that is a response token, else -100) and the targets' flat positions [N].
+    """
     T = max(e.length for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), T), dtype=torch.long)
@@ -48,7 +66,16 @@ def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
 
 
 def epoch_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator):
-    """Endless stream of shuffled mini-batches, reshuffled every epoch."""
+    """Endless stream of shuffled mini-batches, reshuffled every epoch.
+
+    Args:
+        indices: the example indices to draw from.
+        batch_size: examples per batch (an epoch's last batch may be smaller).
+        rng: the generator of the shuffles.
+
+    Returns:
+        A generator of batches, each a list of indices.
+    """
     while True:
         perm = rng.permutation(indices)
         for s in range(0, len(perm), batch_size):
@@ -60,9 +87,22 @@ GROUP_BATCHES = 16  # length grouping sorts windows of this many batches (HF's g
 
 def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray, batch_size: int,
                            rng: np.random.Generator, group: int = GROUP_BATCHES):
-    """Endless stream of mini-batches of similar lengths (less padding): each epoch shuffles, sorts each window of
-    `group` batches by length, cuts it into batches and shuffles the batches' order. Every example still appears once
-    per epoch; a batch is no longer a uniform draw, as with HF Trainer's group_by_length."""
+    """Endless stream of mini-batches of similar lengths (less padding).
+
+    Each epoch shuffles, sorts each window of `group` batches by length, cuts it into batches and shuffles the batches'
+    order. Every example still appears once per epoch; a batch is not a uniform draw, as with HF Trainer's
+    group_by_length.
+
+    Args:
+        indices: the example indices to draw from.
+        lengths: the length of each example, indexed by the values of `indices`.
+        batch_size: examples per batch.
+        rng: the generator of the shuffles.
+        group: the number of batches per sorted window.
+
+    Returns:
+        A generator of batches, each a list of indices.
+    """
     lengths = np.asarray(lengths)
     while True:
         perm = rng.permutation(indices)
@@ -77,8 +117,21 @@ def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray,
 
 def batch_stream(indices: np.ndarray, encoded: list[Encoded], batch_size: int, rng: np.random.Generator,
                  device: torch.device | str):
-    """The training batches of `indices` (positions in `encoded`) on `device`: length-grouped on CUDA (less padding,
-    `length_grouped_batches`); elsewhere uniform reshuffles (`epoch_batches`: the CPU's draws, bitwise unchanged)."""
+    """The endless stream of training batches of `indices` for `device`.
+
+    On CUDA the batches are length-grouped (less padding, `length_grouped_batches`); elsewhere they are uniform
+    reshuffles (`epoch_batches`), which keeps the CPU's draws bitwise reproducible.
+
+    Args:
+        indices: positions in `encoded` of the examples to train on.
+        encoded: the training set (its lengths group the batches on CUDA).
+        batch_size: examples per batch.
+        rng: the generator of the shuffles.
+        device: the device the batches will train on.
+
+    Returns:
+        A generator of batches, each a list of indices.
+    """
     if torch.device(device).type == "cuda":
         return length_grouped_batches(indices, [e.length for e in encoded], batch_size, rng)
     return epoch_batches(indices, batch_size, rng)

@@ -80,6 +80,7 @@ def world_size() -> int:
 
 
 def rank() -> int:
+    """This process's index among the launched processes (0 when not launched)."""
     return _state().process_index if launched() else 0
 
 
@@ -97,8 +98,17 @@ def device() -> torch.device:
 
 
 def shard(indices: Sequence[int]) -> list[int]:
-    """This rank's contiguous slice of a global batch; slice sizes differ by at most one (earlier ranks get the extra
-    example). A batch smaller than the world leaves some ranks with an empty slice; `loop.run_steps` handles that."""
+    """This rank's contiguous slice of a global batch.
+
+    Slice sizes differ by at most one (earlier ranks get the extra example). A batch smaller than the world leaves some
+    ranks with an empty slice; `loop.run_steps` handles that.
+
+    Args:
+        indices: the global batch, the same on every rank.
+
+    Returns:
+        This rank's indices (all of them with one process).
+    """
     n, world = len(indices), world_size()
     if world == 1:
         return list(indices)
@@ -108,7 +118,14 @@ def shard(indices: Sequence[int]) -> list[int]:
 
 
 def all_sum(values: Sequence[float]) -> list[float]:
-    """Element-wise sum of a few numbers over the ranks (float64, so token counts stay exact)."""
+    """Element-wise sum of a few numbers over the ranks (float64, so token counts stay exact); a collective.
+
+    Args:
+        values: this rank's numbers, as many on every rank.
+
+    Returns:
+        The sums, as floats (the values themselves with one process).
+    """
     if world_size() == 1:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device())  # [K]
@@ -143,9 +160,18 @@ def _accelerator():
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Ready `model` for training on the launched processes, in place: FSDP2-sharded under an FSDP launch
-    (`shard_model`), else wrapped by accelerate's `prepare` in DDP (gradients summed during the backward, overlapped
-    with it), its step forwards (`heads`) routed through the wrapper. One process: returned unchanged."""
+    """Ready `model` for training on the launched processes, in place.
+
+    FSDP2-sharded under an FSDP launch (`shard_model`), else wrapped by accelerate's `prepare` in DDP (gradients summed
+    during the backward, overlapped with it), its step forwards (`heads`) routed through the wrapper. One process:
+    returned unchanged.
+
+    Args:
+        model: the model to train.
+
+    Returns:
+        The same model.
+    """
     if world_size() == 1 or is_prepared(model):
         return model
     if fsdp():
@@ -158,7 +184,14 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def is_prepared(model: torch.nn.Module) -> bool:
-    """Whether `prepare_model` has taken `model` over (sharded, or its gradients summed by DDP)."""
+    """Whether `prepare_model` has taken `model` over (sharded, or its gradients summed by DDP).
+
+    Args:
+        model: the model.
+
+    Returns:
+        True when sharded or routed through DDP.
+    """
     return is_sharded(model) or getattr(model, FUSED_AT, None) is not None
 
 
@@ -168,9 +201,14 @@ def fsdp() -> bool:
 
 
 def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
-    """accelerate's `FullyShardedDataParallelPlugin` of this launch: the FSDP settings of the config yaml (exported
-    by `accelerate launch` as ACCELERATE_USE_FSDP and FSDP_*), parsed by accelerate; None when not an FSDP launch.
-    pocl shards with FSDP2 only: an FSDP1 config (fsdp_version 1) raises."""
+    """accelerate's `FullyShardedDataParallelPlugin` of this launch; None when not an FSDP launch.
+
+    The FSDP settings of the config yaml (exported by `accelerate launch` as ACCELERATE_USE_FSDP and FSDP_*), parsed by
+    accelerate. pocl shards with FSDP2 only.
+
+    Raises:
+        ValueError: an FSDP1 config (fsdp_version 1).
+    """
     from accelerate.utils import FullyShardedDataParallelPlugin, parse_flag_from_env
     if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return None
@@ -189,10 +227,18 @@ def _mesh():
 
 
 def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin | None = None) -> set[str]:
-    """Class names of the model's FSDP units: the plugin's transformer_cls_names_to_wrap (the config's
-    fsdp_transformer_layer_cls_to_wrap; default: accelerate's plugin read from the environment) and the model's own
-    `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2
-    profiles."""
+    """Class names of the model's FSDP units.
+
+    The plugin's transformer_cls_names_to_wrap (the config's fsdp_transformer_layer_cls_to_wrap) and the model's own
+    `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2 profiles.
+
+    Args:
+        model: the model to shard.
+        plugin: the FSDP settings; None = accelerate's plugin read from the environment.
+
+    Returns:
+        The class names whose modules become FSDP units.
+    """
     if plugin is None:
         from accelerate.utils import FullyShardedDataParallelPlugin
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
@@ -201,10 +247,18 @@ def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Under an FSDP launch, shard `model` in place over the ranks with FSDP2, as accelerate's plugin (`fsdp_plugin`)
-    sets it (reshard_after_forward, offloading, the block classes): each transformer block a unit, then the root, which
-    holds the embeddings and the tied LM head; gradients summed, not averaged. Otherwise, or if it is sharded already,
-    return it unchanged."""
+    """Under an FSDP launch, shard `model` in place over the ranks with FSDP2.
+
+    As accelerate's plugin (`fsdp_plugin`) sets it (reshard_after_forward, offloading, the block classes): each
+    transformer block a unit, then the root, which holds the embeddings and the tied LM head; gradients summed, not
+    averaged. Otherwise, or if it is sharded already, it is returned unchanged.
+
+    Args:
+        model: the model to shard.
+
+    Returns:
+        The same model.
+    """
     if not fsdp() or is_sharded(model):
         return model
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
@@ -228,6 +282,14 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` is sharded with FSDP2 (an `FSDPModule`).
+
+    Args:
+        model: the model.
+
+    Returns:
+        True for an FSDP2-sharded model; False where torch.distributed is unavailable.
+    """
     if not torch.distributed.is_available():
         return False
     from torch.distributed.fsdp import FSDPModule
@@ -235,10 +297,19 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every tensor whole: a sharded one is gathered by torch's distributed-checkpoint
-    `get_model_state_dict` (full_state_dict, as accelerate's `Accelerator.get_state_dict` asks for FSDP2, but on every
-    rank: each keeps its own checkpoint to resume from; a collective: every rank must call it). Tied names
-    (embeddings and LM head) share one tensor, as in `model.state_dict()`."""
+    """The model's state dict with every tensor whole.
+
+    A sharded model is gathered by torch's distributed-checkpoint `get_model_state_dict` (full_state_dict, as
+    accelerate's `Accelerator.get_state_dict` asks for FSDP2, but on every rank: each keeps its own checkpoint to resume
+    from; a collective: every rank must call it). Tied names (embeddings and LM head) share one tensor, as in
+    `model.state_dict()`.
+
+    Args:
+        model: the model, sharded or not.
+
+    Returns:
+        Parameter and buffer name -> whole tensor.
+    """
     if not is_sharded(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -255,9 +326,18 @@ def _owners(model: torch.nn.Module) -> dict[str, int]:
 
 
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole tensors into a sharded model, each rank keeping its own shard of each (torch's distributed-checkpoint
-    `set_model_state_dict`, the counterpart of `full_state_dict`). Names missing from `state` must be tied to one
-    present (safetensors stores a tied tensor once)."""
+    """Load whole tensors into a sharded model, each rank keeping its own shard of each.
+
+    torch's distributed-checkpoint `set_model_state_dict`, the counterpart of `full_state_dict`. Names missing from
+    `state` must be tied to one present (safetensors stores a tied tensor once).
+
+    Args:
+        model: the sharded model, loaded in place.
+        state: name -> whole tensor.
+
+    Raises:
+        KeyError: listing unexpected tensors, or missing tensors not tied to a present one.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     current = set(model.state_dict())
     unexpected = sorted(set(state) - current)
@@ -272,15 +352,30 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 
 def step_policy(device: torch.device | str) -> models.Precision:
-    """The precision policy a training step uses on `device` here: `models.policy_for`, never compiled when launched
-    on several processes (DDP wraps the step forward, FSDP keeps it unfused: `step._fused_step_loss`)."""
+    """The precision policy a training step uses on `device` here.
+
+    `models.policy_for`, never compiled when launched on several processes (DDP wraps the step forward, FSDP keeps it
+    unfused: `step._fused_step_loss`).
+
+    Args:
+        device: the device the step runs on.
+
+    Returns:
+        The Precision.
+    """
     policy = models.policy_for(device)
     return replace(policy, compile=False) if launched() else policy
 
 
 def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
-    """`models.save_checkpoint` on the launched processes: a sharded model is gathered whole first (a collective:
-    every rank must call), then only the main rank writes."""
+    """`models.save_checkpoint` on the launched processes; only the main rank writes.
+
+    A sharded model is gathered whole first (a collective: every rank must call).
+
+    Args:
+        model: the model, sharded or not.
+        out_dir: the checkpoint folder, replaced if it exists.
+    """
     state = full_state_dict(model) if is_sharded(model) else None
     if world_size() > 1 and not is_main():
         return  # a step trained together (`pipeline.trained_together`): the main process writes it
@@ -288,13 +383,28 @@ def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """`models.save_weights` of a model that may be sharded: gathered whole first (a collective: every rank must
-    call); every rank writes its own file."""
+    """`models.save_weights` of a model that may be sharded; every rank writes its own file.
+
+    A sharded model is gathered whole first (a collective: every rank must call).
+
+    Args:
+        model: the model, sharded or not.
+        path: the .safetensors file, replaced if it exists.
+    """
     models.save_weights(model, path, state_dict=full_state_dict(model) if is_sharded(model) else None)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """`models.load_weights` into a model that may be sharded: each rank then keeps its shard of every tensor."""
+    """`models.load_weights` into a model that may be sharded: each rank then keeps its shard of every tensor.
+
+    Args:
+        model: the model, loaded in place.
+        path: a file written by `save_weights`.
+
+    Raises:
+        CheckpointError: the file is unreadable.
+        KeyError: (sharded model) unexpected or missing tensors.
+    """
     if is_sharded(model):
         load_full_state_dict(model, models.read_weights(path))
     else:
@@ -302,12 +412,20 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (nothing with one process)."""
     if world_size() > 1:
         _state().wait_for_everyone()
 
 
 def broadcast(obj: Any) -> Any:
-    """The main rank's `obj` on every rank (any picklable value); the other ranks' arguments are ignored."""
+    """The main rank's `obj` on every rank; a collective.
+
+    Args:
+        obj: any picklable value; the other ranks' arguments are ignored.
+
+    Returns:
+        The main rank's obj (obj itself with one process).
+    """
     if world_size() == 1:
         return obj
     box = [obj]

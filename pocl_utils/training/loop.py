@@ -23,7 +23,16 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
 
     Fused AdamW (one kernel for all tensors) when every parameter is on a GPU. Elsewhere multi-tensor ("foreach")
     AdamW: on the CPU it makes the laptop student's KD step about 10% faster (fewer, larger kernels) than the plain loop
-    and gives its results bitwise (tests/test_distributed.py checks that, so earlier results still reproduce)."""
+    and gives its results bitwise (tests/test_distributed.py checks that, so the committed results reproduce).
+
+    Args:
+        model: the model to train.
+        spec: the training settings (lr, weight_decay, warmup_frac).
+        steps: the schedule's length in optimizer steps.
+
+    Returns:
+        (optimizer, schedule).
+    """
     on_gpu = all(p.device.type == "cuda" for p in model.parameters())
     kind = {"fused": True} if on_gpu else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, **kind)
@@ -32,7 +41,13 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
 
 
 def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainSpec) -> None:
-    """Clip the gradient norm to spec.grad_clip (if > 0; multi-tensor, as the optimizer) and take the optimizer step."""
+    """Clip the gradient norm to spec.grad_clip (if > 0; multi-tensor, as the optimizer) and take the optimizer step.
+
+    Args:
+        model: the model whose gradients are clipped.
+        opt: its optimizer.
+        spec: the training settings (grad_clip).
+    """
     if spec.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip, foreach=True)
     opt.step()
@@ -59,7 +74,7 @@ LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many 
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
               on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
               log_every: int | None = None, optimizer: tuple | None = None) -> list[dict[str, float]]:
-    """`steps` optimizer steps of `loss_fn(indices, step, batch)`; returns the per-step log. Stops on a NaN/inf loss.
+    """`steps` optimizer steps of `loss_fn(indices, step, batch)`; stops on a NaN/inf loss.
 
     Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
     or FSDP2-sharded under an FSDP launch); every rank draws the same global batch, computes the loss of its shard
@@ -70,9 +85,28 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     The log rows are read back (turned into floats, the loss checked for NaN/inf) every `log_every` steps: 1 by default
     on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
     each read waits for the device (a bad loss then stops the loop up to that many steps later, still before any
-    checkpoint is saved). `on_step(step, row)` runs after every step's update; between read-backs its row's values
-    are 0-d tensors. `optimizer`: an (optimizer, schedule) pair to continue (one schedule across several calls);
-    default a fresh `optimizer_for(model, spec, steps)`."""
+    checkpoint is saved).
+
+    Args:
+        model: the model to train, in place.
+        loss_fn: the loss of a step's batch (`LossFn`).
+        batches: an iterator of global batches, each a list of example indices.
+        steps: the number of optimizer steps.
+        spec: the training settings.
+        on_step: `on_step(step, row)` runs after every step's update; between read-backs its row's values are 0-d
+            tensors.
+        desc: the progress bar's label and the error messages' prefix.
+        log_every: steps between read-backs; None = 1 on the CPU, `LOG_EVERY_GPU` on a GPU.
+        optimizer: an (optimizer, schedule) pair to continue (one schedule across several calls); None = a fresh
+            `optimizer_for(model, spec, steps)`.
+
+    Returns:
+        The per-step log: one row of floats per step ("loss" and the loss function's parts).
+
+    Raises:
+        FloatingPointError: a non-finite loss, naming the step.
+        ValueError: on several processes, a loss function that does not report `TOKENS`.
+    """
     from tqdm.auto import tqdm
     distributed.prepare_model(model)  # FSDP-sharded or DDP-wrapped when launched; else unchanged
     device = next(model.parameters()).device
@@ -145,13 +179,34 @@ def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
 
 
 def total_steps(n_examples: int, spec: TrainSpec) -> int:
-    """Baseline budget: `epochs` passes over the full training set."""
+    """Baseline budget: `epochs` passes over the full training set.
+
+    Args:
+        n_examples: the size of the training set.
+        spec: the training settings (epochs, batch_size).
+
+    Returns:
+        The number of optimizer steps, at least 1.
+    """
     return max(1, math.ceil(spec.epochs * n_examples / spec.batch_size))
 
 
 def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: TrainSpec, *, seed: int = 0,
         steps: int | None = None, desc: str = "sft") -> list[dict[str, float]]:
-    """Supervised fine-tuning on (prompt, response) pairs: CE on response tokens."""
+    """Supervised fine-tuning on (prompt, response) pairs: CE on response tokens.
+
+    Args:
+        model: the model to train, in place.
+        encoded: the training set.
+        pad_id: the padding token id.
+        spec: the training settings.
+        seed: the seed of the batch draws and of torch.
+        steps: optimizer steps; None = `total_steps(len(encoded), spec)`.
+        desc: the progress bar's label.
+
+    Returns:
+        The per-step log (`run_steps`).
+    """
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

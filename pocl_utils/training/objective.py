@@ -35,6 +35,14 @@ class TeacherHidden:
     bias: torch.Tensor | None = None  # [V]
 
     def logits(self, rows: slice) -> torch.Tensor:
+        """The teacher's logits of some rows: hidden[rows] @ weight^T (+ bias), in the hidden states' dtype.
+
+        Args:
+            rows: the rows to build, a slice of the N target positions.
+
+        Returns:
+            Logits [n, V].
+        """
         h = self.hidden[rows]
         w = self.weight.to(h.dtype)
         out = h @ w.t()
@@ -113,11 +121,17 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         targets: [N] the ground-truth next tokens.
         teacher: [N, V] teacher rows (logits or cache rows, any device), a `TeacherHidden`, or None (CE only).
         kind: a `losses.KINDS` divergence; None means CE only.
-        tau, alpha, beta: KD temperature, CE weight in [0, 1], divergence mixing weight (see `losses`).
-        bias: [V] LM-head bias or None; chunk_size: rows per chunk (None: about CHUNK_ELEMENTS / V, GPU_CHUNK_ELEMENTS
-            / V on a GPU).
+        tau: the KD temperature.
+        alpha: the CE weight in [0, 1].
+        beta: the divergence's mixing weight (see `losses`).
+        bias: [V] LM-head bias or None.
+        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V, GPU_CHUNK_ELEMENTS / V on a GPU.
+
     Returns:
         (loss 0-d fp32, {"ce", "kd"} 0-d detached fp32 tensors; "kd" only with a teacher) - no host sync.
+
+    Raises:
+        ValueError: hidden, weight and targets not [N, H], [V, H] and [N], or no target rows.
     """
     shapes_ok = hidden.dim() == 2 and weight.dim() == 2 and hidden.shape[1] == weight.shape[1]
     if not shapes_ok or targets.shape != hidden.shape[:1]:

@@ -20,15 +20,32 @@ TOKENS = "tokens"  # key of a loss's parts: the response tokens its mean is over
 
 
 def student_logits_at_targets(student: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Student logits only where a target exists: the LM head runs on [N, H] rows instead of [B*T, H]."""
+    """Student logits only where a target exists: the LM head runs on [N, H] rows instead of [B*T, H].
+
+    Args:
+        student: the student model (a prepared one through its own `LOGITS_AT` forward).
+        batch: the batch; its labels != -100 mark the targets.
+
+    Returns:
+        Logits [N, V] in flattened (b, t) order, with autograd.
+    """
     logits_at = getattr(student, LOGITS_AT, None) or partial(logits_at_positions, student)  # a sharded model's own
     return logits_at(batch.input_ids, batch.attention_mask, batch.labels != -100)  # [N, V]
 
 
 @torch.no_grad()
 def teacher_logits(teacher: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Teacher logits at the batch's target positions, [N, V] float32, in flattened (b, t) order: the LM head runs on
-    those N rows only (never [B, T, V]); under bf16 autocast on a GPU."""
+    """Teacher logits at the batch's target positions, in flattened (b, t) order, without gradients.
+
+    The LM head runs on those N rows only (never [B, T, V]); under bf16 autocast on a GPU.
+
+    Args:
+        teacher: the teacher model.
+        batch: the batch, on the teacher's device.
+
+    Returns:
+        Logits [N, V] float32.
+    """
     logits_at = getattr(teacher, LOGITS_AT, None) or partial(logits_at_positions, teacher)  # a sharded model's own
     with autocast(batch.input_ids.device):
         return logits_at(batch.input_ids, batch.attention_mask, batch.target_positions()).float()
@@ -36,8 +53,18 @@ def teacher_logits(teacher: PreTrainedModel, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def teacher_hidden(teacher: PreTrainedModel, batch: Batch, precision: Precision) -> TeacherHidden:
-    """The teacher's final hidden states at the batch's targets and its LM head, for the fused loss, which builds the
-    teacher's logits one row chunk at a time (`objective.TeacherHidden`)."""
+    """The teacher's final hidden states at the batch's targets and its LM head, for the fused loss.
+
+    The fused loss builds the teacher's logits one row chunk at a time (`objective.TeacherHidden`).
+
+    Args:
+        teacher: the teacher model.
+        batch: the batch, on the teacher's device.
+        precision: the step's precision policy (its autocast and compute dtype).
+
+    Returns:
+        A TeacherHidden: hidden states [N, H'] in the precision's dtype, the LM head's weight [V, H'] and bias or None.
+    """
     with autocast(batch.input_ids.device, precision):
         hidden = hidden_at_positions(teacher, batch.input_ids, batch.attention_mask, batch.target_positions())
     hidden = _compute_dtype(hidden, precision)
@@ -46,8 +73,18 @@ def teacher_hidden(teacher: PreTrainedModel, batch: Batch, precision: Precision)
 
 
 def live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision) -> torch.Tensor | TeacherHidden:
-    """The live teacher's output for `step_loss`: hidden states + LM head for the fused loss (no [N, V] logits),
-    else its logits at the targets."""
+    """The live teacher's output for `step_loss`.
+
+    Hidden states + LM head for the fused loss (no [N, V] logits), else its logits at the targets.
+
+    Args:
+        teacher: the teacher model.
+        batch: the batch, on the teacher's device.
+        precision: the step's precision policy; its fused_loss chooses the form.
+
+    Returns:
+        A TeacherHidden, or logits [N, V] float32.
+    """
     if precision.fused_loss and _fusable(teacher):
         return teacher_hidden(teacher, batch, precision)
     return teacher_logits(teacher, batch)
@@ -56,13 +93,32 @@ def live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision
 def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor | TeacherHidden | None, *,
               kind: str | None, tau: float, alpha: float, beta: float | None = None,
               precision: Precision | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * CE + (1 - alpha) * tau^2 * D(p_tau || q_tau), the mean over the batch's response tokens (Eq. 1, 7-9).
+    """One step's loss, the mean over the batch's response tokens (Eq. 1, 7-9).
+
+        loss = alpha * CE + (1 - alpha) * tau^2 * D(p_tau || q_tau)
 
     The parts also give `TOKENS`, the number of tokens averaged over, which `loop.run_steps` needs to weigh the shards
     of a multi-process step (and drops from the log). `precision` (default `models.precision_for` the student's
-    device) chooses the path: fp32 with whole [N, V] logits (the CPU's, bitwise as before), or the student's forward
+    device) chooses the path: fp32 with whole [N, V] logits (the CPU's, bitwise reproducible), or the student's forward
     under autocast and the loss fused with the LM head in row chunks (`objective.linear_objective`; GPUs, and sharded
-    models never). The fused path's parts are 0-d tensors, so that it makes no host sync."""
+    models never). The fused path's parts are 0-d tensors, so that it makes no host sync.
+
+    Args:
+        student: the student model.
+        batch: the batch, on the student's device.
+        teacher_rows: teacher logits or cache rows [N, V], a `TeacherHidden`, or None (CE only).
+        kind: a `losses.KINDS` divergence; None means CE only.
+        tau: the KD temperature.
+        alpha: the CE weight in [0, 1]; 1 means CE only.
+        beta: the divergence's mixing weight (see `losses`); None = the kind's default.
+        precision: the precision policy; None = `models.precision_for` the batch's device.
+
+    Returns:
+        (loss, parts): the 0-d loss and its log row: "ce", "kd" (with a teacher) and `TOKENS`.
+
+    Raises:
+        ValueError: the batch has no response tokens.
+    """
     precision = precision or precision_for(batch.input_ids.device)
     if batch.target_positions().numel() == 0:  # the mean CE of zero tokens is 0/0 = NaN; no valid example gets here
         raise ValueError("step_loss: the batch has no response tokens (every label is -100); each example needs at "
