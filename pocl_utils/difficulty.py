@@ -27,7 +27,7 @@ from scipy.stats import rankdata
 
 from .data import Encoded
 from .modeling.generate import (Sampling, check_backend, cut_at_eos, decode, decode_from_cache,
-                                decode_with_transformers, eval_mode, max_positions, model_device, pad_batch,
+                                decode_with_transformers, eval_mode, kv_cache, max_positions, model_device, pad_batch,
                                 position_ids)
 
 RRF_K = 60  # Eq. 2's k, from Cormack et al. (2009)
@@ -270,7 +270,7 @@ def _score_batch(model: torch.nn.Module, batch: list[Encoded], *, eos_id: int, p
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                 logits_to_keep=n_resp + 1)
     # the slice is a no-op when logits_to_keep is honoured, and keeps the columns right if a model ignores it
-    logits, cache = out.logits[:, -(n_resp + 1):], out.past_key_values  # [B, R + 1, V], KV for all P + R columns
+    logits, cache = out.logits[:, -(n_resp + 1):], kv_cache(out)  # [B, R + 1, V], KV for all P + R columns
     del out
     ce = response_ce(logits[:, :-1], response, response_mask)  # [B]
     first_logits = logits[:, 0].clone()  # [B, V] greedy's first step is the teacher-forced first prediction

@@ -20,8 +20,10 @@ On a GPU, benchmarks/gpu/check.py part (b) reports both backends side by side.
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator
 
 import torch
@@ -267,6 +269,39 @@ def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Ten
 # the decoding loop
 # ---------------------------------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model: torch.nn.Module, cache: object) -> dict[str, object]:
+    """The keyword argument that hands a KV cache to `model`'s forward or `generate`.
+
+    transformers 5.25 renamed `past_key_values` to `cache` (the old name is deprecated, to be removed from forward in
+    5.40); earlier versions know only `past_key_values`.
+
+    Args:
+        model: a causal LM.
+        cache: its KV cache.
+
+    Returns:
+        {name: cache}, with the name this model's forward takes.
+    """
+    return {_cache_keyword(type(model)): cache}
+
+
+def kv_cache(out: dict) -> object:
+    """The KV cache of a forward's output (`out.cache` from transformers 5.25, `out.past_key_values` before).
+
+    Args:
+        out: the model's output, computed with use_cache=True.
+
+    Returns:
+        The cache.
+    """
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[object, torch.Tensor]:
     """One forward over left-padded prompts: their KV cache and the logits of the next token.
 
@@ -280,7 +315,7 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tu
     """
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                 logits_to_keep=1)
-    return out.past_key_values, out.logits[:, -1]
+    return kv_cache(out), out.logits[:, -1]
 
 
 def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.Tensor, mask: torch.Tensor,
@@ -326,7 +361,7 @@ def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [b, P + step + 1]
         history = torch.cat([history, token[:, None]], dim=1)
         step_out = model(input_ids=token[:, None], attention_mask=mask, position_ids=(next_pos + step)[:, None],
-                         past_key_values=cache, use_cache=True)
+                         **with_cache(model, cache), use_cache=True)
         next_logits = step_out.logits[:, -1]  # [b, V]
     return cut_at_eos(out.tolist(), eos_id)
 
@@ -390,7 +425,7 @@ def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: to
         processors.append(NgramBan(sampling.no_repeat_ngram_size, mask))
     if sampling.do_sample:
         processors.append(GumbelNoise(sampling, keys, ids.shape[1]))
-    given = {} if cache is None else {"past_key_values": cache}  # the name transformers 4.x and 5.x both accept
+    given = {} if cache is None else with_cache(model, cache)
     # greedy argmax over the processed scores; the settings a checkpoint's generation_config could add are switched off
     out = model.generate(input_ids=ids, attention_mask=mask, **given, logits_processor=processors, do_sample=False,
                          num_beams=1, no_repeat_ngram_size=0, repetition_penalty=1.0, min_new_tokens=0,
