@@ -43,21 +43,8 @@ class TeacherCache:
         `tail_mean_logp` [R, G]  f'(s) = sum_T p_v^s log p_v / sum_T p_v^s   (its slope: the tail's mean log p)
     all computed in log space with max-shifted sums (no cancellation or underflow): 8 k + 4 + 8 G bytes per token.
 
-    `rows(indices, tau)` rebuilds rows z [n, V] for the losses, which temper them themselves (softmax(z / tau)). The
-    target p_hat_tau keeps the exact tempered top k, p_v^s / Z, and the exact tempered tail mass, exp f(s) / Z, spread
-    evenly over the V - k tail tokens (Z = sum_K p_v^s + exp f(s), the true tempered normaliser). Solving
-    softmax(z / tau) = p_hat_tau up to a constant shift:
-        z_v = log p_v                         on K (the stored top-k log-probs, whatever tau)
-        z_v = tau * (f(1 / tau) - log(V - k))  on T
-    At tau = 1, f(1) = log r: the tail gets r / (V - k), and KL(p || p_hat) = sum_T p_v log(p_v (V - k) / r) is the only
-    loss of information, non-increasing in k and 0 at k = V. Rebuilding once at tau = 1 and letting the losses re-temper
-    (p_hat^s renormalised) would be wrong for tau > 1: x^s is concave, so a flat tail maximises sum_T p_v^s and the
-    tail gets far too much mass (SmolLM2, k = 512: 3% of the mass at tau = 1, 55% tempered at tau = 2). Between grid
-    points f is cubic-Hermite interpolated in s from f and f' at the two neighbours (f is the tail's log-partition
-    function, smooth and convex in s; error ~ h^4 |f''''| / 384, measured <= 1e-4 on SmolLM2 rows); tau outside the
-    grid raises. What remains is the tail's shape: the rebuilt tempered tail is flat, so the FKL loss misses part of
-    the teacher's entropy (constant w.r.t. the student), and the gradient errs where the student's mass sits in the
-    tail.
+    `rows(indices, tau)` rebuilds [n, V] rows for the losses; how, and what the rebuild loses, is written
+    above `tempered_log_tail`, beside the code that does it.
     """
 
     logits: torch.Tensor | None  # exact: [R, V] float32
@@ -103,7 +90,7 @@ class TeacherCache:
         """Teacher rows of these examples for `losses.divergence` at KD temperature `tau`.
 
         Exact mode gives the logits (tau unused: the losses temper them); top-k mode gives z with softmax(z / tau) =
-        p_hat_tau (see the class).
+        p_hat_tau (see the comment above `tempered_log_tail`).
 
         Args:
             indices: example indices; their rows are concatenated in this order.
@@ -253,9 +240,27 @@ def _tail_moments(tail: torch.Tensor, taus: tuple[float, ...]) -> tuple[torch.Te
     return torch.stack(mass, 1), torch.stack(slope, 1)
 
 
+# Rebuilding top-k rows (`TeacherCache.rows`, `tempered_log_tail`, `expand_top_k`).
+# The losses temper the rows they get (softmax(z / tau)), so the rows z must satisfy softmax(z / tau) = p_hat_tau, the
+# target that keeps the exact tempered top k, p_v^s / Z, and the exact tempered tail mass, exp f(s) / Z, spread evenly
+# over the V - k tail tokens (s = 1 / tau, Z = sum_K p_v^s + exp f(s), the true tempered normaliser). Up to a shift:
+#     z_v = log p_v                          on K (the stored top-k log-probs, whatever tau)
+#     z_v = tau * (f(1 / tau) - log(V - k))  on T
+# At tau = 1, f(1) = log r: the tail gets r / (V - k), and KL(p || p_hat) = sum_T p_v log(p_v (V - k) / r) is the only
+# loss of information, non-increasing in k and 0 at k = V.
+# Why f is stored at several tau: rebuilding once at tau = 1 and letting the losses re-temper (p_hat^s renormalised)
+# is wrong for tau > 1. x^s is concave, so a flat tail maximises sum_T p_v^s and the tail gets far too much mass
+# (SmolLM2, k = 512: 3% of the mass at tau = 1, 55% tempered at tau = 2).
+# Between grid points f is cubic-Hermite interpolated in s from f and f' at the two neighbours (f is the tail's
+# log-partition function, smooth and convex in s; error ~ h^4 |f''''| / 384, measured <= 1e-4 on SmolLM2 rows); a tau
+# outside the grid raises.
+# What remains is the tail's shape: the rebuilt tempered tail is flat, so the FKL loss misses part of the teacher's
+# entropy (constant w.r.t. the student), and the gradient errs where the student's mass sits in the tail.
+
+
 def tempered_log_tail(tail_taus: tuple[float, ...], log_tail_mass: torch.Tensor, tail_mean_logp: torch.Tensor,
                       tau: float) -> torch.Tensor:
-    """f(1 / tau) = log sum_tail p_v^(1/tau) per row, from the grid statistics (see `TeacherCache`).
+    """f(1 / tau) = log sum_tail p_v^(1/tau) per row, from the grid statistics (the comment above says why).
 
     The stored value at a grid tau, else the cubic Hermite interpolant in s = 1/tau between the two neighbouring grid
     points:
@@ -293,7 +298,7 @@ def tempered_log_tail(tail_taus: tuple[float, ...], log_tail_mass: torch.Tensor,
 
 def expand_top_k(top_logprobs: torch.Tensor, token_ids: torch.Tensor, log_tail: torch.Tensor, vocab_size: int, *,
                  tau: float = 1.0) -> torch.Tensor:
-    """[n, V] rows z with softmax(z / tau) = the top-k tempered teacher with a flat tail (see `TeacherCache`).
+    """[n, V] rows z with softmax(z / tau) = the top-k tempered teacher with a flat tail (the comment above).
 
         z_v = log p_v                          on the k kept tokens
         z_v = tau * (log_tail - log(V - k))    on each other token
