@@ -7,6 +7,7 @@ different token counts (a per-rank mean averaged over ranks would then differ) a
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ RESPONSE_LENGTHS = [1, 14, 3, 22, 2, 7, 16, 4, 9, 5]  # + EOS each
 BATCHES = [[0, 1, 2, 3, 4], [5, 6, 7], [8], [3, 9, 1, 6], [2, 0, 8, 5, 7]]
 CLIPS = {"no_clip": 0.0, "clip": 0.05}  # 0.05 is well below the gradient norm: the clip acts on every step
 FUSED = Precision(None, fused_loss=True)  # the GPU's step path (loss fused with the LM head), in fp32 on the CPU
+HAS_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None  # inductor's CPU backend compiles C++
 
 
 def _examples() -> list[Encoded]:
@@ -83,10 +85,14 @@ def _spec(grad_clip: float) -> TrainSpec:
     return TrainSpec(lr=1e-2, batch_size=5, warmup_frac=0.0, grad_clip=grad_clip)
 
 
-def _train(grad_clip: float, on_policy: bool = False, precision: Precision | None = None) -> dict:
+def _train(grad_clip: float, on_policy: bool = False, precision: Precision | None = None,
+           compile: bool = False) -> dict:
     """Five KD steps on BATCHES; returns the log, the first step's (summed, clipped) gradient, the final weights and
-    the examples each step computed on."""
+    the examples each step computed on. `compile`: launched, each block compiled (`distributed.prepare_model`)."""
     student, kd = _student_and_loss(on_policy, precision)
+    if compile:
+        distributed.prepare_model(student, compile=True)
+        assert all(block._compiled_call_impl is not None for block in student.transformer.h)
     grads, seen = {}, []
 
     def loss_fn(idx: list[int], step: int, batch: list[int]):
@@ -132,6 +138,8 @@ def _worker(out: Path) -> None:
     torch.save(_train(1.0, on_policy=True), out / f"gkd.rank{r}.pt")
     torch.save(_train(CLIPS["clip"], precision=FUSED), out / f"fused.rank{r}.pt")
     torch.save(_train(1.0, on_policy=True, precision=FUSED), out / f"fused_gkd.rank{r}.pt")
+    if HAS_CC:
+        torch.save(_train(CLIPS["clip"], precision=FUSED, compile=True), out / f"compiled.rank{r}.pt")
     (out / f"archs.rank{r}.json").write_text(json.dumps(_other_archs()))
     prepared, _ = _student_and_loss()
     distributed.prepare_model(prepared)
@@ -167,7 +175,7 @@ def _accelerate(args: list[str], timeout: float, config: str = "ddp", **kw) -> s
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def launched(request, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp(request.param)
-    _accelerate([str(Path(__file__)), str(out)], timeout=150, config=request.param, cwd=REPO)
+    _accelerate([str(Path(__file__)), str(out)], timeout=300, config=request.param, cwd=REPO)
     return request.param, out
 
 
@@ -239,6 +247,17 @@ def test_fused_step_two_processes_equal_one_process(launched, on_policy):
     want = _train(1.0 if on_policy else CLIPS["clip"], on_policy=on_policy, precision=FUSED)
     got = [torch.load(out / f"{'fused_gkd' if on_policy else 'fused'}.rank{r}.pt") for r in (0, 1)]
     _assert_same_training(got, want)
+
+
+def test_compiled_blocks_two_processes_equal_one_eager_process(launched):
+    """POCL_COMPILE=1 under a launch: each transformer block compiled in place, then wrapped by DDP or sharded by
+    FSDP2; the step still equals the 1-process eager step."""
+    if not HAS_CC:
+        pytest.skip("torch.compile's CPU backend (inductor) needs a C compiler; none on PATH")
+    torch.set_num_threads(1)
+    config, out = launched
+    want = _train(CLIPS["clip"], precision=FUSED)
+    _assert_same_training([torch.load(out / f"compiled.rank{r}.pt") for r in (0, 1)], want)
 
 
 def test_checkpoints_of_a_sharded_model_are_whole_and_load_back(launched):

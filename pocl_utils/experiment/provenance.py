@@ -14,7 +14,8 @@ import torch
 def precision(device: torch.device | str) -> str:
     """The precision policy a run's steps use on `device` (`distributed.step_policy(device).tag`): "fp32" on the CPU;
     on CUDA "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher stored in bf16), with
-    "+compiled" when POCL_COMPILE=1 and one process. CPU keys are unchanged by the GPU path's tags."""
+    "+compiled" when POCL_COMPILE=1 (the step forward, or each block under `accelerate launch`). CPU keys are
+    unchanged by the GPU path's tags."""
     from ..training.distributed import step_policy
     return step_policy(device).tag
 

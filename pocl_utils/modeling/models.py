@@ -62,7 +62,7 @@ _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise reproducible
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
-COMPILE_ENV = "POCL_COMPILE"  # =1: 1-process CUDA runs compile the student's step (opt-in; never on the CPU)
+COMPILE_ENV = "POCL_COMPILE"  # =1: CUDA runs compile the student's step (opt-in; never on the CPU)
 
 
 def compile_requested() -> bool:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
 from datetime import timedelta
 from functools import lru_cache, partial
 from pathlib import Path
@@ -159,21 +158,25 @@ def _accelerator():
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")  # pocl's own autocast (models)
 
 
-def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, compile: bool | None = None) -> torch.nn.Module:
     """Ready `model` for training on the launched processes, in place.
 
     FSDP2-sharded under an FSDP launch (`shard_model`), else wrapped by accelerate's `prepare` in DDP (gradients summed
-    during the backward, overlapped with it), its step forwards (`heads`) routed through the wrapper. One process:
-    returned unchanged.
+    during the backward, overlapped with it), its step forwards (`heads`) routed through the wrapper. With `compile`,
+    each transformer block is first compiled in place (`compile_blocks`), which DDP and FSDP2 then wrap as they would
+    the eager block. One process: returned unchanged.
 
     Args:
         model: the model to train.
+        compile: compile the blocks; None = as `step_policy` says for the model's device (POCL_COMPILE=1 on CUDA).
 
     Returns:
         The same model.
     """
     if world_size() == 1 or is_prepared(model):
         return model
+    if step_policy(next(model.parameters()).device).compile if compile is None else compile:
+        compile_blocks(model)
     if fsdp():
         return shard_model(model)
     ddp = _accelerator().prepare_model(_StepForward(model))
@@ -181,6 +184,24 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     for name in (LOGITS_AT, HIDDEN_AT, FUSED_AT):
         setattr(model, name, partial(ddp, name))  # a function attribute: not a submodule, no reference cycle
     return model
+
+
+def compile_blocks(model: torch.nn.Module) -> list[str]:
+    """Compile each transformer block of `model` in place (`nn.Module.compile`, dynamic shapes): the compiled unit a
+    data-parallel or sharded step can use. DDP's gradient hooks and FSDP2's gathers stay outside the compiled code, at
+    the block boundaries, and the state dict keeps its names.
+
+    Args:
+        model: the model to train.
+
+    Returns:
+        The qualified names of the compiled blocks.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [(name, m) for name, m in model.named_modules() if type(m).__name__ in names]
+    for _, block in blocks:
+        block.compile(dynamic=True)
+    return [name for name, _ in blocks]
 
 
 def is_prepared(model: torch.nn.Module) -> bool:
@@ -352,10 +373,11 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 
 def step_policy(device: torch.device | str) -> models.Precision:
-    """The precision policy a training step uses on `device` here.
+    """The precision policy a training step uses on `device` here: `models.policy_for`.
 
-    `models.policy_for`, never compiled when launched on several processes (DDP wraps the step forward, FSDP keeps it
-    unfused: `step._fused_step_loss`).
+    Its `compile` means, for one process, the student's whole step forward compiled (`models.compiled_inputs`);
+    launched on several processes, where DDP wraps the step forward and FSDP keeps it unfused
+    (`step._fused_step_loss`), each transformer block compiled by `prepare_model` (`compile_blocks`).
 
     Args:
         device: the device the step runs on.
@@ -363,8 +385,7 @@ def step_policy(device: torch.device | str) -> models.Precision:
     Returns:
         The Precision.
     """
-    policy = models.policy_for(device)
-    return replace(policy, compile=False) if launched() else policy
+    return models.policy_for(device)
 
 
 def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
