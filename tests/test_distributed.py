@@ -53,7 +53,7 @@ def kd_cache() -> TeacherCache:
     return TeacherCache(3 * torch.randn(int(offsets[-1]), VOCAB), offsets)  # [rows, V]
 
 
-def _student_and_loss(on_policy: bool = False, precision: Precision | None = None):
+def _student_and_loss(on_policy: bool = False, precision: Precision | None = None, alpha: float = 0.3):
     """A tiny GPT-2 and its KD loss (forward KL, tau 2, alpha 0.3) against a random teacher's cached logits, or with
     on-policy batches only (GKD's outputs sampled by the student, scored by a random live teacher). `precision`
     forces a step path (FUSED: the GPU's fused loss, in fp32)."""
@@ -62,7 +62,7 @@ def _student_and_loss(on_policy: bool = False, precision: Precision | None = Non
     ctx = KDContext(encoded, pad_id=0, eos_id=0, cache=kd_cache(), max_new_tokens=3, precision=precision)
     if on_policy:
         ctx.teacher, ctx.on_policy_frac = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=1), 1.0
-    return student, kd_loss_fn(student, ctx, kind="fkl", tau=2.0, alpha=0.3, rng=np.random.default_rng(2))
+    return student, kd_loss_fn(student, ctx, kind="fkl", tau=2.0, alpha=alpha, rng=np.random.default_rng(2))
 
 
 def _other_archs() -> dict[str, list[float]]:
@@ -86,10 +86,10 @@ def _spec(grad_clip: float) -> TrainSpec:
 
 
 def _train(grad_clip: float, on_policy: bool = False, precision: Precision | None = None,
-           compile: bool = False) -> dict:
+           compile: bool = False, alpha: float = 0.3) -> dict:
     """Five KD steps on BATCHES; returns the log, the first step's (summed, clipped) gradient, the final weights and
     the examples each step computed on. `compile`: launched, each block compiled (`distributed.prepare_model`)."""
-    student, kd = _student_and_loss(on_policy, precision)
+    student, kd = _student_and_loss(on_policy, precision, alpha)
     if compile:
         distributed.prepare_model(student, compile=True)
         assert all(block._compiled_call_impl is not None for block in student.transformer.h)
@@ -140,6 +140,9 @@ def _worker(out: Path) -> None:
     torch.save(_train(1.0, on_policy=True, precision=FUSED), out / f"fused_gkd.rank{r}.pt")
     if HAS_CC:
         torch.save(_train(CLIPS["clip"], precision=FUSED, compile=True), out / f"compiled.rank{r}.pt")
+    with _grad_accum(2):
+        torch.save(_train(CLIPS["clip"]), out / f"accumulated.rank{r}.pt")
+        torch.save(_train(1.0, on_policy=True, alpha=0.0), out / f"accumulated_gkd.rank{r}.pt")
     (out / f"archs.rank{r}.json").write_text(json.dumps(_other_archs()))
     prepared, _ = _student_and_loss()
     distributed.prepare_model(prepared)
@@ -149,6 +152,16 @@ def _worker(out: Path) -> None:
                                                          "ddp_wrapper": wrapper}))
     _checkpoint_round_trip(out, r)
     distributed.close()
+
+
+@contextmanager
+def _grad_accum(k: int):
+    """POCL_GRAD_ACCUM=k within the block."""
+    os.environ["POCL_GRAD_ACCUM"] = str(k)
+    try:
+        yield
+    finally:
+        del os.environ["POCL_GRAD_ACCUM"]
 
 
 def _checkpoint_round_trip(out: Path, r: int) -> None:
@@ -258,6 +271,48 @@ def test_compiled_blocks_two_processes_equal_one_eager_process(launched):
     config, out = launched
     want = _train(CLIPS["clip"], precision=FUSED)
     _assert_same_training([torch.load(out / f"compiled.rank{r}.pt") for r in (0, 1)], want)
+
+
+@pytest.mark.parametrize("on_policy", [False, True])
+def test_accumulated_micro_batches_on_two_processes_equal_one_process(launched, on_policy):
+    """POCL_GRAD_ACCUM=2 under a launch: each rank's slice as 2 micro-batches (some empty: BATCHES[2] has one example),
+    gradients summed over the ranks at the last one only; still the 1-process step on the whole batch."""
+    torch.set_num_threads(1)
+    config, out = launched
+    want = _train(1.0, on_policy=True, alpha=0.0) if on_policy else _train(CLIPS["clip"])
+    got = [torch.load(out / f"{'accumulated_gkd' if on_policy else 'accumulated'}.rank{r}.pt") for r in (0, 1)]
+    _assert_same_training(got, want)
+
+
+@pytest.mark.parametrize("micro", [2, 3])
+@pytest.mark.parametrize("on_policy", [False, True])
+def test_accumulated_micro_batches_equal_the_whole_batch_on_one_process(micro, on_policy):
+    """One process, POCL_GRAD_ACCUM=k: the same losses, gradients and weights as the whole batch at once, and each
+    micro-batch computes on its own slice (GKD: one draw and one set of samples per step)."""
+    torch.set_num_threads(1)
+    want = _train(CLIPS["clip"], on_policy=on_policy, alpha=0.0 if on_policy else 0.3)
+    with _grad_accum(micro):
+        got = _train(CLIPS["clip"], on_policy=on_policy, alpha=0.0 if on_policy else 0.3)
+    assert got["seen"] == [part for batch in BATCHES for part in _micro_slices(batch, micro)]
+    _assert_same_training([got, got], want)
+
+
+def _micro_slices(batch: list[int], k: int) -> list[list[int]]:
+    """The micro-batches run_steps computes on, by hand: contiguous, earlier ones larger; an empty one runs the
+    batch's first example as a stand-in."""
+    size, extra = divmod(len(batch), k)
+    bounds = np.cumsum([0] + [size + (j < extra) for j in range(k)])
+    return [batch[a:b] or batch[:1] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def test_accumulation_refuses_an_on_policy_step_with_alpha_and_a_bad_setting(monkeypatch):
+    monkeypatch.setenv("POCL_GRAD_ACCUM", "2")
+    with pytest.raises(ValueError, match="cannot be split into micro-batches"):
+        _train(1.0, on_policy=True, alpha=0.3)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("POCL_GRAD_ACCUM", bad)
+        with pytest.raises(ValueError, match="POCL_GRAD_ACCUM"):
+            _train(1.0)
 
 
 def test_checkpoints_of_a_sharded_model_are_whole_and_load_back(launched):

@@ -19,7 +19,9 @@ def test_precision_policy_follows_the_device(monkeypatch):
     assert provenance.precision("cpu") == "fp32"
     env = provenance.environment("cpu")
     assert env["device"] == "cpu" and env["precision"] == "fp32" and env["torch"] == torch.__version__
-    assert env["transformers"]
+    assert env["transformers"] and "grad_accum" not in env  # the default, one batch a step, is not named
+    monkeypatch.setenv("POCL_GRAD_ACCUM", "4")
+    assert provenance.environment("cpu")["grad_accum"] == 4
 
 
 def test_run_key_differs_between_a_cuda_bf16_and_a_cpu_fp32_run(tmp_path):

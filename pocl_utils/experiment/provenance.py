@@ -29,11 +29,15 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment(device: torch.device | str) -> dict[str, Any]:
-    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files."""
+    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files; with
+    gradient accumulation (POCL_GRAD_ACCUM > 1) its micro-batches per step too."""
     import transformers
+    from ..training.loop import grad_accum
     dev = torch.device(device)
+    micro = grad_accum()
     return {"device": dev.type, "device_name": device_name(dev), "precision": precision(dev),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            **({"grad_accum": micro} if micro > 1 else {})}
 
 
 def describe(device: torch.device | str) -> str:

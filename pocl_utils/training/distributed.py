@@ -96,24 +96,73 @@ def device() -> torch.device:
     return torch.device("cpu") if dev.type == "cpu" else dev  # accelerate says cpu:0; the rest of pocl says cpu
 
 
-def shard(indices: Sequence[int]) -> list[int]:
-    """This rank's contiguous slice of a global batch.
+_MICRO: ContextVar[tuple[int, int]] = ContextVar("pocl_micro_batch", default=(0, 1))  # (j, k): `micro_batch`
 
-    Slice sizes differ by at most one (earlier ranks get the extra example). A batch smaller than the world leaves some
-    ranks with an empty slice; `loop.run_steps` handles that.
+
+def _slice(items: list, part: int, parts: int) -> list:
+    """The part-th of `parts` contiguous slices of `items`, sizes differing by at most one (earlier ones larger)."""
+    size, extra = divmod(len(items), parts)
+    start = part * size + min(part, extra)
+    return items[start:start + size + (part < extra)]
+
+
+def shard(indices: Sequence[int]) -> list[int]:
+    """This rank's contiguous slice of a global batch; inside `micro_batch(j, k)`, the j-th of k slices of it.
+
+    Slice sizes differ by at most one (earlier ranks get the extra example). A batch smaller than the world (or than
+    world * k) leaves some slices empty; `loop.run_steps` handles that.
 
     Args:
         indices: the global batch, the same on every rank.
 
     Returns:
-        This rank's indices (all of them with one process).
+        This rank's indices (all of them with one process and no micro-batches).
     """
-    n, world = len(indices), world_size()
-    if world == 1:
-        return list(indices)
-    size, extra = divmod(n, world)
-    start = rank() * size + min(rank(), extra)
-    return list(indices[start:start + size + (rank() < extra)])
+    mine = list(indices) if world_size() == 1 else _slice(list(indices), rank(), world_size())
+    j, k = _MICRO.get()
+    return mine if k == 1 else _slice(mine, j, k)
+
+
+@contextmanager
+def micro_batch(j: int, k: int) -> Iterator[None]:
+    """Within the block `shard` gives the j-th of k micro-batches of this rank's slice (gradient accumulation,
+    `loop.run_steps`), so that the loop and the losses that re-slice a batch (GKD's samples) pick the same rows.
+
+    Args:
+        j: the micro-batch, 0 <= j < k.
+        k: micro-batches per step.
+    """
+    token = _MICRO.set((j, k))
+    try:
+        yield
+    finally:
+        _MICRO.reset(token)
+
+
+@contextmanager
+def no_sync(model: torch.nn.Module, skip: bool = True) -> Iterator[None]:
+    """With `skip`, the backwards inside the block keep their gradients local: not summed over the ranks (gradient
+    accumulation's micro-batches before the last); like accelerate's `Accelerator.no_sync`, for pocl's DDP routing
+    and FSDP2 models. One process, or `skip` False: nothing changes.
+
+    Args:
+        model: the trained model, after `prepare_model`.
+        skip: whether to skip the gradient sum in this block.
+    """
+    step_forward = getattr(model, FUSED_AT, None)  # data parallel: a partial of the DDP wrapper
+    if not skip or world_size() == 1:
+        yield
+    elif is_sharded(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif step_forward is not None:
+        with step_forward.func.no_sync():
+            yield
+    else:
+        yield
 
 
 def all_sum(values: Sequence[float]) -> list[float]:

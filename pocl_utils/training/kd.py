@@ -13,7 +13,7 @@ from . import distributed
 from ..data import Encoded, close_response
 from ..modeling.models import Precision, freeze_teacher, precision_for
 from .batches import make_batch
-from .loop import LossFn
+from .loop import GRAD_ACCUM_ENV, LossFn, grad_accum
 from .step import TOKENS, live_teacher, step_loss
 from .teacher_cache import TeacherCache
 
@@ -59,10 +59,18 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
         freeze_teacher(ctx.teacher, precision, cast=not distributed.is_sharded(ctx.teacher))  # FSDP keeps its dtypes
     teacher_rows = partial(live_teacher, ctx.teacher, precision=precision)
 
+    drawn: dict[int, list] = {}  # step -> [sampling seed or None (off-policy), its samples once drawn]
+
     def loss_fn(idx: list[int], step: int, whole: list[int]):
-        if ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac:
-            return _on_policy_loss(student, ctx, idx, whole, kind=kind, tau=tau, alpha=alpha,
-                                   seed=int(rng.integers(2**31)))
+        if step not in drawn:  # a step's micro-batches (`loop.grad_accum`) share its draws and samples
+            drawn.clear()
+            on_policy = ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac
+            drawn[step] = [int(rng.integers(2**31)) if on_policy else None, None]
+        seed, outs = drawn[step]
+        if seed is not None:
+            if outs is None:
+                outs = drawn[step][1] = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=seed)
+            return _on_policy_loss(student, ctx, idx, outs, kind=kind, tau=tau, alpha=alpha)
         batch = make_batch([ctx.encoded[i] for i in idx], ctx.pad_id).to(device)
         if kind is None:  # SFT / SeqKD: cross-entropy only, no teacher
             rows = None
@@ -74,18 +82,22 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
     return loss_fn
 
 
-def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], whole: list[int], *, kind: str,
-                    tau: float, alpha: float, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], outs: list[Encoded], *, kind: str,
+                    tau: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
     """An on-policy step: alpha * CE(ground truth) + (1 - alpha) * tau^2 * D on the student's own samples.
 
-    The divergence is taken on student-generated outputs (GKD's SGOs); the SFT term of Eq. 9 stays on the dataset's
-    responses, as in DistiLLM's and GKD's code, since the student's samples are not targets to imitate. Every rank
-    samples the WHOLE global batch with the run's seed and keeps its own rows, so N processes draw the samples one
-    process would. The two means are over different token counts, so under N processes the CE term is re-weighted
-    here to its whole-batch token mean (`loop.run_steps` weighs the returned loss by the sampled tokens)."""
+    The divergence is taken on student-generated outputs (GKD's SGOs, `outs`, one per example of the global batch);
+    the SFT term of Eq. 9 stays on the dataset's responses, as in DistiLLM's and GKD's code, since the student's
+    samples are not targets to imitate. Every rank samples the WHOLE global batch with the run's seed and keeps its own
+    rows (`distributed.shard`, which also picks a micro-batch's rows), so N processes draw the samples one process
+    would. The two means are over different token counts, so under N processes the CE term is re-weighted here to its
+    whole-batch token mean (`loop.run_steps` weighs the returned loss by the sampled tokens)."""
     device = next(student.parameters()).device
-    outs = student_generated(student, [ctx.encoded[i] for i in whole], ctx, seed=seed)
-    mine = distributed.shard(range(len(whole)))
+    if alpha > 0 and grad_accum() > 1:
+        raise ValueError(f"an on-policy step with alpha = {alpha} > 0 cannot be split into micro-batches "
+                         f"({GRAD_ACCUM_ENV}={grad_accum()}): its CE and KD terms average over different tokens; "
+                         f"unset {GRAD_ACCUM_ENV} or use alpha = 0 (POCL's and the baseline's GKD)")
+    mine = distributed.shard(range(len(outs)))
     batch = make_batch([outs[k] for k in mine or [0]], ctx.pad_id).to(device)  # as `loop._shard_loss` picks idx
     precision = ctx.precision or precision_for(device)
     teacher = live_teacher(ctx.teacher, batch, precision=precision)

@@ -3,6 +3,7 @@ step per process), the step budget, and SFT (cross-entropy on response tokens)."
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Callable
 
@@ -69,6 +70,21 @@ def bar_disabled() -> bool | None:
 
 
 LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many steps (one host sync for all of them)
+GRAD_ACCUM_ENV = "POCL_GRAD_ACCUM"  # =k: each step's batch (each rank's slice) runs as k micro-batches
+
+
+def grad_accum() -> int:
+    """Micro-batches per optimizer step (POCL_GRAD_ACCUM, default 1): gradient accumulation, for a batch whose
+    activations do not fit at once. An execution setting, like the number of processes: the step is the same step (to
+    float rounding), so run keys do not name it.
+
+    Raises:
+        ValueError: POCL_GRAD_ACCUM is not a positive integer.
+    """
+    value = os.environ.get(GRAD_ACCUM_ENV, "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{GRAD_ACCUM_ENV}={value!r}: expected a positive integer, the micro-batches per step")
+    return int(value)
 
 
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
@@ -81,6 +97,10 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     (`_shard_loss`), the backward sums the gradients over the ranks before clipping (so the clip sees the full
     gradient), and the logged values are the global ones. The step equals, to float rounding, one process's step on
     the whole batch. With one process the loop is the plain one, bitwise.
+
+    With POCL_GRAD_ACCUM=k (`grad_accum`) each rank's slice of a step runs as k micro-batches (`_accumulated_step`):
+    the gradients of their token-loss sums add up locally (summed over the ranks at the last one only), then are
+    divided by the step's token count, which again gives the step's gradient to float rounding.
 
     The log rows are read back (turned into floats, the loss checked for NaN/inf) every `log_every` steps: 1 by default
     on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
@@ -116,15 +136,20 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     log: list[dict[str, float]] = []
     pending: list[dict] = []
     every = log_every or (LOG_EVERY_GPU if device.type == "cuda" else 1)
-    shared = distributed.world_size() > 1
+    shared, micro = distributed.world_size() > 1, grad_accum()
     for step in tqdm(range(steps), desc=desc, leave=False, disable=bar_disabled(), mininterval=2.0):
         idx = next(batches)
-        loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
-        pending.append(parts)
+        if micro > 1:
+            opt.zero_grad(set_to_none=True)
+            pending.append(_accumulated_step(model, loss_fn, idx, step, micro))
+        else:
+            loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
+            pending.append(parts)
         if len(pending) >= every:
             _read_back(pending, log, desc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # launched: the backward also sums the gradients over the ranks (DDP's or FSDP's hooks)
+        if micro == 1:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # launched: the backward also sums the gradients over the ranks (DDP's or FSDP's hooks)
         apply_grads(model, opt, spec)
         sched.step()
         if on_step is not None:
@@ -176,6 +201,36 @@ def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     values = [float(loss.detach()), *(float(parts[k]) for k in names)]
     totals = distributed.all_sum([n] + [v * n if n else 0.0 for v in values])  # [N, sum loss, sum part...]
     return loss * (n / totals[0]), dict(zip(["loss", *names], [t / totals[0] for t in totals[1:]]))
+
+
+def _accumulated_step(model: PreTrainedModel, loss_fn: LossFn, idx: list[int], step: int,
+                      micro: int) -> dict[str, float]:
+    """Backward of one step as `micro` micro-batches of this rank's slice; returns the step's global log row.
+
+    Micro-batch m's gradient is that of its token-loss sum, mean_m * n_m; they add up in .grad (summed over the ranks
+    at the last micro-batch only, `distributed.no_sync`), and the sum is divided by N, the whole step's tokens over
+    every micro-batch and rank: the gradient of the step's token mean, as `_shard_loss` gives it in one go. An empty
+    micro-batch runs a stand-in example at weight 0 (every rank makes the same calls)."""
+    sums, names, n_total = None, None, 0.0
+    for m in range(micro):
+        with distributed.micro_batch(m, micro), distributed.no_sync(model, skip=m < micro - 1):
+            mine = distributed.shard(idx)
+            loss, parts = loss_fn(mine or idx[:1], step, idx)
+            if TOKENS not in parts:
+                raise ValueError(f"run_steps: with {GRAD_ACCUM_ENV} > 1 a loss function must report "
+                                 f"parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss does)")
+            counted = float(parts.pop(TOKENS))
+            n = counted if mine else 0.0  # the stand-in example weighs nothing
+            (loss * n).backward()
+        names = names or list(parts)
+        values = [loss.detach() * n, *(torch.as_tensor(parts[k], dtype=torch.float64) * n for k in names)]
+        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+        n_total += n
+    totals = distributed.all_sum([n_total, *(float(v) for v in sums)])  # [N, sum loss, sum part...]
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(totals[0])
+    return dict(zip(["loss", *names], [t / totals[0] for t in totals[1:]]))
 
 
 def total_steps(n_examples: int, spec: TrainSpec) -> int:
