@@ -181,6 +181,21 @@ def _whole_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     return loss, {"loss": loss.detach(), **parts}
 
 
+def _local_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict, float]:
+    """The loss of this rank's slice of the step (`distributed.shard`: also a micro-batch's), its log row and its
+    weight n, the slice's response tokens (`TOKENS`, taken out of the row)."""
+    mine = distributed.shard(idx)
+    # An empty slice (a batch smaller than the world, or than world x micro-batches) runs a stand-in example at weight
+    # 0, so that every rank makes the same RNG draws (GKD's on-policy choice) and the same collective calls.
+    loss, parts = loss_fn(mine or idx[:1], step, idx)
+    if TOKENS not in parts:
+        raise ValueError(f"run_steps: on {distributed.world_size()} processes or with {GRAD_ACCUM_ENV} > 1 a loss "
+                         f"function must report parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss "
+                         f"does)")
+    counted = float(parts.pop(TOKENS))
+    return loss, parts, counted if mine else 0.0  # the stand-in example weighs nothing
+
+
 def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of a multi-process step, and the step's global log row.
 
@@ -188,15 +203,7 @@ def _shard_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     whole batch's: the shares sum to the 1-process token mean, and their gradients, summed by DDP or FSDP, to
     its gradient. (Averaging the ranks' means would weigh a token by 1 / n_r: wrong whenever the shards' counts differ.)
     The logged loss and parts are weighted the same way, so they are the whole batch's token means."""
-    mine = distributed.shard(idx)
-    # A batch smaller than the world leaves this rank nothing: it runs a stand-in example at weight 0, so that every
-    # rank makes the same RNG draws (GKD's on-policy choice) and the same collective calls.
-    loss, parts = loss_fn(mine or idx[:1], step, idx)
-    if TOKENS not in parts:
-        raise ValueError(f"run_steps: on {distributed.world_size()} processes a loss function must report "
-                         f"parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss does)")
-    counted = float(parts.pop(TOKENS))
-    n = counted if mine else 0.0  # the stand-in example weighs nothing
+    loss, parts, n = _local_loss(loss_fn, idx, step)
     names = list(parts)
     values = [float(loss.detach()), *(float(parts[k]) for k in names)]
     totals = distributed.all_sum([n] + [v * n if n else 0.0 for v in values])  # [N, sum loss, sum part...]
@@ -214,13 +221,7 @@ def _accumulated_step(model: PreTrainedModel, loss_fn: LossFn, idx: list[int], s
     sums, names, n_total = None, None, 0.0
     for m in range(micro):
         with distributed.micro_batch(m, micro), distributed.no_sync(model, skip=m < micro - 1):
-            mine = distributed.shard(idx)
-            loss, parts = loss_fn(mine or idx[:1], step, idx)
-            if TOKENS not in parts:
-                raise ValueError(f"run_steps: with {GRAD_ACCUM_ENV} > 1 a loss function must report "
-                                 f"parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss does)")
-            counted = float(parts.pop(TOKENS))
-            n = counted if mine else 0.0  # the stand-in example weighs nothing
+            loss, parts, n = _local_loss(loss_fn, idx, step)
             (loss * n).backward()
         names = names or list(parts)
         values = [loss.detach() * n, *(torch.as_tensor(parts[k], dtype=torch.float64) * n for k in names)]
