@@ -21,8 +21,18 @@ from ..stats import mean_ci, paired_diff
 def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled") -> pd.DataFrame:
     """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l.
 
-    protocol "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
-    ROUGE-L (scoring.greedy_scores), for the runs that have it."""
+    Args:
+        records: (spec, record) pairs of finished runs (`runner.records_for`).
+        protocol: "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
+            ROUGE-L (scoring.greedy_scores), for the runs that have it (the others give no rows).
+
+    Returns:
+        A tidy frame with columns method, variant (spec.variant, else "+POCL" or "baseline"), seed, dataset, rouge_l
+        (ROUGE-L x 100), sampling_std (the std over sampling seeds, 0.0 when absent), run_key, wall_s, git_commit.
+
+    Raises:
+        ValueError: a protocol not in PROTOCOLS.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"tidy: protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rows = []
@@ -41,7 +51,15 @@ PROTOCOLS = {"sampled": "eval", "greedy": "greedy"}  # protocol -> the key of a 
 
 
 def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -> pd.DataFrame:
-    """scoring.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0)."""
+    """scoring.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0).
+
+    Args:
+        refs: model name -> its score record, as `scoring.reference_scores` returns.
+        protocol: "sampled" or "greedy" (a key of PROTOCOLS); a model without that protocol's metrics gives no rows.
+
+    Returns:
+        A frame with `tidy`'s columns, one row per (reference model, eval set).
+    """
     key = PROTOCOLS[protocol]
     rows = [{"method": name, "variant": "baseline", "seed": 0, "dataset": ds,
              "rouge_l": rec["metrics"][key][ds]["mean"], "sampling_std": rec["metrics"][key][ds].get("std", 0.0),
@@ -51,14 +69,30 @@ def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -
 
 
 def with_average(df: pd.DataFrame) -> pd.DataFrame:
-    """Add the per-run average over the five eval sets as dataset 'Avg' (as Tables 1 and 4 print)."""
+    """Add the per-run average over the five eval sets as dataset 'Avg' (as Tables 1 and 4 print).
+
+    Args:
+        df: a tidy frame (`tidy`).
+
+    Returns:
+        `df` followed by one 'Avg' row per (method, variant, seed) whose rouge_l is the mean over its eval sets; the
+        Avg rows carry only method, variant, seed, rouge_l and dataset.
+    """
     keys = ["method", "variant", "seed"]
     avg = df.groupby(keys, sort=False, as_index=False)["rouge_l"].mean().assign(dataset="Avg")
     return pd.concat([df, avg], ignore_index=True)
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, 95% CI half-width and seed count per (method, variant, dataset)."""
+    """Mean, 95% CI half-width and seed count per (method, variant, dataset).
+
+    Args:
+        df: a tidy frame (`tidy`); the 'Avg' dataset is added here (`with_average`).
+
+    Returns:
+        One row per (method, variant, dataset) with columns method, variant, dataset, mean (of rouge_l over the training
+        seeds), ci95 (t CI half-width; NaN for one seed) and n_seeds.
+    """
     out = []
     for (method, variant, dataset), g in with_average(df).groupby(["method", "variant", "dataset"], sort=False):
         m, half, n = mean_ci(g["rouge_l"].to_numpy())
@@ -67,7 +101,15 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.DataFrame:
-    """Rows = method/variant, columns = datasets (+ Avg), cells 'mean ± CI'."""
+    """Rows = method/variant, columns = datasets (+ Avg), cells 'mean ± CI'.
+
+    Args:
+        summary_df: a `summary` frame.
+        fmt: the cell's format, with fields `mean` and `ci95` (a NaN ci95 is written as 0).
+
+    Returns:
+        A frame indexed by (method, variant), one string column per eval set present, then 'Avg'.
+    """
     cells = summary_df.assign(cell=[fmt.format(mean=r["mean"], ci95=0.0 if np.isnan(r["ci95"]) else r["ci95"])
                                     for _, r in summary_df.iterrows()])
     table = cells.pivot_table(index=["method", "variant"], columns="dataset", values="cell", aggfunc="first",
@@ -77,7 +119,17 @@ def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.
 
 
 def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> pd.DataFrame:
-    """other - base per dataset (+ Avg), paired by training seed, with its 95% CI and the seed count."""
+    """other - base per dataset (+ Avg), paired by training seed, with its 95% CI and the seed count.
+
+    Args:
+        df: a tidy frame (`tidy`).
+        base: the (method, variant) subtracted.
+        other: the (method, variant) compared with it.
+
+    Returns:
+        One row per eval set and 'Avg' with columns comparison (its label), dataset, diff (mean of other - base over
+        the shared seeds), ci95, n_pairs and significant (more than one pair and |diff| > ci95).
+    """
     d = with_average(df)
     out = []
     for dataset in list(EVAL_SETS) + ["Avg"]:
@@ -92,13 +144,33 @@ def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> p
 
 
 def by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
-    """seed -> rouge_l of one (method, variant) in a tidy frame already cut to one dataset."""
+    """seed -> rouge_l of one (method, variant) in a tidy frame already cut to one dataset.
+
+    Args:
+        df: tidy rows of one dataset.
+        method: the method to select.
+        variant: the variant to select.
+
+    Returns:
+        A dict seed (int) -> rouge_l (float); empty when the pair has no rows.
+    """
     g = df[(df.method == method) & (df.variant == variant)]
     return dict(zip(g.seed.astype(int), g.rouge_l.astype(float)))
 
 
 def save_table(df: pd.DataFrame, name: str, folder: Path) -> Path:
-    """Write a table as CSV and Markdown (atomically)."""
+    """Write a table as CSV and Markdown (atomically).
+
+    The CSV keeps the index unless it is a plain RangeIndex; the Markdown prints floats with 2 decimals.
+
+    Args:
+        df: the table.
+        name: the files' stem: `<name>.csv` and `<name>.md`.
+        folder: where to write them (created if missing).
+
+    Returns:
+        The path of the CSV file.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / f"{name}.csv", df.to_csv(index=not isinstance(df.index, pd.RangeIndex)))
     atomic_write_text(folder / f"{name}.md", df.to_markdown(floatfmt=".2f") + "\n")
