@@ -15,7 +15,16 @@ from ..experiment.config import RunSpec
 
 
 def set_table(examples: pd.DataFrame) -> pd.DataFrame:
-    """Per role: rows, rows kept after the length filter, families, levels, mean difficulty, token lengths."""
+    """Per role: rows, rows kept after the length filter, families, levels, mean difficulty, token lengths.
+
+    Args:
+        examples: one row per example with columns role, kept, family, level, difficulty, prompt_tokens and
+            response_tokens (`notebook.examples_frame`).
+
+    Returns:
+        A frame indexed by role with columns rows, kept, families, levels ("min-max", or "-" without levels),
+        difficulty_mean, prompt_tokens_mean, prompt_tokens_max, response_tokens_mean, response_tokens_max.
+    """
     g = examples.groupby("role", sort=False)
     return pd.DataFrame({
         "rows": g.size(), "kept": g["kept"].sum(), "families": g["family"].nunique(),
@@ -29,7 +38,15 @@ def ranking_frame(ranking, rows: list[dict], n_subsets: int) -> pd.DataFrame:
     """One row per ranked training sample: its scores, its rank under each measurer (1 = easiest), its POCL subset
     (1..n by the fused ranking), the world's true difficulty (NaN for real data) and its text.
 
-    `ranking.ids` are positions in `rows` (= ws.sets["train"]), so the row fields join by id."""
+    Args:
+        ranking: the difficulty ranking (`difficulty.Ranking`); `ranking.ids` are positions in `rows`.
+        rows: the training rows (= ws.sets["train"]), so the row fields join by id.
+        n_subsets: n, the number of POCL subsets (`curriculum.partition` of the fusion order).
+
+    Returns:
+        A frame with columns id, rouge_l (x 100), ce, fused, greedy (the greedy output, "" without texts), rank_rouge_l,
+        rank_ce, rank_fusion, subset, family, level, instruction, input, output and true_difficulty.
+    """
     ids = np.asarray(ranking.ids)
     frame = pd.DataFrame({"id": ids, "rouge_l": ranking.rouge_l, "ce": ranking.ce, "fused": ranking.fused,
                           "greedy": ranking.texts if ranking.texts is not None else [""] * len(ids)})
@@ -46,8 +63,17 @@ def ranking_frame(ranking, rows: list[dict], n_subsets: int) -> pd.DataFrame:
 
 def ranking_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The committed `ranking_rows.csv`: one row per training example with its family, true difficulty, the student's
-    greedy ROUGE-L and CE, and its rank under each measurer (1 = easiest; tied scores share their mean rank, so
-    Spearman(rank_fusion, true_difficulty) is exactly premise P2's)."""
+    greedy ROUGE-L and CE, and its rank under each measurer.
+
+    Ranks are 1 = easiest; tied scores share their mean rank, so Spearman(rank_fusion, true_difficulty) is exactly
+    premise P2's.
+
+    Args:
+        frame: a `ranking_frame`.
+
+    Returns:
+        A frame with columns index, family, true_difficulty, rouge_l, ce, rank_rouge_l, rank_ce, rank_fusion.
+    """
     from scipy.stats import rankdata
     return pd.DataFrame({"index": frame["id"], "family": frame["family"], "true_difficulty": frame["true_difficulty"],
                          "rouge_l": frame["rouge_l"], "ce": frame["ce"],
@@ -60,7 +86,15 @@ def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     """Spearman's rho between each measurer and the true difficulty; rho > 0 = the measurer calls harder samples hard.
 
     Computed on the scores oriented harder = larger (-ROUGE-L, CE, -FR), so tied scores share their mean rank; the
-    rank_* columns break ties by index (the order the curriculum uses) and would add index noise to rho."""
+    rank_* columns break ties by index (the order the curriculum uses) and would add index noise to rho.
+
+    Args:
+        frame: a `ranking_frame`.
+
+    Returns:
+        One row per measurer (ranking = "rouge_l", "ce", "fusion") with columns ranking, spearman_rho, p_value and n;
+        rho and p are NaN when undefined (a NaN true difficulty, as for real data, or a constant score or truth).
+    """
     from scipy.stats import spearmanr
     out = []
     truth = frame["true_difficulty"].to_numpy()
@@ -74,7 +108,17 @@ def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def extremes(frame: pd.DataFrame, n: int, method: str = "fusion") -> pd.DataFrame:
-    """The n easiest and n hardest samples by one measurer, with the student's greedy output beside the reference."""
+    """The n easiest and n hardest samples by one measurer, with the student's greedy output beside the reference.
+
+    Args:
+        frame: a `ranking_frame`.
+        n: the number of samples at each end.
+        method: the measurer: "fusion", "rouge_l" or "ce".
+
+    Returns:
+        The n easiest then the n hardest rows, with columns which ("easiest" / "hardest"), rank_<method>,
+        true_difficulty, family, instruction, input, output, greedy, rouge_l and ce.
+    """
     cols = ["which", f"rank_{method}", "true_difficulty", "family", "instruction", "input", "output", "greedy",
             "rouge_l", "ce"]
     ranked = frame.sort_values(f"rank_{method}")
@@ -83,7 +127,14 @@ def extremes(frame: pd.DataFrame, n: int, method: str = "fusion") -> pd.DataFram
 
 def stage_frame(stages: list) -> pd.DataFrame:
     """curriculum.Stage objects, or a record's metrics.train.stages dicts, as rows: stage, n_samples, tau, alpha,
-    steps."""
+    steps.
+
+    Args:
+        stages: curriculum.Stage objects, or dicts with the keys stage, n_samples, tau, alpha and steps.
+
+    Returns:
+        One row per stage with columns stage, n_samples, tau, alpha, steps.
+    """
     rows = []
     for s in stages:
         if isinstance(s, dict):
@@ -95,7 +146,17 @@ def stage_frame(stages: list) -> pd.DataFrame:
 
 
 def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, variant: str, seed: int = 0) -> dict | None:
-    """The record of one (method, variant, seed) among runner.records_for pairs, or None."""
+    """The record of one (method, variant, seed) among runner.records_for pairs, or None.
+
+    Args:
+        records: (spec, record) pairs (`runner.records_for`).
+        method: the run's method.
+        variant: the row label as `tidy` gives it (spec.variant, else "+POCL" or "baseline").
+        seed: the training seed.
+
+    Returns:
+        The first matching record, or None when no run matches.
+    """
     for spec, rec in records:
         label = spec.variant or ("+POCL" if spec.pocl else "baseline")  # as tidy() labels it
         if spec.method == method and label == variant and spec.seed == seed:
