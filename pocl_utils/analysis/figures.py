@@ -22,7 +22,18 @@ FIGURES = REPO_ROOT / "figures"
 
 
 def save_figure(fig, name: str, folder: Path | None = None) -> Path:
-    """Save a matplotlib figure as PNG and PDF."""
+    """Save a matplotlib figure as PNG and PDF.
+
+    Both at dpi 150 with a tight bounding box; the PDF has no creation date, so a re-run regenerates it exactly.
+
+    Args:
+        fig: the matplotlib Figure.
+        name: the files' stem: `<name>.png` and `<name>.pdf`.
+        folder: where to write them (created if missing); None = FIGURES (the repository's `figures/`).
+
+    Returns:
+        The path of the PNG file.
+    """
     folder = Path(folder or FIGURES)
     folder.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):  # no creation date in the PDF, so a re-run regenerates the committed file exactly
@@ -39,7 +50,15 @@ def _pyplot():
 
 
 def curriculum_figure(stages: list, title: str = "POCL curriculum") -> Any:
-    """Baby Step plan: per stage the samples stacked by subset d_j (steps on top), tau_i (Eq. 3) and alpha_i (Eq. 4)."""
+    """Baby Step plan: per stage the samples stacked by subset d_j (steps on top), tau_i (Eq. 3) and alpha_i (Eq. 4).
+
+    Args:
+        stages: curriculum.Stage objects or a record's stage dicts (as `frames.stage_frame` takes).
+        title: the figure's title.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     plan = stage_frame(stages)
@@ -69,7 +88,14 @@ RANKING_NAMES = {"rouge_l": "ROUGE-L rank", "ce": "CE rank", "fusion": "fusion r
 
 def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
     """Each measurer's rank (1 = easiest) against the world's true difficulty, one box per difficulty level, with
-    Spearman's rho (rank_agreement) in each panel."""
+    Spearman's rho (rank_agreement) in each panel.
+
+    Args:
+        frame: a `frames.ranking_frame` of a world (its true_difficulty must be defined: not for real data).
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     rho = rank_agreement(frame).set_index("ranking")["spearman_rho"]
@@ -85,7 +111,14 @@ def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
 
 
 def subset_difficulty_figure(frame: pd.DataFrame) -> Any:
-    """The true-difficulty mix of each POCL subset d_1..d_n (fused ranking): share of each level per subset."""
+    """The true-difficulty mix of each POCL subset d_1..d_n (fused ranking): share of each level per subset.
+
+    Args:
+        frame: a `frames.ranking_frame` of a world (its true_difficulty must be defined: not for real data).
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     frame = frame.assign(true_difficulty=frame["true_difficulty"].astype(int))
@@ -122,7 +155,16 @@ def _mark_stages(ax, bounds: dict[str, list[int]], offset: float = 0.0) -> None:
 
 
 def loss_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[tuple[str, str]], seed: int = 0) -> Any:
-    """Training loss (left) and its cross-entropy part (right) over optimizer steps; dotted lines end POCL stages."""
+    """Training loss (left) and its cross-entropy part (right) over optimizer steps; dotted lines end POCL stages.
+
+    Args:
+        records: (spec, record) pairs (`runner.records_for`).
+        runs: the (method, variant) pairs to draw; those without a record are left out.
+        seed: the training seed of the runs drawn.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     data, bounds = _curves(records, runs, "loss", seed)
@@ -137,7 +179,16 @@ def loss_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[tuple[
 
 
 def validation_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[tuple[str, str]], seed: int = 0) -> Any:
-    """Validation greedy ROUGE-L over optimizer steps (the paper's Fig. 3), KD vs KD+POCL."""
+    """Validation greedy ROUGE-L over optimizer steps (the paper's Fig. 3), KD vs KD+POCL.
+
+    Args:
+        records: (spec, record) pairs (`runner.records_for`).
+        runs: the (method, variant) pairs to draw; those without a record are left out.
+        seed: the training seed of the runs drawn.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     data, bounds = _curves(records, runs, "valid", seed)
@@ -151,7 +202,14 @@ def validation_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[
 
 
 def training_log_figure(logs: dict[str, list[dict]]) -> Any:
-    """One panel per step log (e.g. teacher SFT, student pre-training): loss over steps."""
+    """One panel per step log (e.g. teacher SFT, student pre-training): loss over steps.
+
+    Args:
+        logs: panel title -> its step log, rows with "step" and "loss" (cross-entropy, nats/token).
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(logs), figsize=(5.5 * len(logs), 3.4), squeeze=False)
@@ -163,7 +221,15 @@ def training_log_figure(logs: dict[str, list[dict]]) -> Any:
 
 
 def error_bar_note(n_seeds: pd.Series) -> str:
-    """What the error bars are, for the figure itself: 'error bars: 95% CI over n = 5 training seeds'."""
+    """What the error bars are, for the figure itself: 'error bars: 95% CI over n = 5 training seeds'.
+
+    Args:
+        n_seeds: the seed count of each bar (a `tables.summary` frame's n_seeds); NaN entries are ignored.
+
+    Returns:
+        The note, with the range of n when the bars differ and " (none where n = 1)" when some bar has one seed;
+        "no runs" when no count is given.
+    """
     n = sorted({int(v) for v in n_seeds.dropna()})
     if not n:
         return "no runs"
@@ -173,7 +239,16 @@ def error_bar_note(n_seeds: pd.Series) -> str:
 
 
 def grouped_bars(summary_df: pd.DataFrame, dataset: str = "Avg", title: str = "") -> Any:
-    """Mean ROUGE-L per method (groups) and variant (bars) with 95% CI error bars over training seeds."""
+    """Mean ROUGE-L per method (groups) and variant (bars) with 95% CI error bars over training seeds.
+
+    Args:
+        summary_df: a `tables.summary` frame.
+        dataset: the eval set drawn, or "Avg".
+        title: the figure's title; "" = "ROUGE-L on <dataset>". The error bars' note (`error_bar_note`) goes below it.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     d = summary_df[summary_df.dataset == dataset]
@@ -193,7 +268,14 @@ def grouped_bars(summary_df: pd.DataFrame, dataset: str = "Avg", title: str = ""
 
 
 def family_level_figure(examples: pd.DataFrame) -> Any:
-    """How many rows of each task family (left) and level (right) each role holds."""
+    """How many rows of each task family (left) and level (right) each role holds.
+
+    Args:
+        examples: one row per example with columns role, family and level (`notebook.examples_frame`).
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 1]})
@@ -206,7 +288,15 @@ def family_level_figure(examples: pd.DataFrame) -> Any:
 
 
 def token_length_figure(examples: pd.DataFrame) -> Any:
-    """Distribution of prompt and response lengths (tokens of the profile's tokenizer) per role."""
+    """Distribution of prompt and response lengths (tokens of the profile's tokenizer) per role.
+
+    Args:
+        examples: one row per example with columns role, prompt_tokens and response_tokens (`notebook.examples_frame`);
+            rows with NaN lengths (dropped as too long) are left out.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
@@ -219,7 +309,15 @@ def token_length_figure(examples: pd.DataFrame) -> Any:
 
 
 def prompt_length_figure(lengths: pd.DataFrame, limit: int = 256) -> Any:
-    """Histogram of GPT-2 prompt lengths per real set, with MiniLLM's cut-off (prompts over `limit` are dropped)."""
+    """Histogram of GPT-2 prompt lengths per real set, with MiniLLM's cut-off (prompts over `limit` are dropped).
+
+    Args:
+        lengths: one row per prompt with columns role and gpt2_prompt_tokens.
+        limit: the cut-off in GPT-2 tokens, drawn as a dashed line.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     roles = list(lengths["role"].drop_duplicates())
     grid = sns.displot(data=lengths, x="gpt2_prompt_tokens", col="role", col_wrap=4, col_order=roles, bins=40,
@@ -232,7 +330,15 @@ def prompt_length_figure(lengths: pd.DataFrame, limit: int = 256) -> Any:
 
 
 def loss_curves_figure(logs: dict[str, list[dict]], title: str) -> Any:
-    """Loss per optimizer step of several short runs on one axis (e.g. teacher SFT and a short KD run)."""
+    """Loss per optimizer step of several short runs on one axis (e.g. teacher SFT and a short KD run).
+
+    Args:
+        logs: curve label -> its step log, rows with "loss" (one per optimizer step, in order).
+        title: the figure's title.
+
+    Returns:
+        The matplotlib Figure.
+    """
     import seaborn as sns
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
