@@ -45,7 +45,18 @@ CLAIMS: dict[str, tuple[str, list]] = {
 
 
 def verdict(diff: float, p_adj: float, n: int, alpha: float = 0.05) -> str:
-    """From the paired difference and its Holm-adjusted p-value: supported / contradicted, else undecided."""
+    """From the paired difference and its Holm-adjusted p-value: supported / contradicted, else undecided.
+
+    Args:
+        diff: the mean paired difference other - base (positive = in the claim's direction).
+        p_adj: its Holm-adjusted p-value.
+        n: the number of paired seeds.
+        alpha: the significance level.
+
+    Returns:
+        "supported" or "contradicted" (p_adj < alpha, by the sign of diff); "not separable from noise (same
+        direction)" or "... (opposite direction)" otherwise; "too few seeds" for n < 2 or a NaN input.
+    """
     if n < 2 or np.isnan(diff) or np.isnan(p_adj):
         return "too few seeds"
     if p_adj < alpha:
@@ -55,7 +66,16 @@ def verdict(diff: float, p_adj: float, n: int, alpha: float = 0.05) -> str:
 
 def excluded_effects(diff: float, half: float, paper: float) -> str:
     """What the 95% interval rules out, in words: gains above its upper end (naming the paper's gain if among them)
-    and losses below its lower end."""
+    and losses below its lower end.
+
+    Args:
+        diff: our mean paired difference.
+        half: its 95% CI half-width.
+        paper: the paper's difference (NaN when it prints none).
+
+    Returns:
+        E.g. "effects above +0.52 or below -0.31 (the paper's +1.20 among them)"; "" when diff or half is NaN.
+    """
     if np.isnan(diff) or np.isnan(half):
         return ""
     lo, hi = diff - half, diff + half
@@ -78,7 +98,17 @@ def _paper(grid: str, base: tuple[str, str], other: tuple[str, str]) -> float:
 
 def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
     """One row per comparison of every claim: ours (diff, CI, n, p-value, Holm-adjusted p within the claim, verdict,
-    the effects the interval excludes) and the paper's difference. Verdicts use the Holm-adjusted p-values."""
+    the effects the interval excludes) and the paper's difference. Verdicts use the Holm-adjusted p-values.
+
+    Args:
+        df: a tidy frame (`tables.tidy`); comparisons whose two (method, variant) are not both in it are left out
+            (and out of the Holm family).
+        dataset: the eval set compared, or "Avg".
+
+    Returns:
+        A frame with columns claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm, verdict,
+        excludes and paper_diff (the paper's Avg difference; NaN where it prints none).
+    """
     rows = []
     for cid, (text, comps) in CLAIMS.items():
         have = {(m, v) for m, v in zip(df.method, df.variant)}
@@ -104,7 +134,15 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
 
 def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per claim (and protocol, when the table has one): how many comparisons are supported, contradicted, or
-    undecided."""
+    undecided.
+
+    Args:
+        table: a `claim_table` frame, or several stacked with a protocol column.
+
+    Returns:
+        One row per (protocol,) claim with columns [protocol,] claim, paper_says, comparisons, supported, contradicted
+        and undecided (every other verdict, "too few seeds" included).
+    """
     keys = ["protocol", "claim"] if "protocol" in table.columns else ["claim"]
     out = []
     for key, g in table.groupby(keys, sort=False):
