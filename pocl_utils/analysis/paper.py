@@ -33,7 +33,16 @@ PAPER_VARIANTS: dict[tuple[str, str], dict[str, str]] = {
 
 
 def paper_table(n: int, family: str = "gpt2") -> pd.DataFrame:
-    """Table n of the paper as printed (long form), for one model family."""
+    """Table n of the paper as printed (long form), for one model family.
+
+    Args:
+        n: the paper's table number (pocl_utils/paper/table<n>.csv).
+        family: the model family, e.g. "gpt2".
+
+    Returns:
+        Its rows of that family, columns table, family, teacher_params, student_params, method, variant, dataset and
+        rouge_l (the printed ROUGE-L, float).
+    """
     with resources.files("pocl_utils").joinpath(f"paper/table{n}.csv").open() as f:
         t = pd.read_csv(f, dtype={"rouge_l": str})
     t["rouge_l"] = t["rouge_l"].astype(float)
@@ -41,7 +50,18 @@ def paper_table(n: int, family: str = "gpt2") -> pd.DataFrame:
 
 
 def paper_diff(table: int, base: tuple[str, str], other: tuple[str, str], family: str = "gpt2") -> dict[str, float]:
-    """The paper's other - base per dataset, from its printed table (NaN where it prints no such cell)."""
+    """The paper's other - base per dataset, from its printed table (NaN where it prints no such cell).
+
+    Args:
+        table: the paper's table number.
+        base: the (method, paper variant) subtracted.
+        other: the (method, paper variant) compared with it.
+        family: the model family.
+
+    Returns:
+        dataset -> difference for the five eval sets and "Avg"; where the table prints no Avg but all five sets, "Avg"
+        is derived as the mean of the five differences.
+    """
     t = paper_table(table, family)
     get = lambda m, v: t[(t.method == m) & (t.variant == v)].set_index("dataset")["rouge_l"]  # noqa: E731
     a, b = get(*base), get(*other)
@@ -55,8 +75,18 @@ def compare_with_paper(df: pd.DataFrame, table: int, comparisons: list[tuple[tup
                        paper_variants: dict[str, str] | None = None, family: str = "gpt2") -> pd.DataFrame:
     """Our paired differences beside the paper's, per dataset, with whether the direction agrees.
 
-    `paper_variants` maps our variant labels to the paper's where they differ (e.g. our "+POCL (ratio 0-0)" is the
-    paper's GKD default)."""
+    Args:
+        df: a tidy frame (`tables.tidy`).
+        table: the paper's table number.
+        comparisons: (base, other) pairs of (method, variant).
+        paper_variants: maps our variant labels to the paper's where they differ (e.g. our "+POCL (ratio 0-0)" is
+            the paper's GKD default); None = the same labels.
+        family: the model family.
+
+    Returns:
+        `tables.paired`'s rows for each comparison plus paper_diff (NaN where the paper prints no cell) and
+        direction_agrees ("yes", "no", or "" when either difference is NaN).
+    """
     rename = paper_variants or {}
     out = []
     for base, other in comparisons:
@@ -71,7 +101,14 @@ def compare_with_paper(df: pd.DataFrame, table: int, comparisons: list[tuple[tup
 
 
 def baseline_comparisons(df: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """Every (method, variant) of a tidy frame against the same method's baseline, in order of appearance."""
+    """Every (method, variant) of a tidy frame against the same method's baseline, in order of appearance.
+
+    Args:
+        df: a tidy frame (`tables.tidy`).
+
+    Returns:
+        ((method, "baseline"), (method, variant)) pairs for every non-baseline variant whose method has a baseline.
+    """
     pairs = df[["method", "variant"]].drop_duplicates()
     have = set(map(tuple, pairs.to_numpy()))
     return [((m, "baseline"), (m, v)) for m, v in pairs.to_numpy() if v != "baseline" and (m, "baseline") in have]
@@ -85,7 +122,20 @@ def _direction(ours: float, paper: float) -> str:
 
 def paper_comparison(df: pd.DataFrame, name: str, family: str = "gpt2") -> pd.DataFrame:
     """Paired differences variant - baseline (95% CI over training seeds) for grid `name`, beside the paper's own
-    difference from whichever of its tables prints that cell, and whether the two have the same sign."""
+    difference from whichever of its tables prints that cell, and whether the two have the same sign.
+
+    A missing paper Avg is the mean of the comparison's five paper differences (even when two tables split them).
+
+    Args:
+        df: a tidy frame (`tables.tidy`) of the grid's runs.
+        name: the grid (a key of PAPER_TABLES); a grid the paper does not print gets NaN paper differences.
+        family: the model family.
+
+    Returns:
+        `tables.paired`'s rows for each comparison with the baseline, plus paper_diff, direction_agrees ("yes", "no",
+        or "" when either is NaN), method and variant; an empty frame when no method has a baseline and another
+        variant.
+    """
     out = []
     for method in df.method.drop_duplicates():
         comps = [c for c in baseline_comparisons(df) if c[0][0] == method]
@@ -122,7 +172,15 @@ def _fill_avg(frame: pd.DataFrame, n_comps: int) -> np.ndarray:
 
 
 def paired_wide(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Rows = comparison, columns = datasets; cells 'diff ± CI | paper x' with ✓/✗ when the signs agree/differ."""
+    """Rows = comparison, columns = datasets; cells 'diff ± CI | paper x' with ✓/✗ when the signs agree/differ.
+
+    Args:
+        comparison: a `compare_with_paper` or `paper_comparison` frame.
+
+    Returns:
+        A frame indexed by comparison, one string column per eval set present, then 'Avg'; a NaN CI is written as 0,
+        and the paper's part only where it prints the cell.
+    """
     def cell(r) -> str:
         text = f"{r['diff']:+.2f} ± {0.0 if np.isnan(r['ci95']) else r['ci95']:.2f}"
         if not np.isnan(r["paper_diff"]):
@@ -135,7 +193,16 @@ def paired_wide(comparison: pd.DataFrame) -> pd.DataFrame:
 
 def paper_values(name: str, family: str = "gpt2") -> dict[tuple[str, str, str], float]:
     """(method, paper variant, dataset) -> the paper's ROUGE-L over the tables of grid `name`; 'Avg' is derived as
-    the mean of the five sets where the paper does not print it."""
+    the mean of the five sets where the paper does not print it.
+
+    Args:
+        name: the grid (a key of PAPER_TABLES).
+        family: the model family.
+
+    Returns:
+        The dict; where several tables print a cell, the first in PAPER_TABLES[name] wins. Empty for a grid the paper
+        does not print.
+    """
     values: dict[tuple[str, str, str], float] = {}
     for t in PAPER_TABLES[name]:
         for r in paper_table(t, family).itertuples():
@@ -148,7 +215,18 @@ def paper_values(name: str, family: str = "gpt2") -> dict[tuple[str, str, str], 
 
 
 def beside_paper(summary_df: pd.DataFrame, comparison: pd.DataFrame, name: str, family: str = "gpt2") -> pd.DataFrame:
-    """Long table: our mean ± CI, the paper's number, and (for non-baseline rows) both differences to the baseline."""
+    """Long table: our mean ± CI, the paper's number, and (for non-baseline rows) both differences to the baseline.
+
+    Args:
+        summary_df: a `tables.summary` frame of the grid's runs.
+        comparison: its `paper_comparison` frame (may be empty: no difference columns are added then).
+        name: the grid (a key of PAPER_TABLES).
+        family: the model family.
+
+    Returns:
+        `summary_df` plus paper (the paper's ROUGE-L, NaN where not printed) and, when `comparison` has rows, diff,
+        diff_ci95, paper_diff and direction_agrees (NaN on baseline rows).
+    """
     values = paper_values(name, family)
     paper = [values.get((m, PAPER_VARIANTS.get((name, m), {}).get(v, v), ds), np.nan)
              for m, v, ds in summary_df[["method", "variant", "dataset"]].to_numpy()]
@@ -161,7 +239,14 @@ def beside_paper(summary_df: pd.DataFrame, comparison: pd.DataFrame, name: str, 
 
 def beside_wide(beside: pd.DataFrame) -> pd.DataFrame:
     """Rows = method/variant, columns = datasets; cells 'ours ± CI | paper x', ✓/✗ for the direction of the
-    difference to the baseline."""
+    difference to the baseline.
+
+    Args:
+        beside: a `beside_paper` frame.
+
+    Returns:
+        A frame indexed by (method, variant), one string column per eval set present, then 'Avg'.
+    """
     def cell(r) -> str:
         text = f"{r['mean']:.2f} ± {0.0 if np.isnan(r['ci95']) else r['ci95']:.2f}"
         if not np.isnan(r["paper"]):
