@@ -40,12 +40,29 @@ COLUMNS = ("premise", "value", "threshold", "holds")
 
 
 def echo_answer(row: Mapping) -> str:
-    """The echo rule: answer with the prompt's input, copied (the instruction when the input is empty)."""
+    """The echo rule: answer with the prompt's input, copied (the instruction when the input is empty).
+
+    Args:
+        row: a data row with `instruction` and optionally `input`.
+
+    Returns:
+        The rule's answer.
+    """
     return row.get("input") or row["instruction"]
 
 
 def most_frequent_answer(train_rows: Sequence[Mapping]) -> str:
-    """The most frequent reference answer of the training rows (first seen wins a tie)."""
+    """The most frequent reference answer of the training rows (first seen wins a tie).
+
+    Args:
+        train_rows: the training rows; their `output` is counted.
+
+    Returns:
+        The most frequent `output`.
+
+    Raises:
+        ValueError: no training rows.
+    """
     if not train_rows:
         raise ValueError("most_frequent_answer: no training rows")
     return Counter(r["output"] for r in train_rows).most_common(1)[0][0]
@@ -57,6 +74,7 @@ def rule_scores(sets: Mapping[str, Sequence[Mapping]], train_rows: Sequence[Mapp
     Args:
         sets: eval set name -> rows with `instruction`, `input` and `references` (or `output`).
         train_rows: the training rows (the frequent-answer rule reads their `output`).
+
     Returns:
         {"echo input": {set: score}, "most frequent answer": {set: score}}.
     """
@@ -81,6 +99,10 @@ def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: 
         sft: eval set -> the SFT student's mean ROUGE-L (mean over training seeds).
         rules: rule -> eval set -> score, from `rule_scores`.
         in_distribution: the set held to TEACHER_IN_DISTRIBUTION.
+
+    Returns:
+        `premise_row` dicts: the in-distribution teacher score first, then per eval set (in EVAL_SETS order) teacher -
+        SFT (threshold TEACHER_MARGIN_SFT) and teacher - each rule (threshold TEACHER_MARGIN_RULE).
     """
     rows = [premise_row(f"P1 teacher on {in_distribution}", teacher[in_distribution], TEACHER_IN_DISTRIBUTION)]
     for name in sorted(teacher, key=lambda k: EVAL_SETS.index(k) if k in EVAL_SETS else len(EVAL_SETS)):
@@ -95,13 +117,30 @@ def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: 
 
 
 def fusion_rank(fused: np.ndarray) -> np.ndarray:
-    """1-based ranks of Eq. 2 scores, 1 = easiest (highest fused score); ties share their mean rank."""
+    """1-based ranks of Eq. 2 scores, 1 = easiest (highest fused score); ties share their mean rank.
+
+    Args:
+        fused: the Eq. 2 scores, higher = easier.
+
+    Returns:
+        A float array of ranks, one per score.
+    """
     return stats.rankdata(-np.asarray(fused, dtype=np.float64), method="average")
 
 
 def measurer_rows(rouge_l, fused, true_difficulty) -> list[dict]:
     """P2 rows: Spearman(fusion rank, true difficulty) (only when the truth is known, i.e. not None) and the share of
-    rows whose greedy ROUGE-L is 0."""
+    rows whose greedy ROUGE-L is 0.
+
+    Args:
+        rouge_l: the student's greedy ROUGE-L (x 100) per training row.
+        fused: the Eq. 2 score per training row (same order).
+        true_difficulty: the world's true difficulty per training row; None when unknown (real data).
+
+    Returns:
+        `premise_row` dicts: the Spearman row (threshold MEASURER_RHO) when the truth is known, then the zero share
+        (at most MEASURER_ZERO_SHARE).
+    """
     zero = float(np.mean(np.asarray(rouge_l) == 0.0))
     rows = [premise_row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE,
                         at_most=True)]
@@ -115,7 +154,17 @@ def measurer_rows(rouge_l, fused, true_difficulty) -> list[dict]:
 
 
 def paired_power(effect_over_sd: float, n: int, alpha: float = 0.05) -> float:
-    """Power of a two-sided paired t-test with n pairs when the true mean difference is effect_over_sd x SD."""
+    """Power of a two-sided paired t-test with n pairs when the true mean difference is effect_over_sd x SD.
+
+    Args:
+        effect_over_sd: the true mean difference in units of the paired differences' SD.
+        n: the number of pairs.
+        alpha: the test's two-sided level.
+
+    Returns:
+        The power, from the noncentral t (df n - 1, noncentrality effect_over_sd * sqrt(n)); NaN for n < 2, and 1
+        where scipy's nct gives NaN far in the tail.
+    """
     if n < 2:
         return math.nan
     df, crit, nc = n - 1, stats.t.ppf(1 - alpha / 2, n - 1), effect_over_sd * math.sqrt(n)
@@ -124,7 +173,16 @@ def paired_power(effect_over_sd: float, n: int, alpha: float = 0.05) -> float:
 
 
 def mde_factor(n: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The minimum detectable effect of a paired t-test in units of the paired SD (n = 5: 1.68)."""
+    """The minimum detectable effect of a paired t-test in units of the paired SD (n = 5: 1.68).
+
+    Args:
+        n: the number of pairs.
+        power: the power the effect must be detected with.
+        alpha: the test's two-sided level.
+
+    Returns:
+        The effect / SD at which `paired_power` reaches `power` (solved on [1e-6, 20]); inf for n < 2.
+    """
     if n < 2:
         return math.inf
     return float(optimize.brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, 20.0))
@@ -136,6 +194,16 @@ def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping
 
     `holds` says whether the scaled paper gain is at least the MDE, i.e. whether the grid could see the paper's
     effect at our scale; a method where it does not is one whose null result says little.
+
+    Args:
+        paired_sd: method -> SD of its paired differences (+POCL - baseline) over the seeds.
+        n_seeds: the number of seeds (pairs) the MDE is computed for.
+        paper_gain: method -> the paper's gain, in ROUGE-L points.
+        teacher_gap: our teacher - SFT student gap (Avg ROUGE-L).
+
+    Returns:
+        One `premise_row` dict per method of `paired_sd`: value = MDE (mde_factor(n_seeds) x SD), threshold = the
+        scaled paper gain, holds = MDE <= threshold.
     """
     factor, scale = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP
     return [premise_row(f"P3 {m}: MDE (80% power, {n_seeds} seeds) vs paper gain x {scale:.2f}",
@@ -146,7 +214,18 @@ def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, 
                       methods: Sequence[str]) -> list[dict]:
     """P3 rows from Table 1's tidy runs (tables.with_average applied): each method's paired SD of +POCL - baseline on
     Avg over the seeds both have (methods with fewer than 2 pairs are left out), the paper's Table 1 Avg gain, and
-    our teacher - SFT gap on Avg."""
+    our teacher - SFT gap on Avg.
+
+    Args:
+        table1: tidy rows of the Table 1 grid with the 'Avg' dataset (`tables.with_average`).
+        teacher_avg: our teacher's Avg ROUGE-L.
+        sft_avg: our SFT student's Avg ROUGE-L.
+        n_seeds: the number of seeds the MDE is computed for.
+        methods: the methods to check (each with variants "baseline" and "+POCL").
+
+    Returns:
+        `power_rows` for the methods with at least 2 pairs (the paper's GPT-2 Table 1 gain).
+    """
     avg = table1[table1.dataset == "Avg"]
     sd, gain = {}, {}
     for m in methods:
@@ -162,10 +241,28 @@ def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, 
 
 
 def premise_row(premise: str, value: float, threshold: float, at_most: bool = False) -> dict:
+    """One row of the premises table.
+
+    Args:
+        premise: the check, in words.
+        value: the measured value.
+        threshold: the bound it is held to.
+        at_most: True: holds when value <= threshold; False: when value >= threshold.
+
+    Returns:
+        {"premise", "value", "threshold", "holds"}, the numbers as floats and holds as a bool.
+    """
     holds = value <= threshold if at_most else value >= threshold
     return {"premise": premise, "value": float(value), "threshold": float(threshold), "holds": bool(holds)}
 
 
 def premises_table(rows: list[dict]) -> pd.DataFrame:
-    """The premise rows as a DataFrame with COLUMNS, in the order given."""
+    """The premise rows as a DataFrame with COLUMNS, in the order given.
+
+    Args:
+        rows: `premise_row` dicts (from `teacher_rows`, `measurer_rows`, `power_rows`, ...).
+
+    Returns:
+        The frame, columns premise, value, threshold, holds.
+    """
     return pd.DataFrame(rows, columns=list(COLUMNS))
