@@ -230,7 +230,18 @@ PRESETS = {
 
 
 def world_config(profile: str, **overrides) -> WorldConfig:
-    """The preset WorldConfig of a profile ("smoke", "classroom", "laptop", "gpu"), with optional field overrides."""
+    """The preset WorldConfig of a profile ("smoke", "classroom", "laptop", "gpu"), with optional field overrides.
+
+    Args:
+        profile: a key of PRESETS.
+        **overrides: WorldConfig fields that replace the preset's values.
+
+    Returns:
+        The WorldConfig (its own checks run: TypeError / ValueError on a bad field value).
+
+    Raises:
+        ValueError: an unknown profile or an unknown WorldConfig field among `overrides`.
+    """
     if profile not in PRESETS:
         raise ValueError(f"unknown world profile {profile!r}; valid: {sorted(PRESETS)}")
     valid = {f.name for f in fields(WorldConfig)}
@@ -266,7 +277,18 @@ def _all_templates(fam: Family) -> range:
 
 
 def role_spec(role: str, cfg: WorldConfig) -> RoleSpec:
-    """Families, phrasings and levels each role samples from (see the module docstring)."""
+    """Families, phrasings and levels each role samples from (see the module docstring).
+
+    Args:
+        role: one of ROLES.
+        cfg: the world's settings (levels and role sizes).
+
+    Returns:
+        The role's RoleSpec.
+
+    Raises:
+        ValueError: an unknown role.
+    """
     trained = tuple(range(1, cfg.max_level + 1))
     beyond = tuple(range(cfg.max_level + 1, cfg.max_level + cfg.ood_extra_levels + 1))
     top = tuple(range(max(1, cfg.max_level - 1), cfg.max_level + 2))  # the two top trained levels and one beyond
@@ -290,7 +312,18 @@ def _slots(args: dict) -> dict[str, str]:
 
 
 def make_row(family: str, level: int, template: int, args: dict) -> dict:
-    """One row in the MiniLLM layout, plus family/level/difficulty and the structured args in `meta`."""
+    """One row in the MiniLLM layout, plus family/level/difficulty and the structured args in `meta`.
+
+    Args:
+        family: a key of FAMILIES.
+        level: the row's level L (lists of L + 1 items).
+        template: the index of the phrasing in the family's templates.
+        args: the family's sampled arguments (its `sample`), substituted into the template's slots.
+
+    Returns:
+        A dict with instruction, input, output (the family's answer), prompt (the MiniLLM prompt), family, topic
+        (= family), level, difficulty (level + depth - 1) and meta {"args", "template", "depth"}.
+    """
     fam = FAMILIES[family]
     slots = _slots(args)
     instruction, input_ = (part.format(**slots) for part in fam.templates[template])
@@ -302,7 +335,15 @@ def make_row(family: str, level: int, template: int, args: dict) -> dict:
 
 def word_pool(cfg: WorldConfig, level: int) -> tuple[str, ...]:
     """The words a row of this level draws from: the world's first n_words, or with level_pools the first
-    n_words * level / max_level (levels above max_level: all), so that the rarest words come with the longest lists."""
+    n_words * level / max_level (levels above max_level: all), so that the rarest words come with the longest lists.
+
+    Args:
+        cfg: the world's settings (n_words, max_level, level_pools).
+        level: the row's level.
+
+    Returns:
+        A prefix of WORDS (at least 2 words).
+    """
     if not cfg.level_pools or level >= cfg.max_level:
         return WORDS[:cfg.n_words]
     return WORDS[:max(2, round(cfg.n_words * level / cfg.max_level))]
@@ -336,14 +377,35 @@ _GENERATION_ORDER = ("DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI", "val
 
 
 def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
-    """role -> rows for every role in ROLES; deterministic in cfg; prompts unique across all roles."""
+    """role -> rows for every role in ROLES; deterministic in cfg; prompts unique across all roles.
+
+    Args:
+        cfg: the world's settings.
+
+    Returns:
+        role -> its rows (`make_row` dicts with an "id" "<role>-00000", ...), in ROLES order; the eval roles are drawn
+        before valid and train.
+
+    Raises:
+        RuntimeError: a role finds no new prompt in 500 draws (sizes too large for the levels).
+    """
     seen: set[str] = set()
     world = {role: _sample_role(role, cfg, seen) for role in _GENERATION_ORDER}
     return {role: world[role] for role in ROLES}
 
 
 def true_difficulty(rows: Iterable) -> np.ndarray:
-    """The generator's difficulty of each row (a dict, or an object whose `.meta` dict holds it), float64."""
+    """The generator's difficulty of each row (a dict, or an object whose `.meta` dict holds it), float64.
+
+    Args:
+        rows: world rows (dicts), or objects whose `.meta` dict holds "difficulty".
+
+    Returns:
+        A float64 array of the rows' difficulty labels (level + depth - 1).
+
+    Raises:
+        KeyError: a row without a "difficulty" field (not a world row).
+    """
     out = []
     for i, row in enumerate(rows):
         source = row if isinstance(row, Mapping) else getattr(row, "meta", None) or {}
@@ -368,7 +430,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_world(world: dict[str, list[dict]], out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str, Path]:
-    """Write `<role>.jsonl` per role and world_meta.json (config, counts, families) last; role -> path."""
+    """Write `<role>.jsonl` per role and world_meta.json (config, counts, families) last; role -> path.
+
+    The old meta file is removed first, so a crash mid-write leaves no meta and the world is rebuilt. Each file is
+    written atomically.
+
+    Args:
+        world: role -> rows (`generate_world`).
+        out_dir: the folder (created if missing).
+        cfg: the settings recorded in the meta file (its "config"); None records null.
+
+    Returns:
+        role -> the path of its JSON Lines file.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)  # a crash mid-write then leaves no meta, so the world is rebuilt
@@ -386,7 +460,17 @@ def write_world(world: dict[str, list[dict]], out_dir: str | Path, cfg: WorldCon
 
 
 def load_or_create_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
-    """Paths of the world in out_dir, regenerated only when the saved meta's config or version differ."""
+    """Paths of the world in out_dir, regenerated only when the saved meta's config or version differ.
+
+    It is also regenerated when the meta file is missing or unreadable, or a role's file is missing.
+
+    Args:
+        cfg: the world's settings.
+        out_dir: the world's folder.
+
+    Returns:
+        role -> the path of its `<role>.jsonl`, for every role in ROLES.
+    """
     out = Path(out_dir)
     paths = {role: out / f"{role}.jsonl" for role in ROLES}
     try:
@@ -440,7 +524,14 @@ def _pool_of(prompt: str) -> str:
 
 
 def pretrain_spec(cfg: WorldConfig) -> RoleSpec:
-    """What pre-training text demonstrates: every family (S-NI's too), every phrasing, levels up to UnNI's."""
+    """What pre-training text demonstrates: every family (S-NI's too), every phrasing, levels up to UnNI's.
+
+    Args:
+        cfg: the world's settings (max_level, ood_extra_levels).
+
+    Returns:
+        A RoleSpec over PRETRAIN_FAMILIES, all templates, levels 1..max_level + ood_extra_levels, n = 0.
+    """
     return RoleSpec(PRETRAIN_FAMILIES, _all_templates, tuple(range(1, cfg.max_level + cfg.ood_extra_levels + 1)), 0)
 
 
@@ -452,6 +543,17 @@ def pretrain_corpus(cfg: WorldConfig, n: int, pool: str = "student") -> list[str
     numbers). No eval, valid or train prompt (instruction + input) ever appears. `pool` ("teacher" or "student")
     picks one of two disjoint halves of the task prompts (split by a hash of the prompt), so the teacher and the
     student are pre-trained on different demonstrations of the same world.
+
+    Args:
+        cfg: the world's settings (seed, pretrain_qa_frac, pretrain_template, levels).
+        n: the number of texts, >= 0.
+        pool: "teacher" or "student" (PRETRAIN_POOLS): which half of the task prompts to draw from.
+
+    Returns:
+        `n` texts, deterministic in (cfg, pool).
+
+    Raises:
+        ValueError: n < 0 or an unknown pool.
     """
     if n < 0:
         raise ValueError(f"pretrain_corpus: n must be >= 0, got {n}")
@@ -491,6 +593,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
     learnable); words split GPT-2 style (' cat' is one token). The template boilerplate (~30 words) costs
     one token per piece: its 4 pieces are added tokens, removed from the BPE training text so they use no
     merges. `<|endoftext|>` is eos, bos and pad. Saved with save_pretrained when out_dir is given.
+
+    Args:
+        texts: the training text (e.g. `pretrain_corpus`); the template pieces are cut out of it before BPE training.
+        vocab_size: the vocabulary size, the 4 template pieces included; an int in [262, 65536].
+        out_dir: where to save it; None = not saved.
+
+    Returns:
+        The transformers.PreTrainedTokenizerFast.
+
+    Raises:
+        ValueError: a vocab_size that is not an int in that range.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -517,7 +630,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
 
 
 def token_stats(world: Mapping[str, list[dict]], tokenizer) -> dict[str, dict[str, dict[str, float]]]:
-    """role -> family (and "all") -> mean/max token counts of prompt and response (response without EOS)."""
+    """role -> family (and "all") -> mean/max token counts of prompt and response (response without EOS).
+
+    Args:
+        world: role -> rows with prompt, output and family (`generate_world`).
+        tokenizer: a transformers tokenizer (called without special tokens).
+
+    Returns:
+        role -> family or "all" -> {"n", "prompt_mean", "prompt_max", "response_mean", "response_max"}.
+    """
     stats: dict[str, dict[str, dict[str, float]]] = {}
     for role, rows in world.items():
         enc = lambda key: tokenizer([r[key] for r in rows], add_special_tokens=False)["input_ids"]  # noqa: E731
