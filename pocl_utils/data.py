@@ -701,7 +701,17 @@ def _hf_token_counter(name: str) -> Callable[[str], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: `download-dolly` (load_dolly_from_hub) and `fetch-gpt2-ranks` (fetch_gpt2_ranks)."""
+    """The command line: `download-dolly` (load_dolly_from_hub) and `fetch-gpt2-ranks` (fetch_gpt2_ranks).
+
+    `download-dolly` prints one "role<TAB>path" line per file written; `fetch-gpt2-ranks` prints the ranks file's
+    path.
+
+    Args:
+        argv: the command-line arguments; None = sys.argv[1:] (argparse's default).
+
+    Raises:
+        SystemExit: from argparse, on a missing command, bad arguments or --help.
+    """
     parser = argparse.ArgumentParser(prog="python -m pocl_utils.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     dolly = commands.add_parser("download-dolly", help="build train/valid/test JSON Lines from databricks-dolly-15k")
