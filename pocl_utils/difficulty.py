@@ -151,17 +151,49 @@ class Ranking:
 
     @classmethod
     def build(cls, ids, rouge_l, ce, texts: list[str] | None = None, k: float = RRF_K) -> Ranking:
-        """A Ranking whose fused column is Eq. 2 over the given ROUGE-L and CE."""
+        """A Ranking whose fused column is Eq. 2 over the given ROUGE-L and CE.
+
+        Args:
+            ids: [n] the samples' dataset indices, unique.
+            rouge_l: [n] ROUGE-L F x 100 of each greedy output.
+            ce: [n] mean token cross-entropy (nats) of each reference response.
+            texts: the greedy outputs; None = not kept.
+            k: the fusion constant of Eq. 2 (`fuse_ranks`).
+
+        Returns:
+            The Ranking.
+
+        Raises:
+            ValueError: columns of different lengths, repeated ids, a non-finite or non-1-D score, or (from
+                `fuse_ranks`) k < 0.
+        """
         return cls(ids, rouge_l, ce, fuse_ranks(rouge_l, ce, k), texts)
 
     def order(self, method: str = "fusion") -> np.ndarray:
-        """Sample ids (not positions) easiest first, by "fusion", "rouge_l" or "ce"."""
+        """Sample ids (not positions) easiest first, by "fusion", "rouge_l" or "ce".
+
+        Args:
+            method: "fusion" (the fused column), "rouge_l" or "ce" (`rank_order`); ties keep their position order.
+
+        Returns:
+            [n] int64 sample ids, easiest first.
+
+        Raises:
+            ValueError: an unknown method.
+        """
         if method == "fusion":
             return self.ids[order_from_scores(self.fused)]
         return self.ids[rank_order(self.rouge_l, self.ce, method)]
 
     def to_csv(self, path: str | Path) -> None:
-        """Write atomically (temp file in the same folder, then rename) so a crash never leaves half a file."""
+        """Write atomically (temp file in the same folder, then rename) so a crash never leaves half a file.
+
+        Columns CSV_COLUMNS (without "text" when texts is None); floats are written with repr(), which round-trips
+        exactly (`from_csv`).
+
+        Args:
+            path: the CSV file; its folder is created if missing.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -181,7 +213,18 @@ class Ranking:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Ranking:
-        """A Ranking read back from `to_csv`'s file, exactly; a malformed file raises ValueError naming its line."""
+        """A Ranking read back from `to_csv`'s file, exactly; a malformed file raises ValueError naming its line.
+
+        Args:
+            path: a file written by `to_csv` (the text column optional).
+
+        Returns:
+            The Ranking (texts None without a text column).
+
+        Raises:
+            ValueError: a wrong header, a row with the wrong number of fields or an unparsable number, naming its
+                line; or columns the Ranking rejects.
+        """
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         if not rows or tuple(rows[0]) not in (CSV_COLUMNS, CSV_COLUMNS[:-1]):
@@ -386,7 +429,20 @@ def greedy_outputs_and_ce_naive(model: torch.nn.Module, encoded: list[Encoded], 
                                 max_new_tokens: int) -> tuple[list[list[int]], np.ndarray]:
     """Per-sample oracle for greedy_outputs_and_ce: unpadded HF generate, then a full forward for the CE.
 
-    Args and Returns as `greedy_outputs_and_ce` (no batch_size).
+    Args and Returns as `greedy_outputs_and_ce` (no batch_size, no backend): one sample at a time.
+
+    Args:
+        model: the student, a causal LM.
+        encoded: the samples (prompt and reference response ids).
+        eos_id, pad_id: special token ids (`special_ids`).
+        max_new_tokens: the greedy decode's length limit.
+
+    Returns:
+        (outputs, ce): per sample its greedy continuation ids (cut at EOS) and its mean reference CE (nats), [n], in
+        input order.
+
+    Raises:
+        ValueError: from `check_encoded`: an empty prompt or response, or a sample too long for the model's positions.
     """
     check_encoded(encoded, max_new_tokens, max_positions(model))
     device = model_device(model)
@@ -409,6 +465,21 @@ def score_samples_naive(model: torch.nn.Module, tokenizer, encoded: list[Encoded
     """Slow reference for score_samples: same result, one sample at a time.
 
     Args and Returns as `score_samples` (no batch_size).
+
+    Args:
+        model: the student, a causal LM.
+        tokenizer: its tokenizer (special ids, decoding).
+        encoded: the samples; their `index` values must be unique and become the Ranking's ids.
+        max_new_tokens: the greedy decode's length limit.
+        references: each sample's reference strings (ROUGE-L takes the max over them); None = the decoded response.
+        k: the fusion constant of Eq. 2.
+
+    Returns:
+        A Ranking with each sample's ROUGE-L, CE, fused score and greedy text.
+
+    Raises:
+        ValueError: repeated sample indices, a number of reference lists other than the number of samples, or a
+            sample `check_encoded` rejects.
     """
     eos_id, pad_id = special_ids(tokenizer)
     _check_unique_indices(encoded)
