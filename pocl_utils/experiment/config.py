@@ -164,7 +164,22 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 
 
 def override(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
-    """Return a copy of a frozen dataclass with dotted-key overrides applied ("kd.lr": 1e-3); unknown keys raise."""
+    """Return a copy of a frozen dataclass with dotted-key overrides applied ("kd.lr": 1e-3); unknown keys raise.
+
+    A key may name a nested dataclass field with dots, or give a nested dataclass a dict of its fields. Each value is
+    checked against the type of the current one (tuples accept lists; floats accept ints; bools only bools).
+
+    Args:
+        obj: the frozen dataclass instance to copy (a `Profile`, `TrainSpec`, `ModelSpec`, ...).
+        overrides: field name (or dotted path) -> new value.
+        prefix: the dotted path of `obj` inside the outer dataclass, prepended to keys in error messages.
+
+    Returns:
+        A copy of `obj` with the overrides applied; `obj` itself is unchanged.
+
+    Raises:
+        ConfigError: an unknown key (the message lists the valid ones) or a value of the wrong type.
+    """
     names = {f.name for f in fields(obj)}
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
@@ -184,7 +199,19 @@ def override(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
 
 
 def validate_profile(p: Profile) -> Profile:
-    """Range checks that the type system cannot express."""
+    """Check a profile's values against the ranges that the type system cannot express.
+
+    Args:
+        p: the profile to check.
+
+    Returns:
+        `p` itself, unchanged.
+
+    Raises:
+        ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds, table1_seeds,
+            eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, teacher_cache, or the lr, batch_size
+            or epochs of teacher_sft and kd).
+    """
     checks = [
         (p.data in ("world", "real"), "data", "must be 'world' or 'real'"),
         (p.n_subsets >= 1, "n_subsets", "must be >= 1"),
@@ -212,7 +239,14 @@ def validate_profile(p: Profile) -> Profile:
 
 
 def cache_top_k(p: Profile) -> int | None:
-    """The profile's teacher cache as `build_teacher_cache`'s top_k: 0 = exact, k = top-k, None = no cache (live)."""
+    """The profile's teacher cache as `build_teacher_cache`'s top_k.
+
+    Args:
+        p: a profile whose `teacher_cache` is "exact", "live" or "top-<k>" (as `validate_profile` checks).
+
+    Returns:
+        0 = exact, k = top-k, None = no cache (live).
+    """
     if p.teacher_cache == "live":
         return None
     if p.teacher_cache == "exact":
@@ -221,7 +255,19 @@ def cache_top_k(p: Profile) -> int | None:
 
 
 def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> Profile:
-    """Resolve a profile by name, apply strict overrides and validate."""
+    """Resolve a profile by name, apply strict overrides and validate.
+
+    Args:
+        name: a key of PROFILES (smoke, classroom, laptop, real-lite, gpu, paper, paper-opt); default DEFAULT_PROFILE.
+        overrides: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
+
+    Returns:
+        The validated profile.
+
+    Raises:
+        ConfigError: an unknown profile name, an unknown override key, a value of the wrong type, or a value out of
+            range.
+    """
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
     return validate_profile(override(PROFILES[name], overrides or {}))
@@ -282,7 +328,15 @@ class RunSpec:
 
 
 def validate_run(r: RunSpec) -> None:
-    """Raise ConfigError naming the field of an invalid run spec."""
+    """Check a run spec's fields; RunSpec runs it on construction.
+
+    Args:
+        r: the run spec to check.
+
+    Raises:
+        ConfigError: naming the field of an invalid run spec: an unknown method, ranking or order, n_subsets < 1, tau
+            not two finite values > 0, alpha not two values in [0, 1], or POCL asked of SFT or SeqKD.
+    """
     if r.method not in METHODS:
         raise ConfigError(f"method {r.method!r} unknown; valid: {', '.join(METHODS)}")
     if r.ranking not in RANKINGS:
@@ -300,20 +354,53 @@ def validate_run(r: RunSpec) -> None:
 
 
 def baseline(method: str, seed: int = 0) -> RunSpec:
-    """The paper's baseline row: no curriculum, tau = 1, alpha = 0.3 off-policy (0 on-policy, 1 for SFT/SeqKD)."""
+    """The paper's baseline row: no curriculum, tau = 1, alpha = 0.3 off-policy (0 on-policy, 1 for SFT/SeqKD).
+
+    Args:
+        method: one of METHODS.
+        seed: the training seed.
+
+    Returns:
+        The RunSpec, with variant "baseline".
+
+    Raises:
+        ConfigError: an unknown method.
+    """
     alpha = {"SFT": 1.0, "SeqKD": 1.0, "GKD": 0.0}.get(method, 0.3)
     return RunSpec(method, tau=(1.0, 1.0), alpha=(alpha, alpha), seed=seed, variant="baseline")
 
 
 def pocl(method: str, seed: int = 0, **changes: Any) -> RunSpec:
-    """The paper's default +POCL row: fusion ranking, easy->hard, n=4, tau 1->2, alpha 0.3->0 (0 on-policy)."""
+    """The paper's default +POCL row: fusion ranking, easy->hard, n=4, tau 1->2, alpha 0.3->0 (0 on-policy).
+
+    Args:
+        method: one of the KD methods (METHODS less SFT and SeqKD).
+        seed: the training seed.
+        **changes: RunSpec fields to set instead of the defaults (ranking, order, n_subsets, tau, alpha, variant, ...).
+
+    Returns:
+        The RunSpec, with variant "+POCL" unless `changes` sets it.
+
+    Raises:
+        ConfigError: an invalid method or changed field (see `validate_run`).
+        TypeError: a name in `changes` that is not a RunSpec field.
+    """
     alpha = (0.0, 0.0) if method == "GKD" else (0.3, 0.0)
     base = RunSpec(method, pocl=True, alpha=alpha, seed=seed, variant="+POCL")
     return replace(base, **changes)
 
 
 def config_hash(obj: Any) -> str:
-    """A short stable hash of any JSON-able config (dataclasses are converted)."""
+    """A short stable hash of any JSON-able config (dataclasses are converted).
+
+    Keys are sorted and values JSON cannot write are turned into their `str`, so equal configs hash equally.
+
+    Args:
+        obj: a dataclass instance, or any value `json.dumps` can write.
+
+    Returns:
+        The first 16 hex digits of the SHA-256 of its JSON.
+    """
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

@@ -15,7 +15,15 @@ def _seeds(n: int) -> range:
 
 
 def table1(n_seeds: int, methods: tuple[str, ...] = KD_METHODS) -> list[RunSpec]:
-    """Table 1: SFT, SeqKD, and every KD method with and without POCL."""
+    """Table 1: SFT, SeqKD, and every KD method with and without POCL.
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+        methods: the KD methods whose baseline and default +POCL rows are added after SFT and SeqKD.
+
+    Returns:
+        The run specs: SFT and SeqKD baselines, then per method its baselines and its +POCL runs.
+    """
     runs = [baseline(m, s) for s in _seeds(n_seeds) for m in ("SFT", "SeqKD")]
     for m in methods:
         runs += [baseline(m, s) for s in _seeds(n_seeds)] + [pocl(m, s) for s in _seeds(n_seeds)]
@@ -23,7 +31,14 @@ def table1(n_seeds: int, methods: tuple[str, ...] = KD_METHODS) -> list[RunSpec]
 
 
 def ranking_ablation(n_seeds: int) -> list[RunSpec]:
-    """Tables 2 and 5: KLD+POCL with ROUGE-L-only, CE-only and fused difficulty ranking."""
+    """Tables 2 and 5: KLD+POCL with ROUGE-L-only, CE-only and fused difficulty ranking.
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+
+    Returns:
+        The run specs: KLD's baseline, then +POCL (R-L), +POCL (Loss) and +POCL (Fusion).
+    """
     labels = {"rouge_l": "+POCL (R-L)", "ce": "+POCL (Loss)", "fusion": "+POCL (Fusion)"}
     return [baseline("KLD", s) for s in _seeds(n_seeds)] + [
         pocl("KLD", s, ranking=r, variant=v) for r, v in labels.items() for s in _seeds(n_seeds)]
@@ -33,7 +48,15 @@ def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
     """Tables 3 and 6: POCL with and without the tau (Eq. 3) and alpha (Eq. 4) schedules, for KLD, JSD and GKD.
 
     "w/o temp." keeps tau at tau_0 = 1; "w/o ratio" keeps alpha at alpha_0 = 0.3 (GKD has alpha = 0 throughout,
-    so only its temperature can be removed, as in Table 6)."""
+    so only its temperature can be removed, as in Table 6).
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+
+    Returns:
+        The run specs: for KLD and JSD the baseline, w/o temp. & ratio, w/o temp., w/o ratio and default +POCL; for GKD
+        the baseline, w/o temp. and default +POCL.
+    """
     runs: list[RunSpec] = []
     for m in ("KLD", "JSD"):
         runs += [baseline(m, s) for s in _seeds(n_seeds)]
@@ -49,9 +72,19 @@ def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
 
 
 def order_ablation(n_seeds: int, oracle: bool = False) -> list[RunSpec]:
-    """Table 7 / Fig. 4a: easy->hard vs hard->easy for GKD and KLD, and two controls beyond the paper: random order
-    (negative: a curriculum that knows nothing) and, on a generated world, `+POCL (oracle)`, the curriculum ranked by
-    the world's true difficulty (positive: if it cannot beat the baseline, no curriculum has a lever here)."""
+    """Table 7 / Fig. 4a: easy->hard vs hard->easy for GKD and KLD, and two controls beyond the paper.
+
+    The controls: random order (negative: a curriculum that knows nothing) and, on a generated world, `+POCL (oracle)`,
+    the curriculum ranked by the world's true difficulty (positive: if it cannot beat the baseline, no curriculum has a
+    lever here).
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+        oracle: add the `+POCL (oracle)` rows (generated worlds only: real data has no true difficulty).
+
+    Returns:
+        The run specs, per method (GKD, then KLD): baseline, E2H, H2E, random, and oracle if asked.
+    """
     labels = {"easy_to_hard": "+POCL (E2H)", "hard_to_easy": "+POCL (H2E)", "random": "+POCL (random)"}
     runs = []
     for m in ("GKD", "KLD"):
@@ -63,15 +96,32 @@ def order_ablation(n_seeds: int, oracle: bool = False) -> list[RunSpec]:
 
 
 def temperature_ablation(n_seeds: int) -> list[RunSpec]:
-    """Table 8 / Fig. 4b: tau 1->2 (default) vs 2->1 vs constant 1, for GKD and KLD."""
+    """Table 8 / Fig. 4b: tau 1->2 (default) vs 2->1 vs constant 1, for GKD and KLD.
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+
+    Returns:
+        The run specs, per method (GKD, then KLD): baseline, then +POCL at each tau schedule.
+    """
     labels = {(1.0, 2.0): "+POCL (temp. 1-2)", (2.0, 1.0): "+POCL (temp. 2-1)", (1.0, 1.0): "+POCL (temp. 1-1)"}
     return [spec for m in ("GKD", "KLD") for spec in [baseline(m, s) for s in _seeds(n_seeds)] + [
         pocl(m, s, tau=t, variant=v) for t, v in labels.items() for s in _seeds(n_seeds)]]
 
 
 def ratio_ablation(n_seeds: int) -> list[RunSpec]:
-    """Table 9 / Fig. 4c: alpha 0.3->0 (off-policy default) vs 0->0.3 vs constant, for KLD; and for GKD its default
-    alpha = 0 against the off-policy schedule 0.3->0 (the paper's Table 9 prints GKD rows too, see README A8)."""
+    """Table 9 / Fig. 4c: the alpha (Eq. 4) schedules, for KLD and GKD.
+
+    For KLD: alpha 0.3->0 (off-policy default) vs 0->0.3 vs constant; for GKD its default alpha = 0 against the
+    off-policy schedule 0.3->0 (the paper's Table 9 prints GKD rows too, see README A8).
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+
+    Returns:
+        The run specs: KLD's baseline and its four alpha schedules (0.3-0, 0-0.3, 0.3-0.3, 0-0), then GKD's baseline
+        and its three (0-0, 0-0.3, 0.3-0).
+    """
     kld = {(0.3, 0.0): "+POCL (ratio 0.3-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.3): "+POCL (ratio 0.3-0.3)",
            (0.0, 0.0): "+POCL (ratio 0-0)"}
     gkd = {(0.0, 0.0): "+POCL (ratio 0-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.0): "+POCL (ratio 0.3-0)"}
@@ -84,9 +134,20 @@ def ratio_ablation(n_seeds: int) -> list[RunSpec]:
 
 def subsets_ablation(n_seeds: int, ns: tuple[int, ...] = (1, 2, 4, 8),
                      one_schedule: tuple[str, ...] = ("KLD", "GKD")) -> list[RunSpec]:
-    """Beyond the paper: the number of subsets n for KLD+POCL (n = 1 is POCL's schedule without a curriculum), and,
-    for the `one_schedule` methods, n = 4 with one optimizer and LR schedule across the stages instead of a fresh one
-    per stage (beside their baseline and default +POCL)."""
+    """Beyond the paper: the number of subsets n for KLD+POCL, and one schedule across the stages.
+
+    n = 1 is POCL's schedule without a curriculum. For the `one_schedule` methods, n = 4 with one optimizer and LR
+    schedule across the stages instead of a fresh one per stage (beside their baseline and default +POCL).
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+        ns: the values of n for KLD+POCL.
+        one_schedule: the methods that also get the one-schedule run (`restarts=False`).
+
+    Returns:
+        The run specs: KLD's baseline and +POCL (n=...) rows, then for each `one_schedule` method its baseline and
+        default +POCL (unless already listed) and its one-schedule rows.
+    """
     runs = [baseline("KLD", s) for s in _seeds(n_seeds)] + [
         pocl("KLD", s, n_subsets=n, variant=f"+POCL (n={n})") for n in ns for s in _seeds(n_seeds)]
     for m in one_schedule:
@@ -102,14 +163,37 @@ GRIDS = {"table1": table1, "ranking": ranking_ablation, "adaptive": adaptive_abl
 
 
 def n_seeds_for(profile, name: str) -> int:
-    """Training seeds of one experiment under a profile: Table 1 may have more (`table1_seeds`) than the ablations."""
+    """Training seeds of one experiment under a profile: Table 1 may have more (`table1_seeds`) than the ablations.
+
+    Args:
+        profile: the Profile.
+        name: the experiment, a key of GRIDS.
+
+    Returns:
+        `profile.table1_seeds` for "table1" when it is set (> 0), else `profile.n_seeds`.
+    """
     return profile.table1_seeds if name == "table1" and profile.table1_seeds else profile.n_seeds
 
 
 def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False) -> list[RunSpec]:
-    """The specs of one experiment. size 'minimal' (smoke) keeps KLD (and GKD in Table 1) so every notebook runs
-    in seconds; 'table1' and 'full' run the whole table. `oracle` adds the true-difficulty control to the order
-    grid (generated worlds only: real data has no true difficulty)."""
+    """The specs of one experiment.
+
+    size 'minimal' (smoke) keeps KLD (and GKD in Table 1) so every notebook runs in seconds; 'table1' and 'full' run
+    the whole table. The minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
+
+    Args:
+        name: the experiment, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio, subsets).
+        n_seeds: training seeds per configuration.
+        size: the profile's grid: "full", "table1" or "minimal".
+        oracle: add the true-difficulty control to the order grid (generated worlds only: real data has no true
+            difficulty).
+
+    Returns:
+        The experiment's run specs.
+
+    Raises:
+        ValueError: an unknown grid name.
+    """
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRIDS)}")
     if name == "order":
@@ -125,7 +209,18 @@ def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False) -> l
 
 
 def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[RunSpec]:
-    """Every distinct run of the collection (identical specs shared between tables appear once)."""
+    """Every distinct run of the collection (identical specs shared between tables appear once).
+
+    Specs are identical when their `key()` is (the variant label does not count); the first one met is kept.
+
+    Args:
+        n_seeds: training seeds per configuration.
+        size: the profile's grid: "table1" = Table 1's runs only; "full" or "minimal" = every grid at that size.
+        oracle: include the order grid's true-difficulty control.
+
+    Returns:
+        The run specs, in grid order (GRIDS' order).
+    """
     names = ["table1"] if size == "table1" else list(GRIDS)
     seen: dict = {}
     for name in names:

@@ -27,8 +27,27 @@ from .results import RegistryError, atomic_write_text, exclusive_lock
 
 def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
             size: str | None = None, out: Path | None = None, log=print) -> Path:
-    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its
-    path."""
+    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
+
+    Runs claimed by another live process are waited for, or taken over if their owner dies, so the CSV covers the
+    whole grid. Launched on several processes, only the main rank logs and writes the CSV; the others return its path.
+
+    Args:
+        profile: the profile's name (see `config.get_profile`).
+        grid_name: the experiment, a key of GRIDS.
+        runs_root: the folder holding one workspace per profile; None = RUNS_ROOT (runs/).
+        n_seeds: training seeds per configuration; None = the profile's (`n_seeds_for`).
+        size: the grid size, "full", "table1" or "minimal"; None = the profile's `grid`.
+        out: the results CSV; None = <workspace>/results/<grid_name>.csv.
+        log: called with one line per progress message (silenced on ranks other than the main one).
+
+    Returns:
+        The path of the results CSV.
+
+    Raises:
+        ConfigError: an unknown profile.
+        ValueError: an unknown grid name.
+    """
     from ..analysis.tables import tidy
     from . import pool, runner
     from .pipeline import prepare
@@ -69,6 +88,15 @@ def _wait_for_others(ws, specs: list[RunSpec], device, log, poll_s: float = 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: parse the arguments, set torch's CPU threads and run `run_job`.
+
+    Args:
+        argv: the arguments (--profile, --grid, --runs-root, --seeds, --size, --out, --threads); None = sys.argv[1:].
+
+    Returns:
+        The exit status: 0 when the results CSV is written, 2 after a ConfigError, DataError, CheckpointError, StepError
+        or RegistryError, printed to stderr as one line without a traceback.
+    """
     ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.job", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--grid", default="table1", help=f"one of: {', '.join(GRIDS)}")

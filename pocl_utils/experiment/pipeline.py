@@ -81,9 +81,18 @@ def _build_teacher(ws: Workspace, out: Path, dev) -> None:
 
 
 def teacher_sft_data(ws: Workspace) -> list:
-    """The teacher's SFT examples: the instruction data, plus (`teacher_sft_mix` > 0) plain-LM blocks of its own
-    pre-training pool, so that instruction tuning does not erase what pre-training taught (the pre-training term of
-    InstructGPT's PPO-ptx and MiniLLM). mix = the share of pre-training blocks among the examples."""
+    """The teacher's SFT examples: the instruction data, plus plain-LM blocks of its own pre-training pool.
+
+    The blocks (when `teacher_sft_mix` > 0) keep instruction tuning from erasing what pre-training taught (the
+    pre-training term of InstructGPT's PPO-ptx and MiniLLM). mix = the share of pre-training blocks among the examples:
+    up to round(n_train * mix / (1 - mix)) blocks are added.
+
+    Args:
+        ws: the workspace of a world profile, with its data and tokenizer built.
+
+    Returns:
+        The encoded training set, followed by the pre-training blocks (their `index` continuing after its last).
+    """
     p, train = ws.profile, ws.encoded("train")
     if p.teacher_sft_mix <= 0:
         return train

@@ -39,7 +39,19 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
     """Run every spec (skipping finished ones) on `workers` processes with one thread each; returns the records.
 
     Under `accelerate launch` the launched processes are the workers: they run one spec at a time together
-    (`execute`), so `workers` is 1 and every rank walks the main rank's list of unfinished specs."""
+    (`execute`), so `workers` is 1 and every rank walks the main rank's list of unfinished specs. On CUDA, or with one
+    worker, the specs run one after the other in this process.
+
+    Args:
+        ws: the prepared workspace.
+        specs: the runs of the grid.
+        workers: worker processes; None = the profile's `workers`. Never more than the runs left to do.
+        log: called with one line per finished run and one summary line before.
+
+    Returns:
+        The records of the finished runs among `specs`, in their order (runs still held by another process are
+        missing).
+    """
     todo = distributed.broadcast([s for s in specs if not ws.registry.done(KIND, run_key(ws, s))])
     workers = 1 if distributed.world_size() > 1 else min(workers or ws.profile.workers, max(1, len(todo)))
     on = f"{workers} worker(s)" if distributed.world_size() == 1 else f"{distributed.world_size()} processes together"

@@ -12,16 +12,31 @@ import torch
 
 
 def precision(device: torch.device | str) -> str:
-    """The precision policy a run's steps use on `device` (`distributed.step_policy(device).tag`): "fp32" on the CPU;
-    on CUDA "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher stored in bf16), with
-    "+compiled" when POCL_COMPILE=1 (the step forward, or each block under `accelerate launch`). CPU keys are
-    unchanged by the GPU path's tags."""
+    """The precision policy a run's steps use on `device` (`distributed.step_policy(device).tag`).
+
+    "fp32" on the CPU; on CUDA "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher
+    stored in bf16), with "+compiled" when POCL_COMPILE=1 (the step forward, or each block under `accelerate launch`).
+    CPU keys are unchanged by the GPU path's tags.
+
+    Args:
+        device: the device the run's steps run on (a torch.device or its name).
+
+    Returns:
+        The policy's tag, as written into run keys.
+    """
     from ..training.distributed import step_policy
     return step_policy(device).tag
 
 
 def device_name(device: torch.device | str) -> str:
-    """A readable device name: the GPU's model on CUDA, else the device type."""
+    """A readable device name: the GPU's model on CUDA, else the device type.
+
+    Args:
+        device: a torch.device or its name.
+
+    Returns:
+        The name, e.g. "NVIDIA H200" or "cpu".
+    """
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(dev)
@@ -29,8 +44,20 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment(device: torch.device | str) -> dict[str, Any]:
-    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files; with
-    gradient accumulation (POCL_GRAD_ACCUM > 1) its micro-batches per step too."""
+    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files.
+
+    With gradient accumulation (POCL_GRAD_ACCUM > 1) its micro-batches per step too.
+
+    Args:
+        device: the device the run's steps run on (a torch.device or its name).
+
+    Returns:
+        {"device": type, "device_name": ..., "precision": ..., "torch": version, "transformers": version}, plus
+        "grad_accum" when it is > 1.
+
+    Raises:
+        ValueError: POCL_GRAD_ACCUM is not a positive integer.
+    """
     import transformers
     from ..training.loop import grad_accum
     dev = torch.device(device)
@@ -41,7 +68,17 @@ def environment(device: torch.device | str) -> dict[str, Any]:
 
 
 def describe(device: torch.device | str) -> str:
-    """One phrase for set-up lines, e.g. 'device cpu (fp32, torch 2.5.1)'."""
+    """One phrase for set-up lines, e.g. 'device cpu (fp32, torch 2.5.1)'.
+
+    Args:
+        device: the device the run's steps run on (a torch.device or its name).
+
+    Returns:
+        "device <name> (<precision>, torch <version>, transformers <version>)".
+
+    Raises:
+        ValueError: POCL_GRAD_ACCUM is not a positive integer.
+    """
     env = environment(device)
     name = env["device_name"] if env["device_name"] != env["device"] else env["device"]
     return f"device {name} ({env['precision']}, torch {env['torch']}, transformers {env['transformers']})"

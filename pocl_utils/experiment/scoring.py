@@ -17,25 +17,61 @@ from .workspace import Workspace
 
 
 def eval_key(p) -> dict[str, Any]:
+    """The evaluation's part of a run key: the settings that change a model's scores.
+
+    Args:
+        p: the profile.
+
+    Returns:
+        {"seeds": eval_seeds, "max_examples": eval_max_examples, "new": max_new_tokens}, plus "greedy":
+        greedy_max_examples unless it is -1 (none), so keys from before greedy scoring stay the same.
+    """
     key = {"seeds": list(p.eval_seeds), "max_examples": p.eval_max_examples, "new": p.max_new_tokens}
     return key if p.greedy_max_examples < 0 else {**key, "greedy": p.greedy_max_examples}
 
 
 def eval_data(ws: Workspace, role: str, max_examples: int) -> tuple[list, list[list[str]]]:
-    """A set's encoded prompts and reference lists, on the profile's seeded subset."""
+    """A set's encoded prompts and reference lists, on the profile's seeded subset.
+
+    Args:
+        ws: the prepared workspace (profile, tokenizer, sets).
+        role: the set, a key of ROLES.
+        max_examples: the subset's size (`evaluate.subset`, seed 0); 0 = every example.
+
+    Returns:
+        (encoded examples, each example's list of reference strings), in the set's order.
+    """
     enc = ws.encoded(role)
     enc = [enc[i] for i in subset(len(enc), max_examples)]
     return enc, [ws.sets[role][e.index]["references"] for e in enc]
 
 
 def validation_score(ws: Workspace, model) -> float:
-    """Greedy ROUGE-L on the validation subset (checkpoint selection, A.2.2)."""
+    """Greedy ROUGE-L on the validation subset (checkpoint selection, A.2.2).
+
+    Args:
+        ws: the prepared workspace (profile, tokenizer, sets).
+        model: the causal LM to score.
+
+    Returns:
+        The mean ROUGE-L in [0, 100] on `valid_max_examples` rows of the validation set.
+    """
     enc, refs = eval_data(ws, "valid", ws.profile.valid_max_examples)
     return greedy_rouge(model, ws.tokenizer, enc, refs, max_new_tokens=ws.profile.max_new_tokens)
 
 
 def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
-    """The paper's protocol on the five eval sets: sampled responses (temperature 1), ROUGE-L, mean over seeds."""
+    """The paper's protocol on the five eval sets: sampled responses (temperature 1), ROUGE-L, mean over seeds.
+
+    Each set is scored on `eval_max_examples` rows (0 = all) with the profile's `eval_seeds`.
+
+    Args:
+        ws: the prepared workspace (profile, tokenizer, sets).
+        model: the causal LM to score.
+
+    Returns:
+        Eval set name -> `evaluate.evaluate_set`'s result ({"per_seed", "mean", "std", "n"}).
+    """
     p = ws.profile
     out = {}
     for role in EVAL_SETS:
@@ -45,8 +81,17 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
 
 
 def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
-    """Greedy ROUGE-L on `greedy_max_examples` rows of each eval set (0 = all): deterministic, so smaller effects are
-    separable than under sampling. Empty when the profile asks for none (-1)."""
+    """Greedy ROUGE-L on `greedy_max_examples` rows of each eval set (0 = all).
+
+    Deterministic, so smaller effects are separable than under sampling. Empty when the profile asks for none (-1).
+
+    Args:
+        ws: the prepared workspace (profile, tokenizer, sets).
+        model: the causal LM to score.
+
+    Returns:
+        Eval set name -> {"mean": mean ROUGE-L in [0, 100], "n": rows}; {} when greedy_max_examples is -1.
+    """
     p, out = ws.profile, {}
     if p.greedy_max_examples < 0:
         return out
@@ -58,7 +103,15 @@ def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
 
 
 def scores(ws: Workspace, model) -> dict[str, Any]:
-    """A model's eval metrics: "eval" (the paper's sampled protocol) and "greedy" (see greedy_scores)."""
+    """A model's eval metrics: "eval" (the paper's sampled protocol) and "greedy" (see greedy_scores).
+
+    Args:
+        ws: the prepared workspace (profile, tokenizer, sets).
+        model: the causal LM to score.
+
+    Returns:
+        {"eval": `evaluate_model`'s result, "greedy": `greedy_scores`' result}.
+    """
     return {"eval": evaluate_model(ws, model), "greedy": greedy_scores(ws, model)}
 
 
@@ -66,11 +119,32 @@ REFERENCE_MODELS = {"Teacher": "load_teacher", "Student (init)": "load_student_i
 
 
 def reference_score(ws: Workspace, name: str) -> dict[str, Any]:
-    """The registry record of one reference model's scores on the eval sets ('Teacher' or 'Student (init)'), cached."""
+    """The registry record of one reference model's scores on the eval sets ('Teacher' or 'Student (init)'), cached.
+
+    Computed once per prepared steps, evaluation settings and precision policy (`Workspace.cached`, kind "reference"),
+    on `pick_device()`.
+
+    Args:
+        ws: the prepared workspace.
+        name: a key of REFERENCE_MODELS: "Teacher" or "Student (init)".
+
+    Returns:
+        The registry record; its "metrics" are `scores`' result.
+
+    Raises:
+        KeyError: a name that is not a reference model.
+    """
     load = getattr(ws, REFERENCE_MODELS[name])
     return ws.cached("reference", name, eval_key(ws.profile), lambda: scores(ws, load(pick_device()).eval()))
 
 
 def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:
-    """The teacher's (Table 1's 'Teacher' row) and the untrained student's scores on the eval sets, cached."""
+    """The teacher's (Table 1's 'Teacher' row) and the untrained student's scores on the eval sets, cached.
+
+    Args:
+        ws: the prepared workspace.
+
+    Returns:
+        Reference model name -> its registry record (`reference_score`).
+    """
     return {name: reference_score(ws, name) for name in REFERENCE_MODELS}

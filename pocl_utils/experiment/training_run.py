@@ -30,7 +30,19 @@ from .workspace import Workspace
 
 def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
     """POCL: ranked, partitioned, Baby Step stages sharing the baseline's step budget; baseline: one stage.
-    Stage samples are positions in `encoded`."""
+
+    Stage samples are positions in `encoded`. The baseline's one stage holds every sample at (tau_0, alpha_0) for the
+    whole budget (`loop.total_steps` of the profile's kd spec); POCL's are planned by `curriculum.plan_stages` from the
+    spec's ranking, order, n_subsets, tau and alpha schedules and seed.
+
+    Args:
+        ws: the prepared workspace (profile, ranking).
+        spec: the run.
+        encoded: the training examples the stages index (the KD context's).
+
+    Returns:
+        The stages, in training order.
+    """
     steps = total_steps(len(encoded), ws.profile.kd)
     if not spec.pocl:
         return [Stage(1, np.arange(len(encoded)), spec.tau[0], spec.alpha[0], steps)]
@@ -41,8 +53,18 @@ def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
 
 
 def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
-    """Training sample ids easiest first: by the student-based measurer (fusion, rouge_l, ce), or by the world's true
-    difficulty ("oracle", the positive control; the rows' order breaks ties, and world rows are in random order)."""
+    """Training sample ids easiest first: by the student-based measurer, or by the world's true difficulty.
+
+    The measurers are fusion, rouge_l and ce; "oracle" is the world's true difficulty, the positive control (the rows'
+    order breaks ties, and world rows are in random order).
+
+    Args:
+        ws: the prepared workspace (ranking; for "oracle" a generated world's training rows).
+        ranking: "fusion", "rouge_l", "ce" or "oracle".
+
+    Returns:
+        [n] sample ids (dataset indices, not positions), easiest first.
+    """
     if ranking != "oracle":
         return ws.ranking.order(ranking)
     ids = np.sort(ws.ranking.ids)
@@ -50,8 +72,17 @@ def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
 
 
 def check_points(stages: list[Stage], n_checks: int) -> set[tuple[int, int]]:
-    """(stage, step) pairs after which the validation ROUGE-L is measured: each POCL stage's end; for a single stage,
-    `n_checks` evenly spaced points ending at the last step."""
+    """(stage, step) pairs after which the validation ROUGE-L is measured.
+
+    Each POCL stage's end; for a single stage, `n_checks` evenly spaced points ending at the last step.
+
+    Args:
+        stages: the run's stages.
+        n_checks: validation points for a single-stage run (ignored with several stages).
+
+    Returns:
+        {(stage index, 1-based; step within the stage, 0-based)}.
+    """
     if len(stages) > 1:
         return {(s.index, s.steps - 1) for s in stages}
     steps = stages[0].steps
@@ -59,6 +90,20 @@ def check_points(stages: list[Stage], n_checks: int) -> set[tuple[int, int]]:
 
 
 def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
+    """The KD context of one run: its training data, the teacher cache or the live teacher, and GKD's on-policy share.
+
+    SeqKD trains on the teacher's responses and SFT on the training set, neither with a teacher. The other methods use
+    the profile's teacher cache; the live teacher (sharded only under an FSDP launch) is loaded for on-policy batches
+    (GKD, with `on_policy_frac` = the profile's gkd_lambda) or when the profile has no cache ("live").
+
+    Args:
+        ws: the prepared workspace.
+        spec: the run.
+        device: where the live teacher is loaded.
+
+    Returns:
+        The KDContext.
+    """
     p = ws.profile
     if spec.method == "SeqKD":
         return KDContext(ws.seqkd_encoded, ws.pad_id, ws.eos_id)
@@ -74,10 +119,29 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
 
 def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
               validate: Callable[[Any], float]) -> dict[str, Any]:
-    """Train one run stage by stage; after each finished stage its weights and log are checkpointed, so a killed run
-    resumes at the last finished stage and ends exactly as an uninterrupted one would. Each stage starts a fresh
-    optimizer and LR schedule, as the official POCL code does, unless `spec.restarts` is False: then one AdamW and one
-    warm-up + cosine schedule run over all the stages' steps (checkpointed with the weights)."""
+    """Train one run stage by stage; after each finished stage its weights and log are checkpointed.
+
+    A killed run therefore resumes at the last finished stage and ends exactly as an uninterrupted one would. Each stage
+    starts a fresh optimizer and LR schedule, as the official POCL code does, unless `spec.restarts` is False: then one
+    AdamW and one warm-up + cosine schedule run over all the stages' steps (checkpointed with the weights). Whenever a
+    check of `check_points` beats the best validation score so far, the student's weights are saved to
+    `run_dir/best.safetensors`.
+
+    Args:
+        ws: the prepared workspace.
+        spec: the run.
+        run_dir: the folder of the run's checkpoints and progress.json (resumed from if present).
+        device: the device to train on.
+        validate: the validation score of the student (higher is better), e.g. `scoring.validation_score`.
+
+    Returns:
+        The progress state: "done_stage", "steps" (optimizer steps so far), "best" (best validation score, -1 if none),
+        "valid" (one row per check: stage, step, rouge_l), "loss" (a thinned per-step log) and "stages" (each stage's
+        n_samples, tau, alpha and steps).
+
+    Raises:
+        ValueError: `spec.restarts` is False on several launched processes (one schedule runs on one process only).
+    """
     ctx = kd_context(ws, spec, device)
     stages = stages_for(ws, spec, ctx.encoded)
     checks = check_points(stages, ws.profile.valid_checks)
@@ -134,8 +198,13 @@ def _checkpoint(run_dir: Path, stage: int, suffix: str) -> Path:
 
 
 def remove_checkpoints(run_dir: Path) -> None:
-    """Delete a finished run's checkpoints (its stages' weights and optimizer, its best weights): the record is what
-    matters, and the registry stays small."""
+    """Delete a finished run's checkpoints (its stages' weights and optimizer, its best weights).
+
+    The record is what matters, and the registry stays small.
+
+    Args:
+        run_dir: the run's folder; progress.json and other files stay.
+    """
     for path in [*run_dir.glob("stage*.safetensors"), *run_dir.glob("stage*.optimizer.pt")]:
         path.unlink()
     (run_dir / "best.safetensors").unlink(missing_ok=True)

@@ -39,13 +39,25 @@ class StepError(RuntimeError):
 def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None], *,
              record: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> Path:
     """Run `build(tmp_dir)` unless `root/name` already holds the complete output for `key`; the result appears
-    atomically. `record` (e.g. the device it was built on) is kept in the step's STEP.json.
+    atomically.
 
-    STEP.json also lists every file the step wrote with its size and sha256 (`manifest`). A step whose files no longer
-    match it (one truncated, deleted or rewritten later), or whose STEP.json is unreadable, is rebuilt, with a line
-    saying so. Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock`
-    (released by the kernel if it is killed) and the others wait, then find the finished step. A failed build leaves
-    nothing behind."""
+    `record` (e.g. the device it was built on) is kept in the step's STEP.json. STEP.json also lists every file the
+    step wrote with its size and sha256 (`manifest`). A step whose files no longer match it (one truncated, deleted or
+    rewritten later), or whose STEP.json is unreadable, is rebuilt, with a line saying so. Concurrent processes build a
+    step once: the builder holds an exclusive lock on `root/.name.lock` (released by the kernel if it is killed) and the
+    others wait, then find the finished step. A failed build leaves nothing behind (its exception propagates).
+
+    Args:
+        root: the folder holding the steps (the workspace root).
+        name: the step's name, its folder under `root`.
+        key: the step's cache key; a folder built for another key is rebuilt.
+        build: writes the step's files into the temporary folder it is given.
+        record: extra fields for STEP.json; None = none.
+        log: called with a line when an existing step is rebuilt because it is damaged.
+
+    Returns:
+        `root/name`, the finished step's folder.
+    """
     out = root / name
     if _intact(out, key):
         return out
@@ -76,7 +88,14 @@ HASH_LIMIT = 256 * 2**20  # files up to this size are checked by sha256 at every
 
 
 def manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """Relative path -> {size, sha256} of every file under `folder` (STEP.json excluded)."""
+    """Relative path -> {size, sha256} of every file under `folder` (STEP.json excluded).
+
+    Args:
+        folder: the step's folder.
+
+    Returns:
+        POSIX relative path -> {"size": bytes, "sha256": hex digest}, sorted by path.
+    """
     return {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)}
             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != "STEP.json"}
 
@@ -120,7 +139,17 @@ def _step_problem(out: Path, key: str) -> str | None:
 
 
 def step_info(out: Path) -> dict[str, Any] | None:
-    """A finished step's STEP.json (None if the step is not there); StepError naming the file if it is unreadable."""
+    """A finished step's STEP.json (None if the step is not there); StepError naming the file if it is unreadable.
+
+    Args:
+        out: the step's folder.
+
+    Returns:
+        STEP.json's object (key, wall_s, the build record and files), or None when the folder has no STEP.json.
+
+    Raises:
+        StepError: STEP.json is not valid JSON, not UTF-8, or not a JSON object.
+    """
     path = out / "STEP.json"
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
@@ -151,8 +180,20 @@ class Workspace:
 
     def cached(self, kind: str, name: str, params: dict[str, Any],
                compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """compute()'s metrics, stored once in the registry (`kind`) under (name, params, the prepared steps' keys, the
-        precision policy of this process's device)."""
+        """compute()'s metrics, stored once in the registry (`kind`) under a key.
+
+        The key hashes (name, params, the prepared steps' keys, the precision policy of this process's device); a
+        later call with the same key loads the stored record instead of computing.
+
+        Args:
+            kind: the registry kind (folder) to store it under, e.g. "reference".
+            name: what is computed, e.g. a reference model's name.
+            params: the settings it depends on; part of the key and of the record's config.
+            compute: returns the metrics; called only when no record exists.
+
+        Returns:
+            The registry record (config, "metrics" = compute()'s output, timing and provenance), as read back from disk.
+        """
         dev = distributed.device()
         key = config_hash({"name": name, "params": params, "prep": self.step_keys(), "precision": precision(dev)})
         reg = self.registry
@@ -179,6 +220,19 @@ class Workspace:
         return {role: load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
 
     def encoded(self, role: str) -> list:
+        """The tokenized examples of one set, encoded once per Workspace (`data.encode_examples`).
+
+        Prompts longer than the profile's max_prompt_len are dropped; responses are cut to fit max_len.
+
+        Args:
+            role: a key of ROLES: "train", "valid" or one of the five eval sets.
+
+        Returns:
+            The Encoded examples, `index` = the row's position in `sets[role]`.
+
+        Raises:
+            DataError: every prompt of a non-empty set is longer than max_prompt_len.
+        """
         return self._encoded[role]
 
     @cached_property
@@ -219,9 +273,33 @@ class Workspace:
         return {name: (step_info(self.root / name) or {}).get("precision") for name in STEPS}
 
     def load_teacher(self, device: torch.device):
+        """The prepared teacher (the "teacher" step's checkpoint), in eval mode.
+
+        Args:
+            device: the device to put it on.
+
+        Returns:
+            The teacher model.
+
+        Raises:
+            CheckpointError: a truncated or corrupt weights file, naming it.
+            FileNotFoundError: the teacher step is not built.
+        """
         return load_checkpoint(self.root / "teacher" / "model", device).eval()
 
     def load_student_init(self, device: torch.device):
+        """A fresh copy of the student's initial weights (the "student_init" step's checkpoint).
+
+        Args:
+            device: the device to put it on.
+
+        Returns:
+            The student model.
+
+        Raises:
+            CheckpointError: a truncated or corrupt weights file, naming it.
+            FileNotFoundError: the student_init step is not built.
+        """
         return load_checkpoint(self.root / "student_init" / "model", device)
 
 
@@ -230,6 +308,15 @@ STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cac
 
 
 def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
+    """The folder of a profile's workspace.
+
+    Args:
+        profile: the profile.
+        runs_root: the folder holding one workspace per profile; None = RUNS_ROOT ($POCL_RUNS_DIR, default runs/).
+
+    Returns:
+        `runs_root / profile.name`.
+    """
     return Path(runs_root or RUNS_ROOT) / profile.name
 
 
@@ -238,7 +325,17 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
     """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key.
 
     Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
-    the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded)."""
+    the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded). Each
+    step's STEP.json records `environment(dev)`.
+
+    Args:
+        ws: the workspace.
+        builders: step name -> builder, in build order.
+        keys: step name -> cache key (e.g. `prep_keys`); must hold every name of `builders`.
+        dev: the device the builders run models on.
+        log: called with one line per step once it is ready.
+        tag: the log lines' prefix.
+    """
     for name, build in builders.items():
         t0 = time.time()
         b = partial(build, ws)
@@ -251,8 +348,17 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
 
 
 def trained_together(p: Profile, name: str) -> bool:
-    """Whether all launched processes build step `name` together: the teacher step when it trains the teacher (world
-    profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding)."""
+    """Whether all launched processes build step `name` together: the teacher step when it trains the teacher.
+
+    That is for world profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding.
+
+    Args:
+        p: the profile.
+        name: the step's name (one of STEPS).
+
+    Returns:
+        True for the "teacher" step of a profile that trains its teacher.
+    """
     return name == "teacher" and (p.data == "world" or p.sft_teacher)
 
 
@@ -282,7 +388,14 @@ def _build_together(root: Path, name: str, key: str, build: Callable[[Path], Non
 
 
 def cache_mode(p: Profile) -> dict[str, str]:
-    """The teacher cache's mode for its step key; "exact", the default, adds nothing to the key."""
+    """The teacher cache's mode for its step key; "exact", the default, adds nothing to the key.
+
+    Args:
+        p: the profile.
+
+    Returns:
+        {} for "exact", else {"mode": p.teacher_cache}.
+    """
     return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
 
 
@@ -314,7 +427,19 @@ def prep_keys(p: Profile) -> dict[str, str]:
 
 
 def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
-    """Plain-LM training data as Encoded pairs: the first token is the 'prompt', every later token a target."""
+    """Plain-LM training data as Encoded pairs: the first token is the 'prompt', every later token a target.
+
+    The texts are tokenized without special tokens, each followed by EOS, concatenated and cut into consecutive blocks
+    of `block` tokens, started while more than `block` tokens remain (the rest is dropped).
+
+    Args:
+        texts: the text corpus.
+        tokenizer: the tokenizer.
+        block: tokens per example (prompt + response).
+
+    Returns:
+        The Encoded blocks, `index` = their position.
+    """
     ids: list[int] = []
     for t in texts:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -326,7 +451,15 @@ def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
 
 
 def ranking_step(ws: Workspace, out: Path, dev) -> None:
-    """ranking.csv: the training samples scored by the initial student (`difficulty.score_samples`)."""
+    """ranking.csv: the training samples scored by the initial student (`difficulty.score_samples`).
+
+    The references are each training row's "output"; generation is greedy, up to the profile's max_new_tokens.
+
+    Args:
+        ws: the workspace, with the steps before this one built.
+        out: the step's (temporary) folder to write into.
+        dev: the device to run the model on.
+    """
     student = ws.load_student_init(dev).eval()
     enc = ws.encoded("train")
     refs = [[ws.sets["train"][e.index]["output"]] for e in enc]
@@ -335,7 +468,15 @@ def ranking_step(ws: Workspace, out: Path, dev) -> None:
 
 
 def teacher_cache_step(ws: Workspace, out: Path, dev) -> None:
-    """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live"."""
+    """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live".
+
+    Writes cache.safetensors, the teacher's outputs on the encoded training set.
+
+    Args:
+        ws: the workspace, with the steps before this one built.
+        out: the step's (temporary) folder to write into.
+        dev: the device to run the model on.
+    """
     top_k = cache_top_k(ws.profile)
     if top_k is not None:
         cache = build_teacher_cache(ws.load_teacher(dev), ws.encoded("train"), ws.pad_id, top_k=top_k)
@@ -343,7 +484,16 @@ def teacher_cache_step(ws: Workspace, out: Path, dev) -> None:
 
 
 def seqkd_step(ws: Workspace, out: Path, dev) -> None:
-    """SeqKD data: the teacher's greedy responses to the training prompts (teacher-generated outputs)."""
+    """SeqKD data: the teacher's greedy responses to the training prompts (teacher-generated outputs).
+
+    Writes responses.json: one list of token ids per training example, up to max_new_tokens, closed with EOS only when
+    the teacher stopped by itself (`data.close_response`).
+
+    Args:
+        ws: the workspace, with the steps before this one built.
+        out: the step's (temporary) folder to write into.
+        dev: the device to run the model on.
+    """
     enc = ws.encoded("train")
     outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
                     max_new_tokens=ws.profile.max_new_tokens)
@@ -351,6 +501,16 @@ def seqkd_step(ws: Workspace, out: Path, dev) -> None:
 
 
 def thin_log(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
-    """Keep a loss log small: every k-th step plus the last, with its step index."""
+    """Keep a loss log small: every k-th step plus the last, with its step index.
+
+    k = max(1, len(log) // points), so a log longer than `points` keeps about `points` to 2 `points` rows.
+
+    Args:
+        log: one row of values per step.
+        points: the number of rows to aim for.
+
+    Returns:
+        The kept rows, each with "step" (its index in `log`) added first.
+    """
     k = max(1, len(log) // points)
     return [{"step": i, **row} for i, row in enumerate(log) if i % k == 0 or i == len(log) - 1]
