@@ -52,12 +52,26 @@ def _name(profile: str | Profile) -> str:
 
 
 def results_dir(profile: str | Profile) -> Path:
-    """This run's tables: results/<profile>/ under the output root (see outputs.output_root)."""
+    """This run's tables: results/<profile>/ under the output root (see outputs.output_root).
+
+    Args:
+        profile: a Profile or a profile's name.
+
+    Returns:
+        The folder's path (not created here).
+    """
     return outputs.results_dir(_name(profile))
 
 
 def figures_dir(profile: str | Profile) -> Path:
-    """This run's figures: figures/<profile>/ under the output root."""
+    """This run's figures: figures/<profile>/ under the output root.
+
+    Args:
+        profile: a Profile or a profile's name.
+
+    Returns:
+        The folder's path (not created here).
+    """
     return outputs.figures_dir(_name(profile))
 
 
@@ -66,9 +80,24 @@ def _model_text(spec: ModelSpec) -> str:
 
 
 def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
-    """Resolve the profile strictly (unknown name or key raises), print the device it runs on (the notebook's first
-    output), prepare its cached workspace, set the plot theme, save the resolved profile to
-    results/<profile>/profile.json and print a one-line summary."""
+    """Set up a notebook for one profile and return its prepared workspace.
+
+    Resolves the profile strictly (unknown name or key raises), prints the device it runs on (the notebook's first
+    output), prepares its cached workspace (building whatever is not cached yet), sets the plot theme, saves the
+    resolved profile to results/<profile>/profile.json and prints a one-line summary. In a notebook, our input errors
+    are then shown as one line instead of a traceback (`short_errors`).
+
+    Args:
+        profile: the profile's name, one of PROFILES.
+        **overrides: profile keys to change, dotted for nested settings (the notebooks pass their `overrides` parameter,
+            e.g. {"kd.lr": 0.001}).
+
+    Returns:
+        The prepared Workspace: the profile's data sets, models, difficulty ranking and caches.
+
+    Raises:
+        ConfigError: an unknown profile, an unknown key or a bad value.
+    """
     import seaborn as sns
     short_errors()
     p = get_profile(profile, overrides)
@@ -85,14 +114,32 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
 
 
 def require_real(ws: Workspace) -> None:
-    """Stop with a one-line error unless the workspace holds real data (the real-models notebook needs it)."""
+    """Stop with a one-line error unless the workspace holds real data (the real-models notebook needs it).
+
+    Args:
+        ws: the notebook's workspace (`setup`).
+
+    Raises:
+        ConfigError: the profile has generated data (the message names the real-data profiles).
+    """
     if ws.profile.data != "real":
         raise ConfigError(f"profile {ws.profile.name!r} has generated data; this notebook needs a real-data profile "
                           f"(real-lite, paper or paper-opt)")
 
 
 def real_data_card(ws: Workspace) -> pd.DataFrame:
-    """real.data_card, saved as results/<profile>/data_card and figures/<profile>/real_prompt_lengths."""
+    """The card of the real data sets: sources, sizes, filtering, use and licence.
+
+    real.data_card, saved as results/<profile>/data_card.{csv,md} and figures/<profile>/real_prompt_lengths.{png,pdf}
+    (the histograms of every source prompt's GPT-2 length; shown in a notebook).
+
+    Args:
+        ws: a workspace of a real-data profile.
+
+    Returns:
+        One row per real set, with the columns role, file, rows, fields, dropped_over_256_gpt2_tokens, in_workspace,
+        used, licence and source.
+    """
     from ..experiment.real import data_card
     card, lengths = data_card(ws)
     save_table(ws, card, "data_card")
@@ -140,7 +187,16 @@ def _cell(value: Any, width: int = 120) -> Any:
 
 
 def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
-    """Display a table as Markdown in a notebook (printed elsewhere); text cells are kept to one line."""
+    """Display a table as Markdown in a notebook (printed elsewhere); text cells are kept to one line.
+
+    Text cells have their newlines shown as ⏎ and pipes escaped, and are cut at 120 characters; a MultiIndex is joined
+    into one label per row ("KLD +POCL"); a plain integer index (row numbers) is left out. An empty table (or None)
+    shows "*(no rows for this profile)*".
+
+    Args:
+        df: the table.
+        floatfmt: the format of float cells, as in DataFrame.to_markdown.
+    """
     if df is None or len(df) == 0:
         text = "*(no rows for this profile)*"
     else:
@@ -157,12 +213,32 @@ def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
 
 
 def save_table(ws: Workspace, df: pd.DataFrame, name: str) -> Path:
-    """results/<profile>/<name>.csv and .md."""
+    """Save a table as results/<profile>/<name>.csv and .md.
+
+    Written atomically; the CSV keeps the index unless it is a plain RangeIndex.
+
+    Args:
+        ws: the notebook's workspace (its profile names the folder).
+        df: the table.
+        name: the files' name, without extension.
+
+    Returns:
+        The CSV file's path.
+    """
     return tables.save_table(df, name, results_dir(ws.profile))
 
 
 def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
-    """figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it."""
+    """Save a figure as figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it.
+
+    Args:
+        ws: the notebook's workspace (its profile names the folder).
+        fig: a matplotlib Figure.
+        name: the files' name, without extension.
+
+    Returns:
+        The PNG file's path.
+    """
     import matplotlib.pyplot as plt
     path = figures.save_figure(fig, name, figures_dir(ws.profile))
     if in_notebook():
@@ -176,7 +252,16 @@ def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
 
 
 def examples_frame(ws: Workspace) -> pd.DataFrame:
-    """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long)."""
+    """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long).
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        A DataFrame with the columns role, family ("-" when the row has none), level and difficulty (NaN when the row
+        has none), prompt_tokens and response_tokens (without EOS; NaN if dropped as too long) and kept (whether the
+        example survived encoding).
+    """
     rows = []
     for role, data in ws.sets.items():
         lengths = {e.index: (len(e.prompt_ids), len(e.response_ids) - 1) for e in ws.encoded(role)}  # minus EOS
@@ -189,14 +274,35 @@ def examples_frame(ws: Workspace) -> pd.DataFrame:
 
 
 def sample_rows(ws: Workspace, n: int) -> pd.DataFrame:
-    """The first n rows of every role (instruction, input, reference output, family, level, difficulty)."""
+    """The first n rows of every role (instruction, input, reference output, family, level, difficulty).
+
+    Args:
+        ws: the notebook's workspace.
+        n: the number of rows per role.
+
+    Returns:
+        A DataFrame with the columns role, family, level, difficulty, instruction, input and output ("" where a row
+        lacks the field).
+    """
     keys = ("family", "level", "difficulty", "instruction", "input", "output")
     return pd.DataFrame([{"role": role, **{k: r.get(k, "") for k in keys}} for role, data in ws.sets.items()
                          for r in data[:n]])
 
 
 def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
-    """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role."""
+    """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role.
+
+    Both models run on the CPU, up to the profile's max_new_tokens.
+
+    Args:
+        ws: the notebook's workspace.
+        role: a data set: "train", "valid" or an eval set's name.
+        n: the number of prompts.
+
+    Returns:
+        A DataFrame with one row per prompt and the columns instruction, input, output (the reference), teacher and
+        student (init).
+    """
     from ..evaluate import responses
     enc = ws.encoded(role)[:n]
     out = pd.DataFrame([{k: ws.sets[role][e.index][k] for k in ("instruction", "input", "output")} for e in enc])
@@ -206,8 +312,21 @@ def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
 
 
 def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
-    """n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the
-    reference, the teacher's and the initial student's greedy answers, and each answer's ROUGE-L."""
+    """Samples of the easiest and of the hardest POCL subset, with the reference and both models' greedy answers.
+
+    n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the reference,
+    the teacher's and the initial student's greedy answers, and each answer's ROUGE-L. The teacher runs on the CPU; the
+    student's answers and ROUGE-L are the ones cached with the difficulty ranking.
+
+    Args:
+        ws: the notebook's workspace.
+        n: the number of samples per subset (all of a smaller subset).
+        seed: the sampling seed.
+
+    Returns:
+        A DataFrame, d_1's rows first, with the columns subset, true_difficulty (NaN on real data), instruction, input,
+        output (the reference), teacher, student (init), ROUGE-L teacher and ROUGE-L student.
+    """
     from ..evaluate import responses, rouge_l
     frame = ranking_table(ws)
     ends = [frame.subset.min(), frame.subset.max()]
@@ -224,7 +343,17 @@ def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def model_sizes(ws: Workspace) -> pd.DataFrame:
-    """Teacher and student: architecture and parameter count."""
+    """Teacher and student: architecture and parameter count.
+
+    Both models (the student before training) are loaded on the CPU to count their parameters.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        Two rows (teacher, student) with the columns model, spec (architecture, layers × width, or the hub name), heads
+        (None for hub models), parameters (M) and teacher ÷ this (the teacher's parameter count over this model's).
+    """
     from ..modeling.models import n_params
     out = []
     for role, spec, load in (("teacher", ws.profile.teacher, ws.load_teacher), ("student", ws.profile.student,
@@ -237,8 +366,17 @@ def model_sizes(ws: Workspace) -> pd.DataFrame:
 
 
 def training_logs(ws: Workspace) -> dict[str, list[dict]]:
-    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json). A step
-    that trained nothing has no log (real-lite's teacher is used as its authors released it)."""
+    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json).
+
+    A step that trained nothing has no log (real-lite's teacher is used as its authors released it).
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        {title: log}: "teacher SFT (<wall> s)" and "student LM pre-training (<wall> s)", each mapped to the step's
+        log.json (a list of dicts), for the steps that have one.
+    """
     import json
     read = lambda step, name: json.loads((ws.root / step / name).read_text())  # noqa: E731
     return {f"{title} ({read(step, 'STEP.json')['wall_s']:.3g} s)": read(step, "log.json")
@@ -247,17 +385,34 @@ def training_logs(ws: Workspace) -> dict[str, list[dict]]:
 
 
 def ranking_table(ws: Workspace) -> pd.DataFrame:
-    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2)."""
+    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2).
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        One row per ranked training sample, with the columns id, rouge_l, ce, fused, greedy (the student's greedy
+        answer), rank_rouge_l, rank_ce, rank_fusion (1 = easiest), subset (1..n by the fused ranking), family, level,
+        instruction, input, output and true_difficulty (NaN on real data).
+    """
     return frames.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
 
 
 def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     """POCL's premises in this workspace (pocl_utils.analysis.premises), saved as results/<profile>/premises.{csv,md}.
 
-    P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on
-    the eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the
-    true difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside
-    the paper's gain scaled to our teacher - SFT gap."""
+    P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on the
+    eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the true
+    difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside the
+    paper's gain scaled to our teacher - SFT gap.
+
+    Args:
+        ws: the notebook's workspace.
+        with_power: add P3's rows (needs Table 1's finished runs).
+
+    Returns:
+        One row per premise check, with the columns premise, value, threshold and holds.
+    """
     from ..analysis import premises
     from ..experiment.experiments import KD_METHODS
     p = ws.profile
@@ -283,7 +438,15 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
 
 
 def ranking_verdict(agreement: pd.DataFrame) -> str:
-    """One line on frames.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?"""
+    """One line on frames.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?
+
+    Args:
+        agreement: frames.rank_agreement's table (one row per ranking, with its spearman_rho).
+
+    Returns:
+        A sentence: whether the fused ranking's Spearman ρ reaches premises.MEASURER_RHO, and the best single measurer
+        with its ρ; or, when no ρ is known (real data), that the ranking cannot be checked.
+    """
     from ..analysis.premises import MEASURER_RHO
     rho = agreement.set_index("ranking")["spearman_rho"]
     if rho.isna().all():
@@ -296,8 +459,18 @@ def ranking_verdict(agreement: pd.DataFrame) -> str:
 
 
 def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
-    """The curriculum of each distinct (method, variant): per stage its size, the mean true difficulty of the samples
-    it adds (NaN on real data), tau, alpha and optimizer steps."""
+    """The curriculum of each distinct (method, variant) among `specs`, stage by stage.
+
+    Per stage its size, the mean true difficulty of the samples it adds (NaN on real data), tau, alpha and optimizer
+    steps. Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+        specs: runs; the first of each (method, variant) gives its plan.
+
+    Returns:
+        One row per stage, with the columns method, variant, stage, n_samples, added_difficulty, tau, alpha and steps.
+    """
     enc, rows = ws.encoded("train"), ws.sets["train"]
     out, seen = [], set()
     for spec in specs:
