@@ -491,7 +491,19 @@ def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
 
 
 def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
-    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only."""
+    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS: table1, ranking, adaptive, order, temperature, ratio or subsets.
+
+    Returns:
+        The grid's RunSpecs at the profile's seed count and grid size (the order grid adds the true-difficulty control
+        on generated worlds); [] for any grid but table1 under a 'table1' profile.
+
+    Raises:
+        ValueError: an unknown grid name (from experiments.grid).
+    """
     p = ws.profile
     if p.grid == "table1" and name != "table1":
         return []
@@ -499,12 +511,30 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
 
 
 def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
-    """(spec, record) of the finished runs of one grid (nothing is trained)."""
+    """(spec, record) of the finished runs of one grid (nothing is trained).
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS.
+
+    Returns:
+        (RunSpec, record) pairs of the grid's finished runs, in the grid's order; a record is a dict with the run's key,
+        config, metrics, wall time (wall_s) and git commit.
+    """
     return runner.records_for(ws, specs_of(ws, name))
 
 
 def run_table(ws: Workspace, name: str) -> pd.DataFrame:
-    """Run whatever of grid `name` is not finished yet, then return its tidy frame (one row per run and eval set)."""
+    """Run whatever of grid `name` is not finished yet, then return its tidy frame (one row per run and eval set).
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS.
+
+    Returns:
+        tables.tidy's frame, with the columns method, variant, seed, dataset, rouge_l, sampling_std, run_key, wall_s and
+        git_commit; when the profile has no runs for the grid, a note is printed and the frame is empty.
+    """
     specs = specs_of(ws, name)
     if not specs:
         print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
@@ -528,8 +558,21 @@ class TableReport:
 
 
 def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
-    """Run grid `name`, summarise it, set it beside the paper (model `family`: gpt2 or opt) and save the tables as
-    results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`: every number, tidy)."""
+    """Run grid `name`, summarise it and set it beside the paper (model `family`: gpt2 or opt).
+
+    With `save`, the tables go to results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`:
+    every number, tidy). Table 1's summary also holds the teacher and the untrained student.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS (and of TABLE_FILES).
+        family: the paper's model family to compare with: "gpt2" or "opt".
+        save: whether to write the four tables.
+
+    Returns:
+        The grid's TableReport; all seven frames are empty when the profile has no runs for the grid (nothing is saved
+        then).
+    """
     runs = run_table(ws, name)
     if runs.empty:
         return TableReport(*(pd.DataFrame() for _ in range(7)))
@@ -553,9 +596,19 @@ ENVIRONMENT = ("device", "device_name", "precision", "torch", "transformers")  #
 
 
 def runs_frame(ws: Workspace) -> pd.DataFrame:
-    """Every finished run of every grid, tidy (one row per grid, run and eval set), with its spec, config hash
-    (run_key), git commit, wall time and what it ran on (device, precision policy, torch/transformers versions). A
-    run shared by two tables appears under both, with the same run_key."""
+    """Every finished run of every grid, tidy, with its spec, config hash and what it ran on.
+
+    One row per grid, run and eval set, with its spec, config hash (run_key), git commit, wall time and what it ran on
+    (device, precision policy, torch/transformers versions). A run shared by two tables appears under both, with the
+    same run_key. Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        A DataFrame with tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n,
+        alpha_0, alpha_n, device, device_name, precision, torch, transformers and grid; empty when no run has finished.
+    """
     parts = []
     for name in GRIDS:
         recs = records(ws, name)
@@ -573,8 +626,19 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
 
 
 def claims(ws: Workspace) -> pd.DataFrame:
-    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding (column
-    `protocol`); each from the finished runs of every grid (a run shared by two grids under one label counts once)."""
+    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding.
+
+    Each claim is judged from the finished runs of every grid (a run shared by two grids under one label counts once),
+    once per protocol (column `protocol`). Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        findings.claim_table's rows (one per comparison of every claim: claim, paper_says, comparison, ours_diff, ci95,
+        n_seeds, p_value, p_holm, verdict, excludes, paper_diff) with the column protocol ("sampled" or "greedy"); empty
+        when no run has finished.
+    """
     parts = []
     for protocol in tables.PROTOCOLS:
         runs = [tables.tidy(records(ws, name), protocol) for name in GRIDS]
@@ -633,7 +697,18 @@ FIGURES: dict[str, Callable[[Workspace], Any]] = {
 
 
 def figure(ws: Workspace, name: str) -> None:
-    """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it."""
+    """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it.
+
+    A bar chart of a grid's results first runs whatever of the grid is not finished yet (`run_table`). When the profile
+    has nothing to draw (e.g. no true difficulty on real data), a note is printed instead.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the figure, a key of FIGURES.
+
+    Raises:
+        KeyError: an unknown figure name (the message lists the valid ones).
+    """
     if name not in FIGURES:
         raise KeyError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}")
     fig = FIGURES[name](ws)
@@ -644,7 +719,15 @@ def figure(ws: Workspace, name: str) -> None:
 
 
 def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
-    """Per grid: how many paired differences the paper also prints, and in how many the sign agrees."""
+    """Per grid: how many paired differences the paper also prints, and in how many the sign agrees.
+
+    Args:
+        reports: TableReports by grid name (`collect`, or `table_report` per grid).
+
+    Returns:
+        One row per grid, with the columns grid, tables (its TABLE_FILES stem), compared_cells, same_direction and share
+        (same_direction / compared_cells; NaN when nothing was compared).
+    """
     rows = []
     for name, rep in reports.items():
         flags = rep.comparison["direction_agrees"] if len(rep.comparison) else pd.Series(dtype=str)
@@ -656,7 +739,18 @@ def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
 
 
 def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
-    """Every table (beside the paper), results/<profile>/runs.csv and every figure of the collection."""
+    """Every table (beside the paper), results/<profile>/runs.csv and every figure of the collection.
+
+    Runs whatever of every grid is not finished yet and saves its tables (`table_report`), writes runs.csv
+    (`runs_frame`) when a run has finished, and draws and saves every figure of FIGURES (`figure`).
+
+    Args:
+        ws: the notebook's workspace.
+        family: the paper's model family to compare with: "gpt2" or "opt".
+
+    Returns:
+        The TableReport of every grid, by grid name.
+    """
     reports = {name: table_report(ws, name, family) for name in GRIDS}
     runs = runs_frame(ws)
     if len(runs):
