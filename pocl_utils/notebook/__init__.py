@@ -52,12 +52,26 @@ def _name(profile: str | Profile) -> str:
 
 
 def results_dir(profile: str | Profile) -> Path:
-    """This run's tables: results/<profile>/ under the output root (see outputs.output_root)."""
+    """This run's tables: results/<profile>/ under the output root (see outputs.output_root).
+
+    Args:
+        profile: a Profile or a profile's name.
+
+    Returns:
+        The folder's path (not created here).
+    """
     return outputs.results_dir(_name(profile))
 
 
 def figures_dir(profile: str | Profile) -> Path:
-    """This run's figures: figures/<profile>/ under the output root."""
+    """This run's figures: figures/<profile>/ under the output root.
+
+    Args:
+        profile: a Profile or a profile's name.
+
+    Returns:
+        The folder's path (not created here).
+    """
     return outputs.figures_dir(_name(profile))
 
 
@@ -66,9 +80,24 @@ def _model_text(spec: ModelSpec) -> str:
 
 
 def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
-    """Resolve the profile strictly (unknown name or key raises), print the device it runs on (the notebook's first
-    output), prepare its cached workspace, set the plot theme, save the resolved profile to
-    results/<profile>/profile.json and print a one-line summary."""
+    """Set up a notebook for one profile and return its prepared workspace.
+
+    Resolves the profile strictly (unknown name or key raises), prints the device it runs on (the notebook's first
+    output), prepares its cached workspace (building whatever is not cached yet), sets the plot theme, saves the
+    resolved profile to results/<profile>/profile.json and prints a one-line summary. In a notebook, our input errors
+    are then shown as one line instead of a traceback (`short_errors`).
+
+    Args:
+        profile: the profile's name, one of PROFILES.
+        **overrides: profile keys to change, dotted for nested settings (the notebooks pass their `overrides` parameter,
+            e.g. {"kd.lr": 0.001}).
+
+    Returns:
+        The prepared Workspace: the profile's data sets, models, difficulty ranking and caches.
+
+    Raises:
+        ConfigError: an unknown profile, an unknown key or a bad value.
+    """
     import seaborn as sns
     short_errors()
     p = get_profile(profile, overrides)
@@ -85,14 +114,32 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
 
 
 def require_real(ws: Workspace) -> None:
-    """Stop with a one-line error unless the workspace holds real data (the real-models notebook needs it)."""
+    """Stop with a one-line error unless the workspace holds real data (the real-models notebook needs it).
+
+    Args:
+        ws: the notebook's workspace (`setup`).
+
+    Raises:
+        ConfigError: the profile has generated data (the message names the real-data profiles).
+    """
     if ws.profile.data != "real":
         raise ConfigError(f"profile {ws.profile.name!r} has generated data; this notebook needs a real-data profile "
                           f"(real-lite, paper or paper-opt)")
 
 
 def real_data_card(ws: Workspace) -> pd.DataFrame:
-    """real.data_card, saved as results/<profile>/data_card and figures/<profile>/real_prompt_lengths."""
+    """The card of the real data sets: sources, sizes, filtering, use and licence.
+
+    real.data_card, saved as results/<profile>/data_card.{csv,md} and figures/<profile>/real_prompt_lengths.{png,pdf}
+    (the histograms of every source prompt's GPT-2 length; shown in a notebook).
+
+    Args:
+        ws: a workspace of a real-data profile.
+
+    Returns:
+        One row per real set, with the columns role, file, rows, fields, dropped_over_256_gpt2_tokens, in_workspace,
+        used, licence and source.
+    """
     from ..experiment.real import data_card
     card, lengths = data_card(ws)
     save_table(ws, card, "data_card")
@@ -140,7 +187,16 @@ def _cell(value: Any, width: int = 120) -> Any:
 
 
 def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
-    """Display a table as Markdown in a notebook (printed elsewhere); text cells are kept to one line."""
+    """Display a table as Markdown in a notebook (printed elsewhere); text cells are kept to one line.
+
+    Text cells have their newlines shown as ⏎ and pipes escaped, and are cut at 120 characters; a MultiIndex is joined
+    into one label per row ("KLD +POCL"); a plain integer index (row numbers) is left out. An empty table (or None)
+    shows "*(no rows for this profile)*".
+
+    Args:
+        df: the table.
+        floatfmt: the format of float cells, as in DataFrame.to_markdown.
+    """
     if df is None or len(df) == 0:
         text = "*(no rows for this profile)*"
     else:
@@ -157,12 +213,32 @@ def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
 
 
 def save_table(ws: Workspace, df: pd.DataFrame, name: str) -> Path:
-    """results/<profile>/<name>.csv and .md."""
+    """Save a table as results/<profile>/<name>.csv and .md.
+
+    Written atomically; the CSV keeps the index unless it is a plain RangeIndex.
+
+    Args:
+        ws: the notebook's workspace (its profile names the folder).
+        df: the table.
+        name: the files' name, without extension.
+
+    Returns:
+        The CSV file's path.
+    """
     return tables.save_table(df, name, results_dir(ws.profile))
 
 
 def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
-    """figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it."""
+    """Save a figure as figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it.
+
+    Args:
+        ws: the notebook's workspace (its profile names the folder).
+        fig: a matplotlib Figure.
+        name: the files' name, without extension.
+
+    Returns:
+        The PNG file's path.
+    """
     import matplotlib.pyplot as plt
     path = figures.save_figure(fig, name, figures_dir(ws.profile))
     if in_notebook():
@@ -176,7 +252,16 @@ def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
 
 
 def examples_frame(ws: Workspace) -> pd.DataFrame:
-    """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long)."""
+    """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long).
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        A DataFrame with the columns role, family ("-" when the row has none), level and difficulty (NaN when the row
+        has none), prompt_tokens and response_tokens (without EOS; NaN if dropped as too long) and kept (whether the
+        example survived encoding).
+    """
     rows = []
     for role, data in ws.sets.items():
         lengths = {e.index: (len(e.prompt_ids), len(e.response_ids) - 1) for e in ws.encoded(role)}  # minus EOS
@@ -189,14 +274,35 @@ def examples_frame(ws: Workspace) -> pd.DataFrame:
 
 
 def sample_rows(ws: Workspace, n: int) -> pd.DataFrame:
-    """The first n rows of every role (instruction, input, reference output, family, level, difficulty)."""
+    """The first n rows of every role (instruction, input, reference output, family, level, difficulty).
+
+    Args:
+        ws: the notebook's workspace.
+        n: the number of rows per role.
+
+    Returns:
+        A DataFrame with the columns role, family, level, difficulty, instruction, input and output ("" where a row
+        lacks the field).
+    """
     keys = ("family", "level", "difficulty", "instruction", "input", "output")
     return pd.DataFrame([{"role": role, **{k: r.get(k, "") for k in keys}} for role, data in ws.sets.items()
                          for r in data[:n]])
 
 
 def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
-    """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role."""
+    """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role.
+
+    Both models run on the CPU, up to the profile's max_new_tokens.
+
+    Args:
+        ws: the notebook's workspace.
+        role: a data set: "train", "valid" or an eval set's name.
+        n: the number of prompts.
+
+    Returns:
+        A DataFrame with one row per prompt and the columns instruction, input, output (the reference), teacher and
+        student (init).
+    """
     from ..evaluate import responses
     enc = ws.encoded(role)[:n]
     out = pd.DataFrame([{k: ws.sets[role][e.index][k] for k in ("instruction", "input", "output")} for e in enc])
@@ -206,8 +312,21 @@ def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
 
 
 def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
-    """n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the
-    reference, the teacher's and the initial student's greedy answers, and each answer's ROUGE-L."""
+    """Samples of the easiest and of the hardest POCL subset, with the reference and both models' greedy answers.
+
+    n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the reference,
+    the teacher's and the initial student's greedy answers, and each answer's ROUGE-L. The teacher runs on the CPU; the
+    student's answers and ROUGE-L are the ones cached with the difficulty ranking.
+
+    Args:
+        ws: the notebook's workspace.
+        n: the number of samples per subset (all of a smaller subset).
+        seed: the sampling seed.
+
+    Returns:
+        A DataFrame, d_1's rows first, with the columns subset, true_difficulty (NaN on real data), instruction, input,
+        output (the reference), teacher, student (init), ROUGE-L teacher and ROUGE-L student.
+    """
     from ..evaluate import responses, rouge_l
     frame = ranking_table(ws)
     ends = [frame.subset.min(), frame.subset.max()]
@@ -224,7 +343,17 @@ def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def model_sizes(ws: Workspace) -> pd.DataFrame:
-    """Teacher and student: architecture and parameter count."""
+    """Teacher and student: architecture and parameter count.
+
+    Both models (the student before training) are loaded on the CPU to count their parameters.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        Two rows (teacher, student) with the columns model, spec (architecture, layers × width, or the hub name), heads
+        (None for hub models), parameters (M) and teacher ÷ this (the teacher's parameter count over this model's).
+    """
     from ..modeling.models import n_params
     out = []
     for role, spec, load in (("teacher", ws.profile.teacher, ws.load_teacher), ("student", ws.profile.student,
@@ -237,8 +366,17 @@ def model_sizes(ws: Workspace) -> pd.DataFrame:
 
 
 def training_logs(ws: Workspace) -> dict[str, list[dict]]:
-    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json). A step
-    that trained nothing has no log (real-lite's teacher is used as its authors released it)."""
+    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json).
+
+    A step that trained nothing has no log (real-lite's teacher is used as its authors released it).
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        {title: log}: "teacher SFT (<wall> s)" and "student LM pre-training (<wall> s)", each mapped to the step's
+        log.json (a list of dicts), for the steps that have one.
+    """
     import json
     read = lambda step, name: json.loads((ws.root / step / name).read_text())  # noqa: E731
     return {f"{title} ({read(step, 'STEP.json')['wall_s']:.3g} s)": read(step, "log.json")
@@ -247,17 +385,34 @@ def training_logs(ws: Workspace) -> dict[str, list[dict]]:
 
 
 def ranking_table(ws: Workspace) -> pd.DataFrame:
-    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2)."""
+    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2).
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        One row per ranked training sample, with the columns id, rouge_l, ce, fused, greedy (the student's greedy
+        answer), rank_rouge_l, rank_ce, rank_fusion (1 = easiest), subset (1..n by the fused ranking), family, level,
+        instruction, input, output and true_difficulty (NaN on real data).
+    """
     return frames.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
 
 
 def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     """POCL's premises in this workspace (pocl_utils.analysis.premises), saved as results/<profile>/premises.{csv,md}.
 
-    P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on
-    the eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the
-    true difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside
-    the paper's gain scaled to our teacher - SFT gap."""
+    P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on the
+    eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the true
+    difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside the
+    paper's gain scaled to our teacher - SFT gap.
+
+    Args:
+        ws: the notebook's workspace.
+        with_power: add P3's rows (needs Table 1's finished runs).
+
+    Returns:
+        One row per premise check, with the columns premise, value, threshold and holds.
+    """
     from ..analysis import premises
     from ..experiment.experiments import KD_METHODS
     p = ws.profile
@@ -283,7 +438,15 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
 
 
 def ranking_verdict(agreement: pd.DataFrame) -> str:
-    """One line on frames.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?"""
+    """One line on frames.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?
+
+    Args:
+        agreement: frames.rank_agreement's table (one row per ranking, with its spearman_rho).
+
+    Returns:
+        A sentence: whether the fused ranking's Spearman ρ reaches premises.MEASURER_RHO, and the best single measurer
+        with its ρ; or, when no ρ is known (real data), that the ranking cannot be checked.
+    """
     from ..analysis.premises import MEASURER_RHO
     rho = agreement.set_index("ranking")["spearman_rho"]
     if rho.isna().all():
@@ -296,8 +459,18 @@ def ranking_verdict(agreement: pd.DataFrame) -> str:
 
 
 def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
-    """The curriculum of each distinct (method, variant): per stage its size, the mean true difficulty of the samples
-    it adds (NaN on real data), tau, alpha and optimizer steps."""
+    """The curriculum of each distinct (method, variant) among `specs`, stage by stage.
+
+    Per stage its size, the mean true difficulty of the samples it adds (NaN on real data), tau, alpha and optimizer
+    steps. Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+        specs: runs; the first of each (method, variant) gives its plan.
+
+    Returns:
+        One row per stage, with the columns method, variant, stage, n_samples, added_difficulty, tau, alpha and steps.
+    """
     enc, rows = ws.encoded("train"), ws.sets["train"]
     out, seen = [], set()
     for spec in specs:
@@ -318,7 +491,19 @@ def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
 
 
 def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
-    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only."""
+    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS: table1, ranking, adaptive, order, temperature, ratio or subsets.
+
+    Returns:
+        The grid's RunSpecs at the profile's seed count and grid size (the order grid adds the true-difficulty control
+        on generated worlds); [] for any grid but table1 under a 'table1' profile.
+
+    Raises:
+        ValueError: an unknown grid name (from experiments.grid).
+    """
     p = ws.profile
     if p.grid == "table1" and name != "table1":
         return []
@@ -326,12 +511,30 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
 
 
 def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
-    """(spec, record) of the finished runs of one grid (nothing is trained)."""
+    """(spec, record) of the finished runs of one grid (nothing is trained).
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS.
+
+    Returns:
+        (RunSpec, record) pairs of the grid's finished runs, in the grid's order; a record is a dict with the run's key,
+        config, metrics, wall time (wall_s) and git commit.
+    """
     return runner.records_for(ws, specs_of(ws, name))
 
 
 def run_table(ws: Workspace, name: str) -> pd.DataFrame:
-    """Run whatever of grid `name` is not finished yet, then return its tidy frame (one row per run and eval set)."""
+    """Run whatever of grid `name` is not finished yet, then return its tidy frame (one row per run and eval set).
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS.
+
+    Returns:
+        tables.tidy's frame, with the columns method, variant, seed, dataset, rouge_l, sampling_std, run_key, wall_s and
+        git_commit; when the profile has no runs for the grid, a note is printed and the frame is empty.
+    """
     specs = specs_of(ws, name)
     if not specs:
         print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
@@ -355,8 +558,21 @@ class TableReport:
 
 
 def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
-    """Run grid `name`, summarise it, set it beside the paper (model `family`: gpt2 or opt) and save the tables as
-    results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`: every number, tidy)."""
+    """Run grid `name`, summarise it and set it beside the paper (model `family`: gpt2 or opt).
+
+    With `save`, the tables go to results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`:
+    every number, tidy). Table 1's summary also holds the teacher and the untrained student.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS (and of TABLE_FILES).
+        family: the paper's model family to compare with: "gpt2" or "opt".
+        save: whether to write the four tables.
+
+    Returns:
+        The grid's TableReport; all seven frames are empty when the profile has no runs for the grid (nothing is saved
+        then).
+    """
     runs = run_table(ws, name)
     if runs.empty:
         return TableReport(*(pd.DataFrame() for _ in range(7)))
@@ -380,9 +596,19 @@ ENVIRONMENT = ("device", "device_name", "precision", "torch", "transformers")  #
 
 
 def runs_frame(ws: Workspace) -> pd.DataFrame:
-    """Every finished run of every grid, tidy (one row per grid, run and eval set), with its spec, config hash
-    (run_key), git commit, wall time and what it ran on (device, precision policy, torch/transformers versions). A
-    run shared by two tables appears under both, with the same run_key."""
+    """Every finished run of every grid, tidy, with its spec, config hash and what it ran on.
+
+    One row per grid, run and eval set, with its spec, config hash (run_key), git commit, wall time and what it ran on
+    (device, precision policy, torch/transformers versions). A run shared by two tables appears under both, with the
+    same run_key. Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        A DataFrame with tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n,
+        alpha_0, alpha_n, device, device_name, precision, torch, transformers and grid; empty when no run has finished.
+    """
     parts = []
     for name in GRIDS:
         recs = records(ws, name)
@@ -400,8 +626,19 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
 
 
 def claims(ws: Workspace) -> pd.DataFrame:
-    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding (column
-    `protocol`); each from the finished runs of every grid (a run shared by two grids under one label counts once)."""
+    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding.
+
+    Each claim is judged from the finished runs of every grid (a run shared by two grids under one label counts once),
+    once per protocol (column `protocol`). Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        findings.claim_table's rows (one per comparison of every claim: claim, paper_says, comparison, ours_diff, ci95,
+        n_seeds, p_value, p_holm, verdict, excludes, paper_diff) with the column protocol ("sampled" or "greedy"); empty
+        when no run has finished.
+    """
     parts = []
     for protocol in tables.PROTOCOLS:
         runs = [tables.tidy(records(ws, name), protocol) for name in GRIDS]
@@ -460,7 +697,18 @@ FIGURES: dict[str, Callable[[Workspace], Any]] = {
 
 
 def figure(ws: Workspace, name: str) -> None:
-    """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it."""
+    """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it.
+
+    A bar chart of a grid's results first runs whatever of the grid is not finished yet (`run_table`). When the profile
+    has nothing to draw (e.g. no true difficulty on real data), a note is printed instead.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the figure, a key of FIGURES.
+
+    Raises:
+        KeyError: an unknown figure name (the message lists the valid ones).
+    """
     if name not in FIGURES:
         raise KeyError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}")
     fig = FIGURES[name](ws)
@@ -471,7 +719,15 @@ def figure(ws: Workspace, name: str) -> None:
 
 
 def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
-    """Per grid: how many paired differences the paper also prints, and in how many the sign agrees."""
+    """Per grid: how many paired differences the paper also prints, and in how many the sign agrees.
+
+    Args:
+        reports: TableReports by grid name (`collect`, or `table_report` per grid).
+
+    Returns:
+        One row per grid, with the columns grid, tables (its TABLE_FILES stem), compared_cells, same_direction and share
+        (same_direction / compared_cells; NaN when nothing was compared).
+    """
     rows = []
     for name, rep in reports.items():
         flags = rep.comparison["direction_agrees"] if len(rep.comparison) else pd.Series(dtype=str)
@@ -483,7 +739,18 @@ def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
 
 
 def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
-    """Every table (beside the paper), results/<profile>/runs.csv and every figure of the collection."""
+    """Every table (beside the paper), results/<profile>/runs.csv and every figure of the collection.
+
+    Runs whatever of every grid is not finished yet and saves its tables (`table_report`), writes runs.csv
+    (`runs_frame`) when a run has finished, and draws and saves every figure of FIGURES (`figure`).
+
+    Args:
+        ws: the notebook's workspace.
+        family: the paper's model family to compare with: "gpt2" or "opt".
+
+    Returns:
+        The TableReport of every grid, by grid name.
+    """
     reports = {name: table_report(ws, name, family) for name in GRIDS}
     runs = runs_frame(ws)
     if len(runs):

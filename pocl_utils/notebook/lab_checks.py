@@ -95,7 +95,20 @@ def _rrf_cases() -> list[tuple[str, Any, Any, float]]:
 
 
 def check_rrf(fuse_ranks: Callable) -> None:
-    """fuse_ranks(rouge_l, ce, k) against difficulty.fuse_ranks (Eq. 2): one fused score per sample."""
+    """Grade exercise 1, reciprocal rank fusion (Eq. 2); prints "✓ correct" when every input agrees.
+
+    fuse_ranks(rouge_l, ce, k) against difficulty.fuse_ranks (Eq. 2): one fused score per sample, on four inputs (three
+    samples, ties, k = 10, 40 random samples with ties), compared to a relative tolerance of 1e-6.
+
+    Args:
+        fuse_ranks: the student's `fuse_ranks(rouge_l, ce, k)`; it gets two float64 arrays and `k` by keyword and must
+            return one score per sample.
+
+    Raises:
+        NotImplementedYet: the function still raises NotImplementedError.
+        WrongAnswer: on the first input where the function raises or a score differs; the message names the sample, its
+            ranks, the expected and the received score, and a hint about the likely mistake.
+    """
     cases = _rrf_cases()
     for label, rouge_l, ce, k in cases:
         where = f"({label}: rouge_l={_fmt(rouge_l[:5])}{'…' if len(rouge_l) > 5 else ''}, k={k})"
@@ -164,8 +177,23 @@ def _stage_cases() -> list[tuple[str, np.ndarray, int]]:
 
 
 def check_stages(partition: Callable, baby_step: Callable) -> None:
-    """partition(order, n_subsets) against curriculum.partition, then baby_step(subsets) against curriculum.baby_step
-    (fed the correct subsets, so each function is judged on its own)."""
+    """Grade exercise 2, the partition into subsets and the Baby Step stages; prints "✓ correct" when both agree.
+
+    partition(order, n_subsets) against curriculum.partition, then baby_step(subsets) against curriculum.baby_step (fed
+    the correct subsets, so each function is judged on its own), on five inputs each (n dividing N or not, n = 1,
+    n = N).
+
+    Args:
+        partition: the student's `partition(order, n_subsets)`: it gets an int array of sample ids (easiest first) and
+            the number of subsets n, and must return n arrays d_1..d_n.
+        baby_step: the student's `baby_step(subsets)`: it gets the list d_1..d_n and must return n stages,
+            stage i = d_1 ∪ ... ∪ d_i.
+
+    Raises:
+        NotImplementedYet: a function still raises NotImplementedError.
+        WrongAnswer: on the first input where a function raises or its result differs; the message names the input, the
+            expected and the received value, and a hint.
+    """
     cases = _stage_cases()
     for label, order, n in cases:
         where = f"({label}: order={order.tolist()}, n_subsets={n})"
@@ -231,8 +259,21 @@ ALPHA_CASES = [(0.3, 0.0, 4), (0.0, 0.3, 4), (0.3, 0.3, 3), (0.3, 0.0, 1)]  # pa
 
 
 def check_schedules(tau_schedule: Callable, alpha_schedule: Callable) -> None:
-    """tau_schedule(tau_0, tau_n, n) (Eq. 3) and alpha_schedule(alpha_0, alpha_n, n) (Eq. 4) against
-    curriculum.linear_schedule: one value per stage, endpoints exact, n = 1 allowed."""
+    """Grade exercise 3, the tau and alpha schedules (Eq. 3-4); prints "✓ correct" when both agree.
+
+    tau_schedule(tau_0, tau_n, n) (Eq. 3) and alpha_schedule(alpha_0, alpha_n, n) (Eq. 4) against
+    curriculum.linear_schedule: one value per stage, endpoints exact, n = 1 allowed. The inputs are TAU_CASES and
+    ALPHA_CASES.
+
+    Args:
+        tau_schedule: the student's `tau_schedule(tau_0, tau_n, n)`, which must return the n stage temperatures.
+        alpha_schedule: the student's `alpha_schedule(alpha_0, alpha_n, n)`, which must return the n stage SFT ratios.
+
+    Raises:
+        NotImplementedYet: a function still raises NotImplementedError.
+        WrongAnswer: on the first input where a function raises or its values differ; the message names the input, the
+            expected and the received values, and a hint.
+    """
     _check_schedule("tau_schedule", "tau", tau_schedule, TAU_CASES)
     _check_schedule("alpha_schedule", "alpha", alpha_schedule, ALPHA_CASES)
     _passed("tau_schedule and alpha_schedule", len(TAU_CASES) + len(ALPHA_CASES))
@@ -285,8 +326,23 @@ FORMULAS = {d.name: d.formula + ("" if d.default_beta is None else f", β = {d.d
 
 
 def check_divergence(divergence: Callable, kind: str) -> None:
-    """divergence(student_logits, teacher_logits, *, temperature, mask) against losses.divergence(..., kind) with the
-    kind's default beta, on random fp64 logits: temperature 1 and not, a mask, everything masked, p = q."""
+    """Grade exercise 4, one KD divergence (Eq. 7-9); prints "✓ correct" when every input agrees.
+
+    divergence(student_logits, teacher_logits, *, temperature, mask) against losses.divergence(..., kind) with the
+    kind's default beta, on random fp64 logits: temperature 1 and not, a mask, everything masked, p = q. Compared to a
+    relative tolerance of 1e-5.
+
+    Args:
+        divergence: the student's function; it gets [batch, tokens, vocab] student and teacher logits, then
+            `temperature` and `mask` (a [batch, tokens] bool tensor, or None) by keyword, and must return one number:
+            tau² times the mean over the counted tokens.
+        kind: the divergence the student implemented (the notebook's KIND), one of losses.KINDS.
+
+    Raises:
+        NotImplementedYet: the function still raises NotImplementedError.
+        WrongAnswer: `kind` is not one of losses.KINDS, or on the first input where the function raises or its value
+            differs (the message names the input, the expected and the received value, and a hint).
+    """
     if kind not in losses.KINDS:
         raise WrongAnswer(f"divergence: KIND = {kind!r} is not one of {', '.join(losses.KINDS)}")
     cases = _divergence_cases()
@@ -313,8 +369,19 @@ CHECKS: dict[str, Callable[..., None]] = {"rrf": check_rrf, "stages": check_stag
 
 
 def check(name: str, *answers: Callable, **options: Any) -> None:
-    """Run CHECKS[name] on the student's function(s) and print the verdict (✓ or ✗ with the reason); never raises
-    WrongAnswer, so a check cell does not stop the notebook."""
+    """Grade one exercise and print the verdict (✓, or ✗ with the reason).
+
+    Runs CHECKS[name] on the student's function(s); never raises WrongAnswer (nor NotImplementedYet), so a check cell
+    does not stop the notebook.
+
+    Args:
+        name: the exercise, a key of CHECKS: "rrf", "stages", "schedules" or "divergence".
+        *answers: the student's function(s), in the order the exercise's check_* function takes them.
+        **options: passed on to the check (`kind=` for "divergence").
+
+    Raises:
+        KeyError: `name` is not a key of CHECKS.
+    """
     try:
         CHECKS[name](*answers, **options)
     except WrongAnswer as e:
@@ -322,7 +389,20 @@ def check(name: str, *answers: Callable, **options: Any) -> None:
 
 
 def reference(name: str, **options: Any) -> tuple[Callable, ...]:
-    """pocl_utils's own functions for exercise `name`, with the student's signatures."""
+    """pocl_utils's own functions for exercise `name`, with the student's signatures.
+
+    Args:
+        name: the exercise, a key of CHECKS.
+        **options: for "divergence", `kind=`: the divergence bound into losses.divergence.
+
+    Returns:
+        A tuple of functions in the order the exercise's check takes them: (difficulty.fuse_ranks,) for "rrf",
+        (curriculum.partition, curriculum.baby_step) for "stages", curriculum.linear_schedule twice (tau, alpha) for
+        "schedules", and (losses.divergence with `kind` bound,) for "divergence".
+
+    Raises:
+        KeyError: an unknown `name`, or "divergence" without `kind`.
+    """
     refs = {"rrf": (difficulty.fuse_ranks,), "stages": (curriculum.partition, curriculum.baby_step),
             "schedules": (curriculum.linear_schedule, curriculum.linear_schedule)}
     if name == "divergence":
@@ -331,7 +411,23 @@ def reference(name: str, **options: Any) -> tuple[Callable, ...]:
 
 
 def pick(name: str, *answers: Callable, **options: Any) -> Any:
-    """The student's function(s) if they pass CHECKS[name], else pocl_utils's; prints which (one line)."""
+    """The student's function(s) if they pass CHECKS[name], else pocl_utils's; prints which (one line).
+
+    The check runs silently; functions that fail it or are not implemented yet are replaced by
+    `reference(name, **options)`, so the closing experiment always runs.
+
+    Args:
+        name: the exercise, a key of CHECKS.
+        *answers: the student's function(s), in the order the exercise's check_* function takes them.
+        **options: passed on to the check and to `reference` (`kind=` for "divergence").
+
+    Returns:
+        The chosen function when the exercise has one ("rrf", "divergence"), else the tuple of chosen functions (e.g.
+        (partition, baby_step) for "stages").
+
+    Raises:
+        KeyError: `name` is not a key of CHECKS.
+    """
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             CHECKS[name](*answers, **options)

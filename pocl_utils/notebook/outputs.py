@@ -32,15 +32,46 @@ def output_root() -> Path:
 
 
 def results_dir(profile: str) -> Path:
+    """The folder of a run's tables for one profile: results/<profile>/ under `output_root()`.
+
+    Args:
+        profile: the profile's name.
+
+    Returns:
+        The folder's path (not created here).
+    """
     return output_root() / "results" / profile
 
 
 def figures_dir(profile: str) -> Path:
+    """The folder of a run's figures for one profile: figures/<profile>/ under `output_root()`.
+
+    Args:
+        profile: the profile's name.
+
+    Returns:
+        The folder's path (not created here).
+    """
     return output_root() / "figures" / profile
 
 
 def run_problem(profile: str, notebooks: list[Path], executed: Path, output: Path) -> str | None:
-    """Why the run of `notebooks` (executed copies in `executed`, tables under `output`) is not finished, or None."""
+    """Why the run of `notebooks` (executed copies in `executed`, tables under `output`) is not finished, or None.
+
+    A run is finished when no notebook left a `<stem>.failed.ipynb` or `<stem>.interrupted.ipynb` in `executed`, every
+    notebook has its executed copy there, each of REQUIRED_TABLES is in `output`/results/<profile>/ and
+    `output`/figures/<profile>/ holds at least one PNG.
+
+    Args:
+        profile: the profile's name.
+        notebooks: the collection's notebooks (only their names are used).
+        executed: the folder of the executed notebooks.
+        output: the output root holding the run's results/<profile>/ and figures/<profile>/.
+
+    Returns:
+        A one-line reason naming the first problem found (an unfinished or missing notebook, a missing table, no
+        figure), or None when the run is finished.
+    """
     for nb in notebooks:
         for status in UNFINISHED:
             if (executed / f"{nb.stem}.{status}.ipynb").exists():
@@ -57,10 +88,27 @@ def run_problem(profile: str, notebooks: list[Path], executed: Path, output: Pat
 
 def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, reference: Path = REPO_ROOT,
             log: Callable[[str], None] = print) -> list[Path]:
-    """Copy a finished run's results/<profile>/ and figures/<profile>/ over `reference`'s; returns the new folders.
+    """Copy a finished run's results/<profile>/ and figures/<profile>/ over `reference`'s.
 
-    Raises PublishError (and touches nothing) if the run is unfinished. Each reference folder is rebuilt in a staging
-    folder beside it (its present content, then the run's files over it) and swapped in by two renames."""
+    Each reference folder is rebuilt in a staging folder beside it (its present content, then the run's files over it)
+    and swapped in by two renames, so files of the reference that the run does not have are kept. What a publish killed
+    between its two renames left behind is undone first.
+
+    Args:
+        profile: the profile's name.
+        notebooks: the collection's notebooks; all must have finished (`run_problem`).
+        executed: the folder of their executed copies.
+        output: the run's output root, holding results/<profile>/ and figures/<profile>/.
+        reference: the root of the committed reference results (default: the repository's root).
+        log: receives the progress lines (files kept in the reference, files published).
+
+    Returns:
+        The new folders: [reference/results/<profile>, reference/figures/<profile>].
+
+    Raises:
+        PublishError: the run is unfinished (a notebook failed, was interrupted or has not run, a required table is
+            missing or there is no figure); nothing was touched.
+    """
     problem = run_problem(profile, notebooks, executed, output)
     if problem:
         raise PublishError(f"cannot publish {profile!r}: {problem}; finish the run first "

@@ -30,16 +30,34 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Path]:
-    """The numbered notebooks in run order (the lab notebook and its solutions are not part of the main job); the
-    real-models notebook only for profiles with real data."""
+    """The numbered notebooks of the main job, in run order.
+
+    The lab notebook and its solutions are not part of the main job; the real-models notebook (`*_real_models`) only for
+    profiles with real data.
+
+    Args:
+        folder: the notebooks' folder (notebooks named NN_*.ipynb).
+        profile: the profile's name; an unknown name counts as a profile with generated data.
+
+    Returns:
+        The notebooks' paths, sorted by name.
+    """
     real = profile in PROFILES and PROFILES[profile].data == "real"
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb")
                   if "lab" not in p.stem.split("_") and (real or not p.stem.endswith("_real_models")))
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
-    """Names and default values of a notebook's `parameters` cell (via papermill's inspector; a default that is not a
-    Python literal is None)."""
+    """Names and default values of a notebook's `parameters` cell.
+
+    Read with papermill's inspector; a default that is not a Python literal is None.
+
+    Args:
+        path: the notebook file.
+
+    Returns:
+        {parameter name: default value}.
+    """
     import papermill as pm
     return {name: _literal(spec["default"]) for name, spec in pm.inspect_notebook(str(path)).items()}
 
@@ -72,8 +90,16 @@ def kernel_name() -> str:
 
 
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
-    """Raise ConfigError naming an unknown parameter and listing the valid ones, or a value whose type does not match
-    the parameter's default (e.g. `overrides` must be a JSON object)."""
+    """Check the parameters given to a notebook against its `parameters` cell, before it runs.
+
+    Args:
+        path: the notebook file.
+        params: the parameters it would get, name -> value.
+
+    Raises:
+        ConfigError: naming an unknown parameter and listing the valid ones, or a value whose type does not match the
+            parameter's default (e.g. `overrides` must be a JSON object; see `check_value`).
+    """
     valid = notebook_parameters(path)
     for key, value in params.items():
         if key not in valid:
@@ -85,8 +111,18 @@ OVERRIDES_EXAMPLE = """-p overrides '{"kd.lr": 0.001}'"""
 
 
 def check_value(key: str, value: Any, default: Any) -> None:
-    """ConfigError unless `value` has the JSON type of the parameter's `default` (an int is a valid float; a None
-    default takes anything)."""
+    """Check that a notebook parameter's value has the JSON type of the parameter's `default`.
+
+    An int is a valid float; a None default takes anything.
+
+    Args:
+        key: the parameter's name (for the message; for `overrides` it shows an example).
+        value: the value given (-p NAME VALUE, parsed as JSON).
+        default: the parameter's default in the notebook.
+
+    Raises:
+        ConfigError: unless `value` has the JSON type of `default`.
+    """
     want = _json_kind(default)
     if want is None or _json_kind(value) == want or (want == "number" and _json_kind(value) == "integer"):
         return
@@ -106,8 +142,18 @@ def _json_kind(value: Any) -> str | None:
 
 
 def check_extra(profile: str, extra: dict[str, Any]) -> None:
-    """Refuse what would run something other than asked, before any kernel starts: `profile` set twice with two
-    values, or overrides the profile rejects (unknown key, bad value)."""
+    """Refuse extra parameters that would run something other than asked, before any kernel starts.
+
+    What is refused: `profile` set twice with two values, or overrides the profile rejects (unknown key, bad value).
+
+    Args:
+        profile: the profile's name (--profile).
+        extra: the extra notebook parameters (-p NAME VALUE), name -> value.
+
+    Raises:
+        ConfigError: `extra["profile"]` is an unknown profile or differs from `profile`, or get_profile rejects
+            `profile` with `extra["overrides"]` (when that is a mapping).
+    """
     if "profile" in extra and extra["profile"] != profile:
         if not isinstance(extra["profile"], str) or extra["profile"] not in PROFILES:
             raise ConfigError(f"-p profile: unknown profile {extra['profile']!r}; valid profiles: "
@@ -130,9 +176,27 @@ class Interrupted(Exception):
 
 
 def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str) -> Path:
-    """Execute `nb` into `out_dir/<name>` atomically: papermill writes `<stem>.running.ipynb`, which replaces the last
-    good executed copy only once it finished. A failed run is kept as `<stem>.failed.ipynb`, an interrupted one as
-    `<stem>.interrupted.ipynb` (each marked as such inside); the last good copy is never touched by either."""
+    """Execute notebook `nb` with papermill into `out_dir/<name>`, atomically.
+
+    papermill writes `<stem>.running.ipynb`, which replaces the last good executed copy only once it finished. A failed
+    run is kept as `<stem>.failed.ipynb`, an interrupted one as `<stem>.interrupted.ipynb` (each marked as such inside);
+    the last good copy is never touched by either. A finished run removes the notebook's older failed and interrupted
+    copies. The kernel starts in the repository root.
+
+    Args:
+        nb: the notebook to execute.
+        out_dir: the folder of the executed copies.
+        parameters: the values papermill injects, name -> value.
+        kernel: the Jupyter kernel's name (`kernel_name`).
+
+    Returns:
+        The executed copy's path, out_dir/<name>.
+
+    Raises:
+        Interrupted: Ctrl-C while the notebook ran.
+        Exception: any other error of the run (e.g. papermill's PapermillExecutionError for a failing cell), re-raised
+            after the partial copy is kept as `<stem>.failed.ipynb`.
+    """
     import papermill as pm
     final, running = out_dir / nb.name, out_dir / f"{nb.stem}.running.ipynb"
     try:
@@ -173,13 +237,29 @@ def _keep_unfinished(running: Path, target: Path, status: str) -> None:
 
 def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir: Path | None = None,
                    extra: dict[str, Any] | None = None, log=print) -> dict[str, float]:
-    """Execute each notebook with `profile` (and `extra` parameters where a notebook has them); returns wall times.
+    """Execute each notebook with `profile` (and `extra` parameters where a notebook has them), in order.
 
-    Every notebook must have `profile`; an extra parameter must exist in at least one notebook and have the type of
-    its default (checked before anything runs) and is passed to the notebooks that have it. Kernels start in the
-    repository root, so they import this checkout's pocl_utils even where the package is not installed. Wall times are
-    merged into `out_dir/timings.json` (a run of some notebooks updates theirs, the others stay); Ctrl-C raises
-    `Interrupted` naming the notebook."""
+    Every notebook must have `profile`; an extra parameter must exist in at least one notebook and have the type of its
+    default (checked before anything runs) and is passed to the notebooks that have it. Kernels start in the repository
+    root, so they import this checkout's pocl_utils even where the package is not installed. Wall times are merged into
+    `out_dir/timings.json` (a run of some notebooks updates theirs, the others stay); Ctrl-C raises `Interrupted` naming
+    the notebook. The error of a failing notebook propagates (see `execute_one`).
+
+    Args:
+        profile: the profile's name, one of PROFILES.
+        notebooks: the notebooks to run, in this order; None = `collection(profile=profile)`.
+        out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile>/notebooks.
+        extra: extra notebook parameters, name -> value.
+        log: receives the progress lines.
+
+    Returns:
+        The merged timings.json: wall seconds per notebook file name, and "total" (see `merge_timings`).
+
+    Raises:
+        ConfigError: an unknown profile, a bad extra parameter (`check_extra`, `check_parameters`), or no Jupyter kernel
+            that runs this interpreter (`kernel_name`).
+        Interrupted: Ctrl-C while a notebook ran (the message names it).
+    """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     extra = dict(extra or {})
@@ -215,8 +295,20 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
 
 
 def merge_timings(path: Path, times: dict[str, float], total: float, *, whole: bool) -> dict[str, float]:
-    """Update the notebooks' entries in timings.json, keeping the others. `total` is this run's wall time when it ran
-    the whole collection; after a partial run (`--only`) it is the sum of the latest per-notebook times."""
+    """Update the notebooks' entries in timings.json, keeping the others.
+
+    `total` is this run's wall time when it ran the whole collection; after a partial run (`--only`) it is the sum of
+    the latest per-notebook times.
+
+    Args:
+        path: the timings.json file; a missing one, or one that is not valid JSON, counts as empty.
+        times: this run's wall seconds per notebook file name.
+        total: this run's wall seconds.
+        whole: whether this run ran the whole collection.
+
+    Returns:
+        The merged timings, as written to `path`: seconds per notebook file name and "total".
+    """
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -244,6 +336,17 @@ where things go:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `pocl-reproduce` command line: execute the collection for one profile, or publish a finished run.
+
+    See `pocl-reproduce --help` for the options and where things go (EPILOG). Errors are printed on stderr.
+
+    Args:
+        argv: the arguments after the program's name; None = sys.argv[1:].
+
+    Returns:
+        The exit status: 0 on success; 1 when a notebook failed or `--publish` was refused; 2 for a configuration error
+        (ConfigError: a bad profile or parameter, no usable kernel); 130 when interrupted.
+    """
     ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="laptop", help=f"one of: {', '.join(PROFILES)}")
@@ -298,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def where_outputs(profile: str, log=print) -> None:
-    """Say where this run's tables are and how to compare them with, or publish them as, the committed reference."""
+    """Say where this run's tables are and how to compare them with, or publish them as, the committed reference.
+
+    Args:
+        profile: the profile's name.
+        log: receives the two lines.
+    """
     run, ref = _short(output_root() / "results" / profile), _short(REPO_ROOT / "results" / profile)
     figures = _short(output_root() / "figures" / profile)
     log(f"tables in {run}/, figures in {figures}/ (the committed reference: {ref}/)")
