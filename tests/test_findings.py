@@ -97,3 +97,20 @@ def test_claim_i_compares_one_schedule_with_the_baseline_and_has_no_paper_number
     assert t.loc["i", "ours_diff"] == pytest.approx(-3.0) and t.loc["i", "verdict"] == "contradicted"
     assert np.isnan(t.loc["i", "paper_diff"])  # the paper has no one-schedule row
     assert t.loc["h", "ours_diff"] == pytest.approx(7.0)  # one schedule vs restarts: (7 + 8 + 6) / 3
+
+
+def test_claims_h_and_i_take_every_kd_method_that_has_the_runs_and_holm_over_them():
+    """The subsets grid has KLD's and GKD's one-schedule runs; scripts/restarts_all_methods.py adds the other five:
+    each method present becomes one comparison of claims h and i, and Holm adjusts over those present only."""
+    one = "+POCL (n=4, one schedule)"
+    rows = []
+    for seed, gap in enumerate((2.0, 3.0, 2.5)):
+        for method in ("KLD", "TVD"):
+            rows += [(method, "baseline", seed, 50.0), (method, one, seed, 50.0 + gap),
+                     (method, "+POCL (n=4)", seed, 45.0)]
+    t = claim_table(_df(rows))
+    h = t[t.claim == "h"].set_index("comparison")
+    assert list(h.index) == [f"KLD {one} vs +POCL (n=4)", f"TVD {one} vs +POCL (n=4)"]  # Table 1's order
+    assert (h.p_holm == h.p_value * 2).all()  # two equal p-values: Holm multiplies both by the family size, 2
+    t = claim_table(_df([r for r in rows if r[0] == "KLD"]))
+    assert t[t.claim == "h"].p_holm.tolist() == t[t.claim == "h"].p_value.tolist()  # a family of one
