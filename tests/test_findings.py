@@ -114,3 +114,34 @@ def test_claims_h_and_i_take_every_kd_method_that_has_the_runs_and_holm_over_the
     assert (h.p_holm == h.p_value * 2).all()  # two equal p-values: Holm multiplies both by the family size, 2
     t = claim_table(_df([r for r in rows if r[0] == "KLD"]))
     assert t[t.claim == "h"].p_holm.tolist() == t[t.claim == "h"].p_value.tolist()  # a family of one
+
+
+def _restarts_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "restarts_all_methods.py"
+    spec = importlib.util.spec_from_file_location("restarts_all_methods", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_restarts_script_judges_h_and_i_and_averages_per_seed_from_records():
+    """scripts/restarts_all_methods.py on hand-made records: per seed the Avg over the five sets, then h and i."""
+    from pocl_utils.data import EVAL_SETS
+    from pocl_utils.experiment.config import baseline, pocl
+    script = _restarts_script()
+    records = []
+    for seed in range(3):
+        for spec, score in ((baseline("RKL", seed), 50.0), (pocl("RKL", seed, variant="+POCL (n=4)"), 40.0 + seed),
+                            (pocl("RKL", seed, restarts=False, variant="+POCL (n=4, one schedule)"), 45.0)):
+            per_set = {ds: {"mean": score + (2.0 if ds == EVAL_SETS[0] else 0.0), "std": 0.0} for ds in EVAL_SETS}
+            records.append((spec, {"metrics": {"eval": per_set, "greedy": per_set}, "key": f"{spec.variant}{seed}",
+                                   "wall_s": 0.0, "git_commit": ""}))
+    t = script.restarts_table(records).set_index(["claim", "protocol"])
+    assert t.loc[("h", "sampled"), "ours_diff"] == pytest.approx(4.0)  # 45 - (40, 41, 42)
+    assert t.loc[("i", "greedy"), "ours_diff"] == pytest.approx(-5.0)
+    means = script.means_table(records).set_index(["protocol", "variant"])
+    assert means.loc[("sampled", "+POCL (n=4)"), "avg"] == pytest.approx(41.0 + 2.0 / len(EVAL_SETS))
+    assert means.loc[("sampled", "+POCL (n=4)"), "sd"] == pytest.approx(1.0)
+    assert (means.n_seeds == 3).all()
