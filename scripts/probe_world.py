@@ -1,12 +1,16 @@
 """Probe a world design before its grid runs: POCL's premises P1 and P2 (pocl_utils.analysis.premises), per family.
 
     python scripts/probe_world.py --profile laptop --name v2 [--world '{"n_train": 2500}'] \
-        [--overrides '{"teacher.n_embd": 192}'] [--sft]
+        [--overrides '{"teacher.n_embd": 192}'] [--sft] [--kd-seeds 5 --out DIR]
 
 Prepares data, tokenizer, teacher and student (warm start) for the profile in a private runs folder (default
 /tmp/pocl-probes/<name>), then prints: the rules' and the teacher's scores per eval set, the measurer's Spearman
 and zero share, greedy ROUGE-L per training family for the teacher and the warm-started student, and with --sft
-the SFT student (one seed) and the P1 rows. Nothing here is committed; it is how the laptop world was chosen.
+the SFT student (one seed) and the P1 rows. This is how the laptop world was chosen.
+
+With --kd-seeds N it then prepares the rest and trains, in this process, KLD and GKD's baseline, +POCL, +POCL with
+one schedule and +POCL by the true difficulty (N seeds each), and prints (and with --out writes) FINDINGS' claims
+a, f, h and i in that world under both protocols.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from pocl_utils import world
-from pocl_utils.experiment import pipeline, runner, scoring
-from pocl_utils.analysis import premises
-from pocl_utils.experiment.config import baseline, get_profile
+from pocl_utils.experiment import pipeline, pool, runner, scoring
+from pocl_utils.analysis import findings, premises, tables
+from pocl_utils.experiment.config import baseline, get_profile, pocl
+from pocl_utils.experiment.experiments import ONE_SCHEDULE, ORACLE
 from pocl_utils.data import EVAL_SETS
 from pocl_utils.evaluate import responses, rouge_l_batch
 from pocl_utils.modeling.models import pick_device
@@ -44,6 +49,8 @@ def main() -> None:
     ap.add_argument("--world", default="{}", help="WorldConfig overrides (JSON)")
     ap.add_argument("--overrides", default="{}", help="profile overrides (JSON)")
     ap.add_argument("--sft", action="store_true", help="also train and evaluate the SFT student (seed 0)")
+    ap.add_argument("--kd-seeds", type=int, default=0, help="also train the KD mini-grid with this many seeds")
+    ap.add_argument("--out", type=Path, help="folder for the mini-grid's claims table (probe_claims.{csv,md})")
     ap.add_argument("--root", default="/tmp/pocl-probes")
     ap.add_argument("--world-name", default="", help="name of the world preset (default probe-<name>); probes that "
                     "share it and the teacher's settings can reuse a copied teacher folder")
@@ -80,6 +87,39 @@ def main() -> None:
     table = premises.premises_table(rows)
     print(table.to_string())
     print(f"holds: {int(table.holds.sum())}/{len(table)}; total {time.time() - t0:.0f}s")
+    if a.out:
+        tables.save_table(table, "probe_premises", a.out)
+    if a.kd_seeds:
+        claims = kd_mini_grid(p, Path(a.root), a.kd_seeds)
+        print(claims[["claim", "comparison", "protocol", "ours_diff", "ci95", "p_holm", "verdict"]].to_string())
+        if a.out:
+            tables.save_table(claims, "probe_claims", a.out)
+        print(f"mini-grid done; total {time.time() - t0:.0f}s")
+
+
+def kd_mini_grid(p, root: Path, n_seeds: int) -> pd.DataFrame:
+    """KLD and GKD: baseline, +POCL, +POCL with one schedule, +POCL by the true difficulty; claims a, f, h, i.
+
+    Trained in this process (the probe's world preset exists only here), reusing finished runs.
+
+    Args:
+        p: the probe's profile (its world preset registered).
+        root: the probes' runs folder.
+        n_seeds: seeds per row.
+
+    Returns:
+        findings.claim_table's rows of claims a, f, h and i, with the column protocol.
+    """
+    ws = pipeline.prepare(p, runs_root=root)
+    specs = [spec for m in ("KLD", "GKD") for s in range(n_seeds) for spec in (
+        baseline(m, s), pocl(m, s), pocl(m, s, variant="+POCL (n=4)"),
+        pocl(m, s, restarts=False, variant=ONE_SCHEDULE), pocl(m, s, ranking="oracle", variant=ORACLE))]
+    pool.run_grid(ws, specs, workers=1)
+    records = runner.records_for(ws, specs)
+    parts = [findings.claim_table(tables.tidy(records, protocol)).assign(protocol=protocol)
+             for protocol in tables.PROTOCOLS]
+    claims = pd.concat(parts, ignore_index=True)
+    return claims[claims.claim.isin(("a", "f", "h", "i"))].reset_index(drop=True)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,16 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
 
     Returns:
         A `loop.LossFn` for `loop.run_steps`.
+
+    Raises:
+        ValueError: on-policy steps with alpha > 0 under gradient accumulation (`loop.grad_accum`).
     """
     device = next(student.parameters()).device
     precision = ctx.precision or precision_for(device)
+    if ctx.on_policy_frac > 0 and alpha > 0 and grad_accum() > 1:
+        raise ValueError(f"on-policy steps with alpha = {alpha} > 0 cannot be split into micro-batches "
+                         f"({GRAD_ACCUM_ENV}={grad_accum()}): their CE and KD terms average over different tokens; "
+                         f"unset {GRAD_ACCUM_ENV} or use alpha = 0 (POCL's and the baseline's GKD)")
     if ctx.teacher is not None:
         freeze_teacher(ctx.teacher, precision, cast=not distributed.is_sharded(ctx.teacher))  # FSDP keeps its dtypes
     teacher_rows = partial(live_teacher, ctx.teacher, precision=precision)
@@ -93,10 +100,6 @@ def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], ou
     would. The two means are over different token counts, so under N processes the CE term is re-weighted here to its
     whole-batch token mean (`loop.run_steps` weighs the returned loss by the sampled tokens)."""
     device = next(student.parameters()).device
-    if alpha > 0 and grad_accum() > 1:
-        raise ValueError(f"an on-policy step with alpha = {alpha} > 0 cannot be split into micro-batches "
-                         f"({GRAD_ACCUM_ENV}={grad_accum()}): its CE and KD terms average over different tokens; "
-                         f"unset {GRAD_ACCUM_ENV} or use alpha = 0 (POCL's and the baseline's GKD)")
     mine = distributed.shard(range(len(outs)))
     batch = make_batch([outs[k] for k in mine or [0]], ctx.pad_id).to(device)  # as `loop._shard_loss` picks idx
     precision = ctx.precision or precision_for(device)
