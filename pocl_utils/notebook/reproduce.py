@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import sys
 import time
@@ -335,6 +336,17 @@ where things go:
 """
 
 
+def _quiet_libraries() -> None:
+    """Keep papermill's (and nbclient's, which logs through it) and asyncio's log records off the terminal.
+
+    The command's own one-line messages say what happened. Without this, a Ctrl-C could add the lines those libraries
+    log while papermill shuts the kernel down ("Kernel died while waiting for execute reply.", an unretrieved task's
+    DeadKernelError), depending on which of them ran first.
+    """
+    for name in ("papermill", "asyncio"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `pocl-reproduce` command line: execute the collection for one profile, or publish a finished run.
 
@@ -361,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run nothing: copy this profile's finished run into the committed results/<profile>/ and "
                          "figures/<profile>/ (refused if a notebook has not finished or a table is missing)")
     args = ap.parse_args(argv)
+    _quiet_libraries()
     root, kwargs = RUNS_ROOT, {}
     if args.runs_root:
         root = args.runs_root.resolve()
