@@ -476,3 +476,19 @@ def test_gpu_configs_load_and_name_the_blocks_fsdp_wraps(monkeypatch):
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+def test_accumulated_steps_hand_on_step_their_row_between_read_backs(monkeypatch):
+    """POCL_GRAD_ACCUM=2 with the GPU's deferred read-back (log_every > 1): on_step gets each step's row before it is
+    read back, and the log is the one of an every-step read-back."""
+    torch.set_num_threads(1)
+    monkeypatch.setenv("POCL_GRAD_ACCUM", "2")
+    rows = {}
+    logs = []
+    for every in (1, 3):
+        student, kd = _student_and_loss()
+        rows[every] = []
+        logs.append(run_steps(student, kd, iter(BATCHES), len(BATCHES), _spec(1.0), log_every=every,
+                              on_step=lambda step, row, out=rows[every]: out.append(dict(row))))
+    assert logs[0] == logs[1]
+    assert [float(r["loss"]) for r in rows[3]] == [r["loss"] for r in logs[1]]

@@ -136,24 +136,17 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     log: list[dict[str, float]] = []
     pending: list[dict] = []
     every = log_every or (LOG_EVERY_GPU if device.type == "cuda" else 1)
-    shared, micro = distributed.world_size() > 1, grad_accum()
+    micro = grad_accum()
     for step in tqdm(range(steps), desc=desc, leave=False, disable=bar_disabled(), mininterval=2.0):
-        idx = next(batches)
-        if micro > 1:
-            opt.zero_grad(set_to_none=True)
-            pending.append(_accumulated_step(model, loss_fn, idx, step, micro))
-        else:
-            loss, parts = _shard_loss(loss_fn, idx, step) if shared else _whole_loss(loss_fn, idx, step)
-            pending.append(parts)
+        opt.zero_grad(set_to_none=True)
+        row = _backward(model, loss_fn, next(batches), step, micro)
+        pending.append(row)
         if len(pending) >= every:
-            _read_back(pending, log, desc)
-        if micro == 1:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # launched: the backward also sums the gradients over the ranks (DDP's or FSDP's hooks)
+            _read_back(pending, log, desc)  # a non-finite loss raises here, before the update
         apply_grads(model, opt, spec)
         sched.step()
         if on_step is not None:
-            on_step(step, log[step] if len(log) > step else parts)
+            on_step(step, log[step] if len(log) > step else row)
     _read_back(pending, log, desc)
     model.eval()
     return log
@@ -172,6 +165,16 @@ def _read_back(pending: list[dict], log: list[dict[str, float]], desc: str) -> N
                                      f"checkpoint is saved")
         log.append(row)
     pending.clear()
+
+
+def _backward(model: PreTrainedModel, loss_fn: LossFn, idx: list[int], step: int, micro: int) -> dict:
+    """Forward and backward of one step's batch `idx` (launched: the backward also sums the gradients over the ranks,
+    DDP's or FSDP's hooks); returns the step's log row."""
+    if micro > 1:
+        return _accumulated_step(model, loss_fn, idx, step, micro)
+    loss, row = _shard_loss(loss_fn, idx, step) if distributed.world_size() > 1 else _whole_loss(loss_fn, idx, step)
+    loss.backward()
+    return row
 
 
 def _whole_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
