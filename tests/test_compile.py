@@ -12,7 +12,6 @@ from pocl_utils.experiment import provenance
 from pocl_utils.experiment.config import ModelSpec
 from pocl_utils.modeling import models
 from pocl_utils.modeling.models import COMPILED_AT, Precision, build_model, precision_for
-from pocl_utils.training import distributed
 from pocl_utils.training.batches import make_batch
 from pocl_utils.training.step import step_loss
 
@@ -62,9 +61,9 @@ def test_compile_is_opt_in_and_only_on_cuda(monkeypatch):
     assert models.policy_for("cuda").compile and models.policy_for("cuda").tag == "bf16-autocast+fused+compiled"
     assert provenance.precision("cuda") == "bf16-autocast+fused+compiled"
     monkeypatch.setenv("WORLD_SIZE", "2")  # under `accelerate launch` the blocks are compiled (`compile_blocks`)
-    assert distributed.step_policy("cuda").tag == "bf16-autocast+fused+compiled"
+    assert models.policy_for("cuda").tag == "bf16-autocast+fused+compiled"
     assert provenance.precision("cuda") == "bf16-autocast+fused+compiled"  # what the run key records
-    assert distributed.step_policy("cpu") == models.CPU_PRECISION
+    assert models.policy_for("cpu") == models.CPU_PRECISION
     monkeypatch.setenv(models.COMPILE_ENV, "yes please")
     with pytest.raises(ValueError, match="POCL_COMPILE"):
         models.compile_requested()

@@ -1,6 +1,6 @@
 """What a result was computed on: device, precision policy and library versions.
 
-The precision policy follows `distributed.step_policy`: bf16 autocast and the fused loss on CUDA, plain fp32
+The precision policy follows `models.policy_for`: bf16 autocast and the fused loss on CUDA, plain fp32
 elsewhere. A bf16 run and an fp32 run of the same configuration give different numbers, so the policy is part of
 every run key (`runner.run_key`) and every record carries `environment()`.
 """
@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 
+from ..modeling.models import policy_for
+from ..training.loop import grad_accum
+
 
 def precision(device: torch.device | str) -> str:
-    """The precision policy a run's steps use on `device` (`distributed.step_policy(device).tag`).
+    """The precision policy a run's steps use on `device` (`models.policy_for(device).tag`).
 
     "fp32" on the CPU; on CUDA "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher
     stored in bf16), with "+compiled" when POCL_COMPILE=1 (the step forward, or each block under `accelerate launch`).
@@ -24,8 +27,7 @@ def precision(device: torch.device | str) -> str:
     Returns:
         The policy's tag, as written into run keys.
     """
-    from ..training.distributed import step_policy
-    return step_policy(device).tag
+    return policy_for(device).tag
 
 
 def device_name(device: torch.device | str) -> str:
@@ -59,7 +61,6 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         ValueError: POCL_GRAD_ACCUM is not a positive integer.
     """
     import transformers
-    from ..training.loop import grad_accum
     dev = torch.device(device)
     micro = grad_accum()
     return {"device": dev.type, "device_name": device_name(dev), "precision": precision(dev),

@@ -78,10 +78,12 @@ def compile_requested() -> bool:
 
 
 def policy_for(device: torch.device | str) -> Precision:
-    """The precision policy of `device` for one process.
+    """The precision policy of `device`.
 
-    bf16 autocast and the fused loss on CUDA (the step compiled when POCL_COMPILE=1); fp32 and unfused elsewhere.
-    Launched on several processes, `distributed.step_policy` says what a training step uses.
+    bf16 autocast and the fused loss on CUDA (compiled when POCL_COMPILE=1); fp32 and unfused elsewhere. `compile`
+    means, for one process, the student's whole step forward compiled (`compiled_inputs`); launched on several
+    processes, where DDP wraps the step forward and FSDP keeps it unfused, each transformer block compiled
+    (`distributed.prepare_model`, `distributed.compile_blocks`).
 
     Args:
         device: the device.

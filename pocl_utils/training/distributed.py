@@ -217,14 +217,15 @@ def prepare_model(model: torch.nn.Module, compile: bool | None = None) -> torch.
 
     Args:
         model: the model to train.
-        compile: compile the blocks; None = as `step_policy` says for the model's device (POCL_COMPILE=1 on CUDA).
+        compile: compile the blocks; None = as `models.policy_for` says for the model's device (POCL_COMPILE=1 on
+            CUDA).
 
     Returns:
         The same model.
     """
     if world_size() == 1 or is_prepared(model):
         return model
-    if step_policy(next(model.parameters()).device).compile if compile is None else compile:
+    if models.policy_for(next(model.parameters()).device).compile if compile is None else compile:
         compile_blocks(model)
     if fsdp():
         return shard_model(model)
@@ -419,22 +420,6 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     if missing:
         raise KeyError(f"load_full_state_dict: missing tensors {sorted(missing)}")
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def step_policy(device: torch.device | str) -> models.Precision:
-    """The precision policy a training step uses on `device` here: `models.policy_for`.
-
-    Its `compile` means, for one process, the student's whole step forward compiled (`models.compiled_inputs`);
-    launched on several processes, where DDP wraps the step forward and FSDP keeps it unfused
-    (`step._fused_step_loss`), each transformer block compiled by `prepare_model` (`compile_blocks`).
-
-    Args:
-        device: the device the step runs on.
-
-    Returns:
-        The Precision.
-    """
-    return models.policy_for(device)
 
 
 def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
