@@ -115,11 +115,7 @@ def kd_mini_grid(p, root: Path, n_seeds: int) -> pd.DataFrame:
         baseline(m, s), pocl(m, s), pocl(m, s, variant="+POCL (n=4)"),
         pocl(m, s, restarts=False, variant=ONE_SCHEDULE), pocl(m, s, ranking="oracle", variant=ORACLE))]
     pool.run_grid(ws, specs, workers=1)
-    records = runner.records_for(ws, specs)
-    parts = [findings.claim_table(tables.tidy(records, protocol)).assign(protocol=protocol)
-             for protocol in tables.PROTOCOLS]
-    claims = pd.concat(parts, ignore_index=True)
-    return claims[claims.claim.isin(("a", "f", "h", "i"))].reset_index(drop=True)
+    return findings.claims_by_protocol(runner.records_for(ws, specs), claims=("a", "f", "h", "i"))
 
 
 if __name__ == "__main__":

@@ -28,22 +28,6 @@ from pocl_utils.experiment.pool import run_grid
 from pocl_utils.experiment.runner import records_for
 
 
-def restarts_table(records: list, claims: tuple[str, ...] = ("h", "i")) -> pd.DataFrame:
-    """Claims h and i judged on `records` under both protocols.
-
-    Args:
-        records: (spec, record) pairs of finished runs (`runner.records_for`).
-        claims: the claim ids to keep.
-
-    Returns:
-        findings.claim_table's rows of those claims, with the column protocol ("sampled" or "greedy").
-    """
-    parts = [findings.claim_table(tables.tidy(records, protocol)).assign(protocol=protocol)
-             for protocol in tables.PROTOCOLS]
-    table = pd.concat(parts, ignore_index=True)
-    return table[table.claim.isin(claims)].reset_index(drop=True)
-
-
 def means_table(records: list) -> pd.DataFrame:
     """Each (method, variant)'s Avg ROUGE-L over the five sets, mean and SD over seeds, under both protocols.
 
@@ -76,7 +60,7 @@ def main() -> None:
              if s.method in args.methods]  # (the ablation always lists KLD's baseline)
     run_grid(ws, specs)
     records = records_for(ws, specs)
-    table = restarts_table(records)
+    table = findings.claims_by_protocol(records, claims=("h", "i"))
     path = tables.save_table(table, args.name, args.out)
     tables.save_table(means_table(records), f"{args.name}_means", args.out)
     print(table[["claim", "comparison", "protocol", "ours_diff", "ci95", "p_holm", "verdict"]].to_string())

@@ -5,7 +5,7 @@ import pytest
 
 from scipy import stats
 
-from pocl_utils.analysis.findings import claim_table, excluded_effects, verdict
+from pocl_utils.analysis.findings import claim_table, claims_by_protocol, excluded_effects, verdict
 from pocl_utils.stats import holm, p_value
 from pocl_utils.stats import paired_diff
 from pocl_utils.analysis.frames import rank_agreement
@@ -126,8 +126,9 @@ def _restarts_script():
     return module
 
 
-def test_restarts_script_judges_h_and_i_and_averages_per_seed_from_records():
-    """scripts/restarts_all_methods.py on hand-made records: per seed the Avg over the five sets, then h and i."""
+def test_claims_by_protocol_and_the_restarts_script_average_per_seed_from_records():
+    """findings.claims_by_protocol and scripts/restarts_all_methods.py on hand-made records: claims h and i under both
+    protocols, and per seed the Avg over the five sets."""
     from pocl_utils.data import EVAL_SETS
     from pocl_utils.experiment.config import baseline, pocl
     script = _restarts_script()
@@ -138,7 +139,8 @@ def test_restarts_script_judges_h_and_i_and_averages_per_seed_from_records():
             per_set = {ds: {"mean": score + (2.0 if ds == EVAL_SETS[0] else 0.0), "std": 0.0} for ds in EVAL_SETS}
             records.append((spec, {"metrics": {"eval": per_set, "greedy": per_set}, "key": f"{spec.variant}{seed}",
                                    "wall_s": 0.0, "git_commit": ""}))
-    t = script.restarts_table(records).set_index(["claim", "protocol"])
+    t = claims_by_protocol(records, claims=("h", "i")).set_index(["claim", "protocol"])
+    assert set(t.index) == {(c, p) for c in ("h", "i") for p in ("sampled", "greedy")}
     assert t.loc[("h", "sampled"), "ours_diff"] == pytest.approx(4.0)  # 45 - (40, 41, 42)
     assert t.loc[("i", "greedy"), "ours_diff"] == pytest.approx(-5.0)
     means = script.means_table(records).set_index(["protocol", "variant"])

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .paper import PAPER_VARIANTS, paper_values
-from .tables import paired
+from .tables import PROTOCOLS, paired, tidy
 from ..stats import holm, p_value
 
 # claim id -> (what the paper says, [(grid, base (method, variant), other (method, variant))]); the grid names
@@ -132,6 +132,28 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
     columns = ["claim", "paper_says", "comparison", "ours_diff", "ci95", "n_seeds", "p_value", "p_holm", "verdict",
                "excludes", "paper_diff"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def claims_by_protocol(records: list, claims: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """`claim_table` of finished runs under the paper's sampled protocol and under greedy decoding.
+
+    A run listed twice under one label (a spec shared by two grids) counts once.
+
+    Args:
+        records: (spec, record) pairs of finished runs (`runner.records_for`), from one grid or several.
+        claims: the claim ids to keep; None = all of CLAIMS.
+
+    Returns:
+        claim_table's rows with the column protocol ("sampled" or "greedy"), sampled first; empty when no run has
+        finished.
+    """
+    parts = []
+    for protocol in PROTOCOLS:
+        runs = tidy(records, protocol).drop_duplicates(["method", "variant", "seed", "dataset"])
+        if len(runs):
+            parts.append(claim_table(runs).assign(protocol=protocol))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return table if claims is None or table.empty else table[table.claim.isin(claims)].reset_index(drop=True)
 
 
 def claim_summary(table: pd.DataFrame) -> pd.DataFrame:

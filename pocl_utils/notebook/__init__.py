@@ -639,13 +639,7 @@ def claims(ws: Workspace) -> pd.DataFrame:
         n_seeds, p_value, p_holm, verdict, excludes, paper_diff) with the column protocol ("sampled" or "greedy"); empty
         when no run has finished.
     """
-    parts = []
-    for protocol in tables.PROTOCOLS:
-        runs = [tables.tidy(records(ws, name), protocol) for name in GRIDS]
-        runs = pd.concat(runs, ignore_index=True).drop_duplicates(["method", "variant", "seed", "dataset"])
-        if len(runs):
-            parts.append(findings.claim_table(runs).assign(protocol=protocol))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return findings.claims_by_protocol([rec for name in GRIDS for rec in records(ws, name)])
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
