@@ -1,0 +1,130 @@
+"""A finished run read back from its published tables alone (`runs.csv`, `claims.csv`), with no run registry: Table 1's
+Avg ROUGE-L per method, baseline beside +POCL, under each evaluation protocol, as a frame and as Markdown. README's
+result box and the main figure (`figures.main_figure`) are drawn from it, so both regenerate from the committed
+`results/<profile>/` without re-running anything.
+
+May import `analysis.tables` and the method's `stats`; nothing of `training`, `modeling` or `notebook`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import tables
+
+PROTOCOL_COLUMNS = {"sampled": "rouge_l", "greedy": "greedy_rouge_l"}  # protocol -> its score column in runs.csv
+POCL = "+POCL"
+BASELINE = "baseline"
+
+
+def runs_tidy(runs: pd.DataFrame, protocol: str = "sampled", grid: str = "table1") -> pd.DataFrame:
+    """One grid's rows of a published runs.csv as a `tables.tidy` frame under one protocol.
+
+    Args:
+        runs: runs.csv as read by pandas (columns method, variant, seed, dataset, rouge_l, greedy_rouge_l, grid, ...).
+        protocol: "sampled" (the paper's: temperature 1, mean over sampling seeds) or "greedy".
+        grid: the grid whose rows are kept (a run shared by several grids appears once per grid in runs.csv).
+
+    Returns:
+        The grid's rows with `rouge_l` holding the protocol's score; rows without a score under it are dropped.
+
+    Raises:
+        ValueError: an unknown protocol, or a runs.csv without the protocol's column or a `grid` column.
+    """
+    if protocol not in PROTOCOL_COLUMNS:
+        raise ValueError(f"runs_tidy: protocol must be one of {sorted(PROTOCOL_COLUMNS)}, got {protocol!r}")
+    column = PROTOCOL_COLUMNS[protocol]
+    missing = {column, "grid", "method", "variant", "seed", "dataset"} - set(runs.columns)
+    if missing:
+        raise ValueError(f"runs_tidy: runs.csv lacks the column(s) {sorted(missing)}")
+    rows = runs[runs.grid == grid]
+    out = rows.drop(columns=[c for c in PROTOCOL_COLUMNS.values() if c != column and c in rows.columns])
+    out = out.rename(columns={column: "rouge_l"})
+    return out.dropna(subset=["rouge_l"]).reset_index(drop=True)
+
+
+def avg_table(results: Path) -> pd.DataFrame:
+    """Table 1's Avg ROUGE-L (mean over the five eval sets, then over training seeds) per protocol and method.
+
+    Args:
+        results: a published results folder holding runs.csv and, for the verdicts, claims.csv (claim a).
+
+    Returns:
+        One row per (protocol, method) in runs.csv's method order, with columns protocol, method, n_seeds,
+        baseline, baseline_ci, pocl, pocl_ci (NaN for a method without +POCL, i.e. SFT and SeqKD), diff and diff_ci
+        (+POCL - baseline paired by training seed), p_holm and verdict (claim a's row in claims.csv; NaN / "" when
+        absent). CI columns are 95% t half-widths, NaN for one seed. A protocol without scores (or without its
+        column in runs.csv) gives no rows.
+
+    Raises:
+        FileNotFoundError: runs.csv is missing (the message names it).
+    """
+    results = Path(results)
+    if not (results / "runs.csv").exists():
+        raise FileNotFoundError(f"avg_table: no runs.csv in {results}")
+    runs = pd.read_csv(results / "runs.csv")
+    claims_path = results / "claims.csv"
+    claims = pd.read_csv(claims_path) if claims_path.exists() else pd.DataFrame(
+        columns=["claim", "comparison", "protocol", "p_holm", "verdict"])
+    out = []
+    for protocol, column in PROTOCOL_COLUMNS.items():
+        df = runs_tidy(runs, protocol) if column in runs.columns else runs.iloc[:0]
+        if df.empty:
+            continue
+        means = tables.summary(df)
+        means = means[means.dataset == "Avg"].set_index(["method", "variant"])
+        for method in df.method.drop_duplicates():
+            base = means.loc[(method, BASELINE)]
+            row = {"protocol": protocol, "method": method, "n_seeds": int(base["n_seeds"]),
+                   "baseline": base["mean"], "baseline_ci": base["ci95"], "pocl": math.nan, "pocl_ci": math.nan,
+                   "diff": math.nan, "diff_ci": math.nan, "p_holm": math.nan, "verdict": ""}
+            if (method, POCL) in means.index:
+                d = tables.paired(df, (method, BASELINE), (method, POCL)).set_index("dataset").loc["Avg"]
+                claim = claims[(claims.claim == "a") & (claims.protocol == protocol)
+                               & (claims.comparison == f"{method} +POCL vs baseline")]
+                row.update(pocl=means.loc[(method, POCL), "mean"], pocl_ci=means.loc[(method, POCL), "ci95"],
+                           diff=d["diff"], diff_ci=d["ci95"])
+                if len(claim):
+                    row.update(p_holm=float(claim.p_holm.iloc[0]), verdict=str(claim.verdict.iloc[0]))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _cell(mean: float, half: float, signed: bool = False) -> str:
+    """'56.07 ± 1.42' (a NaN half-width is left out; a NaN mean is '—'); signed puts '+' or '−' before the mean."""
+    if np.isnan(mean):
+        return "—"
+    text = f"{mean:+.2f}".replace("-", "−") if signed else f"{mean:.2f}"
+    return text if np.isnan(half) else f"{text} ± {half:.2f}"
+
+
+def avg_markdown(table: pd.DataFrame) -> str:
+    """`avg_table` as one Markdown table: a row per method, baseline / +POCL / difference (with Holm's verdict) for
+    each protocol present, cells 'mean ± 95% CI half-width'.
+
+    Args:
+        table: an `avg_table` frame.
+
+    Returns:
+        The Markdown text (header, separator, one line per method), ending in a newline.
+    """
+    protocols = list(table.protocol.drop_duplicates())
+    head = ["method"] + [f"{p}: {c}" for p in protocols for c in ("baseline", "+POCL", "+POCL − baseline")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in table.method.drop_duplicates():
+        cells = [method]
+        for p in protocols:
+            r = table[(table.protocol == p) & (table.method == method)]
+            if r.empty:
+                cells += ["—"] * 3
+                continue
+            r = r.iloc[0]
+            diff = _cell(r["diff"], r["diff_ci"], signed=True)
+            if r["verdict"]:
+                diff += f" ({r['verdict']})"
+            cells += [_cell(r["baseline"], r["baseline_ci"]), _cell(r["pocl"], r["pocl_ci"]), diff]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

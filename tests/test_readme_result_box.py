@@ -1,0 +1,167 @@
+"""README's result box and the main figure agree with the committed reference tables, and the functions that make
+them compute what a hand-worked example says."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pocl_utils.analysis import figures, reference
+from pocl_utils.stats import t_quantile
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "laptop"
+SETS = ["DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("main_figure", ROOT / "scripts" / "main_figure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _box(text: str) -> str:
+    script = _script()
+    return text[text.index(script.START) + len(script.START):text.index(script.END)].strip("\n")
+
+
+@pytest.fixture(scope="module")
+def avg() -> pd.DataFrame:
+    return reference.avg_table(RESULTS)
+
+
+def _minus(x: float) -> str:
+    return f"{x:+.1f}".replace("-", "−")
+
+
+def test_readme_table_is_the_one_the_committed_csvs_give(avg):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert _box(readme) == reference.avg_markdown(avg).strip("\n"), \
+        "README's result table differs from results/laptop: run scripts/main_figure.py"
+
+
+def test_avg_table_agrees_with_the_committed_table1_and_claims(avg):
+    """Recomputed from runs.csv, the sampled means equal Table 1's committed Avg column and the differences equal
+    claim (a) in claims.csv under both protocols: the box reads the same run as every other table."""
+    ours = pd.read_csv(RESULTS / "table1_kd_methods_ours.csv")
+    for _, row in avg[avg.protocol == "sampled"].iterrows():
+        cell = ours[(ours.method == row.method) & (ours.variant == "baseline")].Avg.iloc[0]
+        assert cell == f"{row.baseline:.2f} ± {row.baseline_ci:.2f}"
+        if row.method not in ("SFT", "SeqKD"):
+            cell = ours[(ours.method == row.method) & (ours.variant == "+POCL")].Avg.iloc[0]
+            assert cell == f"{row.pocl:.2f} ± {row.pocl_ci:.2f}"
+    claims = pd.read_csv(RESULTS / "claims.csv")
+    a = claims[claims.claim == "a"]
+    for _, c in a.iterrows():
+        r = avg[(avg.protocol == c.protocol) & (avg.method == c.comparison.split()[0])].iloc[0]
+        assert r["diff"] == pytest.approx(c.ours_diff, abs=1e-9) and r["diff_ci"] == pytest.approx(c.ci95, abs=1e-9)
+        assert r["verdict"] == c.verdict
+    assert len(a) == 14 and set(avg.protocol) == {"sampled", "greedy"}
+
+
+def test_the_box_lines_state_the_committed_ranges(avg):
+    """The numbers of the box's prose: the range of +POCL − baseline per protocol, the KD baselines − SFT range and
+    the share of POCL's loss that one optimizer recovers (claim h over claim a, KLD and GKD)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    box = readme[:readme.index("## Two commands")]
+    for protocol in ("sampled", "greedy"):
+        d = avg[avg.protocol == protocol]["diff"].dropna()
+        assert f"{_minus(d.max())} to {_minus(d.min())}" in box, protocol
+    s = avg[avg.protocol == "sampled"].set_index("method")
+    kd = s.drop(index=["SFT", "SeqKD"]).baseline - s.loc["SFT", "baseline"]
+    assert f"{_minus(kd.min())} to {_minus(kd.max())}" in box
+    claims = pd.read_csv(RESULTS / "claims.csv")
+    for protocol in ("sampled", "greedy"):
+        c = claims[claims.protocol == protocol].set_index("comparison").ours_diff
+        shares = [c[f"{m} +POCL (n=4, one schedule) vs +POCL (n=4)"] / -c[f"{m} +POCL vs baseline"]
+                  for m in ("KLD", "GKD")]
+        assert f"{round(100 * min(shares))}–{round(100 * max(shares))}%" in box, protocol
+    oracle = claims[(claims.claim == "f") & (claims.protocol == "sampled")].set_index("comparison").ours_diff
+    assert f"KLD {_minus(oracle['KLD +POCL (oracle) vs baseline'])}, GKD {_minus(oracle['GKD +POCL (oracle) vs baseline'])}" in box
+
+
+def test_readme_and_findings_embed_the_committed_main_figure():
+    for doc in ("README.md", "FINDINGS.md"):
+        assert "figures/laptop/main_avg_rouge_l.png)" in (ROOT / doc).read_text(encoding="utf-8"), doc
+    assert (ROOT / "figures" / "laptop" / "main_avg_rouge_l.png").stat().st_size > 10_000
+
+
+def _runs(rows: list[tuple]) -> pd.DataFrame:
+    """A runs.csv of (method, variant, seed, per-set sampled score, per-set greedy score or NaN), every set equal."""
+    return pd.DataFrame([{"grid": "table1", "method": m, "variant": v, "seed": s, "dataset": ds, "rouge_l": x,
+                          "greedy_rouge_l": g} for m, v, s, x, g in rows for ds in SETS])
+
+
+def test_avg_table_by_hand(tmp_path):
+    """Two seeds: KLD baseline 10, 20; +POCL 14, 18 (every set alike, so Avg = the set score). Means 15 and 16, the
+    paired difference +4 and −2, mean +1 with half-width t(0.975, 1) · sd / √2 = 12.706 · 3√2 / √2. No greedy scores:
+    no greedy rows. A grid other than table1 is ignored."""
+    runs = _runs([("KLD", "baseline", 0, 10.0, math.nan), ("KLD", "baseline", 1, 20.0, math.nan),
+                  ("KLD", "+POCL", 0, 14.0, math.nan), ("KLD", "+POCL", 1, 18.0, math.nan)])
+    other = _runs([("KLD", "baseline", 0, 99.0, math.nan)]).assign(grid="order")
+    pd.concat([runs, other]).to_csv(tmp_path / "runs.csv", index=False)
+    t = reference.avg_table(tmp_path)
+    assert list(t.protocol) == ["sampled"] and list(t.method) == ["KLD"]
+    r = t.iloc[0]
+    assert (r.baseline, r.pocl, r["diff"], r.n_seeds) == (15.0, 16.0, 1.0, 2)
+    assert r.diff_ci == pytest.approx(t_quantile(1) * 3.0 * math.sqrt(2) / math.sqrt(2))
+    assert r.baseline_ci == pytest.approx(t_quantile(1) * np.std([10, 20], ddof=1) / math.sqrt(2))
+    assert math.isnan(r.p_holm) and r.verdict == ""  # no claims.csv
+    md = reference.avg_markdown(t)
+    assert md.splitlines()[2] == f"| KLD | 15.00 ± {r.baseline_ci:.2f} | 16.00 ± {r.pocl_ci:.2f} | +1.00 ± {r.diff_ci:.2f} |"
+
+
+def test_one_seed_and_a_method_without_pocl_give_no_interval(tmp_path):
+    _runs([("SFT", "baseline", 0, 30.0, 40.0), ("KLD", "baseline", 0, 10.0, 12.0),
+           ("KLD", "+POCL", 0, 8.0, 11.0)]).to_csv(tmp_path / "runs.csv", index=False)
+    t = reference.avg_table(tmp_path)
+    assert list(t.protocol) == ["sampled", "sampled", "greedy", "greedy"]
+    sft = t[(t.method == "SFT") & (t.protocol == "greedy")].iloc[0]
+    assert sft.baseline == 40.0 and math.isnan(sft.baseline_ci) and math.isnan(sft.pocl)
+    lines = reference.avg_markdown(t).splitlines()
+    assert lines[2] == "| SFT | 30.00 | — | — | 40.00 | — | — |"
+    assert lines[3] == "| KLD | 10.00 | 8.00 | −2.00 | 12.00 | 11.00 | −1.00 |"
+
+
+def test_avg_table_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="runs.csv"):
+        reference.avg_table(tmp_path)
+    with pytest.raises(ValueError, match="protocol"):
+        reference.runs_tidy(pd.DataFrame(), "beam")
+    with pytest.raises(ValueError, match="greedy_rouge_l"):
+        reference.runs_tidy(_runs([("KLD", "baseline", 0, 1.0, 1.0)]).drop(columns="greedy_rouge_l"), "greedy")
+
+
+def test_main_figure_draws_every_method_and_its_difference(avg):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = figures.main_figure(avg)
+    try:
+        axes = fig.axes
+        assert [a.get_title() for a in axes] == ["sampled protocol (the paper's)", "greedy protocol"]
+        for ax, protocol in zip(axes, ("sampled", "greedy")):
+            d = avg[avg.protocol == protocol]
+            heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+            assert heights == sorted(round(x, 6) for x in list(d.baseline) + list(d.pocl.dropna()))
+            assert [t.get_text() for t in ax.texts] == [_minus(x) for x in d["diff"].dropna()]
+            assert [t.get_text() for t in ax.get_xticklabels()] == list(d.method)
+        assert "n = 5 training seeds" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="no rows"):
+        figures.main_figure(avg.iloc[:0])
+
+
+def test_the_script_replaces_only_the_table(tmp_path):
+    script = _script()
+    text = f"a\n{script.START}\nold\n{script.END}\nb\n"
+    assert script.readme_with_table(text, "| new |\n") == f"a\n{script.START}\n| new |\n{script.END}\nb\n"
+    with pytest.raises(ValueError, match="markers"):
+        script.readme_with_table("no markers", "x")
