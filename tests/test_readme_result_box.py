@@ -26,9 +26,6 @@ def _script():
     return module
 
 
-def _box(text: str) -> str:
-    script = _script()
-    return text[text.index(script.START) + len(script.START):text.index(script.END)].strip("\n")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +39,16 @@ def _minus(x: float) -> str:
 
 def test_readme_table_is_the_one_the_committed_csvs_give(avg):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert _box(readme) == reference.avg_markdown(avg).strip("\n"), \
+    assert _script().between(readme) == reference.avg_markdown(avg).strip("\n"), \
         "README's result table differs from results/laptop: run scripts/main_figure.py"
+
+
+def test_findings_summary_is_the_one_claims_csv_gives():
+    script = _script()
+    findings = (ROOT / "FINDINGS.md").read_text(encoding="utf-8")
+    table = reference.claims_overview(pd.read_csv(RESULTS / "claims.csv"))
+    assert script.between(findings, script.SUMMARY_START, script.SUMMARY_END) == table.strip("\n"), \
+        "FINDINGS' summary table differs from results/laptop/claims.csv: run scripts/main_figure.py"
 
 
 def test_avg_table_agrees_with_the_committed_table1_and_claims(avg):
@@ -159,9 +164,26 @@ def test_main_figure_draws_every_method_and_its_difference(avg):
         figures.main_figure(avg.iloc[:0])
 
 
-def test_the_script_replaces_only_the_table(tmp_path):
+def test_the_script_replaces_only_the_table():
     script = _script()
     text = f"a\n{script.START}\nold\n{script.END}\nb\n"
-    assert script.readme_with_table(text, "| new |\n") == f"a\n{script.START}\n| new |\n{script.END}\nb\n"
+    assert script.with_table(text, "| new |\n") == f"a\n{script.START}\n| new |\n{script.END}\nb\n"
+    assert script.between(script.with_table(text, "| new |\n")) == "| new |"
     with pytest.raises(ValueError, match="markers"):
-        script.readme_with_table("no markers", "x")
+        script.with_table("no markers", "x")
+
+
+def test_claims_overview_by_hand():
+    """Two comparisons of one claim: the range of the differences; one comparison: difference ± CI; verdicts
+    counted per protocol, 'not separable' counted as undecided."""
+    claims = pd.DataFrame([
+        {"claim": "a", "paper_says": "P beats B", "comparison": "X", "ours_diff": -2.0, "ci95": 1.0,
+         "verdict": "contradicted", "paper_diff": 1.5, "protocol": "sampled"},
+        {"claim": "a", "paper_says": "P beats B", "comparison": "Y", "ours_diff": 0.5, "ci95": 1.0,
+         "verdict": "not separable from noise (same direction)", "paper_diff": 2.0, "protocol": "sampled"},
+        {"claim": "h", "paper_says": "ours", "comparison": "Z", "ours_diff": 3.25, "ci95": 0.5,
+         "verdict": "supported", "paper_diff": math.nan, "protocol": "sampled"}])
+    lines = reference.claims_overview(claims).splitlines()
+    assert lines[0] == "| claim | the paper says | paper | ours, sampled | verdicts |"
+    assert lines[2] == "| a | P beats B | +1.50 to +2.00 | −2.00 to +0.50 | sampled: 1 contradicted, 1 undecided |"
+    assert lines[3] == "| h | ours | — | +3.25 ± 0.50 | sampled: 1 supported |"

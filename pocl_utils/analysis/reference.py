@@ -128,3 +128,44 @@ def avg_markdown(table: pd.DataFrame) -> str:
             cells += [_cell(r["baseline"], r["baseline_ci"]), _cell(r["pocl"], r["pocl_ci"]), diff]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _range(values: pd.Series, half: pd.Series | None = None) -> str:
+    """One value as '−1.57 ± 1.18' (with its CI when given), several as 'lowest to highest', none as '—'."""
+    v = values.dropna()
+    if v.empty:
+        return "—"
+    if len(v) == 1:
+        return _cell(float(v.iloc[0]), math.nan if half is None else float(half[v.index].iloc[0]), signed=True)
+    return f"{_cell(float(v.min()), math.nan, True)} to {_cell(float(v.max()), math.nan, True)}"
+
+
+def claims_overview(claims: pd.DataFrame) -> str:
+    """A published claims.csv as one screen of Markdown: per claim, what the paper says and its printed difference,
+    ours under each protocol (one comparison: difference ± 95% CI; several: the range of the differences) and the
+    verdicts counted (`findings.claim_summary`).
+
+    Args:
+        claims: claims.csv as read by pandas (columns claim, paper_says, comparison, ours_diff, ci95, verdict,
+            paper_diff, protocol).
+
+    Returns:
+        The Markdown table, ending in a newline.
+    """
+    from .findings import claim_summary
+    counts = claim_summary(claims).set_index(["protocol", "claim"])
+    protocols = list(claims.protocol.drop_duplicates())
+    head = ["claim", "the paper says", "paper"] + [f"ours, {p}" for p in protocols] + ["verdicts"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim in claims.claim.drop_duplicates():
+        rows = claims[claims.claim == claim]
+        cells = [claim, rows.paper_says.iloc[0], _range(rows[rows.protocol == protocols[0]].paper_diff)]
+        verdicts = []
+        for p in protocols:
+            r = rows[rows.protocol == p]
+            cells.append(_range(r.ours_diff, r.ci95))
+            c = counts.loc[(p, claim)]
+            said = [f"{c[k]} {k}" for k in ("supported", "contradicted", "undecided") if c[k]]
+            verdicts.append(f"{p}: {', '.join(said)}")
+        lines.append("| " + " | ".join(cells + ["; ".join(verdicts)]) + " |")
+    return "\n".join(lines) + "\n"
