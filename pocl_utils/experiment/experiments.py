@@ -301,3 +301,75 @@ def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[Run
         for spec in grid(name, n_seeds, size, oracle=oracle):
             seen.setdefault(spec.key().__repr__(), spec)
     return list(seen.values())
+
+
+# ---- the learning rate chosen per arm on validation (issue 23, item 6) ----------------------------------------------
+
+
+def arm(spec: RunSpec) -> str:
+    """An arm of a grid: the spec's key without its seed and lr_scale (what an lr is chosen for), as text."""
+    key = replace(spec, seed=0, lr_scale=1.0).key()
+    return repr(sorted(key.items()))
+
+
+def lr_candidates(specs: list[RunSpec], factors: tuple[float, ...]) -> list[RunSpec]:
+    """The runs that choose each arm's learning rate: the arm's seed-0 run at lr_scale = each factor.
+
+    The seed-0 run at the chosen factor is then one of the arm's seeds already (the same key), so the choice costs
+    len(factors) - 1 runs per arm.
+
+    Args:
+        specs: the grid's runs.
+        factors: the protocol's lr is multiplied by each (the profile's lr_factors).
+
+    Returns:
+        One spec per arm and factor, in the grid's order of arms.
+    """
+    firsts: dict[str, RunSpec] = {}
+    for s in specs:
+        firsts.setdefault(arm(s), replace(s, seed=0, lr_scale=1.0))
+    return [replace(s, lr_scale=float(f)) for s in firsts.values() for f in factors]
+
+
+def chosen_lrs(pairs: list[tuple[RunSpec, dict]]) -> list[dict]:
+    """Each arm's learning rate chosen on validation: the candidate whose best checkpoint's selection score (the record's
+    metrics.train.best, higher is better: validation ROUGE-L or minus the validation loss) is highest. The eval sets
+    play no part. Ties go to the first candidate.
+
+    Args:
+        pairs: (candidate spec, its registry record) of `lr_candidates`' finished runs.
+
+    Returns:
+        One row per arm and candidate: method, variant, arm, lr_scale, lr (the run's peak lr, its first stage's),
+        valid (the selection score) and chosen (True on the arm's pick).
+    """
+    rows = [{"method": s.method, "variant": s.variant or ("+POCL" if s.pocl else "baseline"), "arm": arm(s),
+             "lr_scale": s.lr_scale, "lr": rec["metrics"]["train"]["stages"][0].get("lr"),
+             "valid": rec["metrics"]["train"]["best"], "chosen": False} for s, rec in pairs]
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["valid"] is not None and (r["arm"] not in best or r["valid"] > best[r["arm"]]["valid"]):
+            best[r["arm"]] = r
+    for r in best.values():
+        r["chosen"] = True
+    return rows
+
+
+def with_chosen_lr(specs: list[RunSpec], table: list[dict]) -> list[RunSpec]:
+    """The grid's runs at their arm's chosen lr_scale (`chosen_lrs`).
+
+    Args:
+        specs: the grid's runs.
+        table: `chosen_lrs`' rows.
+
+    Returns:
+        The specs with lr_scale set to their arm's choice.
+
+    Raises:
+        ValueError: an arm of `specs` without a chosen rate.
+    """
+    pick = {r["arm"]: r["lr_scale"] for r in table if r["chosen"]}
+    missing = sorted({s.label for s in specs if arm(s) not in pick})
+    if missing:
+        raise ValueError(f"no learning rate chosen for: {', '.join(missing)}")
+    return [replace(s, lr_scale=pick[arm(s)]) for s in specs]

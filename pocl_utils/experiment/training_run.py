@@ -216,7 +216,7 @@ def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage]
     if distributed.world_size() > 1:
         raise ValueError("RunSpec.restarts=False (one schedule across stages) runs on one process only")
     spec = replace(ws.profile.kd, lr=stages[0].lr)
-    opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages), warmup=stages[0].warmup)
+    opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages), stages[0].warmup)
     if state["steps"]:
         saved = _checkpoint(run_dir, state["done_stage"], ".optimizer.pt")
         opt.load_state_dict(torch.load(saved, weights_only=True))  # its lr is the step's
