@@ -99,3 +99,16 @@ def test_official_baseline_trains_kd_alone(ws, monkeypatch, tmp_path):
     assert seen == [0.0]
     text = replace(ws.profile, protocol="paper-text")
     assert training_run.stages_for(Workspace(text, ws.root), spec, ws.encoded("train"))[0].alpha == 0.3
+
+
+def test_lr_chosen_per_arm_on_validation_runs_the_candidates(ws):
+    from pocl_utils.experiment import pool
+    p = replace(ws.profile, lr_factors=(2.0, 1.0))
+    lab = Workspace(p, ws.root)
+    specs = [experiments.baseline("KLD", s) for s in range(2)]
+    at, table = pool.at_chosen_lrs(lab, specs, log=lambda s: None)
+    assert [(r["lr_scale"], r["lr"]) for r in table] == [(2.0, pytest.approx(2 * p.kd.lr)), (1.0, p.kd.lr)]
+    pick = max(table, key=lambda r: r["valid"])  # the higher selection score: the lower validation loss
+    assert [r["chosen"] for r in table] == [r is pick for r in table]
+    assert [s.lr_scale for s in at] == [pick["lr_scale"]] * 2 and [s.seed for s in at] == [0, 1]
+    assert pool.at_chosen_lrs(ws, specs) == (specs, [])  # no lr_factors: no choice

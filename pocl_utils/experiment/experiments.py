@@ -332,9 +332,9 @@ def lr_candidates(specs: list[RunSpec], factors: tuple[float, ...]) -> list[RunS
 
 
 def chosen_lrs(pairs: list[tuple[RunSpec, dict]]) -> list[dict]:
-    """Each arm's learning rate chosen on validation: the candidate whose best checkpoint's selection score (the record's
-    metrics.train.best, higher is better: validation ROUGE-L or minus the validation loss) is highest. The eval sets
-    play no part. Ties go to the first candidate.
+    """Each arm's learning rate chosen on validation: the candidate whose best checkpoint's selection score (the
+    record's metrics.train.best, higher is better: validation ROUGE-L or minus the validation loss) is highest. The
+    eval sets play no part. Ties go to the first candidate.
 
     Args:
         pairs: (candidate spec, its registry record) of `lr_candidates`' finished runs.

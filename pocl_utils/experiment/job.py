@@ -52,13 +52,12 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
     from ..analysis.tables import tidy
     from . import pool, runner
     from .pipeline import prepare
-    from .lr_choice import at_chosen_lrs
     p = get_profile(profile, {"protocol": protocol} if protocol else None)
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world",
                  protocol=p.protocol)
     log = log if distributed.is_main() else (lambda s: None)
     ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
-    specs, _ = at_chosen_lrs(ws, specs, log=log)  # the profile's lr_factors: each arm's lr chosen on validation
+    specs, _ = pool.at_chosen_lrs(ws, specs, log=log)  # the profile's lr_factors: each arm's lr chosen on validation
     pool.run_grid(ws, specs, log=log)
     _wait_for_others(ws, specs, distributed.device(), log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")
