@@ -27,7 +27,8 @@ from .results import RegistryError, atomic_write_text, exclusive_lock
 
 def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
             size: str | None = None, out: Path | None = None, protocol: str | None = None, log=print) -> Path:
-    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
+    """prepare -> the lr chosen per arm on validation (the profile's lr_factors; the choice in <out>_lr.csv) -> run_grid
+    -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
 
     Runs claimed by another live process are waited for, or taken over if their owner dies, so the CSV covers the
     whole grid. Launched on several processes, only the main rank logs and writes the CSV; the others return its path.
@@ -49,6 +50,8 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
         ConfigError: an unknown profile.
         ValueError: an unknown grid name.
     """
+    import pandas as pd
+
     from ..analysis.tables import tidy
     from . import pool, runner
     from .pipeline import prepare
@@ -57,7 +60,7 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
                  protocol=p.protocol)
     log = log if distributed.is_main() else (lambda s: None)
     ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
-    specs, _ = pool.at_chosen_lrs(ws, specs, log=log)  # the profile's lr_factors: each arm's lr chosen on validation
+    specs, lr_table = pool.at_chosen_lrs(ws, specs, log=log)  # lr_factors: each arm's lr chosen on validation
     pool.run_grid(ws, specs, log=log)
     _wait_for_others(ws, specs, distributed.device(), log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")
@@ -69,6 +72,8 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
         for stale in out.parent.glob(f".{out.name}.*.tmp"):  # from a batch killed while writing it
             stale.unlink()
         atomic_write_text(out, frame.to_csv(index=False))
+        if lr_table:  # the chosen rates, beside the results
+            atomic_write_text(out.with_name(f"{out.stem}_lr.csv"), pd.DataFrame(lr_table).to_csv(index=False))
     mine = sum(rec.get("pid") == os.getpid() for _, rec in runner.records_for(ws, specs))
     log(f"[job] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
     return out
