@@ -72,11 +72,11 @@ def train_once(ws, spec, folder: Path, cached: bool) -> dict:
     run_dir.mkdir(parents=True)
     valid_s = [0.0]
 
-    def validate(model) -> float:
+    def validate(model) -> dict[str, float]:
         t0 = time.perf_counter()
-        score = scoring.validation_score(ws, model)
+        values = scoring.selection_values(ws, model)
         valid_s[0] += time.perf_counter() - t0
-        return score
+        return values
 
     with live_teacher() if not cached else nullcontext():
         t0 = time.perf_counter()

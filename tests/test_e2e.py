@@ -76,8 +76,9 @@ def _check_evaluated_model_is_the_best_checkpoint(ws, rec, evaluated) -> None:
     model = ws.load_student_init(torch.device("cpu"))
     assert any(not torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # trained, not the initial one
     model.load_state_dict(weights)
-    best = max(v["rouge_l"] for v in rec["metrics"]["train"]["valid"])
-    assert scoring.validation_score(ws, model.eval()) == best
+    best = rec["metrics"]["train"]["best"]  # the selection score (validation ROUGE-L, or minus the loss)
+    assert best == max(scoring.selection_score(ws.profile, v) for v in rec["metrics"]["train"]["valid"])
+    assert scoring.selection_score(ws.profile, scoring.selection_values(ws, model.eval())) == best
     for dataset, m in metrics.items():
         assert sorted(m["per_seed"]) == sorted(ws.profile.eval_seeds)
         assert m["mean"] == pytest.approx(np.mean(list(m["per_seed"].values())), rel=1e-12)

@@ -179,7 +179,8 @@ def loss_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[tuple[
 
 
 def validation_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[tuple[str, str]], seed: int = 0) -> Any:
-    """Validation greedy ROUGE-L over optimizer steps (the paper's Fig. 3), KD vs KD+POCL.
+    """Validation greedy ROUGE-L (the paper's Fig. 3), or the validation loss when checkpoints are selected on it
+    (Profile.select_metric), over optimizer steps, KD vs KD+POCL.
 
     Args:
         records: (spec, record) pairs (`runner.records_for`).
@@ -193,10 +194,12 @@ def validation_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[
     plt = _pyplot()
     data, bounds = _curves(records, runs, "valid", seed)
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    y = "loss" if "loss" in data and "rouge_l" not in data else "rouge_l"
     if len(data):
-        sns.lineplot(data=data, x="step", y="rouge_l", hue="run", style="run", markers=True, dashes=False, ax=ax)
+        sns.lineplot(data=data, x="step", y=y, hue="run", style="run", markers=True, dashes=False, ax=ax)
     _mark_stages(ax, bounds)  # validation rows count the steps finished
-    ax.set(xlabel="optimizer steps done", ylabel="validation ROUGE-L", title="validation ROUGE-L during training")
+    name = {"rouge_l": "validation ROUGE-L", "loss": "validation loss (reference CE, nats)"}[y]
+    ax.set(xlabel="optimizer steps done", ylabel=name, title=f"{name} during training")
     fig.tight_layout()
     return fig
 

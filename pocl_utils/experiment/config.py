@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..curriculum import CONTROLS, PROTOCOLS, Protocol
 from ..losses import DIVERGENCES
 
 
@@ -86,6 +87,25 @@ class Profile:
     batch_grid: tuple[int, ...] = ()  # paper: {8, 16}
     grid: str = "full"  # full | table1 | minimal
     seed: int = 0  # world, tokenizer, teacher and ranking seed
+    # training protocol (#23): how a run's stages get their optimizer settings and how its checkpoint and lr are chosen
+    # protocol: curriculum.Protocol: "official" (liuliuyuan6/POCL's scripts scaled to kd: stage 0.4 E epochs at 8 b,
+    # lr eta/5, no warm-up, KD baselines at alpha 0) | "paper-text" (A.2.2: POCL shares the baseline's steps, b and
+    # eta)
+    protocol: str = "paper-text"
+    # paper-text: a warm-up (kd.warmup_frac of the stage's steps) at every stage's restart, as run 3's code had; False:
+    # one warm-up per run, the baseline's. The official scripts have none (`--warmup-iters 0`).
+    stage_warmup: bool = False
+    # checkpoint selection (A.2.2: "selected using Rouge-L scores on the validation set"): "rouge" = greedy ROUGE-L of
+    # valid_max_examples validation rows (run 3; saturates near 100 on the worlds), "loss" = their references' token CE
+    # under the student (lower is better). Never the eval sets.
+    select_metric: str = "loss"
+    # candidates: "stage-ends" = each POCL stage's end, valid_checks points on a one-stage run (run 3: n stages give n);
+    # "even" = valid_checks points evenly over every run's total steps, the same number for every arm
+    select_points: str = "even"
+    # lr chosen per arm on validation (A.2.2: lr from {5e-4, 1e-4, 5e-5} "on validation performance") from the arm's
+    # protocol eta times each factor, seed 0 (`experiments.lr_candidates`); () = eta, no choice. (5, 1, 0.5) around
+    # official POCL's eta = 1e-4 is the paper's grid.
+    lr_factors: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,7 +157,18 @@ def _profiles() -> dict[str, Profile]:
         kd=TrainSpec(lr=5e-4, batch_size=8, epochs=20, warmup_frac=0.0), n_seeds=1, valid_max_examples=1000,
         valid_checks=20, workers=1, lr_grid=(5e-4, 1e-4, 5e-5), batch_grid=(8, 16),
         teacher_cache="live")  # exact logits of Dolly's 788k answer tokens x 50,257 x 4 B: ~160 GB
-    return {p.name: p for p in (smoke, classroom, laptop, real_lite, gpu, paper)}
+    # paper: its numbers come from the official scripts, whose KD baseline is this kd spec (kd_base.sh)
+    paper = replace(paper, protocol="official")
+    # laptop-run3: the configuration of the committed run 3 (results/laptop), kept to regenerate it: paper-text with a
+    # warm-up at every stage's restart, checkpoints by greedy ROUGE-L at the stage ends. laptop itself keeps these
+    # until the final grid of issue 23 switches it.
+    run3 = dict(protocol="paper-text", stage_warmup=True, select_metric="rouge", select_points="stage-ends",
+                lr_factors=())
+    laptop = replace(laptop, **run3)
+    laptop_run3 = replace(laptop, name="laptop-run3", **run3)
+    # real-lite: its committed results (results/real-lite) were made with run 3's code
+    real_lite = replace(real_lite, **run3)
+    return {p.name: p for p in (smoke, classroom, laptop, laptop_run3, real_lite, gpu, paper)}
 
 
 PROFILES: dict[str, Profile] = _profiles()
@@ -209,8 +240,9 @@ def validate_profile(p: Profile) -> Profile:
 
     Raises:
         ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds, table1_seeds,
-            eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, teacher_cache, or the lr, batch_size
-            or epochs of teacher_sft and kd).
+            eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, select_metric,
+            select_points, valid_checks, lr_factors, teacher_cache, or the lr, batch_size or epochs of teacher_sft
+            and kd).
     """
     checks = [
         (p.data in ("world", "real"), "data", "must be 'world' or 'real'"),
@@ -224,6 +256,12 @@ def validate_profile(p: Profile) -> Profile:
         (0 < p.max_prompt_len < p.max_len, "max_prompt_len", "must be in (0, max_len)"),
         (p.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
         (p.grid in ("full", "table1", "minimal"), "grid", "must be full, table1 or minimal"),
+        (p.protocol in PROTOCOLS, "protocol", f"must be one of {', '.join(PROTOCOLS)}, got {p.protocol!r}"),
+        (p.select_metric in ("rouge", "loss"), "select_metric", f"must be 'rouge' or 'loss', got {p.select_metric!r}"),
+        (p.select_points in ("stage-ends", "even"), "select_points",
+         f"must be 'stage-ends' or 'even', got {p.select_points!r}"),
+        (p.valid_checks >= 1, "valid_checks", "must be >= 1"),
+        (all(0 < f < math.inf for f in p.lr_factors), "lr_factors", f"must be finite values > 0, got {p.lr_factors}"),
         (re.fullmatch(r"exact|live|top-[1-9][0-9]*", p.teacher_cache) is not None, "teacher_cache",
          f"must be 'exact', 'live' or 'top-<k>' with k >= 1 (e.g. 'top-512'), got {p.teacher_cache!r}"),
     ]
@@ -258,7 +296,8 @@ def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = 
     """Resolve a profile by name, apply strict overrides and validate.
 
     Args:
-        name: a key of PROFILES (smoke, classroom, laptop, real-lite, gpu, paper, paper-opt); default DEFAULT_PROFILE.
+        name: a key of PROFILES (smoke, classroom, laptop, laptop-run3, real-lite, gpu, paper, paper-opt); default
+            DEFAULT_PROFILE.
         overrides: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
 
     Returns:
@@ -299,6 +338,10 @@ class RunSpec:
     alpha: tuple[float, float] = (0.3, 0.0)  # (alpha_0, alpha_n), Eq. 4; Table 9
     seed: int = 0
     restarts: bool = True  # each stage a fresh AdamW + LR schedule (the official code); False: one across stages
+    # a control without POCL (curriculum.CONTROLS, `curriculum.plan_run`): "pocl-optimizer" = one stage on all rows at
+    # POCL's batch, lr and total steps; "restarts" = POCL's stages' budgets and restarts, every stage on all rows
+    control: str = ""
+    lr_scale: float = 1.0  # the protocol's lr times this (a candidate of the lr choice, Profile.lr_factors)
     variant: str = ""  # the paper's row label, e.g. "+POCL (R-L)"; derived when empty
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -322,8 +365,9 @@ class RunSpec:
         d = dataclasses.asdict(self)
         d.pop("variant")
         d.pop("extra")
-        if d["restarts"]:
-            d.pop("restarts")  # the default: keys of runs made before the field existed stay the same
+        for name, default in (("restarts", True), ("control", ""), ("lr_scale", 1.0)):
+            if d[name] == default:
+                d.pop(name)  # the default: keys of runs made before the field existed stay the same
         return d
 
 
@@ -335,7 +379,8 @@ def validate_run(r: RunSpec) -> None:
 
     Raises:
         ConfigError: naming the field of an invalid run spec: an unknown method, ranking or order, n_subsets < 1, tau
-            not two finite values > 0, alpha not two values in [0, 1], or POCL asked of SFT or SeqKD.
+            not two finite values > 0, alpha not two values in [0, 1], POCL asked of SFT or SeqKD, an unknown control
+            or one asked of a POCL run or of SFT/SeqKD, or lr_scale not a finite value > 0.
     """
     if r.method not in METHODS:
         raise ConfigError(f"method {r.method!r} unknown; valid: {', '.join(METHODS)}")
@@ -351,6 +396,10 @@ def validate_run(r: RunSpec) -> None:
         raise ConfigError(f"alpha must be two values in [0, 1], got {r.alpha}")
     if r.pocl and r.method in ("SFT", "SeqKD"):
         raise ConfigError(f"POCL applies to the KD methods, not {r.method}")
+    if r.control and (r.control not in CONTROLS or r.pocl or r.method in ("SFT", "SeqKD")):
+        raise ConfigError(f"control {r.control!r}: expected one of {', '.join(CONTROLS)}, on a KD method without POCL")
+    if not 0.0 < r.lr_scale < math.inf:
+        raise ConfigError(f"lr_scale must be a finite value > 0, got {r.lr_scale}")
 
 
 def baseline(method: str, seed: int = 0) -> RunSpec:
@@ -388,6 +437,36 @@ def pocl(method: str, seed: int = 0, **changes: Any) -> RunSpec:
     alpha = (0.0, 0.0) if method == "GKD" else (0.3, 0.0)
     base = RunSpec(method, pocl=True, alpha=alpha, seed=seed, variant="+POCL")
     return replace(base, **changes)
+
+
+def protocol_of(p: Profile) -> Protocol:
+    """The profile's training protocol resolved against its KD settings (`curriculum.Protocol`).
+
+    Args:
+        p: the profile (protocol, stage_warmup, kd's epochs, batch_size, lr and warmup_frac).
+
+    Returns:
+        The Protocol: the baseline's E = kd.epochs at b = kd.batch_size and eta = kd.lr.
+    """
+    return Protocol(p.protocol, p.kd.epochs, p.kd.batch_size, p.kd.lr, p.kd.warmup_frac, p.stage_warmup)
+
+
+RUN3_SELECTION = {"protocol": "paper-text", "stage_warmup": True, "select_metric": "rouge",
+                  "select_points": "stage-ends"}  # run 3's settings: run keys made with them name none of them
+
+
+def protocol_key(p: Profile) -> dict[str, Any]:
+    """The training protocol's part of a run key: {} under run 3's settings (so run 3's keys stay the same), else
+    the protocol, stage_warmup, select_metric and select_points.
+
+    Args:
+        p: the profile.
+
+    Returns:
+        The settings that change what a run trains and which checkpoint it keeps.
+    """
+    mine = {k: getattr(p, k) for k in RUN3_SELECTION}
+    return {} if mine == RUN3_SELECTION else {"protocol": mine}
 
 
 def config_hash(obj: Any) -> str:

@@ -2,6 +2,8 @@
 (`../shared/paper/README.md`), so our results join the paper's numbers on (method, variant)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .config import RunSpec, baseline, pocl
 
 OFF_POLICY = ("KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
@@ -158,8 +160,75 @@ def subsets_ablation(n_seeds: int, ns: tuple[int, ...] = (1, 2, 4, 8),
     return runs
 
 
+# the controls of issue 23 (`controls`): labels a notebook or table can print
+RANDOM_SUBSETS = "+POCL (random subsets)"
+POCL_OPTIMIZER = "baseline (POCL's optimizer)"
+RESTARTS = "baseline (restarts, all data)"
+CONTROL_LABELS = ("baseline", "+POCL", RANDOM_SUBSETS, ORACLE, POCL_OPTIMIZER, RESTARTS, ONE_SCHEDULE)
+
+
+def pocl_optimizer(method: str, seed: int = 0) -> RunSpec:
+    """The baseline at POCL's optimizer settings: one stage on every row at POCL's batch, lr and total steps
+    (`curriculum.plan_run`, control "pocl-optimizer"), at the baseline's tau and alpha. If it matches +POCL, POCL's
+    gain is its optimizer settings, not its curriculum. Under paper-text it is the baseline itself.
+
+    Args:
+        method: a KD method (METHODS less SFT and SeqKD).
+        seed: the training seed.
+
+    Returns:
+        The RunSpec, variant POCL_OPTIMIZER.
+    """
+    return replace(baseline(method, seed), control="pocl-optimizer", variant=POCL_OPTIMIZER)
+
+
+def restarts_control(method: str, seed: int = 0) -> RunSpec:
+    """The baseline with restarts at POCL's stage boundaries: POCL's n = 4 stages' steps, batch, lr, warm-up and
+    fresh optimizers, every stage on every row at the baseline's tau and alpha (control "restarts"): the restarts
+    without the curriculum.
+
+    Args:
+        method: a KD method (METHODS less SFT and SeqKD).
+        seed: the training seed.
+
+    Returns:
+        The RunSpec, variant RESTARTS.
+    """
+    return replace(baseline(method, seed), control="restarts", variant=RESTARTS)
+
+
+def controls(n_seeds: int, methods: tuple[str, ...] = ("KLD", "GKD"), oracle: bool = False,
+             protocol: str | None = None) -> list[RunSpec]:
+    """Issue 23's controls, which separate POCL's curriculum from its optimizer settings, restarts and schedule.
+
+    Per method: baseline; +POCL; +POCL with random subsets (the same staging on a random order); +POCL (oracle), on a
+    generated world; the baseline at POCL's optimizer settings (`pocl_optimizer`); the baseline with restarts at POCL's
+    stage boundaries (`restarts_control`); POCL with one optimizer and schedule across its stages (ONE_SCHEDULE).
+
+    Args:
+        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
+        methods: the KD methods (the issue asks KLD and GKD at least).
+        oracle: add the true-difficulty control (generated worlds only).
+        protocol: the profile's protocol; under "paper-text" the POCL-optimizer control is left out, as its plan is the
+            baseline's (same rows, steps, batch, lr and warm-up: it would train the same bits again). None = keep it.
+
+    Returns:
+        The run specs, per method in CONTROL_LABELS' order.
+    """
+    runs: list[RunSpec] = []
+    for m in methods:
+        for build in (baseline, pocl, lambda m, s: pocl(m, s, order="random", variant=RANDOM_SUBSETS),
+                      *([lambda m, s: pocl(m, s, ranking="oracle", variant=ORACLE)] if oracle else []),
+                      *([pocl_optimizer] if protocol != "paper-text" else []), restarts_control,
+                      lambda m, s: pocl(m, s, restarts=False, variant=ONE_SCHEDULE)):
+            runs += [build(m, s) for s in _seeds(n_seeds)]
+    return runs
+
+
 GRIDS = {"table1": table1, "ranking": ranking_ablation, "adaptive": adaptive_ablation, "order": order_ablation,
          "temperature": temperature_ablation, "ratio": ratio_ablation, "subsets": subsets_ablation}
+# grids beyond the paper's tables, which `grid` and the experiment runner also run (not part of `all_runs`)
+EXTRA_GRIDS = {"controls": controls}
 
 
 def n_seeds_for(profile, name: str) -> int:
@@ -175,18 +244,21 @@ def n_seeds_for(profile, name: str) -> int:
     return profile.table1_seeds if name == "table1" and profile.table1_seeds else profile.n_seeds
 
 
-def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False) -> list[RunSpec]:
+def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False,
+         protocol: str | None = None) -> list[RunSpec]:
     """The specs of one experiment.
 
-    size 'minimal' (smoke) keeps KLD (and GKD in Table 1) so every notebook runs in seconds; 'table1' and 'full' run
-    the whole table. The minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
+    size 'minimal' (smoke) keeps KLD (and GKD in Table 1 and the controls) so every notebook runs in seconds; 'table1'
+    and 'full' run the whole table. The minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
 
     Args:
-        name: the experiment, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio, subsets).
+        name: the experiment, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio, subsets) or of
+            EXTRA_GRIDS (controls).
         n_seeds: training seeds per configuration.
         size: the profile's grid: "full", "table1" or "minimal".
-        oracle: add the true-difficulty control to the order grid (generated worlds only: real data has no true
-            difficulty).
+        oracle: add the true-difficulty control to the order and controls grids (generated worlds only: real data has
+            no true difficulty).
+        protocol: the profile's training protocol (the controls grid leaves out what equals the baseline under it).
 
     Returns:
         The experiment's run specs.
@@ -194,8 +266,10 @@ def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False) -> l
     Raises:
         ValueError: an unknown grid name.
     """
-    if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; valid: {', '.join(GRIDS)}")
+    if name not in GRIDS and name not in EXTRA_GRIDS:
+        raise ValueError(f"unknown grid {name!r}; valid: {', '.join([*GRIDS, *EXTRA_GRIDS])}")
+    if name == "controls":
+        return controls(n_seeds, oracle=oracle, protocol=protocol)
     if name == "order":
         specs = order_ablation(n_seeds, oracle=oracle)
         return specs if size != "minimal" else [s for s in specs if s.method == "KLD"]
@@ -227,3 +301,75 @@ def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[Run
         for spec in grid(name, n_seeds, size, oracle=oracle):
             seen.setdefault(spec.key().__repr__(), spec)
     return list(seen.values())
+
+
+# ---- the learning rate chosen per arm on validation (issue 23, item 6) ----------------------------------------------
+
+
+def arm(spec: RunSpec) -> str:
+    """An arm of a grid: the spec's key without its seed and lr_scale (what an lr is chosen for), as text."""
+    key = replace(spec, seed=0, lr_scale=1.0).key()
+    return repr(sorted(key.items()))
+
+
+def lr_candidates(specs: list[RunSpec], factors: tuple[float, ...]) -> list[RunSpec]:
+    """The runs that choose each arm's learning rate: the arm's seed-0 run at lr_scale = each factor.
+
+    The seed-0 run at the chosen factor is then one of the arm's seeds already (the same key), so the choice costs
+    len(factors) - 1 runs per arm.
+
+    Args:
+        specs: the grid's runs.
+        factors: the protocol's lr is multiplied by each (the profile's lr_factors).
+
+    Returns:
+        One spec per arm and factor, in the grid's order of arms.
+    """
+    firsts: dict[str, RunSpec] = {}
+    for s in specs:
+        firsts.setdefault(arm(s), replace(s, seed=0, lr_scale=1.0))
+    return [replace(s, lr_scale=float(f)) for s in firsts.values() for f in factors]
+
+
+def chosen_lrs(pairs: list[tuple[RunSpec, dict]]) -> list[dict]:
+    """Each arm's learning rate chosen on validation: the candidate whose best checkpoint's selection score (the
+    record's metrics.train.best, higher is better: validation ROUGE-L or minus the validation loss) is highest. The
+    eval sets play no part. Ties go to the first candidate.
+
+    Args:
+        pairs: (candidate spec, its registry record) of `lr_candidates`' finished runs.
+
+    Returns:
+        One row per arm and candidate: method, variant, arm, lr_scale, lr (the run's peak lr, its first stage's),
+        valid (the selection score) and chosen (True on the arm's pick).
+    """
+    rows = [{"method": s.method, "variant": s.variant or ("+POCL" if s.pocl else "baseline"), "arm": arm(s),
+             "lr_scale": s.lr_scale, "lr": rec["metrics"]["train"]["stages"][0].get("lr"),
+             "valid": rec["metrics"]["train"]["best"], "chosen": False} for s, rec in pairs]
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["valid"] is not None and (r["arm"] not in best or r["valid"] > best[r["arm"]]["valid"]):
+            best[r["arm"]] = r
+    for r in best.values():
+        r["chosen"] = True
+    return rows
+
+
+def with_chosen_lr(specs: list[RunSpec], table: list[dict]) -> list[RunSpec]:
+    """The grid's runs at their arm's chosen lr_scale (`chosen_lrs`).
+
+    Args:
+        specs: the grid's runs.
+        table: `chosen_lrs`' rows.
+
+    Returns:
+        The specs with lr_scale set to their arm's choice.
+
+    Raises:
+        ValueError: an arm of `specs` without a chosen rate.
+    """
+    pick = {r["arm"]: r["lr_scale"] for r in table if r["chosen"]}
+    missing = sorted({s.label for s in specs if arm(s) not in pick})
+    if missing:
+        raise ValueError(f"no learning rate chosen for: {', '.join(missing)}")
+    return [replace(s, lr_scale=pick[arm(s)]) for s in specs]

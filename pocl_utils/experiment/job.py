@@ -21,24 +21,26 @@ from .config import ConfigError, RunSpec, get_profile
 from ..data import DataError
 from ..modeling.models import CheckpointError
 from .workspace import StepError
-from .experiments import GRIDS, grid, n_seeds_for
+from .experiments import EXTRA_GRIDS, GRIDS, grid, n_seeds_for
 from .results import RegistryError, atomic_write_text, exclusive_lock
 
 
 def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
-            size: str | None = None, out: Path | None = None, log=print) -> Path:
-    """prepare -> run_grid -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
+            size: str | None = None, out: Path | None = None, protocol: str | None = None, log=print) -> Path:
+    """prepare -> the lr chosen per arm on validation (the profile's lr_factors; the choice in <out>_lr.csv) -> run_grid
+    -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
 
     Runs claimed by another live process are waited for, or taken over if their owner dies, so the CSV covers the
     whole grid. Launched on several processes, only the main rank logs and writes the CSV; the others return its path.
 
     Args:
         profile: the profile's name (see `config.get_profile`).
-        grid_name: the experiment, a key of GRIDS.
+        grid_name: the experiment, a key of GRIDS or EXTRA_GRIDS.
         runs_root: the folder holding one workspace per profile; None = RUNS_ROOT (runs/).
         n_seeds: training seeds per configuration; None = the profile's (`n_seeds_for`).
         size: the grid size, "full", "table1" or "minimal"; None = the profile's `grid`.
         out: the results CSV; None = <workspace>/results/<grid_name>.csv.
+        protocol: the training protocol ("official" or "paper-text"), an override of the profile's; None = its own.
         log: called with one line per progress message (silenced on ranks other than the main one).
 
     Returns:
@@ -48,13 +50,17 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
         ConfigError: an unknown profile.
         ValueError: an unknown grid name.
     """
+    import pandas as pd
+
     from ..analysis.tables import tidy
     from . import pool, runner
     from .pipeline import prepare
-    p = get_profile(profile)
-    specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world")
+    p = get_profile(profile, {"protocol": protocol} if protocol else None)
+    specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world",
+                 protocol=p.protocol)
     log = log if distributed.is_main() else (lambda s: None)
     ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
+    specs, lr_table = pool.at_chosen_lrs(ws, specs, log=log)  # lr_factors: each arm's lr chosen on validation
     pool.run_grid(ws, specs, log=log)
     _wait_for_others(ws, specs, distributed.device(), log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")
@@ -66,6 +72,8 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
         for stale in out.parent.glob(f".{out.name}.*.tmp"):  # from a batch killed while writing it
             stale.unlink()
         atomic_write_text(out, frame.to_csv(index=False))
+        if lr_table:  # the chosen rates, beside the results
+            atomic_write_text(out.with_name(f"{out.stem}_lr.csv"), pd.DataFrame(lr_table).to_csv(index=False))
     mine = sum(rec.get("pid") == os.getpid() for _, rec in runner.records_for(ws, specs))
     log(f"[job] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
     return out
@@ -99,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.job", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="smoke")
-    ap.add_argument("--grid", default="table1", help=f"one of: {', '.join(GRIDS)}")
+    ap.add_argument("--grid", default="table1", help=f"one of: {', '.join([*GRIDS, *EXTRA_GRIDS])}")
+    ap.add_argument("--protocol", default=None, help="official | paper-text (default: the profile's)")
     ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")
     ap.add_argument("--seeds", type=int, default=None, help="training seeds per configuration (default: the profile's)")
     ap.add_argument("--size", default=None, help="full | table1 | minimal (default: the profile's grid size)")
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         run_job(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
-                  log=lambda s: print(s, flush=True))
+                protocol=args.protocol, log=lambda s: print(s, flush=True))
     except (ConfigError, DataError, CheckpointError, StepError, RegistryError) as e:  # ours: one line, no traceback
         print(f"pocl-job: {e}", file=sys.stderr)
         return 2

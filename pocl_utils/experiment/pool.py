@@ -2,8 +2,8 @@
 worker processes (finished runs skipped; stages checkpointed for resume), or, under `accelerate launch`, by all
 launched processes together, one spec at a time.
 
-May import `training.distributed`, `modeling.models` and `experiment`'s `config`, `workspace` and `runner`; nothing of
-`analysis` or `notebook`.
+May import `training.distributed`, `modeling.models` and `experiment`'s `config`, `experiments`, `workspace` and
+`runner`; nothing of `analysis` or `notebook`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from ..modeling.models import pick_device
 from ..training import distributed
 from .config import RunSpec
+from .experiments import chosen_lrs, lr_candidates, with_chosen_lr
 from .runner import KIND, execute, records_for, run_key
 from .workspace import Workspace
 
@@ -67,3 +68,30 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
             for k, (s, _) in enumerate(pool.imap_unordered(_work, todo)):
                 log(f"[grid] {k + 1}/{len(todo)} {s.label} seed {s.seed} ({time.time() - t0:.0f}s)")
     return [record for _, record in records_for(ws, specs)]
+
+
+def at_chosen_lrs(ws: Workspace, specs: list[RunSpec], *,
+                  log: Callable[[str], None] = print) -> tuple[list[RunSpec], list[dict]]:
+    """The grid at each arm's learning rate chosen on validation (issue 23; A.2.2 picks the lr "based on Rouge-L scores
+    on the validation set" from {5e-4, 1e-4, 5e-5}): runs each arm's candidates (seed 0 at the protocol's lr times each
+    of the profile's lr_factors, `experiments.lr_candidates`), then picks on their validation (`chosen_lrs`).
+
+    Args:
+        ws: the prepared workspace; its profile's lr_factors () means no choice.
+        specs: the grid's runs.
+        log: called with the pool's progress lines.
+
+    Returns:
+        (the specs at their arm's chosen lr_scale, `experiments.chosen_lrs`' table); without lr_factors the specs
+        unchanged and [].
+
+    Raises:
+        ValueError: an arm without a finished candidate (all held by other processes), so without a choice.
+    """
+    factors = ws.profile.lr_factors
+    if not factors:
+        return specs, []
+    candidates = lr_candidates(specs, factors)
+    run_grid(ws, candidates, log=log)
+    table = chosen_lrs(records_for(ws, candidates))
+    return with_chosen_lr(specs, table), table

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 import torch
 
 from ..training import distributed
-from .config import RunSpec, config_hash
+from .config import RunSpec, config_hash, protocol_key
 from .provenance import environment, precision
-from .scoring import eval_key, scores, validation_score
+from .scoring import eval_key, scores, selection_values
 from .training_run import remove_checkpoints, train_run
 from .workspace import Workspace
 
@@ -29,7 +29,8 @@ KIND = "runs"
 def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) -> str:
     """Registry key: the run spec plus everything upstream it depends on and the precision policy.
 
-    Upstream: teacher, student, data, budget, eval. The precision policy is that of the device it runs on (`device`,
+    Upstream: teacher, student, data, budget, eval, and the training protocol's settings (`config.protocol_key`: none
+    under run 3's). The precision policy is that of the device it runs on (`device`,
     default this process's) and of the prepared steps, so a bf16 CUDA run and an fp32 CPU run of one configuration never
     stand in for each other.
 
@@ -46,7 +47,8 @@ def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     return config_hash({"spec": spec.key(), "kd": asdict(p.kd), "teacher": upstream["teacher_cache"],
                         "student": upstream["ranking"], "seqkd": upstream["seqkd"], "eval": eval_key(p),
                         "gkd_lambda": p.gkd_lambda, "valid": [p.valid_max_examples, p.valid_checks],
-                        "precision": precision(device or distributed.device()), "built_with": ws.built_with()})
+                        "precision": precision(device or distributed.device()), "built_with": ws.built_with(),
+                        **protocol_key(p)})
 
 
 def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any] | None:
@@ -76,7 +78,7 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
             return reg.load(KIND, key) if status == "done" else None
         t0 = time.time()
         run_dir = _train_dir(reg, key)
-        state = train_run(ws, spec, run_dir, device, lambda m: validation_score(ws, m))
+        state = train_run(ws, spec, run_dir, device, lambda m: selection_values(ws, m))
         if not distributed.is_main():
             shutil.rmtree(run_dir)
             distributed.barrier()  # while the main rank evaluates and writes the record

@@ -1,7 +1,7 @@
 """How a model is scored: the paper's protocol on the five eval sets (sampled responses, ROUGE-L, mean over seeds),
 greedy ROUGE-L (on the validation subset for checkpoint selection, and on the eval sets as a deterministic second
-protocol), the evaluation's part of a run key, and the cached scores of the reference models (the teacher and the
-untrained student).
+protocol), the validation loss (the other signal checkpoint selection may use), the evaluation's part of a run key,
+and the cached scores of the reference models (the teacher and the untrained student).
 
 May import the method's modules, `modeling` and `experiment.workspace`; nothing of `training`, `analysis` or
 `notebook`.
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..data import EVAL_SETS
+from ..difficulty import greedy_outputs_and_ce
 from ..evaluate import evaluate_set, greedy_rouge, subset
 from ..modeling.models import pick_device
 from .workspace import Workspace
@@ -58,6 +61,51 @@ def validation_score(ws: Workspace, model) -> float:
     """
     enc, refs = eval_data(ws, "valid", ws.profile.valid_max_examples)
     return greedy_rouge(model, ws.tokenizer, enc, refs, max_new_tokens=ws.profile.max_new_tokens)
+
+
+def validation_loss(ws: Workspace, model) -> float:
+    """The references' token cross-entropy under the model on the validation subset: mean over the rows of each row's
+    mean CE over its response tokens incl. EOS (nats; `difficulty.response_ce`, teacher-forced). Lower is better.
+
+    Args:
+        ws: the prepared workspace (profile, tokenizer, sets).
+        model: the causal LM to score.
+
+    Returns:
+        The mean CE in nats on `valid_max_examples` rows of the validation set.
+    """
+    enc, _ = eval_data(ws, "valid", ws.profile.valid_max_examples)
+    _, ce = greedy_outputs_and_ce(model, enc, eos_id=ws.eos_id, pad_id=ws.pad_id, max_new_tokens=1)
+    return float(np.mean(ce))
+
+
+def selection_values(ws: Workspace, model) -> dict[str, float]:
+    """What checkpoint selection measures at a check, by the profile's `select_metric`: {"rouge_l": greedy ROUGE-L}
+    (`validation_score`) or {"loss": the references' CE} (`validation_loss`), on the validation subset.
+
+    Args:
+        ws: the prepared workspace.
+        model: the causal LM to score.
+
+    Returns:
+        One value, named by the metric.
+    """
+    if ws.profile.select_metric == "loss":
+        return {"loss": validation_loss(ws, model)}
+    return {"rouge_l": validation_score(ws, model)}
+
+
+def selection_score(p, values: dict[str, float]) -> float:
+    """The selection score of a check's values under profile `p` (higher is better): ROUGE-L, or minus the loss.
+
+    Args:
+        p: the profile (its select_metric).
+        values: `selection_values`' result.
+
+    Returns:
+        values["rouge_l"], or -values["loss"].
+    """
+    return -values["loss"] if p.select_metric == "loss" else values["rouge_l"]
 
 
 def evaluate_model(ws: Workspace, model) -> dict[str, Any]:

@@ -10,30 +10,34 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..curriculum import Stage, plan_stages
+from ..curriculum import OFFICIAL_BASELINE_ALPHA, Stage, plan_run
 from ..difficulty import order_by_truth
 from ..training import distributed
 from ..training.batches import batch_stream
 from ..training.kd import KDContext, kd_loss_fn
-from ..training.loop import optimizer_for, run_steps, total_steps
+from ..training.loop import optimizer_for, run_steps
 from ..world import true_difficulty
-from .config import RunSpec
+from .config import RunSpec, protocol_of
 from .results import atomic_write_json
 from .workspace import Workspace
 
 
 def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
-    """POCL: ranked, partitioned, Baby Step stages sharing the baseline's step budget; baseline: one stage.
+    """The run's stages under the profile's training protocol (`curriculum.plan_run`): samples, tau, alpha, steps,
+    batch, lr, warm-up and restarts of each.
 
-    Stage samples are positions in `encoded`. The baseline's one stage holds every sample at (tau_0, alpha_0) for the
-    whole budget (`loop.total_steps` of the profile's kd spec); POCL's are planned by `curriculum.plan_stages` from the
-    spec's ranking, order, n_subsets, tau and alpha schedules and seed.
+    Stage samples are positions in `encoded`. A baseline is one stage of every sample at (tau_0, alpha_0); POCL's stages
+    are ranked, partitioned Baby Step stages from the spec's ranking, order, n_subsets, tau and alpha schedules and
+    seed; a control (`RunSpec.control`) takes POCL's budgets without its curriculum. The protocol's lr is scaled by
+    `spec.lr_scale`. Under the official protocol a KD baseline or control trains at alpha = 0 whatever its spec says
+    (kd_base.sh `--kd-ratio 1.0`, `curriculum.OFFICIAL_BASELINE_ALPHA`).
 
     Args:
         ws: the prepared workspace (profile, ranking).
@@ -43,13 +47,19 @@ def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
     Returns:
         The stages, in training order.
     """
-    steps = total_steps(len(encoded), ws.profile.kd)
-    if not spec.pocl:
-        return [Stage(1, np.arange(len(encoded)), spec.tau[0], spec.alpha[0], steps)]
-    position = {e.index: k for k, e in enumerate(encoded)}  # the ranking names samples by dataset index
-    easy_first = np.array([position[i] for i in easy_first_ids(ws, spec.ranking)])
-    return plan_stages(easy_first, n_subsets=spec.n_subsets, total_steps=steps, tau=spec.tau, alpha=spec.alpha,
-                       order=spec.order, seed=spec.seed)
+    p = ws.profile
+    protocol = protocol_of(p)
+    protocol = replace(protocol, lr=protocol.lr * spec.lr_scale)
+    alpha = spec.alpha
+    if p.protocol == "official" and not spec.pocl and spec.method not in ("SFT", "SeqKD"):
+        alpha = (OFFICIAL_BASELINE_ALPHA, OFFICIAL_BASELINE_ALPHA)
+    if spec.pocl:
+        position = {e.index: k for k, e in enumerate(encoded)}  # the ranking names samples by dataset index
+        easy_first = np.array([position[i] for i in easy_first_ids(ws, spec.ranking)])
+    else:
+        easy_first = np.arange(len(encoded))
+    return plan_run(easy_first, protocol, pocl=spec.pocl, n_subsets=spec.n_subsets, tau=spec.tau, alpha=alpha,
+                    order=spec.order, seed=spec.seed, restarts=spec.restarts, control=spec.control)
 
 
 def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
@@ -71,22 +81,37 @@ def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
     return order_by_truth(ids, true_difficulty([ws.sets["train"][i] for i in ids]))
 
 
-def check_points(stages: list[Stage], n_checks: int) -> set[tuple[int, int]]:
-    """(stage, step) pairs after which the validation ROUGE-L is measured.
+def check_points(stages: list[Stage], n_checks: int, points: str = "stage-ends") -> set[tuple[int, int]]:
+    """(stage, step) pairs after which the validation score is measured: the checkpoint candidates.
 
-    Each POCL stage's end; for a single stage, `n_checks` evenly spaced points ending at the last step.
+    "stage-ends": each stage's end when there are several; for a single stage, `n_checks` evenly spaced points ending at
+    its last step (so a POCL run with n stages has n candidates). "even": `n_checks` points evenly spaced over the run's
+    total steps T (after global steps ceil(T (k + 1) / n_checks), k = 0 .. n_checks - 1), the same number for every arm,
+    ending at the last step.
 
     Args:
         stages: the run's stages.
-        n_checks: validation points for a single-stage run (ignored with several stages).
+        n_checks: validation points ("even"; or of a single-stage run under "stage-ends").
+        points: "stage-ends" or "even".
 
     Returns:
         {(stage index, 1-based; step within the stage, 0-based)}.
+
+    Raises:
+        ValueError: an unknown `points`.
     """
-    if len(stages) > 1:
+    if points not in ("stage-ends", "even"):
+        raise ValueError(f"check points {points!r}: expected 'stage-ends' or 'even'")
+    if points == "stage-ends" and len(stages) > 1:
         return {(s.index, s.steps - 1) for s in stages}
-    steps = stages[0].steps
-    return {(1, max(0, math.ceil(steps * (k + 1) / n_checks) - 1)) for k in range(n_checks)}
+    total = sum(s.steps for s in stages)
+    ends = np.cumsum([s.steps for s in stages])  # global step after each stage's last
+    out = set()
+    for k in range(n_checks):
+        g = max(0, math.ceil(total * (k + 1) / n_checks) - 1)  # 0-based global step
+        i = int(np.searchsorted(ends, g, side="right"))
+        out.add((stages[i].index, g - int(ends[i] - stages[i].steps)))
+    return out
 
 
 def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
@@ -118,13 +143,15 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
 
 
 def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
-              validate: Callable[[Any], float]) -> dict[str, Any]:
+              validate: Callable[[Any], dict[str, float]]) -> dict[str, Any]:
     """Train one run stage by stage; after each finished stage its weights and log are checkpointed.
 
     A killed run therefore resumes at the last finished stage and ends exactly as an uninterrupted one would. Each stage
-    starts a fresh optimizer and LR schedule, as the official POCL code does, unless `spec.restarts` is False: then one
-    AdamW and one warm-up + cosine schedule run over all the stages' steps (checkpointed with the weights). Whenever a
-    check of `check_points` beats the best validation score so far, the student's weights are saved to
+    trains at its own batch, peak lr and warm-up (`stages_for`) and starts a fresh optimizer and cosine schedule, as
+    the official POCL scripts' separate launches do, unless `spec.restarts` is False: then one AdamW and one warm-up +
+    cosine schedule run over all the stages' steps (checkpointed with the weights). At each check of `check_points`
+    (the profile's valid_checks and select_points) the validation values are logged; whenever their selection score
+    (`scoring.selection_score`: ROUGE-L, or minus the loss) beats the best so far, the student's weights are saved to
     `run_dir/best.safetensors`.
 
     Args:
@@ -132,19 +159,21 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
         spec: the run.
         run_dir: the folder of the run's checkpoints and progress.json (resumed from if present).
         device: the device to train on.
-        validate: the validation score of the student (higher is better), e.g. `scoring.validation_score`.
+        validate: the validation values of the student, {"rouge_l": ...} or {"loss": ...} (`scoring.selection_values`).
 
     Returns:
-        The progress state: "done_stage", "steps" (optimizer steps so far), "best" (best validation score, -1 if none),
-        "valid" (one row per check: stage, step, rouge_l), "loss" (a thinned per-step log) and "stages" (each stage's
-        n_samples, tau, alpha and steps).
+        The progress state: "done_stage", "steps" (optimizer steps so far), "best" (best selection score so far, higher
+        is better; None before the first check), "valid" (one row per check: stage, step and the validation values),
+        "loss" (a thinned per-step log) and "stages" (each stage's n_samples, tau, alpha, steps, batch, lr and warmup).
 
     Raises:
         ValueError: `spec.restarts` is False on several launched processes (one schedule runs on one process only).
     """
+    from .scoring import selection_score
+    p = ws.profile
     ctx = kd_context(ws, spec, device)
     stages = stages_for(ws, spec, ctx.encoded)
-    checks = check_points(stages, ws.profile.valid_checks)
+    checks = check_points(stages, p.valid_checks, p.select_points)
     student = ws.load_student_init(device)
     state = _load_progress(run_dir, student)
     shared = None if spec.restarts else _shared_optimizer(run_dir, student, ws, stages, state)
@@ -158,20 +187,23 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
 
         def on_step(step: int, parts: dict, stage=stage) -> None:
             if (stage.index, step) in checks:
-                score = validate(student)
-                state["valid"].append({"stage": stage.index, "step": state["steps"] + step + 1, "rouge_l": score})
-                if score > state["best"]:
+                values = validate(student)
+                state["valid"].append({"stage": stage.index, "step": state["steps"] + step + 1, **values})
+                score = selection_score(p, values)
+                if state["best"] is None or score > state["best"]:
                     state["best"] = score
                     distributed.save_weights(student, run_dir / "best.safetensors")
 
-        batches = batch_stream(stage.samples, ctx.encoded, ws.profile.kd.batch_size, rng, device)  # CUDA: by length
-        log = run_steps(student, loss_fn, batches, stage.steps, ws.profile.kd, on_step=on_step,
-                        desc=f"{spec.label} s{spec.seed} stage {stage.index}", optimizer=shared)
+        train = replace(p.kd, lr=stage.lr, batch_size=stage.batch)
+        batches = batch_stream(stage.samples, ctx.encoded, stage.batch, rng, device)  # CUDA: by length
+        log = run_steps(student, loss_fn, batches, stage.steps, train, on_step=on_step,
+                        desc=f"{spec.label} s{spec.seed} stage {stage.index}", optimizer=shared, warmup=stage.warmup)
         state["loss"] += [{"stage": stage.index, "step": state["steps"] + i, **row} for i, row in enumerate(log)
                           if i % max(1, stage.steps // 50) == 0 or i == stage.steps - 1]
         state["steps"] += stage.steps
         state["stages"].append({"stage": stage.index, "n_samples": len(stage.samples), "tau": stage.tau,
-                                "alpha": stage.alpha, "steps": stage.steps})
+                                "alpha": stage.alpha, "steps": stage.steps, "batch": stage.batch, "lr": stage.lr,
+                                "warmup": stage.warmup})
         state["done_stage"] = stage.index
         _save_progress(run_dir, student, state, None if shared is None else shared[0])
     distributed.load_weights(student, run_dir / "best.safetensors")
@@ -179,12 +211,12 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
 
 
 def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage], state: dict[str, Any]) -> tuple:
-    """One (AdamW, warm-up + cosine schedule) over all the stages' steps; resumed after the progress `state`'s steps
-    from the optimizer checkpointed with its last finished stage."""
+    """One (AdamW, warm-up + cosine schedule) over all the stages' steps, at the first stage's lr and warm-up; resumed
+    after the progress `state`'s steps from the optimizer checkpointed with its last finished stage."""
     if distributed.world_size() > 1:
         raise ValueError("RunSpec.restarts=False (one schedule across stages) runs on one process only")
-    spec = ws.profile.kd
-    opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages))
+    spec = replace(ws.profile.kd, lr=stages[0].lr)
+    opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages), stages[0].warmup)
     if state["steps"]:
         saved = _checkpoint(run_dir, state["done_stage"], ".optimizer.pt")
         opt.load_state_dict(torch.load(saved, weights_only=True))  # its lr is the step's
@@ -213,7 +245,7 @@ def remove_checkpoints(run_dir: Path) -> None:
 def _load_progress(run_dir: Path, student) -> dict[str, Any]:
     path = run_dir / "progress.json"
     if not path.exists():
-        return {"done_stage": 0, "steps": 0, "best": -1.0, "valid": [], "loss": [], "stages": []}
+        return {"done_stage": 0, "steps": 0, "best": None, "valid": [], "loss": [], "stages": []}
     state = json.loads(path.read_text())
     distributed.load_weights(student, _checkpoint(run_dir, state["done_stage"], ".safetensors"))
     return state

@@ -19,7 +19,7 @@ from .batches import batch_stream, make_batch
 from .step import TOKENS, step_loss
 
 
-def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
+def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int, warmup: int | None = None):
     """AdamW + linear warm-up + cosine decay; a fresh one per stage, as the official POCL code restarts them.
 
     Fused AdamW (one kernel for all tensors) when every parameter is on a GPU. Elsewhere multi-tensor ("foreach")
@@ -30,6 +30,7 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
         model: the model to train.
         spec: the training settings (lr, weight_decay, warmup_frac).
         steps: the schedule's length in optimizer steps.
+        warmup: the linear warm-up's steps; None = int(spec.warmup_frac * steps).
 
     Returns:
         (optimizer, schedule).
@@ -37,7 +38,7 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int):
     on_gpu = all(p.device.type == "cuda" for p in model.parameters())
     kind = {"fused": True} if on_gpu else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, **kind)
-    sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_frac * steps), steps)
+    sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_frac * steps) if warmup is None else warmup, steps)
     return opt, sched
 
 
@@ -89,7 +90,8 @@ def grad_accum() -> int:
 
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
               on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
-              log_every: int | None = None, optimizer: tuple | None = None) -> list[dict[str, float]]:
+              log_every: int | None = None, optimizer: tuple | None = None,
+              warmup: int | None = None) -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; stops on a NaN/inf loss.
 
     Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
@@ -118,7 +120,8 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
         desc: the progress bar's label and the error messages' prefix.
         log_every: steps between read-backs; None = 1 on the CPU, `LOG_EVERY_GPU` on a GPU.
         optimizer: an (optimizer, schedule) pair to continue (one schedule across several calls); None = a fresh
-            `optimizer_for(model, spec, steps)`.
+            `optimizer_for(model, spec, steps, warmup)`.
+        warmup: the fresh schedule's warm-up steps; None = int(spec.warmup_frac * steps).
 
     Returns:
         The per-step log: one row of floats per step ("loss" and the loss function's parts).
@@ -131,7 +134,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     distributed.prepare_model(model)  # FSDP-sharded or DDP-wrapped when launched; else unchanged
     device = next(model.parameters()).device
     precision_for(device)  # enables TF32 on a GPU
-    opt, sched = optimizer or optimizer_for(model, spec, steps)
+    opt, sched = optimizer or optimizer_for(model, spec, steps, warmup)
     model.train()
     log: list[dict[str, float]] = []
     pending: list[dict] = []
