@@ -1,4 +1,5 @@
-"""Peak memory and time of the divergence implementations in pocl_utils.losses (forward + backward).
+"""Peak memory and time of the divergence implementations (forward + backward): `losses`' naive oracle and its
+chunked `divergence` (the CPU training step's), and the GPU training step's fused `training.objective`.
 
     python benchmarks/bench_divergence.py [--vocab 49152 --tokens 4096 --hidden 256 --kinds fkl,jsd]
                                           [--device cpu|cuda] [--quick] [--out benchmarks/results/divergence.json]
@@ -8,7 +9,8 @@ Variants, each run in its own subprocess so that one cannot inherit another's al
   chunked       divergence(...)                                         same inputs
   naive_linear  divergence_naive(hidden @ weight^T, teacher_logits)     inputs: hidden [T, H], weight [V, H],
                                                                                teacher logits [T, V]
-  fused         fused_linear_divergence(hidden, weight, teacher_logits) same inputs
+  fused         linear_objective(hidden, weight, targets, teacher_logits,  same inputs + targets [T]
+                                 alpha=0), the training step's KD term
 "Extra peak" is the memory added on top of the inputs, after a warm-up call on 8 tokens (so code pages and
 lazy initialisation are not charged to the variant): on CPU the process's max RSS after the run
 (getrusage) minus its current RSS once the inputs are allocated and filled; on CUDA max_memory_allocated
@@ -70,11 +72,13 @@ def make_inputs(spec: dict, device):
         return {"student_logits": student, "teacher_logits": teacher}
     hidden = torch.empty(t, h, device=device).normal_(0.0, 1.0, generator=gen).requires_grad_(True)  # [T, H]
     weight = torch.empty(v, h, device=device).normal_(0.0, 2.0 / h**0.5, generator=gen).requires_grad_(True)  # [V, H]
-    return {"hidden": hidden, "weight": weight, "teacher_logits": teacher}
+    targets = torch.randint(0, v, (t,), device=device, generator=gen)  # [T], the fused step's CE targets
+    return {"hidden": hidden, "weight": weight, "teacher_logits": teacher, "targets": targets}
 
 
 def run_variant(name: str, inputs: dict, kind: str):
-    from pocl_utils.losses import divergence, divergence_naive, fused_linear_divergence
+    from pocl_utils.losses import divergence, divergence_naive
+    from pocl_utils.training.objective import linear_objective
 
     if name == "naive":
         return divergence_naive(inputs["student_logits"], inputs["teacher_logits"], kind)
@@ -83,7 +87,9 @@ def run_variant(name: str, inputs: dict, kind: str):
     if name == "naive_linear":
         logits = inputs["hidden"] @ inputs["weight"].t()  # [T, V], the tensor the fused path never builds
         return divergence_naive(logits, inputs["teacher_logits"], kind)
-    return fused_linear_divergence(inputs["hidden"], inputs["weight"], inputs["teacher_logits"], kind)
+    loss, _ = linear_objective(inputs["hidden"], inputs["weight"], inputs["targets"], inputs["teacher_logits"],
+                               kind=kind, tau=1.0, alpha=0.0)
+    return loss
 
 
 def worker(spec: dict) -> dict:

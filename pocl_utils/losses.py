@@ -11,12 +11,14 @@ Deviations from the printed paper (all typos or conventions, commented where the
 - Eq. 12 (RKL) and the student term of Eq. 13 (JSD) print an expectation under p; the definitions (and GKD)
   take it under q, which is what is implemented.
 
-Three implementations of the same number:
+The paper's loss alpha * CE + (1 - alpha) * tau^2 * D is combined in one place, `kd_loss`. The same D, three ways:
 - `divergence_naive`: plain autograd over full log-softmax tensors; the test oracle.
 - `divergence`: row chunks inside a custom autograd Function; the gradient w.r.t. the student logits is worked
   out by hand during the forward pass and stored, so no autograd graph over [N, V] temporaries is ever kept.
-- `fused_linear_divergence`: also folds the LM head in (as Liger-Kernel's fused linear JSD does): the student
-  logits exist one row chunk at a time and their gradient goes straight into grad_hidden / grad_weight.
+  The CPU training step (`training.step`) uses it.
+- `training.objective.linear_objective`: the GPU training step's, with the LM head and CE folded in (as
+  Liger-Kernel's fused linear JSD does): the student logits exist one row chunk at a time, and each chunk's
+  autograd over `token_divergence` goes straight into grad_hidden / grad_weight.
 
 Adding a divergence takes one `Divergence` entry in `DIVERGENCES`: its formula, its value and its gradient side
 by side. The paper's method names (`config.METHODS`) and the lab's formulas derive from that table.
@@ -35,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 LOG_FLOOR = -1e30  # exp(LOG_FLOOR) == 0 in fp32/fp64, yet differences of floored values stay finite
-CHUNK_ELEMENTS = 2**23  # auto chunk: rows * vocab ~ 8M elements, i.e. 32 MB per fp32 temporary
+# rows * vocab per chunk, the one chunk setting of both training paths (`divergence`, `training.objective`):
+CHUNK_ELEMENTS = {"cpu": 2**23,  # ~32 MB per fp32 [n, V] temporary
+                  "cuda": 2**25}  # ~128 MB, ~670 rows of GPT-2's vocabulary, so each chunk's matmuls fill the GPU
 IGNORE_INDEX = -100
 
 
@@ -62,9 +66,13 @@ def _check_temperature(temperature: float) -> float:
     return temperature
 
 
-def _check_chunk_size(chunk_size: int | None, vocab: int) -> int:
+def chunk_rows(chunk_size: int | None, vocab: int, device: torch.device) -> int:
+    """Rows per chunk: chunk_size itself, or None = CHUNK_ELEMENTS[device type] // vocab (at least 1).
+
+    Raises ValueError unless chunk_size is None or a positive int.
+    """
     if chunk_size is None:
-        return max(1, CHUNK_ELEMENTS // max(vocab, 1))
+        return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"]) // max(vocab, 1))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"losses: chunk_size={chunk_size!r} must be a positive int or None (auto)")
     return chunk_size
@@ -436,7 +444,7 @@ def divergence(
         temperature: tau > 0, applied to both distributions.
         mask: [B, T] bool or 0/1; None = every token counts.
         beta: mixing weight in [0, 1] for jsd/skl/srkl (default 0.5 for jsd, 0.1 for skl/srkl); others ignore it.
-        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V.
+        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS[device type] / V.
 
     Returns:
         The loss, a 0-d fp32 tensor (fp64 for fp64 input).
@@ -449,7 +457,7 @@ def divergence(
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
-    chunk_size = _check_chunk_size(chunk_size, vocab)
+    chunk_size = chunk_rows(chunk_size, vocab, student_logits.device)
     rows = _selected_rows(_flat_mask(mask, student_logits.shape[:-1]))  # [K] or None
     student = student_logits.reshape(-1, vocab)  # [N, V], a view for contiguous input
     teacher = teacher_logits.detach().reshape(-1, vocab)  # [N, V]
@@ -458,207 +466,18 @@ def divergence(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# fused LM head + divergence
-
-
-def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return hidden @ weight.t() if bias is None else torch.addmm(bias, hidden, weight.t())
-
-
-def _new_head_grads(hidden, weight, bias, needs) -> list[torch.Tensor | None]:
-    """Zeroed grad buffers for (hidden, weight, bias), None where not needed; weight/bias sum in fp32 or wider."""
-    acc_dtype = torch.promote_types(weight.dtype, torch.float32)  # many chunks add into them
-    return [
-        torch.zeros_like(hidden) if needs[0] else None,  # [N, H]
-        torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if needs[1] else None,  # [V, H]
-        torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if needs[2] else None,  # [V]
-    ]
-
-
-def _fold_chunk_grad(grads, idx, chunk_grad: torch.Tensor, hidden_c: torch.Tensor, weight: torch.Tensor) -> None:
-    """Folds d loss / d logits of one chunk [n, V] into grad_hidden, grad_weight, grad_bias right away."""
-    grad_h, grad_w, grad_b = grads
-    if grad_h is not None:
-        _put(grad_h, idx, chunk_grad.to(weight.dtype) @ weight)  # [n, H]
-    if grad_w is not None:
-        grad_w.addmm_(chunk_grad.t().to(grad_w.dtype), hidden_c.to(grad_w.dtype))  # [V, H]
-    if grad_b is not None:
-        grad_b += chunk_grad.sum(0).to(grad_b.dtype)  # [V]
-
-
-def _teacher_chunk(teacher: tuple, idx) -> torch.Tensor:
-    """Teacher logits of one chunk [n, V] from ('logits', [N, V]) or ('linear', hidden, weight, bias)."""
-    if teacher[0] == "logits":
-        return _take(teacher[1], idx)
-    return _linear(_take(teacher[1], idx), teacher[2], teacher[3])
-
-
-class _FusedLinearDivergence(torch.autograd.Function):
-    """Loss of student logits = hidden @ weight^T + bias against a teacher, one row chunk at a time.
-
-    The gradients are computed during forward (recomputing them in backward would redo the big matmul) and
-    saved for backward; they are only [N, H] + [V, H] (+ [V]), small next to [N, V].
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher, rows, kind, temperature, beta, chunk_size, needs):
-        count = hidden.shape[0] if rows is None else rows.numel()
-        grads = _new_head_grads(hidden, weight, bias, needs) if any(needs) else None
-        grad_scale = temperature / max(count, 1)  # d(tau^2 * D / count) / d logits = tau * dD/ds / count
-        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        for idx in _row_chunks(rows, hidden.shape[0], chunk_size):
-            hidden_c = _take(hidden, idx)  # [n, H]
-            logq = log_probs(_linear(hidden_c, weight, bias), temperature)  # [n, V]
-            logp = log_probs(_teacher_chunk(teacher, idx), temperature)  # [n, V]
-            if grads is None:
-                total += token_divergence(logq, logp, kind, beta).sum()
-                continue
-            value, chunk_grad = _value_and_grad(logq, logp, kind, beta)
-            total += value.sum()
-            _fold_chunk_grad(grads, idx, chunk_grad.mul_(grad_scale), hidden_c, weight)
-        grads = grads or [None, None, None]
-        ctx.save_for_backward(*[None if g is None else g.to(x.dtype) for g, x in zip(grads, (hidden, weight, bias))])
-        return (total * (temperature**2 / max(count, 1))).to(torch.promote_types(hidden.dtype, torch.float32))
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        scaled = [_scale_saved(g, grad_output) for g in ctx.saved_tensors]
-        return (*scaled, None, None, None, None, None, None, None)
-
-
-def _teacher_spec(teacher_logits, teacher_hidden, teacher_weight, teacher_bias, n_rows, vocab):
-    """('logits', [N, V]) or ('linear', hidden, weight, bias), all detached; checks shapes."""
-    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
-        raise ValueError("fused_linear_divergence: pass either teacher_logits or teacher_hidden + teacher_weight")
-    if teacher_logits is not None:
-        if tuple(teacher_logits.shape) != (n_rows, vocab):
-            raise ValueError(
-                f"fused_linear_divergence: teacher_logits {tuple(teacher_logits.shape)} must be [N={n_rows}, V={vocab}]"
-            )
-        return ("logits", teacher_logits.detach())
-    expected = (n_rows, vocab, teacher_weight.shape[-1])
-    if (teacher_hidden.shape[0], teacher_weight.shape[0], teacher_hidden.shape[-1]) != expected:
-        raise ValueError("fused_linear_divergence: teacher_hidden [N, H'] and teacher_weight [V, H'] do not match")
-    bias = None if teacher_bias is None else teacher_bias.detach()
-    return ("linear", teacher_hidden.detach(), teacher_weight.detach(), bias)
-
-
-def fused_linear_divergence(
-    student_hidden: torch.Tensor,
-    lm_head_weight: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    kind: str,
-    *,
-    temperature: float = 1.0,
-    beta: float | None = None,
-    chunk_size: int | None = None,
-    lm_head_bias: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-    teacher_hidden: torch.Tensor | None = None,
-    teacher_weight: torch.Tensor | None = None,
-    teacher_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`divergence` of student logits = student_hidden @ lm_head_weight^T (+ bias), never building them whole.
-
-    Per row chunk: logits, loss and d loss / d logits, folded at once into grad_hidden [N, H] and grad_weight [V, H]
-    (fp32 accumulation); extra memory: those gradients plus a few [chunk, V] temporaries.
-
-    Args:
-        student_hidden: [N, H] (flatten [B, T, H] and pass mask [N], or select rows beforehand).
-        lm_head_weight: [V, H].
-        teacher_logits: [N, V], or None with teacher_hidden + teacher_weight.
-        kind: one of KINDS.
-        temperature: tau > 0, applied to both distributions.
-        beta: as in `divergence`.
-        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V.
-        lm_head_bias: [V] or None.
-        mask: [N] bool or 0/1; None = every row counts.
-        teacher_hidden: [N, H'] or None; with teacher_weight, the teacher's logits are then built per chunk too.
-        teacher_weight: [V, H'] or None, the teacher's LM head.
-        teacher_bias: [V] or None, the teacher's LM-head bias.
-
-    Returns:
-        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
-
-    Raises:
-        ValueError: shapes that do not match ([N, H] against [V, H], the teacher's against N and V), neither or both
-            teacher forms given, or a bad kind, beta, temperature, mask or chunk_size (as `divergence`).
-    """
-    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
-    if student_hidden.dim() != 2 or lm_head_weight.dim() != 2 or student_hidden.shape[1] != lm_head_weight.shape[1]:
-        raise ValueError(
-            f"fused_linear_divergence: student_hidden {tuple(student_hidden.shape)} must be [N, H] and "
-            f"lm_head_weight {tuple(lm_head_weight.shape)} [V, H]"
-        )
-    n_rows, vocab = student_hidden.shape[0], lm_head_weight.shape[0]
-    teacher = _teacher_spec(teacher_logits, teacher_hidden, teacher_weight, teacher_bias, n_rows, vocab)
-    rows = _selected_rows(_flat_mask(mask, student_hidden.shape[:1]))  # [K] or None
-    grad_on = torch.is_grad_enabled()
-    needs = tuple(grad_on and t is not None and t.requires_grad for t in (student_hidden, lm_head_weight, lm_head_bias))
-    return _FusedLinearDivergence.apply(
-        student_hidden, lm_head_weight, lm_head_bias, teacher, rows, kind, temperature, beta,
-        _check_chunk_size(chunk_size, vocab), needs,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the paper's combined objective
 
 
-def kd_objective(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    kind: str,
-    *,
-    tau: float,
-    alpha: float,
-    beta: float | None = None,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The paper's loss: alpha * CE + (1 - alpha) * the KD divergence, on the response tokens (Eq. 1 = 10, Eq. 7).
+def kd_loss(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The paper's loss (Eq. 1 = 10 with Eq. 7), given its two terms:
 
-        loss = alpha * CE(student, labels) + (1 - alpha) * divergence(..., temperature=tau)
+        L = alpha * CE + (1 - alpha) * tau^2 * D(p_tau || q_tau),   kd = tau^2 * D (what `divergence` returns)
 
-    The same tokens (labels != -100) count in both terms. CE uses temperature 1 and the mean over counted tokens
-    (0 when none count). Shift the labels (labels[:, 1:] then a -100 column) rather than slicing logits[:, :-1]:
-    a sliced, non-contiguous logits tensor is copied whole by the reshape here, the full one is used in place.
-
-    Args:
-        student_logits: [B, T, V].
-        teacher_logits: [B, T, V].
-        labels: [B, T] aligned with the logits positions (label t is the target of logits t), -100 = ignore.
-        kind: one of KINDS.
-        tau: the KD temperature.
-        alpha: the SFT ratio in [0, 1].
-        beta: as in `divergence`.
-        chunk_size: as in `divergence`.
-
-    Returns:
-        (loss, {"ce": ..., "kd": ...}): the 0-d loss and its two parts, detached.
-
-    Raises:
-        ValueError: alpha outside [0, 1], labels not of the logits' leading shape, or a bad argument of `divergence`.
+    alpha = 0 returns kd itself (no 0 * CE term in the graph). Both training paths (`training.step`, whose CPU path
+    calls `divergence`, and the GPU's fused `training.objective`, per row chunk of sums) combine their terms here.
+    Raises ValueError unless 0 <= alpha <= 1.
     """
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"kd_objective: alpha={alpha} must lie in [0, 1]")
-    if labels.shape != student_logits.shape[:-1]:
-        raise ValueError(
-            f"kd_objective: labels {tuple(labels.shape)} must equal the logits' leading shape "
-            f"{tuple(student_logits.shape[:-1])}"
-        )
-    mask = labels != IGNORE_INDEX  # [B, T]
-    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0.0):  # a term weighted 0 needs no graph
-        flat_logits = student_logits.reshape(-1, student_logits.shape[-1])  # [N, V]
-        compute_dtype = torch.promote_types(flat_logits.dtype, torch.float32)
-        ce_sum = F.cross_entropy(
-            flat_logits.to(compute_dtype), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        ce = ce_sum / mask.sum().clamp_min(1)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and alpha < 1.0):
-        kd = divergence(
-            student_logits, teacher_logits, kind, temperature=tau, mask=mask, beta=beta, chunk_size=chunk_size
-        )
-    loss = alpha * ce + (1.0 - alpha) * kd
-    return loss, {"ce": ce.detach(), "kd": kd.detach()}
+    if not 0.0 <= alpha <= 1.0:  # also rejects NaN
+        raise ValueError(f"losses: alpha={alpha} must lie in [0, 1]")
+    return alpha * ce + (1.0 - alpha) * kd if alpha > 0 else kd

@@ -1,5 +1,6 @@
 """Tests for pocl_utils.losses: every kind against an independent float64 probability-space reference,
-properties (D(p,p)=0, symmetry, bounds), temperature, masking, extreme logits, chunked == naive == fused."""
+properties (D(p,p)=0, symmetry, bounds), temperature, masking, extreme logits, chunked == naive, the
+alpha mix of `kd_loss` (the fused GPU path is tested in test_objective.py)."""
 from __future__ import annotations
 
 import math
@@ -13,8 +14,7 @@ from pocl_utils.losses import (
     KINDS,
     divergence,
     divergence_naive,
-    fused_linear_divergence,
-    kd_objective,
+    kd_loss,
     log_probs,
     token_divergence,
 )
@@ -284,7 +284,7 @@ def test_fully_masked_batch_is_finite_zero(path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# chunked == naive == fused
+# chunked == naive
 
 
 @pytest.mark.parametrize(
@@ -307,58 +307,12 @@ def test_chunked_equals_naive_for_any_chunk_size(kind, beta):
             torch.testing.assert_close(grad, ref_grad_m, atol=1e-6, rtol=1e-5)
 
 
-def naive_linear(hidden, weight, bias, teacher_logits, kind, **kw):
-    logits = hidden @ weight.t() + (0 if bias is None else bias)  # [N, V]
-    return divergence_naive(logits, teacher_logits, kind, **kw)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_fused_equals_plain_lm_head_plus_naive_loss(kind):
-    gen = torch.Generator().manual_seed(17)
-    n, h, v = 23, 8, 37
-    hidden, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((n, h), (v, h), (v,)))
-    teacher_hidden, teacher_weight = torch.randn(n, 12, generator=gen), torch.randn(v, 12, generator=gen)
-    teacher_logits = teacher_hidden @ teacher_weight.t()  # [N, V]
-    mask = torch.rand(n, generator=gen) > 0.2
-    params = [x.clone().requires_grad_(True) for x in (hidden, weight, bias)]
-    ref = naive_linear(*params, teacher_logits, kind, temperature=1.4, mask=mask)
-    ref_grads = torch.autograd.grad(ref, params)
-    for chunk_size in (1, 6, 23, None):
-        for use_hidden in (False, True):
-            params = [x.clone().requires_grad_(True) for x in (hidden, weight, bias)]
-            teacher = dict(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight) if use_hidden else {}
-            value = fused_linear_divergence(
-                params[0], params[1], None if use_hidden else teacher_logits, kind, temperature=1.4,
-                chunk_size=chunk_size, lm_head_bias=params[2], mask=mask, **teacher,
-            )
-            grads = torch.autograd.grad(value, params)
-            assert abs(value.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
-            for g, rg in zip(grads, ref_grads):
-                torch.testing.assert_close(g, rg, atol=1e-5, rtol=1e-5)
-
-
-def test_fused_bf16_close_to_fp32():
-    gen = torch.Generator().manual_seed(23)
-    hidden, weight = torch.randn(16, 8, generator=gen), torch.randn(40, 8, generator=gen)
-    teacher = torch.randn(16, 40, generator=gen)
-    h16, w16 = hidden.bfloat16().requires_grad_(True), weight.bfloat16().requires_grad_(True)
-    value = fused_linear_divergence(h16, w16, teacher.bfloat16(), "jsd", chunk_size=5)
-    value.backward()
-    assert value.dtype == torch.float32 and h16.grad.dtype == w16.grad.dtype == torch.bfloat16
-    h32, w32 = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    ref = naive_linear(h32, w32, None, teacher, "jsd")
-    ref.backward()
-    assert value.item() == pytest.approx(ref.item(), rel=3e-2)
-    torch.testing.assert_close(w16.grad.float(), w32.grad, atol=2e-3, rtol=5e-2)
-
-
-def test_fused_gradcheck_and_repeated_backward():
+def test_chunked_gradcheck_and_repeated_backward():
     gen = torch.Generator().manual_seed(18)
-    hidden = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    student = torch.randn(7, 9, generator=gen, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(7, 9, generator=gen, dtype=torch.float64)
-    fn = lambda x, w: fused_linear_divergence(x, w, teacher, "srkl", temperature=1.2, chunk_size=3)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (hidden, weight))
+    fn = lambda x: divergence(x, teacher, "srkl", temperature=1.2, chunk_size=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (student,))
     # a retained graph can be backpropagated twice when the loss's incoming gradient is 1 ...
     s, t = make_logits(2, 3, 5, seed=19)
     s.requires_grad_(True)
@@ -380,20 +334,13 @@ def test_gradient_reaches_student_only():
         student, teacher = s.clone().requires_grad_(True), t.clone().requires_grad_(True)
         fn(student, teacher, "jsd").backward()
         assert student.grad is not None and teacher.grad is None
-    hidden, weight = torch.randn(6, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)
-    teacher_hidden, teacher_weight = torch.randn(6, 3, requires_grad=True), torch.randn(6, 3, requires_grad=True)
-    fused_linear_divergence(
-        hidden, weight, None, "fkl", teacher_hidden=teacher_hidden, teacher_weight=teacher_weight
-    ).backward()
-    assert hidden.grad is not None and weight.grad is not None
-    assert teacher_hidden.grad is None and teacher_weight.grad is None
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the combined objective
 
 
-def test_kd_objective_is_alpha_mix_of_ce_and_divergence():
+def test_kd_loss_is_alpha_mix_of_ce_and_divergence():
     s, t = make_logits(2, 5, 9, seed=21)
     labels = torch.tensor([[-100, 3, 1, 8, -100], [0, -100, 2, 2, 5]])
     keep = labels != -100
@@ -401,9 +348,9 @@ def test_kd_objective_is_alpha_mix_of_ce_and_divergence():
     ce = -log_q[keep].gather(-1, labels[keep][:, None]).mean()  # mean -log q(label) over kept tokens
     kd = ref_divergence(s, t, "skl", tau=2.0, mask=keep, beta=0.3)
     student = s.clone().requires_grad_(True)
-    loss, parts = kd_objective(student, t, labels, "skl", tau=2.0, alpha=0.3, beta=0.3)
-    assert parts["ce"].item() == pytest.approx(ce.item(), abs=1e-5)
-    assert parts["kd"].item() == pytest.approx(kd.item(), abs=1e-5)
+    got_ce = F.cross_entropy(student[keep], labels[keep])
+    got_kd = divergence(student, t, "skl", temperature=2.0, mask=keep, beta=0.3)
+    loss = kd_loss(got_ce, got_kd, 0.3)
     assert loss.item() == pytest.approx(0.3 * ce.item() + 0.7 * kd.item(), abs=1e-5)
     loss.backward()
     by_hand = s.clone().requires_grad_(True)
@@ -412,9 +359,11 @@ def test_kd_objective_is_alpha_mix_of_ce_and_divergence():
     )
     ref_loss.backward()
     torch.testing.assert_close(student.grad, by_hand.grad, atol=1e-6, rtol=1e-5)
-    # no counted token at all: finite zero
-    loss0, _ = kd_objective(s, t, torch.full((2, 5), -100), "fkl", tau=1.0, alpha=0.5)
-    assert loss0.item() == 0.0
+    assert kd_loss(got_ce, got_kd, 0.0) is got_kd  # alpha = 0: the KD term alone, no 0 * CE in the graph
+    assert kd_loss(got_ce, got_kd, 1.0).item() == pytest.approx(got_ce.item(), abs=0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            kd_loss(got_ce, got_kd, bad)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -439,12 +388,19 @@ def test_bad_arguments_raise():
         divergence(s, t, "fkl", mask=torch.full((2, 3), 2))
     with pytest.raises(ValueError, match="chunk_size"):
         divergence(s, t, "fkl", chunk_size=0)
-    with pytest.raises(ValueError, match="alpha"):
-        kd_objective(s, t, torch.zeros(2, 3, dtype=torch.long), "fkl", tau=1.0, alpha=1.5)
-    with pytest.raises(ValueError, match="labels"):
-        kd_objective(s, t, torch.zeros(2, 4, dtype=torch.long), "fkl", tau=1.0, alpha=0.5)
-    hidden, weight = torch.randn(6, 3), torch.randn(5, 3)
-    with pytest.raises(ValueError, match="either teacher_logits"):
-        fused_linear_divergence(hidden, weight, None, "fkl")
-    with pytest.raises(ValueError, match=r"\[N=6, V=5\]"):
-        fused_linear_divergence(hidden, weight, torch.randn(6, 4), "fkl")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# an external oracle: TRL's GKD trainer
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_jsd_equals_trl_generalized_jsd(beta):
+    """TRL's `GKDTrainer.generalized_jsd_loss` (batchmean over labels != -100, no tau^2) is our jsd / tau^2, at
+    the same beta (both weigh the teacher by beta in the mixture), the limits beta = 0 and 1 included."""
+    gkd = pytest.importorskip("trl.experimental.gkd")
+    s, t = make_logits(2, 6, 11, seed=30)
+    labels = torch.tensor([[-100, 3, 1, 8, -100, 2], [0, -100, 2, 2, 5, -100]])
+    want = gkd.GKDTrainer.generalized_jsd_loss(s.double(), t.double(), labels=labels, beta=beta, temperature=1.7)
+    got = divergence(s.double(), t.double(), "jsd", temperature=1.7, mask=labels != -100, beta=beta)
+    assert got.item() / 1.7**2 == pytest.approx(want.item(), rel=1e-10, abs=1e-12)

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from . import distributed
 from ..data import Encoded, close_response
+from ..losses import kd_loss
 from ..modeling.models import Precision, freeze_teacher, precision_for
 from .batches import make_batch
 from .loop import GRAD_ACCUM_ENV, LossFn, grad_accum
@@ -114,7 +115,7 @@ def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], ou
     ce_weight = (n_ce / total_ce) * (total_kd / n_kd) if n_kd else 1.0  # 1.0 with one process
     # the logged ce gets the same weight, so `loop.run_steps`' sampled-token average of it is the ground truth's token
     # mean
-    return (1.0 - alpha) * kd + alpha * ce_weight * ce, {**parts, "ce": ce_parts["ce"] * ce_weight}
+    return kd_loss(ce * ce_weight, kd, alpha), {**parts, "ce": ce_parts["ce"] * ce_weight}
 
 
 @torch.no_grad()

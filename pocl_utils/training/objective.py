@@ -20,10 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..losses import log_probs, token_divergence
-
-CHUNK_ELEMENTS = 2**23  # rows * vocab per chunk: ~32 MB per fp32 [n, V] temporary
-GPU_CHUNK_ELEMENTS = 2**25  # on a GPU: ~128 MB, ~670 rows of GPT-2's vocabulary, so each chunk's matmuls fill the GPU
+from ..losses import chunk_rows, kd_loss, log_probs, token_divergence
 
 
 @dataclass
@@ -65,8 +62,7 @@ def _chunk_loss(z: torch.Tensor, targets: torch.Tensor, teacher_z: torch.Tensor 
     if teacher_z is None:
         return ce, ce, ce.new_zeros(())
     kd = token_divergence(log_probs(z, tau), log_probs(teacher_z, tau), kind, beta).sum() * tau**2
-    loss = alpha * ce + (1.0 - alpha) * kd if alpha > 0 else kd
-    return loss, ce, kd
+    return kd_loss(ce, kd, alpha), ce, kd
 
 
 class _LinearObjective(torch.autograd.Function):
@@ -125,7 +121,7 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         alpha: the CE weight in [0, 1].
         beta: the divergence's mixing weight (see `losses`).
         bias: [V] LM-head bias or None.
-        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS / V, GPU_CHUNK_ELEMENTS / V on a GPU.
+        chunk_size: rows per chunk; None = about `losses.CHUNK_ELEMENTS`[device type] / V.
 
     Returns:
         (loss 0-d fp32, {"ce", "kd"} 0-d detached fp32 tensors; "kd" only with a teacher) - no host sync.
@@ -141,8 +137,7 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         raise ValueError("linear_objective: no target rows (every label is -100)")
     if kind is None or alpha >= 1.0:
         teacher = None
-    budget = GPU_CHUNK_ELEMENTS if hidden.device.type == "cuda" else CHUNK_ELEMENTS
-    chunk = chunk_size or max(1, budget // weight.shape[0])
+    chunk = chunk_rows(chunk_size, weight.shape[0], hidden.device)
     sums = _LinearObjective.apply(hidden, weight, bias, targets, teacher, kind, float(tau), float(alpha), beta, chunk)
     loss = sums[0]
     parts = {"ce": sums[1].detach()}

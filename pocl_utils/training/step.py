@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from ..losses import divergence
+from ..losses import divergence, kd_loss
 from ..modeling.models import (FUSED_AT, LOGITS_AT, Precision, autocast, compiled_inputs, fused_inputs,
                                hidden_at_positions, logits_at_positions, precision_for)
 from .batches import Batch
@@ -134,8 +134,7 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
     if teacher_rows is None or kind is None or alpha >= 1.0:
         return ce, {"ce": float(ce.detach()), TOKENS: targets.numel()}
     kd = divergence(logits[None], teacher_rows[None].to(logits.device), kind, temperature=tau, beta=beta)
-    loss = alpha * ce + (1.0 - alpha) * kd if alpha > 0 else kd
-    return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), TOKENS: targets.numel()}
+    return kd_loss(ce, kd, alpha), {"ce": float(ce.detach()), "kd": float(kd.detach()), TOKENS: targets.numel()}
 
 
 def _fusable(model: PreTrainedModel) -> bool:
