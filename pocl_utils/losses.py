@@ -276,6 +276,14 @@ def _at_beta(kind: str, beta: float | None) -> Divergence | None:
     return entry
 
 
+def _zero_grad(logq, logp, beta=None):
+    return logq.new_zeros(logq.shape[0]), torch.zeros_like(logq)
+
+
+# D = 0 for every token: skl and srkl at beta = 1, whose mixture is their first argument (`Divergence.limits`)
+_ZERO = Divergence("zero", "", "0", lambda logq, logp, beta=None: logq.new_zeros(logq.shape[0]), _zero_grad)
+
+
 def token_divergence(
     student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
 ) -> torch.Tensor:
@@ -298,14 +306,6 @@ def token_divergence(
     if entry is None:  # the mixture equals the first argument: KL(x || x) = 0
         return student_logprobs.sum(-1) * 0.0  # keeps the graph so backward gives zeros
     return entry.value(student_logprobs, teacher_logprobs.detach(), beta)
-
-
-def _value_and_grad(logq: torch.Tensor, logp: torch.Tensor, kind: str, beta: float | None):
-    """(D [n], dD/ds [n, V]) for floored log-probs [n, V]; beta already resolved."""
-    entry = _at_beta(kind, beta)
-    if entry is None:
-        return logq.new_zeros(logq.shape[0]), torch.zeros_like(logq)
-    return entry.value_and_grad(logq, logp, beta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ class _ChunkedDivergence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, rows, kind, temperature, beta, chunk_size, need_grad):
+    def forward(ctx, student, teacher, rows, entry, temperature, beta, chunk_size, need_grad):
         count = student.shape[0] if rows is None else rows.numel()
         # rows never visited must read 0; when every row is visited, skip the memset
         new_grad = torch.empty_like if rows is None else torch.zeros_like
@@ -404,9 +404,9 @@ class _ChunkedDivergence(torch.autograd.Function):
             logq = log_probs(_take(student, idx), temperature)  # [n, V]
             logp = log_probs(_take(teacher, idx), temperature)  # [n, V]
             if grad is None:
-                total += token_divergence(logq, logp, kind, beta).sum()
+                total += entry.value(logq, logp, beta).sum()
                 continue
-            value, chunk_grad = _value_and_grad(logq, logp, kind, beta)
+            value, chunk_grad = entry.value_and_grad(logq, logp, beta)
             total += value.sum()
             _put(grad, idx, chunk_grad.mul_(grad_scale))
         ctx.save_for_backward(grad)
@@ -462,7 +462,10 @@ def divergence(
     student = student_logits.reshape(-1, vocab)  # [N, V], a view for contiguous input
     teacher = teacher_logits.detach().reshape(-1, vocab)  # [N, V]
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    return _ChunkedDivergence.apply(student, teacher, rows, kind, temperature, beta, chunk_size, need_grad)
+    entry = _at_beta(kind, beta)
+    if entry is None:  # the mixture equals the first argument: KL(x || x) = 0 for every token
+        entry = _ZERO
+    return _ChunkedDivergence.apply(student, teacher, rows, entry, temperature, beta, chunk_size, need_grad)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The opt-in `torch.compile` of the student's step (POCL_COMPILE=1, CUDA only in runs): the compiled step gives the
+"""The opt-in `torch.compile` of the student's step (the profile's `compile`, CUDA only in runs): the compiled step gives the
 eager step's loss and gradients. Checked on the CPU, where inductor needs a C compiler."""
 import shutil
 import time
@@ -9,7 +9,8 @@ import torch
 
 from pocl_utils.data import Encoded
 from pocl_utils.experiment import provenance
-from pocl_utils.experiment.config import ModelSpec
+from pocl_utils.experiment.config import ConfigError, ModelSpec, get_profile
+from pocl_utils.experiment.job import engine_overrides
 from pocl_utils.modeling import models
 from pocl_utils.modeling.models import COMPILED_AT, Precision, build_model, precision_for
 from pocl_utils.training.batches import make_batch
@@ -53,17 +54,17 @@ def test_compiled_student_step_equals_the_eager_step():
 
 
 def test_compile_is_opt_in_and_only_on_cuda(monkeypatch):
-    monkeypatch.delenv(models.COMPILE_ENV, raising=False)
-    assert not models.compile_requested()
-    monkeypatch.setenv(models.COMPILE_ENV, "1")
-    assert models.compile_requested()
-    assert precision_for(torch.device("cpu")) == models.CPU_PRECISION  # the CPU never compiles
-    assert models.policy_for("cuda").compile and models.policy_for("cuda").tag == "bf16-autocast+fused+compiled"
-    assert provenance.precision("cuda") == "bf16-autocast+fused+compiled"
-    monkeypatch.setenv("WORLD_SIZE", "2")  # under `accelerate launch` the blocks are compiled (`compile_blocks`)
-    assert models.policy_for("cuda").tag == "bf16-autocast+fused+compiled"
-    assert provenance.precision("cuda") == "bf16-autocast+fused+compiled"  # what the run key records
-    assert models.policy_for("cpu") == models.CPU_PRECISION
-    monkeypatch.setenv(models.COMPILE_ENV, "yes please")
-    with pytest.raises(ValueError, match="POCL_COMPILE"):
-        models.compile_requested()
+    assert not get_profile("laptop").compile and not models.policy_for("cuda").compile  # opt-in
+    compiled = get_profile("laptop", {"compile": True})
+    assert precision_for(torch.device("cpu"), compiled.compile) == models.CPU_PRECISION  # the CPU never compiles
+    cuda = models.policy_for("cuda", compiled.compile)
+    assert cuda.compile and cuda.tag == "bf16-autocast+fused+compiled"
+    assert provenance.precision("cuda", compiled.compile) == "bf16-autocast+fused+compiled"  # what run keys record
+    assert models.policy_for("cpu", True) == models.CPU_PRECISION
+    monkeypatch.setenv("POCL_COMPILE", "1")  # the environment counts only where the job's entry point reads it
+    assert not models.policy_for("cuda").compile
+    assert engine_overrides({"POCL_COMPILE": "1", "POCL_GRAD_ACCUM": "4"}) == {"compile": True, "grad_accum": 4}
+    assert engine_overrides({"POCL_COMPILE": "0"}) == {"compile": False} and engine_overrides({}) == {}
+    for bad in ({"POCL_COMPILE": "yes please"}, {"POCL_GRAD_ACCUM": "0"}, {"POCL_GRAD_ACCUM": "two"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            engine_overrides(bad)

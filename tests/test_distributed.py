@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pocl_utils.training import distributed
-from pocl_utils.experiment.config import ModelSpec, TrainSpec
+from pocl_utils.experiment.config import ConfigError, ModelSpec, TrainSpec, get_profile
 from pocl_utils.data import Encoded
 from pocl_utils.modeling.models import FUSED_AT, Precision, build_model
 from pocl_utils.training.kd import KDContext, kd_loss_fn
@@ -53,13 +53,15 @@ def kd_cache() -> TeacherCache:
     return TeacherCache(3 * torch.randn(int(offsets[-1]), VOCAB), offsets)  # [rows, V]
 
 
-def _student_and_loss(on_policy: bool = False, precision: Precision | None = None, alpha: float = 0.3):
+def _student_and_loss(on_policy: bool = False, precision: Precision | None = None, alpha: float = 0.3,
+                      grad_accum: int = 1):
     """A tiny GPT-2 and its KD loss (forward KL, tau 2, alpha 0.3) against a random teacher's cached logits, or with
     on-policy batches only (GKD's outputs sampled by the student, scored by a random live teacher). `precision`
     forces a step path (FUSED: the GPU's fused loss, in fp32)."""
     encoded = _examples()
     student = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=0)
-    ctx = KDContext(encoded, pad_id=0, eos_id=0, cache=kd_cache(), max_new_tokens=3, precision=precision)
+    ctx = KDContext(encoded, pad_id=0, eos_id=0, cache=kd_cache(), max_new_tokens=3, precision=precision,
+                    grad_accum=grad_accum)
     if on_policy:
         ctx.teacher, ctx.on_policy_frac = build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2), VOCAB, 64, seed=1), 1.0
     return student, kd_loss_fn(student, ctx, kind="fkl", tau=2.0, alpha=alpha, rng=np.random.default_rng(2))
@@ -86,10 +88,11 @@ def _spec(grad_clip: float) -> TrainSpec:
 
 
 def _train(grad_clip: float, on_policy: bool = False, precision: Precision | None = None,
-           compile: bool = False, alpha: float = 0.3) -> dict:
+           compile: bool = False, alpha: float = 0.3, grad_accum: int = 1) -> dict:
     """Five KD steps on BATCHES; returns the log, the first step's (summed, clipped) gradient, the final weights and
-    the examples each step computed on. `compile`: launched, each block compiled (`distributed.prepare_model`)."""
-    student, kd = _student_and_loss(on_policy, precision, alpha)
+    the examples each step computed on. `compile`: launched, each block compiled (`distributed.prepare_model`);
+    `grad_accum`: micro-batches per step."""
+    student, kd = _student_and_loss(on_policy, precision, alpha, grad_accum)
     if compile:
         distributed.prepare_model(student, compile=True)
         assert all(block._compiled_call_impl is not None for block in student.transformer.h)
@@ -103,7 +106,8 @@ def _train(grad_clip: float, on_policy: bool = False, precision: Precision | Non
         if step == 0:
             grads["step0"] = torch.cat([_whole(p.grad).reshape(-1) for p in student.parameters()]).clone()
 
-    log = run_steps(student, loss_fn, iter(BATCHES), len(BATCHES), _spec(grad_clip), on_step=on_step)
+    log = run_steps(student, loss_fn, iter(BATCHES), len(BATCHES), _spec(grad_clip), on_step=on_step,
+                    grad_accum=grad_accum)
     local = sum(_local(p).numel() for p in student.parameters())
     return {"log": log, "grad0": grads["step0"], "seen": seen, "local_numel": local,
             "weights": {k: v.clone() for k, v in distributed.full_state_dict(student).items()}}
@@ -140,9 +144,8 @@ def _worker(out: Path) -> None:
     torch.save(_train(1.0, on_policy=True, precision=FUSED), out / f"fused_gkd.rank{r}.pt")
     if HAS_CC:
         torch.save(_train(CLIPS["clip"], precision=FUSED, compile=True), out / f"compiled.rank{r}.pt")
-    with _grad_accum(2):
-        torch.save(_train(CLIPS["clip"]), out / f"accumulated.rank{r}.pt")
-        torch.save(_train(1.0, on_policy=True, alpha=0.0), out / f"accumulated_gkd.rank{r}.pt")
+    torch.save(_train(CLIPS["clip"], grad_accum=2), out / f"accumulated.rank{r}.pt")
+    torch.save(_train(1.0, on_policy=True, alpha=0.0, grad_accum=2), out / f"accumulated_gkd.rank{r}.pt")
     (out / f"archs.rank{r}.json").write_text(json.dumps(_other_archs()))
     prepared, _ = _student_and_loss()
     distributed.prepare_model(prepared)
@@ -152,16 +155,6 @@ def _worker(out: Path) -> None:
                                                          "ddp_wrapper": wrapper}))
     _checkpoint_round_trip(out, r)
     distributed.close()
-
-
-@contextmanager
-def _grad_accum(k: int):
-    """POCL_GRAD_ACCUM=k within the block."""
-    os.environ["POCL_GRAD_ACCUM"] = str(k)
-    try:
-        yield
-    finally:
-        del os.environ["POCL_GRAD_ACCUM"]
 
 
 def _checkpoint_round_trip(out: Path, r: int) -> None:
@@ -263,7 +256,7 @@ def test_fused_step_two_processes_equal_one_process(launched, on_policy):
 
 
 def test_compiled_blocks_two_processes_equal_one_eager_process(launched):
-    """POCL_COMPILE=1 under a launch: each transformer block compiled in place, then wrapped by DDP or sharded by
+    """compile under a launch: each transformer block compiled in place, then wrapped by DDP or sharded by
     FSDP2; the step still equals the 1-process eager step."""
     if not HAS_CC:
         pytest.skip("torch.compile's CPU backend (inductor) needs a C compiler; none on PATH")
@@ -275,7 +268,7 @@ def test_compiled_blocks_two_processes_equal_one_eager_process(launched):
 
 @pytest.mark.parametrize("on_policy", [False, True])
 def test_accumulated_micro_batches_on_two_processes_equal_one_process(launched, on_policy):
-    """POCL_GRAD_ACCUM=2 under a launch: each rank's slice as 2 micro-batches (some empty: BATCHES[2] has one example),
+    """grad_accum=2 under a launch: each rank's slice as 2 micro-batches (some empty: BATCHES[2] has one example),
     gradients summed over the ranks at the last one only; still the 1-process step on the whole batch."""
     torch.set_num_threads(1)
     config, out = launched
@@ -287,12 +280,11 @@ def test_accumulated_micro_batches_on_two_processes_equal_one_process(launched, 
 @pytest.mark.parametrize("micro", [2, 3])
 @pytest.mark.parametrize("on_policy", [False, True])
 def test_accumulated_micro_batches_equal_the_whole_batch_on_one_process(micro, on_policy):
-    """One process, POCL_GRAD_ACCUM=k: the same losses, gradients and weights as the whole batch at once, and each
+    """One process, grad_accum=k: the same losses, gradients and weights as the whole batch at once, and each
     micro-batch computes on its own slice (GKD: one draw and one set of samples per step)."""
     torch.set_num_threads(1)
     want = _train(CLIPS["clip"], on_policy=on_policy, alpha=0.0 if on_policy else 0.3)
-    with _grad_accum(micro):
-        got = _train(CLIPS["clip"], on_policy=on_policy, alpha=0.0 if on_policy else 0.3)
+    got = _train(CLIPS["clip"], on_policy=on_policy, alpha=0.0 if on_policy else 0.3, grad_accum=micro)
     assert got["seen"] == [part for batch in BATCHES for part in _micro_slices(batch, micro)]
     _assert_same_training([got, got], want)
 
@@ -305,14 +297,14 @@ def _micro_slices(batch: list[int], k: int) -> list[list[int]]:
     return [batch[a:b] or batch[:1] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def test_accumulation_refuses_an_on_policy_step_with_alpha_and_a_bad_setting(monkeypatch):
-    monkeypatch.setenv("POCL_GRAD_ACCUM", "2")
+def test_accumulation_refuses_an_on_policy_step_with_alpha_and_a_bad_setting():
     with pytest.raises(ValueError, match="cannot be split into micro-batches"):
-        _train(1.0, on_policy=True, alpha=0.3)
-    for bad in ("0", "two", "-1"):
-        monkeypatch.setenv("POCL_GRAD_ACCUM", bad)
-        with pytest.raises(ValueError, match="POCL_GRAD_ACCUM"):
-            _train(1.0)
+        _train(1.0, on_policy=True, alpha=0.3, grad_accum=2)
+    for bad in (0, "2", -1, True):
+        with pytest.raises(ValueError, match="grad_accum"):
+            _train(1.0, grad_accum=bad)
+    with pytest.raises(ConfigError, match="grad_accum"):
+        get_profile("smoke", {"grad_accum": 0})
 
 
 def test_checkpoints_of_a_sharded_model_are_whole_and_load_back(launched):
@@ -478,17 +470,16 @@ if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
 
 
-def test_accumulated_steps_hand_on_step_their_row_between_read_backs(monkeypatch):
-    """POCL_GRAD_ACCUM=2 with the GPU's deferred read-back (log_every > 1): on_step gets each step's row before it is
+def test_accumulated_steps_hand_on_step_their_row_between_read_backs():
+    """grad_accum=2 with the GPU's deferred read-back (log_every > 1): on_step gets each step's row before it is
     read back, and the log is the one of an every-step read-back."""
     torch.set_num_threads(1)
-    monkeypatch.setenv("POCL_GRAD_ACCUM", "2")
     rows = {}
     logs = []
     for every in (1, 3):
         student, kd = _student_and_loss()
         rows[every] = []
         logs.append(run_steps(student, kd, iter(BATCHES), len(BATCHES), _spec(1.0), log_every=every,
-                              on_step=lambda step, row, out=rows[every]: out.append(dict(row))))
+                              on_step=lambda step, row, out=rows[every]: out.append(dict(row)), grad_accum=2))
     assert logs[0] == logs[1]
     assert [float(r["loss"]) for r in rows[3]] == [r["loss"] for r in logs[1]]

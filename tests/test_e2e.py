@@ -1,5 +1,6 @@
 """A tiny end-to-end run on the smoke profile: rank -> POCL staged KD -> evaluate, through the registry."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -181,3 +182,39 @@ def test_one_schedule_across_stages_resumes_and_differs_from_restarts(ws, tmp_pa
     resumed = _killed_in_stage_3_then_resumed(ws, spec, tmp_path, monkeypatch)
     assert resumed["metrics"]["train"]["loss"] == clean["metrics"]["train"]["loss"]  # optimizer state restored
     assert resumed["metrics"]["eval"] == clean["metrics"]["eval"]
+
+
+class _Reached(Exception):
+    """Raised by the spy divergence once it has seen the call chain (stops the run at its first step)."""
+
+
+def test_a_notebook_cell_reaches_the_divergence_in_at_most_8_calls(ws, monkeypatch):
+    """From a notebook cell's `nb.run_grid(ws, specs)` to `losses.divergence`, the loss of the training step: at most 8
+    calls of the package's functions (nanoGPT reaches its loss in 2, torchtune's KD recipe in 3), and 2 more to the
+    divergence's own entry in `losses.DIVERGENCES` (the chunked loss's autograd forward, then the entry). Measured on
+    the stack of a spy entry, counting only the package's frames (torch's `Function.apply` is not ours)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import pocl_utils
+    from pocl_utils import losses, notebook as nb
+    package = str(Path(pocl_utils.__file__).parent)
+    chains = []
+
+    def spy(logq, logp, beta=None):
+        frame, chain = sys._getframe(1), ["<registry entry>"]
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(package):
+                chain.append(frame.f_code.co_name)
+            frame = frame.f_back
+        chains.append(chain[::-1])
+        raise _Reached
+
+    monkeypatch.setitem(losses.DIVERGENCES, "fkl", replace(losses.DIVERGENCES["fkl"], value_and_grad=spy))
+    with pytest.raises(_Reached):
+        nb.run_grid(ws, [baseline("KLD", seed=7)])
+    chain = chains[0]
+    print(" -> ".join(chain))
+    assert chain[0] == "run_grid" and "divergence" in chain, chain
+    assert chain.index("divergence") + 1 <= 8, chain  # calls from the cell: run_grid is the cell's, the 1st
+    assert len(chain) <= 10, chain

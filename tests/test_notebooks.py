@@ -174,7 +174,7 @@ def test_a_table1_only_profile_skips_the_ablations_cleanly(capsys):
     from pocl_utils.experiment.config import get_profile
     ws = SimpleNamespace(profile=get_profile("classroom"))  # grid "table1": no ablation runs, nothing trained
     assert nb.specs_of(ws, "order") == [] and len(nb.specs_of(ws, "table1")) > 0
-    rep = nb.table_report(ws, "order", save=False)
+    rep = nb.grid_report(ws, "order", save=False)
     assert rep.runs.empty and rep.beside_wide.empty
     nb.figure(ws, "fig4a_order")
     assert "nothing to draw" in capsys.readouterr().out

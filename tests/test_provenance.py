@@ -11,17 +11,14 @@ from pocl_utils.experiment.workspace import StepError, Workspace, step_dir, step
 from pocl_utils.experiment.runner import run_key
 
 
-def test_precision_policy_follows_the_device(monkeypatch):
-    monkeypatch.delenv("POCL_COMPILE", raising=False)
+def test_precision_policy_follows_the_device():
     assert provenance.precision(torch.device("cuda")) == "bf16-autocast+fused"  # the GPU path's fused numerics
-    monkeypatch.setenv("POCL_COMPILE", "1")
-    assert provenance.precision(torch.device("cuda")) == "bf16-autocast+fused+compiled"
-    assert provenance.precision("cpu") == "fp32"
+    assert provenance.precision(torch.device("cuda"), compile=True) == "bf16-autocast+fused+compiled"
+    assert provenance.precision("cpu") == provenance.precision("cpu", compile=True) == "fp32"
     env = provenance.environment("cpu")
     assert env["device"] == "cpu" and env["precision"] == "fp32" and env["torch"] == torch.__version__
     assert env["transformers"] and "grad_accum" not in env  # the default, one batch a step, is not named
-    monkeypatch.setenv("POCL_GRAD_ACCUM", "4")
-    assert provenance.environment("cpu")["grad_accum"] == 4
+    assert provenance.environment("cpu", **get_profile("smoke", {"grad_accum": 4}).engine())["grad_accum"] == 4
 
 
 def test_run_key_differs_between_a_cuda_bf16_and_a_cpu_fp32_run(tmp_path):
@@ -31,19 +28,18 @@ def test_run_key_differs_between_a_cuda_bf16_and_a_cpu_fp32_run(tmp_path):
     assert run_key(ws, spec, torch.device("cpu")) == run_key(ws, spec, torch.device("cpu"))
 
 
-def test_cpu_run_keys_are_unchanged_and_cuda_keys_carry_the_fused_tag(tmp_path, monkeypatch):
+def test_cpu_run_keys_are_unchanged_and_cuda_keys_carry_the_fused_tag(tmp_path):
     """The keys of main@7f0f3e1 (computed with its code, before the fused GPU path got its tag): CPU keys stay the
     same (the committed CPU results are still found); CUDA keys differ from that commit's, and again with compile."""
-    monkeypatch.delenv("POCL_COMPILE", raising=False)
     ws = Workspace(get_profile("smoke"), tmp_path)  # no steps built: their keys are None
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert run_key(ws, kd("KLD"), cpu) == "6bbaf0e07a041809"
     assert run_key(ws, baseline("GKD"), cpu) == "26f1c249a2a738c2"
     fused = run_key(ws, kd("KLD"), cuda)
     assert fused != "2761a61e3c934181"  # 7f0f3e1's CUDA key: its bf16 runs computed the loss unfused
-    monkeypatch.setenv("POCL_COMPILE", "1")
-    assert run_key(ws, kd("KLD"), cuda) not in (fused, "2761a61e3c934181")
-    assert run_key(ws, kd("KLD"), cpu) == "6bbaf0e07a041809"  # POCL_COMPILE never touches the CPU
+    compiled = Workspace(get_profile("smoke", {"compile": True}), tmp_path)
+    assert run_key(compiled, kd("KLD"), cuda) not in (fused, "2761a61e3c934181")
+    assert run_key(compiled, kd("KLD"), cpu) == "6bbaf0e07a041809"  # compile never touches the CPU
 
 
 def test_run_key_differs_when_the_teacher_was_built_in_another_precision(tmp_path):

@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from pocl_utils import atomic
 
 from pocl_utils.experiment.results import Registry, atomic_write_json
 
@@ -15,6 +18,20 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"x": np.float32(1.5), "y": (1, 2)})
     assert (tmp_path / "a.json").read_text().strip().startswith("{")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "deep" / "b.txt"
+    atomic.atomic_write_text(target, "old ünïcode")  # creates the folders
+    assert target.read_bytes() == "old ünïcode".encode() and oct(target.stat().st_mode & 0o777) == "0o644"
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.atomic_write_text(target, "new")
+    assert target.read_text() == "old ünïcode" and [p.name for p in target.parent.iterdir()] == ["b.txt"]
 
 
 def test_registry_roundtrip_and_done(tmp_path):

@@ -13,8 +13,8 @@ out-of-memory never hides the others; prints a summary and writes everything as 
   profile   the `gpu` profile: each preparation step timed on a sample and projected to its full size, one KD run
             (steps, validation, evaluation) likewise, and the projected time of the whole grid.
 
-`--compile` adds a step variant with the student's step forward compiled (`torch.compile`, what POCL_COMPILE=1 turns
-on in runs; the part gets 120 s more for the compilations). `--tiny` runs the same code at toy sizes (the CPU: CI
+`--compile` adds a step variant with the student's step forward compiled (`torch.compile`, what the profile's
+`compile` turns on in runs; the part gets 120 s more for the compilations). `--tiny` runs the same code at toy sizes (the CPU: CI
 checks correctness, not speed); there the step's losses must equal the fp32 reference. MFU counts
 2 N_teacher + 6 N_student FLOPs per token over every position.
 """
@@ -175,7 +175,7 @@ def _measure_naive(student, teacher, batch, s: Sizes, dev) -> tuple[float, float
 def _measure_pocl(student, teacher, examples, s: Sizes, dev, compiled: bool = False) -> tuple[float, float]:
     """pocl's own path: `kd_loss_fn` (live teacher, which it freezes: bf16 on a GPU) inside `run_steps`, timed
     between two synchronised steps; `compiled`: the student's step forward compiled (`models.compiled_inputs`, as
-    POCL_COMPILE=1 asks; compiled during the untimed steps)."""
+    the profile's `compile` asks; compiled during the untimed steps)."""
     from dataclasses import replace
     from pocl_utils.experiment.config import TrainSpec
     from pocl_utils.modeling.models import policy_for
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per part (default: per-part limits)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "gpu_check.json")
     ap.add_argument("--compile", action="store_true",
-                    help=f"add the step variant {COMPILED!r} (torch.compile, as POCL_COMPILE=1; +{COMPILE_EXTRA_S} s)")
+                    help=f"add the step variant {COMPILED!r} (torch.compile, as the profile's compile; +{COMPILE_EXTRA_S} s)")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..curriculum import CONTROLS, PROTOCOLS, Protocol
+from ..curriculum import CONTROLS, ORDERS, PROTOCOLS, Protocol  # the run spec's orders are the curriculum's
 from ..losses import DIVERGENCES
 
 
@@ -106,9 +106,16 @@ class Profile:
     # protocol eta times each factor, seed 0 (`experiments.lr_candidates`); () = eta, no choice. (5, 1, 0.5) around
     # official POCL's eta = 1e-4 is the paper's grid.
     lr_factors: tuple[float, ...] = ()
+    # engine settings: how the steps run, not what they compute (the same step to float rounding); no key names them
+    grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation), each process's share split k ways
+    compile: bool = False  # CUDA only: torch.compile the student's step forward (each block under accelerate launch)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def engine(self) -> dict[str, Any]:
+        """The engine settings as keywords of `loop.run_steps`, `loop.sft` and `provenance.environment`."""
+        return {"grad_accum": self.grad_accum, "compile": self.compile}
 
 
 def _profiles() -> dict[str, Profile]:
@@ -241,8 +248,8 @@ def validate_profile(p: Profile) -> Profile:
     Raises:
         ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds, table1_seeds,
             eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, select_metric,
-            select_points, valid_checks, lr_factors, teacher_cache, or the lr, batch_size or epochs of teacher_sft
-            and kd).
+            select_points, valid_checks, lr_factors, grad_accum, teacher_cache, or the lr, batch_size or epochs
+            of teacher_sft and kd).
     """
     checks = [
         (p.data in ("world", "real"), "data", "must be 'world' or 'real'"),
@@ -262,6 +269,7 @@ def validate_profile(p: Profile) -> Profile:
          f"must be 'stage-ends' or 'even', got {p.select_points!r}"),
         (p.valid_checks >= 1, "valid_checks", "must be >= 1"),
         (all(0 < f < math.inf for f in p.lr_factors), "lr_factors", f"must be finite values > 0, got {p.lr_factors}"),
+        (p.grad_accum >= 1, "grad_accum", "must be >= 1 (micro-batches per step)"),
         (re.fullmatch(r"exact|live|top-[1-9][0-9]*", p.teacher_cache) is not None, "teacher_cache",
          f"must be 'exact', 'live' or 'top-<k>' with k >= 1 (e.g. 'top-512'), got {p.teacher_cache!r}"),
     ]
@@ -318,7 +326,6 @@ def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = 
 DIVERGENCE_OF = {"GKD": "jsd", **{d.method: d.name for d in DIVERGENCES.values()}}
 METHODS = ("SFT", "SeqKD", *DIVERGENCE_OF)
 RANKINGS = ("fusion", "rouge_l", "ce", "oracle")  # oracle: the world's true difficulty (a control, world data only)
-ORDERS = ("easy_to_hard", "hard_to_easy", "random")
 
 
 @dataclass(frozen=True)

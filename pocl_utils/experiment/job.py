@@ -11,6 +11,7 @@ others wait for it at barriers."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,7 +27,8 @@ from .results import RegistryError, atomic_write_text, exclusive_lock
 
 
 def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
-            size: str | None = None, out: Path | None = None, protocol: str | None = None, log=print) -> Path:
+            size: str | None = None, out: Path | None = None, protocol: str | None = None,
+            overrides: dict | None = None, log=print) -> Path:
     """prepare -> the lr chosen per arm on validation (the profile's lr_factors; the choice in <out>_lr.csv) -> run_grid
     -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
 
@@ -41,13 +43,14 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
         size: the grid size, "full", "table1" or "minimal"; None = the profile's `grid`.
         out: the results CSV; None = <workspace>/results/<grid_name>.csv.
         protocol: the training protocol ("official" or "paper-text"), an override of the profile's; None = its own.
+        overrides: the profile's overrides (`config.get_profile`), e.g. {"grad_accum": 4}.
         log: called with one line per progress message (silenced on ranks other than the main one).
 
     Returns:
         The path of the results CSV.
 
     Raises:
-        ConfigError: an unknown profile.
+        ConfigError: an unknown profile or a bad override.
         ValueError: an unknown grid name.
     """
     import pandas as pd
@@ -55,7 +58,7 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
     from ..analysis.tables import tidy
     from . import pool, runner
     from .pipeline import prepare
-    p = get_profile(profile, {"protocol": protocol} if protocol else None)
+    p = get_profile(profile, {**(overrides or {}), **({"protocol": protocol} if protocol else {})})
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world",
                  protocol=p.protocol)
     log = log if distributed.is_main() else (lambda s: None)
@@ -95,17 +98,40 @@ def _wait_for_others(ws, specs: list[RunSpec], device, log, poll_s: float = 0.5)
             time.sleep(poll_s)
 
 
+def engine_overrides(environ: dict[str, str]) -> dict:
+    """The engine settings the environment asks for, as profile overrides: POCL_GRAD_ACCUM=k -> grad_accum = k,
+    POCL_COMPILE=1|0 -> compile (for `accelerate launch`, whose command line is the job's). Raises ConfigError naming
+    the variable on a value that is not a positive integer or 0/1."""
+    out: dict = {}
+    accum = environ.get("POCL_GRAD_ACCUM", "").strip()
+    if accum:
+        if not accum.isdigit() or int(accum) < 1:
+            raise ConfigError(f"POCL_GRAD_ACCUM={accum!r}: expected a positive integer, the micro-batches per step")
+        out["grad_accum"] = int(accum)
+    compile_ = environ.get("POCL_COMPILE", "").strip().lower()
+    if compile_:
+        if compile_ not in ("0", "1", "false", "true"):
+            raise ConfigError(f"POCL_COMPILE={compile_!r}: expected 1 (compile the student's step on CUDA) or 0")
+        out["compile"] = compile_ in ("1", "true")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: parse the arguments, set torch's CPU threads and run `run_job`.
 
     Args:
-        argv: the arguments (--profile, --grid, --runs-root, --seeds, --size, --out, --threads); None = sys.argv[1:].
+        argv: the arguments (--profile, --grid, --runs-root, --seeds, --size, --out, --threads, -p overrides JSON);
+            None = sys.argv[1:].
 
     Returns:
         The exit status: 0 when the results CSV is written, 2 after a ConfigError, DataError, CheckpointError, StepError
         or RegistryError, printed to stderr as one line without a traceback.
     """
-    ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.job", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m pocl_utils.experiment.job", description=__doc__.splitlines()[0],
+        epilog="Environment, read here once and applied as profile overrides (-p overrides wins): POCL_GRAD_ACCUM=k "
+               "(grad_accum, micro-batches per step), POCL_COMPILE=1 (compile, CUDA only). Also POCL_RUNS_DIR and "
+               "POCL_DATA_DIR (folders).")
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--grid", default="table1", help=f"one of: {', '.join([*GRIDS, *EXTRA_GRIDS])}")
     ap.add_argument("--protocol", default=None, help="official | paper-text (default: the profile's)")
@@ -115,12 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("-p", dest="overrides", nargs=2, metavar=("overrides", "JSON"), default=None,
+                    help="""profile overrides, a JSON object, e.g. -p overrides '{"grad_accum": 4, "kd.lr": 0.001}'""")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
     try:
+        overrides = engine_overrides(dict(os.environ))
+        if args.overrides is not None:
+            if args.overrides[0] != "overrides":
+                raise ConfigError(f"-p {args.overrides[0]}: the job takes only -p overrides JSON")
+            try:
+                given = json.loads(args.overrides[1])
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"-p overrides: not JSON ({e})") from None
+            if not isinstance(given, dict):
+                raise ConfigError("-p overrides: expected a JSON object, e.g. '{\"grad_accum\": 4}'")
+            overrides.update(given)
         run_job(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
-                protocol=args.protocol, log=lambda s: print(s, flush=True))
+                protocol=args.protocol, overrides=overrides, log=lambda s: print(s, flush=True))
     except (ConfigError, DataError, CheckpointError, StepError, RegistryError) as e:  # ours: one line, no traceback
         print(f"pocl-job: {e}", file=sys.stderr)
         return 2

@@ -75,7 +75,7 @@ def _build_teacher(ws: Workspace, out: Path, dev) -> None:
     if p.teacher_pretrain_steps > 0:
         log += _pretrain(ws, model, p.teacher_sft, p.teacher_pretrain_steps, pool="teacher", seed=p.seed,
                          desc="teacher LM pre-training")
-    log += sft(model, teacher_sft_data(ws), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT")
+    log += sft(model, teacher_sft_data(ws), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT", **p.engine())
     save_checkpoint(model, out / "model")
     atomic_write_json(out / "log.json", thin_log(log))
 
@@ -123,4 +123,4 @@ def _pretrain(ws: Workspace, model, spec: TrainSpec, steps: int, *, pool: str, s
     n_texts = max(4000, steps * spec.batch_size * p.max_len // PRETRAIN_TOKENS_PER_TEXT // 4)
     blocks = lm_blocks(pretrain_corpus(cfg, n_texts, pool=pool), ws.tokenizer, p.max_len)
     spec = TrainSpec(lr=spec.lr, batch_size=spec.batch_size, epochs=1.0)
-    return sft(model, blocks, ws.pad_id, spec, seed=seed, steps=steps, desc=desc)
+    return sft(model, blocks, ws.pad_id, spec, seed=seed, steps=steps, desc=desc, **p.engine())

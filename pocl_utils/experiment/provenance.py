@@ -11,23 +11,17 @@ from typing import Any
 import torch
 
 from ..modeling.models import policy_for
-from ..training.loop import grad_accum
 
 
-def precision(device: torch.device | str) -> str:
-    """The precision policy a run's steps use on `device` (`models.policy_for(device).tag`).
+def precision(device: torch.device | str, compile: bool = False) -> str:
+    """The precision policy's tag a run's steps use on `device` (`models.policy_for(device, compile).tag`), as written
+    into run keys.
 
     "fp32" on the CPU; on CUDA "bf16-autocast+fused" (bf16 autocast, the loss fused with the LM head, the teacher
-    stored in bf16), with "+compiled" when POCL_COMPILE=1 (the step forward, or each block under `accelerate launch`).
-    CPU keys are unchanged by the GPU path's tags.
-
-    Args:
-        device: the device the run's steps run on (a torch.device or its name).
-
-    Returns:
-        The policy's tag, as written into run keys.
+    stored in bf16), with "+compiled" under the profile's `compile` (the step forward, or each block under
+    `accelerate launch`). CPU keys are unchanged by the GPU path's tags.
     """
-    return policy_for(device).tag
+    return policy_for(device, compile).tag
 
 
 def device_name(device: torch.device | str) -> str:
@@ -45,27 +39,16 @@ def device_name(device: torch.device | str) -> str:
     return dev.type
 
 
-def environment(device: torch.device | str) -> dict[str, Any]:
-    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files.
-
-    With gradient accumulation (POCL_GRAD_ACCUM > 1) its micro-batches per step too.
-
-    Args:
-        device: the device the run's steps run on (a torch.device or its name).
-
-    Returns:
-        {"device": type, "device_name": ..., "precision": ..., "torch": version, "transformers": version}, plus
-        "grad_accum" when it is > 1.
-
-    Raises:
-        ValueError: POCL_GRAD_ACCUM is not a positive integer.
+def environment(device: torch.device | str, grad_accum: int = 1, compile: bool = False) -> dict[str, Any]:
+    """Device, precision policy and torch/transformers versions, as stored in run records and STEP.json files:
+    {"device": type, "device_name", "precision", "torch", "transformers"}, plus "grad_accum" (the profile's
+    micro-batches per step) when it is > 1.
     """
     import transformers
     dev = torch.device(device)
-    micro = grad_accum()
-    return {"device": dev.type, "device_name": device_name(dev), "precision": precision(dev),
+    return {"device": dev.type, "device_name": device_name(dev), "precision": precision(dev, compile),
             "torch": torch.__version__, "transformers": transformers.__version__,
-            **({"grad_accum": micro} if micro > 1 else {})}
+            **({"grad_accum": grad_accum} if grad_accum > 1 else {})}
 
 
 def describe(device: torch.device | str) -> str:
@@ -76,9 +59,6 @@ def describe(device: torch.device | str) -> str:
 
     Returns:
         "device <name> (<precision>, torch <version>, transformers <version>)".
-
-    Raises:
-        ValueError: POCL_GRAD_ACCUM is not a positive integer.
     """
     env = environment(device)
     name = env["device_name"] if env["device_name"] != env["device"] else env["device"]

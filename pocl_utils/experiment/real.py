@@ -251,7 +251,8 @@ def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
     path, extra = _model_source(p.teacher, cache_dir)
     if p.sft_teacher:
         model = load_pretrained(path, **extra).to(dev)
-        log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT (train set)")
+        log = sft(model, ws.encoded("train"), ws.pad_id, p.teacher_sft, seed=p.seed, desc="teacher SFT (train set)",
+                  **p.engine())
         save_checkpoint(model, out / "model")
         atomic_write_json(out / "log.json", thin_log(log))
         return
@@ -283,7 +284,7 @@ def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
         blocks = lm_blocks([rows[i]["prompt"] + rows[i]["output"] for i in pick], tok, min(p.max_len, REAL_LM_BLOCK))
         spec = replace(p.kd, epochs=1.0)
         log = sft(model, blocks, ws.pad_id, spec, seed=p.seed + 1, steps=p.student_pretrain_steps,
-                  desc="student LM pre-training (Dolly text)")
+                  desc="student LM pre-training (Dolly text)", **p.engine())
         atomic_write_json(out / "log.json", thin_log(log))
     save_checkpoint(model, out / "model")
 

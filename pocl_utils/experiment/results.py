@@ -18,32 +18,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..atomic import atomic_write_text
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see either the old content or the complete new one, never a half-written file.
-
-    The text goes to a temp file `.<name>.<pid>.tmp` beside it, is flushed to disk (fsync), then renamed over it. The
-    parent folders are created.
-
-    Args:
-        path: the file, replaced if it exists.
-        text: the content, written as UTF-8.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -47,8 +47,8 @@ def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     return config_hash({"spec": spec.key(), "kd": asdict(p.kd), "teacher": upstream["teacher_cache"],
                         "student": upstream["ranking"], "seqkd": upstream["seqkd"], "eval": eval_key(p),
                         "gkd_lambda": p.gkd_lambda, "valid": [p.valid_max_examples, p.valid_checks],
-                        "precision": precision(device or distributed.device()), "built_with": ws.built_with(),
-                        **protocol_key(p)})
+                        "precision": precision(device or distributed.device(), p.compile),
+                        "built_with": ws.built_with(), **protocol_key(p)})
 
 
 def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any] | None:
@@ -87,7 +87,8 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
         distributed.load_weights(student, run_dir / "best.safetensors")
         metrics = {**scores(ws, student), "train": state}
         config = {"spec": spec.key(), "label": spec.label, "method": spec.method, "variant": spec.variant,
-                  "profile": ws.profile.name, "run_key": key, **environment(device)}
+                  "profile": ws.profile.name, "run_key": key,
+                  **environment(device, ws.profile.grad_accum, ws.profile.compile)}
         record = reg.save(KIND, key, config, metrics, time.time() - t0)
         remove_checkpoints(run_dir)
         distributed.barrier()

@@ -19,6 +19,7 @@ import torch
 
 from ..curriculum import OFFICIAL_BASELINE_ALPHA, Stage, plan_run
 from ..difficulty import order_by_truth
+from ..modeling.models import precision_for
 from ..training import distributed
 from ..training.batches import batch_stream
 from ..training.kd import KDContext, kd_loss_fn
@@ -131,8 +132,10 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
     """
     p = ws.profile
     if spec.method == "SeqKD":
-        return KDContext(ws.seqkd_encoded, ws.pad_id, ws.eos_id)
+        return KDContext(ws.seqkd_encoded, ws.pad_id, ws.eos_id, precision=precision_for(device, p.compile),
+                         grad_accum=p.grad_accum)
     ctx = KDContext(ws.encoded("train"), ws.pad_id, ws.eos_id, max_new_tokens=p.max_new_tokens)
+    ctx.precision, ctx.grad_accum = precision_for(device, p.compile), p.grad_accum  # the profile's engine settings
     if spec.method != "SFT":
         ctx.cache = ws.teacher_cache  # None: the profile runs the teacher live
     if spec.on_policy or (spec.method != "SFT" and ctx.cache is None):
@@ -197,7 +200,8 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
         train = replace(p.kd, lr=stage.lr, batch_size=stage.batch)
         batches = batch_stream(stage.samples, ctx.encoded, stage.batch, rng, device)  # CUDA: by length
         log = run_steps(student, loss_fn, batches, stage.steps, train, on_step=on_step,
-                        desc=f"{spec.label} s{spec.seed} stage {stage.index}", optimizer=shared, warmup=stage.warmup)
+                        desc=f"{spec.label} s{spec.seed} stage {stage.index}", optimizer=shared, warmup=stage.warmup,
+                        grad_accum=ctx.grad_accum, compile=ws.profile.compile)
         state["loss"] += [{"stage": stage.index, "step": state["steps"] + i, **row} for i, row in enumerate(log)
                           if i % max(1, stage.steps // 50) == 0 or i == stage.steps - 1]
         state["steps"] += stage.steps

@@ -195,11 +195,11 @@ class Workspace:
             The registry record (config, "metrics" = compute()'s output, timing and provenance), as read back from disk.
         """
         dev = distributed.device()
-        key = config_hash({"name": name, "params": params, "prep": self.step_keys(), "precision": precision(dev)})
+        key = config_hash({"name": name, "params": params, "prep": self.step_keys(), "precision": precision(dev, self.profile.compile)})
         reg = self.registry
         if not reg.done(kind, key):
             t0 = time.time()
-            reg.save(kind, key, {"name": name, **params, **environment(dev)}, compute(), time.time() - t0)
+            reg.save(kind, key, {"name": name, **params, **environment(dev, **self.profile.engine())}, compute(), time.time() - t0)
         return reg.load(kind, key)
 
     @cached_property
@@ -326,7 +326,7 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
 
     Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
     the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded). Each
-    step's STEP.json records `environment(dev)`.
+    step's STEP.json records `environment(dev, ...)`.
 
     Args:
         ws: the workspace.
@@ -336,14 +336,15 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
         log: called with one line per step once it is ready.
         tag: the log lines' prefix.
     """
+    record = environment(dev, **ws.profile.engine())
     for name, build in builders.items():
         t0 = time.time()
         b = partial(build, ws)
         if distributed.world_size() > 1 and trained_together(ws.profile, name):
-            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev), record=environment(dev), log=log)
+            _build_together(ws.root, name, keys[name], lambda tmp: b(tmp, dev), record=record, log=log)
         else:
             with distributed.main_first():
-                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev), record=environment(dev), log=log)
+                step_dir(ws.root, name, keys[name], lambda tmp: b(tmp, dev), record=record, log=log)
         log(f"[{tag}] {name:13s} ready ({time.time() - t0:.1f}s)")
 
 

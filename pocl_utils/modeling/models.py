@@ -62,53 +62,27 @@ _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise reproducible
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
-COMPILE_ENV = "POCL_COMPILE"  # =1: CUDA runs compile the student's step (opt-in; never on the CPU)
-
-
-def compile_requested() -> bool:
-    """Whether the environment opts CUDA runs into `torch.compile` of the student's step (POCL_COMPILE=1).
-
-    Raises:
-        ValueError: POCL_COMPILE set to anything but 0, 1, true, false or empty.
-    """
-    value = os.environ.get(COMPILE_ENV, "0").strip().lower()
-    if value not in ("0", "1", "", "false", "true"):
-        raise ValueError(f"{COMPILE_ENV}={value!r}: expected 1 (compile the student's step on CUDA) or 0")
-    return value in ("1", "true")
-
-
-def policy_for(device: torch.device | str) -> Precision:
+def policy_for(device: torch.device | str, compile: bool = False) -> Precision:
     """The precision policy of `device`.
 
-    bf16 autocast and the fused loss on CUDA (compiled when POCL_COMPILE=1); fp32 and unfused elsewhere. `compile`
+    bf16 autocast and the fused loss on CUDA (compiled with `compile`, the profile's setting); fp32 and unfused
+    elsewhere, where `compile` is ignored. `compile`
     means, for one process, the student's whole step forward compiled (`compiled_inputs`); launched on several
     processes, where DDP wraps the step forward and FSDP keeps it unfused, each transformer block compiled
     (`distributed.prepare_model`, `distributed.compile_blocks`).
 
-    Args:
-        device: the device.
-
-    Returns:
-        The Precision.
     """
     if torch.device(device).type == "cuda":
-        return replace(GPU_PRECISION, compile=compile_requested())
+        return replace(GPU_PRECISION, compile=bool(compile))
     return CPU_PRECISION
 
 
-def precision_for(device: torch.device) -> Precision:
-    """`policy_for(device)`, ready to train with: on CUDA TF32 is enabled for what stays fp32.
-
-    Args:
-        device: the device.
-
-    Returns:
-        The Precision.
-    """
+def precision_for(device: torch.device, compile: bool = False) -> Precision:
+    """`policy_for(device, compile)`, ready to train with: on CUDA TF32 is enabled for what stays fp32."""
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return policy_for(device)
+    return policy_for(device, compile)
 
 
 def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:

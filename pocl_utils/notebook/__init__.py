@@ -524,22 +524,17 @@ def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
     return runner.records_for(ws, specs_of(ws, name))
 
 
-def run_table(ws: Workspace, name: str) -> pd.DataFrame:
-    """Run whatever of grid `name` is not finished yet, then return its tidy frame (one row per run and eval set).
+run_grid = pool.run_grid  # run_grid(ws, specs): train every spec not finished yet (a notebook cell's one call to it)
 
-    Args:
-        ws: the notebook's workspace.
-        name: the grid, a key of GRIDS.
 
-    Returns:
-        tables.tidy's frame, with the columns method, variant, seed, dataset, rouge_l, sampling_std, run_key, wall_s and
-        git_commit; when the profile has no runs for the grid, a note is printed and the frame is empty.
-    """
+def grid_runs(ws: Workspace, name: str) -> pd.DataFrame:
+    """The finished runs of grid `name` as tables.tidy's frame (one row per run and eval set: method, variant, seed,
+    dataset, rouge_l, sampling_std, run_key, wall_s, git_commit); nothing is trained. Empty, with a printed note, when
+    the profile has no runs for the grid."""
     specs = specs_of(ws, name)
     if not specs:
         print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
         return pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
-    pool.run_grid(ws, specs)
     return tables.tidy(runner.records_for(ws, specs))
 
 
@@ -557,8 +552,9 @@ class TableReport:
     beside_wide: pd.DataFrame
 
 
-def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
-    """Run grid `name`, summarise it and set it beside the paper (model `family`: gpt2 or opt).
+def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
+    """Summarise grid `name`'s finished runs and set them beside the paper (model `family`: gpt2 or opt); trains
+    nothing (`run_grid` does).
 
     With `save`, the tables go to results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`:
     every number, tidy). Table 1's summary also holds the teacher and the untrained student.
@@ -573,7 +569,7 @@ def table_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tr
         The grid's TableReport; all seven frames are empty when the profile has no runs for the grid (nothing is saved
         then).
     """
-    runs = run_table(ws, name)
+    runs = grid_runs(ws, name)
     if runs.empty:
         return TableReport(*(pd.DataFrame() for _ in range(7)))
     rows = runs
@@ -647,7 +643,7 @@ def claims(ws: Workspace) -> pd.DataFrame:
 
 def _bars(name: str, dataset: str, title: str) -> Callable[[Workspace], Any]:
     def build(ws: Workspace) -> Any:
-        runs = run_table(ws, name)
+        runs = grid_runs(ws, name)
         if runs.empty:
             return None
         summary = tables.summary(runs)
@@ -693,8 +689,7 @@ FIGURES: dict[str, Callable[[Workspace], Any]] = {
 def figure(ws: Workspace, name: str) -> None:
     """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it.
 
-    A bar chart of a grid's results first runs whatever of the grid is not finished yet (`run_table`). When the profile
-    has nothing to draw (e.g. no true difficulty on real data), a note is printed instead.
+    A bar chart draws a grid's finished runs (`grid_runs`; `run_grid` trains them). When the profile has nothing to draw (e.g. no true difficulty on real data), a note is printed instead.
 
     Args:
         ws: the notebook's workspace.
@@ -716,7 +711,7 @@ def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
     """Per grid: how many paired differences the paper also prints, and in how many the sign agrees.
 
     Args:
-        reports: TableReports by grid name (`collect`, or `table_report` per grid).
+        reports: TableReports by grid name (`collect`, or `grid_report` per grid).
 
     Returns:
         One row per grid, with the columns grid, tables (its TABLE_FILES stem), compared_cells, same_direction and share
@@ -735,7 +730,7 @@ def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
 def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
     """Every table (beside the paper), results/<profile>/runs.csv and every figure of the collection.
 
-    Runs whatever of every grid is not finished yet and saves its tables (`table_report`), writes runs.csv
+    Runs whatever of every grid is not finished yet (`run_grid`) and saves its tables (`grid_report`), writes runs.csv
     (`runs_frame`) when a run has finished, and draws and saves every figure of FIGURES (`figure`).
 
     Args:
@@ -745,7 +740,10 @@ def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
     Returns:
         The TableReport of every grid, by grid name.
     """
-    reports = {name: table_report(ws, name, family) for name in GRIDS}
+    for name in GRIDS:
+        if specs_of(ws, name):
+            run_grid(ws, specs_of(ws, name))
+    reports = {name: grid_report(ws, name, family) for name in GRIDS}
     runs = runs_frame(ws)
     if len(runs):
         atomic_write_text(results_dir(ws.profile) / "runs.csv", runs.to_csv(index=False))

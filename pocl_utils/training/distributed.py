@@ -207,7 +207,7 @@ def _accelerator():
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")  # pocl's own autocast (models)
 
 
-def prepare_model(model: torch.nn.Module, compile: bool | None = None) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
     """Ready `model` for training on the launched processes, in place.
 
     FSDP2-sharded under an FSDP launch (`shard_model`), else wrapped by accelerate's `prepare` in DDP (gradients summed
@@ -217,15 +217,14 @@ def prepare_model(model: torch.nn.Module, compile: bool | None = None) -> torch.
 
     Args:
         model: the model to train.
-        compile: compile the blocks; None = as `models.policy_for` says for the model's device (POCL_COMPILE=1 on
-            CUDA).
+        compile: compile the blocks (`loop.run_steps` passes the policy's: the profile's `compile` on CUDA).
 
     Returns:
         The same model.
     """
     if world_size() == 1 or is_prepared(model):
         return model
-    if models.policy_for(next(model.parameters()).device).compile if compile is None else compile:
+    if compile:
         compile_blocks(model)
     if fsdp():
         return shard_model(model)

@@ -14,7 +14,7 @@ from ..data import Encoded, close_response
 from ..losses import kd_loss
 from ..modeling.models import Precision, freeze_teacher, precision_for
 from .batches import make_batch
-from .loop import GRAD_ACCUM_ENV, LossFn, grad_accum
+from .loop import LossFn
 from .step import TOKENS, live_teacher, step_loss
 from .teacher_cache import TeacherCache
 
@@ -32,6 +32,7 @@ class KDContext:
     max_new_tokens: int = 24
     beta: float | None = None
     precision: Precision | None = None  # None: `models.precision_for` the student's device (tests force the GPU's)
+    grad_accum: int = 1  # the profile's micro-batches per step, as given to `loop.run_steps`
 
 
 def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
@@ -55,14 +56,14 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
         A `loop.LossFn` for `loop.run_steps`.
 
     Raises:
-        ValueError: on-policy steps with alpha > 0 under gradient accumulation (`loop.grad_accum`).
+        ValueError: on-policy steps with alpha > 0 under gradient accumulation (`ctx.grad_accum` > 1).
     """
     device = next(student.parameters()).device
     precision = ctx.precision or precision_for(device)
-    if ctx.on_policy_frac > 0 and alpha > 0 and grad_accum() > 1:
+    if ctx.on_policy_frac > 0 and alpha > 0 and ctx.grad_accum > 1:
         raise ValueError(f"on-policy steps with alpha = {alpha} > 0 cannot be split into micro-batches "
-                         f"({GRAD_ACCUM_ENV}={grad_accum()}): their CE and KD terms average over different tokens; "
-                         f"unset {GRAD_ACCUM_ENV} or use alpha = 0 (POCL's and the baseline's GKD)")
+                         f"(grad_accum={ctx.grad_accum}): their CE and KD terms average over different tokens; "
+                         f"set grad_accum=1 or use alpha = 0 (POCL's and the baseline's GKD)")
     if ctx.teacher is not None:
         freeze_teacher(ctx.teacher, precision, cast=not distributed.is_sharded(ctx.teacher))  # FSDP keeps its dtypes
     teacher_rows = partial(live_teacher, ctx.teacher, precision=precision)
@@ -70,7 +71,7 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
     drawn: dict[int, list] = {}  # step -> [sampling seed or None (off-policy), its samples once drawn]
 
     def loss_fn(idx: list[int], step: int, whole: list[int]):
-        if step not in drawn:  # a step's micro-batches (`loop.grad_accum`) share its draws and samples
+        if step not in drawn:  # a step's micro-batches (`ctx.grad_accum`) share its draws and samples
             drawn.clear()
             on_policy = ctx.on_policy_frac > 0 and rng.random() < ctx.on_policy_frac
             drawn[step] = [int(rng.integers(2**31)) if on_policy else None, None]

@@ -3,7 +3,6 @@ step per process), the step budget, and SFT (cross-entropy on response tokens)."
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Callable
 
@@ -71,27 +70,10 @@ def bar_disabled() -> bool | None:
 
 
 LOG_EVERY_GPU = 16  # on a GPU the step's numbers are read back every this many steps (one host sync for all of them)
-GRAD_ACCUM_ENV = "POCL_GRAD_ACCUM"  # =k: each step's batch (each rank's slice) runs as k micro-batches
-
-
-def grad_accum() -> int:
-    """Micro-batches per optimizer step (POCL_GRAD_ACCUM, default 1): gradient accumulation, for a batch whose
-    activations do not fit at once. An execution setting, like the number of processes: the step is the same step (to
-    float rounding), so run keys do not name it.
-
-    Raises:
-        ValueError: POCL_GRAD_ACCUM is not a positive integer.
-    """
-    value = os.environ.get(GRAD_ACCUM_ENV, "").strip() or "1"
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{GRAD_ACCUM_ENV}={value!r}: expected a positive integer, the micro-batches per step")
-    return int(value)
-
-
 def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec: TrainSpec, *,
               on_step: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train",
               log_every: int | None = None, optimizer: tuple | None = None,
-              warmup: int | None = None) -> list[dict[str, float]]:
+              warmup: int | None = None, grad_accum: int = 1, compile: bool = False) -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; stops on a NaN/inf loss.
 
     Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
@@ -100,7 +82,7 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
     gradient), and the logged values are the global ones. The step equals, to float rounding, one process's step on
     the whole batch. With one process the loop is the plain one, bitwise.
 
-    With POCL_GRAD_ACCUM=k (`grad_accum`) each rank's slice of a step runs as k micro-batches (`_accumulated_step`):
+    With grad_accum=k each rank's slice of a step runs as k micro-batches (`_accumulated_step`):
     the gradients of their token-loss sums add up locally (summed over the ranks at the last one only), then are
     divided by the step's token count, which again gives the step's gradient to float rounding.
 
@@ -122,27 +104,32 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
         optimizer: an (optimizer, schedule) pair to continue (one schedule across several calls); None = a fresh
             `optimizer_for(model, spec, steps, warmup)`.
         warmup: the fresh schedule's warm-up steps; None = int(spec.warmup_frac * steps).
+        grad_accum: micro-batches per step (the profile's engine setting): gradient accumulation, for a batch whose
+            activations do not fit at once; the same step to float rounding, so run keys do not name it.
+        compile: launched on several processes, compile each transformer block (the profile's engine setting).
 
     Returns:
         The per-step log: one row of floats per step ("loss" and the loss function's parts).
 
     Raises:
         FloatingPointError: a non-finite loss, naming the step.
-        ValueError: on several processes, a loss function that does not report `TOKENS`.
+        ValueError: on several processes or with grad_accum > 1, a loss function that does not report `TOKENS`; a
+            grad_accum below 1.
     """
     from tqdm.auto import tqdm
-    distributed.prepare_model(model)  # FSDP-sharded or DDP-wrapped when launched; else unchanged
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"run_steps: grad_accum={grad_accum!r} must be a positive int, the micro-batches per step")
     device = next(model.parameters()).device
-    precision_for(device)  # enables TF32 on a GPU
+    precision = precision_for(device, compile)  # enables TF32 on a GPU; compiles on CUDA only
+    distributed.prepare_model(model, compile=precision.compile)  # FSDP-sharded or DDP-wrapped when launched
     opt, sched = optimizer or optimizer_for(model, spec, steps, warmup)
     model.train()
     log: list[dict[str, float]] = []
     pending: list[dict] = []
     every = log_every or (LOG_EVERY_GPU if device.type == "cuda" else 1)
-    micro = grad_accum()
     for step in tqdm(range(steps), desc=desc, leave=False, disable=bar_disabled(), mininterval=2.0):
         opt.zero_grad(set_to_none=True)
-        row = _backward(model, loss_fn, next(batches), step, micro)
+        row = _backward(model, loss_fn, next(batches), step, grad_accum)
         pending.append(row)
         if len(pending) >= every:
             _read_back(pending, log, desc)  # a non-finite loss raises here, before the update
@@ -175,16 +162,14 @@ def _backward(model: PreTrainedModel, loss_fn: LossFn, idx: list[int], step: int
     DDP's or FSDP's hooks); returns the step's log row."""
     if micro > 1:
         return _accumulated_step(model, loss_fn, idx, step, micro)
-    loss, row = _shard_loss(loss_fn, idx, step) if distributed.world_size() > 1 else _whole_loss(loss_fn, idx, step)
+    if distributed.world_size() > 1:
+        loss, row = _shard_loss(loss_fn, idx, step)
+    else:  # one process: the loss of the whole batch
+        loss, parts = loss_fn(idx, step, idx)
+        parts.pop(TOKENS, None)
+        row = {"loss": loss.detach(), **parts}
     loss.backward()
     return row
-
-
-def _whole_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """One process: the loss of the whole batch and its log row."""
-    loss, parts = loss_fn(idx, step, idx)
-    parts.pop(TOKENS, None)
-    return loss, {"loss": loss.detach(), **parts}
 
 
 def _local_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tensor, dict, float]:
@@ -195,7 +180,7 @@ def _local_loss(loss_fn: LossFn, idx: list[int], step: int) -> tuple[torch.Tenso
     # 0, so that every rank makes the same RNG draws (GKD's on-policy choice) and the same collective calls.
     loss, parts = loss_fn(mine or idx[:1], step, idx)
     if TOKENS not in parts:
-        raise ValueError(f"run_steps: on {distributed.world_size()} processes or with {GRAD_ACCUM_ENV} > 1 a loss "
+        raise ValueError(f"run_steps: on {distributed.world_size()} processes or with grad_accum > 1 a loss "
                          f"function must report parts[{TOKENS!r}], the number of tokens its mean is over (as step_loss "
                          f"does)")
     counted = float(parts.pop(TOKENS))
@@ -254,7 +239,8 @@ def total_steps(n_examples: int, spec: TrainSpec) -> int:
 
 
 def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: TrainSpec, *, seed: int = 0,
-        steps: int | None = None, desc: str = "sft") -> list[dict[str, float]]:
+        steps: int | None = None, desc: str = "sft", grad_accum: int = 1,
+        compile: bool = False) -> list[dict[str, float]]:
     """Supervised fine-tuning on (prompt, response) pairs: CE on response tokens.
 
     Args:
@@ -265,6 +251,7 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
         seed: the seed of the batch draws and of torch.
         steps: optimizer steps; None = `total_steps(len(encoded), spec)`.
         desc: the progress bar's label.
+        grad_accum, compile: the profile's engine settings (`run_steps`; compile: on CUDA the step forward too).
 
     Returns:
         The per-step log (`run_steps`).
@@ -273,9 +260,11 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     batches = batch_stream(np.arange(len(encoded)), encoded, spec.batch_size, rng, device)
+    precision = precision_for(device, compile)
 
     def loss_fn(idx: list[int], step: int, batch: list[int]):
         return step_loss(model, make_batch([encoded[i] for i in idx], pad_id).to(device), None, kind=None, tau=1.0,
-                         alpha=1.0)
+                         alpha=1.0, precision=precision)
 
-    return run_steps(model, loss_fn, batches, steps or total_steps(len(encoded), spec), spec, desc=desc)
+    return run_steps(model, loss_fn, batches, steps or total_steps(len(encoded), spec), spec, desc=desc,
+                     grad_accum=grad_accum, compile=compile)
