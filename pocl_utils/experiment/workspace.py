@@ -195,11 +195,13 @@ class Workspace:
             The registry record (config, "metrics" = compute()'s output, timing and provenance), as read back from disk.
         """
         dev = distributed.device()
-        key = config_hash({"name": name, "params": params, "prep": self.step_keys(), "precision": precision(dev, self.profile.compile)})
+        key = config_hash({"name": name, "params": params, "prep": self.step_keys(),
+                           "precision": precision(dev, self.profile.compile)})
         reg = self.registry
         if not reg.done(kind, key):
             t0 = time.time()
-            reg.save(kind, key, {"name": name, **params, **environment(dev, **self.profile.engine())}, compute(), time.time() - t0)
+            config = {"name": name, **params, **environment(dev, **self.profile.engine())}
+            reg.save(kind, key, config, compute(), time.time() - t0)
         return reg.load(kind, key)
 
     @cached_property

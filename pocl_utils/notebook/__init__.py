@@ -689,7 +689,8 @@ FIGURES: dict[str, Callable[[Workspace], Any]] = {
 def figure(ws: Workspace, name: str) -> None:
     """Draw the named figure (see FIGURES), save it to figures/<profile>/<name>.{png,pdf}, show it and close it.
 
-    A bar chart draws a grid's finished runs (`grid_runs`; `run_grid` trains them). When the profile has nothing to draw (e.g. no true difficulty on real data), a note is printed instead.
+    A bar chart draws a grid's finished runs (`grid_runs`; `run_grid` trains them). When the profile has nothing to
+    draw (e.g. no true difficulty on real data), a note is printed instead.
 
     Args:
         ws: the notebook's workspace.
