@@ -54,7 +54,7 @@ def _targets(module: str, is_package: bool, node: ast.ImportFrom | ast.Import,
 def _imports() -> dict[str, list[tuple[str, list[str]]]]:
     """module -> [(imported package module, imported names)], from every import of the package anywhere in the file
     (inside functions too: an import placed there still makes a cycle), relative or absolute. Importing a module also
-    runs its packages' __init__.py, so those count as imported too."""
+    runs its packages' __init__.py, so those count as imported too (except the importing module's own packages)."""
     modules = _modules()
     out = {}
     for module, path in modules.items():
@@ -63,7 +63,9 @@ def _imports() -> dict[str, list[tuple[str, list[str]]]]:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 found += _targets(module, path.name == "__init__.py", node, set(modules))
         parents = [(".".join(t.split(".")[:i]), []) for t, _ in found for i in range(2, t.count(".") + 1)]
-        out[module] = found + [p for p in parents if p[0] in modules and p[0] != module]
+        # a module's own packages ran before it, so importing a sibling adds no edge to them
+        out[module] = found + [p for p in parents if p[0] in modules and p[0] != module
+                               and not module.startswith(f"{p[0]}.")]
     return out
 
 
@@ -112,7 +114,9 @@ def test_the_graph_sees_every_module_and_both_import_styles():
             "pocl_utils.modeling.generate", "pocl_utils.notebook.lab"} <= set(imports)
     assert "pocl_utils.training.distributed" in _imported("pocl_utils.experiment.runner")  # from ..training import x
     assert "pocl_utils.modeling.generate" in _imported("pocl_utils.difficulty")  # from .modeling.generate import (...)
-    assert "pocl_utils.notebook" in _imported("pocl_utils.notebook.reproduce")  # .lab runs notebook/__init__.py
+    assert "pocl_utils.modeling" in _imported("pocl_utils.difficulty")  # .modeling.generate runs its __init__.py
+    # a sibling's import runs no __init__.py again: notebook/__init__.py re-exports its modules without a cycle
+    assert "pocl_utils.notebook" not in _imported("pocl_utils.notebook.grids")
 
 
 def test_no_import_cycles():

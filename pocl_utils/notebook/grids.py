@@ -1,0 +1,230 @@
+"""The grids of runs behind the paper's tables: which runs a profile has (`specs_of`), training them (`run_grid`), and
+their reports beside the paper (`grid_report`), the runs' frame, the claims, the agreement with the paper and the
+premises."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import findings, paper, tables
+from ..experiment import pool, runner, scoring
+from ..experiment.config import RunSpec, baseline
+from ..experiment.experiments import GRIDS, grid, n_seeds_for
+from ..experiment.workspace import Workspace
+from .display import save_table
+from .views import ranking_table
+
+
+# Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
+TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
+               "order": "table7_order", "temperature": "table8_temperature", "ratio": "table9_ratio",
+               "subsets": "beyond_n_subsets"}
+
+
+def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
+    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS: table1, ranking, adaptive, order, temperature, ratio or subsets.
+
+    Returns:
+        The grid's RunSpecs at the profile's seed count and grid size (the order grid adds the true-difficulty control
+        on generated worlds); [] for any grid but table1 under a 'table1' profile.
+
+    Raises:
+        ValueError: an unknown grid name (from experiments.grid).
+    """
+    p = ws.profile
+    if p.grid == "table1" and name != "table1":
+        return []
+    return grid(name, n_seeds_for(p, name), p.grid, oracle=p.data == "world")
+
+
+def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
+    """(spec, record) of the finished runs of one grid (nothing is trained).
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS.
+
+    Returns:
+        (RunSpec, record) pairs of the grid's finished runs, in the grid's order; a record is a dict with the run's key,
+        config, metrics, wall time (wall_s) and git commit.
+    """
+    return runner.records_for(ws, specs_of(ws, name))
+
+
+run_grid = pool.run_grid  # run_grid(ws, specs): train every spec not finished yet (a notebook cell's one call to it)
+
+
+def grid_runs(ws: Workspace, name: str) -> pd.DataFrame:
+    """The finished runs of grid `name` as tables.tidy's frame (one row per run and eval set: method, variant, seed,
+    dataset, rouge_l, sampling_std, run_key, wall_s, git_commit); nothing is trained. Empty, with a printed note, when
+    the profile has no runs for the grid."""
+    specs = specs_of(ws, name)
+    if not specs:
+        print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
+        return pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
+    return tables.tidy(runner.records_for(ws, specs))
+
+
+@dataclass
+class TableReport:
+    """Everything one grid produces: the tidy runs, their summary (mean ± CI) as a table, the paired differences to
+    the baseline beside the paper's (long and wide), and our numbers beside the paper's (long and wide)."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    wide: pd.DataFrame
+    comparison: pd.DataFrame
+    paired_wide: pd.DataFrame
+    beside: pd.DataFrame
+    beside_wide: pd.DataFrame
+
+
+def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
+    """Summarise grid `name`'s finished runs and set them beside the paper (model `family`: gpt2 or opt); trains
+    nothing (`run_grid` does).
+
+    With `save`, the tables go to results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`:
+    every number, tidy). Table 1's summary also holds the teacher and the untrained student.
+
+    Args:
+        ws: the notebook's workspace.
+        name: the grid, a key of GRIDS (and of TABLE_FILES).
+        family: the paper's model family to compare with: "gpt2" or "opt".
+        save: whether to write the four tables.
+
+    Returns:
+        The grid's TableReport; all seven frames are empty when the profile has no runs for the grid (nothing is saved
+        then).
+    """
+    runs = grid_runs(ws, name)
+    if runs.empty:
+        return TableReport(*(pd.DataFrame() for _ in range(7)))
+    rows = runs
+    if name == "table1":  # Table 1 prints the teacher; the untrained student shows what KD adds
+        rows = pd.concat([tables.reference_tidy(scoring.reference_scores(ws)), runs], ignore_index=True)
+    summary = tables.summary(rows)
+    comparison = paper.paper_comparison(runs, name, family)
+    beside = paper.beside_paper(summary, comparison, name, family)
+    out = TableReport(runs, summary, tables.wide(summary), comparison, paper.paired_wide(comparison), beside,
+                      paper.beside_wide(beside))
+    if save:
+        stem = TABLE_FILES[name]
+        for suffix, df in (("ours", out.wide), ("paired", out.paired_wide), ("vs_paper", out.beside_wide),
+                           ("long", beside)):
+            save_table(ws, df, f"{stem}_{suffix}")
+    return out
+
+
+ENVIRONMENT = ("device", "device_name", "precision", "torch", "transformers")  # provenance.environment's fields
+
+
+def runs_frame(ws: Workspace) -> pd.DataFrame:
+    """Every finished run of every grid, tidy, with its spec, config hash and what it ran on.
+
+    One row per grid, run and eval set, with its spec, config hash (run_key), git commit, wall time and what it ran on
+    (device, precision policy, torch/transformers versions). A run shared by two tables appears under both, with the
+    same run_key. Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        A DataFrame with tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n,
+        alpha_0, alpha_n, device, device_name, precision, torch, transformers and grid; empty when no run has finished.
+    """
+    parts = []
+    for name in GRIDS:
+        recs = records(ws, name)
+        if not recs:
+            continue
+        specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
+                               "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
+                               "alpha_n": s.alpha[1], **{k: rec["config"].get(k) for k in ENVIRONMENT}}
+                              for s, rec in recs]).drop_duplicates("run_key")
+        greedy = tables.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(["run_key", "dataset"])
+        frame = tables.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
+                                        on=["run_key", "dataset"])
+        parts.append(frame.merge(specs, on="run_key").assign(grid=name))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def claims(ws: Workspace) -> pd.DataFrame:
+    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding.
+
+    Each claim is judged from the finished runs of every grid (a run shared by two grids under one label counts once),
+    once per protocol (column `protocol`). Nothing is trained.
+
+    Args:
+        ws: the notebook's workspace.
+
+    Returns:
+        findings.claim_table's rows (one per comparison of every claim: claim, paper_says, comparison, ours_diff, ci95,
+        n_seeds, p_value, p_holm, verdict, excludes, paper_diff) with the column protocol ("sampled" or "greedy"); empty
+        when no run has finished.
+    """
+    return findings.claims_by_protocol([rec for name in GRIDS for rec in records(ws, name)])
+
+
+def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
+    """Per grid: how many paired differences the paper also prints, and in how many the sign agrees.
+
+    Args:
+        reports: TableReports by grid name (`collect`, or `grid_report` per grid).
+
+    Returns:
+        One row per grid, with the columns grid, tables (its TABLE_FILES stem), compared_cells, same_direction and share
+        (same_direction / compared_cells; NaN when nothing was compared).
+    """
+    rows = []
+    for name, rep in reports.items():
+        flags = rep.comparison["direction_agrees"] if len(rep.comparison) else pd.Series(dtype=str)
+        compared = int((flags != "").sum())
+        rows.append({"grid": name, "tables": TABLE_FILES[name], "compared_cells": compared,
+                     "same_direction": int((flags == "yes").sum()),
+                     "share": (flags == "yes").sum() / compared if compared else np.nan})
+    return pd.DataFrame(rows)
+
+
+def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
+    """POCL's premises in this workspace (pocl_utils.analysis.premises), saved as results/<profile>/premises.{csv,md}.
+
+    P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on the
+    eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the true
+    difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside the
+    paper's gain scaled to our teacher - SFT gap.
+
+    Args:
+        ws: the notebook's workspace.
+        with_power: add P3's rows (needs Table 1's finished runs).
+
+    Returns:
+        One row per premise check, with the columns premise, value, threshold and holds.
+    """
+    from ..analysis import premises
+    from ..experiment.experiments import KD_METHODS
+    p = ws.profile
+    sft_specs = [baseline("SFT", s) for s in range(n_seeds_for(p, "table1"))]
+    pool.run_grid(ws, sft_specs)
+    sft = tables.with_average(tables.tidy(runner.records_for(ws, sft_specs))).groupby("dataset").rouge_l.mean()
+    teacher = {k: v["mean"] for k, v in scoring.reference_score(ws, "Teacher")["metrics"]["eval"].items()}
+    evals = {role: [ws.sets[role][e.index] for e in scoring.eval_data(ws, role, p.eval_max_examples)[0]]
+             for role in teacher}
+    rows = premises.teacher_rows(teacher, sft.to_dict(), premises.rule_scores(evals, ws.sets["train"]))
+    frame = ranking_table(ws)
+    if frame["true_difficulty"].isna().any():
+        rows += premises.measurer_rows(frame.rouge_l, frame.fused, None)
+    else:
+        rows += premises.measurer_rows(frame.rouge_l, frame.fused, frame.true_difficulty.to_numpy())
+    if with_power:
+        runs = tables.with_average(tables.tidy(records(ws, "table1")))
+        rows += premises.table1_power_rows(runs, float(np.mean(list(teacher.values()))), float(sft["Avg"]),
+                                           n_seeds_for(p, "table1"), KD_METHODS)
+    table = premises.premises_table(rows)
+    save_table(ws, table, "premises")
+    return table
