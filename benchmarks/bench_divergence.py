@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import ROOT, default_out, meta
+from benchlib import ROOT, default_out, meta, repo_relative
 
 VARIANTS = ("naive", "chunked", "naive_linear", "fused")
 BASELINE = {"chunked": "naive", "fused": "naive_linear"}  # what each memory-saving variant is compared with
@@ -231,7 +231,7 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"bench": "divergence", "meta": meta(args.quick), "config": config, "machine": machine,
               "logits_bytes": logits_bytes, "results": results}
-    out.write_text(json.dumps(record, indent=2))
+    out.write_text(json.dumps(repo_relative(record), indent=2))
     print(f"wrote {out}")
 
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchlib import LAPTOP_ROOT, SMOLLM2_FOLDER, default_out, meta  # noqa: E402
+from benchlib import LAPTOP_ROOT, SMOLLM2_FOLDER, default_out, meta, repo_relative  # noqa: E402
 from pocl_utils.data import Encoded  # noqa: E402
 from pocl_utils.difficulty import greedy_outputs_and_ce, greedy_outputs_and_ce_naive  # noqa: E402
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(n={args.n}, {report['params']} params, {args.device}, outputs identical, max CE diff {ce_err:.1e})")
     out = Path(args.out or default_out("ranking", args.quick))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(repo_relative(report), indent=2) + "\n")
     return report
 
 

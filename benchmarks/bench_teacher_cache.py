@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import default_out, laptop_available, meta, workspace
+from benchlib import default_out, laptop_available, meta, repo_relative, workspace
 
 from pocl_utils.experiment.config import get_profile
 from pocl_utils.experiment.pipeline import prepare
@@ -69,8 +69,9 @@ def main() -> None:
               f"max |loss diff| {max_diff:.2e}", flush=True)
     out = Path(args.out or default_out("teacher_cache", args.quick))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bench": "teacher_cache", "meta": meta(args.quick, steps=args.steps), "profile": args.profile, "threads": args.threads, "torch": torch.__version__,
-                               "rows": rows}, indent=1) + "\n")
+    record = {"bench": "teacher_cache", "meta": meta(args.quick, steps=args.steps), "profile": args.profile,
+              "threads": args.threads, "torch": torch.__version__, "rows": rows}
+    out.write_text(json.dumps(repo_relative(record), indent=1) + "\n")
 
 
 if __name__ == "__main__":

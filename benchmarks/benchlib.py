@@ -82,9 +82,22 @@ def meta(quick: bool, **config: Any) -> dict[str, Any]:
             "config": config}
 
 
+def repo_relative(obj: Any) -> Any:
+    """`obj` with every string that is a path inside the repository made relative to its root ("." for the root), in
+    dicts and lists at any depth: committed records must not name the machine they ran on."""
+    if isinstance(obj, dict):
+        return {k: repo_relative(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [repo_relative(v) for v in obj]
+    if isinstance(obj, str) and (obj == str(ROOT) or obj.startswith(f"{ROOT}/")):
+        return Path(obj).relative_to(ROOT).as_posix() or "."
+    return obj
+
+
 def write_json(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write a benchmark record (paths inside the repository made relative, `repo_relative`) atomically."""
     from pocl_utils.experiment.results import atomic_write_json
-    atomic_write_json(Path(path), record)
+    atomic_write_json(Path(path), repo_relative(record))
     print(f"wrote {path}")
     return Path(path)
 

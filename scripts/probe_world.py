@@ -4,7 +4,7 @@
         [--overrides '{"teacher.n_embd": 192}'] [--sft] [--kd-seeds 5 --out DIR]
 
 Prepares data, tokenizer, teacher and student (warm start) for the profile in a private runs folder (default
-/tmp/pocl-probes/<name>), then prints: the rules' and the teacher's scores per eval set, the measurer's Spearman
+<the system's temp folder>/pocl-probes/<name>), then prints: the rules' and the teacher's scores per eval set, the measurer's Spearman
 and zero share, greedy ROUGE-L per training family for the teacher and the warm-started student, and with --sft
 the SFT student (one seed) and the P1 rows. This is how the laptop world was chosen.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--sft", action="store_true", help="also train and evaluate the SFT student (seed 0)")
     ap.add_argument("--kd-seeds", type=int, default=0, help="also train the KD mini-grid with this many seeds")
     ap.add_argument("--out", type=Path, help="folder for the mini-grid's claims table (probe_claims.{csv,md})")
-    ap.add_argument("--root", default="/tmp/pocl-probes")
+    ap.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "pocl-probes"))
     ap.add_argument("--world-name", default="", help="name of the world preset (default probe-<name>); probes that "
                     "share it and the teacher's settings can reuse a copied teacher folder")
     a = ap.parse_args()

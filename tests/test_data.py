@@ -1,7 +1,7 @@
 """Tests for pocl_utils.data: loading and validation, the real data, GPT-2 counting, the Dolly hub loader,
 tokenization, batching and the data card.
 
-Tests that need the real data (/work/shared/data, or $POCL_DATA_DIR) or the GPT-2 ranks file skip when it is
+Tests that need the real data ($POCL_DATA_DIR) or the GPT-2 ranks file skip when it is
 absent, unless CI=true, where they fail.
 """
 from __future__ import annotations

