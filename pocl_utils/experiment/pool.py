@@ -44,8 +44,6 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
     worker, the specs run one after the other in this process.
 
     Args:
-        ws: the prepared workspace.
-        specs: the runs of the grid.
         workers: worker processes; None = the profile's `workers`. Never more than the runs left to do.
         log: called with one line per finished run and one summary line before.
 

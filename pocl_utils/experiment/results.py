@@ -35,7 +35,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
     Args:
         path: the file, replaced if it exists.
-        obj: the value to write.
 
     Raises:
         TypeError: a value JSON cannot write and the converter does not know.
@@ -68,9 +67,6 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     Only changes to tracked files outside GENERATED_OUTPUTS count, so a run made while published tables or figures
     await their commit still records the clean commit. 'unknown' when git fails, is missing, or takes over 10 s.
 
-    Args:
-        root: the repository's folder.
-
     Returns:
         "<sha>", "<sha>+dirty" or "unknown".
     """
@@ -102,7 +98,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
 
         Returns:
             The folder's path; it may not exist yet.
@@ -114,7 +109,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
 
         Returns:
             The file's path; it exists once the run is finished.
@@ -126,7 +120,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
 
         Returns:
             True when its record is on disk.
@@ -138,7 +131,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
 
         Returns:
             The record as `save` wrote it (kind, key, config, metrics, wall_s, git_commit, host, pid, finished_at).
@@ -154,7 +146,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
             config: what the run was (JSON-able).
             metrics: its results (JSON-able).
             wall_s: its wall-clock time in seconds (rounded to ms).
@@ -194,7 +185,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
 
         Yields:
             True while this process holds the claim (released when the block ends), False if another process holds it.
@@ -218,7 +208,6 @@ class Registry:
 
         Args:
             kind: the kind of artefact, a folder under the root (e.g. "runs").
-            key: the run's config hash.
         """
         line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}) + "\n"
         with open(self.run_dir(kind, key) / "attempts.log", "a", encoding="utf-8") as f:

@@ -35,8 +35,6 @@ def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     stand in for each other.
 
     Args:
-        ws: the prepared workspace.
-        spec: the run.
         device: the device the run trains on; None = this process's (`distributed.device()`).
 
     Returns:
@@ -64,8 +62,6 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
     score is evaluated (`scoring.scores`), and its stage checkpoints are removed once the record is written.
 
     Args:
-        ws: the prepared workspace.
-        spec: the run.
         device: the device to train and evaluate on.
 
     Returns:
@@ -129,10 +125,6 @@ def _train_dir(reg, key: str) -> Path:
 
 def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict[str, Any]]]:
     """(spec, record) pairs of the finished runs among `specs`; the spec carries the table's row label.
-
-    Args:
-        ws: the prepared workspace.
-        specs: the runs to look up.
 
     Returns:
         The (spec, registry record) pairs of the finished ones, in the order of `specs`.

@@ -42,11 +42,7 @@ def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
 
     Args:
         ws: the prepared workspace (profile, ranking).
-        spec: the run.
         encoded: the training examples the stages index (the KD context's).
-
-    Returns:
-        The stages, in training order.
     """
     p = ws.profile
     protocol = protocol_of(p)
@@ -91,7 +87,6 @@ def check_points(stages: list[Stage], n_checks: int, points: str = "stage-ends")
     ending at the last step.
 
     Args:
-        stages: the run's stages.
         n_checks: validation points ("even"; or of a single-stage run under "stage-ends").
         points: "stage-ends" or "even".
 
@@ -123,12 +118,7 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
     (GKD, with `on_policy_frac` = the profile's gkd_lambda) or when the profile has no cache ("live").
 
     Args:
-        ws: the prepared workspace.
-        spec: the run.
         device: where the live teacher is loaded.
-
-    Returns:
-        The KDContext.
     """
     p = ws.profile
     if spec.method == "SeqKD":
@@ -158,10 +148,7 @@ def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
     `run_dir/best.safetensors`.
 
     Args:
-        ws: the prepared workspace.
-        spec: the run.
         run_dir: the folder of the run's checkpoints and progress.json (resumed from if present).
-        device: the device to train on.
         validate: the validation values of the student, {"rouge_l": ...} or {"loss": ...} (`scoring.selection_values`).
 
     Returns:

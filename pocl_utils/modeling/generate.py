@@ -11,11 +11,9 @@ prompt with the same key gives the same tokens whatever batch it sits in, whatev
 Two backends return the same tokens on the CPU (tests/test_generate.py): "pocl", this module's loop (the default), and
 "transformers", transformers' `model.generate` with the n-gram ban and the Gumbel noise as LogitsProcessors
 (`NgramBan`, `GumbelNoise`; greedy argmax over the noised scores is the sample). Ours stays the default because it is
-faster where pocl decodes: with the laptop student's shape on a shared 2-core CPU (1 thread), transformers' generate
-took 1.09-1.16x our loop's time in the difficulty measurer's greedy pass, plain greedy and evaluation's sampling
-(benchmarks/bench_generate.py; the committed run in benchmarks/RESULTS.md, "Decoding backends"; three repeats gave
-1.08-1.26x). The models are small, so each step's fixed overhead counts, and generate's general machinery adds to it;
-our loop also drops finished rows from the batch (not exercised there: random students never stop).
+faster where pocl decodes (small models, where each step's fixed overhead counts and generate's general machinery adds
+to it; our loop also drops finished rows from the batch): benchmarks/bench_generate.py measures both, and
+benchmarks/RESULTS.md ("Decoding backends") holds the committed run.
 On a GPU, benchmarks/gpu/check.py part (b) reports both backends side by side.
 """
 from __future__ import annotations
@@ -101,22 +99,12 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's (first) parameters.
-
-    Args:
-        model: the model.
-
-    Returns:
-        Its device.
-    """
+    """The device of the model's (first) parameters."""
     return next(model.parameters()).device
 
 
 def max_positions(model: torch.nn.Module) -> int | None:
     """Longest sequence the model's position embeddings allow (GPT-2 n_positions, Llama max_position_embeddings).
-
-    Args:
-        model: a causal LM.
 
     Returns:
         The number of positions, or None when the config does not say.
@@ -209,10 +197,8 @@ def counter_uniform(seed: int, keys: torch.Tensor, step: int, vocab_size: int) -
     came before.
 
     Args:
-        seed: the sampling seed.
         keys: [B] int64 names of the sequences (taken mod 2**32).
         step: the index of the token being drawn.
-        vocab_size: V.
 
     Returns:
         Noise [B, V] float64, strictly inside (0, 1).
@@ -254,7 +240,6 @@ def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Ten
         history: [B, L] prompt + generated tokens, -1 on pads (the n-gram ban's).
         keys: [B] int64 names of the sequences for the sampling noise.
         step: the index of the token being drawn.
-        sampling: the decoding settings.
 
     Returns:
         Token ids [B].
@@ -280,10 +265,6 @@ def with_cache(model: torch.nn.Module, cache: object) -> dict[str, object]:
     transformers 5.25 renamed `past_key_values` to `cache` (the old name is deprecated, to be removed from forward in
     5.40); earlier versions know only `past_key_values`.
 
-    Args:
-        model: a causal LM.
-        cache: its KV cache.
-
     Returns:
         {name: cache}, with the name this model's forward takes.
     """
@@ -295,9 +276,6 @@ def kv_cache(out: dict) -> object:
 
     Args:
         out: the model's output, computed with use_cache=True.
-
-    Returns:
-        The cache.
     """
     return out["cache"] if "cache" in out else out["past_key_values"]
 
@@ -334,9 +312,7 @@ def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.
         history: [B, P] the prompts with -1 on pads.
         keys: [B] int64 names of the sequences for the sampling noise.
         eos_id: the token that ends a sequence.
-        pad_id: the padding token id.
         max_new_tokens: the most new tokens per row.
-        sampling: the decoding settings.
 
     Returns:
         The new tokens per row, in the batch's order.
@@ -376,7 +352,6 @@ class NgramBan(LogitsProcessor):
     transformers' own NoRepeatNGramLogitsProcessor loops over rows in Python and counts pads as tokens.
 
     Args:
-        n: the n-gram size.
         prompt_mask: [B, P] the left-padded prompts' mask, 1 on real tokens.
     """
 
@@ -436,10 +411,6 @@ def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: to
 def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
     """Drop the first EOS and everything after it.
 
-    Args:
-        seqs: token lists.
-        eos_id: the EOS token id.
-
     Returns:
         The lists cut before their first EOS (unchanged where there is none).
     """
@@ -448,9 +419,6 @@ def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
 
 def check_backend(backend: str) -> None:
     """A clear error for a backend that is not one of `BACKENDS`.
-
-    Args:
-        backend: the backend's name.
 
     Raises:
         ValueError: naming the valid backends.
@@ -463,7 +431,6 @@ def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, limit: int |
     """Clear errors for empty prompts and prompts too long for the model's position embeddings.
 
     Args:
-        prompt_ids: the prompts' token lists.
         max_new_tokens: the most new tokens per prompt, >= 0.
         limit: the model's number of positions; None = unlimited.
 
@@ -547,10 +514,6 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int
 
 def decode(tokenizer, ids_list: list[list[int]]) -> list[str]:
     """Token ids to text, special tokens dropped (as MiniLLM decodes responses for ROUGE-L).
-
-    Args:
-        tokenizer: the tokenizer.
-        ids_list: token lists.
 
     Returns:
         One string per list.

@@ -28,9 +28,6 @@ def pick_device(prefer: str = "auto") -> torch.device:
 
     Args:
         prefer: "auto", or a device name such as "cpu" or "cuda:1".
-
-    Returns:
-        The device.
     """
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,7 +67,6 @@ def policy_for(device: torch.device | str, compile: bool = False) -> Precision:
     means, for one process, the student's whole step forward compiled (`compiled_inputs`); launched on several
     processes, where DDP wraps the step forward and FSDP keeps it unfused, each transformer block compiled
     (`distributed.prepare_model`, `distributed.compile_blocks`).
-
     """
     if torch.device(device).type == "cuda":
         return replace(GPU_PRECISION, compile=bool(compile))
@@ -90,9 +86,6 @@ def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
 
     `fused_inputs` is the student's step forward: transformer + hidden states at the targets + LM head; compiled with
     dynamic shapes, since batches change length.
-
-    Args:
-        model: the student.
 
     Returns:
         The compiled function of (input_ids, attention_mask, keep).
@@ -126,7 +119,6 @@ def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None,
     With bf16 on a GPU there is then no per-forward cast of fp32 weights; on the CPU nothing changes.
 
     Args:
-        teacher: the teacher model.
         precision: the policy; None = `precision_for` the teacher's device.
         cast: False keeps its dtypes (an FSDP-sharded teacher, whose parameters FSDP manages).
 
@@ -147,9 +139,7 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
 
     Args:
         spec: the architecture and its sizes (arch, n_layer, n_embd, n_head).
-        vocab_size: V.
         n_positions: the longest sequence the model takes.
-        seed: the seed of the initialisation.
         eos_id: the BOS, EOS and pad token id of the config.
 
     Returns:
@@ -173,14 +163,7 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
 
 
 def n_params(model: torch.nn.Module) -> int:
-    """The number of parameters of `model` (tied ones counted once).
-
-    Args:
-        model: the model.
-
-    Returns:
-        The count.
-    """
+    """The number of parameters of `model` (tied ones counted once)."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -224,10 +207,6 @@ def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
     Inside a prepared step it names the step's folder, whose deletion rebuilds the step (deleting the file alone does
     not rebuild a step finished before STEP.json listed its files).
 
-    Args:
-        path: the unreadable file.
-        err: the error reading it raised.
-
     Returns:
         The CheckpointError (to raise).
     """
@@ -244,10 +223,6 @@ def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype
     Args:
         path: a hub id or a local folder.
         gguf_file: the GGUF file inside `path`, or "" for none.
-        dtype: the dtype of the weights.
-
-    Returns:
-        The model.
 
     Raises:
         CheckpointError: a weights file that exists but is truncated or corrupt, naming it.
@@ -273,9 +248,6 @@ def load_tokenizer(path: str | Path, *, gguf_file: str = ""):
     Args:
         path: a hub id or a local folder.
         gguf_file: the GGUF file inside `path`, or "" for none.
-
-    Returns:
-        The tokenizer.
 
     Raises:
         FileNotFoundError: the tokenizer cannot be found, with what each profile needs.
@@ -325,9 +297,6 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTraine
         path: a folder written by `save_checkpoint`.
         device: the device to put the model on.
 
-    Returns:
-        The model.
-
     Raises:
         CheckpointError: a truncated or corrupt weights file, naming it.
         FileNotFoundError: no loadable model at `path`.
@@ -363,7 +332,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
     Args:
         model: the model; the weights go to its device.
-        path: the .safetensors file.
 
     Raises:
         CheckpointError: the file is unreadable (truncated or corrupt), naming it.
@@ -378,9 +346,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a `save_weights` file, on the CPU (tied tensors stored once).
-
-    Args:
-        path: the .safetensors file.
 
     Returns:
         Name -> tensor.

@@ -27,7 +27,6 @@ def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
     shows "*(no rows for this profile)*".
 
     Args:
-        df: the table.
         floatfmt: the format of float cells, as in DataFrame.to_markdown.
     """
     if df is None or len(df) == 0:
@@ -52,11 +51,6 @@ def save_table(ws: Workspace, df: pd.DataFrame, name: str) -> Path:
 
     Args:
         ws: the notebook's workspace (its profile names the folder).
-        df: the table.
-        name: the files' name, without extension.
-
-    Returns:
-        The CSV file's path.
     """
     return tables.save_table(df, name, results_dir(ws.profile))
 
@@ -66,11 +60,6 @@ def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
 
     Args:
         ws: the notebook's workspace (its profile names the folder).
-        fig: a matplotlib Figure.
-        name: the files' name, without extension.
-
-    Returns:
-        The PNG file's path.
     """
     import matplotlib.pyplot as plt
     path = figures.save_figure(fig, name, figures_dir(ws.profile))

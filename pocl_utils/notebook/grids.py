@@ -27,7 +27,6 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
     """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only.
 
     Args:
-        ws: the notebook's workspace.
         name: the grid, a key of GRIDS: table1, ranking, adaptive, order, temperature, ratio or subsets.
 
     Returns:
@@ -47,7 +46,6 @@ def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
     """(spec, record) of the finished runs of one grid (nothing is trained).
 
     Args:
-        ws: the notebook's workspace.
         name: the grid, a key of GRIDS.
 
     Returns:
@@ -93,7 +91,6 @@ def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tru
     every number, tidy). Table 1's summary also holds the teacher and the untrained student.
 
     Args:
-        ws: the notebook's workspace.
         name: the grid, a key of GRIDS (and of TABLE_FILES).
         family: the paper's model family to compare with: "gpt2" or "opt".
         save: whether to write the four tables.
@@ -131,9 +128,6 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
     (device, precision policy, torch/transformers versions). A run shared by two tables appears under both, with the
     same run_key. Nothing is trained.
 
-    Args:
-        ws: the notebook's workspace.
-
     Returns:
         A DataFrame with tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n,
         alpha_0, alpha_n, device, device_name, precision, torch, transformers and grid; empty when no run has finished.
@@ -159,9 +153,6 @@ def claims(ws: Workspace) -> pd.DataFrame:
 
     Each claim is judged from the finished runs of every grid (a run shared by two grids under one label counts once),
     once per protocol (column `protocol`). Nothing is trained.
-
-    Args:
-        ws: the notebook's workspace.
 
     Returns:
         findings.claim_table's rows (one per comparison of every claim: claim, paper_says, comparison, ours_diff, ci95,
@@ -200,7 +191,6 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     paper's gain scaled to our teacher - SFT gap.
 
     Args:
-        ws: the notebook's workspace.
         with_power: add P3's rows (needs Table 1's finished runs).
 
     Returns:

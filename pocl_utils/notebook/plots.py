@@ -71,7 +71,6 @@ def figure(ws: Workspace, name: str) -> None:
     draw (e.g. no true difficulty on real data), a note is printed instead.
 
     Args:
-        ws: the notebook's workspace.
         name: the figure, a key of FIGURES.
 
     Raises:
@@ -93,7 +92,6 @@ def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
     (`runs_frame`) when a run has finished, and draws and saves every figure of FIGURES (`figure`).
 
     Args:
-        ws: the notebook's workspace.
         family: the paper's model family to compare with: "gpt2" or "opt".
 
     Returns:

@@ -16,9 +16,6 @@ from .session import model_text
 def examples_frame(ws: Workspace) -> pd.DataFrame:
     """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long).
 
-    Args:
-        ws: the notebook's workspace.
-
     Returns:
         A DataFrame with the columns role, family ("-" when the row has none), level and difficulty (NaN when the row
         has none), prompt_tokens and response_tokens (without EOS; NaN if dropped as too long) and kept (whether the
@@ -39,7 +36,6 @@ def sample_rows(ws: Workspace, n: int) -> pd.DataFrame:
     """The first n rows of every role (instruction, input, reference output, family, level, difficulty).
 
     Args:
-        ws: the notebook's workspace.
         n: the number of rows per role.
 
     Returns:
@@ -57,9 +53,7 @@ def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
     Both models run on the CPU, up to the profile's max_new_tokens.
 
     Args:
-        ws: the notebook's workspace.
         role: a data set: "train", "valid" or an eval set's name.
-        n: the number of prompts.
 
     Returns:
         A DataFrame with one row per prompt and the columns instruction, input, output (the reference), teacher and
@@ -81,9 +75,7 @@ def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
     student's answers and ROUGE-L are the ones cached with the difficulty ranking.
 
     Args:
-        ws: the notebook's workspace.
         n: the number of samples per subset (all of a smaller subset).
-        seed: the sampling seed.
 
     Returns:
         A DataFrame, d_1's rows first, with the columns subset, true_difficulty (NaN on real data), instruction, input,
@@ -109,9 +101,6 @@ def model_sizes(ws: Workspace) -> pd.DataFrame:
 
     Both models (the student before training) are loaded on the CPU to count their parameters.
 
-    Args:
-        ws: the notebook's workspace.
-
     Returns:
         Two rows (teacher, student) with the columns model, spec (architecture, layers × width, or the hub name), heads
         (None for hub models), parameters (M) and teacher ÷ this (the teacher's parameter count over this model's).
@@ -132,9 +121,6 @@ def training_logs(ws: Workspace) -> dict[str, list[dict]]:
 
     A step that trained nothing has no log (real-lite's teacher is used as its authors released it).
 
-    Args:
-        ws: the notebook's workspace.
-
     Returns:
         {title: log}: "teacher SFT (<wall> s)" and "student LM pre-training (<wall> s)", each mapped to the step's
         log.json (a list of dicts), for the steps that have one.
@@ -148,9 +134,6 @@ def training_logs(ws: Workspace) -> dict[str, list[dict]]:
 
 def ranking_table(ws: Workspace) -> pd.DataFrame:
     """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2).
-
-    Args:
-        ws: the notebook's workspace.
 
     Returns:
         One row per ranked training sample, with the columns id, rouge_l, ce, fused, greedy (the student's greedy
@@ -188,7 +171,6 @@ def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
     steps. Nothing is trained.
 
     Args:
-        ws: the notebook's workspace.
         specs: runs; the first of each (method, variant) gives its plan.
 
     Returns:

@@ -23,9 +23,6 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         """The batch on `device`; to a GPU from pinned memory, so the copies are really asynchronous.
 
-        Args:
-            device: the target device.
-
         Returns:
             A new Batch whose tensors live on `device`.
         """
@@ -71,7 +68,6 @@ def epoch_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator
     Args:
         indices: the example indices to draw from.
         batch_size: examples per batch (an epoch's last batch may be smaller).
-        rng: the generator of the shuffles.
 
     Returns:
         A generator of batches, each a list of indices.
@@ -97,7 +93,6 @@ def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray,
         indices: the example indices to draw from.
         lengths: the length of each example, indexed by the values of `indices`.
         batch_size: examples per batch.
-        rng: the generator of the shuffles.
         group: the number of batches per sorted window.
 
     Returns:
@@ -126,7 +121,6 @@ def batch_stream(indices: np.ndarray, encoded: list[Encoded], batch_size: int, r
         indices: positions in `encoded` of the examples to train on.
         encoded: the training set (its lengths group the batches on CUDA).
         batch_size: examples per batch.
-        rng: the generator of the shuffles.
         device: the device the batches will train on.
 
     Returns:

@@ -216,7 +216,6 @@ def prepare_model(model: torch.nn.Module, compile: bool = False) -> torch.nn.Mod
     the eager block. One process: returned unchanged.
 
     Args:
-        model: the model to train.
         compile: compile the blocks (`loop.run_steps` passes the policy's: the profile's `compile` on CUDA).
 
     Returns:
@@ -240,9 +239,6 @@ def compile_blocks(model: torch.nn.Module) -> list[str]:
     data-parallel or sharded step can use. DDP's gradient hooks and FSDP2's gathers stay outside the compiled code, at
     the block boundaries, and the state dict keeps its names.
 
-    Args:
-        model: the model to train.
-
     Returns:
         The qualified names of the compiled blocks.
     """
@@ -255,9 +251,6 @@ def compile_blocks(model: torch.nn.Module) -> list[str]:
 
 def is_prepared(model: torch.nn.Module) -> bool:
     """Whether `prepare_model` has taken `model` over (sharded, or its gradients summed by DDP).
-
-    Args:
-        model: the model.
 
     Returns:
         True when sharded or routed through DDP.
@@ -303,7 +296,6 @@ def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin
     `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2 profiles.
 
     Args:
-        model: the model to shard.
         plugin: the FSDP settings; None = accelerate's plugin read from the environment.
 
     Returns:
@@ -322,9 +314,6 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     As accelerate's plugin (`fsdp_plugin`) sets it (reshard_after_forward, offloading, the block classes): each
     transformer block a unit, then the root, which holds the embeddings and the tied LM head; gradients summed, not
     averaged. Otherwise, or if it is sharded already, it is returned unchanged.
-
-    Args:
-        model: the model to shard.
 
     Returns:
         The same model.
@@ -353,9 +342,6 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model` is sharded with FSDP2 (an `FSDPModule`).
-
-    Args:
-        model: the model.
 
     Returns:
         True for an FSDP2-sharded model; False where torch.distributed is unavailable.

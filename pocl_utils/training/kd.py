@@ -45,10 +45,8 @@ def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: floa
     The live teacher is frozen (`models.freeze_teacher`: no gradients; stored in bf16 on a GPU).
 
     Args:
-        student: the student being trained.
         ctx: the stage's data, teacher and on-policy settings.
         kind: a `losses.KINDS` divergence; None means CE only (SFT, SeqKD).
-        tau: the stage's KD temperature.
         alpha: the stage's CE weight in [0, 1].
         rng: the generator of the on-policy choice and the sampling seeds (the same draws on every rank).
 
@@ -127,7 +125,6 @@ def student_generated(student: PreTrainedModel, examples: list[Encoded], ctx: KD
         student: the student model; its training flag is restored afterwards.
         examples: the examples whose prompts are continued.
         ctx: the stage's settings (eos_id, pad_id, max_new_tokens).
-        seed: the sampling seed.
 
     Returns:
         New Encoded examples: the same prompts, indices and metadata, the samples (closed by `data.close_response`) as

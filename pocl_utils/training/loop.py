@@ -26,7 +26,6 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int, warmup: i
     and gives its results bitwise (tests/test_distributed.py checks that, so the committed results reproduce).
 
     Args:
-        model: the model to train.
         spec: the training settings (lr, weight_decay, warmup_frac).
         steps: the schedule's length in optimizer steps.
         warmup: the linear warm-up's steps; None = int(spec.warmup_frac * steps).
@@ -46,7 +45,6 @@ def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainS
 
     Args:
         model: the model whose gradients are clipped.
-        opt: its optimizer.
         spec: the training settings (grad_clip).
     """
     if spec.grad_clip > 0:
@@ -95,8 +93,6 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
         model: the model to train, in place.
         loss_fn: the loss of a step's batch (`LossFn`).
         batches: an iterator of global batches, each a list of example indices.
-        steps: the number of optimizer steps.
-        spec: the training settings.
         on_step: `on_step(step, row)` runs after every step's update; between read-backs its row's values are 0-d
             tensors.
         desc: the progress bar's label and the error messages' prefix.
@@ -245,12 +241,8 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
 
     Args:
         model: the model to train, in place.
-        encoded: the training set.
-        pad_id: the padding token id.
-        spec: the training settings.
         seed: the seed of the batch draws and of torch.
         steps: optimizer steps; None = `total_steps(len(encoded), spec)`.
-        desc: the progress bar's label.
         grad_accum, compile: the profile's engine settings (`run_steps`; compile: on CUDA the step forward too).
 
     Returns:

@@ -117,7 +117,6 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         targets: [N] the ground-truth next tokens.
         teacher: [N, V] teacher rows (logits or cache rows, any device), a `TeacherHidden`, or None (CE only).
         kind: a `losses.KINDS` divergence; None means CE only.
-        tau: the KD temperature.
         alpha: the CE weight in [0, 1].
         beta: the divergence's mixing weight (see `losses`).
         bias: [V] LM-head bias or None.

@@ -40,7 +40,6 @@ def teacher_logits(teacher: PreTrainedModel, batch: Batch) -> torch.Tensor:
     The LM head runs on those N rows only (never [B, T, V]); under bf16 autocast on a GPU.
 
     Args:
-        teacher: the teacher model.
         batch: the batch, on the teacher's device.
 
     Returns:
@@ -58,7 +57,6 @@ def teacher_hidden(teacher: PreTrainedModel, batch: Batch, precision: Precision)
     The fused loss builds the teacher's logits one row chunk at a time (`objective.TeacherHidden`).
 
     Args:
-        teacher: the teacher model.
         batch: the batch, on the teacher's device.
         precision: the step's precision policy (its autocast and compute dtype).
 
@@ -78,7 +76,6 @@ def live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision
     Hidden states + LM head for the fused loss (no [N, V] logits), else its logits at the targets.
 
     Args:
-        teacher: the teacher model.
         batch: the batch, on the teacher's device.
         precision: the step's precision policy; its fused_loss chooses the form.
 
@@ -104,11 +101,9 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
     models never). The fused path's parts are 0-d tensors, so that it makes no host sync.
 
     Args:
-        student: the student model.
         batch: the batch, on the student's device.
         teacher_rows: teacher logits or cache rows [N, V], a `TeacherHidden`, or None (CE only).
         kind: a `losses.KINDS` divergence; None means CE only.
-        tau: the KD temperature.
         alpha: the CE weight in [0, 1]; 1 means CE only.
         beta: the divergence's mixing weight (see `losses`); None = the kind's default.
         precision: the precision policy; None = `models.precision_for` the batch's device.

@@ -130,9 +130,6 @@ class TeacherCache:
     def load(cls, path: Path) -> "TeacherCache":
         """Read a cache written by `save`.
 
-        Args:
-            path: the safetensors file.
-
         Returns:
             The TeacherCache, exact or top-k as written.
 
@@ -309,8 +306,6 @@ def expand_top_k(top_logprobs: torch.Tensor, token_ids: torch.Tensor, log_tail: 
         top_logprobs: log p of the kept tokens, [n, k].
         token_ids: their vocabulary ids, [n, k].
         log_tail: log sum_tail p_v^(1/tau), [n] (`tempered_log_tail`).
-        vocab_size: V.
-        tau: the KD temperature.
 
     Returns:
         The rows z, [n, V] float32.
@@ -329,8 +324,6 @@ def cache_batches(lengths: list[int], vocab_size: int, *, batch_size: int | None
     budget_bytes, at most max_batch (a single example may exceed the budget).
 
     Args:
-        lengths: the length of each example.
-        vocab_size: V.
         batch_size: a fixed batch size, or None to size batches by the budget.
         budget_bytes: the bytes of fp32 logits a batch may take.
         max_batch: the most examples per batch.
@@ -360,9 +353,6 @@ def build_teacher_cache(teacher: PreTrainedModel, encoded: list[Encoded], pad_id
     [min(tail_taus), max(tail_taus)].
 
     Args:
-        teacher: the teacher model.
-        encoded: the training set.
-        pad_id: the padding token id.
         batch_size: a fixed batch size, or None to size batches by budget_bytes.
         top_k: 0 for exact logits, else the tokens kept per row, at most V.
         budget_bytes: the bytes of fp32 logits a batch may take (batch_size None).
