@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pocl_utils.experiment import pipeline, provenance, workspace
-from pocl_utils.experiment.config import baseline, get_profile, pocl as kd
+from pocl_utils.experiment.config import RUN3_SELECTION, baseline, get_profile, pocl as kd
 from pocl_utils.experiment.workspace import StepError, Workspace, step_dir, step_info
 from pocl_utils.experiment.runner import run_key
 
@@ -30,14 +30,15 @@ def test_run_key_differs_between_a_cuda_bf16_and_a_cpu_fp32_run(tmp_path):
 
 def test_cpu_run_keys_are_unchanged_and_cuda_keys_carry_the_fused_tag(tmp_path):
     """The keys of main@7f0f3e1 (computed with its code, before the fused GPU path got its tag): CPU keys stay the
-    same (the committed CPU results are still found); CUDA keys differ from that commit's, and again with compile."""
-    ws = Workspace(get_profile("smoke"), tmp_path)  # no steps built: their keys are None
+    same under run 3's protocol settings (the committed CPU results are still found); CUDA keys differ from that
+    commit's, and again with compile."""
+    ws = Workspace(get_profile("smoke", RUN3_SELECTION), tmp_path)  # no steps built: their keys are None
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert run_key(ws, kd("KLD"), cpu) == "6bbaf0e07a041809"
     assert run_key(ws, baseline("GKD"), cpu) == "26f1c249a2a738c2"
     fused = run_key(ws, kd("KLD"), cuda)
     assert fused != "2761a61e3c934181"  # 7f0f3e1's CUDA key: its bf16 runs computed the loss unfused
-    compiled = Workspace(get_profile("smoke", {"compile": True}), tmp_path)
+    compiled = Workspace(get_profile("smoke", {**RUN3_SELECTION, "compile": True}), tmp_path)
     assert run_key(compiled, kd("KLD"), cuda) not in (fused, "2761a61e3c934181")
     assert run_key(compiled, kd("KLD"), cpu) == "6bbaf0e07a041809"  # compile never touches the CPU
 
