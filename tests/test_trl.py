@@ -1,0 +1,141 @@
+"""POCL in TRL (`pocl_utils.integrations.trl`): the measurer on a datasets.Dataset, the Baby Step batch sampler, and
+the KD trainer against our own loop on the `smoke` world (same stages, batches and per-step losses)."""
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pocl_utils.curriculum import plan_stages
+from pocl_utils.experiment.config import TrainSpec
+from pocl_utils.experiment.pipeline import prepare
+from pocl_utils.training.batches import batch_stream
+from pocl_utils.training.kd import KDContext, kd_loss_fn
+from pocl_utils.training.loop import optimizer_for, run_steps
+
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+from pocl_utils.integrations import trl as pt  # noqa: E402
+
+SPEC = TrainSpec(lr=3e-3, batch_size=16, epochs=6, warmup_frac=0.05, weight_decay=0.0, grad_clip=1.0)
+TAU, ALPHA = (1.0, 2.0), (0.3, 0.0)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return prepare("smoke", runs_root=tmp_path_factory.mktemp("runs"), device="cpu", until="ranking",
+                   log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def measured(ws):
+    """The smoke training set as a prompt/completion Dataset, measured with the smoke student."""
+    rows = [ws.sets["train"][e.index] for e in ws.encoded("train")]
+    ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["output"]} for r in rows])
+    return pt.measure_difficulty(ds, ws.load_student_init("cpu"), ws.tokenizer, n_subsets=4,
+                                 max_new_tokens=ws.profile.max_new_tokens, batch_size=16, progress=False)
+
+
+def test_rows_encode_as_our_pipeline_encodes_them(ws):
+    for e in ws.encoded("train"):
+        row = ws.sets["train"][e.index]
+        mine, completion = pt.encode_row({"prompt": row["prompt"], "completion": row["output"]}, ws.tokenizer)
+        assert (mine.prompt_ids, mine.response_ids, completion) == (e.prompt_ids, e.response_ids, row["output"])
+
+
+def test_measured_columns_rank_as_our_ranking_step(ws, measured):
+    """The four columns; the fused order is the one the pipeline's ranking step wrote (same student, same Eq. 2)."""
+    assert set(pt.COLUMNS) <= set(measured.column_names)
+    rank = np.asarray(measured["difficulty_rank"])
+    assert sorted(rank.tolist()) == list(range(1, len(measured) + 1))
+    position = {e.index: k for k, e in enumerate(ws.encoded("train"))}
+    ours = [position[i] for i in ws.ranking.order("fusion")]
+    assert np.argsort(rank, kind="stable").tolist() == ours
+    np.testing.assert_allclose(measured["ce"], ws.ranking.ce[np.argsort(ws.ranking.ids)], rtol=1e-5)
+    stage = np.asarray(measured["stage"])
+    assert np.bincount(stage)[1:].tolist() == [16, 16, 16, 16]
+    assert (np.diff(stage[np.argsort(rank)]) >= 0).all()  # easier rows never in a later subset
+
+
+def test_messages_rows_are_prompt_and_last_assistant_message(ws):
+    tok = copy.deepcopy(ws.tokenizer)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    row = {"messages": [{"role": "user", "content": "bread book"}, {"role": "assistant", "content": "bop put"}]}
+    assert pt.row_texts(row, tok) == ("bread book>", "bop put", True)
+    with pytest.raises(ValueError, match="row 3: needs 'prompt' and 'completion' or 'messages'"):
+        pt.encode_row({"text": "x"}, tok, 3)
+
+
+def _plan(measured, restarts=True):
+    steps = pt.steps_for(len(measured), epochs=SPEC.epochs, batch_size=SPEC.batch_size)
+    return pt.plan_curriculum(measured, total_steps=steps, tau=TAU, alpha=ALPHA, seed=0, restarts=restarts,
+                              warmup_frac=SPEC.warmup_frac)
+
+
+def test_sampler_yields_our_loops_batches_and_shards_them(measured):
+    plan = _plan(measured)
+    easy_first = np.argsort(np.asarray(measured["difficulty_rank"]), kind="stable")
+    ours = plan_stages(easy_first, n_subsets=4, total_steps=plan.total_steps, tau=TAU, alpha=ALPHA)
+    assert [(s.index, s.samples.tolist(), s.tau, s.alpha, s.steps) for s in plan.stages] == \
+        [(s.index, s.samples.tolist(), s.tau, s.alpha, s.steps) for s in ours]
+    expected = []
+    for s in ours:
+        stream = batch_stream(s.samples, [], SPEC.batch_size, np.random.default_rng([0, s.index]), "cpu")
+        expected += [next(stream) for _ in range(s.steps)]
+    one = pt.BabyStepBatchSampler(plan, SPEC.batch_size)
+    assert list(one) == expected and len(one) == plan.total_steps == len(expected)
+    ranks = [list(pt.BabyStepBatchSampler(plan, SPEC.batch_size, rank=r, world=2, accumulation=2)) for r in (0, 1)]
+    for k, batch in enumerate(expected):  # rank 0's two micro-batches, then rank 1's, make up the global batch
+        assert ranks[0][2 * k] + ranks[0][2 * k + 1] + ranks[1][2 * k] + ranks[1][2 * k + 1] == batch
+    with pytest.raises(ValueError, match="stage 1 has a batch of"):
+        pt.BabyStepBatchSampler(plan, 15, world=2, accumulation=8)
+
+
+def _our_loop(ws, plan, divergence="fkl"):
+    """Our loop on the same stages: run_steps of kd_loss_fn with the live teacher, a fresh optimizer per stage."""
+    student, teacher = ws.load_student_init("cpu"), ws.load_teacher("cpu")
+    ctx = KDContext(ws.encoded("train"), ws.pad_id, ws.eos_id, teacher=teacher)
+    shared = None if plan.restarts else optimizer_for(student, SPEC, plan.total_steps)
+    losses = []
+    for stage in plan.stages:
+        rng = np.random.default_rng([0, stage.index])
+        loss_fn = kd_loss_fn(student, ctx, kind=divergence, tau=stage.tau, alpha=stage.alpha, rng=rng)
+        batches = batch_stream(stage.samples, ctx.encoded, SPEC.batch_size, rng, "cpu")
+        losses += [row["loss"] for row in run_steps(student, loss_fn, batches, stage.steps, SPEC, optimizer=shared)]
+    return losses
+
+
+def _trl_run(ws, measured, plan, out, divergence="fkl", **config):
+    args = trl.SFTConfig(output_dir=str(out), per_device_train_batch_size=SPEC.batch_size, learning_rate=SPEC.lr,
+                         weight_decay=SPEC.weight_decay, max_grad_norm=SPEC.grad_clip, lr_scheduler_type="cosine",
+                         warmup_steps=SPEC.warmup_frac, logging_steps=1, report_to=[], save_strategy="no",
+                         use_cpu=True, gradient_checkpointing=False, max_length=None, seed=0,
+                         dataloader_num_workers=0, **config)
+    trainer = pt.make_kd_trainer(curriculum=plan, teacher_model=ws.load_teacher("cpu"), divergence=divergence,
+                                 model=ws.load_student_init("cpu"), args=args, train_dataset=measured,
+                                 processing_class=ws.tokenizer)
+    return trainer
+
+
+@pytest.mark.parametrize("restarts", [True, False])
+def test_kd_trainer_equals_our_loop_over_the_first_20_steps(ws, measured, tmp_path, restarts):
+    plan = _plan(measured, restarts)
+    assert plan.total_steps >= 20 and len(plan.stages) == 4
+    trainer = _trl_run(ws, measured, plan, tmp_path)
+    trainer.train()
+    ours = _our_loop(ws, plan)
+    mine = [row["loss"] for row in trainer.pocl_log]
+    assert len(mine) == plan.total_steps
+    assert [row["stage"] for row in trainer.pocl_log] == [plan.stage_at(k).index for k in range(plan.total_steps)]
+    np.testing.assert_allclose(mine[:20], ours[:20], rtol=1e-5)
+
+
+def test_trl_is_optional(tmp_path):
+    """Without TRL the module imports; using a trainer raises one line naming the extra."""
+    code = ("import sys; sys.modules['trl'] = None\n"
+            "from pocl_utils.integrations import trl as pt\n"
+            "try:\n    pt.KDTrainer\nexcept ImportError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"pocl_utils.integrations.trl needs TRL, which is not installed: {pt.TRL_EXTRA}"
