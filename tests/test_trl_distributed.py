@@ -1,0 +1,112 @@
+"""The TRL KD trainer on 2 processes (`accelerate launch`, gloo, CPU): each rank trains on its slice of the curriculum's
+global batches, every example of a stage is seen once per epoch of that stage, and the 2-process run's per-step
+losses equal one process's. Run as a script under `accelerate launch`, this file is also the worker the test
+launches."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
+EPOCHS, BATCH = 3, 16
+
+
+def _setup(root: Path):
+    """The smoke world's training rows as a prompt/completion Dataset with a seeded difficulty ranking, and its plan."""
+    import datasets
+
+    from pocl_utils.curriculum import partition
+    from pocl_utils.experiment.config import get_profile
+    from pocl_utils.experiment.workspace import Workspace
+    from pocl_utils.integrations import trl as pt
+    ws = Workspace(get_profile("smoke"), root)
+    rows = [ws.sets["train"][e.index] for e in ws.encoded("train")]
+    rank = np.random.default_rng(5).permutation(len(rows)) + 1
+    stage = np.empty(len(rows), dtype=np.int64)
+    for i, part in enumerate(partition(np.argsort(rank), 4)):
+        stage[part] = i + 1
+    ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["output"], "difficulty_rank": int(k),
+                                      "stage": int(s)} for r, k, s in zip(rows, rank, stage)])
+    plan = pt.plan_curriculum(ds, total_steps=pt.steps_for(len(ds), epochs=EPOCHS, batch_size=BATCH),
+                              tau=(1.0, 2.0), alpha=(0.3, 0.0), warmup_frac=0.05)
+    return ws, ds, plan
+
+
+def _train(root: Path, out: Path, per_device: int) -> dict:
+    """Train the plan; returns this process's per-step log and the token sequences of each step's batch."""
+    import trl
+
+    from pocl_utils.integrations import trl as pt
+    ws, ds, plan = _setup(root)
+    args = trl.SFTConfig(output_dir=str(out), per_device_train_batch_size=per_device, learning_rate=3e-3,
+                         weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="cosine", logging_steps=1,
+                         report_to=[], save_strategy="no", use_cpu=True, gradient_checkpointing=False,
+                         max_length=None, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = pt.make_kd_trainer(curriculum=plan, teacher_model=ws.load_teacher("cpu"), divergence="fkl",
+                                 model=ws.load_student_init("cpu"), args=args, train_dataset=ds,
+                                 processing_class=ws.tokenizer)
+    seen: list[list[list[int]]] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *a, **kw):
+        ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].tolist()
+        seen.append([[t for t, m in zip(row, keep) if m] for row, keep in zip(ids, mask)])
+        return compute_loss(model, inputs, *a, **kw)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    return {"log": trainer.pocl_log, "seen": seen,
+            "stages": [[int(i) for i in s.samples] for s in plan.stages], "steps": [s.steps for s in plan.stages]}
+
+
+def _worker(root: Path, out: Path) -> None:
+    import torch.distributed as dist
+    result = _train(root, out, BATCH // 2)
+    rank = dist.get_rank()
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory) -> Path:
+    from pocl_utils.experiment.pipeline import prepare
+    pytest.importorskip("trl")
+    return prepare("smoke", runs_root=tmp_path_factory.mktemp("runs"), device="cpu", until="student_init",
+                   log=lambda s: None).root
+
+
+def test_two_processes_see_each_stage_example_once_per_epoch_and_equal_one_process(smoke_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), str(Path(__file__)),
+           str(smoke_root), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    one = _train(smoke_root, tmp_path / "one", BATCH)
+    ws, ds, plan = _setup(smoke_root)
+    sequences = [tuple(e.prompt_ids + e.response_ids) for e in ws.encoded("train")]
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == plan.total_steps
+    step = 0
+    for stage in plan.stages:
+        drawn = []  # the stage's examples in the order the two ranks trained on them
+        for _ in range(stage.steps):
+            assert Counter(map(tuple, ranks[0]["seen"][step] + ranks[1]["seen"][step])) == \
+                Counter(map(tuple, one["seen"][step]))  # the two slices make up the one-process batch
+            drawn += ranks[0]["seen"][step] + ranks[1]["seen"][step]
+            step += 1
+        n = len(stage.samples)
+        for e in range(0, len(drawn) - n + 1, n):  # every full epoch of the stage: each example exactly once
+            assert Counter(map(tuple, drawn[e:e + n])) == Counter(sequences[i] for i in stage.samples)
+        assert len(drawn) >= n  # the stage ran at least one whole epoch
+    two = np.array([a["loss"] + b["loss"] for a, b in zip(ranks[0]["log"], ranks[1]["log"])])
+    np.testing.assert_allclose(two, [row["loss"] for row in one["log"]], rtol=1e-5)
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
