@@ -108,11 +108,12 @@ def _our_loop(ws, plan, divergence="fkl"):
 
 
 def _trl_run(ws, measured, plan, out, divergence="fkl", **config):
+    config = {"save_strategy": "no", **config}
     args = trl.SFTConfig(output_dir=str(out), per_device_train_batch_size=SPEC.batch_size, learning_rate=SPEC.lr,
                          weight_decay=SPEC.weight_decay, max_grad_norm=SPEC.grad_clip, lr_scheduler_type="cosine",
-                         warmup_steps=SPEC.warmup_frac, logging_steps=1, report_to=[], save_strategy="no",
-                         use_cpu=True, gradient_checkpointing=False, max_length=None, seed=0,
-                         dataloader_num_workers=0, **config)
+                         warmup_steps=SPEC.warmup_frac, logging_steps=1, report_to=[], use_cpu=True,
+                         gradient_checkpointing=False, max_length=None, seed=0, dataloader_num_workers=0,
+                         disable_tqdm=True, **config)
     trainer = pt.make_kd_trainer(curriculum=plan, teacher_model=ws.load_teacher("cpu"), divergence=divergence,
                                  model=ws.load_student_init("cpu"), args=args, train_dataset=measured,
                                  processing_class=ws.tokenizer)
@@ -139,3 +140,68 @@ def test_trl_is_optional(tmp_path):
             "try:\n    pt.KDTrainer\nexcept ImportError as err:\n    print(err)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"pocl_utils.integrations.trl needs TRL, which is not installed: {pt.TRL_EXTRA}"
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_as_the_uninterrupted_one(ws, measured, tmp_path):
+    """Checkpoint at step 5 (inside stage 3), resume: the same batches, learning rates and losses, including stage 4's
+    restart after the resume."""
+    plan = pt.plan_curriculum(measured, total_steps=12, tau=TAU, alpha=ALPHA, warmup_frac=SPEC.warmup_frac)
+    assert [s.steps for s in plan.stages] == [1, 2, 4, 5]  # stage 3 runs steps 3-6, stage 4 starts at 7
+    saving = {"save_strategy": "steps", "save_steps": 5}
+    whole = _trl_run(ws, measured, plan, tmp_path, **saving)
+    whole.train()
+    resumed = _trl_run(ws, measured, plan, tmp_path, **saving)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    assert [row["step"] for row in resumed.pocl_log] == list(range(5, 12))
+    np.testing.assert_allclose([row["loss"] for row in resumed.pocl_log],
+                               [row["loss"] for row in whole.pocl_log[5:]], rtol=1e-6)
+
+
+def test_our_divergences_are_trls_times_tau_squared():
+    """The facts docs/trl.md states, on the installed TRL: DistillationTrainer's chunked generalized JSD at beta and
+    temperature tau, times tau^2, is our fkl (beta 0), rkl (beta 1) and jsd (beta); GKD's loss is the same divergence;
+    the defaults differ from ours (DistillationConfig.beta 1.0, GKDConfig.beta 0.5, and GKD's temperature samples)."""
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+    from pocl_utils.losses import divergence
+    torch.manual_seed(0)
+    hs, ht = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 5, 8, dtype=torch.float64)
+    ws_, wt = torch.randn(11, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    tau = 1.7
+    for kind, beta in (("fkl", 0.0), ("rkl", 1.0), ("jsd", 0.5), ("jsd", 0.3)):
+        ours = divergence(hs @ ws_.T, ht @ wt.T, kind, temperature=tau, mask=mask, beta=beta)
+        theirs, _, _ = _chunked_divergence_loss(hs, ht, ws_, wt, mask, beta, temperature=tau)
+        gkd = GKDTrainer.generalized_jsd_loss(hs @ ws_.T, ht @ wt.T, labels=mask.masked_fill(mask == 0, -100),
+                                              beta=beta, temperature=tau)
+        assert float(ours) == pytest.approx(float(theirs) * tau ** 2, rel=1e-6)  # TRL's kernel computes in fp32
+        assert float(ours) == pytest.approx(float(gkd) * tau ** 2, rel=1e-9)
+    fields = {c: {f: c.__dataclass_fields__[f].default for f in ("beta", "temperature")}
+              for c in (trl.DistillationConfig, GKDConfig)}
+    assert fields == {trl.DistillationConfig: {"beta": 1.0, "temperature": 1.0},
+                      GKDConfig: {"beta": 0.5, "temperature": 0.9}}
+    assert trl.__version__ == "1.16.0"  # the pin of pyproject.toml's [trl] extra, which these facts were read from
+
+
+def test_on_policy_distillation_trainer_uses_the_stage_tau_for_the_loss_only(ws, measured, tmp_path):
+    plan = pt.plan_curriculum(measured, total_steps=4, tau=(1.0, 2.5), alpha=(0.0, 0.0))
+    args = trl.DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, learning_rate=1e-3,
+                                  max_completion_length=4, temperature=0.7, report_to=[], save_strategy="no",
+                                  use_cpu=True, logging_steps=1, seed=0, disable_tqdm=True)
+    prompts = datasets.Dataset.from_dict({"prompt": measured["prompt"], "difficulty_rank": measured["difficulty_rank"],
+                                          "stage": measured["stage"]})
+    taus = []
+    trainer = pt.DistillationTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"),
+                                     args=args, train_dataset=prompts, processing_class=ws.tokenizer,
+                                     curriculum=plan, divergence="jsd")
+    loss_at = trainer._compute_loss
+    trainer._compute_loss = lambda *a: (taus.append((trainer.temperature, trainer.generation_config.temperature))
+                                        or loss_at(*a))
+    trainer.train()
+    assert trainer.beta == 0.5 and [row["tau"] for row in trainer.pocl_log] == [1.0, 1.5, 2.0, 2.5]
+    assert taus == [(t, 0.7) for t in (1.0, 1.5, 2.0, 2.5)]
+    with pytest.raises(ValueError, match="alpha must be 0"):
+        pt.DistillationTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
+                               train_dataset=prompts, processing_class=ws.tokenizer,
+                               curriculum=pt.plan_curriculum(measured, total_steps=4, alpha=(0.5, 0.0)))
