@@ -12,12 +12,10 @@ from pocl_utils.curriculum import plan_stages
 from pocl_utils.experiment.config import TrainSpec
 from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.training.batches import batch_stream
-from pocl_utils.training.kd import KDContext, kd_loss_fn
-from pocl_utils.training.loop import optimizer_for, run_steps
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
-from pocl_utils.integrations import trl as pt  # noqa: E402
+from pocl_utils.integrations import compare, trl as pt  # noqa: E402
 
 SPEC = TrainSpec(lr=3e-3, batch_size=16, epochs=6, warmup_frac=0.05, weight_decay=0.0, grad_clip=1.0)
 TAU, ALPHA = (1.0, 2.0), (0.3, 0.0)
@@ -32,9 +30,7 @@ def ws(tmp_path_factory):
 @pytest.fixture(scope="module")
 def measured(ws):
     """The smoke training set as a prompt/completion Dataset, measured with the smoke student."""
-    rows = [ws.sets["train"][e.index] for e in ws.encoded("train")]
-    ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["output"]} for r in rows])
-    return pt.measure_difficulty(ds, ws.load_student_init("cpu"), ws.tokenizer, n_subsets=4,
+    return pt.measure_difficulty(compare.train_dataset(ws), ws.load_student_init("cpu"), ws.tokenizer, n_subsets=4,
                                  max_new_tokens=ws.profile.max_new_tokens, batch_size=16, progress=False)
 
 
@@ -93,40 +89,12 @@ def test_sampler_yields_our_loops_batches_and_shards_them(measured):
         pt.BabyStepBatchSampler(plan, 15, world=2, accumulation=8)
 
 
-def _our_loop(ws, plan, divergence="fkl"):
-    """Our loop on the same stages: run_steps of kd_loss_fn with the live teacher, a fresh optimizer per stage."""
-    student, teacher = ws.load_student_init("cpu"), ws.load_teacher("cpu")
-    ctx = KDContext(ws.encoded("train"), ws.pad_id, ws.eos_id, teacher=teacher)
-    shared = None if plan.restarts else optimizer_for(student, SPEC, plan.total_steps)
-    losses = []
-    for stage in plan.stages:
-        rng = np.random.default_rng([0, stage.index])
-        loss_fn = kd_loss_fn(student, ctx, kind=divergence, tau=stage.tau, alpha=stage.alpha, rng=rng)
-        batches = batch_stream(stage.samples, ctx.encoded, SPEC.batch_size, rng, "cpu")
-        losses += [row["loss"] for row in run_steps(student, loss_fn, batches, stage.steps, SPEC, optimizer=shared)]
-    return losses
-
-
-def _trl_run(ws, measured, plan, out, divergence="fkl", **config):
-    config = {"save_strategy": "no", **config}
-    args = trl.SFTConfig(output_dir=str(out), per_device_train_batch_size=SPEC.batch_size, learning_rate=SPEC.lr,
-                         weight_decay=SPEC.weight_decay, max_grad_norm=SPEC.grad_clip, lr_scheduler_type="cosine",
-                         warmup_steps=SPEC.warmup_frac, logging_steps=1, report_to=[], use_cpu=True,
-                         gradient_checkpointing=False, max_length=None, seed=0, dataloader_num_workers=0,
-                         disable_tqdm=True, **config)
-    trainer = pt.make_kd_trainer(curriculum=plan, teacher_model=ws.load_teacher("cpu"), divergence=divergence,
-                                 model=ws.load_student_init("cpu"), args=args, train_dataset=measured,
-                                 processing_class=ws.tokenizer)
-    return trainer
-
-
 @pytest.mark.parametrize("restarts", [True, False])
 def test_kd_trainer_equals_our_loop_over_the_first_20_steps(ws, measured, tmp_path, restarts):
     plan = _plan(measured, restarts)
     assert plan.total_steps >= 20 and len(plan.stages) == 4
-    trainer = _trl_run(ws, measured, plan, tmp_path)
-    trainer.train()
-    ours = _our_loop(ws, plan)
+    trainer = compare.train_with_trl(ws, measured, plan, SPEC, tmp_path)
+    ours = compare.train_with_our_loop(ws, plan, SPEC)[1]
     mine = [row["loss"] for row in trainer.pocl_log]
     assert len(mine) == plan.total_steps
     assert [row["stage"] for row in trainer.pocl_log] == [plan.stage_at(k).index for k in range(plan.total_steps)]
@@ -148,10 +116,9 @@ def test_a_run_resumed_from_a_checkpoint_ends_as_the_uninterrupted_one(ws, measu
     plan = pt.plan_curriculum(measured, total_steps=12, tau=TAU, alpha=ALPHA, warmup_frac=SPEC.warmup_frac)
     assert [s.steps for s in plan.stages] == [1, 2, 4, 5]  # stage 3 runs steps 3-6, stage 4 starts at 7
     saving = {"save_strategy": "steps", "save_steps": 5}
-    whole = _trl_run(ws, measured, plan, tmp_path, **saving)
-    whole.train()
-    resumed = _trl_run(ws, measured, plan, tmp_path, **saving)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    whole = compare.train_with_trl(ws, measured, plan, SPEC, tmp_path, **saving)
+    resumed = compare.train_with_trl(ws, measured, plan, SPEC, tmp_path, resume=str(tmp_path / "checkpoint-5"),
+                                     **saving)
     assert [row["step"] for row in resumed.pocl_log] == list(range(5, 12))
     np.testing.assert_allclose([row["loss"] for row in resumed.pocl_log],
                                [row["loss"] for row in whole.pocl_log[5:]], rtol=1e-6)
