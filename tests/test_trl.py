@@ -57,7 +57,8 @@ def test_measured_columns_rank_as_our_ranking_step(ws, measured):
 
 def test_messages_rows_are_prompt_and_last_assistant_message(ws):
     tok = copy.deepcopy(ws.tokenizer)
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}>{% endif %}")
     row = {"messages": [{"role": "user", "content": "bread book"}, {"role": "assistant", "content": "bop put"}]}
     assert pt.row_texts(row, tok) == ("bread book>", "bop put", True)
     with pytest.raises(ValueError, match="row 3: needs 'prompt' and 'completion' or 'messages'"):
