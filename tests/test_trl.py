@@ -164,11 +164,16 @@ def test_on_policy_distillation_trainer_uses_the_stage_tau_for_the_loss_only(ws,
                                      args=args, train_dataset=prompts, processing_class=ws.tokenizer,
                                      curriculum=plan, divergence="jsd")
     loss_at = trainer._compute_loss
-    trainer._compute_loss = lambda *a: (taus.append((trainer.temperature, trainer.generation_config.temperature))
-                                        or loss_at(*a))
+
+    def recording(*a):
+        out, trls = loss_at(*a), trl.DistillationTrainer._compute_loss(trainer, *a)[0]  # TRL's, at the same tau
+        taus.append((trainer.temperature, trainer.generation_config.temperature, float(out[0] / trls)))
+        return out
+
+    trainer._compute_loss = recording
     trainer.train()
     assert trainer.beta == 0.5 and [row["tau"] for row in trainer.pocl_log] == [1.0, 1.5, 2.0, 2.5]
-    assert taus == [(t, 0.7) for t in (1.0, 1.5, 2.0, 2.5)]
+    assert taus == [(t, 0.7, pytest.approx(t ** 2, rel=1e-6)) for t in (1.0, 1.5, 2.0, 2.5)]  # loss x tau^2
     with pytest.raises(ValueError, match="alpha must be 0"):
         pt.DistillationTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
                                train_dataset=prompts, processing_class=ws.tokenizer,
