@@ -30,13 +30,14 @@ def train_dataset(ws: Workspace):
 
 def trl_config(out_dir: str | Path, spec: TrainSpec, device: str = "cpu", **overrides: Any):
     """TRL's SFTConfig for `spec`: its batch size (per device), lr, weight decay and gradient clip, a cosine schedule,
-    no checkpoints and no printed log (the trainer's `pocl_log` has every step), on `device` ("cpu" or a GPU);
-    `overrides` are SFTConfig fields."""
+    the plain AdamW (`optim="adamw_torch"`; on the CPU it rounds closer to our loop's multi-tensor AdamW than the fused
+    default does), no checkpoints and no printed log (the trainer's `pocl_log` has every step), on `device` ("cpu" or
+    a GPU); `overrides` are SFTConfig fields."""
     trl = pocl_trl.require_trl()
     settings = dict(output_dir=str(out_dir), per_device_train_batch_size=spec.batch_size, learning_rate=spec.lr,
                     weight_decay=spec.weight_decay, max_grad_norm=spec.grad_clip, lr_scheduler_type="cosine",
-                    logging_strategy="no", report_to=[], save_strategy="no", use_cpu=str(device) == "cpu",
-                    gradient_checkpointing=False, max_length=None, seed=0, dataloader_num_workers=0,
+                    optim="adamw_torch", logging_strategy="no", report_to=[], save_strategy="no",
+                    use_cpu=str(device) == "cpu", gradient_checkpointing=False, max_length=None, seed=0, dataloader_num_workers=0,
                     disable_tqdm=True)
     return trl.SFTConfig(**{**settings, **overrides})
 
