@@ -3,6 +3,7 @@ the KD trainer against our own loop on the `smoke` world (same stages, batches a
 import copy
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -183,3 +184,14 @@ def test_on_policy_distillation_trainer_uses_the_stage_tau_for_the_loss_only(ws,
         pt.DistillationTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
                                train_dataset=prompts, processing_class=ws.tokenizer,
                                curriculum=pt.plan_curriculum(measured, total_steps=4, alpha=(0.5, 0.0)))
+
+
+def test_gradient_accumulation_gives_the_whole_batchs_step(ws, measured, tmp_path):
+    """Two micro-batches of 8 per step: the same global batches, and each step's loss the whole batch's token mean
+    (each micro-batch weighted by its share of the step's tokens), so the run equals one with batches of 16."""
+    plan = pt.plan_curriculum(measured, total_steps=12, tau=TAU, alpha=(0.3, 0.1), warmup_frac=SPEC.warmup_frac)
+    whole = compare.train_with_trl(ws, measured, plan, SPEC, tmp_path / "whole")
+    half = replace(SPEC, batch_size=8)
+    split = compare.train_with_trl(ws, measured, plan, half, tmp_path / "split", gradient_accumulation_steps=2)
+    assert len(split.pocl_log) == len(whole.pocl_log) == 12
+    np.testing.assert_allclose([r["loss"] for r in split.pocl_log], [r["loss"] for r in whole.pocl_log], rtol=1e-5)

@@ -216,6 +216,8 @@ def plan_curriculum(dataset, *, total_steps: int, n_subsets: int | None = None, 
     """
     if "difficulty_rank" not in dataset.column_names:
         raise ValueError("plan_curriculum: the dataset has no 'difficulty_rank' column; run measure_difficulty first")
+    if n_subsets is None and "stage" not in dataset.column_names:
+        raise ValueError("plan_curriculum: pass n_subsets, or a dataset with a 'stage' column (measure_difficulty)")
     easy_first = np.argsort(np.asarray(dataset["difficulty_rank"]), kind="stable")
     n = n_subsets or int(max(dataset["stage"]))
     stages = plan_stages(easy_first, n_subsets=n, total_steps=total_steps, tau=tau, alpha=alpha, order=order,
@@ -339,10 +341,10 @@ class CurriculumMixin:
         else:
             collator = self._get_collator_with_removed_columns(collator, description="training")
         world, accumulation = self.accelerator.num_processes, self.args.gradient_accumulation_steps
-        repeat = self.pocl_repeat_batches
-        sampler = BabyStepBatchSampler(
-            self.curriculum, self.args.per_device_train_batch_size * world * (1 if repeat else accumulation),
-            rank=self.accelerator.process_index, world=world, accumulation=accumulation, repeat=repeat)
+        sampler = BabyStepBatchSampler(  # global batch: per-device batch x processes x accumulation steps
+            self.curriculum, self.args.per_device_train_batch_size * world * accumulation,
+            rank=self.accelerator.process_index, world=world, accumulation=accumulation,
+            repeat=self.pocl_repeat_batches)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
                                            num_workers=self.args.dataloader_num_workers,
                                            pin_memory=self.args.dataloader_pin_memory)
