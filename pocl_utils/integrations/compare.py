@@ -37,8 +37,8 @@ def trl_config(out_dir: str | Path, spec: TrainSpec, device: str = "cpu", **over
     settings = dict(output_dir=str(out_dir), per_device_train_batch_size=spec.batch_size, learning_rate=spec.lr,
                     weight_decay=spec.weight_decay, max_grad_norm=spec.grad_clip, lr_scheduler_type="cosine",
                     optim="adamw_torch", logging_strategy="no", report_to=[], save_strategy="no",
-                    use_cpu=str(device) == "cpu", gradient_checkpointing=False, max_length=None, seed=0, dataloader_num_workers=0,
-                    disable_tqdm=True)
+                    use_cpu=str(device) == "cpu", gradient_checkpointing=False, max_length=None, seed=0,
+                    dataloader_num_workers=0, disable_tqdm=True)
     return trl.SFTConfig(**{**settings, **overrides})
 
 
