@@ -273,15 +273,22 @@ def test_cli_writes_both_variants(tmp_path, capsys):
     assert meta["variant"] == "solutions"
 
 
-def test_the_main_job_leaves_the_lab_out_unless_asked(tmp_path, monkeypatch):
+def test_the_main_job_leaves_the_lab_out_and_lab_runs_it_alone(tmp_path, monkeypatch):
+    """`--lab` executes the committed student notebook alone (on classroom unless --profile says otherwise), `--lab
+    solutions` the generated solutions variant; both into <runs root>/<profile>/lab/."""
     assert lab.STUDENT not in collection() and not [p for p in collection() if "lab" in p.stem]
     seen = {}
     monkeypatch.setattr(reproduce, "RUNS_ROOT", tmp_path / "runs")  # where the solutions variant is generated
-    monkeypatch.setattr(reproduce, "run_collection", lambda profile, notebooks, extra: seen.update(nbs=notebooks))
-    assert reproduce.main(["--profile", "smoke", "--only", "00", "--lab"]) == 0
-    assert [p.name for p in seen["nbs"]] == ["00_data.ipynb", "11_lab_solutions.ipynb"]
-    assert seen["nbs"][1] == tmp_path / "runs" / "smoke" / "lab" / "11_lab_solutions.ipynb"
-    assert seen["nbs"][1].read_text(encoding="utf-8") == lab.render(solutions=True)
+    monkeypatch.setattr(reproduce, "run_collection",
+                        lambda profile, notebooks, extra, progress, out_dir: seen.update(
+                            profile=profile, nbs=notebooks, out=out_dir))
+    assert reproduce.main(["--lab"]) == 0
+    assert seen["profile"] == "classroom" and seen["nbs"] == [lab.STUDENT]
+    assert seen["out"] == tmp_path / "runs" / "classroom" / "lab"
+    assert reproduce.main(["--profile", "smoke", "--lab", "solutions"]) == 0
+    assert seen["profile"] == "smoke" and seen["out"] == tmp_path / "runs" / "smoke" / "lab"
+    assert seen["nbs"] == [tmp_path / "runs" / "smoke" / "lab" / "source" / "11_lab_solutions.ipynb"]
+    assert seen["nbs"][0].read_text(encoding="utf-8") == lab.render(solutions=True)
 
 
 # ---- both variants, executed -------------------------------------------------------------------------------------

@@ -177,3 +177,89 @@ def test_training_bars_show_in_a_notebook_kernel_and_follow_tqdm_elsewhere(tmp_p
     text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if c.cell_type == "code"
                    for o in c.get("outputs", []) if o.get("name") == "stdout")
     assert text.strip() == "False"
+
+
+# ---- what a user meets: --only, --lab, the end of a run, progress ---------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile", "smoke", "--only", "99"], "pocl-reproduce: --only 99: no notebook of profile 'smoke' starts with it; "
+                                             "valid: 00 01 02 03 04 05 06 07 08 09 10 (the lab, 11, runs with --lab)"),
+    (["--profile", "classroom", "--only", "03", "11", "1x"], "pocl-reproduce: --only 11 1x: no notebook of profile "
+                                                             "'classroom' starts with them; valid: 00 01"),
+    (["--lab", "--only", "00"], "pocl-reproduce: --lab runs the lab alone; run the collection's notebooks (--only) in "
+                                "another command"),
+])
+def test_only_refuses_a_prefix_that_matches_no_notebook(tmp_path, argv, message):
+    proc = _cli("--runs-root", str(tmp_path / "runs"), *argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not proc.stdout and not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_only_selects_in_run_order():
+    from pocl_utils.notebook.reproduce import select
+    nbs = collection(profile="smoke")
+    assert [p.name[:2] for p in select(nbs, ["10", "03_kd"], "smoke")] == ["03", "10"]
+
+
+def test_the_end_of_a_run_names_only_folders_that_exist_and_no_maintainer_action(tmp_path, monkeypatch):
+    from pocl_utils.notebook import reproduce
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path))
+    lines = []
+    reproduce.where_outputs("classroom", log=lines.append)  # nothing written yet, no committed reference
+    assert lines == []
+    (tmp_path / "results" / "classroom").mkdir(parents=True)
+    (tmp_path / "results" / "classroom" / "profile.json").write_text("{}")
+    reproduce.where_outputs("classroom", log=lines.append)
+    assert lines == [f"tables in {tmp_path / 'results' / 'classroom'}/"]  # no figures folder, no reference, no publish
+    lines.clear()
+    (tmp_path / "results" / "laptop").mkdir(parents=True)
+    (tmp_path / "results" / "laptop" / "runs.csv").write_text("x")
+    reproduce.where_outputs("laptop", log=lines.append)  # the repository holds results/laptop
+    assert lines[-1].startswith("compare with the committed reference: diff -q ")
+    assert lines[-1].endswith(f"results/laptop {tmp_path / 'results' / 'laptop'}")
+    assert not any("publish" in line for line in lines)
+    assert all(Path(word.rstrip("/")).exists() for line in lines for word in line.split() if "/" in word)
+
+
+def test_progress_line_echoes_only_bars():
+    import io
+
+    from pocl_utils.notebook.reproduce import ProgressLine
+    kernel_stderr = ["teacher SFT:   0%|          | 0/50 [00:00<?, ?it/s]",
+                     "\rteacher SFT:  40%|████      | 20/50 [00:02<00:03, 9.9it/s]",
+                     "\rteacher SFT: 100%|██████████| 50/50 [00:05<00:00, 9.9it/s]", "\r" + " " * 60 + "\r",
+                     "a warning that stays in the notebook\n",
+                     "student pre-training:  10%|█         | 1/10 [00:01<00:09, 1.0it/s]"]
+    tty = io.StringIO()
+    line = ProgressLine(tty, tty=True, indent="  ")
+    for text in kernel_stderr:
+        line.write(text)
+    line.close()
+    shown = tty.getvalue().split("\r")
+    assert shown[1].startswith("  teacher SFT:   0%|") and shown[3].startswith("  teacher SFT: 100%|")
+    assert shown[-3].startswith("  student pre-training:  10%|")
+    assert shown[-2].strip() == "" and shown[-1] == ""  # cleared at the end
+    assert "warning" not in tty.getvalue() and "\n" not in tty.getvalue()
+    log = io.StringIO()
+    line = ProgressLine(log, tty=False, interval=3600, indent="")
+    for text in kernel_stderr:
+        line.write(text)
+    assert log.getvalue().splitlines() == [kernel_stderr[0], kernel_stderr[-1]]  # each bar once, then every hour
+
+
+def test_a_running_notebooks_bars_reach_the_terminal(tmp_path):
+    """The kernel's tqdm bars (preparation steps train for minutes inside notebook 00) are echoed while it runs."""
+    import io
+
+    from pocl_utils.notebook.reproduce import ProgressLine
+    nb = _notebook(tmp_path / "99_bars.ipynb", """
+        from tqdm.auto import tqdm
+        from pocl_utils.training.loop import bar_disabled
+        for _ in tqdm(range(3), desc="preparing", disable=bar_disabled(), mininterval=0):
+            pass
+        print("done")""")
+    out = io.StringIO()
+    execute_one(nb, tmp_path / "executed", {"profile": "smoke"}, kernel_name(), ProgressLine(out, tty=False))
+    assert out.getvalue().startswith("      preparing:") and "done" not in out.getvalue()

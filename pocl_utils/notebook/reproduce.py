@@ -6,8 +6,9 @@ Tables and figures go to `results/<profile>/` and `figures/<profile>/` under the
 when set), not into the committed reference results; `--publish` copies a finished run there (see outputs).
 Parameters are checked against each notebook's `parameters` cell before anything runs, so a typo fails at once
 with the list of valid names instead of being silently ignored. The student lab (11_lab) is not part of the main
-job; `--lab` adds its solutions variant, generated from notebooks/lab/ into runs/<profile>/lab/
-(see pocl_utils.notebook.lab).
+job: `--lab` executes it alone, as a student meets it (`--lab student`, the default) or with the solutions filled in
+(`--lab solutions`, generated from notebooks/lab/; see pocl_utils.notebook.lab), into runs/<profile>/lab/. While a
+notebook runs, the progress bars of its long steps are echoed to the terminal as one line (`ProgressLine`).
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import ast
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..experiment.config import PROFILES, ConfigError, get_profile
 from ..experiment.results import REPO_ROOT, atomic_write_json
@@ -46,6 +48,49 @@ def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Pat
     real = profile in PROFILES and PROFILES[profile].data == "real"
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb")
                   if "lab" not in p.stem.split("_") and (real or not p.stem.endswith("_real_models")))
+
+
+def select(notebooks: list[Path], prefixes: list[str], profile: str) -> list[Path]:
+    """The notebooks whose file names start with one of `prefixes` (`--only`), in run order.
+
+    Args:
+        notebooks: the profile's collection (`collection`).
+        prefixes: name prefixes, e.g. ["03", "10"] or ["03_kd"].
+        profile: the profile's name (for the message).
+
+    Returns:
+        The matching notebooks, in the order of `notebooks`.
+
+    Raises:
+        ConfigError: a prefix matches no notebook; the one-line message lists the valid prefixes (and says that the lab
+            runs with --lab).
+    """
+    unmatched = [o for o in prefixes if not any(nb.name.startswith(o) for nb in notebooks)]
+    if unmatched:
+        valid = " ".join(nb.name[:2] for nb in notebooks)
+        raise ConfigError(f"--only {' '.join(unmatched)}: no notebook of profile {profile!r} starts with "
+                          f"{'it' if len(unmatched) == 1 else 'them'}; valid: {valid} (the lab, 11, runs with --lab)")
+    return [nb for nb in notebooks if any(nb.name.startswith(o) for o in prefixes)]
+
+
+LAB_VARIANTS = ("student", "solutions")
+
+
+def lab_notebook(variant: str, folder: Path) -> Path:
+    """The lab notebook that `--lab VARIANT` executes.
+
+    Args:
+        variant: "student" (the committed notebooks/11_lab.ipynb, as a student meets it) or "solutions" (generated
+            from notebooks/lab/11_lab_source.ipynb into `folder`/source/, every exercise solved).
+        folder: the lab's run folder, <runs root>/<profile>/lab.
+
+    Returns:
+        The notebook to execute.
+    """
+    from . import lab
+    if variant == "student":
+        return lab.STUDENT
+    return lab.write(folder / "source" / "11_lab_solutions.ipynb", solutions=True)
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -168,6 +213,62 @@ def check_extra(profile: str, extra: dict[str, Any]) -> None:
             raise ConfigError(f"-p overrides: {e}") from None
 
 
+BAR = re.compile(r"\d+%\|")  # tqdm's text bar, e.g. "teacher SFT:  12%|█▏        | 180/1500 [00:30<03:40, 5.9it/s]"
+
+
+class ProgressLine:
+    """Echo the progress bars of a running notebook's kernel to the terminal, as one line (papermill's stdout_file and
+    stderr_file).
+
+    Everything else the kernel prints stays in the executed notebook. On a terminal the line is rewritten in place and
+    cleared by `close`; elsewhere (a log file, CI) a bar is written as a line when it first appears and then at most
+    once every `interval` seconds.
+
+    Args:
+        stream: where the line goes (default sys.stdout).
+        tty: whether `stream` is a terminal; None = stream.isatty().
+        interval: the seconds between two lines of the same bar when not on a terminal.
+        indent: put before each line (under the command's "[k/n] notebook" line).
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, interval: float = 30.0,
+                 indent: str = "      "):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval, self.indent = interval, indent
+        self._width, self._last_desc, self._last_time = 0, None, 0.0
+
+    def write(self, text: str) -> int:
+        for part in re.split(r"[\r\n]", text):
+            part = part.strip()
+            if BAR.search(part):
+                self._show(part)
+        return len(text)
+
+    def _show(self, bar: str) -> None:
+        line = self.indent + bar
+        if self.tty:
+            import shutil
+            line = line[: shutil.get_terminal_size().columns - 1]
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+            return
+        desc, now = bar.split(":")[0], time.monotonic()
+        if desc != self._last_desc or now - self._last_time >= self.interval:
+            self.stream.write(line + "\n")
+            self._last_desc, self._last_time = desc, now
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Clear the line (on a terminal), so the next message starts on a clean line."""
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+        self._width, self._last_desc = 0, None
+
+
 class Interrupted(Exception):
     """Ctrl-C while a notebook ran; the partial executed copy is kept as <name>.interrupted.ipynb."""
 
@@ -176,7 +277,8 @@ class Interrupted(Exception):
         super().__init__(f"interrupted in {notebook}; finished runs are kept; run the same command again to continue")
 
 
-def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str) -> Path:
+def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str,
+                progress: ProgressLine | None = None) -> Path:
     """Execute notebook `nb` with papermill into `out_dir/<name>`, atomically.
 
     papermill writes `<stem>.running.ipynb`, which replaces the last good executed copy only once it finished. A failed
@@ -189,6 +291,7 @@ def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str
         out_dir: the folder of the executed copies.
         parameters: the values papermill injects, name -> value.
         kernel: the Jupyter kernel's name (`kernel_name`).
+        progress: echoes the kernel's progress bars to the terminal while the notebook runs; None = nothing echoed.
 
     Returns:
         The executed copy's path, out_dir/<name>.
@@ -202,13 +305,17 @@ def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str
     final, running = out_dir / nb.name, out_dir / f"{nb.stem}.running.ipynb"
     try:
         pm.execute_notebook(str(nb), str(running), parameters=parameters, kernel_name=kernel, cwd=str(REPO_ROOT),
-                            progress_bar=False, extra_arguments=KERNEL_ARGS)
+                            progress_bar=False, extra_arguments=KERNEL_ARGS, stdout_file=progress,
+                            stderr_file=progress)
     except KeyboardInterrupt:
         _keep_unfinished(running, out_dir / f"{nb.stem}.interrupted.ipynb", "interrupted")
         raise Interrupted(nb.stem) from None
     except BaseException:
         _keep_unfinished(running, out_dir / f"{nb.stem}.failed.ipynb", "failed")
         raise
+    finally:
+        if progress is not None:
+            progress.close()
     os.replace(running, final)
     for status in UNFINISHED:
         (out_dir / f"{nb.stem}.{status}.ipynb").unlink(missing_ok=True)  # superseded by the finished copy
@@ -237,7 +344,8 @@ def _keep_unfinished(running: Path, target: Path, status: str) -> None:
 
 
 def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir: Path | None = None,
-                   extra: dict[str, Any] | None = None, log=print) -> dict[str, float]:
+                   extra: dict[str, Any] | None = None, log=print,
+                   progress: ProgressLine | None = None) -> dict[str, float]:
     """Execute each notebook with `profile` (and `extra` parameters where a notebook has them), in order.
 
     Every notebook must have `profile`; an extra parameter must exist in at least one notebook and have the type of its
@@ -252,6 +360,7 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
         out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile>/notebooks.
         extra: extra notebook parameters, name -> value.
         log: receives the progress lines.
+        progress: echoes each kernel's progress bars (see `ProgressLine`); None = nothing echoed.
 
     Returns:
         The merged timings.json: wall seconds per notebook file name, and "total" (see `merge_timings`).
@@ -283,7 +392,7 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
         log(f"[{k}/{len(notebooks)}] {nb.name} (profile={profile})")
         t0 = time.time()
         try:
-            execute_one(nb, out_dir, params[nb], kernel)
+            execute_one(nb, out_dir, params[nb], kernel, progress)
         except KeyboardInterrupt:  # outside papermill's call, e.g. while it shut the kernel down
             raise Interrupted(nb.stem) from None
         times[nb.name] = round(time.time() - t0, 1)
@@ -324,15 +433,19 @@ EPILOG = f"""examples:
   pocl-reproduce --profile smoke                          the whole collection, about 2 min
   pocl-reproduce --profile laptop --only 03 10            two notebooks (their timings are merged into timings.json)
   pocl-reproduce --profile smoke {OVERRIDES_EXAMPLE}     a profile override (a JSON object)
+  pocl-reproduce --lab                                    the student lab (11) alone, headless, on classroom
+  pocl-reproduce --lab solutions                          the lab with every exercise solved: the expected outputs
 
 where things go:
   executed notebooks   <runs root>/<profile>/notebooks/ (runs root: --runs-root, else $POCL_RUNS_DIR, else ./runs);
                        a failed or interrupted notebook is kept beside the last good one as <name>.failed.ipynb or
                        <name>.interrupted.ipynb
+  executed lab         <runs root>/<profile>/lab/ (11_lab.ipynb or 11_lab_solutions.ipynb)
   prepared steps, runs <runs root>/<profile>/ (finished runs are kept: a re-run continues where it stopped)
   tables, figures      results/<profile>/ and figures/<profile>/ under $POCL_OUTPUT_DIR, else the runs root
-  reference results    the committed results/<profile>/ and figures/<profile>/ of the repository; only --publish
-                       changes them (it copies a finished run there; their other files and subfolders are kept)
+  reference results    the committed results/<profile>/ and figures/<profile>/ of the repository; only a
+                       maintainer's --publish changes them (it copies a finished run there, its executed notebooks
+                       into results/<profile>/notebooks/; their other files and subfolders are kept)
 """
 
 
@@ -361,18 +474,24 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="laptop", help=f"one of: {', '.join(PROFILES)}")
-    ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 00 01")
+    ap.add_argument("--profile", default=None,
+                    help=f"one of: {', '.join(PROFILES)} (default laptop; classroom with --lab)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="notebook name prefixes to run, e.g. 00 01; a prefix that matches none is refused")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
                     help="extra notebook parameter, value parsed as JSON when possible, e.g. " + OVERRIDES_EXAMPLE)
     ap.add_argument("--runs-root", default=None, type=Path,
                     help="folder for prepared steps, runs and executed notebooks (sets POCL_RUNS_DIR for the kernels; "
                          "default $POCL_RUNS_DIR, else ./runs)")
-    ap.add_argument("--lab", action="store_true", help="also run the lab's solutions variant (generated first)")
+    ap.add_argument("--lab", nargs="?", const="student", default=None, choices=LAB_VARIANTS,
+                    help="run the lab (notebook 11) alone, headless, into <runs root>/<profile>/lab/: 'student' "
+                         "(default) as a student meets it (each check says 'not implemented yet'; the closing "
+                         "experiment uses pocl_utils's pieces), 'solutions' with every exercise solved")
     ap.add_argument("--publish", action="store_true",
                     help="run nothing: copy this profile's finished run into the committed results/<profile>/ and "
                          "figures/<profile>/ (refused if a notebook has not finished or a table is missing)")
     args = ap.parse_args(argv)
+    args.profile = args.profile or ("classroom" if args.lab else "laptop")
     _quiet_libraries()
     root, kwargs = RUNS_ROOT, {}
     if args.runs_root:
@@ -382,16 +501,19 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = collection(profile=args.profile)
     if args.publish:
         return _publish(args.profile, notebooks, root / args.profile / "notebooks")
-    if args.only:
-        notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
     extra = {k: _parse(v) for k, v in args.param}
     try:
+        if args.lab and args.only:
+            raise ConfigError("--lab runs the lab alone; run the collection's notebooks (--only) in another command")
+        if args.only:
+            notebooks = select(notebooks, args.only, args.profile)
         if args.profile in PROFILES:
             check_extra(args.profile, extra)  # before the lab notebook is written
-        if args.lab:  # the student variant would only print "not implemented yet"; the solutions exercise everything
-            from .lab import write
-            notebooks.append(write(root / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
-        run_collection(args.profile, notebooks=notebooks, extra=extra, **kwargs)
+        if args.lab:
+            folder = root / args.profile / "lab"
+            notebooks, kwargs["out_dir"] = [lab_notebook(args.lab, folder)], folder
+        progress = ProgressLine(sys.stdout)
+        run_collection(args.profile, notebooks=notebooks, extra=extra, progress=progress, **kwargs)
         where_outputs(args.profile)
     except ConfigError as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
@@ -414,16 +536,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def where_outputs(profile: str, log=print) -> None:
-    """Say where this run's tables are and how to compare them with, or publish them as, the committed reference.
+    """Say where this run's tables and figures are, and how to compare the tables with the committed reference.
+
+    Names only folders that exist: the comparison line only when the repository holds a reference for the profile.
 
     Args:
         profile: the profile's name.
-        log: receives the two lines.
+        log: receives the lines.
     """
-    run, ref = _short(output_root() / "results" / profile), _short(REPO_ROOT / "results" / profile)
-    figures = _short(output_root() / "figures" / profile)
-    log(f"tables in {run}/, figures in {figures}/ (the committed reference: {ref}/)")
-    log(f"compare: diff -q {ref} {run}; publish as the reference: pocl-reproduce --profile {profile} --publish")
+    run = output_root() / "results" / profile
+    found = [f"{what} in {_short(folder)}/" for what, folder in (("tables", run),
+                                                                 ("figures", output_root() / "figures" / profile))
+             if folder.is_dir() and any(folder.iterdir())]
+    if found:
+        log(", ".join(found))
+    ref = REPO_ROOT / "results" / profile
+    if ref.is_dir() and run.is_dir():
+        log(f"compare with the committed reference: diff -q {_short(ref)} {_short(run)}")
 
 
 def _short(path: Path) -> str:
