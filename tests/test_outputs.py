@@ -27,7 +27,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def test_a_run_writes_tables_and_figures_into_the_run_folder_not_the_reference(tmp_path):
     """`pocl-reproduce` with one notebook that saves a table and a figure through the facade, as every notebook does:
     both land under the runs root; the repository's results/ and figures/ are not written; the last lines say where
-    the tables are and how to publish them."""
+    the tables and figures are, and nothing about publishing (a maintainer's action)."""
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('profile = "laptop"')
     params.metadata["tags"] = ["parameters"]
@@ -60,12 +60,25 @@ def test_a_run_writes_tables_and_figures_into_the_run_folder_not_the_reference(t
     assert (runs / "laptop" / "notebooks" / "10_probe.ipynb").exists()
     assert _snapshot(*reference) == before  # the committed reference results were not touched
     last = proc.stdout.strip().splitlines()[-2:]
-    assert last[0] == ("tables in runs/results/laptop/, figures in runs/figures/laptop/ (the committed reference: "
-                       f"{REPO / 'results' / 'laptop'}/)"), last
-    assert last[1].endswith("publish as the reference: pocl-reproduce --profile laptop --publish")
+    assert last == ["tables in runs/results/laptop/, figures in runs/figures/laptop/",
+                    f"compare with the committed reference: diff -q {REPO / 'results' / 'laptop'} runs/results/laptop"]
+    assert "publish" not in proc.stdout
 
 
 # ---- publish ------------------------------------------------------------------------------------------------------
+
+
+def _executed(stem: str, image: bytes = b"\x89PNG figure") -> nbformat.NotebookNode:
+    """An executed notebook as papermill leaves it: a title, a progress bar's updates, a cleared bar, a figure."""
+    import base64
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("ws = nb.setup(profile)", execution_count=1, metadata={"papermill": {"duration": 1}})
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="profile 'laptop' on device cpu\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="SFT:  10%|█ | 1/10\rSFT: 100%|██| 10/10\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\r          \r"),
+                    nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(image).decode()})]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {stem} · a title\n\nprose"), code]
+    return nb
 
 
 def _run(tmp_path: Path, notebooks=("00_data", "10_tables_and_figures")) -> tuple[list[Path], Path, Path]:
@@ -73,7 +86,7 @@ def _run(tmp_path: Path, notebooks=("00_data", "10_tables_and_figures")) -> tupl
     executed, output = tmp_path / "runs" / "laptop" / "notebooks", tmp_path / "runs"
     executed.mkdir(parents=True)
     for stem in notebooks:
-        (executed / f"{stem}.ipynb").write_text("{}")
+        nbformat.write(_executed(stem), executed / f"{stem}.ipynb")
     tables = output / "results" / "laptop"
     tables.mkdir(parents=True)
     for name, text in (("profile.json", "{}\n"), ("runs.csv", "run_key\nnew\n"), ("claims_summary.csv", "c\n1\n"),
@@ -102,7 +115,10 @@ def test_publish_copies_the_run_and_keeps_history(tmp_path):
     lines, run_before = [], _tree(output)
     done = publish("laptop", notebooks, executed, output, reference=ref, log=lines.append)
     assert done == [ref / "results" / "laptop", ref / "figures" / "laptop"]
-    assert _tree(ref / "results" / "laptop") == {
+    tree = _tree(ref / "results" / "laptop")
+    assert sorted(k for k in tree if k.startswith("notebooks/")) == [
+        "notebooks/00_data.ipynb", "notebooks/10_tables_and_figures.ipynb", "notebooks/README.md"]
+    assert {k: v for k, v in tree.items() if not k.startswith("notebooks/")} == {
         "claims_summary.csv": b"c\n1\n", "measurer_probe.csv": b"probe\n", "profile.json": b"{}\n",
         "run1_3seeds/runs.csv": b"run_key\nhistory\n", "runs.csv": b"run_key\nnew\n",
         "table1_kd_methods_ours.csv": b"m\n2\n"}
@@ -158,3 +174,36 @@ def test_publish_refusal_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("pocl-reproduce: cannot publish 'smoke': 00_data has not run (no ")
     assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
+
+
+def test_publish_adds_the_executed_notebooks_as_a_reader_sees_them(tmp_path):
+    notebooks, executed, output = _run(tmp_path)
+    (executed / "timings.json").write_text('{"00_data.ipynb": 90.0, "10_tables_and_figures.ipynb": 30.0, "total": 120}')
+    ref = _reference(tmp_path)
+    (ref / "results" / "laptop" / "notebooks").mkdir()
+    (ref / "results" / "laptop" / "notebooks" / "05_old_name.ipynb").write_text("{}")  # a previous run's notebook
+    publish("laptop", notebooks, executed, output, reference=ref, log=lambda s: None)
+    folder = ref / "results" / "laptop" / "notebooks"
+    assert sorted(p.name for p in folder.iterdir()) == ["00_data.ipynb", "10_tables_and_figures.ipynb", "README.md"]
+    page = nbformat.read(folder / "00_data.ipynb", as_version=4)
+    nbformat.validate(page)
+    outs = page.cells[1].outputs
+    assert [o.output_type for o in outs] == ["stream", "stream", "display_data"]  # the cleared bar's box is gone
+    assert outs[1].text == "SFT: 100%|██| 10/10\n" and "image/png" in outs[2].data  # the bar's last state, the figure
+    assert "papermill" not in page.cells[1].metadata
+    readme = (folder / "README.md").read_text()
+    assert "| [00_data.ipynb](00_data.ipynb) | 00_data · a title | 1.5 min |" in readme
+    assert "The whole collection: 2.0 min." in readme
+
+
+def test_publish_refuses_notebooks_over_the_size_limit_and_touches_nothing(tmp_path, monkeypatch):
+    from pocl_utils.notebook import outputs
+    notebooks, executed, output = _run(tmp_path)
+    nbformat.write(_executed("00_data", image=bytes(300_000)), executed / "00_data.ipynb")
+    ref = _reference(tmp_path)
+    before = _snapshot(ref)
+    monkeypatch.setattr(outputs, "NOTEBOOKS_MAX_MB", 0.25)
+    with pytest.raises(PublishError, match=r"cannot publish 'laptop': its executed notebooks take 0\.4 MB, over the "
+                                           r"0\.25 MB limit \(largest: 00_data\.ipynb 0\.4 MB"):
+        publish("laptop", notebooks, executed, output, reference=ref, log=lambda s: None)
+    assert _snapshot(ref) == before

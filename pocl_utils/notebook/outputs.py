@@ -5,10 +5,14 @@ runs root ($POCL_RUNS_DIR, else ./runs), which git ignores, so a user's run neve
 the repository's own `results/<profile>/` and `figures/<profile>/`. A maintainer copies a finished run there with
 `pocl-reproduce --profile P --publish` (`make publish`): both folders are staged beside the reference and swapped in
 by rename, so a reader sees the old reference or the new one, never a mix. Files and subfolders of the reference that
-the run does not have (history such as results/laptop/run1_3seeds/, a script's table) are kept.
+the run does not have (history such as results/laptop/run1_3seeds/, a script's table) are kept. The run's executed
+notebooks go with its tables, into results/<profile>/notebooks/ (replaced whole, with a README.md index), cleaned to
+what a reader sees (`published_notebook`) and NOTEBOOKS_MAX_MB at most in all, so that the repository page shows every
+table and figure of the reference run without running anything.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +24,7 @@ from ..experiment.workspace import RUNS_ROOT
 KINDS = ("results", "figures")
 UNFINISHED = ("failed", "interrupted")  # <stem>.<status>.ipynb beside the executed notebooks (see reproduce)
 REQUIRED_TABLES = ("profile.json", "runs.csv", "claims_summary.csv")  # 00 and 10 write them; every profile has them
+NOTEBOOKS_MAX_MB = 10.0  # the published executed notebooks, all together (git keeps every version of them)
 
 
 class PublishError(RuntimeError):
@@ -91,8 +96,9 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
     """Copy a finished run's results/<profile>/ and figures/<profile>/ over `reference`'s.
 
     Each reference folder is rebuilt in a staging folder beside it (its present content, then the run's files over it)
-    and swapped in by two renames, so files of the reference that the run does not have are kept. What a publish killed
-    between its two renames left behind is undone first.
+    and swapped in by two renames, so files of the reference that the run does not have are kept. The executed
+    notebooks replace results/<profile>/notebooks/ whole (`published_notebooks`). What a publish killed between its two
+    renames left behind is undone first.
 
     Args:
         profile: the profile's name.
@@ -107,21 +113,103 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
 
     Raises:
         PublishError: the run is unfinished (a notebook failed, was interrupted or has not run, a required table is
-            missing or there is no figure); nothing was touched.
+            missing or there is no figure), or its executed notebooks take more than NOTEBOOKS_MAX_MB; nothing was
+            touched.
     """
     problem = run_problem(profile, notebooks, executed, output)
     if problem:
         raise PublishError(f"cannot publish {profile!r}: {problem}; finish the run first "
                            f"(pocl-reproduce --profile {profile})")
+    pages = published_notebooks(profile, notebooks, executed)
     staged = []
     for kind in KINDS:
         src, dest = output / kind / profile, reference / kind / profile
         _recover(dest)
-        staged.append((src, _stage(src, dest, log), dest))
+        stage = _stage(src, dest, log)
+        if kind == "results":
+            shutil.rmtree(stage / "notebooks", ignore_errors=True)  # the run's notebooks only, never a mix of two runs
+            (stage / "notebooks").mkdir()
+            for name, text in pages.items():
+                (stage / "notebooks" / name).write_text(text, encoding="utf-8")
+        staged.append((src, stage, dest))
     for src, stage, dest in staged:
         _swap(stage, dest)
         log(f"published {sum(1 for p in src.rglob('*') if p.is_file())} files from {src} into {dest}")
     return [dest for _, _, dest in staged]
+
+
+def published_notebook(path: Path) -> str:
+    """An executed notebook as published: its outputs as a reader sees them in JupyterLab, nothing else.
+
+    Stream text is reduced to what a terminal shows (of each line, the text after its last carriage return: a progress
+    bar's final state instead of its every update); a stream output that then shows nothing (a cleared bar's empty red
+    box) is dropped; papermill's per-cell timing metadata is left out (its notebook-level record stays).
+
+    Args:
+        path: the executed notebook.
+
+    Returns:
+        The cleaned notebook's JSON text (nbformat.writes).
+    """
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                out.text = "\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+                if not out.text.strip():
+                    continue
+            kept.append(out)
+        cell.outputs = kept
+    return nbformat.writes(nb) + "\n"
+
+
+def published_notebooks(profile: str, notebooks: list[Path], executed: Path) -> dict[str, str]:
+    """The files of results/<profile>/notebooks/: each executed notebook, cleaned (`published_notebook`), and a
+    README.md that lists them with their titles and wall times (from timings.json when the run wrote one).
+
+    Args:
+        profile: the profile's name.
+        notebooks: the collection's notebooks (their names are looked up in `executed`).
+        executed: the folder of the executed notebooks.
+
+    Returns:
+        {file name: text}.
+
+    Raises:
+        PublishError: the notebooks take more than NOTEBOOKS_MAX_MB together (the message names the largest).
+    """
+    import nbformat
+    pages = {nb.name: published_notebook(executed / nb.name) for nb in notebooks}
+    size = {name: len(text.encode("utf-8")) for name, text in pages.items()}
+    if sum(size.values()) > NOTEBOOKS_MAX_MB * 2**20:
+        largest = ", ".join(f"{n} {size[n] / 2**20:.1f} MB" for n in sorted(size, key=size.get, reverse=True)[:3])
+        raise PublishError(f"cannot publish {profile!r}: its executed notebooks take {sum(size.values()) / 2**20:.1f} "
+                           f"MB, over the {NOTEBOOKS_MAX_MB:g} MB limit (largest: {largest}); show fewer or smaller "
+                           f"figures or tables in them")
+    try:
+        timings = json.loads((executed / "timings.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        timings = {}
+    lines = [f"# The executed notebooks of the `{profile}` reference run", "",
+             "Every table and figure of the run, as the notebooks printed them (`pocl-reproduce --publish` writes this "
+             "folder; the notebooks in `notebooks/` are the same ones, stored without outputs).", "",
+             "| notebook | what it shows | wall time |", "|---|---|---|"]
+    for name, text in pages.items():
+        cells = nbformat.reads(text, as_version=4).cells
+        title = next((c.source.splitlines()[0].lstrip("# ") for c in cells
+                      if c.cell_type == "markdown" and c.source.startswith("# ")), name)
+        wall = f"{timings[name] / 60:.1f} min" if isinstance(timings.get(name), (int, float)) else ""
+        lines.append(f"| [{name}]({name}) | {title} | {wall} |")
+    if isinstance(timings.get("total"), (int, float)):
+        lines += ["", f"The whole collection: {timings['total'] / 60:.1f} min."]
+    pages["README.md"] = "\n".join(lines) + "\n"
+    return pages
 
 
 def _side(dest: Path, what: str) -> Path:
