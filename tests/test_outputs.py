@@ -74,7 +74,10 @@ def _executed(stem: str, image: bytes = b"\x89PNG figure") -> nbformat.NotebookN
     nb = nbformat.v4.new_notebook()
     code = nbformat.v4.new_code_cell("ws = nb.setup(profile)", execution_count=1, metadata={"papermill": {"duration": 1}})
     code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="profile 'laptop' on device cpu\n"),
-                    nbformat.v4.new_output("stream", name="stderr", text="SFT:  10%|█ | 1/10\rSFT: 100%|██| 10/10\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rSFT:  10%|█ | 1/10"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rSFT: 100%|██| 10/10\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="[prepare] teacher ready\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rpre-training:  50%|█ | 1/2"),
                     nbformat.v4.new_output("stream", name="stderr", text="\r          \r"),
                     nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(image).decode()})]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {stem} · a title\n\nprose"), code]
@@ -188,8 +191,10 @@ def test_publish_adds_the_executed_notebooks_as_a_reader_sees_them(tmp_path):
     page = nbformat.read(folder / "00_data.ipynb", as_version=4)
     nbformat.validate(page)
     outs = page.cells[1].outputs
-    assert [o.output_type for o in outs] == ["stream", "stream", "display_data"]  # the cleared bar's box is gone
-    assert outs[1].text == "SFT: 100%|██| 10/10\n" and "image/png" in outs[2].data  # the bar's last state, the figure
+    assert [(o.output_type, o.get("name")) for o in outs] == [("stream", "stdout"), ("stream", "stderr"),
+                                                              ("stream", "stdout"), ("display_data", None)]
+    assert outs[1].text == "SFT: 100%|██| 10/10\n"  # the bar's last state; the cleared bar's empty box is gone
+    assert "image/png" in outs[3].data
     assert "papermill" not in page.cells[1].metadata
     readme = (folder / "README.md").read_text()
     assert "| [00_data.ipynb](00_data.ipynb) | 00_data · a title | 1.5 min |" in readme

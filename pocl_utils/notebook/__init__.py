@@ -30,6 +30,7 @@ from .grids import (ENVIRONMENT, TABLE_FILES, TableReport, agreement, claims, gr
                     records, run_grid, runs_frame, specs_of)
 from .outputs import output_root
 from .plots import FIG3_RUNS, FIGURES, collect, figure
+from .source import show_source
 from .session import (USER_ERRORS, figures_dir, in_notebook, model_text, require_real, results_dir, setup,
                       short_errors)
 from .views import (examples_frame, greedy_examples, model_sizes, ranking_table, ranking_verdict, real_data_card,

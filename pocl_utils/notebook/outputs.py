@@ -12,11 +12,13 @@ table and figure of the reference run without running anything.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..experiment.results import REPO_ROOT
 from ..experiment.workspace import RUNS_ROOT
@@ -34,6 +36,21 @@ class PublishError(RuntimeError):
 def output_root() -> Path:
     """Where a run's results/ and figures/ go: $POCL_OUTPUT_DIR if set, else the runs root."""
     return Path(os.environ.get("POCL_OUTPUT_DIR") or os.environ.get("POCL_RUNS_DIR") or RUNS_ROOT)
+
+
+@contextlib.contextmanager
+def bars_on_stdout() -> Iterator[None]:
+    """In a Jupyter kernel, send what writes to stderr (the training steps' tqdm bars) to stdout while inside.
+
+    A bar that closes with leave=False clears its line; on stderr that leaves an empty red box in JupyterLab, on stdout
+    nothing. Outside a kernel nothing changes (a terminal shows the bars on stderr as usual).
+    """
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is None or not hasattr(shell, "kernel"):
+        yield
+        return
+    with contextlib.redirect_stderr(sys.stdout):
+        yield
 
 
 def results_dir(profile: str) -> Path:
@@ -141,9 +158,10 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
 def published_notebook(path: Path) -> str:
     """An executed notebook as published: its outputs as a reader sees them in JupyterLab, nothing else.
 
-    Stream text is reduced to what a terminal shows (of each line, the text after its last carriage return: a progress
-    bar's final state instead of its every update); a stream output that then shows nothing (a cleared bar's empty red
-    box) is dropped; papermill's per-cell timing metadata is left out (its notebook-level record stays).
+    Consecutive stream outputs of one name are joined, as JupyterLab shows them, and reduced to what a terminal shows
+    (of each line, the text after its last carriage return: a progress bar's final state instead of its every update);
+    a stream that then shows nothing (a cleared bar's empty red box) is dropped; papermill's per-cell timing metadata is
+    left out (its notebook-level record stays).
 
     Args:
         path: the executed notebook.
@@ -158,14 +176,17 @@ def published_notebook(path: Path) -> str:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        kept = []
+        joined: list = []
         for out in cell.outputs:
+            if out.output_type == "stream" and joined and joined[-1].output_type == "stream" \
+                    and joined[-1].name == out.name:
+                joined[-1].text += out.text
+            else:
+                joined.append(out)
+        for out in joined:
             if out.output_type == "stream":
                 out.text = "\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n"))
-                if not out.text.strip():
-                    continue
-            kept.append(out)
-        cell.outputs = kept
+        cell.outputs = [o for o in joined if o.output_type != "stream" or o.text.strip()]
     return nbformat.writes(nb) + "\n"
 
 

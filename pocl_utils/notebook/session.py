@@ -73,7 +73,8 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     short_errors()
     p = get_profile(profile, overrides)
     print(f"profile {p.name!r} on {describe(distributed.device())}", flush=True)
-    ws = prepare(p)
+    with outputs.bars_on_stdout():  # no empty red stderr boxes once the bars are done
+        ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
     print(f"profile {p.name!r}: {p.data} data, {len(ws.sets['train'])} training rows; "
