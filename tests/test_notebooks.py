@@ -232,3 +232,58 @@ def test_bad_override_in_a_notebook_is_one_line_not_a_traceback(tmp_path, monkey
     errors = [o for o in outputs if o.output_type == "error"]
     assert len(errors) == 1 and len(errors[0].traceback) == 1  # one line, no traceback wall
     assert errors[0].traceback[0].startswith("ConfigError: unknown key 'kd.lrr'; valid keys:")
+
+
+# ---- the method's code beside its equations ------------------------------------------------------------------------
+
+
+def _shown_names(path) -> list[str]:
+    """The names passed to nb.show_source in a notebook's code cells."""
+    names = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "show_source":
+                assert all(isinstance(a, ast.Constant) for a in node.args), f"{path.name}: show_source takes literals"
+                names += [a.value for a in node.args]
+    return names
+
+
+@pytest.mark.parametrize("stem, equations", [
+    ("02_difficulty_ranking", {"difficulty.fuse_ranks"}),
+    ("03_kd_methods", {"losses.log_probs", "losses.DIVERGENCES", "losses.divergence_naive"}),
+    ("05_adaptive_parameters", {"curriculum.linear_schedule"}),
+    ("06_order", {"curriculum.baby_step"}),
+    ("07_temperature", {"losses.log_probs"}),
+    ("08_sft_ratio", {"curriculum.linear_schedule"}),
+])
+def test_notebooks_show_the_code_of_their_equations(stem, equations):
+    """Each notebook shows the package's code beside its equations, and every name it shows exists in pocl_utils."""
+    from pocl_utils.notebook.source import source
+    names = _shown_names(NOTEBOOK_DIR / f"{stem}.ipynb")
+    assert equations <= set(names)
+    for name in names:
+        assert source(name).text  # raises SourceError naming what is missing
+
+
+def test_show_source_reads_the_package_not_a_copy(capsys):
+    import inspect
+
+    from pocl_utils import curriculum
+    from pocl_utils.notebook.source import SourceError, source
+    shown = source("curriculum.linear_schedule")
+    lines, first = inspect.getsourcelines(curriculum.linear_schedule)
+    assert shown.path == "pocl_utils/curriculum.py" and shown.first == first == shown.last - len(lines) + 1
+    assert shown.text.startswith("def linear_schedule(") and '"""' not in shown.text  # docstring left out
+    assert "return [float(start + (end - start) * i / (n - 1)) for i in range(n)]" in shown.text
+    assert '"""' in source("curriculum.linear_schedule", docstring=True).text
+    table = source("losses.DIVERGENCES")  # a constant: its assignment
+    assert table.text.startswith("DIVERGENCES") and 'Divergence("fkl", "KLD"' in table.text
+    nb.show_source("difficulty.fuse_ranks")
+    out = capsys.readouterr().out
+    assert out.startswith("`pocl_utils/difficulty.py`, lines ") and "```python\ndef fuse_ranks(" in out
+    with pytest.raises(SourceError, match="pocl_utils.losses has no 'kd_objectiv'"):
+        source("losses.kd_objectiv")
+    with pytest.raises(SourceError, match="no such module"):
+        source("nowhere.fn")
