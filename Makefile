@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheels by default; set TORCH_INDEX=https://pypi.org/simple for the CUDA build on a GPU machine.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install test reproduce publish smoke bench clean-notebooks lab lab-notebooks
+.PHONY: install test reproduce publish smoke bench clean-notebooks lab lab-notebooks classroom-pack
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,3 +49,7 @@ lab: install
 lab-notebooks: install
 	$(BIN)/python -m pocl_utils.notebook.lab build
 	$(BIN)/python -m pocl_utils.notebook.lab solutions runs/lab/11_lab_solutions.ipynb
+
+## For teachers: prepare the classroom workspace once and pack it for students (docs/teaching.md says how they unpack it).
+classroom-pack: install
+	$(BIN)/python -m pocl_utils.notebook.classroom pack --profile classroom

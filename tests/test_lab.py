@@ -326,3 +326,50 @@ def test_both_variants_execute_on_smoke(tmp_path, monkeypatch):
             assert text.count(": using your ") == 4
     for fig in ("lab_curriculum", "lab_kd_by_subset"):
         assert (tmp_path / "out" / "figures" / "smoke" / f"{fig}.png").stat().st_size > 0
+
+
+# ---- the teacher's pack -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pack_prepares_once_and_students_unpack_a_ready_workspace(tmp_path, monkeypatch):
+    """`classroom pack` on smoke: the archive holds every prepared step under runs/smoke/ and PACK.json; unpacked into
+    another checkout's root, preparing there builds nothing (each STEP.json is the packed one, byte for byte)."""
+    import tarfile
+
+    from pocl_utils.experiment.pipeline import prepare
+    from pocl_utils.notebook import classroom
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    archive = classroom.pack("smoke", tmp_path / "out" / "ws.tar.gz", runs_root=tmp_path / "teacher", log=print)
+    names = tarfile.open(archive).getnames()
+    for step in ("data", "tokenizer", "teacher", "student_init", "ranking"):
+        assert f"runs/smoke/{step}/STEP.json" in names
+    assert "runs/smoke/PACK.json" in names and not [n for n in names if "registry" in n or ".lock" in n]
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["ws.tar.gz"]  # no temporary file left
+    ws_root = classroom.unpack(archive, tmp_path / "student")
+    assert ws_root == tmp_path / "student" / "runs" / "smoke"
+    meta = json.loads((ws_root / "PACK.json").read_text())
+    assert meta["profile"] == "smoke" and set(meta["steps"]) >= {"teacher", "student_init", "ranking"}
+    before = {d.name: (d / "STEP.json").read_bytes() for d in classroom.packed_steps(ws_root)}
+    prepare("smoke", runs_root=tmp_path / "student" / "runs")
+    assert {d.name: (d / "STEP.json").read_bytes() for d in classroom.packed_steps(ws_root)} == before
+
+
+def test_pack_refuses_real_data_and_unknown_profiles_and_unpack_foreign_archives(tmp_path):
+    import io
+    import tarfile
+
+    from pocl_utils.experiment.config import ConfigError
+    from pocl_utils.notebook import classroom
+    with pytest.raises(ConfigError, match="reads real data"):
+        classroom.pack("real-lite", tmp_path / "x.tar.gz")
+    with pytest.raises(ConfigError, match="unknown profile 'clasroom'"):
+        classroom.pack("clasroom", tmp_path / "x.tar.gz")
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("etc/passwd")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ValueError, match="member 'etc/passwd' is not a file of one workspace"):
+        classroom.unpack(bad, tmp_path / "student")
+    assert not (tmp_path / "student").exists()
