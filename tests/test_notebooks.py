@@ -280,8 +280,9 @@ def test_show_source_reads_the_package_not_a_copy(capsys):
     assert '"""' in source("curriculum.linear_schedule", docstring=True).text
     table = source("losses.DIVERGENCES")  # a constant: its assignment
     assert table.text.startswith("DIVERGENCES") and 'Divergence("fkl", "KLD"' in table.text
-    nb.show_source("difficulty.fuse_ranks")
+    print(nb.show_source("difficulty.fuse_ranks"))
     out = capsys.readouterr().out
+    assert nb.show_source("difficulty.fuse_ranks")._repr_markdown_() == out.rstrip("\n")  # what a notebook renders
     assert out.startswith("`pocl_utils/difficulty.py`, lines ") and "```python\ndef fuse_ranks(" in out
     with pytest.raises(SourceError, match="pocl_utils.losses has no 'kd_objectiv'"):
         source("losses.kd_objectiv")

@@ -40,7 +40,7 @@ def _commit() -> str | None:
 
 
 def packed_steps(root: Path) -> list[Path]:
-    """The prepared steps of a workspace: its folders holding a STEP.json, except finished runs and executed notebooks.
+    """The prepared steps of a workspace: its folders with a STEP.json, except finished runs and executed notebooks.
 
     Args:
         root: the workspace folder, runs/<profile>/.
@@ -56,9 +56,9 @@ def pack(profile: str = "classroom", out: Path | None = None, *, runs_root: Path
     """Prepare the profile's workspace (building what is missing) and pack its prepared steps into one .tar.gz.
 
     The archive's members are runs/<profile>/<step>/... and runs/<profile>/PACK.json (profile, steps, their sizes, the
-    commit and the time it was packed), so that `tar xzf` in a checkout's root puts the workspace where `nb.setup` looks
-    for it (the runs root being ./runs). It is written beside `out` first and renamed into place, so a failed pack leaves
-    no half archive.
+    commit and the time it was packed), so that `tar xzf` in a checkout's root puts the workspace where `nb.setup`
+    looks for it (the runs root being ./runs). It is written beside `out` first and renamed into place, so a failed pack
+    leaves no half archive.
 
     Args:
         profile: the profile's name (classroom for the lab).

@@ -38,6 +38,12 @@ def output_root() -> Path:
     return Path(os.environ.get("POCL_OUTPUT_DIR") or os.environ.get("POCL_RUNS_DIR") or RUNS_ROOT)
 
 
+def in_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (a notebook), not in a terminal or a plain IPython shell."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and hasattr(shell, "kernel")
+
+
 @contextlib.contextmanager
 def bars_on_stdout() -> Iterator[None]:
     """In a Jupyter kernel, send what writes to stderr (the training steps' tqdm bars) to stdout while inside.
@@ -45,8 +51,7 @@ def bars_on_stdout() -> Iterator[None]:
     A bar that closes with leave=False clears its line; on stderr that leaves an empty red box in JupyterLab, on stdout
     nothing. Outside a kernel nothing changes (a terminal shows the bars on stderr as usual).
     """
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    if shell is None or not hasattr(shell, "kernel"):
+    if not in_kernel():
         yield
         return
     with contextlib.redirect_stderr(sys.stdout):

@@ -48,7 +48,7 @@ class Source:
 
 
 def _resolve(name: str) -> tuple[Any, Any, str]:
-    """(module, object or None, attribute path) for a dotted name below pocl_utils; the longest importable module wins."""
+    """(module, object, attribute path) for a dotted name below pocl_utils; the longest importable module wins."""
     parts = name.split(".")
     for cut in range(len(parts), 0, -1):
         try:
@@ -120,22 +120,36 @@ def source(name: str, *, docstring: bool = False) -> Source:
     return Source(name, file.resolve().relative_to(root.resolve()).as_posix(), first, last, text)
 
 
-def show_source(*names: str, docstring: bool = False) -> None:
-    """Display the code of each name (see `source`) under a caption naming its file and lines.
+@dataclass(frozen=True)
+class Sources:
+    """Pieces of code to show: a notebook renders them as Markdown (`_repr_markdown_`), a terminal prints their text."""
 
-    In a notebook each is one Markdown block (syntax-highlighted); elsewhere it is printed.
+    items: tuple[Source, ...]
+
+    def markdown(self) -> str:
+        return "\n\n".join(item.markdown() for item in self.items)
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
+
+    def __repr__(self) -> str:
+        return self.markdown()
+
+
+def show_source(*names: str, docstring: bool = False) -> Sources:
+    """The code of each name (see `source`) under a caption naming its file and lines, to show as a cell's value.
+
+    As the last line of a notebook cell it renders as one Markdown block per name (syntax-highlighted); printed, or
+    as a value in a terminal, it gives the same text.
 
     Args:
         *names: dotted paths below pocl_utils, shown in this order.
         docstring: keep the docstrings.
 
+    Returns:
+        The pieces of code, as a Sources value.
+
     Raises:
         SourceError: a name leads to no code in pocl_utils.
     """
-    blocks = [source(n, docstring=docstring).markdown() for n in names]
-    from . import in_notebook  # the facade's test for a Jupyter kernel
-    if in_notebook():
-        from IPython.display import Markdown, display
-        display(Markdown("\n\n".join(blocks)))
-    else:
-        print("\n\n".join(blocks))
+    return Sources(tuple(source(n, docstring=docstring) for n in names))
