@@ -182,12 +182,16 @@ def test_publish_refusal_is_one_line(tmp_path):
 def test_publish_adds_the_executed_notebooks_as_a_reader_sees_them(tmp_path):
     notebooks, executed, output = _run(tmp_path)
     (executed / "timings.json").write_text('{"00_data.ipynb": 90.0, "10_tables_and_figures.ipynb": 30.0, "total": 120}')
+    (executed.parent / "lab").mkdir()  # pocl-reproduce --lab solutions ran too
+    nbformat.write(_executed("11_lab_solutions"), executed.parent / "lab" / "11_lab_solutions.ipynb")
     ref = _reference(tmp_path)
     (ref / "results" / "laptop" / "notebooks").mkdir()
     (ref / "results" / "laptop" / "notebooks" / "05_old_name.ipynb").write_text("{}")  # a previous run's notebook
     publish("laptop", notebooks, executed, output, reference=ref, log=lambda s: None)
     folder = ref / "results" / "laptop" / "notebooks"
-    assert sorted(p.name for p in folder.iterdir()) == ["00_data.ipynb", "10_tables_and_figures.ipynb", "README.md"]
+    assert sorted(p.name for p in folder.iterdir()) == ["00_data.ipynb", "10_tables_and_figures.ipynb",
+                                                        "11_lab_solutions.ipynb",
+                                                        "README.md"]
     page = nbformat.read(folder / "00_data.ipynb", as_version=4)
     nbformat.validate(page)
     outs = page.cells[1].outputs

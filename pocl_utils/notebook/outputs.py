@@ -26,6 +26,7 @@ from ..experiment.workspace import RUNS_ROOT
 KINDS = ("results", "figures")
 UNFINISHED = ("failed", "interrupted")  # <stem>.<status>.ipynb beside the executed notebooks (see reproduce)
 REQUIRED_TABLES = ("profile.json", "runs.csv", "claims_summary.csv")  # 00 and 10 write them; every profile has them
+LAB_SOLUTIONS = "11_lab_solutions.ipynb"  # the executed lab with every exercise solved, published when the run has one
 NOTEBOOKS_MAX_MB = 10.0  # the published executed notebooks, all together (git keeps every version of them)
 
 
@@ -119,8 +120,9 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
 
     Each reference folder is rebuilt in a staging folder beside it (its present content, then the run's files over it)
     and swapped in by two renames, so files of the reference that the run does not have are kept. The executed
-    notebooks replace results/<profile>/notebooks/ whole (`published_notebooks`). What a publish killed between its two
-    renames left behind is undone first.
+    notebooks replace results/<profile>/notebooks/ whole (`published_notebooks`), with the executed lab's solutions
+    variant when the run folder holds one (<runs root>/<profile>/lab/11_lab_solutions.ipynb, from `pocl-reproduce --lab
+    solutions`). What a publish killed between its two renames left behind is undone first.
 
     Args:
         profile: the profile's name.
@@ -142,7 +144,8 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
     if problem:
         raise PublishError(f"cannot publish {profile!r}: {problem}; finish the run first "
                            f"(pocl-reproduce --profile {profile})")
-    pages = published_notebooks(profile, notebooks, executed)
+    lab = executed.parent / "lab" / LAB_SOLUTIONS  # `pocl-reproduce --lab solutions`: the lab's expected outputs
+    pages = published_notebooks(profile, notebooks, executed, extra=[lab] if lab.is_file() else [])
     staged = []
     for kind in KINDS:
         src, dest = output / kind / profile, reference / kind / profile
@@ -195,7 +198,8 @@ def published_notebook(path: Path) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def published_notebooks(profile: str, notebooks: list[Path], executed: Path) -> dict[str, str]:
+def published_notebooks(profile: str, notebooks: list[Path], executed: Path,
+                        extra: list[Path] = ()) -> dict[str, str]:
     """The files of results/<profile>/notebooks/: each executed notebook, cleaned (`published_notebook`), and a
     README.md that lists them with their titles and wall times (from timings.json when the run wrote one).
 
@@ -203,6 +207,7 @@ def published_notebooks(profile: str, notebooks: list[Path], executed: Path) -> 
         profile: the profile's name.
         notebooks: the collection's notebooks (their names are looked up in `executed`).
         executed: the folder of the executed notebooks.
+        extra: more executed notebooks to publish after them, read where they are (the lab's solutions).
 
     Returns:
         {file name: text}.
@@ -211,7 +216,7 @@ def published_notebooks(profile: str, notebooks: list[Path], executed: Path) -> 
         PublishError: the notebooks take more than NOTEBOOKS_MAX_MB together (the message names the largest).
     """
     import nbformat
-    pages = {nb.name: published_notebook(executed / nb.name) for nb in notebooks}
+    pages = {path.name: published_notebook(path) for path in [executed / nb.name for nb in notebooks] + list(extra)}
     size = {name: len(text.encode("utf-8")) for name, text in pages.items()}
     if sum(size.values()) > NOTEBOOKS_MAX_MB * 2**20:
         largest = ", ".join(f"{n} {size[n] / 2**20:.1f} MB" for n in sorted(size, key=size.get, reverse=True)[:3])
