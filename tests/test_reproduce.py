@@ -261,5 +261,6 @@ def test_a_running_notebooks_bars_reach_the_terminal(tmp_path):
             pass
         print("done")""")
     out = io.StringIO()
+    (tmp_path / "executed").mkdir()
     execute_one(nb, tmp_path / "executed", {"profile": "smoke"}, kernel_name(), ProgressLine(out, tty=False))
     assert out.getvalue().startswith("      preparing:") and "done" not in out.getvalue()
