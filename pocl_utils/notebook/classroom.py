@@ -23,7 +23,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..experiment.config import PROFILES, ConfigError, get_profile
 from ..experiment.results import REPO_ROOT
@@ -51,8 +51,8 @@ def packed_steps(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and d.name not in SKIP and (d / "STEP.json").is_file())
 
 
-def pack(profile: str = "classroom", out: Path | None = None, *, runs_root: Path | None = None,
-         log: Callable[[str], None] = print) -> Path:
+def pack(profile: str = "classroom", out: Path | None = None, *, overrides: dict[str, Any] | None = None,
+         runs_root: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Prepare the profile's workspace (building what is missing) and pack its prepared steps into one .tar.gz.
 
     The archive's members are runs/<profile>/<step>/... and runs/<profile>/PACK.json (profile, steps, their sizes, the
@@ -63,6 +63,7 @@ def pack(profile: str = "classroom", out: Path | None = None, *, runs_root: Path
     Args:
         profile: the profile's name (classroom for the lab).
         out: the archive's path; None = ./pocl-<profile>-workspace.tar.gz.
+        overrides: profile keys to change, as the lab's `overrides` parameter (students must set the same ones).
         runs_root: the runs root holding the workspace; None = RUNS_ROOT ($POCL_RUNS_DIR, else ./runs).
         log: receives the progress lines.
 
@@ -70,13 +71,13 @@ def pack(profile: str = "classroom", out: Path | None = None, *, runs_root: Path
         The archive's path.
 
     Raises:
-        ConfigError: an unknown profile, or one with real data (its data files have their own licences and are read
+        ConfigError: an unknown profile or override, or a profile with real data (its data files have their own licences and are read
             from $POCL_DATA_DIR; they are not packed).
     """
     from ..experiment.pipeline import prepare
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
-    p = get_profile(profile)
+    p = get_profile(profile, dict(overrides or {}))
     if p.data != "world":
         raise ConfigError(f"profile {profile!r} reads real data; pack a generated-world profile (classroom, smoke, "
                           f"laptop)")
@@ -85,7 +86,7 @@ def pack(profile: str = "classroom", out: Path | None = None, *, runs_root: Path
     log(f"workspace {ws.root} prepared in {time.time() - t0:.0f}s")
     steps = packed_steps(ws.root)
     sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in steps}
-    meta = {"profile": profile, "steps": sizes, "commit": _commit(), "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+    meta = {"profile": profile, "overrides": dict(overrides or {}), "steps": sizes, "commit": _commit(), "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                                time.gmtime()),
             "unpack": "tar xzf <this archive> in the root of a checkout of the same commit (creates runs/"
                       f"{profile}/)"}
@@ -144,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     pk.add_argument("--profile", default="classroom")
     pk.add_argument("--out", type=Path, default=None, help="the archive (default ./pocl-<profile>-workspace.tar.gz)")
     pk.add_argument("--runs-root", type=Path, default=None, help="the runs root (default $POCL_RUNS_DIR, else ./runs)")
+    pk.add_argument("--overrides", type=json.loads, default=None,
+                    help='profile overrides as a JSON object, e.g. \'{"n_subsets": 3}\' (the lab must use the same)')
     args = ap.parse_args(argv)
     try:
-        pack(args.profile, args.out, runs_root=args.runs_root)
+        pack(args.profile, args.out, overrides=args.overrides, runs_root=args.runs_root)
     except ConfigError as e:
         print(f"pocl_utils.notebook.classroom: {e}")
         return 2
