@@ -488,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(default) as a student meets it (each check says 'not implemented yet'; the closing "
                          "experiment uses pocl_utils's pieces), 'solutions' with every exercise solved")
     ap.add_argument("--publish", action="store_true",
-                    help="run nothing: copy this profile's finished run into the committed results/<profile>/ and "
-                         "figures/<profile>/ (refused if a notebook has not finished or a table is missing)")
+                    help="for maintainers; run nothing: copy this profile's finished run into the committed "
+                         "results/<profile>/ and figures/<profile>/, its executed notebooks (and the lab's solutions, "
+                         "if run) into results/<profile>/notebooks/ (refused if a notebook has not finished, a table "
+                         "is missing or the notebooks exceed 10 MB)")
     args = ap.parse_args(argv)
     args.profile = args.profile or ("classroom" if args.lab else "laptop")
     _quiet_libraries()
