@@ -252,11 +252,11 @@ def _shown_names(path) -> list[str]:
 
 @pytest.mark.parametrize("stem, equations", [
     ("02_difficulty_ranking", {"difficulty.fuse_ranks"}),
-    ("03_kd_methods", {"losses.log_probs", "losses.DIVERGENCES", "losses.divergence_naive"}),
+    ("03_kd_methods", {"losses.log_probs", "losses.DIVERGENCES", "losses.divergence_naive", "losses.kd_loss"}),
     ("05_adaptive_parameters", {"curriculum.linear_schedule"}),
     ("06_order", {"curriculum.baby_step"}),
     ("07_temperature", {"losses.log_probs"}),
-    ("08_sft_ratio", {"curriculum.linear_schedule"}),
+    ("08_sft_ratio", {"losses.kd_loss", "curriculum.linear_schedule"}),
 ])
 def test_notebooks_show_the_code_of_their_equations(stem, equations):
     """Each notebook shows the package's code beside its equations, and every name it shows exists in pocl_utils."""

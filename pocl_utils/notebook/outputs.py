@@ -12,13 +12,11 @@ table and figure of the reference run without running anything.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..experiment.results import REPO_ROOT
 from ..experiment.workspace import RUNS_ROOT
@@ -37,26 +35,6 @@ class PublishError(RuntimeError):
 def output_root() -> Path:
     """Where a run's results/ and figures/ go: $POCL_OUTPUT_DIR if set, else the runs root."""
     return Path(os.environ.get("POCL_OUTPUT_DIR") or os.environ.get("POCL_RUNS_DIR") or RUNS_ROOT)
-
-
-def in_kernel() -> bool:
-    """Whether this code runs in a Jupyter kernel (a notebook), not in a terminal or a plain IPython shell."""
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    return shell is not None and hasattr(shell, "kernel")
-
-
-@contextlib.contextmanager
-def bars_on_stdout() -> Iterator[None]:
-    """In a Jupyter kernel, send what writes to stderr (the training steps' tqdm bars) to stdout while inside.
-
-    A bar that closes with leave=False clears its line; on stderr that leaves an empty red box in JupyterLab, on stdout
-    nothing. Outside a kernel nothing changes (a terminal shows the bars on stderr as usual).
-    """
-    if not in_kernel():
-        yield
-        return
-    with contextlib.redirect_stderr(sys.stdout):
-        yield
 
 
 def results_dir(profile: str) -> Path:

@@ -2,8 +2,10 @@
 errors shown as one line."""
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..data import DataError
 from ..experiment.config import DEFAULT_PROFILE, ConfigError, ModelSpec, Profile, get_profile
@@ -73,7 +75,7 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     short_errors()
     p = get_profile(profile, overrides)
     print(f"profile {p.name!r} on {describe(distributed.device())}", flush=True)
-    with outputs.bars_on_stdout():  # no empty red stderr boxes once the bars are done
+    with bars_on_stdout():  # no empty red stderr boxes once the bars are done
         ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")
     atomic_write_json(results_dir(p) / "profile.json", {"profile": p.to_dict(), "overrides": overrides})
@@ -128,3 +130,17 @@ def in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and hasattr(shell, "kernel")
+
+
+@contextlib.contextmanager
+def bars_on_stdout() -> Iterator[None]:
+    """In a notebook (`in_notebook`), send what writes to stderr (the preparation's tqdm bars) to stdout while inside.
+
+    A bar that closes with leave=False clears its line; on stderr that leaves an empty red box in JupyterLab, on stdout
+    nothing. Outside a notebook nothing changes (a terminal shows the bars on stderr as usual).
+    """
+    if not in_notebook():
+        yield
+        return
+    with contextlib.redirect_stderr(sys.stdout):
+        yield
