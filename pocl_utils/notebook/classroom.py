@@ -1,7 +1,7 @@
 """Prepare a classroom workspace once and pack it for students, so that nobody waits for the preparation in class.
 
     python -m pocl_utils.notebook.classroom pack                       # classroom -> pocl-classroom-workspace.tar.gz
-    python -m pocl_utils.notebook.classroom pack --profile smoke --out /tmp/ws.tar.gz
+    python -m pocl_utils.notebook.classroom pack --profile smoke --out ws.tar.gz
 
 `pack` builds whatever of the profile's workspace is not cached yet (the generated data, the tokenizer, the trained
 teacher, the initial student, its difficulty ranking, the teacher cache and the SeqKD responses: the same steps as
@@ -71,8 +71,8 @@ def pack(profile: str = "classroom", out: Path | None = None, *, overrides: dict
         The archive's path.
 
     Raises:
-        ConfigError: an unknown profile or override, or a profile with real data (its data files have their own licences and are read
-            from $POCL_DATA_DIR; they are not packed).
+        ConfigError: an unknown profile or override, or a profile with real data (its data files have their own
+            licences and are read from $POCL_DATA_DIR; they are not packed).
     """
     from ..experiment.pipeline import prepare
     if profile not in PROFILES:
@@ -86,10 +86,9 @@ def pack(profile: str = "classroom", out: Path | None = None, *, overrides: dict
     log(f"workspace {ws.root} prepared in {time.time() - t0:.0f}s")
     steps = packed_steps(ws.root)
     sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in steps}
-    meta = {"profile": profile, "overrides": dict(overrides or {}), "steps": sizes, "commit": _commit(), "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                               time.gmtime()),
-            "unpack": "tar xzf <this archive> in the root of a checkout of the same commit (creates runs/"
-                      f"{profile}/)"}
+    meta = {"profile": profile, "overrides": dict(overrides or {}), "steps": sizes, "commit": _commit(),
+            "packed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "unpack": f"tar xzf <this archive> in the root of a checkout of the same commit (creates runs/{profile}/)"}
     out = Path(out or f"pocl-{profile}-workspace.tar.gz")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
