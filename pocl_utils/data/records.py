@@ -20,16 +20,19 @@ PROMPT_WITH_INPUT = (
 )
 
 
-def build_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - name fixed by the API
-    """The MiniLLM/POCL prompt template (the `prompt` field of every MiniLLM-processed file).
+def build_prompt(instruction: str, input: str = "", template: str = "") -> str:  # noqa: A002 - name fixed by the API
+    """The MiniLLM/POCL prompt template (the `prompt` field of every MiniLLM-processed file), or `template`.
 
     Args:
         instruction: the task.
         input: its context; empty = the template without an input section.
+        template: a format string with the fields {instruction} and (optionally) {input}; "" = MiniLLM's.
 
     Returns:
-        The prompt, ending in "### Response:\\n".
+        The prompt; MiniLLM's ends in "### Response:\\n".
     """
+    if template:
+        return template.format(instruction=instruction, input=input)
     if input:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
@@ -172,7 +175,7 @@ def _row_id(row: dict, path: Path, line: int) -> str:
 STANDARD_FIELDS = ("id", "instruction", "input", "prompt", "references", "output")  # in every loaded record
 
 
-def _normalize_row(row: Any, path: Path, line: int) -> dict:
+def _normalize_row(row: Any, path: Path, line: int, template: str = "") -> dict:
     """Validate one parsed row and return it with the standard fields filled in (other fields kept)."""
     if not isinstance(row, dict):
         raise DataError(f"expected a JSON object, got {json_type(row)}", path=path, line=line)
@@ -189,14 +192,14 @@ def _normalize_row(row: Any, path: Path, line: int) -> dict:
         instruction=instruction or "",
         input=input_text,
         # A given prompt wins even if it differs from the template: the file is the ground truth.
-        prompt=prompt if prompt is not None else build_prompt(instruction, input_text),
+        prompt=prompt if prompt is not None else build_prompt(instruction, input_text, template),
         references=references,
         output=references[0],
     )
     return record
 
 
-def load_instructions(path: str | os.PathLike) -> list[dict]:
+def load_instructions(path: str | os.PathLike, template: str = "") -> list[dict]:
     """Load a MiniLLM/DistiLLM-style JSON Lines file of instruction data.
 
     Rows hold `instruction` (+ optional `input`) and/or `prompt`, and `output` (a string, or a list of
@@ -205,6 +208,7 @@ def load_instructions(path: str | os.PathLike) -> list[dict]:
 
     Args:
         path: the JSON Lines file.
+        template: the prompt of rows without a `prompt` (`build_prompt`); "" = MiniLLM's.
 
     Returns:
         One record per row, in file order.
@@ -219,7 +223,7 @@ def load_instructions(path: str | os.PathLike) -> list[dict]:
     records: list[dict] = []
     first_line_of: dict[str, int] = {}
     for line, row in _read_jsonl(path):
-        record = _normalize_row(row, path, line)
+        record = _normalize_row(row, path, line, template)
         if record["id"] in first_line_of:
             raise DataError(f"duplicate id {record['id']!r} (first seen on line {first_line_of[record['id']]})",
                             path=path, line=line, field="id")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..experiment.config import PROFILES, ConfigError, get_profile
+from ..experiment.config import OVERRIDES_EXAMPLE, PROFILES, ConfigError, get_profile
 from ..experiment.results import REPO_ROOT, atomic_write_json
 from ..experiment.workspace import RUNS_ROOT
 from .outputs import UNFINISHED, PublishError, output_root, publish
@@ -108,7 +108,6 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
         check_value(key, value, valid[key])
 
 
-OVERRIDES_EXAMPLE = """-p overrides '{"kd.lr": 0.001}'"""
 
 
 def check_value(key: str, value: Any, default: Any) -> None:
