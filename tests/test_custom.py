@@ -99,3 +99,117 @@ def test_readme_recipe_runs_verbatim(tmp_path):
     assert frame.rouge_l.between(0, 100).all()
     assert (tmp_path / "runs" / Path(name).stem / "ranking" / "ranking.csv").is_file()
     assert "paper" not in " ".join(p.name for p in (tmp_path / "runs").iterdir())
+
+
+# ---- the config file ----------------------------------------------------------------------------------------------
+
+def _files(folder: Path) -> None:
+    for name, seed in (("train", 0), ("valid", 1), ("test", 2)):
+        _write_jsonl(folder / "data" / f"{name}.jsonl", _rows(6, seed))
+    (folder / "models" / "student").mkdir(parents=True)
+
+
+GOOD = """teacher: gpt2-xl
+student: models/student
+train_file: data/train.jsonl
+valid_file: data/valid.jsonl
+eval_files: {test: data/test.jsonl}
+kd: {lr: 0.001}
+teacher_sft.epochs: 2
+"""
+
+
+def test_config_file_yaml_and_json_give_the_same_profile(tmp_path):
+    _files(tmp_path)
+    (tmp_path / "mine.yaml").write_text(GOOD, encoding="utf-8")
+    import yaml
+    (tmp_path / "mine.json").write_text(json.dumps(yaml.safe_load(GOOD), indent=2), encoding="utf-8")
+    a, b = get_profile(str(tmp_path / "mine.yaml")), get_profile(str(tmp_path / "mine.json"), {"kd.batch_size": 4})
+    assert a.name == "mine" and a.data == "files" and a.kd.lr == 1e-3 and a.teacher_sft.epochs == 2.0
+    assert a.teacher.arch == "hub" and a.teacher.name_or_path == "gpt2-xl"  # no such folder: a hub id
+    assert a.student.name_or_path == str((tmp_path / "models" / "student").resolve())  # a folder: made absolute
+    assert a.train_file == str((tmp_path / "data" / "train.jsonl").resolve())
+    assert eval_sets(a) == ("test",) and a.config_file == str((tmp_path / "mine.yaml").resolve())
+    assert b.kd.batch_size == 4 and b.kd.lr == a.kd.lr and b.eval_files == a.eval_files
+    assert a.kd.epochs == CUSTOM.kd.epochs and a.max_len == CUSTOM.max_len  # the rest from the custom base
+    assert is_config_file("x/y.YML") and not is_config_file("laptop")
+
+
+def test_config_without_eval_files_scores_the_validation_set_and_base_works(tmp_path):
+    _files(tmp_path)
+    text = "\n".join(line for line in GOOD.splitlines() if not line.startswith("eval_files"))
+    (tmp_path / "c.yaml").write_text(text + "\nname: my-run\nbase: real-lite\nteacher: {arch: hub, name_or_path: x}\n"
+                                     "data: files\n", encoding="utf-8")
+    p = load_config(tmp_path / "c.yaml")
+    assert eval_sets(p) == ("valid",) and p.name == "my-run" and p.max_len == 416  # real-lite's
+    assert eval_sets(get_profile("smoke"))[0] == "DollyEval"
+
+
+BAD = [  # (what replaces or extends GOOD, the error's words: file, line, key and the problem)
+    ("valid_file: data/nope.jsonl", r"c\.yaml, line 4, key 'valid_file': no such file: .*nope\.jsonl"),
+    ("kd: {lr: fast}", r"line 7, key 'kd\.lr': .*expected float, got str 'fast'"),
+    ("kd:\n  lr: -1", r"line 8, key 'kd\.lr': .*must be > 0"),
+    ("n_subset: 3", r"line 8, key 'n_subset': unknown key; valid keys: .*n_subsets"),
+    ("prompt_template: 'Q: {question}'", r"line 8, key 'prompt_template': .*must hold \{instruction\}"),
+    ("eval_files: {train: data/test.jsonl}", r"line 7, key 'eval_files\.train': .*not train, valid or Avg"),
+    ("student: [1", r"c\.yaml, line \d+: malformed YAML"),
+    ("base: lapto", r"line 8, key 'base': unknown profile 'lapto'"),
+    ("teacher: ''", r"line 1, key 'teacher\.name_or_path': .*must name a hub id or a local model folder"),
+]
+
+
+@pytest.mark.parametrize("change, words", BAD, ids=[c for c, _ in BAD])
+def test_bad_config_names_file_line_and_key(tmp_path, change, words):
+    _files(tmp_path)
+    key = change.split(":")[0]
+    lines = [line for line in GOOD.splitlines() if not line.startswith(key + ":")] if key in ("kd", "eval_files") \
+        else GOOD.splitlines()
+    if key in ("valid_file", "teacher", "student"):
+        lines = [change if line.startswith(key + ":") else line for line in lines]
+    else:
+        lines.append(change)
+    (tmp_path / "c.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=words):
+        get_profile(str(tmp_path / "c.yaml"))
+
+
+def test_bad_json_config_names_the_line(tmp_path):
+    (tmp_path / "c.json").write_text('{\n  "teacher": "gpt2",\n  "kd": {"lr": 1e-3,}\n}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"c\.json, line 3: malformed JSON"):
+        get_profile(str(tmp_path / "c.json"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        get_profile(str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match="custom profile is a config file's base"):
+        get_profile("custom")
+
+
+# ---- every key documented -----------------------------------------------------------------------------------------
+
+def test_every_profile_key_has_a_description():
+    rows = profile_docs.profile_keys()
+    keys = {r["key"] for r in rows}
+    assert {"kd.lr", "teacher.name_or_path", "train_file", "eval_files", "prompt_template", "n_subsets"} <= keys
+    assert [r["key"] for r in rows if not r["help"]] == []
+    text = profile_docs.profile_help()
+    assert all(r["key"] in text for r in rows)
+    assert "n_subsets (int): POCL's n" in (Profile.__doc__ or "")  # help(Profile)
+
+
+def test_docs_profiles_page_is_generated_from_the_fields():
+    page = ROOT / "docs" / "profiles.md"
+    assert page.read_text(encoding="utf-8") == profile_docs.profile_markdown(), (
+        "docs/profiles.md is stale: python -c 'from pocl_utils.experiment.profile_docs import write_page; write_page()'")
+
+
+def test_job_help_is_whole_and_help_profile_lists_the_keys():
+    from pocl_utils.experiment import job
+    out = subprocess.run([sys.executable, "-m", "pocl_utils.experiment.job", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert out.returncode == 0 and "--config FILE" in out.stdout and "-p overrides JSON" in out.stdout
+    assert "without\nnotebooks, then write its results CSV" in out.stdout  # the description is no longer cut off
+    assert "--help-profile" in out.stdout
+    assert job.parse_overrides([["overrides", '{"kd.lr": 0.01}']]) == {"kd.lr": 0.01}
+    with pytest.raises(ConfigError, match="JSON object"):
+        job.parse_overrides([["overrides", "[1]"]])
+    with pytest.raises(ConfigError, match="only -p overrides"):
+        job.parse_overrides([["profile", "smoke"]])

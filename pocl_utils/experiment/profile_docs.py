@@ -106,7 +106,8 @@ def profile_doc() -> str:
 
 Profile.__doc__ = profile_doc()  # help(Profile) lists the keys; pocl_utils.experiment imports this module
 
-if __name__ == "__main__":  # python -m pocl_utils.experiment.profile_docs rewrites docs/profiles.md
+def write_page() -> Path:
+    """Rewrite docs/profiles.md from the current fields; returns its path."""
     DOCS_PAGE.parent.mkdir(parents=True, exist_ok=True)
     DOCS_PAGE.write_text(profile_markdown(), encoding="utf-8")
-    print(DOCS_PAGE)
+    return DOCS_PAGE

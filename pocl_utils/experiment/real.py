@@ -179,7 +179,8 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
                 # the teacher cache holds exact logits, 49,152 fp32 per response token (about 200 kB);
                 # teacher_cache.build_teacher_cache sizes its batches from vocabulary x length, so they fit in memory
                 "ranking": ranking_step, "teacher_cache": teacher_cache_step, "seqkd": seqkd_step}
-    build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log, tag="prepare_real")
+    build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log,
+                tag="prepare" if p.data == "files" else "prepare_real")
     return ws
 
 
