@@ -114,9 +114,14 @@ def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.
                                     for _, r in summary_df.iterrows()])
     table = cells.pivot_table(index=["method", "variant"], columns="dataset", values="cell", aggfunc="first",
                               sort=False)
-    cols = [c for c in EVAL_SETS if c in table.columns] + [c for c in table.columns if c not in (*EVAL_SETS, "Avg")]
-    cols += ["Avg"] if "Avg" in table.columns else []
-    return table[cols]
+    return table[dataset_columns(table.columns)]
+
+
+def dataset_columns(columns) -> list[str]:
+    """Eval-set columns in table order: the paper's five in its order, then a config's own sets, then 'Avg'."""
+    columns = list(columns)
+    own = [c for c in columns if c not in (*EVAL_SETS, "Avg")]
+    return [c for c in EVAL_SETS if c in columns] + own + (["Avg"] if "Avg" in columns else [])
 
 
 def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> pd.DataFrame:

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..experiment.config import OVERRIDES_EXAMPLE, PROFILES, ConfigError, get_profile
+from ..experiment.config import OVERRIDES_EXAMPLE, PROFILES, ConfigError, get_profile, is_config_file
+from ..experiment.profile_docs import profile_help
 from ..experiment.results import REPO_ROOT, atomic_write_json
 from ..experiment.workspace import RUNS_ROOT
 from .outputs import UNFINISHED, PublishError, output_root, publish
@@ -38,14 +39,34 @@ def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Pat
 
     Args:
         folder: the notebooks' folder (notebooks named NN_*.ipynb).
-        profile: the profile's name; an unknown name counts as a profile with generated data.
+        profile: the profile's name, or a config file's path; an unknown name counts as a profile with generated
+            data.
 
     Returns:
         The notebooks' paths, sorted by name.
     """
-    real = profile in PROFILES and PROFILES[profile].data == "real"
+    data = get_profile(profile).data if is_config_file(profile) else getattr(PROFILES.get(profile), "data", "world")
+    if data == "files":  # a config's own models and data: the notebooks that need no generated world or paper data
+        return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if p.stem in FILES_NOTEBOOKS)
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb")
-                  if "lab" not in p.stem.split("_") and (real or not p.stem.endswith("_real_models")))
+                  if "lab" not in p.stem.split("_") and (data == "real" or not p.stem.endswith("_real_models")))
+
+
+FILES_NOTEBOOKS = ("03_kd_methods",)  # what `pocl-reproduce --config` runs on a config's own data
+
+
+def profile_name(profile: str) -> str:
+    """The name of a profile or of a config file's profile (what its runs/, results/ and figures/ folders are named
+    after).
+
+    Raises:
+        ConfigError: an unknown profile name, or a config file that does not load (naming its file, line and key).
+    """
+    if is_config_file(profile):
+        return get_profile(profile).name
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}, or --config FILE")
+    return profile
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -246,9 +267,9 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
     the notebook. The error of a failing notebook propagates (see `execute_one`).
 
     Args:
-        profile: the profile's name, one of PROFILES.
+        profile: the profile's name, one of PROFILES, or a config file's path (`config.load_config`).
         notebooks: the notebooks to run, in this order; None = `collection(profile=profile)`.
-        out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile>/notebooks.
+        out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile name>/notebooks.
         extra: extra notebook parameters, name -> value.
         log: receives the progress lines.
 
@@ -260,12 +281,11 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
             that runs this interpreter (`kernel_name`).
         Interrupted: Ctrl-C while a notebook ran (the message names it).
     """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    name = profile_name(profile)
     extra = dict(extra or {})
     check_extra(profile, extra)
     notebooks = notebooks or collection(profile=profile)
-    out_dir = Path(out_dir or RUNS_ROOT / profile / "notebooks")
+    out_dir = Path(out_dir or RUNS_ROOT / name / "notebooks")
     valid = {nb: notebook_parameters(nb) for nb in notebooks}
     for key in extra:
         if not any(key in v for v in valid.values()):
@@ -279,7 +299,7 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
     times: dict[str, float] = {}
     t_all = time.time()
     for k, nb in enumerate(notebooks, 1):
-        log(f"[{k}/{len(notebooks)}] {nb.name} (profile={profile})")
+        log(f"[{k}/{len(notebooks)}] {nb.name} (profile={name})")
         t0 = time.time()
         try:
             execute_one(nb, out_dir, params[nb], kernel)
@@ -323,6 +343,7 @@ EPILOG = f"""examples:
   pocl-reproduce --profile smoke                          the whole collection, about 2 min
   pocl-reproduce --profile laptop --only 03 10            two notebooks (their timings are merged into timings.json)
   pocl-reproduce --profile smoke {OVERRIDES_EXAMPLE}     a profile override (a JSON object)
+  pocl-reproduce --config my_pocl.yaml                    your own models and data (README; --help-profile: the keys)
 
 where things go:
   executed notebooks   <runs root>/<profile>/notebooks/ (runs root: --runs-root, else $POCL_RUNS_DIR, else ./runs);
@@ -360,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="laptop", help=f"one of: {', '.join(PROFILES)}")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--profile", default="laptop", help=f"one of: {', '.join(PROFILES)}")
+    which.add_argument("--config", default=None, metavar="FILE", type=Path,
+                       help="a YAML or JSON config file: your own models and data; runs " + ", ".join(FILES_NOTEBOOKS))
+    ap.add_argument("--help-profile", action="store_true", help="describe every profile key (of a config file, or of "
+                                                                "-p overrides) and exit")
     ap.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 00 01")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
                     help="extra notebook parameter, value parsed as JSON when possible, e.g. " + OVERRIDES_EXAMPLE)
@@ -372,26 +398,34 @@ def main(argv: list[str] | None = None) -> int:
                     help="run nothing: copy this profile's finished run into the committed results/<profile>/ and "
                          "figures/<profile>/ (refused if a notebook has not finished or a table is missing)")
     args = ap.parse_args(argv)
+    if args.help_profile:
+        print(profile_help())
+        return 0
     _quiet_libraries()
+    profile = str(args.config.resolve()) if args.config else args.profile  # the notebooks' `profile` parameter
+    try:
+        name = profile_name(profile)
+    except ConfigError as e:
+        print(f"pocl-reproduce: {e}", file=sys.stderr)
+        return 2
     root, kwargs = RUNS_ROOT, {}
     if args.runs_root:
         root = args.runs_root.resolve()
         os.environ["POCL_RUNS_DIR"] = str(root)  # the kernels inherit it (workspace.RUNS_ROOT)
-        kwargs["out_dir"] = root / args.profile / "notebooks"
-    notebooks = collection(profile=args.profile)
+        kwargs["out_dir"] = root / name / "notebooks"
+    notebooks = collection(profile=profile)
     if args.publish:
-        return _publish(args.profile, notebooks, root / args.profile / "notebooks")
+        return _publish(profile, notebooks, root / name / "notebooks")
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
     extra = {k: _parse(v) for k, v in args.param}
     try:
-        if args.profile in PROFILES:
-            check_extra(args.profile, extra)  # before the lab notebook is written
+        check_extra(profile, extra)  # before the lab notebook is written
         if args.lab:  # the student variant would only print "not implemented yet"; the solutions exercise everything
             from .lab import write
-            notebooks.append(write(root / args.profile / "lab" / "11_lab_solutions.ipynb", solutions=True))
-        run_collection(args.profile, notebooks=notebooks, extra=extra, **kwargs)
-        where_outputs(args.profile)
+            notebooks.append(write(root / name / "lab" / "11_lab_solutions.ipynb", solutions=True))
+        run_collection(profile, notebooks=notebooks, extra=extra, **kwargs)
+        where_outputs(name)
     except ConfigError as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
         return 2
@@ -402,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pocl-reproduce: interrupted before any notebook ran", file=sys.stderr)
         return 130
     except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error name and value
-        where = kwargs.get("out_dir", root / args.profile / "notebooks")
+        where = kwargs.get("out_dir", root / name / "notebooks")
         if hasattr(e, "ename"):
             print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in {where}, as <name>.failed.ipynb)",
                   file=sys.stderr)
@@ -419,10 +453,15 @@ def where_outputs(profile: str, log=print) -> None:
         profile: the profile's name.
         log: receives the two lines.
     """
-    run, ref = _short(output_root() / "results" / profile), _short(REPO_ROOT / "results" / profile)
-    figures = _short(output_root() / "figures" / profile)
-    log(f"tables in {run}/, figures in {figures}/ (the committed reference: {ref}/)")
-    log(f"compare: diff -q {ref} {run}; publish as the reference: pocl-reproduce --profile {profile} --publish")
+    run, ref = output_root() / "results" / profile, REPO_ROOT / "results" / profile
+    figures = output_root() / "figures" / profile
+    there = [f"{what} in {_short(path)}/" for what, path in (("tables", run), ("figures", figures)) if path.is_dir()]
+    if not ref.is_dir():  # no committed reference (a config's own profile): nothing to compare with or publish to
+        log(", ".join(there) or f"no tables were written (looked in {_short(run)}/)")
+        return
+    log(f"{', '.join(there) or 'no tables or figures were written'} (the committed reference: {_short(ref)}/)")
+    log(f"compare: diff -q {_short(ref)} {_short(run)}; publish as the reference: pocl-reproduce --profile {profile} "
+        f"--publish")
 
 
 def _short(path: Path) -> str:
@@ -436,7 +475,8 @@ def _short(path: Path) -> str:
 def _publish(profile: str, notebooks: list[Path], executed: Path) -> int:
     try:
         if profile not in PROFILES:
-            raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+            raise ConfigError(f"--publish takes a built-in profile ({', '.join(PROFILES)}); a config file's results "
+                              f"are not a committed reference")
         publish(profile, notebooks, executed, output_root())
     except (ConfigError, PublishError) as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
