@@ -61,8 +61,8 @@ class Profile:
     data: str = "world"  # world (generated) | real (MiniLLM's files in the data dir) | files (a config's own files)
     world: str = "laptop"  # WorldConfig preset, data == "world"
     vocab_size: int = 512  # world tokenizer size
-    teacher: ModelSpec = ModelSpec(n_layer=4, n_embd=128, n_head=4)  # the teacher model; ~0.87M params with the world vocabulary
-    student: ModelSpec = ModelSpec(n_layer=2, n_embd=48, n_head=2)  # the student model; ~0.085M params: the teacher is ~10x larger
+    teacher: ModelSpec = ModelSpec(n_layer=4, n_embd=128, n_head=4)  # the teacher; ~0.87M params (world vocabulary)
+    student: ModelSpec = ModelSpec(n_layer=2, n_embd=48, n_head=2)  # the student; ~0.085M params (teacher ~10x)
     max_len: int = 64  # prompt + response tokens
     max_prompt_len: int = 48  # longer prompts are dropped (MiniLLM drops > 256 GPT-2 tokens)
     max_new_tokens: int = 24  # generation budget for ranking, SeqKD, GKD and evaluation

@@ -1,7 +1,7 @@
 """`python -m pocl_utils.experiment.job`: prepare a profile (or a config file) and run one grid to the end without
-notebooks, then write its results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run
-resumes at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one
-process; the other waits for it before writing the CSV).
+notebooks, then write its results CSV. Safe to kill at any moment and to run again (finished runs and steps are
+skipped, a killed run resumes at its last finished stage), and safe to start twice on the same runs folder (each run
+is trained by one process; the other waits for it before writing the CSV).
 
 Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.experiment.job ...` the same
 command runs data parallel (or FSDP-sharded) with no other change. The main rank prepares the workspace alone while the
