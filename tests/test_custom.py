@@ -213,3 +213,61 @@ def test_job_help_is_whole_and_help_profile_lists_the_keys():
         job.parse_overrides([["overrides", "[1]"]])
     with pytest.raises(ConfigError, match="only -p overrides"):
         job.parse_overrides([["profile", "smoke"]])
+
+
+# ---- preparing a config's own files, and pocl-reproduce --config -------------------------------------------------
+
+def _config(folder: Path, extra: str = "") -> Path:
+    texts = [f"{r['instruction']} {r['input']} {r['output']}" for r in _rows(40, 0)]
+    _tiny_models(folder / "models", texts)
+    for name, seed in (("train", 0), ("valid", 1), ("test", 2)):
+        _write_jsonl(folder / "data" / f"{name}.jsonl", _rows(6, seed))
+    path = folder / "mine.yaml"
+    path.write_text("teacher: models/teacher\nstudent: models/student\ntrain_file: data/train.jsonl\n"
+                    "valid_file: data/valid.jsonl\neval_files: {test: data/test.jsonl}\nmax_len: 64\n"
+                    "max_prompt_len: 48\n" + extra, encoding="utf-8")
+    return path
+
+
+def test_files_workspace_uses_the_template_and_the_students_tokens(tmp_path):
+    from pocl_utils.experiment.real import prepare_real
+    path = _config(tmp_path, 'prompt_template: "Q: {instruction} [{input}]\\nA: "\n')
+    ws = prepare_real(get_profile(str(path)), tmp_path / "runs", steps=("data", "tokenizer"), log=lambda s: None)
+    assert ws.root == tmp_path / "runs" / "mine"
+    assert set(ws.sets) == {"train", "valid", "test"}
+    first = ws.sets["train"][0]
+    assert first["prompt"] == f"Q: {first['instruction']} [{first['input']}]\nA: "
+    student = __import__("transformers").AutoTokenizer.from_pretrained(tmp_path / "models" / "student")
+    assert ws.encoded("train")[0].prompt_ids == student(first["prompt"], add_special_tokens=False)["input_ids"]
+    assert "GPT-2" not in (ws.root / "data" / "filter.json").read_text()  # no GPT-2 filter on a config's own data
+
+
+def test_teacher_and_student_with_other_vocabularies_are_refused(tmp_path):
+    from pocl_utils.experiment.real import prepare_real
+    from pocl_utils.world import train_tokenizer
+    path = _config(tmp_path)
+    train_tokenizer([f"{r['output']} {r['input']}" for r in _rows(40, 5)], 280).save_pretrained(
+        tmp_path / "models" / "student")
+    with pytest.raises(ConfigError, match="different vocabularies"):
+        prepare_real(get_profile(str(path)), tmp_path / "runs", steps=("data", "tokenizer"), log=lambda s: None)
+    assert not (tmp_path / "runs" / "mine" / "tokenizer").exists()
+
+
+def test_reproduce_takes_a_config_and_names_its_folders_after_it(tmp_path, monkeypatch, capsys):
+    from pocl_utils.notebook import reproduce
+    path = _config(tmp_path)
+    assert [p.stem for p in reproduce.collection(profile=str(path))] == list(reproduce.FILES_NOTEBOOKS)
+    assert reproduce.profile_name(str(path)) == "mine"
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path / "out"))
+    lines: list[str] = []
+    reproduce.where_outputs("mine", log=lines.append)
+    assert lines == [f"no tables were written (looked in {tmp_path / 'out' / 'results' / 'mine'}/)"]
+    (tmp_path / "out" / "results" / "mine").mkdir(parents=True)
+    lines.clear()
+    reproduce.where_outputs("mine", log=lines.append)
+    assert len(lines) == 1 and "tables in" in lines[0] and "figures" not in lines[0] and "publish" not in lines[0]
+    assert reproduce.main(["--config", str(path), "--publish"]) == 1
+    assert "not a committed reference" in capsys.readouterr().err
+    assert reproduce.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    assert reproduce.main(["--help-profile"]) == 0 and "kd.lr" in capsys.readouterr().out
