@@ -1,7 +1,7 @@
 """Every profile key described where a user looks: `--help-profile`, docs/profiles.md and help(Profile).
 
-A key's description is the comment at the end of its line in config.py (`name: type = default  # description`), read
-from the source, so the description is written once, beside the field; `tests/test_profile_docs.py` checks that every
+A key's description is the comment at the end of its line in config.py (`name: type = default  # description`), or
+the comment lines right above it, read from the source, so the description is written once, beside the field; `tests/test_profile_docs.py` checks that every
 field has one and that docs/profiles.md is generated from the current fields.
 """
 from __future__ import annotations
@@ -22,18 +22,29 @@ DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "profiles.md"
 def field_help() -> dict[str, dict[str, str]]:
     """Class name (Profile, ModelSpec, TrainSpec) -> field name -> the comment at the end of the field's line(s)."""
     source = Path(config.__file__).read_text(encoding="utf-8")
-    comments: dict[int, str] = {}
+    comments: dict[int, str] = {}  # line -> comment; negative line numbers: comment-only lines
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            alone = not tok.line[:tok.start[1]].strip()
+            comments[-tok.start[0] if alone else tok.start[0]] = tok.string.lstrip("#").strip()
     out: dict[str, dict[str, str]] = {}
     for node in ast.parse(source).body:
         if isinstance(node, ast.ClassDef) and node.name in ("Profile", "ModelSpec", "TrainSpec"):
-            out[node.name] = {item.target.id: " ".join(comments[n] for n in range(item.lineno, item.end_lineno + 1)
-                                                       if n in comments)
-                              for item in node.body
+            out[node.name] = {item.target.id: _comment(item, comments) for item in node.body
                               if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
     return out
+
+
+def _comment(item: ast.AnnAssign, comments: dict[int, str]) -> str:
+    """The comment at the end of a field's line(s), else the block of comment lines right above it."""
+    trailing = [comments[n] for n in range(item.lineno, item.end_lineno + 1) if n in comments]
+    if trailing:
+        return " ".join(trailing)
+    above, n = [], item.lineno - 1
+    while -n in comments:
+        above.insert(0, comments[-n])
+        n -= 1
+    return " ".join(above)
 
 
 def profile_keys() -> list[dict[str, Any]]:
