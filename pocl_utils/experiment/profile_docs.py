@@ -1,8 +1,8 @@
 """Every profile key described where a user looks: `--help-profile`, docs/profiles.md and help(Profile).
 
 A key's description is the comment at the end of its line in config.py (`name: type = default  # description`), or
-the comment lines right above it, read from the source, so the description is written once, beside the field; `tests/test_profile_docs.py` checks that every
-field has one and that docs/profiles.md is generated from the current fields.
+the comment lines right above it, read from the source: written once, beside the field. `tests/test_custom.py` checks
+that every field has one and that docs/profiles.md is generated from the current fields.
 """
 from __future__ import annotations
 
