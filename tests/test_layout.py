@@ -10,7 +10,7 @@ ROOT = "pocl_utils"
 # the method: what README points readers to; it may import only what is listed here (difficulty and evaluate sample
 # responses from a model, so they may use generation)
 METHOD = {f"{ROOT}.{m}": {f"{ROOT}.{t}" for t in allowed} for m, allowed in {
-    "losses": set(), "curriculum": set(), "data": set(), "stats": set(),
+    "losses": set(), "curriculum": set(), "data": {"atomic"}, "stats": set(),
     "evaluate": {"modeling.generate"},
     "difficulty": {"data", "evaluate", "modeling.generate"}}.items()}
 # cycles still open, each with the issue that removes it (issue 16 removed models <-> distributed:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from .files import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .gpt2 import filter_long_prompts, gpt2_token_count
 from .records import DataError, build_prompt, text_field
 from .sets import DOLLY_HUB_NAME, HUB_DOLLY_FILES

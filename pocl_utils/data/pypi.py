@@ -9,7 +9,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .files import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .gpt2 import GPT2_RANKS_MEMBER, GPT2_RANKS_SHA256, WHISPER_VERSION
 from .records import DataError, MissingDataError
 from .sets import data_dir
