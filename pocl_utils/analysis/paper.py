@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import EVAL_SETS
-from .tables import paired
+from .tables import dataset_columns, paired
 
 
 # Grid name (experiments.GRIDS) -> the paper's tables that print it. Table 1 is GPT-2 and Table 4 the same for OPT,
@@ -142,7 +142,7 @@ def paper_comparison(df: pd.DataFrame, name: str, family: str = "gpt2") -> pd.Da
         if not comps:
             continue
         rename = PAPER_VARIANTS.get((name, method))
-        tables = [compare_with_paper(df, t, comps, rename, family) for t in PAPER_TABLES[name]]
+        tables = [compare_with_paper(df, t, comps, rename, family) for t in PAPER_TABLES.get(name, ())]
         if not tables:  # beyond the paper: our differences only
             tables = [pd.concat([paired(df, b, o) for b, o in comps], ignore_index=True).assign(paper_diff=np.nan)]
         frame = tables[0]
@@ -188,7 +188,7 @@ def paired_wide(comparison: pd.DataFrame) -> pd.DataFrame:
         return text
     table = comparison.assign(cell=[cell(r) for _, r in comparison.iterrows()]).pivot_table(
         index="comparison", columns="dataset", values="cell", aggfunc="first", sort=False)
-    return table[[c for c in list(EVAL_SETS) + ["Avg"] if c in table.columns]]
+    return table[dataset_columns(table.columns)]
 
 
 def paper_values(name: str, family: str = "gpt2") -> dict[tuple[str, str, str], float]:
@@ -204,7 +204,7 @@ def paper_values(name: str, family: str = "gpt2") -> dict[tuple[str, str, str], 
         does not print.
     """
     values: dict[tuple[str, str, str], float] = {}
-    for t in PAPER_TABLES[name]:
+    for t in PAPER_TABLES.get(name, ()):
         for r in paper_table(t, family).itertuples():
             values.setdefault((r.method, r.variant, r.dataset), float(r.rouge_l))
     for m, v in {(m, v) for m, v, _ in values}:
@@ -255,4 +255,4 @@ def beside_wide(beside: pd.DataFrame) -> pd.DataFrame:
         return text + ({"yes": " ✓", "no": " ✗"}.get(agrees, "") if isinstance(agrees, str) else "")
     table = beside.assign(cell=[cell(r) for _, r in beside.iterrows()]).pivot_table(
         index=["method", "variant"], columns="dataset", values="cell", aggfunc="first", sort=False)
-    return table[[c for c in list(EVAL_SETS) + ["Avg"] if c in table.columns]]
+    return table[dataset_columns(table.columns)]

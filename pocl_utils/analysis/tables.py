@@ -38,7 +38,7 @@ def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled
     rows = []
     for spec, rec in records:
         metrics = rec["metrics"].get(PROTOCOLS[protocol]) or {}
-        for dataset in EVAL_SETS if metrics else ():
+        for dataset in metrics:  # the eval sets, in the order they were scored
             m = metrics[dataset]
             rows.append({"method": spec.method, "variant": spec.variant or ("+POCL" if spec.pocl else "baseline"),
                          "seed": spec.seed, "dataset": dataset, "rouge_l": m["mean"], "sampling_std": m.get("std", 0.0),
@@ -64,7 +64,7 @@ def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -
     rows = [{"method": name, "variant": "baseline", "seed": 0, "dataset": ds,
              "rouge_l": rec["metrics"][key][ds]["mean"], "sampling_std": rec["metrics"][key][ds].get("std", 0.0),
              "run_key": rec["key"], "wall_s": rec["wall_s"], "git_commit": rec["git_commit"]}
-            for name, rec in refs.items() if rec["metrics"].get(key) for ds in EVAL_SETS]
+            for name, rec in refs.items() if rec["metrics"].get(key) for ds in rec["metrics"][key]]
     return pd.DataFrame(rows)
 
 
@@ -114,8 +114,14 @@ def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.
                                     for _, r in summary_df.iterrows()])
     table = cells.pivot_table(index=["method", "variant"], columns="dataset", values="cell", aggfunc="first",
                               sort=False)
-    cols = [c for c in list(EVAL_SETS) + ["Avg"] if c in table.columns]
-    return table[cols]
+    return table[dataset_columns(table.columns)]
+
+
+def dataset_columns(columns) -> list[str]:
+    """Eval-set columns in table order: the paper's five in its order, then a config's own sets, then 'Avg'."""
+    columns = list(columns)
+    own = [c for c in columns if c not in (*EVAL_SETS, "Avg")]
+    return [c for c in EVAL_SETS if c in columns] + own + (["Avg"] if "Avg" in columns else [])
 
 
 def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> pd.DataFrame:
@@ -132,7 +138,7 @@ def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> p
     """
     d = with_average(df)
     out = []
-    for dataset in list(EVAL_SETS) + ["Avg"]:
+    for dataset in [*dict.fromkeys(d.dataset[d.dataset != "Avg"]), "Avg"]:  # the eval sets in the frame's order
         sel = d[d.dataset == dataset]
         a = by_seed(sel, *base)
         b = by_seed(sel, *other)

@@ -7,3 +7,4 @@ and `job`, the command line), the run registry (`results`) and the environment a
 May import the method's modules, `modeling`, `training`, `world` and `analysis.tables` / `analysis.paper`
 (the results CSV, the paper's tables); never `notebook`.
 """
+from . import profile_docs  # noqa: F401, E402 - help(Profile) describes every key

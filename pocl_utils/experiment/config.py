@@ -10,15 +10,22 @@ import hashlib
 import json
 import math
 import re
+import string
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from ..curriculum import CONTROLS, ORDERS, PROTOCOLS, Protocol  # the run spec's orders are the curriculum's
+from ..data import EVAL_SETS
 from ..losses import DIVERGENCES
 
 
 class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key."""
+    """A configuration value or key is invalid; the message names the key (`key`, when known: its dotted name)."""
+
+    def __init__(self, message: str, *, key: str | None = None):
+        self.key = key
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -26,10 +33,10 @@ class ModelSpec:
     """A causal LM: built from a small config (`arch` gpt2/llama) or loaded (`arch` hub: name_or_path, optional
     gguf_file)."""
 
-    arch: str = "gpt2"  # gpt2 | llama | hub
-    n_layer: int = 2
-    n_embd: int = 64
-    n_head: int = 2
+    arch: str = "gpt2"  # gpt2 | llama (built small from n_layer, n_embd, n_head) | hub (loaded from name_or_path)
+    n_layer: int = 2  # transformer blocks (gpt2 / llama)
+    n_embd: int = 64  # hidden size (gpt2 / llama)
+    n_head: int = 2  # attention heads (gpt2 / llama)
     name_or_path: str = ""  # hub id or local dir, arch == "hub" only
     gguf_file: str = ""  # GGUF file inside name_or_path (loaded dequantized to fp32)
 
@@ -38,41 +45,41 @@ class ModelSpec:
 class TrainSpec:
     """Optimizer budget. `epochs` counts passes over the full training set of a baseline run."""
 
-    lr: float = 1e-3
-    batch_size: int = 32
-    epochs: float = 1.0
-    warmup_frac: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    lr: float = 1e-3  # AdamW's peak learning rate
+    batch_size: int = 32  # examples per optimizer step
+    epochs: float = 1.0  # passes over the full training set (of a baseline run); fractions allowed
+    warmup_frac: float = 0.05  # share of the steps with a linear warm-up, then cosine decay
+    weight_decay: float = 0.0  # AdamW's weight decay
+    grad_clip: float = 1.0  # gradient norm clip
 
 
 @dataclass(frozen=True)
 class Profile:
     """Everything a run of the collection needs apart from the grid of KD runs."""
 
-    name: str
-    data: str = "world"  # world (generated) | real (MiniLLM-processed files in the data dir)
+    name: str  # the profile's name: names its workspace runs/<name>/ and its results/<name>/, figures/<name>/
+    data: str = "world"  # world (generated) | real (MiniLLM's files in the data dir) | files (a config's own files)
     world: str = "laptop"  # WorldConfig preset, data == "world"
     vocab_size: int = 512  # world tokenizer size
-    teacher: ModelSpec = ModelSpec(n_layer=4, n_embd=128, n_head=4)  # ~0.87M params with the world vocabulary
-    student: ModelSpec = ModelSpec(n_layer=2, n_embd=48, n_head=2)  # ~0.085M params: the teacher is ~10x larger
+    teacher: ModelSpec = ModelSpec(n_layer=4, n_embd=128, n_head=4)  # the teacher; ~0.87M params (world vocabulary)
+    student: ModelSpec = ModelSpec(n_layer=2, n_embd=48, n_head=2)  # the student; ~0.085M params (teacher ~10x)
     max_len: int = 64  # prompt + response tokens
     max_prompt_len: int = 48  # longer prompts are dropped (MiniLLM drops > 256 GPT-2 tokens)
     max_new_tokens: int = 24  # generation budget for ranking, SeqKD, GKD and evaluation
     # Teacher budget from a learning-curve check (0.87M teacher, 2.5k examples): validation greedy ROUGE-L 8 / 18 / 24 /
     # 26 after 500 / 1000 / 1500 / 3000 steps; a 3.3M teacher was no better per step and 3x slower on this CPU.
-    teacher_sft: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=40)
+    teacher_sft: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=40)  # the teacher's SFT budget
     # real data: fine-tune the loaded teacher on the train set while preparing (world profiles always train it)
-    sft_teacher: bool = False
+    sft_teacher: bool = False  # real/files data: fine-tune the loaded teacher on the train set first (teacher_sft)
     # Off-policy teacher outputs: "exact" (cached logits, [tokens, V] fp32: small vocabularies), "top-<k>" (cached top-k
     # log-probs + tail mass, approximate: see benchmarks/bench_topk_cache.py) or "live" (the teacher runs every step).
-    teacher_cache: str = "exact"
+    teacher_cache: str = "exact"  # off-policy teacher outputs: exact | top-<k> (cached) | live
     teacher_pretrain_steps: int = 0  # world profiles: plain-LM pre-training of the teacher before its SFT
     teacher_sft_mix: float = 0.0  # world profiles: share of pre-training blocks mixed into the teacher's SFT data
-    student_pretrain_steps: int = 200  # plain-LM pre-training of the student on world text
-    kd: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=12)
-    n_subsets: int = 4
-    rrf_k: int = 60
+    student_pretrain_steps: int = 200  # plain-LM pre-training of a built student (world text or train set)
+    kd: TrainSpec = TrainSpec(lr=3e-3, batch_size=32, epochs=12)  # every KD run's budget (the student's training)
+    n_subsets: int = 4  # POCL's n: difficulty subsets, one Baby Step stage each
+    rrf_k: int = 60  # k of the reciprocal-rank fusion of the two difficulty ranks (Eq. 2)
     n_seeds: int = 3  # training seeds per configuration
     table1_seeds: int = 0  # training seeds of Table 1's runs (claim a); 0 = n_seeds
     eval_seeds: tuple[int, ...] = (10, 20, 30, 40, 50)  # sampling seeds (A.2.3)
@@ -83,8 +90,8 @@ class Profile:
     rank_max_examples: int = 0  # real data: rank a seeded subset; 0 = all
     gkd_lambda: float = 0.5  # fraction of on-policy batches with student-generated outputs
     workers: int = 2  # parallel worker processes for the grid (1 thread each)
-    lr_grid: tuple[float, ...] = ()  # paper: {5e-4, 1e-4, 5e-5}; empty = use kd.lr
-    batch_grid: tuple[int, ...] = ()  # paper: {8, 16}
+    lr_grid: tuple[float, ...] = ()  # KD learning rates searched (paper: 5e-4, 1e-4, 5e-5); empty = kd.lr
+    batch_grid: tuple[int, ...] = ()  # KD batch sizes searched (paper: 8, 16); empty = kd.batch_size
     grid: str = "full"  # full | table1 | minimal
     seed: int = 0  # world, tokenizer, teacher and ranking seed
     # training protocol (#23): how a run's stages get their optimizer settings and how its checkpoint and lr are chosen
@@ -109,6 +116,12 @@ class Profile:
     # engine settings: how the steps run, not what they compute (the same step to float rounding); no key names them
     grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation), each process's share split k ways
     compile: bool = False  # CUDA only: torch.compile the student's step forward (each block under accelerate launch)
+    # custom data/models: a config file (`load_config`) gives these; paths are absolute once loaded
+    train_file: str = ""  # data == "files": the training set, a JSON Lines file (rows as in data/README.md)
+    valid_file: str = ""  # data == "files": the validation set (checkpoint selection), a JSON Lines file
+    eval_files: dict = field(default_factory=dict)  # data == "files": eval set name -> JSON Lines file; {} = valid
+    prompt_template: str = ""  # data == "files": prompt of rows without one, "{instruction}", "{input}"; "" = MiniLLM's
+    config_file: str = ""  # the config file the profile was read from; "" = a built-in profile
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,7 +265,7 @@ def validate_profile(p: Profile) -> Profile:
             of teacher_sft and kd).
     """
     checks = [
-        (p.data in ("world", "real"), "data", "must be 'world' or 'real'"),
+        (p.data in DATA_KINDS, "data", f"must be one of {', '.join(DATA_KINDS)}"),
         (p.n_subsets >= 1, "n_subsets", "must be >= 1"),
         (p.rrf_k > 0, "rrf_k", "must be > 0"),
         (p.n_seeds >= 1, "n_seeds", "must be >= 1"),
@@ -278,9 +291,10 @@ def validate_profile(p: Profile) -> Profile:
         checks += [(t.lr > 0, f"{spec_name}.lr", "must be > 0"),
                    (t.batch_size >= 1, f"{spec_name}.batch_size", "must be >= 1"),
                    (t.epochs > 0, f"{spec_name}.epochs", "must be > 0")]
+    checks += _custom_checks(p)
     for ok, key, why in checks:
         if not ok:
-            raise ConfigError(f"profile {p.name!r}: {key} {why}")
+            raise ConfigError(f"profile {p.name!r}: {key} {why}", key=key)
     return p
 
 
@@ -304,8 +318,8 @@ def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = 
     """Resolve a profile by name, apply strict overrides and validate.
 
     Args:
-        name: a key of PROFILES (smoke, classroom, laptop, laptop-run3, real-lite, gpu, paper, paper-opt); default
-            DEFAULT_PROFILE.
+        name: a key of PROFILES (smoke, classroom, laptop, laptop-run3, real-lite, gpu, paper, paper-opt), or the path
+            of a config file (`load_config`); default DEFAULT_PROFILE.
         overrides: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
 
     Returns:
@@ -313,11 +327,204 @@ def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = 
 
     Raises:
         ConfigError: an unknown profile name, an unknown override key, a value of the wrong type, or a value out of
-            range.
+            range; for a config file, naming the file, the line and the key.
     """
+    if is_config_file(name):
+        return load_config(name, overrides)
     if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+        hint = "; the custom profile is a config file's base: --config FILE" if name == CUSTOM.name else ""
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}, or a config file "
+                          f"(.yaml, .yml or .json){hint}")
     return validate_profile(override(PROFILES[name], overrides or {}))
+
+
+# ---- custom data/models: a config file ----------------------------------------------------------------------------
+
+DATA_KINDS = ("world", "real", "files")
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+OVERRIDES_EXAMPLE = """-p overrides '{"kd.lr": 0.001}'"""  # how the command lines take overrides
+# the base of every config file: your own hub or local teacher and student on your own JSON Lines files, with the
+# paper's KD settings (A.2.2) at a size a laptop can try; the teacher runs live (its exact logits would be
+# vocabulary x response tokens x 4 bytes)
+CUSTOM = Profile(
+    name="custom", data="files", teacher=ModelSpec(arch="hub"), student=ModelSpec(arch="hub"), max_len=512,
+    max_prompt_len=256, max_new_tokens=128, student_pretrain_steps=0,
+    teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=1.0), kd=TrainSpec(lr=5e-4, batch_size=8, epochs=3.0),
+    n_seeds=1, eval_seeds=(10, 20, 30), valid_max_examples=64, workers=1, grid="table1", teacher_cache="live")
+FILE_KEYS = ("train_file", "valid_file", "eval_files")
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def is_config_file(name: str) -> bool:
+    """Whether a profile name is the path of a config file (it ends in .yaml, .yml or .json)."""
+    return str(name).lower().endswith(CONFIG_SUFFIXES)
+
+
+def eval_sets(p: Profile) -> tuple[str, ...]:
+    """The names of the sets a model is scored on: the paper's five, or a config's `eval_files` (none: "valid")."""
+    if p.data != "files":
+        return EVAL_SETS
+    return tuple(p.eval_files) or ("valid",)
+
+
+def _custom_checks(p: Profile) -> list[tuple[bool, str, str]]:
+    """validate_profile's checks of the custom data/models fields."""
+    if p.data != "files":
+        return []
+    checks = [(bool(p.train_file), "train_file", "must name the training JSON Lines file"),
+               (bool(p.valid_file), "valid_file", "must name the validation JSON Lines file")]
+    for role in ("teacher", "student"):
+        spec: ModelSpec = getattr(p, role)
+        checks.append((spec.arch != "hub" or bool(spec.name_or_path), f"{role}.name_or_path",
+                       "must name a hub id or a local model folder"))
+    for name, path in p.eval_files.items():
+        checks += [(isinstance(name, str) and SET_NAME.fullmatch(name) is not None
+                    and name not in ("train", "valid", "Avg"), f"eval_files.{name}",
+                    "must be a name of letters, digits, '_', '.' or '-', and not train, valid or Avg"),
+                   (isinstance(path, str) and bool(path), f"eval_files.{name}", "must be a JSON Lines file's path")]
+    checks.append((_template_problem(p.prompt_template) is None, "prompt_template",
+                   str(_template_problem(p.prompt_template))))
+    return checks
+
+
+def _template_problem(template: str) -> str | None:
+    """What is wrong with a prompt template ("" = MiniLLM's), or None."""
+    if not template:
+        return None
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        return f"is not a format string ({e}); write literal braces as {{{{ and }}}}"
+    if "instruction" not in names or not names <= {"instruction", "input"}:
+        return f"must hold {{instruction}} and may hold {{input}}, got the fields {sorted(names)}"
+    return None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
+    """A profile from a YAML or JSON config file: the `custom` profile (or the profile named by `base`) with the file's
+    keys applied, then `overrides`.
+
+    Keys are Profile fields (`pocl-reproduce --help-profile`), dotted or nested for the model and training specs;
+    `teacher` and `student` may be a plain string, a hub id or a local folder. `base` names a built-in profile to start
+    from instead. Relative paths are relative to the file's folder: the data files must exist; a model's
+    name_or_path is made absolute when such a folder exists, else it is a hub id. `name` defaults to the file's stem
+    and names the workspace and the outputs.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, a key is unknown, a value has the wrong type or is out of range,
+            or a data file is missing; naming the file, the line and the key.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    raw = _parse_config(path, text)
+    lines = _key_lines(text)
+
+    def fail(key: str, problem: str) -> ConfigError:
+        parts = key.split(".")  # a key the file does not spell out (teacher.name_or_path of `teacher: x`): its parent's
+        line = next((lines[k] for k in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if k in lines), None)
+        where = ", ".join(x for x in (str(path), None if line is None else f"line {line}", f"key '{key}'") if x)
+        return ConfigError(f"{where}: {problem}", key=key)
+
+    base_name = raw.pop("base", CUSTOM.name)
+    if base_name != CUSTOM.name and base_name not in PROFILES:
+        raise fail("base", f"unknown profile {base_name!r}; valid: {', '.join([CUSTOM.name, *PROFILES])}")
+    p = replace(CUSTOM if base_name == CUSTOM.name else PROFILES[base_name], name=path.stem,
+                config_file=str(path.resolve()))
+    for key, value in _flatten(p, raw, fail):
+        if key == "config_file":
+            raise fail(key, "is set by the loader")
+        value = _resolved(key, value, path.parent, fail)
+        try:
+            p = override(p, {key: value})
+        except ConfigError as e:
+            raise fail(key, str(e)) from None
+    if overrides:
+        p = override(p, overrides)
+    try:
+        return validate_profile(p)
+    except ConfigError as e:
+        raise fail(e.key, str(e)) if e.key else e from None
+
+
+def _parse_config(path: Path, text: str) -> dict[str, Any]:
+    """The file's mapping; ConfigError naming the line of a syntax error."""
+    import yaml
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{path}: a config file ends in {', '.join(CONFIG_SUFFIXES)}")
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of profile keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line of every key of a YAML or JSON mapping (JSON read as YAML); {} when unreadable."""
+    import yaml
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                out.setdefault(key, k.start_mark.line + 1)
+                walk(v, key + ".")
+    walk(root, "")
+    return out
+
+
+def _flatten(p: Any, raw: dict[str, Any], fail, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) pairs: nested mappings of dataclass fields become dotted keys; a plain string for teacher
+    or student is its name_or_path (arch hub)."""
+    pairs = []
+    names = {f.name for f in fields(p)}
+    for key, value in raw.items():
+        head = str(key).partition(".")[0]
+        if head not in names:
+            raise fail(prefix + str(key), f"unknown key; valid keys: {', '.join(sorted(names))}")
+        current = getattr(p, head)
+        if "." in str(key) and dataclasses.is_dataclass(current):
+            pairs += _flatten(current, {str(key).partition(".")[2]: value}, fail, f"{prefix}{head}.")
+        elif isinstance(current, ModelSpec) and isinstance(value, str):
+            pairs += [(f"{prefix}{head}.arch", "hub"), (f"{prefix}{head}.name_or_path", value)]
+        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
+            pairs += _flatten(current, value, fail, f"{prefix}{head}.")
+        else:
+            pairs.append((prefix + str(key), value))
+    return pairs
+
+
+def _resolved(key: str, value: Any, folder: Path, fail) -> Any:
+    """A path value made absolute against the config's folder: data files must exist; a model folder is used when it
+    exists, else the value is a hub id."""
+    def data_file(name: str, v: Any) -> str:
+        if not isinstance(v, str) or not v:
+            raise fail(name, f"expected a file path, got {v!r}")
+        full = (folder / v).expanduser().resolve()
+        if not full.is_file():
+            raise fail(name, f"no such file: {full}")
+        return str(full)
+    if key in ("train_file", "valid_file"):
+        return data_file(key, value)
+    if key == "eval_files":
+        if not isinstance(value, dict):
+            raise fail(key, f"expected a mapping of set names to files, got {type(value).__name__}")
+        return {str(name): data_file(f"{key}.{name}", v) for name, v in value.items()}
+    if key.endswith(".name_or_path") and isinstance(value, str) and value and (folder / value).is_dir():
+        return str((folder / value).resolve())
+    return value
 
 
 # ---- one KD run -------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""`python -m pocl_utils.experiment.job`: prepare a profile and run one grid to the end without notebooks, then
-write its results CSV. Safe to kill at any moment and to run again (finished runs and steps are skipped, a killed run
-resumes at its last finished stage), and safe to start twice on the same runs folder (each run is trained by one
-process; the other waits for it before writing the CSV).
+"""`python -m pocl_utils.experiment.job`: prepare a profile (or a config file) and run one grid to the end without
+notebooks, then write its results CSV. Safe to kill at any moment and to run again (finished runs and steps are
+skipped, a killed run resumes at its last finished stage), and safe to start twice on the same runs folder (each run
+is trained by one process; the other waits for it before writing the CSV).
 
 Under `accelerate launch --config_file configs/accelerate/<config>.yaml -m pocl_utils.experiment.job ...` the same
 command runs data parallel (or FSDP-sharded) with no other change. The main rank prepares the workspace alone while the
@@ -16,9 +16,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..training import distributed
-from .config import ConfigError, RunSpec, get_profile
+from .config import (OVERRIDES_EXAMPLE, PROFILES, ConfigError, Profile, RunSpec, get_profile, override,
+                     validate_profile)
+from .profile_docs import profile_help
 from ..data import DataError
 from ..modeling.models import CheckpointError
 from .workspace import StepError
@@ -26,9 +29,9 @@ from .experiments import EXTRA_GRIDS, GRIDS, grid, n_seeds_for
 from .results import RegistryError, atomic_write_text, exclusive_lock
 
 
-def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
+def run_job(profile: str | Profile, grid_name: str, *, runs_root: Path | None = None, n_seeds: int | None = None,
             size: str | None = None, out: Path | None = None, protocol: str | None = None,
-            overrides: dict | None = None, log=print) -> Path:
+            overrides: dict[str, Any] | None = None, log=print) -> Path:
     """prepare -> the lr chosen per arm on validation (the profile's lr_factors; the choice in <out>_lr.csv) -> run_grid
     -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
 
@@ -36,21 +39,21 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
     whole grid. Launched on several processes, only the main rank logs and writes the CSV; the others return its path.
 
     Args:
-        profile: the profile's name (see `config.get_profile`).
+        profile: a Profile, a profile's name or a config file's path (see `config.get_profile`).
         grid_name: the experiment, a key of GRIDS or EXTRA_GRIDS.
         runs_root: the folder holding one workspace per profile; None = RUNS_ROOT (runs/).
         n_seeds: training seeds per configuration; None = the profile's (`n_seeds_for`).
         size: the grid size, "full", "table1" or "minimal"; None = the profile's `grid`.
         out: the results CSV; None = <workspace>/results/<grid_name>.csv.
         protocol: the training protocol ("official" or "paper-text"), an override of the profile's; None = its own.
-        overrides: the profile's overrides (`config.get_profile`), e.g. {"grad_accum": 4}.
+        overrides: profile keys to change (`config.override`), dotted for nested settings; None = none.
         log: called with one line per progress message (silenced on ranks other than the main one).
 
     Returns:
         The path of the results CSV.
 
     Raises:
-        ConfigError: an unknown profile or a bad override.
+        ConfigError: an unknown profile, a bad config file or override.
         ValueError: an unknown grid name.
     """
     import pandas as pd
@@ -58,7 +61,8 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
     from ..analysis.tables import tidy
     from . import pool, runner
     from .pipeline import prepare
-    p = get_profile(profile, {**(overrides or {}), **({"protocol": protocol} if protocol else {})})
+    overrides = {**(overrides or {}), **({"protocol": protocol} if protocol else {})}
+    p = get_profile(profile, overrides) if isinstance(profile, str) else validate_profile(override(profile, overrides))
     specs = grid(grid_name, n_seeds or n_seeds_for(p, grid_name), size or p.grid, oracle=p.data == "world",
                  protocol=p.protocol)
     log = log if distributed.is_main() else (lambda s: None)
@@ -79,6 +83,38 @@ def run_job(profile: str, grid_name: str, *, runs_root: Path | None = None, n_se
             atomic_write_text(out.with_name(f"{out.stem}_lr.csv"), pd.DataFrame(lr_table).to_csv(index=False))
     mine = sum(rec.get("pid") == os.getpid() for _, rec in runner.records_for(ws, specs))
     log(f"[job] {len(specs)} runs finished ({mine} trained by this process); results in {out}")
+    return out
+
+
+EPILOG = f"""examples:
+  python -m pocl_utils.experiment.job --profile smoke --grid table1
+  python -m pocl_utils.experiment.job --config my_pocl.yaml --grid table1 -p overrides '{{"kd.epochs": 1}}'
+
+the results CSV: <runs root>/<profile name>/results/<grid>.csv (the profile name of a config file: its `name`, else
+the file's stem); runs root: --runs-root, else $POCL_RUNS_DIR, else ./runs
+
+environment, read here once and applied as profile overrides (-p overrides wins): POCL_GRAD_ACCUM=k (grad_accum,
+micro-batches per step), POCL_COMPILE=1 (compile, CUDA only). Also POCL_RUNS_DIR and POCL_DATA_DIR (folders).
+"""
+
+
+def parse_overrides(params: list[list[str]]) -> dict[str, Any]:
+    """`-p overrides JSON` pairs (pocl-reproduce's syntax) as one overrides mapping.
+
+    Raises:
+        ConfigError: a name other than `overrides`, or a value that is not a JSON object.
+    """
+    out: dict[str, Any] = {}
+    for name, value in params:
+        if name != "overrides":
+            raise ConfigError(f"-p {name}: the job takes only -p overrides JSON, e.g. {OVERRIDES_EXAMPLE}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"-p overrides: not JSON ({e.msg}), e.g. {OVERRIDES_EXAMPLE}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"-p overrides must be a JSON object, e.g. {OVERRIDES_EXAMPLE}")
+        out.update(parsed)
     return out
 
 
@@ -120,19 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     """The command line: parse the arguments, set torch's CPU threads and run `run_job`.
 
     Args:
-        argv: the arguments (--profile, --grid, --runs-root, --seeds, --size, --out, --threads, -p overrides JSON);
-            None = sys.argv[1:].
+        argv: the arguments (--profile or --config, -p overrides, --grid, --runs-root, --seeds, --size, --out,
+            --threads, --help-profile); None = sys.argv[1:].
 
     Returns:
         The exit status: 0 when the results CSV is written, 2 after a ConfigError, DataError, CheckpointError, StepError
         or RegistryError, printed to stderr as one line without a traceback.
     """
-    ap = argparse.ArgumentParser(
-        prog="python -m pocl_utils.experiment.job", description=__doc__.splitlines()[0],
-        epilog="Environment, read here once and applied as profile overrides (-p overrides wins): POCL_GRAD_ACCUM=k "
-               "(grad_accum, micro-batches per step), POCL_COMPILE=1 (compile, CUDA only). Also POCL_RUNS_DIR and "
-               "POCL_DATA_DIR (folders).")
-    ap.add_argument("--profile", default="smoke")
+    ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.job", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--profile", default="smoke", help=f"a built-in profile: {', '.join(PROFILES)} (default smoke)")
+    which.add_argument("--config", default=None, metavar="FILE",
+                       help="a YAML or JSON config file: your own models and data (README: POCL on your own models "
+                            "and data)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("overrides", "JSON"),
+                    help="profile overrides as a JSON object, as pocl-reproduce takes them, e.g. " + OVERRIDES_EXAMPLE)
+    ap.add_argument("--help-profile", action="store_true", help="describe every profile key and exit")
     ap.add_argument("--grid", default="table1", help=f"one of: {', '.join([*GRIDS, *EXTRA_GRIDS])}")
     ap.add_argument("--protocol", default=None, help="official | paper-text (default: the profile's)")
     ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")
@@ -141,25 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("-p", dest="overrides", nargs=2, metavar=("overrides", "JSON"), default=None,
-                    help="""profile overrides, a JSON object, e.g. -p overrides '{"grad_accum": 4, "kd.lr": 0.001}'""")
     args = ap.parse_args(argv)
+    if args.help_profile:
+        print(profile_help())
+        return 0
     import torch
     torch.set_num_threads(args.threads)
     try:
-        overrides = engine_overrides(dict(os.environ))
-        if args.overrides is not None:
-            if args.overrides[0] != "overrides":
-                raise ConfigError(f"-p {args.overrides[0]}: the job takes only -p overrides JSON")
-            try:
-                given = json.loads(args.overrides[1])
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"-p overrides: not JSON ({e})") from None
-            if not isinstance(given, dict):
-                raise ConfigError("-p overrides: expected a JSON object, e.g. '{\"grad_accum\": 4}'")
-            overrides.update(given)
-        run_job(args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size, out=args.out,
-                protocol=args.protocol, overrides=overrides, log=lambda s: print(s, flush=True))
+        overrides = {**engine_overrides(dict(os.environ)), **parse_overrides(args.param)}  # -p overrides wins
+        run_job(args.config or args.profile, args.grid, runs_root=args.runs_root, n_seeds=args.seeds, size=args.size,
+                out=args.out, protocol=args.protocol, overrides=overrides, log=lambda s: print(s, flush=True))
     except (ConfigError, DataError, CheckpointError, StepError, RegistryError) as e:  # ours: one line, no traceback
         print(f"pocl-job: {e}", file=sys.stderr)
         return 2

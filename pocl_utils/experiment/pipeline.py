@@ -36,7 +36,7 @@ def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: st
         The workspace, whose artefacts load lazily from disk.
     """
     p = get_profile(profile) if isinstance(profile, str) else profile
-    if p.data == "real":
+    if p.data in ("real", "files"):
         return prepare_real(p, runs_root, device=device, log=log)
     ws = Workspace(p, workspace_root(p, runs_root))
     builders = {"data": _build_data, "tokenizer": _build_tokenizer, "teacher": _build_teacher,

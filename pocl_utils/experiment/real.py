@@ -35,7 +35,7 @@ from ..training.distributed import save_checkpoint
 from ..training.kd import KDContext, kd_loss_fn
 from ..training.loop import run_steps, sft
 from ..training.teacher_cache import build_teacher_cache
-from .workspace import (ROLES, STEPS, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
+from .workspace import (ROLES, STEPS, roles, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
                         seqkd_step, step_dir, teacher_cache_step, thin_log, workspace_root)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -164,12 +164,12 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
         MissingDataError: a set's file is missing, with how to get the data.
     """
     p = get_profile(profile) if isinstance(profile, str) else profile
-    if p.data != "real":
-        raise ConfigError(f"profile {p.name!r}: data must be 'real' for prepare_real, got {p.data!r}")
+    if p.data not in ("real", "files"):
+        raise ConfigError(f"profile {p.name!r}: data must be 'real' or 'files' for prepare_real, got {p.data!r}")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"prepare_real: unknown steps {unknown}; valid: {', '.join(STEPS)}")
-    paths = {role: real_data_path(role, data_root) for role in ROLES}
+    paths = source_files(p, data_root)
     ws, dev = Workspace(p, workspace_root(p, runs_root)), pick_device(device)
     keys = real_keys(p, paths, max_rows)
     builders = {"data": partial(_build_real_data, paths=paths, max_rows=max_rows, log=log),
@@ -179,8 +179,22 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
                 # the teacher cache holds exact logits, 49,152 fp32 per response token (about 200 kB);
                 # teacher_cache.build_teacher_cache sizes its batches from vocabulary x length, so they fit in memory
                 "ranking": ranking_step, "teacher_cache": teacher_cache_step, "seqkd": seqkd_step}
-    build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log, tag="prepare_real")
+    build_steps(ws, {name: builders[name] for name in steps}, keys, dev, log=log,
+                tag="prepare" if p.data == "files" else "prepare_real")
     return ws
+
+
+def source_files(p: Profile, data_root: str | Path | None = None) -> dict[str, Path]:
+    """Role -> the JSON Lines file it is read from: a config's own files (data "files"), else MiniLLM's real sets under
+    `data_root` (None = `data.data_dir()`).
+
+    Raises:
+        MissingDataError: a real set's file is missing, with how to get the data.
+    """
+    if p.data == "files":
+        named = {"train": p.train_file, "valid": p.valid_file, **p.eval_files}
+        return {role: Path(named[role]) for role in roles(p)}
+    return {role: real_data_path(role, data_root) for role in ROLES}
 
 
 def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, str]:
@@ -197,9 +211,11 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
         Step name (STEPS) -> key.
     """
     files = {role: [str(path), path.stat().st_size, path.stat().st_mtime_ns] for role, path in paths.items()}
+    own = {"template": p.prompt_template} if p.data == "files" else {"filter": MINILLM_MAX_PROMPT_TOKENS}
     data = config_hash({"up": prep_keys(p)["data"], "files": files, "max_rows": max_rows,
-                        "n_train": p.rank_max_examples, "filter": MINILLM_MAX_PROMPT_TOKENS})
-    tok = config_hash({"teacher": p.teacher})  # teacher and student share the teacher's vocabulary
+                        "n_train": p.rank_max_examples, **own})
+    # teacher and student share one vocabulary: the teacher's, or a config's student's (checked against the teacher's)
+    tok = config_hash({"teacher": p.teacher} if p.data != "files" else {"teacher": p.teacher, "student": p.student})
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
     sft = {"sft": p.teacher_sft, "data": data, "seed": p.seed, **enc} if p.sft_teacher else {}
     teacher = config_hash({"up": tok, "spec": p.teacher, **sft})
@@ -213,18 +229,21 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
 
 
 def _build_real_data(ws: Workspace, out: Path, dev, *, paths: dict[str, Path], max_rows: int, log) -> None:
-    """<role>.jsonl for the seven roles after MiniLLM's 256-GPT-2-token prompt filter, and filter.json."""
+    """<role>.jsonl for every role, and filter.json. MiniLLM's real sets go through its 256-GPT-2-token prompt filter;
+    a config's own files do not (their prompts are limited by max_prompt_len in the student's tokens, when encoded)."""
     p, report = ws.profile, {}
     for role, path in paths.items():
-        rows = load_instructions(path)
-        kept, dropped = filter_long_prompts(rows, MINILLM_MAX_PROMPT_TOKENS, name=str(path))
+        rows = load_instructions(path, p.prompt_template)
+        own = p.data == "files"
+        kept, dropped = (rows, 0) if own else filter_long_prompts(rows, MINILLM_MAX_PROMPT_TOKENS, name=str(path))
         limit = p.rank_max_examples if role == "train" else max_rows
         chosen = [kept[i] for i in subset(len(kept), limit, seed=p.seed)]
         text = "".join(json.dumps(_file_row(r), ensure_ascii=False) + "\n" for r in chosen)
         atomic_write_text(out / f"{role}.jsonl", text)
         report[role] = {"source": str(path), "rows": len(rows), "dropped_over_256_gpt2_tokens": dropped,
                         "kept": len(kept), "written": len(chosen)}
-        log(f"[prepare_real] {role}: {len(rows)} rows, {dropped} dropped by the 256-GPT-2-token filter, "
+        log(f"[prepare] {role}: {len(rows)} rows from {path}, {len(chosen)} written" if own else
+            f"[prepare_real] {role}: {len(rows)} rows, {dropped} dropped by the 256-GPT-2-token filter, "
             f"{len(chosen)} written")
     atomic_write_json(out / "filter.json", report)
 
@@ -238,8 +257,21 @@ def _file_row(record: dict) -> dict:
 
 
 def _build_real_tokenizer(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
-    path, extra = _model_source(ws.profile.teacher, cache_dir)
-    load_tokenizer(path, **extra).save_pretrained(out)
+    """The teacher's tokenizer; for a config's own models the student's, which must equal the teacher's (one vocabulary:
+    the KD losses compare the two distributions token by token)."""
+    p = ws.profile
+    path, extra = _model_source(p.teacher, cache_dir)
+    tok = load_tokenizer(path, **extra)
+    if p.data == "files" and p.student.arch == "hub":
+        s_path, s_extra = _model_source(p.student, cache_dir)
+        student_tok = load_tokenizer(s_path, **s_extra)
+        if student_tok.get_vocab() != tok.get_vocab():
+            raise ConfigError(f"profile {p.name!r}: teacher {p.teacher.name_or_path!r} and student "
+                              f"{p.student.name_or_path!r} have different vocabularies ({len(tok)} and "
+                              f"{len(student_tok)} tokens); KD compares their distributions token by token, so they "
+                              f"must share one tokenizer", key="student.name_or_path")
+        tok = student_tok
+    tok.save_pretrained(out)
 
 
 def _build_real_teacher(ws: Workspace, out: Path, dev, *, cache_dir) -> None:

@@ -49,7 +49,7 @@ def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
                         "built_with": ws.built_with(), **protocol_key(p)})
 
 
-def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any] | None:
+def execute(ws: Workspace, spec: RunSpec, device: torch.device | None = None) -> dict[str, Any] | None:
     """Run `spec` unless finished; returns its record, or None if another process holds its claim.
 
     Under `accelerate launch` every rank calls this for the same spec and they train the run together (data parallel,
@@ -62,12 +62,13 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device) -> dict[str, Any
     score is evaluated (`scoring.scores`), and its stage checkpoints are removed once the record is written.
 
     Args:
-        device: the device to train and evaluate on.
+        device: the device to train and evaluate on; None = this process's (`distributed.device()`).
 
     Returns:
         The run's registry record (config, metrics with "eval", "greedy" and "train", provenance), or None when another
         live process holds the run's claim.
     """
+    device = device if device is not None else distributed.device()
     reg, key = ws.registry, run_key(ws, spec, device)
     with _claim(reg, key) as status:
         if status != "mine":

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import EVAL_SETS
 from ..difficulty import greedy_outputs_and_ce
 from ..evaluate import evaluate_set, greedy_rouge, subset
 from ..modeling.models import pick_device
+from .config import eval_sets
 from .workspace import Workspace
 
 
@@ -122,7 +122,7 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
     """
     p = ws.profile
     out = {}
-    for role in EVAL_SETS:
+    for role in eval_sets(p):
         enc, refs = eval_data(ws, role, p.eval_max_examples)
         out[role] = evaluate_set(model, ws.tokenizer, enc, refs, seeds=p.eval_seeds, max_new_tokens=p.max_new_tokens)
     return out
@@ -143,7 +143,7 @@ def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
     p, out = ws.profile, {}
     if p.greedy_max_examples < 0:
         return out
-    for role in EVAL_SETS:
+    for role in eval_sets(p):
         enc, refs = eval_data(ws, role, p.greedy_max_examples)
         out[role] = {"mean": greedy_rouge(model, ws.tokenizer, enc, refs, max_new_tokens=p.max_new_tokens),
                      "n": len(enc)}

@@ -17,7 +17,7 @@ import torch
 
 from ..data import EVAL_SETS, DataError, Encoded, close_response, encode_examples, load_instructions
 from ..training import distributed
-from .config import Profile, cache_top_k, config_hash
+from .config import Profile, cache_top_k, config_hash, eval_sets
 from ..difficulty import Ranking, score_samples
 from ..modeling.generate import generate
 from ..modeling.models import load_checkpoint, load_tokenizer
@@ -218,8 +218,8 @@ class Workspace:
 
     @cached_property
     def sets(self) -> dict[str, list[dict]]:
-        """Role -> rows: train, valid and the five eval sets."""
-        return {role: load_instructions(self.root / "data" / f"{role}.jsonl") for role in ROLES}
+        """Role -> rows: train, valid and the eval sets (`roles`)."""
+        return {role: load_instructions(self.root / "data" / f"{role}.jsonl") for role in roles(self.profile)}
 
     def encoded(self, role: str) -> list:
         """The tokenized examples of one set, encoded once per Workspace (`data.encode_examples`).
@@ -227,7 +227,7 @@ class Workspace:
         Prompts longer than the profile's max_prompt_len are dropped; responses are cut to fit max_len.
 
         Args:
-            role: a key of ROLES: "train", "valid" or one of the five eval sets.
+            role: one of `roles(profile)`: "train", "valid" or an eval set.
 
         Returns:
             The Encoded examples, `index` = the row's position in `sets[role]`.
@@ -305,7 +305,12 @@ class Workspace:
         return load_checkpoint(self.root / "student_init" / "model", device)
 
 
-ROLES = ("train", "valid") + EVAL_SETS
+ROLES = ("train", "valid") + EVAL_SETS  # the roles of world and real workspaces
+
+
+def roles(p: Profile) -> tuple[str, ...]:
+    """The sets of a profile's workspace: train, valid and the eval sets (`config.eval_sets`), each once."""
+    return tuple(dict.fromkeys(("train", "valid") + eval_sets(p)))
 STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cache", "seqkd")  # in build order
 
 

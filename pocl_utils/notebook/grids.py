@@ -84,8 +84,8 @@ class TableReport:
 
 
 def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = True) -> TableReport:
-    """Summarise grid `name`'s finished runs and set them beside the paper (model `family`: gpt2 or opt); trains
-    nothing (`run_grid` does).
+    """Summarise grid `name`'s finished runs and set them beside the paper (model `family`: gpt2 or opt; not for a
+    config's own data, whose beside_wide is empty and which has no vs_paper table); trains nothing (`run_grid` does).
 
     With `save`, the tables go to results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`:
     every number, tidy). Table 1's summary also holds the teacher and the untrained student.
@@ -106,15 +106,17 @@ def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tru
     if name == "table1":  # Table 1 prints the teacher; the untrained student shows what KD adds
         rows = pd.concat([tables.reference_tidy(scoring.reference_scores(ws)), runs], ignore_index=True)
     summary = tables.summary(rows)
-    comparison = paper.paper_comparison(runs, name, family)
-    beside = paper.beside_paper(summary, comparison, name, family)
+    own = ws.profile.data == "files"  # a config's own data: the paper printed nothing to set beside it
+    comparison = paper.paper_comparison(runs, "" if own else name, family)
+    beside = summary if own else paper.beside_paper(summary, comparison, name, family)
     out = TableReport(runs, summary, tables.wide(summary), comparison, paper.paired_wide(comparison), beside,
-                      paper.beside_wide(beside))
+                      pd.DataFrame() if own else paper.beside_wide(beside))
     if save:
         stem = TABLE_FILES[name]
         for suffix, df in (("ours", out.wide), ("paired", out.paired_wide), ("vs_paper", out.beside_wide),
                            ("long", beside)):
-            save_table(ws, df, f"{stem}_{suffix}")
+            if not (own and suffix == "vs_paper"):
+                save_table(ws, df, f"{stem}_{suffix}")
     return out
 
 

@@ -1,7 +1,7 @@
 """The student lab (notebook 11): what its notebook calls, and the generator of its two variants.
 
 The notebook imports this module only. The checks of its four exercises live in `lab_checks` (check, pick,
-check_*), the pieces of its closing experiment in `lab_experiment` (easy_first, plan, stage_table, ...); both are
+check_*), the pieces of its closing experiment in `lab_experiment` (easy_first, plan, plan_table, ...); both are
 re-exported here. This module itself builds the notebook's two variants.
 
 One source, two variants. notebooks/lab/11_lab_source.ipynb holds each solution between `# BEGIN SOLUTION` and
@@ -24,12 +24,12 @@ import nbformat
 
 from .lab_checks import (CHECKS, FORMULAS, NotImplementedYet, WrongAnswer, check, check_divergence, check_rrf,
                          check_schedules, check_stages, pick, reference)
-from .lab_experiment import easy_first, kd_by_subset, kd_figure, plan, same_stages, stage_table
+from .lab_experiment import easy_first, kd_by_subset, kd_figure, plan, plan_table, same_stages
 from ..experiment.results import REPO_ROOT
 
 __all__ = ["CHECKS", "FORMULAS", "NotImplementedYet", "WrongAnswer", "check", "check_divergence", "check_rrf",
            "check_schedules", "check_stages", "pick", "reference",
-           "easy_first", "kd_by_subset", "kd_figure", "plan", "same_stages", "stage_table",
+           "easy_first", "kd_by_subset", "kd_figure", "plan", "plan_table", "same_stages",
            "BEGIN", "END", "HINT", "TODO", "SOURCE", "STUDENT", "LabSourceError", "variant", "render", "write", "main"]
 
 SOURCE = REPO_ROOT / "notebooks" / "lab" / "11_lab_source.ipynb"

@@ -65,8 +65,9 @@ def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, b
                                   alpha_schedule=alpha_schedule)
 
 
-def stage_table(stages: Sequence[curriculum.Stage]) -> pd.DataFrame:
-    """One row per stage of a plan: what it trains on, its size, what it adds, tau, alpha and steps.
+def plan_table(stages: Sequence[curriculum.Stage]) -> pd.DataFrame:
+    """One row per stage of a plan: what it trains on, its size, what it adds, tau, alpha and steps. (Of a plan's
+    stages; `nb.stage_table(ws, specs)` tabulates the plans of run specs.)
 
     frames.stage_frame with what each stage trains on (d1 ∪ … ∪ di) and how many samples it adds (|d_i|).
 

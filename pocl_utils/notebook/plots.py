@@ -25,6 +25,9 @@ def _bars(name: str, dataset: str, title: str) -> Callable[[Workspace], Any]:
             return None
         summary = tables.summary(runs)
         with_pocl = summary[summary.variant != "baseline"].method.unique()  # KD methods only (not SFT, SeqKD)
+        if dataset not in set(summary.dataset):  # a config's own eval sets: their average
+            return figures.grouped_bars(summary[summary.method.isin(with_pocl)], "Avg",
+                                        title.replace(dataset, "the average of the eval sets"))
         return figures.grouped_bars(summary[summary.method.isin(with_pocl)], dataset, title)
     return build
 

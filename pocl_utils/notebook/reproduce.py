@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..experiment.config import PROFILES, ConfigError, get_profile
+from ..experiment.config import OVERRIDES_EXAMPLE, PROFILES, ConfigError, get_profile, is_config_file
+from ..experiment.profile_docs import profile_help
 from ..experiment.results import REPO_ROOT, atomic_write_json
 from ..experiment.workspace import RUNS_ROOT
 from .outputs import UNFINISHED, PublishError, output_root, publish
@@ -40,14 +41,34 @@ def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Pat
 
     Args:
         folder: the notebooks' folder (notebooks named NN_*.ipynb).
-        profile: the profile's name; an unknown name counts as a profile with generated data.
+        profile: the profile's name, or a config file's path; an unknown name counts as a profile with generated
+            data.
 
     Returns:
         The notebooks' paths, sorted by name.
     """
-    real = profile in PROFILES and PROFILES[profile].data == "real"
+    data = get_profile(profile).data if is_config_file(profile) else getattr(PROFILES.get(profile), "data", "world")
+    if data == "files":  # a config's own models and data: the notebooks that need no generated world or paper data
+        return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if p.stem in FILES_NOTEBOOKS)
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb")
-                  if "lab" not in p.stem.split("_") and (real or not p.stem.endswith("_real_models")))
+                  if "lab" not in p.stem.split("_") and (data == "real" or not p.stem.endswith("_real_models")))
+
+
+FILES_NOTEBOOKS = ("03_kd_methods",)  # what `pocl-reproduce --config` runs on a config's own data
+
+
+def profile_name(profile: str) -> str:
+    """The name of a profile or of a config file's profile (what its runs/, results/ and figures/ folders are named
+    after).
+
+    Raises:
+        ConfigError: an unknown profile name, or a config file that does not load (naming its file, line and key).
+    """
+    if is_config_file(profile):
+        return get_profile(profile).name
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}, or --config FILE")
+    return profile
 
 
 def select(notebooks: list[Path], prefixes: list[str], profile: str) -> list[Path]:
@@ -153,7 +174,6 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
         check_value(key, value, valid[key])
 
 
-OVERRIDES_EXAMPLE = """-p overrides '{"kd.lr": 0.001}'"""
 
 
 def check_value(key: str, value: Any, default: Any) -> None:
@@ -355,9 +375,9 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
     the notebook. The error of a failing notebook propagates (see `execute_one`).
 
     Args:
-        profile: the profile's name, one of PROFILES.
+        profile: the profile's name, one of PROFILES, or a config file's path (`config.load_config`).
         notebooks: the notebooks to run, in this order; None = `collection(profile=profile)`.
-        out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile>/notebooks.
+        out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile name>/notebooks.
         extra: extra notebook parameters, name -> value.
         log: receives the progress lines.
         progress: echoes each kernel's progress bars (see `ProgressLine`); None = nothing echoed.
@@ -370,12 +390,11 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
             that runs this interpreter (`kernel_name`).
         Interrupted: Ctrl-C while a notebook ran (the message names it).
     """
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    name = profile_name(profile)
     extra = dict(extra or {})
     check_extra(profile, extra)
     notebooks = notebooks or collection(profile=profile)
-    out_dir = Path(out_dir or RUNS_ROOT / profile / "notebooks")
+    out_dir = Path(out_dir or RUNS_ROOT / name / "notebooks")
     valid = {nb: notebook_parameters(nb) for nb in notebooks}
     for key in extra:
         if not any(key in v for v in valid.values()):
@@ -389,7 +408,7 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
     times: dict[str, float] = {}
     t_all = time.time()
     for k, nb in enumerate(notebooks, 1):
-        log(f"[{k}/{len(notebooks)}] {nb.name} (profile={profile})")
+        log(f"[{k}/{len(notebooks)}] {nb.name} (profile={name})")
         t0 = time.time()
         try:
             execute_one(nb, out_dir, params[nb], kernel, progress)
@@ -435,6 +454,7 @@ EPILOG = f"""examples:
   pocl-reproduce --profile smoke {OVERRIDES_EXAMPLE}     a profile override (a JSON object)
   pocl-reproduce --lab                                    the student lab (11) alone, headless, on classroom
   pocl-reproduce --lab solutions                          the lab with every exercise solved: the expected outputs
+  pocl-reproduce --config my_pocl.yaml                    your own models and data (README; --help-profile: the keys)
 
 where things go:
   executed notebooks   <runs root>/<profile>/notebooks/ (runs root: --runs-root, else $POCL_RUNS_DIR, else ./runs);
@@ -474,8 +494,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None,
-                    help=f"one of: {', '.join(PROFILES)} (default laptop; classroom with --lab)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--profile", default=None,
+                       help=f"one of: {', '.join(PROFILES)} (default laptop; classroom with --lab)")
+    which.add_argument("--config", default=None, metavar="FILE", type=Path,
+                       help="a YAML or JSON config file: your own models and data; runs " + ", ".join(FILES_NOTEBOOKS))
+    ap.add_argument("--help-profile", action="store_true", help="describe every profile key (of a config file, or of "
+                                                                "-p overrides) and exit")
     ap.add_argument("--only", nargs="*", default=None,
                     help="notebook name prefixes to run, e.g. 00 01; a prefix that matches none is refused")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
@@ -493,30 +518,38 @@ def main(argv: list[str] | None = None) -> int:
                          "if run) into results/<profile>/notebooks/ (refused if a notebook has not finished, a table "
                          "is missing or the notebooks exceed 10 MB)")
     args = ap.parse_args(argv)
+    if args.help_profile:
+        print(profile_help())
+        return 0
     args.profile = args.profile or ("classroom" if args.lab else "laptop")
     _quiet_libraries()
+    profile = str(args.config.resolve()) if args.config else args.profile  # the notebooks' `profile` parameter
+    try:
+        name = profile_name(profile)
+    except ConfigError as e:
+        print(f"pocl-reproduce: {e}", file=sys.stderr)
+        return 2
     root, kwargs = RUNS_ROOT, {}
     if args.runs_root:
         root = args.runs_root.resolve()
         os.environ["POCL_RUNS_DIR"] = str(root)  # the kernels inherit it (workspace.RUNS_ROOT)
-        kwargs["out_dir"] = root / args.profile / "notebooks"
-    notebooks = collection(profile=args.profile)
+        kwargs["out_dir"] = root / name / "notebooks"
+    notebooks = collection(profile=profile)
     if args.publish:
-        return _publish(args.profile, notebooks, root / args.profile / "notebooks")
+        return _publish(profile, notebooks, root / name / "notebooks")
     extra = {k: _parse(v) for k, v in args.param}
     try:
         if args.lab and args.only:
             raise ConfigError("--lab runs the lab alone; run the collection's notebooks (--only) in another command")
         if args.only:
-            notebooks = select(notebooks, args.only, args.profile)
-        if args.profile in PROFILES:
-            check_extra(args.profile, extra)  # before the lab notebook is written
+            notebooks = select(notebooks, args.only, name)
+        check_extra(profile, extra)  # before the lab notebook is written
         if args.lab:
-            folder = root / args.profile / "lab"
+            folder = root / name / "lab"
             notebooks, kwargs["out_dir"] = [lab_notebook(args.lab, folder)], folder
         progress = ProgressLine(sys.stdout)
-        run_collection(args.profile, notebooks=notebooks, extra=extra, progress=progress, **kwargs)
-        where_outputs(args.profile)
+        run_collection(profile, notebooks=notebooks, extra=extra, progress=progress, **kwargs)
+        where_outputs(name)
     except ConfigError as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
         return 2
@@ -527,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pocl-reproduce: interrupted before any notebook ran", file=sys.stderr)
         return 130
     except Exception as e:  # papermill's PapermillExecutionError carries the failing cell's error name and value
-        where = kwargs.get("out_dir", root / args.profile / "notebooks")
+        where = kwargs.get("out_dir", root / name / "notebooks")
         if hasattr(e, "ename"):
             print(f"pocl-reproduce: {e.ename}: {e.evalue} (executed notebook in {where}, as <name>.failed.ipynb)",
                   file=sys.stderr)
@@ -568,7 +601,8 @@ def _short(path: Path) -> str:
 def _publish(profile: str, notebooks: list[Path], executed: Path) -> int:
     try:
         if profile not in PROFILES:
-            raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+            raise ConfigError(f"--publish takes a built-in profile ({', '.join(PROFILES)}); a config file's results "
+                              f"are not a committed reference")
         publish(profile, notebooks, executed, output_root())
     except (ConfigError, PublishError) as e:
         print(f"pocl-reproduce: {e}", file=sys.stderr)
