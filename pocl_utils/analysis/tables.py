@@ -149,6 +149,42 @@ def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> p
     return pd.DataFrame(out)
 
 
+def paired_to(df: pd.DataFrame, refs: tuple[str, ...] = ("baseline", "+POCL"), dataset: str = "Avg") -> pd.DataFrame:
+    """Each (method, variant) on one eval set: its mean ± 95% CI over training seeds and its paired difference to each
+    reference variant of the same method, variant − ref by training seed (`paired`), e.g. the controls grid's table.
+
+    A frame with a `training` column (the training protocol) is split by it first: runs of one protocol are never
+    paired with another's.
+
+    Args:
+        df: a tidy frame (`tidy`), optionally with a `training` column.
+        refs: the reference variants subtracted (each method's own).
+        dataset: the eval set, or "Avg" (the mean over the run's eval sets, `with_average`).
+
+    Returns:
+        One row per ([training,] method, variant) in the frame's order, with the columns [training,] method, variant,
+        n_seeds, mean, ci95 and, per reference r, `vs r` (the mean paired difference), `vs r ci95` and `vs r n` (the
+        shared seeds); the differences are NaN for the reference itself and where the method has no run of r.
+    """
+    groups = df.groupby("training", sort=False) if "training" in df.columns else [(None, df)]
+    rows = []
+    for training, part in groups:
+        runs = part.drop(columns=["training"], errors="ignore")
+        summ = summary(runs)
+        for r in summ[summ.dataset == dataset].itertuples():
+            row = ({"training": training} if training is not None else {}) | {
+                "method": r.method, "variant": r.variant, "n_seeds": r.n_seeds, "mean": r.mean, "ci95": r.ci95}
+            for ref in refs:
+                got = paired(runs, (r.method, ref), (r.method, r.variant))
+                got = got[got.dataset == dataset].iloc[0]
+                none = ref == r.variant or got["n_pairs"] == 0
+                row[f"vs {ref}"] = np.nan if none else got["diff"]
+                row[f"vs {ref} ci95"] = np.nan if none else got["ci95"]
+                row[f"vs {ref} n"] = 0 if none else int(got["n_pairs"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
     """seed -> rouge_l of one (method, variant) in a tidy frame already cut to one dataset.
 

@@ -99,6 +99,9 @@ class Profile:
     # lr eta/5, no warm-up, KD baselines at alpha 0) | "paper-text" (A.2.2: POCL shares the baseline's steps, b and
     # eta)
     protocol: str = "paper-text"
+    # the training protocols the Table 1 and controls grids run under (notebooks 03 and 09): `protocol`, the headline's
+    # (docs/choices.md), first, then these; () = `protocol` alone
+    protocols: tuple[str, ...] = ()
     # paper-text: a warm-up (kd.warmup_frac of the stage's steps) at every stage's restart, as run 3's code had; False:
     # one warm-up per run, the baseline's. The official scripts have none (`--warmup-iters 0`).
     stage_warmup: bool = False
@@ -260,7 +263,7 @@ def validate_profile(p: Profile) -> Profile:
 
     Raises:
         ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds, table1_seeds,
-            eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, select_metric,
+            eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, protocols, select_metric,
             select_points, valid_checks, lr_factors, grad_accum, teacher_cache, or the lr, batch_size or epochs
             of teacher_sft and kd).
     """
@@ -277,6 +280,8 @@ def validate_profile(p: Profile) -> Profile:
         (p.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
         (p.grid in ("full", "table1", "minimal"), "grid", "must be full, table1 or minimal"),
         (p.protocol in PROTOCOLS, "protocol", f"must be one of {', '.join(PROTOCOLS)}, got {p.protocol!r}"),
+        (all(x in PROTOCOLS for x in p.protocols), "protocols",
+         f"must name protocols of {', '.join(PROTOCOLS)}, got {p.protocols}"),
         (p.select_metric in ("rouge", "loss"), "select_metric", f"must be 'rouge' or 'loss', got {p.select_metric!r}"),
         (p.select_points in ("stage-ends", "even"), "select_points",
          f"must be 'stage-ends' or 'even', got {p.select_points!r}"),

@@ -3,14 +3,15 @@ their reports beside the paper (`grid_report`), the runs' frame, the claims, the
 premises."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from ..analysis import findings, paper, tables
-from ..experiment import pool, runner, scoring
-from ..experiment.config import RunSpec, baseline
+from ..curriculum import PROTOCOLS, plan_rows
+from ..experiment import experiments, pool, runner, scoring, training_run
+from ..experiment.config import Profile, RunSpec, baseline, pocl
 from ..experiment.experiments import GRIDS, grid, n_seeds_for
 from ..experiment.workspace import Workspace
 from .display import save_table
@@ -20,18 +21,18 @@ from .views import ranking_table
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
                "order": "table7_order", "temperature": "table8_temperature", "ratio": "table9_ratio",
-               "subsets": "beyond_n_subsets"}
+               "subsets": "beyond_n_subsets", "controls": "beyond_controls"}
 
 
 def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
     """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only.
 
     Args:
-        name: the grid, a key of GRIDS: table1, ranking, adaptive, order, temperature, ratio or subsets.
+        name: the grid, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio or subsets) or "controls".
 
     Returns:
-        The grid's RunSpecs at the profile's seed count and grid size (the order grid adds the true-difficulty control
-        on generated worlds); [] for any grid but table1 under a 'table1' profile.
+        The grid's RunSpecs at the profile's seed count, grid size and training protocol (the order and controls grids
+        add the true-difficulty control on generated worlds); [] for any grid but table1 under a 'table1' profile.
 
     Raises:
         ValueError: an unknown grid name (from experiments.grid).
@@ -39,7 +40,7 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
     p = ws.profile
     if p.grid == "table1" and name != "table1":
         return []
-    return grid(name, n_seeds_for(p, name), p.grid, oracle=p.data == "world")
+    return grid(name, n_seeds_for(p, name), p.grid, oracle=p.data == "world", protocol=p.protocol)
 
 
 def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
@@ -220,3 +221,118 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     table = premises.premises_table(rows)
     save_table(ws, table, "premises")
     return table
+
+
+# ---- the training protocols (issue 23): the stage plans, and the Table 1 and controls grids under each ---------------
+
+
+def protocols_of(p: Profile) -> tuple[str, ...]:
+    """The training protocols a profile's Table 1 and controls grids run under: its `protocol` (the headline's) first,
+    then the others of `protocols`."""
+    return (p.protocol, *(x for x in p.protocols if x != p.protocol))
+
+
+def under_protocol(ws: Workspace, protocol: str) -> Workspace:
+    """The workspace with its profile's training protocol set to `protocol`: the same prepared steps (no protocol
+    setting is upstream of them), the runs keyed under that protocol (`config.protocol_key`)."""
+    return replace(ws, profile=replace(ws.profile, protocol=protocol))
+
+
+def protocol_plans(ws: Workspace, method: str = "KLD") -> pd.DataFrame:
+    """The stage plan of the baseline, +POCL and the two optimizer controls of `method` under each training protocol
+    (`curriculum.PROTOCOLS`), for the profile's training set; nothing is trained.
+
+    Args:
+        method: the KD method (under official its baseline and controls train at alpha 0).
+
+    Returns:
+        `curriculum.plan_rows` per run (stage, rows, batch, epochs, steps, lr, warmup, restart, tau, alpha, and a
+        "total" row), with the columns protocol and run first.
+    """
+    enc = ws.encoded("train")
+    runs = {"baseline": baseline(method), "+POCL": pocl(method),
+            experiments.POCL_OPTIMIZER: experiments.pocl_optimizer(method),
+            experiments.RESTARTS: experiments.restarts_control(method)}
+    out = []
+    for protocol in PROTOCOLS:
+        w = under_protocol(ws, protocol)
+        for label, spec in runs.items():
+            out += [{"protocol": protocol, "run": label, **row}
+                    for row in plan_rows(training_run.stages_for(w, spec, enc))]
+    return pd.DataFrame(out)
+
+
+def run_protocols(ws: Workspace, name: str, log=print) -> None:
+    """Train grid `name` under each of the profile's training protocols (`protocols_of`), each arm at its learning rate
+    chosen on validation when the profile has lr_factors (`pool.at_chosen_lrs`); finished runs are skipped.
+
+    Args:
+        name: the grid, "table1" or "controls" (any key of GRIDS works).
+        log: called with the pool's progress lines.
+    """
+    for protocol in protocols_of(ws.profile):
+        w = under_protocol(ws, protocol)
+        specs, _ = pool.at_chosen_lrs(w, specs_of(w, name), log=log)
+        pool.run_grid(w, specs, log=log)
+
+
+def protocol_records(ws: Workspace, name: str) -> dict[str, list[tuple[RunSpec, dict]]]:
+    """Training protocol -> the finished runs of grid `name` under it (at the chosen learning rates when the profile
+    has lr_factors; a protocol whose choice is not made yet gives []). Nothing is trained."""
+    out = {}
+    for protocol in protocols_of(ws.profile):
+        w = under_protocol(ws, protocol)
+        specs = specs_of(w, name)
+        if ws.profile.lr_factors:
+            picked = experiments.chosen_lrs(runner.records_for(w, experiments.lr_candidates(specs,
+                                                                                              ws.profile.lr_factors)))
+            try:
+                specs = experiments.with_chosen_lr(specs, picked)
+            except ValueError:  # some arm's lr is not chosen yet: its runs cannot be named
+                specs = []
+        out[protocol] = runner.records_for(w, specs)
+    return out
+
+
+@dataclass
+class ControlsReport:
+    """The controls grid under each training protocol: the tidy runs (column `training`), each arm's Avg ROUGE-L with
+    its paired differences to the baseline and to +POCL, and the claims the controls decide (with their summary)."""
+
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    claims: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def controls_report(ws: Workspace, save: bool = True) -> ControlsReport:
+    """The controls grid's finished runs under each of the profile's training protocols, summarised; nothing is trained
+    (`run_protocols(ws, "controls")` trains them).
+
+    `table`: per training protocol, method and arm (experiments.CONTROL_LABELS), the Avg ROUGE-L (sampled, the paper's
+    protocol) ± 95% CI and the paired differences arm − baseline and arm − +POCL by training seed
+    (`tables.paired_to`). `claims`: findings.CLAIMS' control claims (findings.CONTROL_CLAIMS) judged per training
+    protocol and evaluation protocol (`findings.claims_by_training`), Holm within each. With `save` they go to
+    results/<profile>/beyond_controls_{paired,claims,claims_summary}.{csv,md}.
+
+    Returns:
+        The ControlsReport; its frames are empty when no control has finished (nothing is saved then).
+    """
+    recs = protocol_records(ws, "controls")
+    parts = [tables.tidy(r).assign(training=t) for t, r in recs.items() if r]
+    if not parts:
+        return ControlsReport(*(pd.DataFrame() for _ in range(4)))
+    runs = pd.concat(parts, ignore_index=True).drop_duplicates(["training", "method", "variant", "seed", "dataset"])
+    order = {v: k for k, v in enumerate(experiments.CONTROL_LABELS)}
+    table = tables.paired_to(runs)
+    table = table.sort_values(["training", "method", "variant"], key=lambda c: c.map(order) if c.name == "variant"
+                              else c.map({t: k for k, t in enumerate(recs)}) if c.name == "training" else c,
+                              kind="stable").reset_index(drop=True)
+    claims = findings.claims_by_training(recs, findings.CONTROL_CLAIMS)
+    summary = findings.claim_summary(claims) if len(claims) else pd.DataFrame()
+    if save:
+        stem = TABLE_FILES["controls"]
+        for suffix, df in (("paired", table), ("claims", claims), ("claims_summary", summary)):
+            if len(df):
+                save_table(ws, df, f"{stem}_{suffix}")
+    return ControlsReport(runs, table, claims, summary)
