@@ -147,3 +147,99 @@ def test_claims_by_protocol_and_the_restarts_script_average_per_seed_from_record
     assert means.loc[("sampled", "+POCL (n=4)"), "avg"] == pytest.approx(41.0 + 2.0 / len(EVAL_SETS))
     assert means.loc[("sampled", "+POCL (n=4)"), "sd"] == pytest.approx(1.0)
     assert (means.n_seeds == 3).all()
+
+
+# ---- the controls grid (issue 23): hand-worked paired table and claims j-m ----------------------------------------
+# KLD, three seeds, one Avg score per run (every eval set the same): arm -> scores of seeds 0, 1, 2
+CONTROL_SCORES = {"baseline": (10.0, 12.0, 14.0), "+POCL": (11.0, 12.0, 16.0),
+                  "+POCL (random subsets)": (10.0, 13.0, 14.0), "baseline (POCL's optimizer)": (11.0, 13.0, 16.0),
+                  "baseline (restarts, all data)": (8.0, 10.0, 11.0)}
+
+
+def _controls_df(scores=CONTROL_SCORES, method="KLD"):
+    return _df([(method, v, s, x) for v, xs in scores.items() for s, x in enumerate(xs)])
+
+
+def _t_half(diffs):
+    d = np.asarray(diffs, dtype=float)
+    return stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+
+
+def test_controls_labels_are_the_grids():
+    from pocl_utils.experiment import experiments
+    assert set(CONTROL_SCORES) <= set(experiments.CONTROL_LABELS)
+
+
+def test_paired_to_hand_worked_vs_baseline_and_vs_pocl():
+    from pocl_utils.analysis.tables import paired_to
+    t = paired_to(_controls_df()).set_index("variant")
+    opt = t.loc["baseline (POCL's optimizer)"]
+    assert opt["mean"] == pytest.approx(40.0 / 3) and opt.n_seeds == 3
+    assert opt["vs baseline"] == pytest.approx(4.0 / 3)  # (1, 1, 2)
+    assert opt["vs baseline ci95"] == pytest.approx(_t_half([1, 1, 2]))
+    assert opt["vs +POCL"] == pytest.approx(1.0 / 3) and opt["vs +POCL n"] == 3  # (0, 1, 0)
+    assert t.loc["baseline (restarts, all data)", "vs baseline"] == pytest.approx(-7.0 / 3)  # (-2, -2, -3)
+    assert t.loc["+POCL", "vs baseline"] == pytest.approx(1.0)  # (1, 0, 2)
+    assert np.isnan(t.loc["baseline", "vs baseline"]) and t.loc["baseline", "vs baseline n"] == 0  # not itself
+    assert t.loc["baseline", "vs +POCL"] == pytest.approx(-1.0)
+    assert np.isnan(t.loc["+POCL", "vs +POCL"])
+
+
+def test_paired_to_never_pairs_across_training_protocols():
+    from pocl_utils.analysis.tables import paired_to
+    official = {"baseline": (20.0, 20.0, 20.0), "+POCL": (25.0, 26.0, 27.0)}
+    df = pd.concat([_controls_df().assign(training="paper-text"), _controls_df(official).assign(training="official")])
+    t = paired_to(df).set_index(["training", "variant"])
+    assert t.loc[("official", "+POCL"), "vs baseline"] == pytest.approx(6.0)  # (5, 6, 7), its own baseline
+    assert t.loc[("paper-text", "+POCL"), "vs baseline"] == pytest.approx(1.0)
+    assert ("official", "baseline (POCL's optimizer)") not in t.index  # nothing borrowed from paper-text
+    # one method's runs never pair with another's baseline
+    two = pd.concat([_controls_df(), _controls_df({"+POCL": (1.0, 2.0, 3.0)}, method="GKD")])
+    assert paired_to(two).set_index(["method", "variant"]).loc[("GKD", "+POCL"), "vs baseline n"] == 0
+
+
+def test_controls_claims_hand_worked():
+    t = claim_table(_controls_df()).set_index("claim")
+    expected = {"j": [1, -1, 2],  # +POCL - random subsets: the order beyond the staging
+                "k": [1, 1, 2],  # POCL's optimizer - baseline: the hyperparameters' part
+                "l": [0, -1, 0],  # +POCL - POCL's optimizer: the curriculum beyond the hyperparameters
+                "m": [-2, -2, -3]}  # restarts on all data - baseline: the restarts' cost (below zero)
+    for claim, diffs in expected.items():
+        row = t.loc[claim]
+        assert row.ours_diff == pytest.approx(np.mean(diffs)) and row.n_seeds == 3, claim
+        assert row.ci95 == pytest.approx(_t_half(diffs)), claim
+        assert row.p_holm == pytest.approx(row.p_value)  # one method: a family of one
+        assert np.isnan(row.paper_diff)  # the paper prints no control
+    assert t.loc["k", "p_value"] == pytest.approx(stats.ttest_1samp([1, 1, 2], 0).pvalue)
+    assert t.loc["m", "verdict"] == "contradicted"  # t = -7, p = 0.020: the restarts cost, significantly
+    assert t.loc["k", "verdict"] == "not separable from noise (same direction)"  # t = 4, p = 0.057
+    assert t.loc["l", "verdict"] == "not separable from noise (opposite direction)"
+
+
+def test_claims_by_training_judges_each_protocol_apart_and_summary_counts_per_training():
+    """findings.claims_by_training on hand-made records: the same labels under two training protocols are two
+    families, and claim_summary keeps the training column."""
+    from pocl_utils.analysis.findings import CONTROL_CLAIMS, claim_summary, claims_by_training
+    from pocl_utils.data import EVAL_SETS
+    from pocl_utils.experiment.config import baseline, pocl
+    from pocl_utils.experiment.experiments import pocl_optimizer
+
+    def recs(base, gain):
+        out = []
+        for seed in range(3):
+            for spec, score in ((baseline("KLD", seed), base + seed), (pocl("KLD", seed), base + seed + gain[seed]),
+                                (pocl_optimizer("KLD", seed), base + seed + 1.0)):
+                per_set = {ds: {"mean": score, "std": 0.0} for ds in EVAL_SETS}
+                out.append((spec, {"metrics": {"eval": per_set}, "key": f"{spec.variant}{seed}{base}", "wall_s": 0.0,
+                                   "git_commit": ""}))
+        return out
+    t = claims_by_training({"official": recs(10.0, (3.0, 4.0, 5.0)), "paper-text": recs(30.0, (-1.0, 0.0, -2.0))},
+                           CONTROL_CLAIMS)
+    t = t.set_index(["training", "claim"])
+    assert t.loc[("official", "a"), "ours_diff"] == pytest.approx(4.0)
+    assert t.loc[("paper-text", "a"), "ours_diff"] == pytest.approx(-1.0)
+    assert t.loc[("official", "l"), "ours_diff"] == pytest.approx(3.0)  # +POCL - POCL's optimizer: (2, 3, 4)
+    assert set(t.reset_index().protocol) == {"sampled"}  # no greedy metrics in these records
+    summary = claim_summary(t.reset_index()).set_index(["training", "protocol", "claim"])
+    assert summary.loc[("official", "sampled", "a"), "supported"] == 1
+    assert summary.loc[("paper-text", "sampled", "a"), "supported"] == 0
