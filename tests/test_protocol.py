@@ -191,3 +191,53 @@ def test_lr_choice_picks_each_arm_on_validation():
     assert [s.lr_scale for s in at] == [1.0] * 3 + [5.0] * 3 and [s.seed for s in at] == [0, 1, 2] * 2
     with pytest.raises(ValueError, match="no learning rate"):
         experiments.with_chosen_lr([pocl("GKD")], table)
+
+
+def _plan_ws(tmp_path, profile, n: int = 400):
+    """A Workspace whose training rows and ranking are set in memory (what protocol_plans reads)."""
+    from pocl_utils.experiment.workspace import Workspace
+    ws = Workspace(profile, tmp_path)
+    fake, enc = _fake_ws(profile, n)
+    ws.__dict__.update(_encoded={"train": enc}, ranking=fake.ranking)
+    return ws
+
+
+def test_protocol_plans_hand_worked(tmp_path):
+    """notebook 05's table: run 3's laptop settings (E 8, b 32, eta 3e-3, 5% warm-up per stage) on 400 rows."""
+    from pocl_utils.notebook import grids
+    t = grids.protocol_plans(_plan_ws(tmp_path, get_profile("laptop-run3")))
+    assert list(t.protocol.drop_duplicates()) == ["official", "paper-text"]
+
+    def plan(protocol, run):
+        rows = t[(t.protocol == protocol) & (t.run == run) & (t.stage != "total")]
+        return [(r.rows, r.batch, r.steps, r.lr, r.warmup, r.alpha) for r in rows.itertuples()]
+    # official: baseline 8 x 400 / 32 = 100 steps at alpha 0; stages 3.2 epochs at batch 256, lr 3e-3 / 5, no warm-up
+    assert plan("official", "baseline") == [(400, 32, 100, 3e-3, 0, 0.0)]
+    assert plan("official", "+POCL") == [(r, 256, s, pytest.approx(6e-4), 0, a) for r, s, a in
+                                         ((100, 2, 0.3), (200, 3, pytest.approx(0.2)), (300, 4, pytest.approx(0.1)),
+                                          (400, 5, 0.0))]
+    assert plan("official", experiments.POCL_OPTIMIZER) == [(400, 256, 14, pytest.approx(6e-4), 0, 0.0)]
+    assert plan("official", experiments.RESTARTS) == [(400, 256, s, pytest.approx(6e-4), 0, 0.0) for s in (2, 3, 4, 5)]
+    # paper-text (run 3): the baseline's 100 steps shared by size, a 5% warm-up at every stage
+    assert plan("paper-text", "baseline") == [(400, 32, 100, 3e-3, 5, 0.3)]
+    assert [(r[0], r[2], r[4]) for r in plan("paper-text", "+POCL")] == [(100, 10, 0), (200, 20, 1), (300, 30, 1),
+                                                                         (400, 40, 2)]
+    assert plan("paper-text", experiments.POCL_OPTIMIZER) == plan("paper-text", "baseline")
+    total = t[(t.protocol == "official") & (t.run == "+POCL") & (t.stage == "total")].iloc[0]
+    assert total.steps == 14 and total.epochs == pytest.approx(14 * 256 / 400)
+
+
+def test_protocols_of_puts_the_headline_first_and_checks_names(tmp_path):
+    from pocl_utils.experiment.workspace import Workspace
+    from pocl_utils.notebook import grids
+    assert grids.protocols_of(get_profile("smoke")) == ("paper-text",)  # () = the profile's protocol alone
+    both = get_profile("smoke", {"protocol": "official", "protocols": ["paper-text", "official"]})
+    assert grids.protocols_of(both) == ("official", "paper-text")
+    with pytest.raises(ConfigError, match="protocols"):
+        get_profile("smoke", {"protocols": ["official", "scripts"]})
+    # the controls grid of each protocol: the POCL-optimizer arm only where it differs from the baseline
+    ws = Workspace(both, tmp_path)
+    labels = {p: {s.variant for s in grids.specs_of(grids.under_protocol(ws, p), "controls")}
+              for p in grids.protocols_of(both)}
+    assert experiments.POCL_OPTIMIZER in labels["official"] and experiments.POCL_OPTIMIZER not in labels["paper-text"]
+    assert grids.under_protocol(ws, "paper-text").profile.protocol == "paper-text" and ws.profile.protocol == "official"

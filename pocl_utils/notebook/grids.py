@@ -233,9 +233,12 @@ def protocols_of(p: Profile) -> tuple[str, ...]:
 
 
 def under_protocol(ws: Workspace, protocol: str) -> Workspace:
-    """The workspace with its profile's training protocol set to `protocol`: the same prepared steps (no protocol
-    setting is upstream of them), the runs keyed under that protocol (`config.protocol_key`)."""
-    return replace(ws, profile=replace(ws.profile, protocol=protocol))
+    """The workspace with its profile's training protocol set to `protocol`: the same prepared steps and the data
+    already loaded from them (no protocol setting is upstream of either), the runs keyed under that protocol
+    (`config.protocol_key`)."""
+    out = replace(ws, profile=replace(ws.profile, protocol=protocol))
+    out.__dict__.update({k: v for k, v in vars(ws).items() if k not in ("profile", "root")})  # loaded sets, ranking
+    return out
 
 
 def protocol_plans(ws: Workspace, method: str = "KLD") -> pd.DataFrame:
