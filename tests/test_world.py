@@ -230,7 +230,7 @@ def test_load_or_create_regenerates_only_on_change(tmp_path, monkeypatch):
     cfg = W.world_config("smoke")
     calls = []
     real = W.generate_world
-    monkeypatch.setattr(W, "generate_world", lambda c: calls.append(c) or real(c))
+    monkeypatch.setattr(W.files, "generate_world", lambda c: calls.append(c) or real(c))  # the name files.py calls
     paths = W.load_or_create_world(cfg, tmp_path)
     meta = json.loads((tmp_path / W.META_FILE).read_text())
     assert meta["config"] == asdict(cfg) and meta["counts"]["train"] == cfg.n_train
