@@ -127,3 +127,5 @@ TRAIN_FAMILIES = ("translate", "encode", "translate_reverse", "encode_reverse")
 SNI_FAMILIES = ("untranslate", "decr", "double")
 VICUNA_FAMILIES = ("translate_reverse", "encode_reverse")  # the compositions, at the top trained levels, new phrasings
 PRETRAIN_FAMILIES = TRAIN_FAMILIES + SNI_FAMILIES
+TONGUES = {"old": LEXICON, "new": NEW_LEXICON}
+TONGUE = {"translate": "old", "translate_reverse": "old", "encode": "new", "encode_reverse": "new"}  # the answers'
