@@ -22,17 +22,17 @@ Modules, one job each: `families` (words, lexicons, task families), `config` (Wo
 them. As the subpackage `pocl_utils.world`, it imports only the method's `data` module.
 """
 from .config import PRESETS, WorldConfig, world_config
-from .families import (FAMILIES, LEXICON, MAX_ITEMS, NEW_LEXICON, ORDINALS, PRETRAIN_FAMILIES, SNI_FAMILIES,
-                       TRAIN_FAMILIES, UNLEXICON, VICUNA_FAMILIES, WORDS, Family)
+from .families import (FAMILIES, LEXICON, MAX_ITEMS, NEW_LEXICON, ORDINALS, PRETRAIN_FAMILIES, SNI_FAMILIES, TONGUE,
+                       TONGUES, TRAIN_FAMILIES, UNLEXICON, VICUNA_FAMILIES, WORDS, Family)
 from .files import META_FILE, load_or_create_world, write_world
-from .generation import (EVAL_ROLES, HELD_OUT_TEMPLATES, ROLES, WORLD_VERSION, RoleSpec, generate_world, make_row,
-                         role_spec, true_difficulty, word_pool)
+from .generation import (EVAL_ROLES, HELD_OUT_TEMPLATES, ROLES, WORLD_VERSION, RoleSpec, easiest_quarter,
+                         easy_coverage, easy_difficulty, generate_world, make_row, role_spec, true_difficulty, word_pool)
 from .pretraining import PRETRAIN_POOLS, pretrain_corpus, pretrain_spec
 from .tokenizer import EOS, template_phrases, token_stats, train_tokenizer
 
 __all__ = ["EOS", "EVAL_ROLES", "FAMILIES", "HELD_OUT_TEMPLATES", "LEXICON", "MAX_ITEMS", "META_FILE", "NEW_LEXICON",
-           "ORDINALS", "PRESETS", "PRETRAIN_FAMILIES", "PRETRAIN_POOLS", "ROLES", "SNI_FAMILIES", "TRAIN_FAMILIES",
-           "UNLEXICON", "VICUNA_FAMILIES", "WORDS", "WORLD_VERSION", "Family", "RoleSpec", "WorldConfig",
-           "generate_world", "load_or_create_world", "make_row", "pretrain_corpus", "pretrain_spec", "role_spec",
+           "ORDINALS", "PRESETS", "PRETRAIN_FAMILIES", "PRETRAIN_POOLS", "ROLES", "SNI_FAMILIES", "TONGUE", "TONGUES",
+           "TRAIN_FAMILIES", "UNLEXICON", "VICUNA_FAMILIES", "WORDS", "WORLD_VERSION", "Family", "RoleSpec",
+           "WorldConfig", "easiest_quarter", "easy_coverage", "easy_difficulty", "generate_world", "load_or_create_world", "make_row", "pretrain_corpus", "pretrain_spec", "role_spec",
            "template_phrases", "token_stats", "train_tokenizer", "true_difficulty", "word_pool", "world_config",
            "write_world"]
