@@ -74,6 +74,9 @@ def test_per_row_frame_and_gap_by_difficulty_and_late_words():
     assert by_late["diff"].tolist() == pytest.approx([(-2.5 - 7.5) / 2, -10.0])
     with pytest.raises(ValueError, match="protocol"):
         frames.per_row_frame(records, SETS, protocol="beam")
+    both = frames.per_row_gaps(records, SETS, ("KLD", "GKD"), "greedy")
+    assert both["difficulty"].comparison.tolist() == ["KLD"] * 3  # GKD has no runs: no rows
+    assert both["late_words"]["diff"].tolist() == pytest.approx(by_late["diff"].tolist())
     sampled = frames.per_row_frame([_record("KLD", "baseline", 0, {"UnNI": [7.0]}, protocol_key="eval")], SETS,
                                    protocol="sampled")
     assert sampled.rouge_l.tolist() == [7.0]

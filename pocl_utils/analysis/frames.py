@@ -265,3 +265,24 @@ def per_row_gap(frame: pd.DataFrame, base: tuple[str, str], other: tuple[str, st
         out.append({by: value, "diff": m, "ci95": half, "n_seeds": n,
                     "n_rows": int(g.groupby("seed").size().max())})
     return pd.DataFrame(out, columns=[by, "diff", "ci95", "n_seeds", "n_rows"])
+
+
+def per_row_gaps(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[str, Sequence[Mapping]],
+                 methods: Sequence[str], protocol: str, variant: str = "+POCL") -> dict[str, pd.DataFrame]:
+    """`per_row_gap` of variant - baseline for each method, by true difficulty and by late words, in one frame each.
+
+    Args:
+        records: (spec, record) pairs holding each method's baseline and `variant` runs.
+        sets: role -> rows (a workspace's `sets`).
+        methods: the methods compared (each its own "comparison" label).
+        protocol: "greedy" or "sampled".
+        variant: the variant set against each method's baseline.
+
+    Returns:
+        {"difficulty": rows, "late_words": rows}: `per_row_gap`'s columns plus "comparison" (the method); empty
+        frames when the records keep no per-row scores.
+    """
+    frame = per_row_frame(records, sets, protocol)
+    return {by: pd.concat([per_row_gap(frame, (m, "baseline"), (m, variant), by).assign(comparison=m)
+                           for m in methods], ignore_index=True)
+            for by in ("difficulty", "late_words")}
