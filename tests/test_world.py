@@ -356,7 +356,8 @@ def test_teacher_sft_mixes_its_own_pretraining_blocks(tmp_path):
 
 def _row(family: str, level: int, words: list[str]) -> dict:
     depth = DEPTH.get(family, 1)
-    return {"family": family, "level": level, "difficulty": level + depth - 1, "output": REFERENCE[family]({"words": words})}
+    return {"family": family, "level": level, "difficulty": level + depth - 1,
+            "output": REFERENCE[family]({"words": words})}
 
 
 def test_easiest_quarter_is_the_oracle_curriculums_first_subset():

@@ -26,13 +26,14 @@ from .families import (FAMILIES, LEXICON, MAX_ITEMS, NEW_LEXICON, ORDINALS, PRET
                        TONGUES, TRAIN_FAMILIES, UNLEXICON, VICUNA_FAMILIES, WORDS, Family)
 from .files import META_FILE, load_or_create_world, write_world
 from .generation import (EVAL_ROLES, HELD_OUT_TEMPLATES, ROLES, WORLD_VERSION, RoleSpec, easiest_quarter,
-                         easy_coverage, easy_difficulty, generate_world, make_row, role_spec, true_difficulty, word_pool)
+                         easy_coverage, easy_difficulty, generate_world, make_row, role_spec, true_difficulty,
+                         word_pool)
 from .pretraining import PRETRAIN_POOLS, pretrain_corpus, pretrain_spec
 from .tokenizer import EOS, template_phrases, token_stats, train_tokenizer
 
 __all__ = ["EOS", "EVAL_ROLES", "FAMILIES", "HELD_OUT_TEMPLATES", "LEXICON", "MAX_ITEMS", "META_FILE", "NEW_LEXICON",
            "ORDINALS", "PRESETS", "PRETRAIN_FAMILIES", "PRETRAIN_POOLS", "ROLES", "SNI_FAMILIES", "TONGUE", "TONGUES",
            "TRAIN_FAMILIES", "UNLEXICON", "VICUNA_FAMILIES", "WORDS", "WORLD_VERSION", "Family", "RoleSpec",
-           "WorldConfig", "easiest_quarter", "easy_coverage", "easy_difficulty", "generate_world", "load_or_create_world", "make_row", "pretrain_corpus", "pretrain_spec", "role_spec",
-           "template_phrases", "token_stats", "train_tokenizer", "true_difficulty", "word_pool", "world_config",
-           "write_world"]
+           "WorldConfig", "easiest_quarter", "easy_coverage", "easy_difficulty", "generate_world",
+           "load_or_create_world", "make_row", "pretrain_corpus", "pretrain_spec", "role_spec", "template_phrases",
+           "token_stats", "train_tokenizer", "true_difficulty", "word_pool", "world_config", "write_world"]

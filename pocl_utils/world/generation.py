@@ -12,10 +12,10 @@ label stays level + depth - 1; it is fixed by the generator, never by a model.
 
 Version 4 (`easy_cover` = k > 0, `level_pools` off) removes knowledge exclusive to the hard rows instead: every
 level draws from all n_words, and the training rows of the lowest difficulties (those that fill the easiest quarter,
-`easy_difficulty`) take their words from a shuffled deck per tongue and difficulty, so that each answer word of
-each tongue comes about equally often there; `generate_world` then checks that every answer word is in at least k rows of the
-easiest quarter by true difficulty (`easiest_quarter`, as the oracle curriculum's first subset) and raises if not.
-Difficulty still comes from list length and composition only. With `ref_noise` = p > 0 each item of a training
+`easy_difficulty`) take their words from a shuffled deck per tongue and difficulty, so that each answer word of each
+tongue comes about equally often there; `generate_world` then checks that every answer word is in at least k rows of
+the easiest quarter by true difficulty (`easiest_quarter`, as the oracle curriculum's first subset) and raises if
+not. Difficulty still comes from list length and composition only. With `ref_noise` = p > 0 each item of a training
 reference is, with probability p, the word of another (random) word of the same tongue: one annotator's slips. The
 row keeps its right answer as `clean_output`; valid and eval references stay clean.
 
@@ -178,7 +178,8 @@ def draw_row(rng: random.Random, spec: RoleSpec, cfg: WorldConfig, decks: _Decks
     level = rng.choice(spec.levels)
     template = rng.choice(spec.templates(fam))
     if decks is not None and fam.name in TONGUE and level + fam.depth - 1 <= deck_difficulty:
-        return make_row(fam.name, level, template, {"words": decks.draw(TONGUE[fam.name], level + fam.depth - 1, level + 1)})
+        words = decks.draw(TONGUE[fam.name], level + fam.depth - 1, level + 1)
+        return make_row(fam.name, level, template, {"words": words})
     return make_row(fam.name, level, template, fam.sample(rng, level, word_pool(cfg, level)))
 
 
