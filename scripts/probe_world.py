@@ -65,6 +65,13 @@ def main() -> None:
     t0 = time.time()
     ws = pipeline.prepare(p, runs_root=Path(a.root), until="ranking")
     print(f"prepared in {time.time() - t0:.0f}s")
+    cfg = world.world_config(world_name, seed=p.seed)
+    if cfg.easy_cover:
+        counts = world.easy_coverage(ws.sets["train"], cfg)
+        print(f"easiest quarter: every answer word in >= {min(counts.values())} rows (easy_cover {cfg.easy_cover})")
+    if cfg.ref_noise:
+        noisy = [r["output"] != r.get("clean_output", r["output"]) for r in ws.sets["train"]]
+        print(f"noisy training references: {np.mean(noisy):.1%} of the rows (ref_noise {cfg.ref_noise} per item)")
     dev = pick_device()
     teacher, student = ws.load_teacher(dev), ws.load_student_init(dev).eval()
     fam = pd.DataFrame({"teacher": per_family(ws, teacher, "train"), "student_init": per_family(ws, student, "train")})
