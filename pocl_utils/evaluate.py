@@ -117,16 +117,34 @@ def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *
         max_new_tokens, batch_size: as in `responses`.
 
     Returns:
-        {"per_seed": {seed: mean ROUGE-L}, "mean": ..., "std": sample std over seeds (0 for one seed), "n": examples}.
+        {"per_seed": {seed: mean ROUGE-L}, "mean": ..., "std": sample std over seeds (0 for one seed), "n": examples,
+        "per_row": each example's ROUGE-L, mean over the seeds (the per-row analysis reads it)}.
     """
-    per_seed = {}
+    per_seed, per_row = {}, []
     for seed in seeds:
         texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, seed=seed,
                           batch_size=batch_size, sampling=MINILLM_SAMPLING)
-        per_seed[int(seed)] = float(np.mean(rouge_l_batch(texts, references)))
+        scores = rouge_l_batch(texts, references)
+        per_seed[int(seed)] = float(np.mean(scores))
+        per_row.append(scores)
     values = np.array(list(per_seed.values()))
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return {"per_seed": per_seed, "mean": float(values.mean()), "std": std, "n": len(encoded)}
+    rows = np.mean(np.asarray(per_row, dtype=np.float64), axis=0).tolist() if encoded else []
+    return {"per_seed": per_seed, "mean": float(values.mean()), "std": std, "n": len(encoded), "per_row": rows}
+
+
+def greedy_rouge_rows(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
+                      batch_size: int = 64) -> list[float]:
+    """ROUGE-L of each example's greedy response.
+
+    Args:
+        model, tokenizer, encoded, references, max_new_tokens, batch_size: as in `evaluate_set`.
+
+    Returns:
+        One ROUGE-L in [0, 100] per example, in order.
+    """
+    texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return rouge_l_batch(texts, references)
 
 
 def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
@@ -137,7 +155,7 @@ def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *
         model, tokenizer, encoded, references, max_new_tokens, batch_size: as in `evaluate_set`.
 
     Returns:
-        The mean ROUGE-L in [0, 100].
+        The mean ROUGE-L in [0, 100] (the mean of `greedy_rouge_rows`).
     """
-    texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return float(np.mean(rouge_l_batch(texts, references)))
+    return float(np.mean(greedy_rouge_rows(model, tokenizer, encoded, references, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size)))

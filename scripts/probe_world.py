@@ -1,6 +1,6 @@
 """Probe a world design before its grid runs: POCL's premises P1 and P2 (pocl_utils.analysis.premises), per family.
 
-    python scripts/probe_world.py --profile laptop --name v2 [--world '{"n_train": 2500}'] \
+    python scripts/probe_world.py --profile laptop --name v2 [--preset laptop-v4] [--world '{"n_train": 2500}'] \
         [--overrides '{"teacher.n_embd": 192}'] [--sft] [--kd-seeds 5 --out DIR]
 
 Prepares data, tokenizer, teacher and student (warm start) for the profile in a private runs folder (default
@@ -47,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="laptop")
     ap.add_argument("--name", required=True)
+    ap.add_argument("--preset", default="", help="the world preset to start from (default: the profile's)")
     ap.add_argument("--world", default="{}", help="WorldConfig overrides (JSON)")
     ap.add_argument("--overrides", default="{}", help="profile overrides (JSON)")
     ap.add_argument("--sft", action="store_true", help="also train and evaluate the SFT student (seed 0)")
@@ -58,12 +59,19 @@ def main() -> None:
     a = ap.parse_args()
     base = get_profile(a.profile)
     world_name = a.world_name or f"probe-{a.name}"
-    world.PRESETS[world_name] = {**world.PRESETS[base.world], **json.loads(a.world)}
+    world.PRESETS[world_name] = {**world.PRESETS[a.preset or base.world], **json.loads(a.world)}
     p = get_profile(a.profile, {"world": world_name, **json.loads(a.overrides)})
     p = replace(p, name=a.name)
     t0 = time.time()
     ws = pipeline.prepare(p, runs_root=Path(a.root), until="ranking")
     print(f"prepared in {time.time() - t0:.0f}s")
+    cfg = world.world_config(world_name, seed=p.seed)
+    if cfg.easy_cover:
+        counts = world.easy_coverage(ws.sets["train"], cfg)
+        print(f"easiest quarter: every answer word in >= {min(counts.values())} rows (easy_cover {cfg.easy_cover})")
+    if cfg.ref_noise:
+        noisy = [r["output"] != r.get("clean_output", r["output"]) for r in ws.sets["train"]]
+        print(f"noisy training references: {np.mean(noisy):.1%} of the rows (ref_noise {cfg.ref_noise} per item)")
     dev = pick_device()
     teacher, student = ws.load_teacher(dev), ws.load_student_init(dev).eval()
     fam = pd.DataFrame({"teacher": per_family(ws, teacher, "train"), "student_init": per_family(ws, student, "train")})

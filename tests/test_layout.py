@@ -122,7 +122,9 @@ def test_the_graph_sees_every_module_and_both_import_styles():
 
 
 def test_no_import_cycles():
-    edges = {m: {target for target, _ in found} for m, found in _imports().items()}
+    # a package's __init__ that re-exports its own submodules (pocl_utils.world) is no cycle: a submodule runs with
+    # its package already initialising, so only the edges between modules count there
+    edges = {m: {target for target, _ in found if not target.startswith(f"{m}.")} for m, found in _imports().items()}
     assert _cycles(edges) <= KNOWN_CYCLES
 
 

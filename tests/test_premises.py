@@ -54,6 +54,7 @@ def test_mde_matches_a_simulated_paired_t_test():
 
 def test_power_rows_scale_the_paper_gain_by_the_teacher_gap():
     rows = premises.premises_table(premises.power_rows({"KLD": 0.5}, 5, {"KLD": 1.6}, teacher_gap=3.32))
+    assert len(rows) == 2 and rows.threshold[1] == pytest.approx(1.6)  # no KD gap given: teacher-gap and raw rows
     r = rows.iloc[0]
     assert r.value == pytest.approx(premises.mde_factor(5) * 0.5)
     assert r.threshold == pytest.approx(1.6 * 3.32 / 6.64)
@@ -68,6 +69,53 @@ def test_table1_power_rows_from_tidy_runs():
                  {"method": "KLD", "variant": "+POCL", "seed": seed, "dataset": "Avg", "rouge_l": 10.0 + gain},
                  {"method": "RKL", "variant": "baseline", "seed": seed, "dataset": "Avg", "rouge_l": 10.0}]
     out = premises.premises_table(premises.table1_power_rows(pd.DataFrame(rows), 12.0, 8.68, 3, ("KLD", "RKL")))
-    assert len(out) == 1  # RKL has no +POCL runs: no row
-    assert out.value[0] == pytest.approx(premises.mde_factor(3) * 1.0)
+    assert len(out) == 2  # RKL has no +POCL runs: no row; no SFT runs: no KD - SFT row (teacher gap, raw)
+    assert out.value.tolist() == pytest.approx([premises.mde_factor(3) * 1.0] * 2)
     assert out.threshold[0] == pytest.approx((19.70 - 18.10) * (12.0 - 8.68) / 6.64)  # paper Table 1 KLD Avg gain
+    assert out.threshold[1] == pytest.approx(19.70 - 18.10)  # as printed
+    rows += [{"method": "SFT", "variant": "baseline", "seed": s, "dataset": "Avg", "rouge_l": 7.0} for s in range(3)]
+    out = premises.premises_table(premises.table1_power_rows(pd.DataFrame(rows), 12.0, 8.68, 3, ("KLD",)))
+    # our KLD baseline - SFT = 10 - 7 = 3; the paper's 18.10 - 16.80 = 1.30: the gain 1.60 scales by 3 / 1.3
+    assert "KLD - SFT gap" in out.premise[1] and out.threshold[1] == pytest.approx(1.60 * 3.0 / 1.30)
+    assert out.holds.tolist() == [False, True, False]  # MDE 3.26 (3 seeds, SD 1): above 0.80, below 3.69, above 1.60
+
+
+def test_power_rows_with_a_kd_gap_at_or_below_zero_fail():
+    rows = premises.premises_table(premises.power_rows({"KLD": 0.1}, 5, {"KLD": 1.6}, teacher_gap=6.64,
+                                                       kd_gap={"KLD": -0.5}, paper_kd_gap={"KLD": 1.3}))
+    assert rows.threshold.tolist() == pytest.approx([1.6, 1.6 * -0.5 / 1.3, 1.6])
+    assert rows.holds.tolist() == [True, False, True]  # no detectable gain when KD adds nothing over SFT
+
+
+def _kd_frame(gains: dict[str, list[float]], sft: list[float]):
+    """Tidy rows: SFT and each method's baseline per seed, every eval set at the same score (so Avg = that score)."""
+    import pandas as pd
+    from pocl_utils.data import EVAL_SETS
+    rows = [{"method": "SFT", "variant": "baseline", "seed": s, "dataset": d, "rouge_l": v}
+            for s, v in enumerate(sft) for d in EVAL_SETS]
+    rows += [{"method": m, "variant": "baseline", "seed": s, "dataset": d, "rouge_l": sft[s] + g}
+             for m, gs in gains.items() for s, g in enumerate(gs) for d in EVAL_SETS]
+    return pd.DataFrame(rows)
+
+
+def test_distillation_rows_best_method_holm_and_both_protocols():
+    sft = [50.0, 52.0, 51.0, 49.0, 50.0]
+    sampled = _kd_frame({"KLD": [3.0, 3.2, 2.8, 3.1, 2.9], "RKL": [1.0, -1.0, 0.5, 0.0, 0.5]}, sft)
+    greedy = _kd_frame({"KLD": [1.0, 1.2, 0.8, 1.1, 0.9], "RKL": [0.0, 0.1, -0.1, 0.0, 0.0]}, sft)
+    table = premises.premises_table(premises.distillation_rows({"sampled": sampled, "greedy": greedy}, ("KLD", "RKL")))
+    assert table.value.tolist() == pytest.approx([3.0, 1.0])  # the best method's mean paired difference
+    assert "(KLD)" in table.premise[0] and "sampled" in table.premise[0] and "greedy" in table.premise[1]
+    assert table.holds.tolist() == [True, False]  # greedy: significant but 1.0 < 2
+    # Holm by hand: KLD's paired t-test (differences 3, 3.2, 2.8, 3.1, 2.9), times 2 (the smaller of two p-values)
+    p_kld = stats.ttest_1samp([3.0, 3.2, 2.8, 3.1, 2.9], 0.0).pvalue
+    assert f"Holm p {min(1.0, 2 * p_kld):.3g}" in table.premise[0]
+
+
+def test_distillation_rows_need_significance_and_pairs():
+    sft = [50.0, 52.0, 51.0]
+    noisy = _kd_frame({"KLD": [9.0, -4.0, 5.0]}, sft)  # mean 3.33 >= 2 but p ~ 0.5: fails
+    table = premises.premises_table(premises.distillation_rows({"sampled": noisy}, ("KLD",)))
+    assert table.value[0] == pytest.approx(10 / 3) and not table.holds[0]
+    lonely = _kd_frame({"KLD": [5.0]}, [50.0])  # one seed: no test
+    table = premises.premises_table(premises.distillation_rows({"greedy": lonely}, ("KLD",)))
+    assert np.isnan(table.value[0]) and not table.holds[0] and "no paired runs" in table.premise[0]

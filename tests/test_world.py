@@ -230,7 +230,7 @@ def test_load_or_create_regenerates_only_on_change(tmp_path, monkeypatch):
     cfg = W.world_config("smoke")
     calls = []
     real = W.generate_world
-    monkeypatch.setattr(W, "generate_world", lambda c: calls.append(c) or real(c))
+    monkeypatch.setattr(W.files, "generate_world", lambda c: calls.append(c) or real(c))  # the name files.py calls
     paths = W.load_or_create_world(cfg, tmp_path)
     meta = json.loads((tmp_path / W.META_FILE).read_text())
     assert meta["config"] == asdict(cfg) and meta["counts"]["train"] == cfg.n_train
@@ -349,3 +349,107 @@ def test_teacher_sft_mixes_its_own_pretraining_blocks(tmp_path):
     assert all(len(b.prompt_ids) == 1 and len(b.response_ids) == p.max_len - 1 for b in blocks)  # plain-LM blocks
     assert teacher_sft_data(prepare(get_profile("smoke"), runs_root=tmp_path, until="tokenizer",
                                     log=lambda s: None)) == ws.encoded("train")  # mix 0: the instruction data only
+
+
+# ---- version 4: no knowledge exclusive to the hard rows, noisy training references ------------------------------
+
+
+def _row(family: str, level: int, words: list[str]) -> dict:
+    depth = DEPTH.get(family, 1)
+    return {"family": family, "level": level, "difficulty": level + depth - 1,
+            "output": REFERENCE[family]({"words": words})}
+
+
+def test_easiest_quarter_is_the_oracle_curriculums_first_subset():
+    from pocl_utils.curriculum import partition
+    from pocl_utils.difficulty import order_by_truth
+    rows = [{"difficulty": d} for d in (3, 1, 2, 1, 2, 2, 3, 1, 4)]
+    assert W.easiest_quarter(rows).tolist() == [1, 3, 7]  # ceil(9 / 4) = 3 rows; equal difficulties keep row order
+    rows = [{"difficulty": d} for d in (2, 2, 1, 3, 2, 1, 1, 2)]
+    assert W.easiest_quarter(rows).tolist() == [2, 5]  # three rows at difficulty 1, the first two by order
+    for rows in (rows, W.generate_world(W.world_config("classroom-v4"))["train"]):
+        first = partition(order_by_truth(np.arange(len(rows)), W.true_difficulty(rows)), 4)[0]
+        assert W.easiest_quarter(rows).tolist() == first.tolist()
+
+
+def test_easy_coverage_counts_rows_of_the_easiest_quarter_by_their_right_answer():
+    cfg = W.WorldConfig(n_words=8, max_level=4)
+    old, new = W.LEXICON, W.NEW_LEXICON
+    rows = [_row("translate", 1, ["apple", "cat"]), _row("encode", 1, ["apple", "apple"]),
+            _row("translate_reverse", 1, ["dog", "apple"]), _row("translate", 4, ["fish"] * 5),
+            _row("encode", 3, ["bird"] * 4), _row("translate", 2, ["tree", "house", "car"]),
+            _row("translate", 3, ["banana"] * 4), _row("encode_reverse", 4, ["cat"] * 5)]
+    # difficulties 1, 1, 2, 4, 3, 2, 3, 5: the quarter is the first two rows
+    rows[0]["output"], rows[0]["clean_output"] = f"{old['dog']} {old['cat']}", rows[0]["output"]  # a noisy reference
+    counts = W.easy_coverage(rows, cfg)
+    assert len(counts) == 16 and sum(counts.values()) == 3  # a word twice in one row counts that row once
+    assert counts[old["apple"]] == counts[old["cat"]] == counts[new["apple"]] == 1
+    assert counts[old["dog"]] == 0  # the noise is not knowledge: the right answer counts
+    assert counts[old["fish"]] == counts[new["bird"]] == 0
+
+
+def test_version_4_gives_every_answer_word_to_the_easiest_quarter():
+    cfg = W.world_config("laptop-v4")
+    assert cfg.easy_cover == 8 and not cfg.level_pools and cfg.n_words == 64
+    world = W.generate_world(cfg)
+    train = world["train"]
+    counts = W.easy_coverage(train, cfg)
+    assert len(counts) == 2 * cfg.n_words and min(counts.values()) >= cfg.easy_cover
+    quarter = [train[i] for i in W.easiest_quarter(train)]
+    assert {r["difficulty"] for r in quarter} == {1, 2}  # difficulty is still length and composition
+    assert all(r["difficulty"] == r["level"] + DEPTH.get(r["family"], 1) - 1 for r in train)
+    by_level = {lv: {w for r in train if r["level"] == lv for w in r["meta"]["args"]["words"]} for lv in (1, 4)}
+    assert by_level[1] == by_level[4] == set(W.WORDS[:64])  # no level has words of its own
+    without = W.generate_world(W.world_config("laptop-v4", easy_cover=0))  # the rule is the decks' doing
+    assert min(W.easy_coverage(without["train"], cfg).values()) < cfg.easy_cover
+    with pytest.raises(RuntimeError, match="easy_cover = 40"):
+        W.generate_world(W.world_config("laptop-v4", easy_cover=40))
+    assert W.generate_world(W.world_config("smoke-v4"))["train"]  # the small presets meet their own k
+    assert W.generate_world(W.world_config("classroom-v4"))["train"]
+
+
+def test_version_4_training_references_are_noisy_and_keep_the_right_answer():
+    cfg = W.world_config("laptop-v4")
+    world, clean = W.generate_world(cfg), W.generate_world(replace(cfg, ref_noise=0.0))
+    train = world["train"]
+    assert [r["prompt"] for r in train] == [r["prompt"] for r in clean["train"]]  # noise moves no prompt
+    assert [r["clean_output"] for r in train] == [r["output"] for r in clean["train"]]
+    wrong = total = 0
+    for r in train:
+        assert r["clean_output"] == REFERENCE[r["family"]](r["meta"]["args"])
+        tongue = set((W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON).values())
+        got, right = r["output"].split(), r["clean_output"].split()
+        assert len(got) == len(right) and set(got) <= tongue
+        wrong, total = wrong + sum(g != c for g, c in zip(got, right)), total + len(got)
+    assert abs(wrong / total - cfg.ref_noise) < 0.02
+    for role in W.ROLES[1:]:  # valid and eval references stay clean
+        assert all("clean_output" not in r and r["output"] == REFERENCE[r["family"]](r["meta"]["args"])
+                   for r in world[role])
+    assert world["DollyEval"] == clean["DollyEval"]
+
+
+def test_version_4_config_checks():
+    with pytest.raises(ValueError, match="level_pools"):
+        W.WorldConfig(easy_cover=2, level_pools=True)
+    with pytest.raises(ValueError, match="ref_noise"):
+        W.WorldConfig(ref_noise=0.5)
+    with pytest.raises(ValueError, match="easy_cover"):
+        W.WorldConfig(easy_cover=-1)
+    assert W.easy_difficulty(W.role_spec("train", W.world_config("laptop-v4"))) == 2  # 3 / 8 of the draws
+
+
+def test_teacher_sft_reads_the_clean_answers(tmp_path):
+    from types import SimpleNamespace
+    from pocl_utils.data import encode_examples, load_instructions
+    from pocl_utils.experiment.pipeline import teacher_sft_data
+    cfg = W.world_config("smoke-v4")
+    paths = W.write_world(W.generate_world(cfg), tmp_path, cfg=cfg)
+    rows = load_instructions(paths["train"])
+    assert any(r["output"] != r["clean_output"] for r in rows)
+    tok = W.train_tokenizer([r["prompt"] + r["clean_output"] for r in rows], 300)
+    enc = lambda rs: encode_examples(rs, tok, max_prompt_len=96, max_len=128)[0]  # noqa: E731
+    ws = SimpleNamespace(profile=SimpleNamespace(teacher_sft_mix=0.0, max_prompt_len=96, max_len=128),
+                         sets={"train": rows}, tokenizer=tok, encoded=lambda role: enc(rows))
+    got = [tok.decode(e.response_ids[:-1]) for e in teacher_sft_data(ws)]
+    assert got == [r["clean_output"] for r in rows]
+    assert [tok.decode(e.response_ids[:-1]) for e in ws.encoded("train")] == [r["output"] for r in rows]

@@ -402,3 +402,44 @@ def main_figure(avg: pd.DataFrame, title: str = "") -> Any:
                  fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ---- per eval row: where POCL's difference sits -------------------------------------------------------------------
+
+
+def per_row_gap_figure(by_difficulty: pd.DataFrame, by_late: pd.DataFrame, protocol: str, title: str = "") -> Any:
+    """POCL - baseline on the eval rows, by true difficulty (left) and by whether a row needs a word training shows
+    only at its top level (right); one bar colour per comparison, 95% CI error bars over the training seeds.
+
+    Args:
+        by_difficulty: `frames.per_row_gap(..., by="difficulty")` rows of each comparison, with a column
+            "comparison" (e.g. "KLD").
+        by_late: the same with by="late_words".
+        protocol: the evaluation protocol the scores come from ("greedy" or "sampled"), for the axis label.
+        title: the figure's title; "" = "+POCL − baseline per eval row".
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import seaborn as sns
+    plt = _pyplot()
+    comparisons = list(pd.concat([by_difficulty, by_late]).comparison.drop_duplicates())
+    colors = sns.color_palette("deep", max(1, len(comparisons)))
+    width = 0.8 / max(1, len(comparisons))
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), gridspec_kw={"width_ratios": [3, 1.4]}, sharey=True)
+    for ax, frame, by, names in ((axes[0], by_difficulty, "difficulty", None),
+                                 (axes[1], by_late, "late_words", {False: "no", True: "yes"})):
+        groups = sorted(frame[by].drop_duplicates()) if len(frame) else []
+        for k, comp in enumerate(comparisons):
+            sel = frame[frame.comparison == comp].set_index(by).reindex(groups)
+            x = np.arange(len(groups)) + (k - (len(comparisons) - 1) / 2) * width
+            ax.bar(x, sel["diff"], width, yerr=sel["ci95"].fillna(0.0), capsize=3, color=colors[k], label=comp)
+        ax.set_xticks(np.arange(len(groups)), [names[g] if names else f"{g:g}" for g in groups])
+        ax.axhline(0.0, color="0.3", lw=0.8)
+    axes[0].set(xlabel="true difficulty of the eval row", ylabel=f"+POCL − baseline, ROUGE-L ({protocol})")
+    axes[1].set(xlabel="needs a word seen only at the top level")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    n = pd.concat([by_difficulty, by_late])["n_seeds"] if len(by_difficulty) + len(by_late) else pd.Series([], float)
+    fig.suptitle(f"{title or '+POCL − baseline per eval row'}\n{error_bar_note(n)}", fontsize=10)
+    fig.tight_layout()
+    return fig

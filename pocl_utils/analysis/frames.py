@@ -1,10 +1,15 @@
 """Frames behind the figures and the small tables: the data sets per role, the difficulty ranking (scores, ranks,
-subsets, agreement with the true difficulty), the curriculum's stages, and one run's record among many.
+subsets, agreement with the true difficulty), the curriculum's stages, one run's record among many, and the eval
+rows' own scores (where POCL's difference sits: by true difficulty, and by whether a row needs words that training
+shows only at its top level).
 
-May import the method's `curriculum` and `experiment.config`; nothing of `training`, `modeling` or `notebook`.
+May import the method's `curriculum` and `stats`, `experiment.config` and `analysis.tables`; nothing of `training`,
+`modeling` or `notebook`.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +17,8 @@ import pandas as pd
 
 from ..curriculum import partition
 from ..experiment.config import RunSpec
+from ..stats import mean_ci
+from .tables import PROTOCOLS
 
 
 def set_table(examples: pd.DataFrame) -> pd.DataFrame:
@@ -162,3 +169,120 @@ def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, vari
         if spec.method == method and label == variant and spec.seed == seed:
             return rec
     return None
+
+
+# ---- per eval row -------------------------------------------------------------------------------------------------
+
+
+def _row_words(row: Mapping) -> set[str]:
+    """The lower-cased words of a row's instruction, input and right answer (`clean_output` where the reference is
+    noisy): what the row asks about and what it must say."""
+    answer = row.get("clean_output") or row.get("output") or ""
+    return set(re.findall(r"[^\W_]+", f"{row.get('instruction', '')} {row.get('input', '')} {answer}".lower()))
+
+
+def late_words(train_rows: Sequence[Mapping]) -> set[str]:
+    """The words the training rows hold only at their top level (e.g. a v3 world's rarest words, which `level_pools`
+    keeps to the longest lists). Words are those of instruction, input and right answer, so a made-up word counts
+    whichever side of a translation it is on.
+
+    Args:
+        train_rows: the training rows, each with a "level".
+
+    Returns:
+        The words whose every training row has the top training level (empty when no row has a level).
+    """
+    levels = [r["level"] for r in train_rows if r.get("level") is not None]
+    if not levels:
+        return set()
+    top, below = max(levels), set()
+    at_top: set[str] = set()
+    for r in train_rows:
+        (at_top if r.get("level") == top else below).update(_row_words(r))
+    return at_top - below
+
+
+def per_row_frame(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[str, Sequence[Mapping]],
+                  protocol: str = "greedy") -> pd.DataFrame:
+    """One row per (run, eval set, scored eval row): its ROUGE-L, its true difficulty and level, and whether it needs
+    a late word (`late_words` of sets["train"]).
+
+    Args:
+        records: (spec, record) pairs of finished runs; a record without per-row scores (from before they were
+            kept) gives no rows.
+        sets: role -> rows, with "train" and the eval sets (a workspace's `sets`).
+        protocol: "greedy" or "sampled" (per-row scores are the mean over the sampling seeds).
+
+    Returns:
+        Columns method, variant, seed, dataset, index (the row's position in its set), rouge_l, level, difficulty
+        (NaN where the data has none, e.g. real data) and late_words (bool).
+
+    Raises:
+        ValueError: an unknown protocol.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"per_row_frame: protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+    late, out = late_words(sets.get("train", [])), []
+    for spec, rec in records:
+        label = spec.variant or ("+POCL" if spec.pocl else "baseline")  # as tables.tidy labels it
+        for dataset, m in (rec["metrics"].get(PROTOCOLS[protocol]) or {}).items():
+            if "per_row" not in m or "index" not in m:
+                continue
+            for index, score in zip(m["index"], m["per_row"]):
+                row = sets[dataset][index]
+                out.append({"method": spec.method, "variant": label, "seed": spec.seed, "dataset": dataset,
+                            "index": int(index), "rouge_l": float(score), "level": row.get("level", np.nan),
+                            "difficulty": float(row.get("difficulty", np.nan)),
+                            "late_words": bool(_row_words(row) & late)})
+    columns = ["method", "variant", "seed", "dataset", "index", "rouge_l", "level", "difficulty", "late_words"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def per_row_gap(frame: pd.DataFrame, base: tuple[str, str], other: tuple[str, str], by: str) -> pd.DataFrame:
+    """other - base on the eval rows, grouped by a row property, paired by training seed and row.
+
+    For each seed the difference is averaged over the group's rows that both runs scored; the group's value is the
+    mean of those per-seed means, with a t 95% CI over the seeds (the seed is the unit that repeats).
+
+    Args:
+        frame: `per_row_frame`'s rows.
+        base: the (method, variant) subtracted, e.g. ("KLD", "baseline").
+        other: the (method, variant) compared with it, e.g. ("KLD", "+POCL").
+        by: the grouping column: "difficulty", "level", "late_words" or "dataset".
+
+    Returns:
+        One row per group value (sorted): columns `by`, diff, ci95 (NaN with one seed), n_seeds, n_rows (rows per
+        seed, the largest count).
+    """
+    keys = ["seed", "dataset", "index"]
+    pick = lambda mv: frame[(frame.method == mv[0]) & (frame.variant == mv[1])]  # noqa: E731
+    pairs = pick(base).merge(pick(other)[keys + ["rouge_l"]], on=keys, suffixes=("_base", "_other"))
+    pairs = pairs.assign(diff=pairs.rouge_l_other - pairs.rouge_l_base)
+    out = []
+    for value, g in pairs.groupby(by, sort=True):
+        per_seed = g.groupby("seed")["diff"].mean()
+        m, half, n = mean_ci(per_seed.to_numpy())
+        out.append({by: value, "diff": m, "ci95": half, "n_seeds": n,
+                    "n_rows": int(g.groupby("seed").size().max())})
+    return pd.DataFrame(out, columns=[by, "diff", "ci95", "n_seeds", "n_rows"])
+
+
+def per_row_gaps(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[str, Sequence[Mapping]],
+                 methods: Sequence[str], protocol: str, variant: str = "+POCL") -> dict[str, pd.DataFrame]:
+    """`per_row_gap` of variant - baseline for each method, by true difficulty and by late words, in one frame each.
+
+    Args:
+        records: (spec, record) pairs holding each method's baseline and `variant` runs.
+        sets: role -> rows (a workspace's `sets`).
+        methods: the methods compared (each its own "comparison" label).
+        protocol: "greedy" or "sampled".
+        variant: the variant set against each method's baseline.
+
+    Returns:
+        {"difficulty": rows, "late_words": rows}: `per_row_gap`'s columns plus "comparison" (the method); empty
+        frames when the records keep no per-row scores.
+    """
+    frame = per_row_frame(records, sets, protocol)
+    return {by: pd.concat([per_row_gap(frame, (m, "baseline"), (m, variant), by).assign(comparison=m)
+                           for m in methods], ignore_index=True)
+            for by in ("difficulty", "late_words")}

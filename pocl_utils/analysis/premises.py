@@ -7,7 +7,13 @@ A curriculum-KD experiment says something about the method only if
     P2  the difficulty measurer can see difficulty: Spearman(fusion rank, true difficulty) >= 0.5 over the training
         rows, and the student's greedy ROUGE-L is 0 on at most half of them;
     P3  the grid has the power to see the paper's gains: for each Table-1 method, the minimum detectable effect
-        (80% power, two-sided 5%, paired over the seeds used) beside the paper's gain scaled to our teacher's gap.
+        (80% power, two-sided 5%, paired over the seeds used) beside the paper's gain three ways: scaled by our
+        teacher - SFT gap over the paper's, scaled by the method's own KD - SFT gap over the paper's (what the
+        teacher's soft targets add beyond the references; a gap <= 0 leaves nothing to scale, so the row fails), and
+        as printed (the raw gain, no scaling);
+    P4  the teacher is worth distilling rather than copying: the best KD baseline beats the SFT student by >= 2
+        ROUGE-L Avg, paired over the seeds, with a Holm-adjusted p < 0.05 (over the KD methods), under each
+        evaluation protocol (sampled at temperature 1, the paper's; and greedy).
 
 This module computes each check from a prepared workspace's rows, ranking and scores; `premises_table` gives the
 committed `premises.csv` (columns premise, value, threshold, holds).
@@ -24,8 +30,9 @@ from scipy import optimize, stats
 
 from ..data import EVAL_SETS
 from ..evaluate import rouge_l_batch
+from ..stats import holm, p_value
 from .paper import paper_diff
-from .tables import by_seed
+from .tables import by_seed, paired
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
 TEACHER_MARGIN_RULE = 5.0  # P1: teacher - each trivial rule, every eval set
@@ -33,6 +40,8 @@ TEACHER_IN_DISTRIBUTION = 40.0  # P1: teacher on the in-distribution set
 MEASURER_RHO = 0.5  # P2: Spearman(fusion rank, true difficulty)
 MEASURER_ZERO_SHARE = 0.5  # P2: share of training rows with greedy ROUGE-L 0
 PAPER_TEACHER_GAP = 6.64  # paper Table 1, GPT-2: teacher Avg - SFT student Avg (GPT-2 1.5B -> 0.1B)
+KD_MARGIN_SFT = 2.0  # P4: best KD baseline - SFT student, Avg ROUGE-L, under each protocol
+KD_ALPHA = 0.05  # P4: the Holm-adjusted p-value it must be below
 COLUMNS = ("premise", "value", "threshold", "holds")
 
 
@@ -189,25 +198,40 @@ def mde_factor(n: int, power: float = 0.8, alpha: float = 0.05) -> float:
 
 
 def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping[str, float],
-               teacher_gap: float) -> list[dict]:
-    """P3 rows: per method, the MDE (80% power) and the paper's gain scaled by teacher_gap / PAPER_TEACHER_GAP.
+               teacher_gap: float, kd_gap: Mapping[str, float] | None = None,
+               paper_kd_gap: Mapping[str, float] | None = None) -> list[dict]:
+    """P3 rows: per method, the MDE (80% power) against the paper's gain scaled three ways.
 
-    `holds` says whether the scaled paper gain is at least the MDE, i.e. whether the grid could see the paper's
-    effect at our scale; a method where it does not is one whose null result says little.
+    MDE = mde_factor(n_seeds) x SD of the paired differences. Thresholds: paper gain x teacher_gap / PAPER_TEACHER_GAP;
+    paper gain x kd_gap[m] / paper_kd_gap[m] (only for methods in both maps; a scale <= 0 gives threshold <= 0, which
+    no MDE meets); and the paper gain as printed. `holds` says whether the grid could see the paper's effect at that
+    scale; a method where it does not is one whose null result says little.
 
     Args:
         paired_sd: method -> SD of its paired differences (+POCL - baseline) over the seeds.
         n_seeds: the number of seeds (pairs) the MDE is computed for.
         paper_gain: method -> the paper's gain, in ROUGE-L points.
         teacher_gap: our teacher - SFT student gap (Avg ROUGE-L).
+        kd_gap: method -> our KD baseline - SFT student (Avg ROUGE-L, mean over seeds); None: no such rows.
+        paper_kd_gap: method -> the paper's KD baseline - SFT (Table 1 Avg).
 
     Returns:
-        One `premise_row` dict per method of `paired_sd`: value = MDE (mde_factor(n_seeds) x SD), threshold = the
-        scaled paper gain, holds = MDE <= threshold.
+        `premise_row` dicts, per method of `paired_sd`: the teacher-gap row, the KD-gap row (where both gaps are
+        known), the raw row; value = the MDE, threshold = the (scaled) paper gain, holds = MDE <= threshold and
+        threshold > 0.
     """
-    factor, scale = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP
-    return [premise_row(f"P3 {m}: MDE (80% power, {n_seeds} seeds) vs paper gain x {scale:.2f}",
-                 factor * sd, paper_gain[m] * scale, at_most=True) for m, sd in paired_sd.items()]
+    factor, scale, rows = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP, []
+    label = f"MDE (80% power, {n_seeds} seeds) vs paper gain"
+    for m, sd in paired_sd.items():
+        rows.append(premise_row(f"P3 {m}: {label} x {scale:.2f} (teacher - SFT gap)", factor * sd,
+                                paper_gain[m] * scale, at_most=True))
+        if kd_gap is not None and paper_kd_gap is not None and m in kd_gap and m in paper_kd_gap:
+            k = kd_gap[m] / paper_kd_gap[m]
+            row = premise_row(f"P3 {m}: {label} x {k:.2f} ({m} - SFT gap)", factor * sd, paper_gain[m] * k,
+                              at_most=True)
+            rows.append({**row, "holds": bool(row["holds"] and row["threshold"] > 0)})
+        rows.append(premise_row(f"P3 {m}: {label} as printed", factor * sd, paper_gain[m], at_most=True))
+    return rows
 
 
 def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, n_seeds: int,
@@ -224,17 +248,63 @@ def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, 
         methods: the methods to check (each with variants "baseline" and "+POCL").
 
     Returns:
-        `power_rows` for the methods with at least 2 pairs (the paper's GPT-2 Table 1 gain).
+        `power_rows` for the methods with at least 2 pairs (the paper's GPT-2 Table 1 gain), with the KD - SFT rows
+        when `table1` holds SFT baseline runs (our gap: the mean over seeds of the method's baseline Avg minus the
+        SFT runs' mean).
     """
     avg = table1[table1.dataset == "Avg"]
-    sd, gain = {}, {}
+    sd, gain, kd_gap, paper_kd_gap = {}, {}, {}, {}
+    sft = by_seed(avg, "SFT", "baseline")
     for m in methods:
         base, other = by_seed(avg, m, "baseline"), by_seed(avg, m, "+POCL")
         diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]
         if len(diffs) >= 2:
             sd[m] = float(np.std(diffs, ddof=1))
             gain[m] = paper_diff(1, (m, "baseline"), (m, "+POCL"))["Avg"]
-    return power_rows(sd, n_seeds, gain, teacher_avg - sft_avg)
+            if sft:
+                kd_gap[m] = float(np.mean(list(base.values())) - np.mean(list(sft.values())))
+                paper_kd_gap[m] = paper_diff(1, ("SFT", "baseline"), (m, "baseline"))["Avg"]
+    return power_rows(sd, n_seeds, gain, teacher_avg - sft_avg, kd_gap, paper_kd_gap)
+
+
+# ---- P4: distilling beats copying ------------------------------------------------------------------------------------
+
+
+def distillation_rows(table1: Mapping[str, pd.DataFrame], methods: Sequence[str]) -> list[dict]:
+    """P4 rows: per protocol, the best KD baseline - SFT on Avg, paired by seed, Holm-adjusted over the methods.
+
+    For each protocol the KD methods' baselines are each compared with the SFT runs (`tables.paired`, Avg: mean
+    difference, t CI, the paired t-test's p via `stats.p_value`); Holm's adjustment runs over the methods compared;
+    the best is the largest mean difference. It holds when that difference is >= KD_MARGIN_SFT and its adjusted p is
+    below KD_ALPHA. A protocol without SFT runs or without a method of two paired seeds gets a NaN row that fails.
+
+    Args:
+        table1: protocol ("sampled", "greedy") -> tidy rows of the Table 1 grid (`tables.tidy` of that protocol; Avg
+            rows, if any, are recomputed).
+        methods: the KD methods (each with variant "baseline").
+
+    Returns:
+        One `premise_row` dict per protocol: value = the best difference, threshold = KD_MARGIN_SFT, the method and
+        its adjusted p in the premise's text, holds as above.
+    """
+    rows = []
+    for protocol, df in table1.items():
+        found = []
+        for m in methods:
+            r = paired(df[df.dataset != "Avg"], ("SFT", "baseline"), (m, "baseline")).set_index("dataset").loc["Avg"]
+            if r.n_pairs >= 2:
+                found.append((m, float(r["diff"]), p_value(float(r["diff"]), float(r.ci95), int(r.n_pairs))))
+        if not found:
+            rows.append({**premise_row(f"P4 best KD baseline - SFT student, {protocol}: no paired runs", math.nan,
+                                       KD_MARGIN_SFT), "holds": False})
+            continue
+        p_adj = holm([p for _, _, p in found])
+        best = max(range(len(found)), key=lambda i: found[i][1])
+        m, diff = found[best][:2]
+        row = premise_row(f"P4 best KD baseline ({m}) - SFT student, {protocol} (Holm p {p_adj[best]:.3g}, "
+                          f"needs < {KD_ALPHA})", diff, KD_MARGIN_SFT)
+        rows.append({**row, "holds": bool(row["holds"] and p_adj[best] < KD_ALPHA)})
+    return rows
 
 
 # ---- the table ------------------------------------------------------------------------------------------------------

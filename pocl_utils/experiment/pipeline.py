@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ..data import load_instructions
+from ..data import encode_examples, load_instructions
 from .config import Profile, TrainSpec, get_profile
 from ..modeling.models import build_model, pick_device
 from .real import prepare_real
@@ -87,6 +87,9 @@ def teacher_sft_data(ws: Workspace) -> list:
     pre-training term of InstructGPT's PPO-ptx and MiniLLM). mix = the share of pre-training blocks among the examples:
     up to round(n_train * mix / (1 - mix)) blocks are added.
 
+    A world with noisy training references (`WorldConfig.ref_noise`) gives the teacher the right answers
+    (`clean_output`): it is tuned on cleaner text than the student's one noisy reference, which it then corrects.
+
     Args:
         ws: the workspace of a world profile, with its data and tokenizer built.
 
@@ -94,6 +97,9 @@ def teacher_sft_data(ws: Workspace) -> list:
         The encoded training set, followed by the pre-training blocks (their `index` continuing after its last).
     """
     p, train = ws.profile, ws.encoded("train")
+    if any("clean_output" in r for r in ws.sets["train"]):
+        clean = [{**r, "output": r.get("clean_output", r["output"])} for r in ws.sets["train"]]
+        train = encode_examples(clean, ws.tokenizer, max_prompt_len=p.max_prompt_len, max_len=p.max_len)[0]
     if p.teacher_sft_mix <= 0:
         return train
     n_blocks = round(len(train) * p.teacher_sft_mix / (1.0 - p.teacher_sft_mix))

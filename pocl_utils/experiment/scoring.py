@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..difficulty import greedy_outputs_and_ce
-from ..evaluate import evaluate_set, greedy_rouge, subset
+from ..evaluate import evaluate_set, greedy_rouge, greedy_rouge_rows, subset
 from ..modeling.models import pick_device
 from .config import eval_sets
 from .workspace import Workspace
@@ -118,13 +118,15 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
         model: the causal LM to score.
 
     Returns:
-        Eval set name -> `evaluate.evaluate_set`'s result ({"per_seed", "mean", "std", "n"}).
+        Eval set name -> `evaluate.evaluate_set`'s result ({"per_seed", "mean", "std", "n", "per_row"}) and "index":
+        the scored rows' positions in the set.
     """
     p = ws.profile
     out = {}
     for role in eval_sets(p):
         enc, refs = eval_data(ws, role, p.eval_max_examples)
         out[role] = evaluate_set(model, ws.tokenizer, enc, refs, seeds=p.eval_seeds, max_new_tokens=p.max_new_tokens)
+        out[role]["index"] = [e.index for e in enc]  # positions in the set of the rows per_row scores
     return out
 
 
@@ -138,15 +140,17 @@ def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
         model: the causal LM to score.
 
     Returns:
-        Eval set name -> {"mean": mean ROUGE-L in [0, 100], "n": rows}; {} when greedy_max_examples is -1.
+        Eval set name -> {"mean": mean ROUGE-L in [0, 100], "n": rows, "per_row": each row's ROUGE-L, "index": the
+        rows' positions in the set}; {} when greedy_max_examples is -1.
     """
     p, out = ws.profile, {}
     if p.greedy_max_examples < 0:
         return out
     for role in eval_sets(p):
         enc, refs = eval_data(ws, role, p.greedy_max_examples)
-        out[role] = {"mean": greedy_rouge(model, ws.tokenizer, enc, refs, max_new_tokens=p.max_new_tokens),
-                     "n": len(enc)}
+        rows = greedy_rouge_rows(model, ws.tokenizer, enc, refs, max_new_tokens=p.max_new_tokens)
+        out[role] = {"mean": float(np.mean(rows)), "n": len(enc), "per_row": [float(x) for x in rows],
+                     "index": [e.index for e in enc]}
     return out
 
 

@@ -191,7 +191,8 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     P1: the teacher against the SFT student (Table 1's SFT runs, trained here if not yet) and the trivial rules, on the
     eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the true
     difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside the
-    paper's gain scaled to our teacher - SFT gap.
+    paper's gain scaled to our teacher - SFT gap, to the method's KD - SFT gap, and as printed; P4 (with P3): the best
+    KD baseline against SFT under both protocols.
 
     Args:
         with_power: add P3's rows (needs Table 1's finished runs).
@@ -215,9 +216,11 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     else:
         rows += premises.measurer_rows(frame.rouge_l, frame.fused, frame.true_difficulty.to_numpy())
     if with_power:
-        runs = tables.with_average(tables.tidy(records(ws, "table1")))
+        recs = records(ws, "table1")
+        runs = tables.with_average(tables.tidy(recs))
         rows += premises.table1_power_rows(runs, float(np.mean(list(teacher.values()))), float(sft["Avg"]),
                                            n_seeds_for(p, "table1"), KD_METHODS)
+        rows += premises.distillation_rows({proto: tables.tidy(recs, proto) for proto in tables.PROTOCOLS}, KD_METHODS)
     table = premises.premises_table(rows)
     save_table(ws, table, "premises")
     return table
