@@ -15,8 +15,7 @@ token is computed twice. `score_samples_naive` is the per-sample oracle (generat
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from .atomic import atomic_write_text
 from .data import Encoded
 from .modeling.generate import (Sampling, check_backend, cut_at_eos, decode, decode_from_cache,
                                 decode_with_transformers, eval_mode, kv_cache, max_positions, model_device, pad_batch,
@@ -195,21 +195,14 @@ class Ranking:
             path: the CSV file; its folder is created if missing.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_COLUMNS if self.texts is not None else CSV_COLUMNS[:-1])
-                for i in range(len(self.ids)):
-                    # repr() of a float round-trips exactly
-                    row = [int(self.ids[i]), repr(float(self.rouge_l[i])), repr(float(self.ce[i])),
-                           repr(float(self.fused[i]))]
-                    writer.writerow(row + ([self.texts[i]] if self.texts is not None else []))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(CSV_COLUMNS if self.texts is not None else CSV_COLUMNS[:-1])
+        for i in range(len(self.ids)):
+            # repr() of a float round-trips exactly
+            row = [int(self.ids[i]), repr(float(self.rouge_l[i])), repr(float(self.ce[i])), repr(float(self.fused[i]))]
+            writer.writerow(row + ([self.texts[i]] if self.texts is not None else []))
+        atomic_write_text(path, buf.getvalue())
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Ranking:

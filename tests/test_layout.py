@@ -12,7 +12,7 @@ ROOT = "pocl_utils"
 METHOD = {f"{ROOT}.{m}": {f"{ROOT}.{t}" for t in allowed} for m, allowed in {
     "losses": set(), "curriculum": set(), "data": {"atomic"}, "stats": set(),
     "evaluate": {"modeling.generate"},
-    "difficulty": {"data", "evaluate", "modeling.generate"}}.items()}
+    "difficulty": {"atomic", "data", "evaluate", "modeling.generate"}}.items()}
 # cycles still open, each with the issue that removes it (issue 16 removed models <-> distributed:
 # pocl_utils/modeling/heads.py)
 KNOWN_CYCLES: set[frozenset[str]] = set()

@@ -2,26 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from .config import WorldConfig
 from .generation import ROLES, WORLD_VERSION, generate_world
 
 META_FILE = "world_meta.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_world(world: dict[str, list[dict]], out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str, Path]:
@@ -44,13 +32,13 @@ def write_world(world: dict[str, list[dict]], out_dir: str | Path, cfg: WorldCon
     paths = {}
     for role, rows in world.items():
         paths[role] = out / f"{role}.jsonl"
-        _atomic_write_text(paths[role], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(paths[role], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     meta = {"version": WORLD_VERSION, "config": asdict(cfg) if cfg is not None else None,
             "counts": {role: len(rows) for role, rows in world.items()},
             "families": {role: sorted({r["family"] for r in rows}) for role, rows in world.items()},
             "levels": {role: sorted({r["level"] for r in rows}) for role, rows in world.items()},
             "difficulty": "level + depth - 1 (level: list items - 1; depth: steps)"}
-    _atomic_write_text(out / META_FILE, json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=1) + "\n")
     return paths
 
 
