@@ -37,8 +37,9 @@ SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=
                      num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True)
 
 
-def random_preset(name: str) -> torch.nn.Module:
-    """Seeded random weights of a preset's shape (the stand-in when its folder is missing)."""
+def random_preset(name: str, vocab: int | None = None) -> torch.nn.Module:
+    """Seeded random weights of a preset's shape (the stand-in when its folder is missing); `vocab` replaces the laptop
+    shape's vocabulary size (to separate the vocabulary's share of the speedup from the rest)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from pocl_utils.experiment.config import PROFILES, ModelSpec
@@ -48,18 +49,22 @@ def random_preset(name: str) -> torch.nn.Module:
         return GPT2LMHeadModel(GPT2Config(**PRESETS[name], bos_token_id=0, eos_token_id=0))
     if name == "laptop":
         p = PROFILES["laptop"]
-        return build_model(p.student, p.vocab_size, p.max_len + p.max_new_tokens, seed=1)
+        return build_model(p.student, vocab or p.vocab_size, p.max_len + p.max_new_tokens, seed=1)
     if name == "smollm2":
         return LlamaForCausalLM(LlamaConfig(**SMOLLM2_SHAPE, bos_token_id=0, eos_token_id=0, pad_token_id=0))
     return build_model(ModelSpec(arch="llama", n_layer=2, n_embd=64, n_head=2), 49152, 512, seed=1)
 
 
-def load_model(name: str, device: str) -> tuple[torch.nn.Module, str]:
+def load_model(name: str, device: str, vocab: int | None = None) -> tuple[torch.nn.Module, str]:
     """(model, where it came from): a preset's folder, its random stand-in, or a local HF checkpoint folder."""
     from transformers import AutoModelForCausalLM
 
     folder = FOLDER_PRESETS.get(name, Path(name))
-    if folder.is_dir():
+    if vocab is not None:
+        if name != "laptop":
+            raise SystemExit("--vocab applies to the random-init laptop shape only (--model laptop)")
+        model, source = random_preset(name, vocab), f"random-init laptop shape, vocabulary {vocab}"
+    elif folder.is_dir():
         model, source = AutoModelForCausalLM.from_pretrained(str(folder)), str(folder)
     elif name in (*PRESETS, *FOLDER_PRESETS, "real-lite-student"):
         model, source = random_preset(name), f"random-init {name} shape"
@@ -99,13 +104,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab", type=int, default=None, help="random-init laptop shape with this vocabulary size")
     parser.add_argument("--quick", action="store_true", help="16 samples")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     args.n = args.n or (16 if args.quick else 128)
 
     torch.set_num_threads(args.threads)
-    model, source = load_model(args.model, args.device)
+    model, source = load_model(args.model, args.device, args.vocab)
     eos_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
     samples = random_samples(args.n, model.config.vocab_size, eos_id, args.seed)
     kw = dict(eos_id=eos_id, pad_id=eos_id, max_new_tokens=args.max_new_tokens)

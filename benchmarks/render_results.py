@@ -3,8 +3,9 @@
     python benchmarks/render_results.py [--results benchmarks/results] [--out benchmarks/RESULTS.md]
 
 Targets (issue #7): ranking >= 8x the naive loop on the laptop student and >= 4x at SmolLM2 scale; the chunked
-divergence <= 1/2 and the fused one <= 1/8 of the naive peak memory, each <= 1.2x the naive time; the teacher cache
-<= 1/3 of the live teacher's time; a KD step >= 30% of the measured matmul peak; time ~ N^b with b = 1 +- 0.15;
+divergence <= 1/2 and the fused one <= 1/8 of the naive peak memory, each <= 1.2x the naive time and its value equal to
+the naive one to 1e-5 relative; the teacher cache <= 1/3 of the live teacher's time, its rows equal to the live teacher's
+to the bench's tolerance; a KD step >= 30% of the measured matmul peak; time ~ N^b with b = 1 +- 0.15;
 the laptop main job <= 60 min.
 
 End-to-end timings come from <results>/end_to_end.json (written by `run_all.py --e2e-smoke`, or by hand):
@@ -29,7 +30,7 @@ from typing import Any, Callable
 from benchlib import RESULTS, ROOT, machine, versions
 
 TARGETS = {"ranking": 8.0, "ranking_smollm2": 4.0, "chunked_mem": 1 / 2, "fused_mem": 1 / 8, "div_time": 1.2,
-           "cache_time": 1 / 3, "flops_fraction": 0.30, "exponent_tol": 0.15, "laptop_e2e_s": 3600.0}
+           "cache_time": 1 / 3, "flops_fraction": 0.30, "div_value_rel": 1e-5, "exponent_tol": 0.15, "laptop_e2e_s": 3600.0}
 
 
 @dataclass
@@ -121,6 +122,11 @@ def divergence_section(rec: dict) -> tuple[str, list[Check]]:
                                 f"<= {limit:.3g}", mem <= limit))
             checks.append(Check("divergence", f"{r['kind']} {r['variant']} time vs {base}", f"{tim:.2f}",
                                 f"<= {TARGETS['div_time']}", tim <= TARGETS["div_time"]))
+            diff = r.get(f"abs_diff_vs_{base}")
+            if diff is not None:  # the same loss value as its baseline, to fp32 rounding of a sum over T x V terms
+                limit = TARGETS["div_value_rel"] * max(abs(r["value"]), 1.0)
+                checks.append(Check("divergence", f"{r['kind']} {r['variant']} loss value vs {base}, abs. diff",
+                                    f"{diff:.1e}", f"<= {limit:.1e}", diff <= limit))
         rows.append([r["kind"], r["variant"], f"{r['extra_peak_MB']:.0f}", f"{r['extra_peak_x_logits']:.2f}",
                      base or "-", fmt(mem, ".3f"), fmt(tim, ".2f"), fmt(r.get(f"cpu_vs_{base}"), ".2f"),
                      fmt(r["time_s"], ".2f"), fmt(r.get(f"abs_diff_vs_{base}"), ".1e")])
@@ -133,15 +139,35 @@ def divergence_section(rec: dict) -> tuple[str, list[Check]]:
 
 def teacher_cache_section(rec: dict) -> tuple[str, list[Check]]:
     rows, checks = [], []
+    rc = rec.get("row_check")
+    if rc is None:  # an older JSON: it compared whole loss logs, which is not what the cache guarantees
+        checks.append(Check("teacher cache", "cached vs live teacher rows, max |d log p|", "-", "<= 1e-05", None,
+                            measured=False))
+    else:
+        checks.append(Check("teacher cache", f"cached vs live teacher rows ({rc['batches']} batches), max |d log p|",
+                            f"{rc['rows_max_logp_diff']:.1e}", f"<= {rc['row_tol']:g}",
+                            rc["rows_max_logp_diff"] <= rc["row_tol"]))
     for r in rec["rows"]:
         ok = r["cached_over_live"] <= TARGETS["cache_time"]
         checks.append(Check("teacher cache", f"{r['kind']} KD steps, cached / live time", f"{r['cached_over_live']:.3f}",
                             "<= 1/3", ok))
         rows.append([r["kind"], r["steps"], fmt(r["live_s"]), fmt(r["cached_s"]), f"{r['cached_over_live']:.3f}", "<= 1/3",
-                     checks[-1].verdict, fmt(r["max_loss_diff"], ".1e")])
-    body = table(["kind", "steps", "live s", "cached s", "cached / live", "target", "status", "max loss diff"], rows)
-    return (f"Teacher cache on KD steps ({rec.get('profile', '?')} profile, {rec.get('threads', '?')} thread)\n\n"
-            + body + "\n\n" + provenance(rec)), checks
+                     checks[-1].verdict, fmt(r.get("step0_loss_diff"), ".1e"),
+                     r.get("first_step_over_drift_tol", "-") if "drift_tol" in r else "-", fmt(r["max_loss_diff"], ".1e")])
+        if "step0_loss_diff" in r:
+            checks.append(Check("teacher cache", f"{r['kind']} loss at step 0, cached vs live", f"{r['step0_loss_diff']:.1e}",
+                                f"<= {r['loss_tol']:g}", r["step0_loss_diff"] <= r["loss_tol"]))
+    body = table(["kind", "steps", "live s", "cached s", "cached / live", "target", "status", "loss diff at step 0",
+                  "first step with loss diff > 1e-4", "max loss diff (info)"], rows)
+    guarantee = ("" if rc is None else
+                 f"What the cache guarantees, checked: on every batch of the timed steps the cached rows give the live "
+                 f"teacher's log-probabilities to {rc['row_tol']:g} (max |d log p| {rc['rows_max_logp_diff']:.1e}, max "
+                 f"|d logit| {rc['rows_max_logit_diff']:.1e}; {100 * rc['rows_bitwise_equal_share']:.1f}% of the logits "
+                 f"bitwise equal: the cache runs the teacher on length-sorted batches, so padding and BLAS blocking "
+                 f"differ), and the first step's loss agrees. Later losses are not expected to be equal: training "
+                 f"amplifies that rounding step by step, so the loss logs drift apart (last column, for information).\n\n")
+    return (f"Teacher cache on KD steps ({rec.get('profile', '?')} profile, {rec.get('workspace', 'workspace not recorded')}, "
+            f"{rec.get('threads', '?')} thread)\n\n" + body + "\n\n" + guarantee + provenance(rec)), checks
 
 
 def grid_cache_section(rec: dict) -> tuple[str, list[Check]]:
