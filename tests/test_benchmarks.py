@@ -29,19 +29,25 @@ def ranking(speedup: float, **extra) -> dict:
             "threads": 1, "naive_s": 2.0 * speedup, "batched_s": 2.0, "speedup": speedup, "max_ce_abs_diff": 1e-6, **extra}
 
 
-def divergence(chunked_mem: float, fused_mem: float, time: float) -> dict:
+def divergence(chunked_mem: float, fused_mem: float, time: float, value_diff: float = 2e-5) -> dict:
+    """value_diff: |value - baseline value| of chunked and fused; the limit is 1e-5 x the value (2.0 here)."""
     def row(variant, **ratios):
         return {"kind": "fkl", "variant": variant, "extra_peak_MB": 100.0, "extra_peak_x_logits": 1.0, "time_s": 1.0,
-                **ratios}
+                "value": 2.0, **ratios}
     return {"bench": "divergence", "meta": META, "config": {"vocab": 49152, "tokens": 4096, "hidden": 256, "threads": 2},
-            "results": [row("naive"), row("chunked", mem_vs_naive=chunked_mem, time_vs_naive=time),
-                        row("naive_linear"), row("fused", mem_vs_naive_linear=fused_mem, time_vs_naive_linear=time)]}
+            "results": [row("naive"), row("chunked", mem_vs_naive=chunked_mem, time_vs_naive=time, abs_diff_vs_naive=value_diff),
+                        row("naive_linear"), row("fused", mem_vs_naive_linear=fused_mem, time_vs_naive_linear=time,
+                                                 abs_diff_vs_naive_linear=value_diff)]}
 
 
-def teacher_cache(ratio: float) -> dict:
-    return {"bench": "teacher_cache", "meta": META, "profile": "laptop", "threads": 1,
+def teacher_cache(ratio: float, rows_diff: float = 1e-5, step0_diff: float = 1e-5) -> dict:
+    """rows_diff: max |d log p| of cached vs live rows; step0_diff: the first step's loss diff (both limits 1e-5)."""
+    return {"bench": "teacher_cache", "meta": META, "profile": "laptop", "workspace": "runs/laptop as prepared",
+            "threads": 1, "row_check": {"batches": 150, "rows_max_logp_diff": rows_diff, "rows_max_logit_diff": rows_diff,
+                                        "rows_bitwise_equal_share": 0.9, "row_tol": 1e-5},
             "rows": [{"kind": "fkl", "steps": 150, "live_s": 12.0, "cached_s": 12.0 * ratio, "cached_over_live": ratio,
-                      "max_loss_diff": 1e-6}]}
+                      "step0_loss_diff": step0_diff, "loss_tol": 1e-5, "first_step_over_drift_tol": 40,
+                      "drift_tol": 1e-4, "max_loss_diff": 0.1}]}
 
 
 def grid_cache(ratio: float) -> dict:
@@ -98,14 +104,15 @@ def test_every_target_passes_at_its_boundary_and_misses_beyond(tmp_path):
                scaling=scaling(1.15, 0.85), end_to_end={"runs": end_to_end(3600.0)["runs"][:1]})
     status = target_rows(render_results.render(ok))
     assert set(status.values()) == {"PASS"}, status
-    assert len(status) == 13  # 2 ranking + 4 divergence + 1 cache + 1 grid + 2 flops + 2 scaling + 1 e2e
-    bad = write(tmp_path / "bad", ranking=ranking(7.99), ranking_smollm2=ranking(3.9), divergence=divergence(0.51, 0.13, 1.21),
-                teacher_cache=teacher_cache(0.34), grid_cache=grid_cache(0.35), flops=flops(0.29, 0.1),
+    # 2 ranking + 4 divergence + 2 divergence values + 3 cache (rows, step 0, time) + 1 grid + 2 flops + 2 scaling + 1 e2e
+    assert len(status) == 17
+    bad = write(tmp_path / "bad", ranking=ranking(7.99), ranking_smollm2=ranking(3.9), divergence=divergence(0.51, 0.13, 1.21, 2.1e-5),
+                teacher_cache=teacher_cache(0.34, 1.1e-5, 1.1e-5), grid_cache=grid_cache(0.35), flops=flops(0.29, 0.1),
                 scaling=scaling(1.2, 0.8), end_to_end=end_to_end(3601.0))
     text = render_results.render(bad)
     status = target_rows(text)
     assert set(status.values()) == {"**MISS**"}, status
-    assert "0 PASS, 14 MISS, 0 not measured" in text  # the failed smoke run counts as a MISS despite no target
+    assert "0 PASS, 18 MISS, 0 not measured" in text  # the failed smoke run counts as a MISS despite no target
 
 
 def test_numbers_come_from_the_json_and_provenance_is_shown(tmp_path):
@@ -222,3 +229,29 @@ def test_generate_benchmark_runs_in_quick_mode_and_renders(tmp_path):
         assert case["transformers_over_pocl"] == pytest.approx(case["transformers_s"] / case["pocl_s"], abs=0.02)
     text = render_results.render(tmp_path)
     assert "## Decoding backends" in text and "generate_sampled" in text
+
+
+def test_teacher_cache_json_without_row_check_leaves_the_guarantee_unmeasured(tmp_path):
+    old = teacher_cache(0.3)
+    del old["row_check"]
+    for r in old["rows"]:
+        for k in ("step0_loss_diff", "loss_tol", "first_step_over_drift_tol", "drift_tol"):
+            del r[k]
+    status = target_rows(render_results.render(write(tmp_path, teacher_cache=old)))
+    assert status["cached vs live teacher rows, max |d log p|"] == "not measured"
+    assert status["fkl KD steps, cached / live time"] == "PASS"
+
+
+def test_teacher_cache_bench_quick_checks_rows_and_first_step(tmp_path):
+    """The real script on the smoke workspace: cached rows equal the live teacher's to its tolerance on every timed
+    batch, and the first step's loss agrees; the record renders with those checks passing."""
+    out = tmp_path / "teacher_cache.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_teacher_cache.py"), "--quick", "--steps", "4",
+                    "--out", str(out)], check=True, cwd=REPO, capture_output=True, text=True)
+    rec = json.loads(out.read_text())
+    rc = rec["row_check"]
+    assert rc["batches"] == 4 and 0 <= rc["rows_max_logp_diff"] <= rc["row_tol"]
+    assert all(r["step0_loss_diff"] <= r["loss_tol"] for r in rec["rows"])
+    status = target_rows(render_results.render(tmp_path))
+    assert status["cached vs live teacher rows (4 batches), max |d log p|"] == "PASS"
+    assert status["fkl loss at step 0, cached vs live"] == "PASS"
