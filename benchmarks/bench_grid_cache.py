@@ -1,4 +1,4 @@
-"""Grid runs with the teacher cache vs the teacher run live: wall time and identical results, through
+"""Grid runs with the teacher cache vs the teacher run live: wall time, and how far the results drift apart, through
 training_run.train_run.
 
     python benchmarks/bench_grid_cache.py [--quick] [--runs N] [--all] [--out benchmarks/results/grid_cache.json]
