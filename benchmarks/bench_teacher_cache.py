@@ -17,23 +17,21 @@ more than 1e-4 and the largest difference, for information.
 
     python benchmarks/bench_teacher_cache.py [--profile laptop] [--steps 150] [--quick] [--out benchmarks/results/teacher_cache.json]
 
---profile laptop uses runs/laptop when it is prepared; otherwise it prepares, under runs/bench/, the laptop profile's
-world, tokenizer and model shapes with the models' training cut to a few steps (`laptop_shapes`): a KD step's time
-depends on the shapes and the token counts, not on the weights, so the ratio is the laptop's; the JSON says which was
-used (`workspace`). --quick: the smoke workspace, 10 steps.
+--profile laptop uses runs/laptop when it is prepared; otherwise `benchlib.laptop_standin`, the laptop world, tokenizer,
+shapes and student warm start with a teacher trained a few steps only: a KD step's time depends on the shapes and the
+token counts, not on the weights, so the ratio is the laptop's; the JSON says which was used (`workspace`).
+--quick: the smoke workspace, 10 steps.
 """
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
-
 import numpy as np
 import torch
 
-from benchlib import BENCH_RUNS, default_out, laptop_available, meta, workspace, write_json
+from benchlib import default_out, laptop_standin, meta, workspace, write_json
 
-from pocl_utils.experiment.config import Profile, get_profile
+from pocl_utils.experiment.config import get_profile
 from pocl_utils.experiment.pipeline import prepare
 from pocl_utils.training.batches import epoch_batches, make_batch
 from pocl_utils.training.kd import KDContext, kd_loss_fn
@@ -44,13 +42,6 @@ from pocl_utils.training.teacher_cache import TeacherCache, build_teacher_cache
 ROW_TOL = 1e-5  # max |log p_cached - log p_live| over every row of the checked batches (fp32, V <= 2^11)
 LOSS_TOL = 1e-5  # |loss_cached - loss_live| at step 0
 DRIFT_TOL = 1e-4  # the "first step over" column: where training has amplified the rounding past this
-
-
-def laptop_shapes() -> Profile:
-    """The laptop profile with its teacher pre-training and SFT and its student warm start cut to a few steps."""
-    p = get_profile("laptop")
-    return replace(p, name="bench-laptop-shapes", teacher_pretrain_steps=0, student_pretrain_steps=1,
-                   teacher_sft=replace(p.teacher_sft, epochs=0.01))
 
 
 def batches_for(n: int, batch_size: int, seed: int, steps: int) -> list[list[int]]:
@@ -111,12 +102,8 @@ def main() -> None:
         args.profile = "smoke"
         ws, _ = workspace("smoke")
         which = "smoke workspace"
-    elif args.profile == "laptop" and laptop_available():
-        ws, _ = workspace("laptop")
-        which = "runs/laptop as prepared"
     elif args.profile == "laptop":
-        ws = prepare(laptop_shapes(), runs_root=BENCH_RUNS, until="student_init", log=print)
-        which = "laptop shapes and data, models trained a few steps only (laptop_shapes)"
+        ws, which = laptop_standin()
     else:
         ws = prepare(get_profile(args.profile), until="student_init", log=lambda s: None)
         which = f"{args.profile} as prepared"

@@ -109,6 +109,33 @@ def laptop_available() -> bool:
     return all((LAPTOP_ROOT / step / "STEP.json").is_file() for step in WORKSPACE_STEPS)
 
 
+LAPTOP_STANDIN = "bench-laptop"  # the stand-in workspace's profile name, prepared under runs/bench/
+
+
+def laptop_standin_profile():
+    """The laptop profile with its teacher's training cut to a few steps: world, tokenizer, model shapes and the
+    student's warm start are the laptop's, built as the laptop profile builds them; the teacher has the laptop's shape
+    and random-ish weights. What depends on weights (the teacher's outputs, hence KD losses) is not the laptop's; step
+    times, which depend on shapes and token counts, are."""
+    from dataclasses import replace
+
+    from pocl_utils.experiment.config import get_profile
+    p = get_profile("laptop")
+    return replace(p, name=LAPTOP_STANDIN, teacher_pretrain_steps=0, teacher_sft=replace(p.teacher_sft, epochs=0.01))
+
+
+def laptop_standin(log: Callable[[str], None] = print):
+    """(Workspace, description): runs/laptop when prepared, else the stand-in (`laptop_standin_profile`) prepared up
+    to the student's warm start under runs/bench/ (about 2 min on an idle 2-core machine, once)."""
+    if laptop_available():
+        ws, _ = workspace("laptop")
+        return ws, "runs/laptop as prepared"
+    from pocl_utils.experiment.pipeline import prepare
+    ws = prepare(laptop_standin_profile(), runs_root=BENCH_RUNS, until="student_init", log=log)
+    return ws, (f"stand-in workspace runs/bench/{LAPTOP_STANDIN} (laptop world, tokenizer, shapes and student warm "
+                f"start; teacher trained a few steps only)")
+
+
 def workspace(which: str = "auto", *, quick: bool = False, log: Callable[[str], None] = lambda s: None):
     """(Workspace, description). 'laptop': the prepared runs/laptop, used as it is (never rebuilt here: a stale key is
     reported, not fixed); 'smoke': the smoke profile prepared once under runs/bench/ (~10 s); 'auto': laptop unless
