@@ -13,7 +13,7 @@ tokens of the laptop's lengths - FLOPs and time do not depend on the weights):
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on one call (it counts the matmuls that really run,
 e.g. the student's LM head on target rows only). It does not count CPU scaled-dot-product attention, so that is
 added analytically: 4 B T^2 d per layer forward (QK^T and AV), 3x that for forward + backward. The analytic total,
-  forward = 2 * 12 L d^2 * B T + 4 L B T^2 d + 2 d V * rows   (rows = target positions for the student, all B T for the
+  forward = 2 * 12 L d^2 * B T + 4 L B T^2 d + 2 d V * rows   (rows = target positions, for the student and the
   teacher), forward + backward = 3 x forward,
 is reported beside the counter's as a cross-check. Elementwise work (softmax, layer norm, GELU, AdamW) is not counted:
 FLOP/s here means matmul FLOP/s, the work a GPU or BLAS can be efficient on.
@@ -154,7 +154,7 @@ def step_flops(setup: dict, batch: Batch, fns: dict) -> dict:
     student_fb, student_att = counted_flops(fns["cached"])
     teacher_f, teacher_att = counted_flops(fns["teacher"])
     s_an = analytic_flops(setup["student"], batch, n_rows)
-    t_an = analytic_flops(setup["teacher"], batch, batch.input_ids.numel())
+    t_an = analytic_flops(setup["teacher"], batch, n_rows)  # step.teacher_logits: the LM head on target rows only
     student_fb += 0 if student_att else 3 * s_an["attention"]  # forward + backward of the uncounted SDPA
     teacher_f += 0 if teacher_att else t_an["attention"]
     return {"cached": student_fb, "teacher": teacher_f, "live": student_fb + teacher_f,

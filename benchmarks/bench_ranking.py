@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab", type=int, default=None, help="random-init laptop shape with this vocabulary size")
+    parser.add_argument("--random-init", action="store_true",
+                        help="--model laptop: a random-init model of the laptop shape (never emits EOS: every sample "
+                             "decodes the full max_new_tokens)")
     parser.add_argument("--reps", type=int, default=None, help="timed calls of each path, alternating (default 3; 1 quick)")
     parser.add_argument("--quick", action="store_true", help="16 samples")
     parser.add_argument("--out", default=None)
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.reps = args.reps or (1 if args.quick else 3)
 
     torch.set_num_threads(args.threads)
+    if args.random_init and args.vocab is None:
+        from pocl_utils.experiment.config import PROFILES
+        args.vocab = PROFILES["laptop"].vocab_size
     model, source = load_model(args.model, args.device, args.vocab)
     eos_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
     samples = random_samples(args.n, model.config.vocab_size, eos_id, args.seed)

@@ -2,7 +2,9 @@
 
     python benchmarks/render_results.py [--results benchmarks/results] [--out benchmarks/RESULTS.md]
 
-Targets (issue #7): ranking >= 8x the naive loop on the laptop student and >= 4x at SmolLM2 scale; the chunked
+Targets (issue #7): ranking >= 8x the naive loop on the laptop shape decoding its full budget (restated in issue #25:
+a trained student's early EOS makes the ratio depend on the world's response lengths; its row is for information) and
+>= 4x at SmolLM2 scale; the chunked
 divergence <= 1/2 and the fused one <= 1/8 of the naive peak memory, each <= 1.2x the naive time and its value equal to
 the naive one to 1e-5 relative; the teacher cache <= 1/3 of the live teacher's time, its rows equal to the live teacher's
 to the bench's tolerance; a KD step >= 30% of the measured matmul peak; time ~ N^b with b = 1 +- 0.15;
@@ -76,23 +78,39 @@ def provenance(rec: dict) -> str:
 # ---- one section per benchmark -------------------------------------------------------------------------------------
 
 
+RANKING_CASES = (  # JSON stem, label, target key (None: for information)
+    ("ranking_random", "laptop shape, full decode budget (random init)", "ranking"),
+    ("ranking", "laptop student", None),
+    ("ranking_smollm2", "SmolLM2 scale", "ranking_smollm2"),
+)
+
+
 def ranking_section(recs: dict[str, dict]) -> tuple[str, list[Check]]:
     rows, checks = [], []
-    for name, label in (("ranking", "laptop student"), ("ranking_smollm2", "SmolLM2 scale")):
+    for name, label, key in RANKING_CASES:
         r = recs.get(name)
         if r is None:
             continue
-        target = TARGETS[name]
-        checks.append(Check("ranking", f"speedup, {label}", f"{r['speedup']:.2f}x", f">= {target:g}x", r["speedup"] >= target))
+        target = TARGETS[key] if key else None
+        checks.append(Check("ranking", f"speedup, {label}", f"{r['speedup']:.2f}x",
+                            f">= {target:g}x" if target else "-", r["speedup"] >= target if target else None))
+        budget = r["n"] * r.get("max_new_tokens", 0)
+        tokens = r.get("generated_tokens")
         rows.append([label, r.get("model_source", r["model"]), f"{r['params']:,}", r["n"],
-                     r.get("generated_tokens", "-"), r["threads"], r.get("reps", 1), fmt(r["naive_s"]),
-                     fmt(r["batched_s"]), f"{r['speedup']:.2f}x", f">= {target:g}x", checks[-1].verdict,
-                     fmt(r["max_ce_abs_diff"], ".1e")])
-    body = table(["case", "model", "params", "samples", "new tokens", "threads", "timed calls (median)", "naive s",
-                  "batched s", "speedup", "target", "status", "max CE diff"], rows)
+                     "-" if tokens is None else f"{tokens} ({100 * tokens / budget:.0f}% of {budget})" if budget else tokens,
+                     r["threads"], r.get("reps", 1), fmt(r["naive_s"]), fmt(r["batched_s"]), f"{r['speedup']:.2f}x",
+                     checks[-1].target, checks[-1].verdict, fmt(r["max_ce_abs_diff"], ".1e")])
+    body = table(["case", "model", "params", "samples", "new tokens (of the budget)", "threads", "timed calls (median)",
+                  "naive s", "batched s", "speedup", "target", "status", "max CE diff"], rows)
     notes = "\n".join(f"- {name}: {provenance(r)}" for name, r in recs.items() if name.startswith("ranking"))
+    restated = ("The >= 8x target applies to the laptop shape decoding its full budget (a random-init model never "
+                "emits EOS), where the speedup measures what batching saves per decoding step. A trained student "
+                "stops at EOS after a few tokens; the naive loop then stops each sample at once, while a batch runs "
+                "until its last sample has stopped, so the ratio also depends on how long the world's responses are. "
+                "World version 3's warm-started student stops early (the new-tokens column), so its row is shown for "
+                "information and carries no target.")
     return ("Difficulty ranking: batched + shared-cache scoring vs the naive per-sample loop (outputs asserted "
-            "identical)\n\n" + body + "\n\n" + notes), checks
+            "identical)\n\n" + body + "\n\n" + restated + "\n\n" + notes), checks
 
 
 GENERATE_CASES = ("ranking_greedy", "generate_greedy", "generate_sampled")  # bench_generate.py's cases, in its order
@@ -260,17 +278,29 @@ def flops_section(rec: dict) -> tuple[str, list[Check]]:
     whatif = "\n".join(f"- what if {w['what_if']}: " + (f"{w['ms']:.2f} ms, {100 * w['fraction_of_peak']:.1f}% of peak"
                                                          if "ms" in w else f"not available ({w['error']})")
                        for w in rec.get("what_if_1_thread", []))
+    miss_1 = next((r for r in rec["steps"] if r["threads"] == 1 and r["step"] == "cached"
+                   and r["fraction_of_peak"] < TARGETS["flops_fraction"]), None)
+    gelu = next((w for w in rec.get("what_if_1_thread", []) if "GELU" in w["what_if"] and "fraction_of_peak" in w), None)
+    why = "" if miss_1 is None else (
+        "\n\nWhy the 1-thread cached step misses: the profile above (most CPU time outside matmul kernels, thousands of "
+        "small operator calls per step). Of the what-ifs, "
+        + (f"only the one-kernel GELU reaches the target ({100 * gelu['fraction_of_peak']:.1f}%), and it changes the "
+           "student's float rounding (transformers' gelu_new is several elementwise kernels), which the pinned CPU "
+           "numerics (tests/test_cpu_pinned.py, the committed laptop tables) forbid until a new reference run adopts it"
+           if gelu and gelu["fraction_of_peak"] >= TARGETS["flops_fraction"] else "none reaches the target")
+        + ". The grid runs the step as two 1-thread workers, the `2 workers x 1` row.")
     text = (f"FLOPs per step: student forward + backward {f['cached'] / 1e6:.0f} MFLOP (analytic "
             f"{f['analytic']['student_fwd_bwd'] / 1e6:.0f}), teacher forward {f['teacher'] / 1e6:.0f} MFLOP (analytic "
             f"{f['analytic']['teacher_fwd'] / 1e6:.0f}); {f['target_rows']} target rows in {f['padded_tokens']} padded "
             f"positions. Models: {rec['models']['student_params']:,} / {rec['models']['teacher_params']:,} parameters.")
     text += (" The issue's KD step (student forward + backward and teacher forward) is the `live` row. The `cached` row "
-             "is the step the grid really runs: the teacher cache removes the teacher's forward, 82% of the live step's "
-             "FLOPs, so what is left is the student's small matmuls and per-op overhead. It is faster in wall time but "
-             "reaches a lower fraction of peak.")
+             f"is the step the grid really runs: the teacher cache removes the teacher's forward, "
+             f"{100 * f['teacher'] / (f['teacher'] + f['cached']):.0f}% of the live step's FLOPs, so what is left is "
+             "the student's small matmuls and per-op overhead. It is faster in wall time but reaches a lower fraction "
+             "of peak.")
     return ("Achieved FLOP/s of a laptop KD step vs the measured fp32 matmul peak\n\n" + body + "\n\n" + text
             + "\n\nWhere one thread's cached step spends its time (torch.profiler, self CPU time):\n\n" + ops + "\n\n"
-            + whatif + "\n\n" + rec.get("explanation", "") + "\n\n" + provenance(rec)), checks
+            + whatif + "\n\n" + rec.get("explanation", "") + why + "\n\n" + provenance(rec)), checks
 
 
 def scaling_section(rec: dict) -> tuple[str, list[Check]]:
@@ -311,7 +341,8 @@ def e2e_section(rec: dict) -> tuple[str, list[Check]]:
 
 # What a missing JSON leaves unmeasured: listed in the target table, so a skipped benchmark cannot pass unseen.
 UNMEASURED = {
-    "ranking": [("speedup, laptop student", ">= 8x")], "ranking_smollm2": [("speedup, SmolLM2 scale", ">= 4x")],
+    "ranking_random": [("speedup, laptop shape, full decode budget (random init)", ">= 8x")],
+    "ranking": [("speedup, laptop student", "-")], "ranking_smollm2": [("speedup, SmolLM2 scale", ">= 4x")],
     "divergence": [("chunked memory / time vs naive", "<= 0.5 / <= 1.2"),
                    ("fused memory / time vs naive_linear", "<= 0.125 / <= 1.2")],
     "teacher_cache": [("KD steps, cached / live time", "<= 1/3")], "grid_cache": [("grid runs, cached / live", "<= 1/3")],
@@ -320,7 +351,7 @@ UNMEASURED = {
 }
 
 SECTIONS: list[tuple[str, tuple[str, ...], Callable]] = [
-    ("Ranking", ("ranking", "ranking_smollm2"), ranking_section),
+    ("Ranking", ("ranking_random", "ranking", "ranking_smollm2"), ranking_section),
     ("Decoding backends", ("generate",), generate_section),
     ("Divergence", ("divergence",), divergence_section),
     ("Teacher cache (KD steps)", ("teacher_cache",), teacher_cache_section),
@@ -352,7 +383,9 @@ def header(quick: bool, run_log: dict | None) -> str:
              f"- rendered: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit `{git_commit()}`",
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['platform']}",
              f"- versions: Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, numpy {v['numpy']}",
-             "- each section below names the date, commit, machine and load of its own measurement"]
+             "- each section below names the date, commit, machine and load of its own measurement",
+             "- on a shared machine read the ratios, not the absolute times: both sides of each ratio are measured in "
+             "the same run, under the same load (alternating calls where the section says so)"]
     if quick:
         lines += ["", "> **Quick mode**: tiny sizes to check that everything runs; the numbers say nothing about performance."]
     if run_log:
@@ -367,7 +400,7 @@ def render(folder: Path, *, quick: bool = False, run_log: dict | None = None) ->
     sections, checks = [], []
     for title, names, fn in SECTIONS:
         present = {n: recs[n] for n in names if n in recs}
-        checks += [Check(n.replace("_smollm2", "").replace("_", " "), what, "-", target, None, measured=False)
+        checks += [Check(n.replace("_smollm2", "").replace("_random", "").replace("_", " "), what, "-", target, None, measured=False)
                    for n in names if n not in recs
                    for what, target in UNMEASURED.get(n, [])]
         if not present:

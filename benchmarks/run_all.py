@@ -43,6 +43,8 @@ class Bench:
 BENCHES = (
     Bench("ranking", "bench_ranking.py", ("--model", "laptop", "--threads", "1"),
           ("--quick", "--model", "tiny", "--threads", "1"), 0.5),
+    Bench("ranking_random", "bench_ranking.py", ("--model", "laptop", "--random-init", "--threads", "1"),
+          ("--quick", "--model", "laptop", "--random-init", "--threads", "1"), 0.5),
     Bench("ranking_smollm2", "bench_ranking.py", ("--model", "smollm2", "--n", "64", "--threads", "2"),
           ("--quick", "--model", "real-lite-student", "--n", "8", "--threads", "1"), 4),
     Bench("generate", "bench_generate.py", ("--model", "laptop", "--threads", "1"),

@@ -101,7 +101,7 @@ def target_rows(text: str) -> dict[str, str]:
 
 
 def test_every_target_passes_at_its_boundary_and_misses_beyond(tmp_path):
-    ok = write(tmp_path / "ok", ranking=ranking(8.0), ranking_smollm2=ranking(4.0), divergence=divergence(0.5, 0.125, 1.2),
+    ok = write(tmp_path / "ok", ranking_random=ranking(8.0), ranking=ranking(3.0), ranking_smollm2=ranking(4.0), divergence=divergence(0.5, 0.125, 1.2),
                teacher_cache=teacher_cache(1 / 3), grid_cache=grid_cache(0.3), flops=flops(0.30, 0.35),
                scaling=scaling(1.15, 0.85), end_to_end={"runs": end_to_end(3600.0)["runs"][:1]})
     status = target_rows(render_results.render(ok))
@@ -109,7 +109,7 @@ def test_every_target_passes_at_its_boundary_and_misses_beyond(tmp_path):
     # 2 ranking + 4 divergence + 2 divergence values + 3 cache (rows, step 0, time) + 1 grid + 2 flops + 2 FLOP counts
     # + 2 scaling + 1 e2e
     assert len(status) == 19
-    bad = write(tmp_path / "bad", ranking=ranking(7.99), ranking_smollm2=ranking(3.9), divergence=divergence(0.51, 0.13, 1.21, 2.1e-5),
+    bad = write(tmp_path / "bad", ranking_random=ranking(7.99), ranking=ranking(3.0), ranking_smollm2=ranking(3.9), divergence=divergence(0.51, 0.13, 1.21, 2.1e-5),
                 teacher_cache=teacher_cache(0.34, 1.1e-5, 1.1e-5), grid_cache=grid_cache(0.35), flops=flops(0.29, 0.1, 1.03),
                 scaling=scaling(1.2, 0.8), end_to_end=end_to_end(3601.0))
     text = render_results.render(bad)
@@ -138,13 +138,14 @@ def test_two_worker_flops_row_is_judged_against_the_two_thread_peak(tmp_path):
 
 
 def test_missing_benchmarks_are_listed_as_not_measured(tmp_path):
-    text = render_results.render(write(tmp_path, ranking=ranking(9.0)))
+    text = render_results.render(write(tmp_path, ranking_random=ranking(9.0)))
     status = target_rows(text)
-    assert status["speedup, laptop student"] == "PASS"
+    assert status["speedup, laptop shape, full decode budget (random init)"] == "PASS"
+    assert status["speedup, laptop student"] == "not measured"
     assert status["KD step, fraction of matmul peak"] == "not measured"
     assert status["laptop main job"] == "not measured"
     assert "not measured yet (no flops.json)" in text
-    assert "1 PASS, 0 MISS, 8 not measured" in text
+    assert "1 PASS, 0 MISS, 9 not measured" in text
 
 
 def test_quick_results_are_flagged(tmp_path):
