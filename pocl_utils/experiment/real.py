@@ -372,7 +372,7 @@ def template_encoded(ws: Workspace, role: str, template: str, max_examples: int)
 def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int | None = None,
                      seeds: tuple[int, ...] | None = None, *, sets: tuple[str, ...] = EVAL_SETS,
                      max_new_tokens: int | None = None, model=None, batch_size: int = 8) -> dict[str, dict]:
-    """Set -> {per_seed, mean, std, n}: mean ROUGE-L of sampled responses, prompts in `template`.
+    """Set -> {per_seed, mean, std, n, per_row, index}: mean ROUGE-L of sampled responses, prompts in `template`.
 
     Sampling as in A.2.3: temperature 1, top_k 0, top_p 1, no_repeat_ngram_size 6. Defaults: the profile's
     eval_max_examples, eval_seeds, max_new_tokens, and the workspace's teacher.
@@ -401,6 +401,7 @@ def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int
         enc, refs = template_encoded(ws, role, template, n)
         out[role] = evaluate_set(model, ws.tokenizer, enc, refs, seeds=tuple(seeds or p.eval_seeds),
                                  max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size)
+        out[role]["index"] = [e.index for e in enc]  # as scoring.evaluate_model stores it: per_row's rows
     return out
 
 
