@@ -90,9 +90,11 @@ def _progress(root: Path) -> int:
 
 
 def _assert_no_half_written_json(root: Path) -> None:
-    """Every JSON file under its final name parses (temp files start with '.' and are not final)."""
+    """Every JSON file under its final name parses (temp files and temp folders start with '.' and are not final: a
+    kill during a model's save_pretrained leaves its files half written inside `.<step>.<pid>.tmp/`, which is renamed
+    into place only when complete)."""
     for path in root.rglob("*.json"):
-        if not path.name.startswith("."):
+        if not any(part.startswith(".") for part in path.relative_to(root).parts):
             json.loads(path.read_text())
 
 
