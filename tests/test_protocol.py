@@ -139,7 +139,10 @@ def test_profiles_protocol_settings():
     run3 = PROFILES["laptop-run3"]
     assert (run3.protocol, run3.stage_warmup, run3.select_metric, run3.select_points) == (
         "paper-text", True, "rouge", "stage-ends")
-    assert protocol_key(run3) == {} and protocol_key(PROFILES["laptop"]) == {}  # run 3's run keys unchanged
+    assert protocol_key(run3) == {} and run3.world == "laptop"  # run 3's run keys and world unchanged
+    laptop = PROFILES["laptop"]  # issue 23's final grid: world v4, official first, Table 1 and controls under both
+    assert (laptop.world, laptop.protocol, laptop.protocols) == ("laptop-v4", "official", ("official", "paper-text"))
+    assert (laptop.stage_warmup, laptop.select_metric, laptop.select_points) == (False, "loss", "even")
     assert protocol_key(PROFILES["smoke"]) != {}
     paper = PROFILES["paper"]
     assert paper.protocol == "official" and protocol_of(paper) == Protocol("official", 20, 8, 5e-4, 0.0, False)
@@ -230,7 +233,8 @@ def test_protocol_plans_hand_worked(tmp_path):
 def test_protocols_of_puts_the_headline_first_and_checks_names(tmp_path):
     from pocl_utils.experiment.workspace import Workspace
     from pocl_utils.notebook import grids
-    assert grids.protocols_of(get_profile("smoke")) == ("paper-text",)  # () = the profile's protocol alone
+    assert grids.protocols_of(get_profile("smoke", {"protocols": []})) == ("paper-text",)  # () = protocol alone
+    assert grids.protocols_of(get_profile("smoke")) == ("paper-text", "official")
     both = get_profile("smoke", {"protocol": "official", "protocols": ["paper-text", "official"]})
     assert grids.protocols_of(both) == ("official", "paper-text")
     with pytest.raises(ConfigError, match="protocols"):

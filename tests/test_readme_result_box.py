@@ -187,3 +187,57 @@ def test_claims_overview_by_hand():
     assert lines[0] == "| claim | the paper says | paper | ours, sampled | verdicts |"
     assert lines[2] == "| a | P beats B | +1.50 to +2.00 | −2.00 to +0.50 | sampled: 1 contradicted, 1 undecided |"
     assert lines[3] == "| h | ours | — | +3.25 ± 0.50 | sampled: 1 supported |"
+
+
+def test_avg_table_and_markdown_keep_training_protocols_apart(tmp_path):
+    """runs.csv with a training column: each training protocol's Table 1 is summarised on its own rows (the same
+    labels name other runs there), runs_tidy defaults to the first (the headline's), the claim's verdict is the one
+    of its training protocol, and the Markdown gets a training column."""
+    official = _runs([("KLD", "baseline", 0, 10.0, math.nan), ("KLD", "+POCL", 0, 14.0, math.nan)])
+    text = _runs([("KLD", "baseline", 0, 20.0, math.nan), ("KLD", "+POCL", 0, 15.0, math.nan)])
+    pd.concat([official.assign(training="official"), text.assign(training="paper-text")]).to_csv(
+        tmp_path / "runs.csv", index=False)
+    pd.DataFrame([{"claim": "a", "comparison": "KLD +POCL vs baseline", "protocol": "sampled", "p_holm": p,
+                   "verdict": v, "training": t} for t, p, v in (("official", 0.5, "undecided"),
+                                                                 ("paper-text", 0.01, "contradicted"))]).to_csv(
+        tmp_path / "claims.csv", index=False)
+    t = reference.avg_table(tmp_path)
+    assert list(t.training) == ["official", "paper-text"]
+    assert list(t["diff"]) == [4.0, -5.0] and list(t.verdict) == ["undecided", "contradicted"]
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert list(reference.runs_tidy(runs).rouge_l.unique()) == [10.0, 14.0]
+    assert list(reference.runs_tidy(runs, training="paper-text").rouge_l.unique()) == [20.0, 15.0]
+    lines = reference.avg_markdown(t).splitlines()
+    assert lines[0].startswith("| training | method | sampled: baseline")
+    assert lines[2] == "| official | KLD | 10.00 | 14.00 | +4.00 (undecided) |"
+    assert lines[3] == "| paper-text | KLD | 20.00 | 15.00 | −5.00 (contradicted) |"
+
+
+def test_claims_overview_has_a_column_per_training_and_evaluation_protocol():
+    """A claim judged under one training protocol only shows '—' under the other."""
+    rows = [{"claim": c, "paper_says": "s", "comparison": "X", "ours_diff": d, "ci95": 1.0, "verdict": "supported",
+             "paper_diff": 1.0, "protocol": "sampled", "training": t}
+            for c, t, d in (("a", "official", 2.0), ("a", "paper-text", -1.0), ("b", "official", 3.0))]
+    lines = reference.claims_overview(pd.DataFrame(rows)).splitlines()
+    assert lines[0] == ("| claim | the paper says | paper | ours, official, sampled | ours, paper-text, sampled "
+                        "| verdicts |")
+    assert lines[2] == ("| a | s | +1.00 | +2.00 ± 1.00 | −1.00 ± 1.00 | official, sampled: 1 supported; "
+                        "paper-text, sampled: 1 supported |")
+    assert lines[3].split(" | ")[4] == "—"
+
+
+def test_main_figure_has_a_row_of_panels_per_training_protocol(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [("KLD", "baseline", s, 10.0 + s, 11.0) for s in (0, 1)] + [("KLD", "+POCL", s, 12.0 + s, 9.0)
+                                                                        for s in (0, 1)]
+    pd.concat([_runs(rows).assign(training=t) for t in ("official", "paper-text")]).to_csv(
+        tmp_path / "runs.csv", index=False)
+    fig = figures.main_figure(reference.avg_table(tmp_path))
+    try:
+        assert [a.get_title() for a in fig.axes] == [
+            "training: official; sampled protocol (the paper's)", "training: official; greedy protocol",
+            "training: paper-text; sampled protocol (the paper's)", "training: paper-text; greedy protocol"]
+    finally:
+        plt.close(fig)

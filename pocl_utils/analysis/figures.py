@@ -357,7 +357,8 @@ def loss_curves_figure(logs: dict[str, list[dict]], title: str) -> Any:
 def main_figure(avg: pd.DataFrame, title: str = "") -> Any:
     """The collection's designated main figure: Avg ROUGE-L (mean over the five eval sets) of every Table 1 method,
     its baseline and +POCL as paired bars with 95% CI error bars over training seeds, one panel per evaluation
-    protocol, and +POCL − baseline (paired by seed) written above each pair.
+    protocol (a row of panels per training protocol when `avg` has several), and +POCL − baseline (paired by seed)
+    written above each pair.
 
     Args:
         avg: a `reference.avg_table` frame (columns protocol, method, n_seeds, baseline, baseline_ci, pocl, pocl_ci,
@@ -374,28 +375,35 @@ def main_figure(avg: pd.DataFrame, title: str = "") -> Any:
     if avg.empty:
         raise ValueError("main_figure: the Avg table has no rows (no finished Table 1 runs)")
     plt = _pyplot()
+    if "training" not in avg.columns:
+        avg = avg.assign(training="")
+    trainings = list(avg.training.drop_duplicates())
     protocols = list(avg.protocol.drop_duplicates())
     methods = list(avg.method.drop_duplicates())
     base_color, pocl_color = sns.color_palette("deep", 2)
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 3.9), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(trainings), len(protocols), figsize=(5.2 * len(protocols), 3.9 * len(trainings)),
+                             sharey=True, squeeze=False)
     width = 0.38
-    for ax, protocol in zip(axes[0], protocols):
-        d = avg[avg.protocol == protocol].set_index("method").reindex(methods)
-        x = np.arange(len(methods))
-        has_pocl = d["pocl"].notna().to_numpy()
-        base_x = np.where(has_pocl, x - width / 2, x)
-        ax.bar(base_x, d["baseline"], width, yerr=d["baseline_ci"].fillna(0.0), capsize=2.5, color=base_color,
-               label="baseline")
-        ax.bar(x[has_pocl] + width / 2, d["pocl"][has_pocl], width, yerr=d["pocl_ci"][has_pocl].fillna(0.0),
-               capsize=2.5, color=pocl_color, label="+POCL")
-        for xi, (_, r) in zip(x, d.iterrows()):
-            if not np.isnan(r["diff"]):
-                top = max(r["baseline"] + np.nan_to_num(r["baseline_ci"]), r["pocl"] + np.nan_to_num(r["pocl_ci"]))
-                ax.annotate(f"{r['diff']:+.1f}".replace("-", "−"), (xi, top), textcoords="offset points",
-                            xytext=(0, 3), ha="center", fontsize=7)
-        ax.set_xticks(x, methods, rotation=45, ha="right")
-        ax.set_title("sampled protocol (the paper's)" if protocol == "sampled" else f"{protocol} protocol", fontsize=10)
-        ax.set_ylabel("Avg ROUGE-L" if ax is axes[0][0] else "")
+    for row, training in zip(axes, trainings):
+        for ax, protocol in zip(row, protocols):
+            d = avg[(avg.training == training) & (avg.protocol == protocol)].set_index("method").reindex(methods)
+            x = np.arange(len(methods))
+            has_pocl = d["pocl"].notna().to_numpy()
+            base_x = np.where(has_pocl, x - width / 2, x)
+            ax.bar(base_x, d["baseline"], width, yerr=d["baseline_ci"].fillna(0.0), capsize=2.5, color=base_color,
+                   label="baseline")
+            ax.bar(x[has_pocl] + width / 2, d["pocl"][has_pocl], width, yerr=d["pocl_ci"][has_pocl].fillna(0.0),
+                   capsize=2.5, color=pocl_color, label="+POCL")
+            for xi, (_, r) in zip(x, d.iterrows()):
+                if not np.isnan(r["diff"]):
+                    top = max(r["baseline"] + np.nan_to_num(r["baseline_ci"]),
+                              r["pocl"] + np.nan_to_num(r["pocl_ci"]))
+                    ax.annotate(f"{r['diff']:+.1f}".replace("-", "−"), (xi, top), textcoords="offset points",
+                                xytext=(0, 3), ha="center", fontsize=7)
+            ax.set_xticks(x, methods, rotation=45, ha="right")
+            title = "sampled protocol (the paper's)" if protocol == "sampled" else f"{protocol} protocol"
+            ax.set_title(f"training: {training}; {title}" if training else title, fontsize=10)
+            ax.set_ylabel("Avg ROUGE-L" if ax is row[0] else "")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     head = title or "Avg ROUGE-L over the five eval sets: baseline vs +POCL"
     fig.suptitle(f"{head}\n{error_bar_note(avg['n_seeds'])}; numbers: +POCL − baseline, paired by seed",

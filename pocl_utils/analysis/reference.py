@@ -20,13 +20,17 @@ POCL = "+POCL"
 BASELINE = "baseline"
 
 
-def runs_tidy(runs: pd.DataFrame, protocol: str = "sampled", grid: str = "table1") -> pd.DataFrame:
-    """One grid's rows of a published runs.csv as a `tables.tidy` frame under one protocol.
+def runs_tidy(runs: pd.DataFrame, protocol: str = "sampled", grid: str = "table1",
+              training: str | None = None) -> pd.DataFrame:
+    """One grid's rows of a published runs.csv as a `tables.tidy` frame under one evaluation protocol and one
+    training protocol (runs.csv's `training` column; None = its first, the headline's; a runs.csv without the column
+    has one).
 
     Args:
         runs: runs.csv as read by pandas (columns method, variant, seed, dataset, rouge_l, greedy_rouge_l, grid, ...).
         protocol: "sampled" (the paper's: temperature 1, mean over sampling seeds) or "greedy".
         grid: the grid whose rows are kept (a run shared by several grids appears once per grid in runs.csv).
+        training: the training protocol whose rows are kept.
 
     Returns:
         The grid's rows with `rouge_l` holding the protocol's score; rows without a score under it are dropped.
@@ -41,19 +45,23 @@ def runs_tidy(runs: pd.DataFrame, protocol: str = "sampled", grid: str = "table1
     if missing:
         raise ValueError(f"runs_tidy: runs.csv lacks the column(s) {sorted(missing)}")
     rows = runs[runs.grid == grid]
+    if "training" in rows.columns:
+        rows = rows[rows.training == (runs.training.iloc[0] if training is None else training)]
     out = rows.drop(columns=[c for c in PROTOCOL_COLUMNS.values() if c != column and c in rows.columns])
     out = out.rename(columns={column: "rouge_l"})
     return out.dropna(subset=["rouge_l"]).reset_index(drop=True)
 
 
 def avg_table(results: Path) -> pd.DataFrame:
-    """Table 1's Avg ROUGE-L (mean over the five eval sets, then over training seeds) per protocol and method.
+    """Table 1's Avg ROUGE-L (mean over the five eval sets, then over training seeds) per training protocol,
+    evaluation protocol and method.
 
     Args:
         results: a published results folder holding runs.csv and, for the verdicts, claims.csv (claim a).
 
     Returns:
-        One row per (protocol, method) in runs.csv's method order, with columns protocol, method, n_seeds,
+        One row per (training, protocol, method) in runs.csv's order, with columns training ("" for a runs.csv
+        without training protocols), protocol, method, n_seeds,
         baseline, baseline_ci, pocl, pocl_ci (NaN for a method without +POCL, i.e. SFT and SeqKD), diff and diff_ci
         (+POCL - baseline paired by training seed), p_holm and verdict (claim a's row in claims.csv; NaN / "" when
         absent). CI columns are 95% t half-widths, NaN for one seed. A protocol without scores (or without its
@@ -69,21 +77,24 @@ def avg_table(results: Path) -> pd.DataFrame:
     claims_path = results / "claims.csv"
     claims = pd.read_csv(claims_path) if claims_path.exists() else pd.DataFrame(
         columns=["claim", "comparison", "protocol", "p_holm", "verdict"])
+    if "training" not in claims.columns:
+        claims = claims.assign(training="")
     out = []
-    for protocol, column in PROTOCOL_COLUMNS.items():
-        df = runs_tidy(runs, protocol) if column in runs.columns else runs.iloc[:0]
+    for training, protocol in _pairs(runs):
+        column = PROTOCOL_COLUMNS[protocol]
+        df = runs_tidy(runs, protocol, training=training or None) if column in runs.columns else runs.iloc[:0]
         if df.empty:
             continue
         means = tables.summary(df)
         means = means[means.dataset == "Avg"].set_index(["method", "variant"])
         for method in df.method.drop_duplicates():
             base = means.loc[(method, BASELINE)]
-            row = {"protocol": protocol, "method": method, "n_seeds": int(base["n_seeds"]),
+            row = {"training": training, "protocol": protocol, "method": method, "n_seeds": int(base["n_seeds"]),
                    "baseline": base["mean"], "baseline_ci": base["ci95"], "pocl": math.nan, "pocl_ci": math.nan,
                    "diff": math.nan, "diff_ci": math.nan, "p_holm": math.nan, "verdict": ""}
             if (method, POCL) in means.index:
                 d = tables.paired(df, (method, BASELINE), (method, POCL)).set_index("dataset").loc["Avg"]
-                claim = claims[(claims.claim == "a") & (claims.protocol == protocol)
+                claim = claims[(claims.claim == "a") & (claims.protocol == protocol) & (claims.training == training)
                                & (claims.comparison == f"{method} +POCL vs baseline")]
                 row.update(pocl=means.loc[(method, POCL), "mean"], pocl_ci=means.loc[(method, POCL), "ci95"],
                            diff=d["diff"], diff_ci=d["ci95"])
@@ -91,6 +102,17 @@ def avg_table(results: Path) -> pd.DataFrame:
                     row.update(p_holm=float(claim.p_holm.iloc[0]), verdict=str(claim.verdict.iloc[0]))
             out.append(row)
     return pd.DataFrame(out)
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(training protocol, evaluation protocol) pairs, training protocols in the frame's order ("" when it has no
+    training column), then sampled before greedy."""
+    trainings = list(frame.training.drop_duplicates()) if "training" in frame.columns else [""]
+    return [(t, p) for t in trainings for p in PROTOCOL_COLUMNS]
+
+
+def _label(training: str, protocol: str) -> str:
+    return f"{training}, {protocol}" if training else protocol
 
 
 def _cell(mean: float, half: float, signed: bool = False) -> str:
@@ -102,31 +124,31 @@ def _cell(mean: float, half: float, signed: bool = False) -> str:
 
 
 def avg_markdown(table: pd.DataFrame) -> str:
-    """`avg_table` as one Markdown table: a row per method, baseline / +POCL / difference (with Holm's verdict) for
-    each protocol present, cells 'mean ± 95% CI half-width'.
-
-    Args:
-        table: an `avg_table` frame.
-
-    Returns:
-        The Markdown text (header, separator, one line per method), ending in a newline.
-    """
+    """`avg_table` as one Markdown table: a row per training protocol (a first column when there are several) and
+    method, baseline / +POCL / difference (with Holm's verdict) for each evaluation protocol present, cells
+    'mean ± 95% CI half-width'."""
+    if "training" not in table.columns:
+        table = table.assign(training="")
+    trainings = list(table.training.drop_duplicates())
     protocols = list(table.protocol.drop_duplicates())
-    head = ["method"] + [f"{p}: {c}" for p in protocols for c in ("baseline", "+POCL", "+POCL − baseline")]
+    head = (["training"] if len(trainings) > 1 else []) + ["method"] + [
+        f"{p}: {c}" for p in protocols for c in ("baseline", "+POCL", "+POCL − baseline")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in table.method.drop_duplicates():
-        cells = [method]
-        for p in protocols:
-            r = table[(table.protocol == p) & (table.method == method)]
-            if r.empty:
-                cells += ["—"] * 3
-                continue
-            r = r.iloc[0]
-            diff = _cell(r["diff"], r["diff_ci"], signed=True)
-            if r["verdict"]:
-                diff += f" ({r['verdict']})"
-            cells += [_cell(r["baseline"], r["baseline_ci"]), _cell(r["pocl"], r["pocl_ci"]), diff]
-        lines.append("| " + " | ".join(cells) + " |")
+    for training in trainings:
+        rows = table[table.training == training]
+        for method in rows.method.drop_duplicates():
+            cells = ([training] if len(trainings) > 1 else []) + [method]
+            for p in protocols:
+                r = rows[(rows.protocol == p) & (rows.method == method)]
+                if r.empty:
+                    cells += ["—"] * 3
+                    continue
+                r = r.iloc[0]
+                diff = _cell(r["diff"], r["diff_ci"], signed=True)
+                if r["verdict"]:
+                    diff += f" ({r['verdict']})"
+                cells += [_cell(r["baseline"], r["baseline_ci"]), _cell(r["pocl"], r["pocl_ci"]), diff]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,30 +164,35 @@ def _range(values: pd.Series, half: pd.Series | None = None) -> str:
 
 def claims_overview(claims: pd.DataFrame) -> str:
     """A published claims.csv as one screen of Markdown: per claim, what the paper says and its printed difference,
-    ours under each protocol (one comparison: difference ± 95% CI; several: the range of the differences) and the
-    verdicts counted (`findings.claim_summary`).
+    ours under each training and evaluation protocol (one comparison: difference ± 95% CI; several: the range of the
+    differences; not judged there: '—') and the verdicts counted (`findings.claim_summary`).
 
     Args:
         claims: claims.csv as read by pandas (columns claim, paper_says, comparison, ours_diff, ci95, verdict,
-            paper_diff, protocol).
+            paper_diff, protocol and, with several training protocols, training).
 
     Returns:
         The Markdown table, ending in a newline.
     """
     from .findings import claim_summary
-    counts = claim_summary(claims).set_index(["protocol", "claim"])
-    protocols = list(claims.protocol.drop_duplicates())
-    head = ["claim", "the paper says", "paper"] + [f"ours, {p}" for p in protocols] + ["verdicts"]
+    if "training" not in claims.columns:
+        claims = claims.assign(training="")
+    counts = claim_summary(claims).set_index(["training", "protocol", "claim"])
+    pairs = _pairs(claims)
+    pairs = [(t, p) for t, p in pairs if ((claims.training == t) & (claims.protocol == p)).any()]
+    head = ["claim", "the paper says", "paper"] + [f"ours, {_label(t, p)}" for t, p in pairs] + ["verdicts"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim in claims.claim.drop_duplicates():
         rows = claims[claims.claim == claim]
-        cells = [claim, rows.paper_says.iloc[0], _range(rows[rows.protocol == protocols[0]].paper_diff)]
+        cells = [claim, rows.paper_says.iloc[0], _range(rows.drop_duplicates("comparison").paper_diff)]
         verdicts = []
-        for p in protocols:
-            r = rows[rows.protocol == p]
+        for t, p in pairs:
+            r = rows[(rows.training == t) & (rows.protocol == p)]
             cells.append(_range(r.ours_diff, r.ci95))
-            c = counts.loc[(p, claim)]
+            if (t, p, claim) not in counts.index:
+                continue
+            c = counts.loc[(t, p, claim)]
             said = [f"{c[k]} {k}" for k in ("supported", "contradicted", "undecided") if c[k]]
-            verdicts.append(f"{p}: {', '.join(said)}")
+            verdicts.append(f"{_label(t, p)}: {', '.join(said)}")
         lines.append("| " + " | ".join(cells + ["; ".join(verdicts)]) + " |")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,8 @@ from .display import save_table
 from .views import ranking_table
 
 
+PROTOCOL_GRIDS = ("table1", "controls")  # the grids run under every training protocol of a profile
+
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
 TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "adaptive": "table3_6_adaptive",
                "order": "table7_order", "temperature": "table8_temperature", "ratio": "table9_ratio",
@@ -124,45 +126,61 @@ def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tru
 ENVIRONMENT = ("device", "device_name", "precision", "torch", "transformers")  # provenance.environment's fields
 
 
-def runs_frame(ws: Workspace) -> pd.DataFrame:
-    """Every finished run of every grid, tidy, with its spec, config hash and what it ran on.
+def _protocol_records(ws: Workspace) -> dict[str, dict[str, list[tuple[RunSpec, dict]]]]:
+    """Training protocol -> grid -> its finished runs: every grid of GRIDS and the controls under the headline's
+    protocol, Table 1 and the controls under the profile's other `protocols` (`protocols_of`)."""
+    by_grid = {name: protocol_records(ws, name) for name in PROTOCOL_GRIDS}
+    out = {}
+    for protocol in protocols_of(ws.profile):
+        names = [*GRIDS, "controls"] if protocol == ws.profile.protocol else PROTOCOL_GRIDS
+        out[protocol] = {name: by_grid[name][protocol] if name in by_grid else records(ws, name) for name in names}
+    return out
 
-    One row per grid, run and eval set, with its spec, config hash (run_key), git commit, wall time and what it ran on
-    (device, precision policy, torch/transformers versions). A run shared by two tables appears under both, with the
+
+def runs_frame(ws: Workspace) -> pd.DataFrame:
+    """Every finished run of every grid (`_protocol_records`), tidy, with its spec, config hash and what it ran on.
+
+    One row per training protocol, grid, run and eval set. A run shared by two tables appears under both, with the
     same run_key. Nothing is trained.
 
     Returns:
-        A DataFrame with tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n,
-        alpha_0, alpha_n, device, device_name, precision, torch, transformers and grid; empty when no run has finished.
+        tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n, alpha_0, alpha_n,
+        device, device_name, precision, torch, transformers, grid and training (the training protocol); empty when no
+        run has finished.
     """
     parts = []
-    for name in GRIDS:
-        recs = records(ws, name)
-        if not recs:
-            continue
-        specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
-                               "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1], "alpha_0": s.alpha[0],
-                               "alpha_n": s.alpha[1], **{k: rec["config"].get(k) for k in ENVIRONMENT}}
-                              for s, rec in recs]).drop_duplicates("run_key")
-        greedy = tables.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(["run_key", "dataset"])
-        frame = tables.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
-                                        on=["run_key", "dataset"])
-        parts.append(frame.merge(specs, on="run_key").assign(grid=name))
+    for protocol, grids in _protocol_records(ws).items():
+        for name, recs in grids.items():
+            if not recs:
+                continue
+            specs = pd.DataFrame([{"run_key": rec["key"], "pocl": s.pocl, "ranking": s.ranking, "order": s.order,
+                                   "n_subsets": s.n_subsets, "tau_0": s.tau[0], "tau_n": s.tau[1],
+                                   "alpha_0": s.alpha[0], "alpha_n": s.alpha[1],
+                                   **{k: rec["config"].get(k) for k in ENVIRONMENT}}
+                                  for s, rec in recs]).drop_duplicates("run_key")
+            greedy = tables.tidy(recs, "greedy")[["run_key", "dataset", "rouge_l"]].drop_duplicates(
+                ["run_key", "dataset"])
+            frame = tables.tidy(recs).merge(greedy.rename(columns={"rouge_l": "greedy_rouge_l"}), how="left",
+                                            on=["run_key", "dataset"])
+            parts.append(frame.merge(specs, on="run_key").assign(grid=name, training=protocol))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def claims(ws: Workspace) -> pd.DataFrame:
-    """Every claim of findings.CLAIMS, judged under the paper's sampled protocol and under greedy decoding.
+    """Every claim of findings.CLAIMS, judged per training protocol under the paper's sampled protocol and under
+    greedy decoding.
 
-    Each claim is judged from the finished runs of every grid (a run shared by two grids under one label counts once),
-    once per protocol (column `protocol`). Nothing is trained.
+    Each training protocol's runs (`_protocol_records`: every grid and the controls under the headline's, Table 1
+    and the controls under the others) are judged apart, a run shared by two grids under one label counted once;
+    Holm within each training and evaluation protocol. Nothing is trained.
 
     Returns:
-        findings.claim_table's rows (one per comparison of every claim: claim, paper_says, comparison, ours_diff, ci95,
-        n_seeds, p_value, p_holm, verdict, excludes, paper_diff) with the column protocol ("sampled" or "greedy"); empty
-        when no run has finished.
+        findings.claim_table's rows (claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm,
+        verdict, excludes, paper_diff) with the columns protocol ("sampled" or "greedy") and training; empty when no
+        run has finished.
     """
-    return findings.claims_by_protocol([rec for name in GRIDS for rec in records(ws, name)])
+    return findings.claims_by_training({protocol: [rec for recs in grids.values() for rec in recs]
+                                        for protocol, grids in _protocol_records(ws).items()})
 
 
 def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
