@@ -31,7 +31,6 @@ from pocl_utils.experiment.config import baseline, get_profile, pocl
 from pocl_utils.experiment.experiments import ONE_SCHEDULE, ORACLE
 from pocl_utils.data import EVAL_SETS
 from pocl_utils.evaluate import responses, rouge_l_batch
-from pocl_utils.modeling.models import pick_device
 
 
 def per_family(ws, model, role: str, n_max: int = 400) -> pd.Series:
@@ -72,7 +71,7 @@ def main() -> None:
     if cfg.ref_noise:
         noisy = [r["output"] != r.get("clean_output", r["output"]) for r in ws.sets["train"]]
         print(f"noisy training references: {np.mean(noisy):.1%} of the rows (ref_noise {cfg.ref_noise} per item)")
-    dev = pick_device()
+    dev = ws.device
     teacher, student = ws.load_teacher(dev), ws.load_student_init(dev).eval()
     fam = pd.DataFrame({"teacher": per_family(ws, teacher, "train"), "student_init": per_family(ws, student, "train")})
     print(fam.to_string())

@@ -119,6 +119,10 @@ class Profile:
     # engine settings: how the steps run, not what they compute (the same step to float rounding); no key names them
     grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation), each process's share split k ways
     compile: bool = False  # CUDA only: torch.compile the student's step forward (each block under accelerate launch)
+    # where every model of the profile runs (preparation, runs, scoring): "auto" = CUDA when present, else CPU; or a
+    # torch device: "cpu", "cuda", "cuda:<i>", "mps". Under accelerate launch keep "auto" (or the launch's device type):
+    # each process runs on the device the launch gives it
+    device: str = "auto"
     # custom data/models: a config file (`load_config`) gives these; paths are absolute once loaded
     train_file: str = ""  # data == "files": the training set, a JSON Lines file (rows as in data/README.md)
     valid_file: str = ""  # data == "files": the validation set (checkpoint selection), a JSON Lines file
@@ -256,6 +260,9 @@ def override(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     return replace(obj, **flat)
 
 
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"  # a profile's `device`; `models.pick_device` checks it is present
+
+
 def validate_profile(p: Profile) -> Profile:
     """Check a profile's values against the ranges that the type system cannot express.
 
@@ -268,7 +275,7 @@ def validate_profile(p: Profile) -> Profile:
     Raises:
         ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds, table1_seeds,
             eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, protocols, select_metric,
-            select_points, valid_checks, lr_factors, grad_accum, teacher_cache, or the lr, batch_size or epochs
+            select_points, valid_checks, lr_factors, grad_accum, device, teacher_cache, or the lr, batch_size or epochs
             of teacher_sft and kd).
     """
     checks = [
@@ -292,6 +299,8 @@ def validate_profile(p: Profile) -> Profile:
         (p.valid_checks >= 1, "valid_checks", "must be >= 1"),
         (all(0 < f < math.inf for f in p.lr_factors), "lr_factors", f"must be finite values > 0, got {p.lr_factors}"),
         (p.grad_accum >= 1, "grad_accum", "must be >= 1 (micro-batches per step)"),
+        (re.fullmatch(DEVICE_PATTERN, p.device) is not None, "device",
+         f"must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:<i>', 'mps'), got {p.device!r}"),
         (re.fullmatch(r"exact|live|top-[1-9][0-9]*", p.teacher_cache) is not None, "teacher_cache",
          f"must be 'exact', 'live' or 'top-<k>' with k >= 1 (e.g. 'top-512'), got {p.teacher_cache!r}"),
     ]

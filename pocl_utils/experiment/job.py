@@ -69,7 +69,7 @@ def run_job(profile: str | Profile, grid_name: str, *, runs_root: Path | None = 
     ws = prepare(p, runs_root=runs_root, log=log)  # launched: step by step, see pipeline.build_steps
     specs, lr_table = pool.at_chosen_lrs(ws, specs, log=log)  # lr_factors: each arm's lr chosen on validation
     pool.run_grid(ws, specs, log=log)
-    _wait_for_others(ws, specs, distributed.device(), log)
+    _wait_for_others(ws, specs, ws.device, log)
     out = Path(out or ws.root / "results" / f"{grid_name}.csv")
     if not distributed.is_main():
         return out

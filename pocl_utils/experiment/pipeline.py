@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..data import encode_examples, load_instructions
 from .config import Profile, TrainSpec, get_profile
-from ..modeling.models import build_model, pick_device
+from ..modeling.models import build_model
 from .real import prepare_real
 from .results import atomic_write_json
 from ..training.distributed import save_checkpoint
@@ -21,21 +21,26 @@ from .workspace import (STEPS, Workspace, build_steps, lm_blocks, prep_keys, ran
                         teacher_cache_step, thin_log, workspace_root)
 
 
-def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: str = "auto",
+def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: str | None = None,
             log: Callable[[str], None] = print, until: str = STEPS[-1]) -> Workspace:
     """Build (or find) every shared artefact of a profile's grid: the steps of STEPS, each cached under its key.
 
     Args:
         profile: a Profile or a profile name; real-data profiles are prepared by `real.prepare_real`.
         runs_root: the folder holding one workspace per profile (default RUNS_ROOT).
-        device: "auto", "cpu", "cuda", ... for the steps that train or run a model.
+        device: the profile's `device` setting for this call ("auto", "cpu", "cuda", ...; the workspace keeps it);
+            None = the profile's own.
         log: called with one line per finished step.
         until: the last step to build (world profiles; default all of STEPS). Probes stop at "ranking".
 
     Returns:
         The workspace, whose artefacts load lazily from disk.
+
+    Raises:
+        ConfigError: (key "device") a device this machine lacks, before any step is built.
     """
     p = get_profile(profile) if isinstance(profile, str) else profile
+    p = p if device is None else replace(p, device=device)
     if p.data in ("real", "files"):
         return prepare_real(p, runs_root, device=device, log=log)
     ws = Workspace(p, workspace_root(p, runs_root))
@@ -45,7 +50,7 @@ def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: st
     if until not in STEPS:
         raise ValueError(f"prepare: until must be one of {STEPS}, got {until!r}")
     builders = {name: builders[name] for name in STEPS[:STEPS.index(until) + 1]}
-    build_steps(ws, builders, prep_keys(p), pick_device(device), log=log)
+    build_steps(ws, builders, prep_keys(p), ws.device, log=log)
     return ws
 
 

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import torch
 
-from ..modeling.models import pick_device
 from ..training import distributed
 from .config import RunSpec
 from .experiments import chosen_lrs, lr_candidates, with_chosen_lr
@@ -32,7 +31,7 @@ def _init_worker(profile, root: str, threads: int) -> None:
 
 
 def _work(spec: RunSpec) -> tuple[RunSpec, dict | None]:
-    return spec, execute(_WS, spec, pick_device())
+    return spec, execute(_WS, spec, _WS.device)
 
 
 def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
@@ -56,9 +55,9 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
     on = f"{workers} worker(s)" if distributed.world_size() == 1 else f"{distributed.world_size()} processes together"
     log(f"[grid] {len(specs)} runs, {len(specs) - len(todo)} finished already, {len(todo)} to run on {on}")
     t0 = time.time()
-    if workers <= 1 or pick_device().type == "cuda":
+    if workers <= 1 or ws.device.type != "cpu":
         for k, s in enumerate(todo):
-            execute(ws, s, distributed.device())
+            execute(ws, s, ws.device)
             log(f"[grid] {k + 1}/{len(todo)} {s.label} seed {s.seed} ({time.time() - t0:.0f}s)")
     else:
         ctx = mp.get_context("spawn")

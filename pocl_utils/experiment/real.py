@@ -137,7 +137,7 @@ def _model_source(spec, cache_dir: str | Path | None) -> tuple[Path | str, dict[
 
 def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_root: str | Path | None = None,
                  max_rows: int = 0, cache_dir: str | Path | None = None, steps: tuple[str, ...] = STEPS,
-                 device: str = "auto", log: Callable[[str], None] = print) -> Workspace:
+                 device: str | None = None, log: Callable[[str], None] = print) -> Workspace:
     """Build (or find) the workspace of a `data == "real"` profile; returns a workspace.Workspace.
 
     train = a seeded subset of profile.rank_max_examples rows (0 = all) of Dolly train; valid and the five eval sets
@@ -152,25 +152,29 @@ def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_
         max_rows: rows kept per valid and eval set; 0 = all.
         cache_dir: the SmolLM2 safetensors cache (`smollm2_cache`); None = SMOLLM2_CACHE.
         steps: the steps to build, names from STEPS.
-        device: "auto", "cpu", "cuda", ... for the steps that run a model.
+        device: the profile's `device` setting for this call ("auto", "cpu", "cuda", ...; the workspace keeps it);
+            None = the profile's own.
         log: called with one line per set filtered and per finished step.
 
     Returns:
         The workspace, whose artefacts load lazily from disk.
 
     Raises:
-        ConfigError: the profile is not a real-data one (or an unknown profile name).
+        ConfigError: the profile is not a real-data one (or an unknown profile name); (key "device") a device this
+            machine lacks, before any step is built.
         ValueError: a name in `steps` that is not a step.
         MissingDataError: a set's file is missing, with how to get the data.
     """
     p = get_profile(profile) if isinstance(profile, str) else profile
+    p = p if device is None else replace(p, device=device)
     if p.data not in ("real", "files"):
         raise ConfigError(f"profile {p.name!r}: data must be 'real' or 'files' for prepare_real, got {p.data!r}")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"prepare_real: unknown steps {unknown}; valid: {', '.join(STEPS)}")
     paths = source_files(p, data_root)
-    ws, dev = Workspace(p, workspace_root(p, runs_root)), pick_device(device)
+    ws = Workspace(p, workspace_root(p, runs_root))
+    dev = ws.device
     keys = real_keys(p, paths, max_rows)
     builders = {"data": partial(_build_real_data, paths=paths, max_rows=max_rows, log=log),
                 "tokenizer": partial(_build_real_tokenizer, cache_dir=cache_dir),
@@ -384,7 +388,7 @@ def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int
         seeds: the sampling seeds; None = the profile's eval_seeds.
         sets: the eval sets to score.
         max_new_tokens: the generation budget; None = the profile's.
-        model: the model to score; None = the workspace's teacher, on `pick_device()`.
+        model: the model to score; None = the workspace's teacher, on its device (`Workspace.device`).
         batch_size: prompts generated at once.
 
     Returns:
@@ -394,7 +398,7 @@ def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int
         ValueError: a template not in TEMPLATES.
     """
     p = ws.profile
-    model = model if model is not None else ws.load_teacher(pick_device())
+    model = model if model is not None else ws.load_teacher(ws.device)
     n = p.eval_max_examples if max_examples is None else max_examples
     out = {}
     for role in sets:
@@ -468,7 +472,7 @@ def short_examples(encoded: list, n_examples: int, max_len: int, seed: int = 0) 
 
 
 def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size: int = 4, max_len: int = 128,
-             lr: float | None = None, seed: int = 0, device: str = "auto", teacher=None) -> list[dict[str, float]]:
+             lr: float | None = None, seed: int = 0, device: str | None = None, teacher=None) -> list[dict[str, float]]:
     """A few dozen steps of the paper's off-policy KLD baseline from the workspace teacher into its initial student.
 
     alpha 0.3, tau 1; Eq. 1 with D = forward KL, on a small Dolly train subset (`dolly_subset`); returns the per-step
@@ -482,13 +486,13 @@ def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size:
         max_len: the longest prompt + response in tokens.
         lr: the learning rate; None = the profile's kd.lr.
         seed: the subset's, batches' and torch's seed.
-        device: "auto", "cpu", "cuda", ...
+        device: "auto", "cpu", "cuda", ...; None = the workspace's (`Workspace.device`).
         teacher: the teacher model, already loaded; None = the workspace's.
 
     Returns:
         The per-step log (`loop.run_steps`).
     """
-    dev = pick_device(device)
+    dev = ws.device if device is None else pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     teacher = teacher if teacher is not None else ws.load_teacher(dev)
     cache = build_teacher_cache(teacher, enc, ws.pad_id, batch_size=batch_size)  # [response tokens, V] in memory
@@ -533,7 +537,7 @@ def dolly_subset(ws: Workspace, n_examples: int, seed: int = 0, max_len: int | N
 def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, *, lr: float | None = None,
                 batch_size: int | None = None, max_len: int | None = None, eval_examples: int = 16,
                 seeds: tuple[int, ...] = (10,), max_new_tokens: int | None = None, seed: int = 0,
-                device: str = "auto", save_to: Path | None = None) -> dict[str, Any]:
+                device: str | None = None, save_to: Path | None = None) -> dict[str, Any]:
     """Fine-tune the workspace teacher on a seeded Dolly subset, with DollyEval ROUGE-L before and after.
 
     MiniLLM template, CE on response tokens: the paper's teacher SFT, A.2.2. DollyEval is scored on `eval_examples` rows
@@ -550,14 +554,14 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
         seeds: the sampling seeds of the DollyEval scores.
         max_new_tokens: the DollyEval generation budget; None = the profile's.
         seed: the subset's and training's seed.
-        device: "auto", "cpu", "cuda", ...
+        device: "auto", "cpu", "cuda", ...; None = the workspace's (`Workspace.device`).
         save_to: a checkpoint folder to write the fine-tuned model to; None = none.
 
     Returns:
         {"log": the per-step log, "before": DollyEval's evaluate_set result (None if skipped), "after": the same after
         SFT, "model": the fine-tuned model}.
     """
-    p, dev = ws.profile, pick_device(device)
+    p, dev = ws.profile, ws.device if device is None else pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
     model = ws.load_teacher(dev)
     spec = replace(p.teacher_sft, lr=lr or p.teacher_sft.lr, batch_size=batch_size or p.teacher_sft.batch_size)

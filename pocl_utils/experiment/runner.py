@@ -35,7 +35,7 @@ def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     stand in for each other.
 
     Args:
-        device: the device the run trains on; None = this process's (`distributed.device()`).
+        device: the device the run trains on; None = the workspace's (`Workspace.device`).
 
     Returns:
         The key, 16 hex digits (`config_hash`).
@@ -45,7 +45,7 @@ def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     return config_hash({"spec": spec.key(), "kd": asdict(p.kd), "teacher": upstream["teacher_cache"],
                         "student": upstream["ranking"], "seqkd": upstream["seqkd"], "eval": eval_key(p),
                         "gkd_lambda": p.gkd_lambda, "valid": [p.valid_max_examples, p.valid_checks],
-                        "precision": precision(device or distributed.device(), p.compile),
+                        "precision": precision(device or ws.device, p.compile),
                         "built_with": ws.built_with(), **protocol_key(p)})
 
 
@@ -62,13 +62,13 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     score is evaluated (`scoring.scores`), and its stage checkpoints are removed once the record is written.
 
     Args:
-        device: the device to train and evaluate on; None = this process's (`distributed.device()`).
+        device: the device to train and evaluate on; None = the workspace's (`Workspace.device`).
 
     Returns:
         The run's registry record (config, metrics with "eval", "greedy" and "train", provenance), or None when another
         live process holds the run's claim.
     """
-    device = device if device is not None else distributed.device()
+    device = device if device is not None else ws.device
     reg, key = ws.registry, run_key(ws, spec, device)
     with _claim(reg, key) as status:
         if status != "mine":

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..difficulty import greedy_outputs_and_ce
 from ..evaluate import evaluate_set, greedy_rouge, greedy_rouge_rows, subset
-from ..modeling.models import pick_device
 from .config import eval_sets
 from .workspace import Workspace
 
@@ -174,7 +173,7 @@ def reference_score(ws: Workspace, name: str) -> dict[str, Any]:
     """The registry record of one reference model's scores on the eval sets ('Teacher' or 'Student (init)'), cached.
 
     Computed once per prepared steps, evaluation settings and precision policy (`Workspace.cached`, kind "reference"),
-    on `pick_device()`.
+    on the workspace's device (`Workspace.device`).
 
     Args:
         ws: the prepared workspace.
@@ -187,7 +186,7 @@ def reference_score(ws: Workspace, name: str) -> dict[str, Any]:
         KeyError: a name that is not a reference model.
     """
     load = getattr(ws, REFERENCE_MODELS[name])
-    return ws.cached("reference", name, eval_key(ws.profile), lambda: scores(ws, load(pick_device()).eval()))
+    return ws.cached("reference", name, eval_key(ws.profile), lambda: scores(ws, load(ws.device).eval()))
 
 
 def reference_scores(ws: Workspace) -> dict[str, dict[str, Any]]:

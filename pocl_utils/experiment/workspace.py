@@ -178,6 +178,15 @@ class Workspace:
     def registry(self) -> Registry:
         return Registry(self.root / "registry")
 
+    @property
+    def device(self) -> torch.device:
+        """The device this process runs the profile's models on: its `device` setting (`distributed.device`).
+
+        Raises:
+            ConfigError: (key "device") a device this machine lacks, with the ones it has.
+        """
+        return distributed.device(self.profile.device)
+
     def cached(self, kind: str, name: str, params: dict[str, Any],
                compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """compute()'s metrics, stored once in the registry (`kind`) under a key.
@@ -194,7 +203,7 @@ class Workspace:
         Returns:
             The registry record (config, "metrics" = compute()'s output, timing and provenance), as read back from disk.
         """
-        dev = distributed.device()
+        dev = self.device
         key = config_hash({"name": name, "params": params, "prep": self.step_keys(),
                            "precision": precision(dev, self.profile.compile)})
         reg = self.registry

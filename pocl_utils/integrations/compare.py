@@ -13,7 +13,6 @@ import numpy as np
 from ..evaluate import greedy_rouge
 from ..experiment.config import TrainSpec
 from ..experiment.workspace import Workspace
-from ..modeling.models import pick_device
 from ..training.batches import epoch_batches
 from ..training.kd import KDContext, kd_loss_fn
 from ..training.loop import optimizer_for, run_steps
@@ -47,7 +46,7 @@ def train_with_trl(ws: Workspace, dataset, plan: pocl_trl.Curriculum, spec: Trai
                    resume: str | None = None, **config: Any):
     """The workspace's student trained with `KDTrainer` on `plan` against the live teacher (from the checkpoint folder
     `resume` if given); returns the trainer (its `model` is the trained student, `pocl_log` its per-step losses)."""
-    device = device or str(pick_device("auto"))
+    device = device or str(ws.device)
     trainer = pocl_trl.make_kd_trainer(curriculum=plan, teacher_model=ws.load_teacher(device), divergence=divergence,
                                        beta=beta, model=ws.load_student_init(device),
                                        args=trl_config(out_dir, spec, device, **config), train_dataset=dataset,
@@ -66,7 +65,7 @@ def train_with_our_loop(ws: Workspace, plan: pocl_trl.Curriculum, spec: TrainSpe
     Returns:
         (student, per-step losses).
     """
-    device = device or str(pick_device("auto"))
+    device = device or str(ws.device)
     student, teacher = ws.load_student_init(device), ws.load_teacher(device)
     ctx = KDContext(ws.encoded("train"), ws.pad_id, ws.eos_id, teacher=teacher, beta=beta)
     shared = None if plan.restarts else optimizer_for(student, spec, plan.total_steps)

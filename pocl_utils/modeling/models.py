@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
@@ -14,7 +15,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel)
 
-from ..experiment.config import ModelSpec
+from ..experiment.config import DEVICE_PATTERN, ConfigError, ModelSpec
 from .heads import (COMPILED_AT, FUSED_AT, HIDDEN_AT, LOGITS_AT, fused_inputs,  # noqa: F401 (re-exported)
                     hidden_at_positions, logits_at_positions)
 
@@ -23,15 +24,31 @@ from transformers.utils import logging as _hf_logging
 _hf_logging.disable_progress_bar()  # per-load "Loading weights" bars would drown the notebooks' own progress
 
 
-def pick_device(prefer: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), else CPU.
+def available_devices() -> list[str]:
+    """The torch devices this process can use: "cpu", then "cuda:<i>" per visible GPU, then "mps" when present."""
+    mps = getattr(torch.backends, "mps", None)
+    return (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+            + (["mps"] if mps is not None and mps.is_available() else []))
 
-    Args:
-        prefer: "auto", or a device name such as "cpu" or "cuda:1".
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    """The device a profile's `device` setting names: "auto" = CUDA when present, else CPU; else that torch device
+    ("cpu", "cuda", "cuda:1", "mps"), checked to be present on this machine.
+
+    Raises:
+        ConfigError: (key "device") `prefer` is not a device this pocl runs on (`config.DEVICE_PATTERN`), or names one
+            this machine lacks; the message lists `available_devices()`.
     """
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(prefer)
+    if re.fullmatch(DEVICE_PATTERN, prefer) is None:
+        raise ConfigError(f"device must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:<i>', 'mps'), got "
+                          f"{prefer!r}", key="device")
+    dev, have = torch.device(prefer), available_devices()
+    if dev.type != "cpu" and (f"{dev.type}:{dev.index or 0}" if dev.type == "cuda" else dev.type) not in have:
+        raise ConfigError(f"device {prefer!r} is not available on this machine (available: {', '.join(have)}); set "
+                          f"device to 'auto' or one of those", key="device")
+    return dev
 
 
 @dataclass(frozen=True)

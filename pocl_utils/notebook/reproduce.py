@@ -210,7 +210,8 @@ def _json_kind(value: Any) -> str | None:
 def check_extra(profile: str, extra: dict[str, Any]) -> None:
     """Refuse extra parameters that would run something other than asked, before any kernel starts.
 
-    What is refused: `profile` set twice with two values, or overrides the profile rejects (unknown key, bad value).
+    What is refused: `profile` set twice with two values, overrides the profile rejects (unknown key, bad value), or a
+    `device` this machine lacks.
 
     Args:
         profile: the profile's name (--profile).
@@ -218,7 +219,8 @@ def check_extra(profile: str, extra: dict[str, Any]) -> None:
 
     Raises:
         ConfigError: `extra["profile"]` is an unknown profile or differs from `profile`, or get_profile rejects
-            `profile` with `extra["overrides"]` (when that is a mapping).
+            `profile` with `extra["overrides"]` (when that is a mapping); (key "device") the profile's device is not
+            on this machine (`models.pick_device`).
     """
     if "profile" in extra and extra["profile"] != profile:
         if not isinstance(extra["profile"], str) or extra["profile"] not in PROFILES:
@@ -226,11 +228,17 @@ def check_extra(profile: str, extra: dict[str, Any]) -> None:
                               f"{', '.join(PROFILES)}")
         raise ConfigError(f"-p profile {extra['profile']!r} conflicts with --profile {profile!r}; choose the profile "
                           f"with --profile alone")
+    p = None
     if isinstance(extra.get("overrides"), Mapping):
         try:
-            get_profile(profile, dict(extra["overrides"]))
+            p = get_profile(profile, dict(extra["overrides"]))
         except ConfigError as e:
             raise ConfigError(f"-p overrides: {e}") from None
+    elif is_config_file(profile):
+        p = get_profile(profile)
+    if p is not None and p.device != "auto":
+        from ..modeling.models import pick_device
+        pick_device(p.device)  # a device this machine lacks is refused here, before any kernel starts
 
 
 BAR = re.compile(r"\d+%\|")  # tqdm's text bar, e.g. "teacher SFT:  12%|█▏        | 180/1500 [00:30<03:40, 5.9it/s]"

@@ -74,7 +74,7 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     import seaborn as sns
     short_errors()
     p = get_profile(profile, overrides)
-    print(f"profile {p.name!r} on {describe(distributed.device())}", flush=True)
+    print(f"profile {p.name!r} on {describe(distributed.device(p.device))}", flush=True)
     with bars_on_stdout():  # no empty red stderr boxes once the bars are done
         ws = prepare(p)
     sns.set_theme(style="whitegrid", context="notebook")

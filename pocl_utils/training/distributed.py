@@ -88,12 +88,24 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """This process's device: its own GPU when launched on GPUs, else what `models.pick_device` picks."""
+def device(prefer: str = "auto") -> torch.device:
+    """This process's device: its own GPU when launched on GPUs, else `models.pick_device(prefer)`.
+
+    Args:
+        prefer: a profile's `device` setting ("auto", "cpu", "cuda", "cuda:1", "mps").
+
+    Raises:
+        ConfigError: (key "device") not launched: as `models.pick_device`; launched: `prefer` is neither "auto" nor
+            the type of the device the launch gave this process (the launch config chooses the devices).
+    """
     if not launched():
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as `models.pick_device("auto")`
+        return models.pick_device(prefer)
     dev = _state().device
-    return torch.device("cpu") if dev.type == "cpu" else dev  # accelerate says cpu:0; the rest of pocl says cpu
+    dev = torch.device("cpu") if dev.type == "cpu" else dev  # accelerate says cpu:0; the rest of pocl says cpu
+    if prefer not in ("auto", dev.type):
+        raise models.ConfigError(f"device {prefer!r}: under accelerate launch each process runs on the device the "
+                                 f"launch gives it ({dev}); set device to 'auto' or {dev.type!r}", key="device")
+    return dev
 
 
 _MICRO: ContextVar[tuple[int, int]] = ContextVar("pocl_micro_batch", default=(0, 1))  # (j, k): `micro_batch`
