@@ -212,10 +212,14 @@ def test_collection_executes_on_smoke(tmp_path, monkeypatch):
     runs = pd.read_csv(tmp_path / "out" / "results" / "smoke" / "runs.csv")
     assert {"device", "device_name", "precision", "torch", "transformers"} <= set(runs.columns)
     assert {"run_key", "git_commit", "wall_s", "grid", "method", "variant", "dataset", "rouge_l"} <= set(runs.columns)
-    # runs.csv holds the paper's grids, each with a table beside the paper's; the controls grid (beyond the paper,
-    # under each training protocol) has its own tables so far
+    # runs.csv holds every grid under the headline's training protocol and Table 1 and the controls under the other;
+    # the paper's grids each have a table beside the paper's, the controls (beyond the paper) their own tables
     paper_grids = set(nb.TABLE_FILES) - {"controls"}
-    assert set(runs.grid) == paper_grids
+    assert set(runs.grid) == set(nb.TABLE_FILES)
+    assert set(runs[runs.training == "official"].grid) == set(nb.PROTOCOL_GRIDS)  # smoke: paper-text first
+    assert set(runs[runs.training == "paper-text"].grid) == set(nb.TABLE_FILES)
+    claims = pd.read_csv(tmp_path / "out" / "results" / "smoke" / "claims.csv")
+    assert set(claims.training) == {"paper-text", "official"} and "j" in set(claims[claims.training == "official"].claim)
     assert (tmp_path / "out" / "results" / "smoke" / f"{nb.TABLE_FILES['controls']}_paired.csv").stat().st_size > 0
     for stem in (nb.TABLE_FILES[g] for g in paper_grids):
         assert (tmp_path / "out" / "results" / "smoke" / f"{stem}_vs_paper.md").exists()
