@@ -118,7 +118,8 @@ def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *
 
     Returns:
         {"per_seed": {seed: mean ROUGE-L}, "mean": ..., "std": sample std over seeds (0 for one seed), "n": examples,
-        "per_row": each example's ROUGE-L, mean over the seeds (the per-row analysis reads it)}.
+        "per_row": each example's ROUGE-L, mean over the seeds (the per-row analysis reads it), "index": each
+        example's `index` (its position in its set), in per_row's order}.
     """
     per_seed, per_row = {}, []
     for seed in seeds:
@@ -130,21 +131,24 @@ def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *
     values = np.array(list(per_seed.values()))
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     rows = np.mean(np.asarray(per_row, dtype=np.float64), axis=0).tolist() if encoded else []
-    return {"per_seed": per_seed, "mean": float(values.mean()), "std": std, "n": len(encoded), "per_row": rows}
+    return {"per_seed": per_seed, "mean": float(values.mean()), "std": std, "n": len(encoded), "per_row": rows,
+            "index": [e.index for e in encoded]}
 
 
 def greedy_rouge_rows(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
-                      batch_size: int = 64) -> list[float]:
-    """ROUGE-L of each example's greedy response.
+                      batch_size: int = 64) -> dict:
+    """ROUGE-L of each example's greedy response: the greedy protocol's record for a set.
 
     Args:
         model, tokenizer, encoded, references, max_new_tokens, batch_size: as in `evaluate_set`.
 
     Returns:
-        One ROUGE-L in [0, 100] per example, in order.
+        {"mean": mean ROUGE-L in [0, 100], "n": examples, "per_row": each example's ROUGE-L, in order, "index": each
+        example's `index` (its position in its set), in per_row's order}.
     """
     texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return rouge_l_batch(texts, references)
+    rows = [float(x) for x in rouge_l_batch(texts, references)]
+    return {"mean": float(np.mean(rows)), "n": len(encoded), "per_row": rows, "index": [e.index for e in encoded]}
 
 
 def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
@@ -155,7 +159,7 @@ def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *
         model, tokenizer, encoded, references, max_new_tokens, batch_size: as in `evaluate_set`.
 
     Returns:
-        The mean ROUGE-L in [0, 100] (the mean of `greedy_rouge_rows`).
+        The mean ROUGE-L in [0, 100] (`greedy_rouge_rows`' "mean").
     """
-    return float(np.mean(greedy_rouge_rows(model, tokenizer, encoded, references, max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size)))
+    return greedy_rouge_rows(model, tokenizer, encoded, references, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)["mean"]

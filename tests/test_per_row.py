@@ -14,12 +14,16 @@ def test_evaluate_set_and_greedy_keep_each_rows_score(monkeypatch):
     answers = {None: ["a b", "x"], 1: ["a b", "y"], 2: ["a c", "x"]}  # greedy (seed None) and two sampling seeds
     monkeypatch.setattr(evaluate, "responses", lambda model, tok, enc, seed=None, **k: answers[seed])
     refs = [["a b"], ["x"]]
-    out = evaluate.evaluate_set(None, None, [0, 1], refs, seeds=(1, 2), max_new_tokens=4)
+    rows = [SimpleNamespace(index=7), SimpleNamespace(index=3)]  # Encoded-like: each row's position in its set
+    out = evaluate.evaluate_set(None, None, rows, refs, seeds=(1, 2), max_new_tokens=4)
     # seed 1: 100, 0; seed 2: "a c" vs "a b" -> LCS 1 of 2 -> 50, 100
-    assert out["per_row"] == pytest.approx([75.0, 50.0])
+    assert out["per_row"] == pytest.approx([75.0, 50.0]) and out["index"] == [7, 3]
     assert out["per_seed"] == pytest.approx({1: 50.0, 2: 75.0}) and out["mean"] == pytest.approx(62.5)
-    assert evaluate.greedy_rouge_rows(None, None, [0, 1], refs, max_new_tokens=4) == pytest.approx([100.0, 100.0])
-    assert evaluate.greedy_rouge(None, None, [0, 1], refs, max_new_tokens=4) == 100.0
+    assert list(out) == ["per_seed", "mean", "std", "n", "per_row", "index"]  # the records' key order
+    greedy = evaluate.greedy_rouge_rows(None, None, rows, refs, max_new_tokens=4)
+    assert greedy == {"mean": 100.0, "n": 2, "per_row": [100.0, 100.0], "index": [7, 3]}
+    assert list(greedy) == ["mean", "n", "per_row", "index"]
+    assert evaluate.greedy_rouge(None, None, rows, refs, max_new_tokens=4) == 100.0
 
 
 def _w(level, instruction, input_, output, difficulty=None, **extra):

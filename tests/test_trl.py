@@ -112,9 +112,10 @@ def test_trl_is_optional(tmp_path):
     """Without TRL the module imports; using a trainer raises one line naming the extra."""
     code = ("import sys; sys.modules['trl'] = None\n"
             "from pocl_utils.integrations import trl as pt\n"
-            "try:\n    pt.KDTrainer\nexcept ImportError as err:\n    print(err)\n")
+            "for name in ('KDTrainer', 'GKDTrainer'):\n"
+            "    try:\n        getattr(pt, name)\n    except ImportError as err:\n        print(err)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"pocl_utils.integrations.trl needs TRL, which is not installed: {pt.TRL_EXTRA}"
+    assert out.splitlines() == [f"pocl_utils.integrations.trl needs TRL, which is not installed: {pt.TRL_EXTRA}"] * 2
 
 
 def test_a_run_resumed_from_a_checkpoint_ends_as_the_uninterrupted_one(ws, measured, tmp_path):
@@ -195,3 +196,69 @@ def test_gradient_accumulation_gives_the_whole_batchs_step(ws, measured, tmp_pat
     split = compare.train_with_trl(ws, measured, plan, half, tmp_path / "split", gradient_accumulation_steps=2)
     assert len(split.pocl_log) == len(whole.pocl_log) == 12
     np.testing.assert_allclose([r["loss"] for r in split.pocl_log], [r["loss"] for r in whole.pocl_log], rtol=1e-5)
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 1.0])
+def test_gkd_trainer_follows_the_curriculum_and_our_loss(ws, measured, tmp_path, lmbda):
+    """TRL's GKDTrainer with the curriculum: the sampler's batches stage by stage, each step's tau and alpha, and the
+    loss our `kd_loss` of CE (on the dataset's completions) and tau^2 * jsd at the trainer's beta, on the dataset's
+    batch (lmbda 0: no step generates) or on the student's samples (lmbda 1: every step does)."""
+    from trl.experimental.gkd import GKDConfig
+
+    from pocl_utils.losses import divergence, kd_loss
+    from pocl_utils.modeling.heads import logits_at_positions
+    tok = copy.deepcopy(ws.tokenizer)
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}{% endif %}")
+    rows = datasets.Dataset.from_dict({
+        "messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": " " + c}]
+                     for p, c in zip(measured["prompt"], measured["completion"])],
+        "difficulty_rank": measured["difficulty_rank"], "stage": measured["stage"], "row": list(range(len(measured)))})
+    plan = pt.plan_curriculum(measured, total_steps=4, tau=(1.0, 2.5), alpha=(0.3, 0.0), seed=0)
+    args = GKDConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, learning_rate=1e-3, lmbda=lmbda,
+                     max_new_tokens=4, temperature=0.7, report_to=[], save_strategy="no", use_cpu=True,
+                     logging_steps=1, seed=0, disable_tqdm=True)
+    trainer = pt.GKDTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
+                            train_dataset=rows, processing_class=tok, curriculum=plan)
+    seen, generated, checked = [], [], []
+    collate, generate, loss_at = trainer.data_collator, trainer.generate_on_policy_outputs, trainer.compute_loss
+
+    def collating(examples):
+        seen.append([e["row"] for e in examples])
+        return collate(examples)
+
+    def generating(*a):
+        generated.append(trainer.state.global_step)
+        return generate(*a)
+
+    def ours(model, batch, stage):  # the loss from the models' logits by our losses module
+        def logits(m, b):  # the logits at the completion tokens, by the forward our loss uses (TRL pads on the left)
+            keep = torch.nn.functional.pad(b["labels"][:, 1:] != -100, (0, 1), value=False)
+            return logits_at_positions(m, b["input_ids"], b["attention_mask"], keep), b["labels"][:, 1:][keep[:, :-1]]
+
+        with torch.no_grad():
+            student, _ = logits(model, batch)
+            teacher, _ = logits(trainer.teacher_model, batch)
+            gold, targets = logits(model, trainer._pocl_truth)
+            kd = divergence(student[None], teacher[None], "jsd", temperature=stage.tau, beta=trainer.beta)
+            return float(kd_loss(torch.nn.functional.cross_entropy(gold, targets), kd, stage.alpha))
+
+    def loss(model, inputs, *a, **k):
+        out = loss_at(model, inputs, *a, **k)
+        checked.append((float(out.detach()), ours(model, inputs, trainer.pocl_stage)))
+        return out
+
+    trainer.data_collator, trainer.generate_on_policy_outputs, trainer.compute_loss = collating, generating, loss
+    trainer.train()
+    assert seen == list(pt.BabyStepBatchSampler(plan, 16)) and len(seen) == plan.total_steps
+    assert [(r["stage"], r["tau"], r["alpha"]) for r in trainer.pocl_log] == \
+        [(s.index, s.tau, s.alpha) for s in map(plan.stage_at, range(plan.total_steps))]
+    assert len({r["tau"] for r in trainer.pocl_log}) == 4 and trainer.pocl_log[0]["alpha"] == 0.3
+    assert generated == ([] if lmbda == 0 else list(range(plan.total_steps)))
+    assert len(checked) == plan.total_steps and trainer.beta == 0.5
+    for mine, expected in checked:
+        assert mine == pytest.approx(expected, rel=1e-5)
+    assert [r["loss"] for r in trainer.pocl_log] == pytest.approx([m for m, _ in checked], rel=1e-6)
+    with pytest.raises(ValueError, match="generalized JSD"):
+        pt.GKDTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
+                      train_dataset=rows, processing_class=tok, curriculum=plan, divergence="tvd")

@@ -405,7 +405,6 @@ def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int
         enc, refs = template_encoded(ws, role, template, n)
         out[role] = evaluate_set(model, ws.tokenizer, enc, refs, seeds=tuple(seeds or p.eval_seeds),
                                  max_new_tokens=max_new_tokens or p.max_new_tokens, batch_size=batch_size)
-        out[role]["index"] = [e.index for e in enc]  # as scoring.evaluate_model stores it: per_row's rows
     return out
 
 

@@ -117,15 +117,13 @@ def evaluate_model(ws: Workspace, model) -> dict[str, Any]:
         model: the causal LM to score.
 
     Returns:
-        Eval set name -> `evaluate.evaluate_set`'s result ({"per_seed", "mean", "std", "n", "per_row"}) and "index":
-        the scored rows' positions in the set.
+        Eval set name -> `evaluate.evaluate_set`'s result ({"per_seed", "mean", "std", "n", "per_row", "index"}).
     """
     p = ws.profile
     out = {}
     for role in eval_sets(p):
         enc, refs = eval_data(ws, role, p.eval_max_examples)
         out[role] = evaluate_set(model, ws.tokenizer, enc, refs, seeds=p.eval_seeds, max_new_tokens=p.max_new_tokens)
-        out[role]["index"] = [e.index for e in enc]  # positions in the set of the rows per_row scores
     return out
 
 
@@ -139,17 +137,15 @@ def greedy_scores(ws: Workspace, model) -> dict[str, Any]:
         model: the causal LM to score.
 
     Returns:
-        Eval set name -> {"mean": mean ROUGE-L in [0, 100], "n": rows, "per_row": each row's ROUGE-L, "index": the
-        rows' positions in the set}; {} when greedy_max_examples is -1.
+        Eval set name -> `evaluate.greedy_rouge_rows`' result ({"mean": mean ROUGE-L in [0, 100], "n", "per_row",
+        "index"}); {} when greedy_max_examples is -1.
     """
     p, out = ws.profile, {}
     if p.greedy_max_examples < 0:
         return out
     for role in eval_sets(p):
         enc, refs = eval_data(ws, role, p.greedy_max_examples)
-        rows = greedy_rouge_rows(model, ws.tokenizer, enc, refs, max_new_tokens=p.max_new_tokens)
-        out[role] = {"mean": float(np.mean(rows)), "n": len(enc), "per_row": [float(x) for x in rows],
-                     "index": [e.index for e in enc]}
+        out[role] = greedy_rouge_rows(model, ws.tokenizer, enc, refs, max_new_tokens=p.max_new_tokens)
     return out
 
 

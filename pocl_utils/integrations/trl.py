@@ -14,6 +14,8 @@ checkpoints) whose loss is ours, `training.step.step_loss`:
 with D any of `losses.DIVERGENCES`. On-policy KD is TRL's `DistillationTrainer` (`DistillationTrainer` here): its
 generalized JSD at beta (0 = forward KL, 1 = reverse KL) times tau_i^2, which TRL leaves out; the loss temperature
 tau_i is separate from the sampling temperature (`DistillationConfig.temperature`, fixed when the trainer is built).
+GKD is TRL's experimental GKDTrainer (`GKDTrainer` here): with probability `GKDConfig.lmbda` a step trains on the
+student's samples; its loss is ours, as above with D the generalized JSD, the CE on the dataset's completions.
 
 The curriculum (`Curriculum`, planned by `curriculum.plan_stages`) is a list of stages: stage i trains on
 d_1 ∪ ... ∪ d_i for its share of the optimizer steps. `BabyStepBatchSampler` yields each stage's batches as our loop
@@ -37,7 +39,7 @@ import torch
 from ..curriculum import Stage, partition, plan_stages
 from ..data import Encoded
 from ..difficulty import RRF_K, Ranking, score_samples, special_ids
-from ..losses import DIVERGENCES
+from ..losses import DIVERGENCES, kd_loss
 from ..modeling.models import precision_for
 from ..training.batches import Batch, epoch_batches
 from ..training.step import TOKENS, live_teacher, step_loss
@@ -485,7 +487,75 @@ def _classes() -> dict[str, type]:
     return {"KDTrainer": KDTrainer, "DistillationTrainer": DistillationTrainer}
 
 
+@lru_cache(maxsize=None)
+def _gkd_class() -> type:
+    """Built apart from the others: importing `trl.experimental` warns that its APIs are unstable."""
+    require_trl()
+    from trl.experimental.gkd import GKDTrainer as TRLGKDTrainer
+
+    class GKDTrainer(CurriculumMixin, TRLGKDTrainer):
+        """TRL's experimental GKDTrainer with POCL's curriculum and our loss at the stage's tau and alpha.
+
+        A step trains, with probability `GKDConfig.lmbda` (POCL's GKD: 0.5), on the student's own samples at the
+        sampling temperature `GKDConfig.temperature` (TRL's draw), else on the dataset's completions (or the
+        teacher's, with `seq_kd`). Its loss is `training.step.step_loss` against the live teacher:
+
+            L = alpha_i * CE + (1 - alpha_i) * tau_i^2 * D(p_tau_i || q_tau_i),
+
+        D TRL's generalized JSD at beta ("fkl": 0, "rkl": 1, "jsd": `beta`, default our jsd's 0.5), the CE on the
+        dataset's completions even when the divergence is on samples (as `training.kd`). Each micro-batch's loss is
+        its token mean; the Trainer averages them over gradient accumulation and processes.
+
+        Keyword arguments besides TRL's: curriculum, divergence, beta."""
+
+        def __init__(self, *args, curriculum: Curriculum, divergence: str = "jsd", beta: float | None = None,
+                     **kwargs):
+            if divergence not in ("fkl", "rkl", "jsd"):
+                raise ValueError(f"GKDTrainer: GKD's loss is a generalized JSD (fkl, rkl or jsd), not "
+                                 f"{divergence!r}; use KDTrainer for the other divergences")
+            super().__init__(*args, curriculum=curriculum, **kwargs)
+            if self.lmbda > 0 and self.accelerator.num_processes > 1 and any(s.alpha > 0 for s in curriculum.stages):
+                raise ValueError("GKDTrainer: with alpha > 0 a step on samples runs the student twice (samples, and "
+                                 "the dataset's completions for the CE), which DDP does not allow in one backward; "
+                                 "use alpha = 0 (POCL's GKD) or one process")
+            self.divergence = divergence
+            self.beta = JSD_BETA.get(divergence, DIVERGENCES["jsd"].default_beta if beta is None else beta)
+            self.model_accepts_loss_kwargs = False  # a micro-batch's loss is its own token mean
+            self.teacher_model.eval().requires_grad_(False)
+            self._pocl_truth: dict[str, Any] = {}
+            from trl.models.utils import _ForwardRedirection  # through the DDP wrapper's forward
+            self._pocl_redirect = _ForwardRedirection()
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self._pocl_truth = dict(inputs)  # the dataset's batch, before TRL swaps in generated outputs
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            stage, student = self.pocl_stage, self.accelerator.unwrap_model(model)
+            batch = Batch(inputs["input_ids"], inputs["attention_mask"], _shifted(inputs["labels"]))
+            precision = precision_for(batch.input_ids.device)
+            beta = self.beta if self.divergence == "jsd" else None
+            rows = live_teacher(self.teacher_model, batch, precision=precision)
+            truth = self._pocl_truth if self.model.training else inputs
+            generated = truth.get("input_ids") is not inputs["input_ids"]
+            alpha = stage.alpha if not generated else 0.0  # on samples: CE on the dataset's batch, below
+            loss, parts = self._pocl_redirect(model, student, step_loss, student, batch, rows, kind=self.divergence,
+                                              tau=stage.tau, alpha=alpha, beta=beta, precision=precision)
+            if generated and stage.alpha > 0:
+                gold = Batch(truth["input_ids"], truth["attention_mask"], _shifted(truth["labels"]))
+                ce, ce_parts = self._pocl_redirect(model, student, step_loss, student, gold, None, kind=None,
+                                                   tau=1.0, alpha=1.0, precision=precision)
+                loss, parts = kd_loss(ce, loss, stage.alpha), {**parts, "ce": ce_parts["ce"]}
+            share = 1.0 / (getattr(self, "current_gradient_accumulation_steps", 1) * self.accelerator.num_processes)
+            self._pocl_record(loss, parts, share)
+            return (loss, None) if return_outputs else loss
+
+    return GKDTrainer
+
+
 def __getattr__(name: str):
+    if name == "GKDTrainer":
+        return _gkd_class()
     if name in ("KDTrainer", "DistillationTrainer"):
         return _classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
