@@ -245,3 +245,20 @@ def test_protocols_of_puts_the_headline_first_and_checks_names(tmp_path):
               for p in grids.protocols_of(both)}
     assert experiments.POCL_OPTIMIZER in labels["official"] and experiments.POCL_OPTIMIZER not in labels["paper-text"]
     assert grids.under_protocol(ws, "paper-text").profile.protocol == "paper-text" and ws.profile.protocol == "official"
+
+
+def test_headline_grid_runs_table1_and_the_controls_only(tmp_path):
+    """laptop's main job (grid 'headline') runs Table 1 and the controls; the paper's ablations are a study
+    (scripts/ablations.py, grid 'full'); 'table1' (classroom) runs Table 1 alone."""
+    from pocl_utils.experiment.workspace import Workspace
+    from pocl_utils.notebook import grids
+    head = Workspace(get_profile("laptop"), tmp_path)
+    assert PROFILES["laptop"].grid == "headline"
+    assert {name for name in [*experiments.GRIDS, "controls"] if grids.specs_of(head, name)} == {"table1", "controls"}
+    full = Workspace(get_profile("laptop", {"grid": "full"}), tmp_path)
+    assert all(grids.specs_of(full, name) for name in experiments.GRIDS)
+    assert grids.specs_of(full, "table1") == grids.specs_of(head, "table1")  # the same runs, so the study reuses them
+    one = Workspace(get_profile("classroom"), tmp_path)
+    assert [name for name in [*experiments.GRIDS, "controls"] if grids.specs_of(one, name)] == ["table1"]
+    with pytest.raises(ConfigError, match="grid"):
+        get_profile("smoke", {"grid": "most"})

@@ -53,6 +53,9 @@ class TrainSpec:
     grad_clip: float = 1.0  # gradient norm clip
 
 
+GRID_SIZES = ("full", "headline", "table1", "minimal")  # Profile.grid
+
+
 @dataclass(frozen=True)
 class Profile:
     """Everything a run of the collection needs apart from the grid of KD runs."""
@@ -92,7 +95,9 @@ class Profile:
     workers: int = 2  # parallel worker processes for the grid (1 thread each)
     lr_grid: tuple[float, ...] = ()  # KD learning rates searched (paper: 5e-4, 1e-4, 5e-5); empty = kd.lr
     batch_grid: tuple[int, ...] = ()  # KD batch sizes searched (paper: 8, 16); empty = kd.batch_size
-    grid: str = "full"  # full | table1 | minimal
+    # full: every grid | headline: Table 1 and the controls (the paper's ablations are a study: scripts/ablations.py)
+    # | table1: Table 1 only | minimal: every grid at a few runs each (smoke)
+    grid: str = "full"
     seed: int = 0  # world, tokenizer, teacher and ranking seed
     # training protocol (#23): how a run's stages get their optimizer settings and how its checkpoint and lr are chosen
     # protocol: curriculum.Protocol: "official" (liuliuyuan6/POCL's scripts scaled to kd: stage 0.4 E epochs at 8 b,
@@ -195,7 +200,8 @@ def _profiles() -> dict[str, Profile]:
     # teacher tuned on the clean ones corrects), the headline under the official scripts' protocol and Table 1 and the
     # controls also under paper-text (docs/choices.md); checkpoints by validation loss at the same number of evenly
     # spaced points for every arm; every arm at its protocol's eta (the lr choice is a study: docs/reproducibility.md)
-    laptop = replace(laptop, world="laptop-v4", protocol="official", protocols=("official", "paper-text"))
+    laptop = replace(laptop, world="laptop-v4", protocol="official", protocols=("official", "paper-text"),
+                     grid="headline")
     smoke = replace(smoke, protocols=("paper-text", "official"))  # CI runs Table 1 and the controls under both
     # real-lite: its committed results (results/real-lite) were made with run 3's code
     real_lite = replace(real_lite, **run3)
@@ -289,7 +295,7 @@ def validate_profile(p: Profile) -> Profile:
         (p.workers >= 1, "workers", "must be >= 1"),
         (0 < p.max_prompt_len < p.max_len, "max_prompt_len", "must be in (0, max_len)"),
         (p.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
-        (p.grid in ("full", "table1", "minimal"), "grid", "must be full, table1 or minimal"),
+        (p.grid in GRID_SIZES, "grid", f"must be one of {', '.join(GRID_SIZES)}"),
         (p.protocol in PROTOCOLS, "protocol", f"must be one of {', '.join(PROTOCOLS)}, got {p.protocol!r}"),
         (all(x in PROTOCOLS for x in p.protocols), "protocols",
          f"must name protocols of {', '.join(PROTOCOLS)}, got {p.protocols}"),

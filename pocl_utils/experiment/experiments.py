@@ -248,14 +248,14 @@ def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False,
          protocol: str | None = None) -> list[RunSpec]:
     """The specs of one experiment.
 
-    size 'minimal' (smoke) keeps KLD (and GKD in Table 1 and the controls) so every notebook runs in seconds; 'table1'
-    and 'full' run the whole table. The minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
+    size 'minimal' (smoke) keeps KLD (and GKD in Table 1 and the controls) so every notebook runs in seconds; 'table1',
+    'headline' and 'full' run the whole table (which tables a profile runs is `notebook.grids.specs_of`'s choice). The minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
 
     Args:
         name: the experiment, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio, subsets) or of
             EXTRA_GRIDS (controls).
         n_seeds: training seeds per configuration.
-        size: the profile's grid: "full", "table1" or "minimal".
+        size: the profile's grid (config.GRID_SIZES).
         oracle: add the true-difficulty control to the order and controls grids (generated worlds only: real data has
             no true difficulty).
         protocol: the profile's training protocol (the controls grid leaves out what equals the baseline under it).
@@ -289,13 +289,14 @@ def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[Run
 
     Args:
         n_seeds: training seeds per configuration.
-        size: the profile's grid: "table1" = Table 1's runs only; "full" or "minimal" = every grid at that size.
+        size: the profile's grid: "table1" or "headline" = Table 1's runs only; "full" or "minimal" = every grid at
+            that size.
         oracle: include the order grid's true-difficulty control.
 
     Returns:
         The run specs, in grid order (GRIDS' order).
     """
-    names = ["table1"] if size == "table1" else list(GRIDS)
+    names = ["table1"] if size in ("table1", "headline") else list(GRIDS)
     seen: dict = {}
     for name in names:
         for spec in grid(name, n_seeds, size, oracle=oracle):

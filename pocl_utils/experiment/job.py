@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training import distributed
-from .config import (OVERRIDES_EXAMPLE, PROFILES, ConfigError, Profile, RunSpec, get_profile, override,
+from .config import (GRID_SIZES, OVERRIDES_EXAMPLE, PROFILES, ConfigError, Profile, RunSpec, get_profile, override,
                      validate_profile)
 from .profile_docs import profile_help
 from ..data import DataError
@@ -43,7 +43,7 @@ def run_job(profile: str | Profile, grid_name: str, *, runs_root: Path | None = 
         grid_name: the experiment, a key of GRIDS or EXTRA_GRIDS.
         runs_root: the folder holding one workspace per profile; None = RUNS_ROOT (runs/).
         n_seeds: training seeds per configuration; None = the profile's (`n_seeds_for`).
-        size: the grid size, "full", "table1" or "minimal"; None = the profile's `grid`.
+        size: the grid size (config.GRID_SIZES); None = the profile's `grid`.
         out: the results CSV; None = <workspace>/results/<grid_name>.csv.
         protocol: the training protocol ("official" or "paper-text"), an override of the profile's; None = its own.
         overrides: profile keys to change (`config.override`), dotted for nested settings; None = none.
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default=None, help="official | paper-text (default: the profile's)")
     ap.add_argument("--runs-root", type=Path, default=None, help="folder holding <profile>/ (default: runs/)")
     ap.add_argument("--seeds", type=int, default=None, help="training seeds per configuration (default: the profile's)")
-    ap.add_argument("--size", default=None, help="full | table1 | minimal (default: the profile's grid size)")
+    ap.add_argument("--size", default=None, help=f"{' | '.join(GRID_SIZES)} (default: the profile's grid size)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")

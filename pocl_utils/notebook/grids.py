@@ -18,6 +18,8 @@ from .display import save_table
 from .views import ranking_table
 
 
+# the grids a profile runs by its `grid` (others: every grid)
+GRIDS_OF_SIZE = {"table1": ("table1",), "headline": ("table1", "controls")}
 PROTOCOL_GRIDS = ("table1", "controls")  # the grids run under every training protocol of a profile
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
@@ -27,20 +29,21 @@ TABLE_FILES = {"table1": "table1_kd_methods", "ranking": "table2_5_ranking", "ad
 
 
 def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
-    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only.
+    """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only, one whose grid
+    is 'headline' (laptop's main job) Table 1 and the controls (GRIDS_OF_SIZE).
 
     Args:
         name: the grid, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio or subsets) or "controls".
 
     Returns:
         The grid's RunSpecs at the profile's seed count, grid size and training protocol (the order and controls grids
-        add the true-difficulty control on generated worlds); [] for any grid but table1 under a 'table1' profile.
+        add the true-difficulty control on generated worlds); [] for a grid the profile's size leaves out.
 
     Raises:
         ValueError: an unknown grid name (from experiments.grid).
     """
     p = ws.profile
-    if p.grid == "table1" and name != "table1":
+    if name not in GRIDS_OF_SIZE.get(p.grid, (name,)):
         return []
     return grid(name, n_seeds_for(p, name), p.grid, oracle=p.data == "world", protocol=p.protocol)
 
@@ -67,7 +70,9 @@ def grid_runs(ws: Workspace, name: str) -> pd.DataFrame:
     the profile has no runs for the grid."""
     specs = specs_of(ws, name)
     if not specs:
-        print(f"profile {ws.profile.name!r} runs Table 1 only; no runs for {name!r}")
+        what = " and ".join(GRIDS_OF_SIZE.get(ws.profile.grid, ()))
+        study = " (the paper's ablations: python scripts/ablations.py)" if ws.profile.grid == "headline" else ""
+        print(f"profile {ws.profile.name!r} runs {what} only; no runs for {name!r}{study}")
         return pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
     return tables.tidy(runner.records_for(ws, specs))
 
