@@ -5,8 +5,7 @@ The method, the paper's equations, sits at the top: `losses`, `difficulty`, `cur
 `evaluate` use to sample responses. The machinery: `modeling/` (models, generation), `training/` (batches, teacher
 cache, step, loop, processes), `experiment/` (config, grids, workspaces, a run's training and scoring, the runner
 and its process pool, registry), `world/` (the generated instruction world), `analysis/` (tables, the paper beside
-ours, figures, findings) and `notebook/` (the notebooks' facade, the
-papermill runner, the lab).
+ours, figures, findings) and `notebook/` (the notebooks' facade, the papermill runner, the lab).
 """
 
 __version__ = "0.1.0"

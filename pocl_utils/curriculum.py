@@ -1,7 +1,5 @@
 """Training scheduler of POCL (paper §3.2-3.3): ordering, partition into subsets, Baby Step stages, tau/alpha
-schedules; and the two training protocols that give each stage its optimizer settings (batch, steps, lr, warm-up).
-
-The protocols (issue 23):
+schedules; and the two training protocols that give each stage its optimizer settings (batch, steps, lr, warm-up):
 
 * `paper-text`: the paper's text (A.2.2): POCL takes the baseline's optimizer steps, shared out over the stages by
   size, at the baseline's batch and learning rate.
@@ -38,13 +36,7 @@ def apply_order(easy_first: np.ndarray, order: str, *, seed: int = 0) -> np.ndar
     """Reorder an easiest-first index array for the order ablation (Table 7): E2H keeps it, H2E reverses, random
     shuffles.
 
-    Args:
-        easy_first: sample indices, easiest first.
-        order: one of ORDERS.
-        seed: the shuffle's seed for "random".
-
-    Returns:
-        A new index array in the requested order.
+    Returns a new index array in the requested order.
     """
     easy_first = np.asarray(easy_first)
     if order == "easy_to_hard":
@@ -57,16 +49,8 @@ def apply_order(easy_first: np.ndarray, order: str, *, seed: int = 0) -> np.ndar
 
 
 def partition(order: np.ndarray | list[int], n: int) -> list[np.ndarray]:
-    """Split an ordered index array into n consecutive subsets d_1..d_n (§3.1).
-
-    Sizes are floor(N/n) or floor(N/n)+1 (the larger ones first), covering every index exactly once.
-
-    Args:
-        order: N sample indices, easiest first.
-        n: the number of subsets, 1 <= n <= N.
-
-    Returns:
-        n int64 arrays d_1..d_n, consecutive slices of `order`.
+    """Split an ordered index array into n (1 <= n <= N) consecutive int64 subsets d_1..d_n (§3.1), of sizes
+    floor(N/n) or floor(N/n)+1 (the larger ones first), covering every index exactly once.
     """
     order = np.asarray(order, dtype=np.int64)
     if n < 1:
@@ -82,27 +66,15 @@ def partition(order: np.ndarray | list[int], n: int) -> list[np.ndarray]:
 def baby_step(subsets: list[np.ndarray]) -> list[np.ndarray]:
     """Baby Step scheduler (§3.2): stage i trains on d_1 ∪ ... ∪ d_i.
 
-    Args:
-        subsets: d_1..d_n, easiest first (`partition`).
-
-    Returns:
-        n arrays; the i-th is the concatenation d_1 ∪ ... ∪ d_i.
+    `subsets`: d_1..d_n, easiest first (`partition`).
+    Returns n arrays; the i-th is the concatenation d_1 ∪ ... ∪ d_i.
     """
     return [np.concatenate(subsets[: i + 1]) for i in range(len(subsets))]
 
 
 def linear_schedule(start: float, end: float, n: int) -> list[float]:
-    """Per-stage values of Eq. 3 (tau) and Eq. 4 (alpha): v_i = v_0 + (v_n - v_0) * (i-1)/(n-1), i = 1..n.
-
-    Eq. 4 is written v_0 - (v_0 - v_n) * (i-1)/(n-1), the same line. n = 1 gives [start].
-
-    Args:
-        start: v_0, the value of stage 1.
-        end: v_n, the value of stage n.
-        n: the number of stages, >= 1.
-
-    Returns:
-        The n values v_1..v_n as floats.
+    """Per-stage values of Eq. 3 (tau) and Eq. 4 (alpha): v_i = v_0 + (v_n - v_0) * (i-1)/(n-1), i = 1..n, n >= 1, as
+    floats (Eq. 4's v_0 - (v_0 - v_n) * (i-1)/(n-1) is the same line); n = 1 gives [start].
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -137,17 +109,9 @@ class Stage:
 
 
 def split_steps(total_steps: int, stage_sizes: list[int]) -> list[int]:
-    """Give each stage a share of `total_steps` proportional to its size, summing exactly to `total_steps`.
-
-    With equal epochs per stage this reproduces the paper's budget: 20 baseline epochs = 8 epochs on each of the
+    """Steps per stage proportional to its size (largest remainders rounded up, every stage >= 1), summing exactly to
+    `total_steps`. With equal epochs per stage this is the paper's budget: 20 baseline epochs = 8 epochs on each of the
     stages of sizes N/4, N/2, 3N/4, N (A.2.2), so baseline and POCL take the same number of optimizer steps.
-
-    Args:
-        total_steps: the optimizer steps to share out, at least one per stage.
-        stage_sizes: the number of samples of each stage.
-
-    Returns:
-        Steps per stage (largest remainders rounded up, every stage >= 1), summing to `total_steps`.
     """
     if total_steps < len(stage_sizes):
         raise ValueError(f"{total_steps} optimizer steps cannot cover {len(stage_sizes)} stages; raise epochs or lower "
@@ -169,17 +133,10 @@ def plan_stages(easy_first: np.ndarray, *, n_subsets: int, total_steps: int, tau
                 tau_schedule: Callable = linear_schedule, alpha_schedule: Callable = linear_schedule) -> list[Stage]:
     """The whole POCL schedule: order the ranked samples, partition, Baby Step, tau/alpha per stage, step budget.
 
-    Args:
-        easy_first: sample indices, easiest first (a difficulty ranking).
-        n_subsets: n, the number of subsets and stages.
-        total_steps: optimizer steps of the baseline, shared out over the stages by size (`split_steps`).
-        tau: (tau_0, tau_n) of Eq. 3.
-        alpha: (alpha_0, alpha_n) of Eq. 4.
-        order: one of ORDERS (Table 7's ablation); seed: the shuffle's seed for "random".
-        partition_fn, baby_step_fn, tau_schedule, alpha_schedule: the pieces (the lab passes a student's own).
-
-    Returns:
-        One Stage per i = 1..n: the samples of d_1 ∪ ... ∪ d_i, tau_i, alpha_i and the stage's steps.
+    `total_steps`: the baseline's optimizer steps, shared out over the stages by size (`split_steps`).
+    `tau`, `alpha`: (v_0, v_n) of Eq. 3 and Eq. 4. `order`: one of ORDERS (Table 7's ablation); `seed` shuffles
+    "random".
+    Returns one Stage per i = 1..n: the samples of d_1 ∪ ... ∪ d_i, tau_i, alpha_i and the stage's steps.
     """
     ordered = apply_order(easy_first, order, seed=seed)
     stages = [np.asarray(s, dtype=np.int64) for s in baby_step_fn(partition_fn(ordered, n_subsets))]
@@ -194,9 +151,8 @@ class Protocol:
     """A training protocol (one of PROTOCOLS) applied to a profile's KD baseline: E epochs at batch b, peak lr eta.
 
     `warmup_frac` and `stage_warmup` apply under paper-text only (the official scripts warm up for 0 steps):
-    stage_warmup True gives every stage's fresh schedule a linear warm-up over warmup_frac of its own steps (the code of
-    run 3); False warms up once per run, over warmup_frac of the run's total steps, at the start of its first stage (the
-    baseline's warm-up, unchanged).
+    stage_warmup True gives every stage's fresh schedule a linear warm-up over warmup_frac of its own steps; False warms
+    up once, over warmup_frac of the run's total steps, at the start of its first stage (the baseline's warm-up).
     """
 
     name: str  # official | paper-text
@@ -266,19 +222,9 @@ def plan_run(easy_first: np.ndarray, protocol: Protocol, *, pocl: bool, n_subset
     * control "restarts": POCL's stages' steps, batch, lr, warm-up and restarts, but every stage trains on every row at
       (tau_0, alpha_0): the restarts without the curriculum.
 
-    Args:
-        easy_first: the training positions, easiest first (a difficulty ranking; only its length matters without POCL).
-        protocol: the protocol resolved against the profile's KD settings.
-        pocl: whether the run is a curriculum (Baby Step) run.
-        n_subsets, tau, alpha, order, seed: as `plan_stages`.
-        restarts: False = one optimizer and schedule across the stages.
-        control: "" or one of CONTROLS (with pocl False).
-
-    Returns:
-        The stages, in training order.
-
-    Raises:
-        ValueError: an unknown control, or a control asked of a POCL run.
+    `easy_first`: the training positions, easiest first (only its length matters without POCL); the other arguments
+    as in `plan_stages`. `restarts` False = one optimizer and schedule across the stages.
+    Raises ValueError: an unknown control, or a control asked of a POCL run.
     """
     easy_first = np.asarray(easy_first, dtype=np.int64)
     n = len(easy_first)

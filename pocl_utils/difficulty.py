@@ -56,13 +56,10 @@ def fuse_ranks(rouge_l, ce, k: float = RRF_K) -> np.ndarray:
     Deviation from the blog's reference code, which uses 0-based argsort-of-argsort ranks and breaks ties by index:
     we follow the paper and Cormack et al. (1-based ranks) and treat ties symmetrically.
 
-    Args:
-        rouge_l: [n] the student's greedy ROUGE-L per sample (higher = easier).
-        ce: [n] the student's mean reference cross-entropy per sample (lower = easier).
-        k: the fusion constant, >= 0 (the paper: 60).
-
-    Returns:
-        [n] FR scores, higher = easier.
+    `rouge_l`: [n] the student's greedy ROUGE-L per sample (higher = easier).
+    `ce`: [n] the student's mean reference cross-entropy per sample (lower = easier).
+    `k`: the fusion constant, >= 0 (the paper: 60).
+    Returns [n] FR scores, higher = easier.
     """
     rouge_l, ce = _as_scores(rouge_l, "rouge_l"), _as_scores(ce, "ce")
     if rouge_l.shape != ce.shape:
@@ -77,12 +74,8 @@ def fuse_ranks(rouge_l, ce, k: float = RRF_K) -> np.ndarray:
 def order_from_scores(scores, *, higher_is_easier: bool = True) -> np.ndarray:
     """Sample positions sorted easiest first; equal scores keep their index order (stable sort).
 
-    Args:
-        scores: [n] finite scores.
-        higher_is_easier: the scores' direction.
-
-    Returns:
-        [n] int64 positions, easiest first.
+    `scores`: [n] finite scores.
+    Returns [n] int64 positions, easiest first.
     """
     scores = _as_scores(scores, "scores")
     return np.argsort(-scores if higher_is_easier else scores, kind="stable").astype(np.int64)
@@ -91,12 +84,8 @@ def order_from_scores(scores, *, higher_is_easier: bool = True) -> np.ndarray:
 def rank_order(rouge_l, ce, method: str = "fusion", k: float = RRF_K) -> np.ndarray:
     """Sample positions easiest first by fusion (Eq. 2), ROUGE-L only or CE only (the §5.1 ablation).
 
-    Args:
-        rouge_l, ce, k: as in `fuse_ranks`.
-        method: one of METHODS.
-
-    Returns:
-        [n] int64 positions, easiest first.
+    rouge_l, ce, k: as in `fuse_ranks`.
+    Returns [n] int64 positions, easiest first.
     """
     if method == "fusion":
         return order_from_scores(fuse_ranks(rouge_l, ce, k))
@@ -108,15 +97,8 @@ def rank_order(rouge_l, ce, method: str = "fusion", k: float = RRF_K) -> np.ndar
 
 
 def order_by_truth(ids, true_difficulty) -> np.ndarray:
-    """ids easiest first by a known true difficulty (the oracle control); equal difficulties keep their id order.
-
-    Args:
-        ids: [n] sample ids.
-        true_difficulty: [n] the known difficulty of each id (higher = harder).
-
-    Returns:
-        [n] int64 ids, easiest first.
-    """
+    """[n] int64 ids easiest first by a known true difficulty (higher = harder; the oracle control); equal
+    difficulties keep their id order."""
     ids, truth = np.asarray(ids, dtype=np.int64), _as_scores(true_difficulty, "true_difficulty")
     if ids.shape != truth.shape:
         raise ValueError(f"difficulty: {ids.size} ids but {truth.size} true difficulties")
@@ -151,48 +133,24 @@ class Ranking:
 
     @classmethod
     def build(cls, ids, rouge_l, ce, texts: list[str] | None = None, k: float = RRF_K) -> Ranking:
-        """A Ranking whose fused column is Eq. 2 over the given ROUGE-L and CE.
+        """A Ranking whose fused column is Eq. 2 (`fuse_ranks`, constant `k`) over the given ROUGE-L and CE.
 
-        Args:
-            ids: [n] the samples' dataset indices, unique.
-            rouge_l: [n] ROUGE-L F x 100 of each greedy output.
-            ce: [n] mean token cross-entropy (nats) of each reference response.
-            texts: the greedy outputs; None = not kept.
-            k: the fusion constant of Eq. 2 (`fuse_ranks`).
-
-        Returns:
-            The Ranking.
-
-        Raises:
-            ValueError: columns of different lengths, repeated ids, a non-finite or non-1-D score, or (from
-                `fuse_ranks`) k < 0.
+        `ids`: [n] the samples' dataset indices, unique. `rouge_l`: [n] ROUGE-L F x 100 of each greedy output.
+        `ce`: [n] mean token cross-entropy (nats) of each reference response. `texts`: None = not kept.
+        Raises ValueError: columns of different lengths, repeated ids, a non-finite or non-1-D score, or k < 0.
         """
         return cls(ids, rouge_l, ce, fuse_ranks(rouge_l, ce, k), texts)
 
     def order(self, method: str = "fusion") -> np.ndarray:
-        """Sample ids (not positions) easiest first, by "fusion", "rouge_l" or "ce".
-
-        Args:
-            method: "fusion" (the fused column), "rouge_l" or "ce" (`rank_order`); ties keep their position order.
-
-        Returns:
-            [n] int64 sample ids, easiest first.
-
-        Raises:
-            ValueError: an unknown method.
-        """
+        """[n] int64 sample ids (not positions) easiest first, by `method` "fusion", "rouge_l" or "ce" (`rank_order`);
+        ties keep their position order. Raises ValueError for an unknown method."""
         if method == "fusion":
             return self.ids[order_from_scores(self.fused)]
         return self.ids[rank_order(self.rouge_l, self.ce, method)]
 
     def to_csv(self, path: str | Path) -> None:
-        """Write atomically (temp file in the same folder, then rename) so a crash never leaves half a file.
-
-        Columns CSV_COLUMNS (without "text" when texts is None); floats are written with repr(), which round-trips
-        exactly (`from_csv`).
-
-        Args:
-            path: the CSV file; its folder is created if missing.
+        """Write atomically (temp file in the same folder, then rename; the folder created if missing). Columns
+        CSV_COLUMNS (without "text" when texts is None); floats as repr(), which round-trips exactly (`from_csv`).
         """
         path = Path(path)
         buf = io.StringIO()
@@ -206,17 +164,10 @@ class Ranking:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Ranking:
-        """A Ranking read back from `to_csv`'s file, exactly; a malformed file raises ValueError naming its line.
+        """A Ranking read back exactly from `to_csv`'s file (texts None without a text column).
 
-        Args:
-            path: a file written by `to_csv` (the text column optional).
-
-        Returns:
-            The Ranking (texts None without a text column).
-
-        Raises:
-            ValueError: a wrong header, a row with the wrong number of fields or an unparsable number, naming its
-                line; or columns the Ranking rejects.
+        Raises ValueError: a wrong header, a row with the wrong number of fields or an unparsable number, naming its
+        line; or columns the Ranking rejects.
         """
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -243,11 +194,8 @@ class Ranking:
 def special_ids(tokenizer) -> tuple[int, int]:
     """The tokenizer's EOS and pad ids; pad falls back to EOS as in GPT-2 setups.
 
-    Args:
-        tokenizer: a tokenizer with `eos_token_id` (required) and `pad_token_id`.
-
-    Returns:
-        (eos_id, pad_id).
+    `tokenizer`: a tokenizer with `eos_token_id` (required) and `pad_token_id`.
+    Returns (eos_id, pad_id).
     """
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
@@ -259,13 +207,8 @@ def special_ids(tokenizer) -> tuple[int, int]:
 def check_encoded(encoded: list[Encoded], max_new_tokens: int, limit: int | None) -> None:
     """Clear errors for empty prompts/responses and samples too long for the model's positions.
 
-    Args:
-        encoded: the samples to score.
-        max_new_tokens: the greedy decode's length limit.
-        limit: the model's number of positions; None = unlimited.
-
-    Raises:
-        ValueError: naming the first bad sample (its position and index).
+    `limit`: the model's number of positions; None = unlimited.
+    Raises ValueError: naming the first bad sample (its position and index).
     """
     for i, ex in enumerate(encoded):
         if not ex.prompt_ids or not ex.response_ids:
@@ -278,15 +221,10 @@ def check_encoded(encoded: list[Encoded], max_new_tokens: int, limit: int | None
 
 
 def response_ce(logits: torch.Tensor, response: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Mean token cross-entropy per row (nats), L_ce of Eq. 5 averaged over the response tokens incl. EOS.
+    """Mean token cross-entropy per row [B] (nats), L_ce of Eq. 5 averaged over the real response tokens incl. EOS.
 
-    Args:
-        logits: [B, R, V], column j predicts response token j; log-softmax runs in fp32.
-        response: [B, R] right-padded response token ids.
-        response_mask: [B, R], 1 on real tokens.
-
-    Returns:
-        [B] mean CE per row over its real tokens.
+    `logits`: [B, R, V], column j predicts response token j; log-softmax runs in fp32.
+    `response`: [B, R] right-padded token ids; `response_mask`: [B, R], 1 on real tokens.
     """
     labels = response.masked_fill(response_mask == 0, -100)  # [B, R]
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B, R]
@@ -329,19 +267,8 @@ def _score_batch(model: torch.nn.Module, batch: list[Encoded], *, eos_id: int, p
 def greedy_outputs_and_ce(model: torch.nn.Module, encoded: list[Encoded], *, eos_id: int, pad_id: int,
                           max_new_tokens: int, batch_size: int = 32,
                           backend: str = "pocl") -> tuple[list[list[int]], np.ndarray]:
-    """Greedy continuation ids (cut at EOS) and mean reference CE per sample, in input order; batched and cached.
-
-    Args:
-        model: the student, a causal LM.
-        encoded: the samples (prompt and reference response ids).
-        eos_id, pad_id: special token ids (`special_ids`).
-        max_new_tokens: the greedy decode's length limit, >= 1.
-        batch_size: samples per forward.
-        backend: the greedy decode after the shared forward, "pocl" or "transformers" (`generate.BACKENDS`).
-
-    Returns:
-        (outputs, ce): per sample its greedy continuation ids and its mean reference CE (`response_ce`), [n].
-    """
+    """Greedy continuation ids (cut at EOS) and mean reference CE (`response_ce`, [n]) per sample, in input order;
+    batched, the decode continuing from the forward's cache (`backend`: "pocl" or "transformers")."""
     check_backend(backend)
     check_encoded(encoded, max_new_tokens, max_positions(model))
     if max_new_tokens < 1:
@@ -391,19 +318,10 @@ def _references(tokenizer, encoded: list[Encoded], references: list[list[str]] |
 
 def score_samples(model: torch.nn.Module, tokenizer, encoded: list[Encoded], *, max_new_tokens: int,
                   batch_size: int = 32, references: list[list[str]] | None = None, k: float = RRF_K) -> Ranking:
-    """Score every sample with the student and fuse the ranks (Eq. 2); batched fast path.
+    """Score every sample with the student and fuse the ranks (Eq. 2); batched fast path. Returns a Ranking with each
+    sample's ROUGE-L, CE, fused score and greedy text; ids = the samples' `index` values, which must be unique.
 
-    Args:
-        model: the student, a causal LM.
-        tokenizer: its tokenizer (special ids, decoding).
-        encoded: the samples; their `index` values must be unique and become the Ranking's ids.
-        max_new_tokens: the greedy decode's length limit.
-        batch_size: samples per forward.
-        references: each sample's reference strings (ROUGE-L takes the max over them); None = the decoded response.
-        k: the fusion constant of Eq. 2.
-
-    Returns:
-        A Ranking with each sample's ROUGE-L, CE, fused score and greedy text.
+    `references`: each sample's reference strings (ROUGE-L takes the max over them); None = the decoded response.
     """
     eos_id, pad_id = special_ids(tokenizer)
     _check_unique_indices(encoded)
@@ -420,22 +338,11 @@ def score_samples(model: torch.nn.Module, tokenizer, encoded: list[Encoded], *, 
 
 def greedy_outputs_and_ce_naive(model: torch.nn.Module, encoded: list[Encoded], *, eos_id: int, pad_id: int,
                                 max_new_tokens: int) -> tuple[list[list[int]], np.ndarray]:
-    """Per-sample oracle for greedy_outputs_and_ce: unpadded HF generate, then a full forward for the CE.
+    """Per-sample oracle for greedy_outputs_and_ce (same result; no batch_size, no backend): unpadded HF generate,
+    then a full forward for the CE.
 
-    Args and Returns as `greedy_outputs_and_ce` (no batch_size, no backend): one sample at a time.
-
-    Args:
-        model: the student, a causal LM.
-        encoded: the samples (prompt and reference response ids).
-        eos_id, pad_id: special token ids (`special_ids`).
-        max_new_tokens: the greedy decode's length limit.
-
-    Returns:
-        (outputs, ce): per sample its greedy continuation ids (cut at EOS) and its mean reference CE (nats), [n], in
-        input order.
-
-    Raises:
-        ValueError: from `check_encoded`: an empty prompt or response, or a sample too long for the model's positions.
+    Raises ValueError: from `check_encoded`: an empty prompt or response, or a sample too long for the model's
+    positions.
     """
     check_encoded(encoded, max_new_tokens, max_positions(model))
     device = model_device(model)
@@ -455,24 +362,10 @@ def greedy_outputs_and_ce_naive(model: torch.nn.Module, encoded: list[Encoded], 
 
 def score_samples_naive(model: torch.nn.Module, tokenizer, encoded: list[Encoded], *, max_new_tokens: int,
                         references: list[list[str]] | None = None, k: float = RRF_K) -> Ranking:
-    """Slow reference for score_samples: same result, one sample at a time.
+    """Slow reference for score_samples: same arguments (no batch_size) and result, one sample at a time.
 
-    Args and Returns as `score_samples` (no batch_size).
-
-    Args:
-        model: the student, a causal LM.
-        tokenizer: its tokenizer (special ids, decoding).
-        encoded: the samples; their `index` values must be unique and become the Ranking's ids.
-        max_new_tokens: the greedy decode's length limit.
-        references: each sample's reference strings (ROUGE-L takes the max over them); None = the decoded response.
-        k: the fusion constant of Eq. 2.
-
-    Returns:
-        A Ranking with each sample's ROUGE-L, CE, fused score and greedy text.
-
-    Raises:
-        ValueError: repeated sample indices, a number of reference lists other than the number of samples, or a
-            sample `check_encoded` rejects.
+    Raises ValueError: repeated sample indices, a number of reference lists other than the number of samples, or a
+    sample `check_encoded` rejects.
     """
     eos_id, pad_id = special_ids(tokenizer)
     _check_unique_indices(encoded)

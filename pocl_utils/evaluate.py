@@ -24,17 +24,10 @@ def _rouge_scorer():
 
 
 def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
-    """ROUGE-L F-measure x 100 of `prediction`, the max over `references` (a string or a list of them).
+    """ROUGE-L F-measure x 100 of `prediction`, the max over `references` (a string or a non-empty list of them).
 
-    LCS-based F1 on rouge-score's tokens: lower-cased, Porter-stemmed, non-ASCII-alphanumerics dropped
-    (the rouge-score default that MiniLLM/POCL use, so text in other scripts scores 0).
-
-    Args:
-        prediction: the generated text.
-        references: one reference or a non-empty list of them.
-
-    Returns:
-        The best F-measure over the references, in [0, 100].
+    LCS-based F1 on rouge-score's tokens: lower-cased, Porter-stemmed, non-ASCII-alphanumerics dropped (the rouge-score
+    default that MiniLLM/POCL use, so text in other scripts scores 0).
     """
     refs = [references] if isinstance(references, str) else list(references)
     if not refs:
@@ -48,15 +41,7 @@ def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
 
 
 def rouge_l_batch(predictions: Sequence[str], references_list: Sequence[str | Sequence[str]]) -> list[float]:
-    """rouge_l for each (prediction, references) pair.
-
-    Args:
-        predictions: N generated texts.
-        references_list: N entries, each a reference or a list of them.
-
-    Returns:
-        N ROUGE-L scores in [0, 100].
-    """
+    """rouge_l of each (prediction, references) pair, in [0, 100]."""
     if len(predictions) != len(references_list):
         raise ValueError(f"{len(predictions)} predictions but {len(references_list)} reference entries")
     return [rouge_l(p, r) for p, r in zip(predictions, references_list)]
@@ -68,16 +53,7 @@ MINILLM_SAMPLING = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, no_
 
 
 def subset(n: int, max_examples: int, seed: int = 0) -> list[int]:
-    """A seeded subset of positions (all of them when max_examples is 0 or >= n), in their original order.
-
-    Args:
-        n: the number of positions.
-        max_examples: the subset's size; 0 = all.
-        seed: the draw's seed.
-
-    Returns:
-        Sorted positions in [0, n).
-    """
+    """Sorted positions in [0, n) of a seeded subset (all of them when max_examples is 0 or >= n)."""
     if not max_examples or max_examples >= n:
         return list(range(n))
     return sorted(np.random.default_rng(seed).choice(n, size=max_examples, replace=False).tolist())
@@ -85,20 +61,8 @@ def subset(n: int, max_examples: int, seed: int = 0) -> list[int]:
 
 def responses(model, tokenizer, encoded: list, *, max_new_tokens: int, seed: int | None = None,
               batch_size: int = 64, sampling: dict | None = None) -> list[str]:
-    """Decoded responses of `model` to each example's prompt: greedy, or sampled with `sampling` and `seed`.
-
-    Args:
-        model: a causal LM.
-        tokenizer: its tokenizer (EOS and pad ids, decoding).
-        encoded: examples with `prompt_ids` and `index` (`data.Encoded`); the index keys each row's sampling noise.
-        max_new_tokens: the response length limit.
-        seed: the sampling seed (used with `sampling`).
-        batch_size: prompts per generation batch.
-        sampling: generation options (e.g. MINILLM_SAMPLING); None = greedy.
-
-    Returns:
-        One decoded response per example, cut at EOS.
-    """
+    """One decoded response per example (`data.Encoded`; its `index` keys the row's sampling noise), cut at EOS:
+    greedy, or sampled with `sampling` (e.g. MINILLM_SAMPLING) and `seed`."""
     from .modeling.generate import decode, generate
     outs = generate(model, [e.prompt_ids for e in encoded], eos_id=tokenizer.eos_token_id,
                     pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, seed=seed,
@@ -108,18 +72,12 @@ def responses(model, tokenizer, encoded: list, *, max_new_tokens: int, seed: int
 
 def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *, seeds: tuple[int, ...],
                  max_new_tokens: int, batch_size: int = 64) -> dict:
-    """Mean ROUGE-L of sampled responses for each seed, and their mean and std over seeds (paper: 5 seeds, A.2.3).
+    """Mean ROUGE-L of responses sampled with MINILLM_SAMPLING (temperature 1) for each seed, and their mean and std
+    over seeds (paper: 5 seeds, A.2.3); other arguments as in `responses`.
 
-    Args:
-        model, tokenizer, encoded: as in `responses`.
-        references: each example's reference strings.
-        seeds: the sampling seeds; responses are sampled with MINILLM_SAMPLING (temperature 1).
-        max_new_tokens, batch_size: as in `responses`.
-
-    Returns:
-        {"per_seed": {seed: mean ROUGE-L}, "mean": ..., "std": sample std over seeds (0 for one seed), "n": examples,
-        "per_row": each example's ROUGE-L, mean over the seeds (the per-row analysis reads it), "index": each
-        example's `index` (its position in its set), in per_row's order}.
+    Returns {"per_seed": {seed: mean ROUGE-L}, "mean", "std": sample std over seeds (0 for one seed), "n": examples,
+    "per_row": each example's ROUGE-L, mean over the seeds, "index": each example's `index` (its position in its set),
+    in per_row's order}.
     """
     per_seed, per_row = {}, []
     for seed in seeds:
@@ -137,14 +95,9 @@ def evaluate_set(model, tokenizer, encoded: list, references: list[list[str]], *
 
 def greedy_rouge_rows(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
                       batch_size: int = 64) -> dict:
-    """ROUGE-L of each example's greedy response: the greedy protocol's record for a set.
-
-    Args:
-        model, tokenizer, encoded, references, max_new_tokens, batch_size: as in `evaluate_set`.
-
-    Returns:
-        {"mean": mean ROUGE-L in [0, 100], "n": examples, "per_row": each example's ROUGE-L, in order, "index": each
-        example's `index` (its position in its set), in per_row's order}.
+    """ROUGE-L of each example's greedy response, the greedy protocol's record for a set (arguments as in
+    `evaluate_set`): {"mean" in [0, 100], "n", "per_row": each example's ROUGE-L, "index": each example's `index` (its
+    position in its set), in per_row's order}.
     """
     texts = responses(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [float(x) for x in rouge_l_batch(texts, references)]
@@ -153,13 +106,7 @@ def greedy_rouge_rows(model, tokenizer, encoded: list, references: list[list[str
 
 def greedy_rouge(model, tokenizer, encoded: list, references: list[list[str]], *, max_new_tokens: int,
                  batch_size: int = 64) -> float:
-    """Mean ROUGE-L of greedy responses: the validation score used for checkpoint selection (A.2.2).
-
-    Args:
-        model, tokenizer, encoded, references, max_new_tokens, batch_size: as in `evaluate_set`.
-
-    Returns:
-        The mean ROUGE-L in [0, 100] (`greedy_rouge_rows`' "mean").
-    """
+    """Mean ROUGE-L in [0, 100] of greedy responses (`greedy_rouge_rows`' "mean"): the validation score used for
+    checkpoint selection (A.2.2)."""
     return greedy_rouge_rows(model, tokenizer, encoded, references, max_new_tokens=max_new_tokens,
                              batch_size=batch_size)["mean"]

@@ -1,31 +1,21 @@
 """Token-level distillation losses (POCL paper Eq. 1 and 7-9, baselines of Appendix A.2.4).
 
-Every divergence compares the temperature-softened teacher distribution p_tau = softmax(teacher_logits / tau)
-with the student's q_tau = softmax(student_logits / tau) (Eq. 8-9), is scaled by tau**2 (Eq. 7) and averaged over
-the selected tokens: sum / clamp_min(count, 1), so a fully masked batch gives a finite 0.
+Every divergence compares p_tau = softmax(teacher_logits / tau) with q_tau = softmax(student_logits / tau)
+(Eq. 8-9), is scaled by tau**2 (Eq. 7) and averaged over the selected tokens: sum / clamp_min(count, 1).
 
-Deviations from the printed paper (all typos or conventions, commented where they happen):
+Deviations from the printed paper (typos or conventions):
 - Eq. 7 prints L_kd = -tau^2 * sum_i D(...); a divergence is minimised, so the sign here is +.
-- Eq. 7 sums over tokens; we average over selected tokens (as MiniLLM/DistiLLM code does) so the loss scale
-  does not depend on response length or batch size.
-- Eq. 12 (RKL) and the student term of Eq. 13 (JSD) print an expectation under p; the definitions (and GKD)
-  take it under q, which is what is implemented.
+- Eq. 7 sums over tokens; we average over selected tokens (as MiniLLM/DistiLLM code does).
+- Eq. 12 (RKL) and the student term of Eq. 13 (JSD) print an expectation under p; it is taken under q.
 
-The paper's loss alpha * CE + (1 - alpha) * tau^2 * D is combined in one place, `kd_loss`. The same D, three ways:
-- `divergence_naive`: plain autograd over full log-softmax tensors; the test oracle.
-- `divergence`: row chunks inside a custom autograd Function; the gradient w.r.t. the student logits is worked
-  out by hand during the forward pass and stored, so no autograd graph over [N, V] temporaries is ever kept.
-  The CPU training step (`training.step`) uses it.
-- `training.objective.linear_objective`: the GPU training step's, with the LM head and CE folded in (as
-  Liger-Kernel's fused linear JSD does): the student logits exist one row chunk at a time, and each chunk's
-  autograd over `token_divergence` goes straight into grad_hidden / grad_weight.
+alpha * CE + (1 - alpha) * tau^2 * D is combined in one place, `kd_loss`. The same D, three ways:
+`divergence_naive` (plain autograd; the test oracle), `divergence` (row chunks in a custom autograd Function with
+a hand-derived gradient, no graph over [N, V] temporaries; the CPU step) and `training.objective.linear_objective`
+(the GPU step's, LM head and CE folded in, as Liger-Kernel's fused linear JSD). A new divergence is one
+`Divergence` entry in `DIVERGENCES` (formula, value, gradient); `config.METHODS` and the lab derive from it.
 
-Adding a divergence takes one `Divergence` entry in `DIVERGENCES`: its formula, its value and its gradient side
-by side. The paper's method names (`config.METHODS`) and the lab's formulas derive from that table.
-
-Numerics: log-softmax runs in fp32 (fp64 stays fp64) whatever the input dtype; mixtures are built in log space
-(logaddexp, log(beta), log1p(-beta)); log-probabilities are floored at LOG_FLOOR so that entries that are -inf in
-both distributions (masked vocabulary) give 0 * finite = 0 instead of NaN, in values and gradients alike.
+Numerics: log-softmax in fp32 (fp64 stays fp64); mixtures in log space; log-probabilities floored at LOG_FLOOR so
+entries -inf in both distributions give 0 instead of NaN, in values and gradients.
 """
 from __future__ import annotations
 
@@ -117,12 +107,9 @@ def _selected_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / tau) in fp32 (fp64 stays fp64), floored at LOG_FLOOR so -inf entries stay finite.
 
-    Args:
-        logits: [..., V], any floating dtype.
-        temperature: tau > 0.
-
-    Returns:
-        Floored log-probabilities, [..., V].
+    `logits`: [..., V], any floating dtype.
+    `temperature`: tau > 0.
+    Returns floored log-probabilities, [..., V].
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
@@ -143,15 +130,13 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 class Divergence:
     """One divergence D(p || q): its formula, its paper method, and its value and gradient side by side.
 
-    Args:
-        name: the `kind` string callers pass (e.g. "fkl").
-        method: the method of the paper's tables that trains with it (e.g. "KLD").
-        formula: D(p || q) in words for people (p = teacher, q = student).
-        value: per-token value for autograd, (logq [n, V], logp [n, V], beta) -> [n].
-        value_and_grad: (logq, logp, beta) -> (value [n], dD/ds [n, V]) without autograd.
-        default_beta: the mixing weight used when the caller passes none; None for kinds without beta.
-        limits: beta -> the name of the divergence used at that beta, or None where this one is identically 0.
-            GKD's JSD takes KL(p || q) at beta = 0 and KL(q || p) at beta = 1, where its literal formula is 0.
+    `name`: the `kind` string callers pass (e.g. "fkl").
+    `formula`: D(p || q) in words for people (p = teacher, q = student).
+    `value`: per-token value for autograd, (logq [n, V], logp [n, V], beta) -> [n].
+    `value_and_grad`: (logq, logp, beta) -> (value [n], dD/ds [n, V]) without autograd.
+    `default_beta`: the mixing weight used when the caller passes none; None for kinds without beta.
+    `limits`: beta -> the name of the divergence used at that beta, or None where this one is identically 0. GKD's JSD
+    takes KL(p || q) at beta = 0 and KL(q || p) at beta = 1, where its literal formula is 0.
     """
 
     name: str
@@ -289,17 +274,11 @@ def token_divergence(
 ) -> torch.Tensor:
     """Per-token D(p || q), no tau**2, no mask, no reduction (the formulas are in `DIVERGENCES`).
 
-    Args:
-        student_logprobs: log q [N, V], from `log_probs` (floored, so entries -inf in both give 0).
-        teacher_logprobs: log p [N, V]; detached here.
-        kind: one of KINDS.
-        beta: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
-
-    Returns:
-        D(p || q) per row, [N].
-
-    Raises:
-        ValueError: an unknown kind, or beta outside [0, 1].
+    `student_logprobs`: log q [N, V], from `log_probs` (floored, so entries -inf in both give 0).
+    `teacher_logprobs`: log p [N, V]; detached here.
+    `beta`: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
+    Returns D(p || q) per row, [N].
+    Raises ValueError: an unknown kind, or beta outside [0, 1].
     """
     beta = _check_kind_beta(kind, beta)
     entry = _at_beta(kind, beta)
@@ -323,19 +302,13 @@ def divergence_naive(
 ) -> torch.Tensor:
     """Same value as `divergence`, by plain autograd over full [N, V] tensors (memory hungry; the test oracle).
 
-    Args:
-        student_logits: [B, T, V] (any [..., V]).
-        teacher_logits: same shape as student_logits.
-        kind: one of KINDS.
-        temperature: tau > 0, applied to both distributions.
-        mask: [B, T] bool or 0/1; None = every token counts.
-        beta: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
-
-    Returns:
-        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
-
-    Raises:
-        ValueError: as `divergence`, naming the bad argument.
+    `student_logits`: [B, T, V] (any [..., V]).
+    `teacher_logits`: same shape as student_logits.
+    `temperature`: tau > 0, applied to both distributions.
+    `mask`: [B, T] bool or 0/1; None = every token counts.
+    `beta`: mixing weight in [0, 1] for jsd/skl/srkl; None = the kind's default.
+    Returns the loss, a 0-d fp32 tensor (fp64 for fp64 input).
+    Raises ValueError: as `divergence`, naming the bad argument.
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -432,27 +405,16 @@ def divergence(
 
         L = tau**2 * sum_t mask_t D(p_tau,t || q_tau,t) / max(sum_t mask_t, 1)  (a mean, not the paper's sum)
 
-    Computed in row chunks; only selected rows are computed. The gradient w.r.t. the student logits (the teacher is
-    detached) is each divergence's hand-written one (`DIVERGENCES`), computed chunk by chunk during forward and
-    saved, so the extra memory is the student-sized gradient plus a few chunk-sized temporaries. A retained graph
-    can be backpropagated again only when the loss's incoming gradient is 1 (else PyTorch raises an in-place error).
+    Computed in row chunks of the selected rows; the student gradient (teacher detached) is each divergence's
+    hand-written one, saved during forward, so the extra memory is the student-sized gradient plus chunk temporaries.
+    A retained graph can be backpropagated again only with an incoming gradient of 1.
 
-    Args:
-        student_logits: [B, T, V] (any [..., V]).
-        teacher_logits: same shape as student_logits.
-        kind: one of KINDS.
-        temperature: tau > 0, applied to both distributions.
-        mask: [B, T] bool or 0/1; None = every token counts.
-        beta: mixing weight in [0, 1] for jsd/skl/srkl (default 0.5 for jsd, 0.1 for skl/srkl); others ignore it.
-        chunk_size: rows per chunk; None = about CHUNK_ELEMENTS[device type] / V.
-
-    Returns:
-        The loss, a 0-d fp32 tensor (fp64 for fp64 input).
-
-    Raises:
-        ValueError: naming the bad argument: an unknown kind, beta outside [0, 1], a temperature that is not a finite
-            number > 0, logits of different shapes or not floating point, a mask of the wrong shape or not 0/1, or a
-            chunk_size that is not a positive int.
+    `student_logits`, `teacher_logits`: [..., V], same shape. `mask`: [...] bool or 0/1; None = every token counts.
+    `beta`: mixing weight in [0, 1] for jsd/skl/srkl (default 0.5 for jsd, 0.1 for skl/srkl); others ignore it.
+    `chunk_size`: rows per chunk; None = about CHUNK_ELEMENTS[device type] / V.
+    Returns the loss, a 0-d fp32 tensor (fp64 for fp64 input).
+    Raises ValueError: an unknown kind, beta outside [0, 1], a temperature that is not a finite number > 0, logits of
+    different shapes or not floating point, a mask of the wrong shape or not 0/1, a chunk_size not a positive int.
     """
     beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)

@@ -9,28 +9,13 @@ from scipy import stats
 
 
 def t_quantile(df: int, q: float = 0.975) -> float:
-    """Student-t quantile.
-
-    Args:
-        df: degrees of freedom.
-        q: the probability, in (0, 1).
-
-    Returns:
-        t with P(T <= t) = q for T ~ Student-t(df).
-    """
+    """Student-t quantile: t with P(T <= t) = q for T ~ Student-t(df), q in (0, 1)."""
     return float(stats.t.ppf(q, df))
 
 
 def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, int]:
-    """Mean and the half-width of its t confidence interval: t_{(1+level)/2, n-1} * sd / sqrt(n).
-
-    Args:
-        values: n samples (e.g. one score per training seed).
-        level: the confidence level.
-
-    Returns:
-        (mean, half-width, n); the half-width is NaN for a single value.
-    """
+    """(mean, half-width t_{(1+level)/2, n-1} * sd / sqrt(n) of its t confidence interval, n) of n samples (e.g. one
+    score per training seed); the half-width is NaN for a single value."""
     x = np.asarray(values, dtype=float)
     m = float(x.mean())
     if len(x) < 2:
@@ -40,16 +25,8 @@ def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[floa
 
 
 def paired_diff(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> tuple[float, float, int]:
-    """Mean and CI half-width of b - a over the seeds both have (paired by training seed).
-
-    Args:
-        a: seed -> score of the base.
-        b: seed -> score of the other.
-        level: the confidence level.
-
-    Returns:
-        (mean of b[s] - a[s], its t CI half-width, number of shared seeds); (NaN, NaN, 0) when none is shared.
-    """
+    """(mean of b[s] - a[s], its t CI half-width, number of shared seeds) over the seeds both have (seed -> score);
+    (NaN, NaN, 0) when none is shared."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return math.nan, math.nan, 0
@@ -59,18 +36,9 @@ def paired_diff(a: dict[int, float], b: dict[int, float], level: float = 0.95) -
 
 
 def p_value(diff: float, half: float, n: int, level: float = 0.95) -> float:
-    """Two-sided p-value of the paired t-test whose mean difference is `diff` and CI half-width `half` (n pairs).
-
-    The CI is diff +- t_q * sd / sqrt(n), so t = diff / (half / t_q) with n - 1 degrees of freedom.
-
-    Args:
-        diff: the mean paired difference.
-        half: its CI half-width at `level`.
-        n: the number of pairs.
-        level: the confidence level `half` was computed at.
-
-    Returns:
-        The p-value; NaN for n < 2 or NaN input, and 0 (or 1 for diff = 0) when half = 0.
+    """Two-sided p-value of the paired t-test whose mean difference is `diff` and CI half-width at `level` is `half`
+    (n pairs): t = diff / (half / t_q), n - 1 degrees of freedom. NaN for n < 2 or NaN input; 0 (1 for diff = 0) when
+    half = 0.
     """
     if n < 2 or np.isnan(diff) or np.isnan(half):
         return np.nan
@@ -81,15 +49,8 @@ def p_value(diff: float, half: float, n: int, level: float = 0.95) -> float:
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and is not counted.
-
-    Sorted ascending, p_(i) is multiplied by (m - i + 1) for i = 1..m, made monotone, capped at 1.
-
-    Args:
-        p_values: the family's raw p-values (NaN allowed).
-
-    Returns:
-        The adjusted p-values, in the input's order.
+    """Holm's step-down adjusted p-values, in the input's order (family-wise error control): sorted ascending, p_(i)
+    is multiplied by (m - i + 1) for i = 1..m, made monotone, capped at 1. NaN stays NaN and is not counted.
     """
     p = np.asarray(p_values, dtype=float)
     out = np.full_like(p, np.nan)

@@ -26,13 +26,9 @@ def save_figure(fig, name: str, folder: Path | None = None) -> Path:
 
     Both at dpi 150 with a tight bounding box; the PDF has no creation date, so a re-run regenerates it exactly.
 
-    Args:
-        fig: the matplotlib Figure.
-        name: the files' stem: `<name>.png` and `<name>.pdf`.
-        folder: where to write them (created if missing); None = FIGURES (the repository's `figures/`).
-
-    Returns:
-        The path of the PNG file.
+    `name`: the files' stem: `<name>.png` and `<name>.pdf`.
+    `folder`: where to write them (created if missing); None = FIGURES (the repository's `figures/`).
+    Returns the path of the PNG file.
     """
     folder = Path(folder or FIGURES)
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,12 +48,7 @@ def _pyplot():
 def curriculum_figure(stages: list, title: str = "POCL curriculum") -> Any:
     """Baby Step plan: per stage the samples stacked by subset d_j (steps on top), tau_i (Eq. 3) and alpha_i (Eq. 4).
 
-    Args:
-        stages: curriculum.Stage objects or a record's stage dicts (as `frames.stage_frame` takes).
-        title: the figure's title.
-
-    Returns:
-        The matplotlib Figure.
+    `stages`: curriculum.Stage objects or a record's stage dicts (as `frames.stage_frame` takes).
     """
     import seaborn as sns
     plt = _pyplot()
@@ -90,11 +81,7 @@ def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
     """Each measurer's rank (1 = easiest) against the world's true difficulty, one box per difficulty level, with
     Spearman's rho (rank_agreement) in each panel.
 
-    Args:
-        frame: a `frames.ranking_frame` of a world (its true_difficulty must be defined: not for real data).
-
-    Returns:
-        The matplotlib Figure.
+    `frame`: a `frames.ranking_frame` of a world (its true_difficulty must be defined: not for real data).
     """
     import seaborn as sns
     plt = _pyplot()
@@ -113,11 +100,7 @@ def ranking_vs_truth_figure(frame: pd.DataFrame) -> Any:
 def subset_difficulty_figure(frame: pd.DataFrame) -> Any:
     """The true-difficulty mix of each POCL subset d_1..d_n (fused ranking): share of each level per subset.
 
-    Args:
-        frame: a `frames.ranking_frame` of a world (its true_difficulty must be defined: not for real data).
-
-    Returns:
-        The matplotlib Figure.
+    `frame`: a `frames.ranking_frame` of a world (its true_difficulty must be defined: not for real data).
     """
     import seaborn as sns
     plt = _pyplot()
@@ -157,13 +140,8 @@ def _mark_stages(ax, bounds: dict[str, list[int]], offset: float = 0.0) -> None:
 def loss_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[tuple[str, str]], seed: int = 0) -> Any:
     """Training loss (left) and its cross-entropy part (right) over optimizer steps; dotted lines end POCL stages.
 
-    Args:
-        records: (spec, record) pairs (`runner.records_for`).
-        runs: the (method, variant) pairs to draw; those without a record are left out.
-        seed: the training seed of the runs drawn.
-
-    Returns:
-        The matplotlib Figure.
+    `records`: (spec, record) pairs (`runner.records_for`).
+    `runs`: the (method, variant) pairs to draw; those without a record are left out.
     """
     import seaborn as sns
     plt = _pyplot()
@@ -182,13 +160,8 @@ def validation_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[
     """Validation greedy ROUGE-L (the paper's Fig. 3), or the validation loss when checkpoints are selected on it
     (Profile.select_metric), over optimizer steps, KD vs KD+POCL.
 
-    Args:
-        records: (spec, record) pairs (`runner.records_for`).
-        runs: the (method, variant) pairs to draw; those without a record are left out.
-        seed: the training seed of the runs drawn.
-
-    Returns:
-        The matplotlib Figure.
+    `records`: (spec, record) pairs (`runner.records_for`).
+    `runs`: the (method, variant) pairs to draw; those without a record are left out.
     """
     import seaborn as sns
     plt = _pyplot()
@@ -207,11 +180,7 @@ def validation_figure(records: list[tuple[RunSpec, dict[str, Any]]], runs: list[
 def training_log_figure(logs: dict[str, list[dict]]) -> Any:
     """One panel per step log (e.g. teacher SFT, student pre-training): loss over steps.
 
-    Args:
-        logs: panel title -> its step log, rows with "step" and "loss" (cross-entropy, nats/token).
-
-    Returns:
-        The matplotlib Figure.
+    `logs`: panel title -> its step log, rows with "step" and "loss" (cross-entropy, nats/token).
     """
     import seaborn as sns
     plt = _pyplot()
@@ -226,12 +195,9 @@ def training_log_figure(logs: dict[str, list[dict]]) -> Any:
 def error_bar_note(n_seeds: pd.Series) -> str:
     """What the error bars are, for the figure itself: 'error bars: 95% CI over n = 5 training seeds'.
 
-    Args:
-        n_seeds: the seed count of each bar (a `tables.summary` frame's n_seeds); NaN entries are ignored.
-
-    Returns:
-        The note, with the range of n when the bars differ and " (none where n = 1)" when some bar has one seed;
-        "no runs" when no count is given.
+    `n_seeds`: the seed count of each bar (a `tables.summary` frame's n_seeds); NaN entries are ignored.
+    Returns the note, with the range of n when the bars differ and " (none where n = 1)" when some bar has one seed; "no
+    runs" when no count is given.
     """
     n = sorted({int(v) for v in n_seeds.dropna()})
     if not n:
@@ -244,13 +210,9 @@ def error_bar_note(n_seeds: pd.Series) -> str:
 def grouped_bars(summary_df: pd.DataFrame, dataset: str = "Avg", title: str = "") -> Any:
     """Mean ROUGE-L per method (groups) and variant (bars) with 95% CI error bars over training seeds.
 
-    Args:
-        summary_df: a `tables.summary` frame.
-        dataset: the eval set drawn, or "Avg".
-        title: the figure's title; "" = "ROUGE-L on <dataset>". The error bars' note (`error_bar_note`) goes below it.
-
-    Returns:
-        The matplotlib Figure.
+    `summary_df`: a `tables.summary` frame.
+    `dataset`: the eval set drawn, or "Avg".
+    `title`: the figure's title; "" = "ROUGE-L on <dataset>". The error bars' note (`error_bar_note`) goes below it.
     """
     import seaborn as sns
     plt = _pyplot()
@@ -273,11 +235,7 @@ def grouped_bars(summary_df: pd.DataFrame, dataset: str = "Avg", title: str = ""
 def family_level_figure(examples: pd.DataFrame) -> Any:
     """How many rows of each task family (left) and level (right) each role holds.
 
-    Args:
-        examples: one row per example with columns role, family and level (`notebook.examples_frame`).
-
-    Returns:
-        The matplotlib Figure.
+    `examples`: one row per example with columns role, family and level (`notebook.examples_frame`).
     """
     import seaborn as sns
     plt = _pyplot()
@@ -293,12 +251,8 @@ def family_level_figure(examples: pd.DataFrame) -> Any:
 def token_length_figure(examples: pd.DataFrame) -> Any:
     """Distribution of prompt and response lengths (tokens of the profile's tokenizer) per role.
 
-    Args:
-        examples: one row per example with columns role, prompt_tokens and response_tokens (`notebook.examples_frame`);
-            rows with NaN lengths (dropped as too long) are left out.
-
-    Returns:
-        The matplotlib Figure.
+    `examples`: one row per example with columns role, prompt_tokens and response_tokens (`notebook.examples_frame`);
+    rows with NaN lengths (dropped as too long) are left out.
     """
     import seaborn as sns
     plt = _pyplot()
@@ -314,12 +268,8 @@ def token_length_figure(examples: pd.DataFrame) -> Any:
 def prompt_length_figure(lengths: pd.DataFrame, limit: int = 256) -> Any:
     """Histogram of GPT-2 prompt lengths per real set, with MiniLLM's cut-off (prompts over `limit` are dropped).
 
-    Args:
-        lengths: one row per prompt with columns role and gpt2_prompt_tokens.
-        limit: the cut-off in GPT-2 tokens, drawn as a dashed line.
-
-    Returns:
-        The matplotlib Figure.
+    `lengths`: one row per prompt with columns role and gpt2_prompt_tokens.
+    `limit`: the cut-off in GPT-2 tokens, drawn as a dashed line.
     """
     import seaborn as sns
     roles = list(lengths["role"].drop_duplicates())
@@ -335,12 +285,7 @@ def prompt_length_figure(lengths: pd.DataFrame, limit: int = 256) -> Any:
 def loss_curves_figure(logs: dict[str, list[dict]], title: str) -> Any:
     """Loss per optimizer step of several short runs on one axis (e.g. teacher SFT and a short KD run).
 
-    Args:
-        logs: curve label -> its step log, rows with "loss" (one per optimizer step, in order).
-        title: the figure's title.
-
-    Returns:
-        The matplotlib Figure.
+    `logs`: curve label -> its step log, rows with "loss" (one per optimizer step, in order).
     """
     import seaborn as sns
     plt = _pyplot()
@@ -360,16 +305,11 @@ def main_figure(avg: pd.DataFrame, title: str = "") -> Any:
     protocol (a row of panels per training protocol when `avg` has several), and +POCL − baseline (paired by seed)
     written above each pair.
 
-    Args:
-        avg: a `reference.avg_table` frame (columns protocol, method, n_seeds, baseline, baseline_ci, pocl, pocl_ci,
-            diff, diff_ci, verdict); methods without +POCL (SFT, SeqKD) get one bar.
-        title: the figure's title; "" = "Avg ROUGE-L over the five eval sets: baseline vs +POCL".
-
-    Returns:
-        The matplotlib Figure.
-
-    Raises:
-        ValueError: `avg` has no rows.
+    `avg`: a `reference.avg_table` frame (columns protocol, method, n_seeds, baseline, baseline_ci, pocl, pocl_ci, diff,
+    diff_ci, verdict); methods without +POCL (SFT, SeqKD) get one bar.
+    `title`: the figure's title; "" = "Avg ROUGE-L over the five eval sets: baseline vs +POCL".
+    Returns the matplotlib Figure.
+    Raises ValueError: `avg` has no rows.
     """
     import seaborn as sns
     if avg.empty:
@@ -419,15 +359,11 @@ def per_row_gap_figure(by_difficulty: pd.DataFrame, by_late: pd.DataFrame, proto
     """POCL - baseline on the eval rows, by true difficulty (left) and by whether a row needs a word training shows
     only at its top level (right); one bar colour per comparison, 95% CI error bars over the training seeds.
 
-    Args:
-        by_difficulty: `frames.per_row_gap(..., by="difficulty")` rows of each comparison, with a column
-            "comparison" (e.g. "KLD").
-        by_late: the same with by="late_words".
-        protocol: the evaluation protocol the scores come from ("greedy" or "sampled"), for the axis label.
-        title: the figure's title; "" = "+POCL − baseline per eval row".
-
-    Returns:
-        The matplotlib Figure.
+    `by_difficulty`: `frames.per_row_gap(..., by="difficulty")` rows of each comparison, with a column "comparison"
+    (e.g. "KLD").
+    `by_late`: the same with by="late_words".
+    `protocol`: the evaluation protocol the scores come from ("greedy" or "sampled"), for the axis label.
+    `title`: the figure's title; "" = "+POCL − baseline per eval row".
     """
     import seaborn as sns
     plt = _pyplot()

@@ -24,13 +24,10 @@ from .tables import PROTOCOLS
 def set_table(examples: pd.DataFrame) -> pd.DataFrame:
     """Per role: rows, rows kept after the length filter, families, levels, mean difficulty, token lengths.
 
-    Args:
-        examples: one row per example with columns role, kept, family, level, difficulty, prompt_tokens and
-            response_tokens (`notebook.examples_frame`).
-
-    Returns:
-        A frame indexed by role with columns rows, kept, families, levels ("min-max", or "-" without levels),
-        difficulty_mean, prompt_tokens_mean, prompt_tokens_max, response_tokens_mean, response_tokens_max.
+    `examples`: one row per example with columns role, kept, family, level, difficulty, prompt_tokens and
+    response_tokens (`notebook.examples_frame`).
+    Returns a frame indexed by role with columns rows, kept, families, levels ("min-max", or "-" without levels),
+    difficulty_mean, prompt_tokens_mean, prompt_tokens_max, response_tokens_mean, response_tokens_max.
     """
     g = examples.groupby("role", sort=False)
     return pd.DataFrame({
@@ -45,14 +42,11 @@ def ranking_frame(ranking, rows: list[dict], n_subsets: int) -> pd.DataFrame:
     """One row per ranked training sample: its scores, its rank under each measurer (1 = easiest), its POCL subset
     (1..n by the fused ranking), the world's true difficulty (NaN for real data) and its text.
 
-    Args:
-        ranking: the difficulty ranking (`difficulty.Ranking`); `ranking.ids` are positions in `rows`.
-        rows: the training rows (= ws.sets["train"]), so the row fields join by id.
-        n_subsets: n, the number of POCL subsets (`curriculum.partition` of the fusion order).
-
-    Returns:
-        A frame with columns id, rouge_l (x 100), ce, fused, greedy (the greedy output, "" without texts), rank_rouge_l,
-        rank_ce, rank_fusion, subset, family, level, instruction, input, output and true_difficulty.
+    `ranking`: the difficulty ranking (`difficulty.Ranking`); `ranking.ids` are positions in `rows`.
+    `rows`: the training rows (= ws.sets["train"]), so the row fields join by id.
+    `n_subsets`: n, the number of POCL subsets (`curriculum.partition` of the fusion order).
+    Returns a frame with columns id, rouge_l (x 100), ce, fused, greedy (the greedy output, "" without texts),
+    rank_rouge_l, rank_ce, rank_fusion, subset, family, level, instruction, input, output and true_difficulty.
     """
     ids = np.asarray(ranking.ids)
     frame = pd.DataFrame({"id": ids, "rouge_l": ranking.rouge_l, "ce": ranking.ce, "fused": ranking.fused,
@@ -69,17 +63,9 @@ def ranking_frame(ranking, rows: list[dict], n_subsets: int) -> pd.DataFrame:
 
 
 def ranking_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The committed `ranking_rows.csv`: one row per training example with its family, true difficulty, the student's
-    greedy ROUGE-L and CE, and its rank under each measurer.
-
-    Ranks are 1 = easiest; tied scores share their mean rank, so Spearman(rank_fusion, true_difficulty) is exactly
-    premise P2's.
-
-    Args:
-        frame: a `ranking_frame`.
-
-    Returns:
-        A frame with columns index, family, true_difficulty, rouge_l, ce, rank_rouge_l, rank_ce, rank_fusion.
+    """The committed `ranking_rows.csv` from a `ranking_frame`: columns index, family, true_difficulty, rouge_l, ce,
+    rank_rouge_l, rank_ce, rank_fusion. Ranks are 1 = easiest; tied scores share their mean rank, so
+    Spearman(rank_fusion, true_difficulty) is exactly premise P2's.
     """
     from scipy.stats import rankdata
     return pd.DataFrame({"index": frame["id"], "family": frame["family"], "true_difficulty": frame["true_difficulty"],
@@ -95,12 +81,9 @@ def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
     Computed on the scores oriented harder = larger (-ROUGE-L, CE, -FR), so tied scores share their mean rank; the
     rank_* columns break ties by index (the order the curriculum uses) and would add index noise to rho.
 
-    Args:
-        frame: a `ranking_frame`.
-
-    Returns:
-        One row per measurer (ranking = "rouge_l", "ce", "fusion") with columns ranking, spearman_rho, p_value and n;
-        rho and p are NaN when undefined (a NaN true difficulty, as for real data, or a constant score or truth).
+    `frame`: a `ranking_frame`.
+    Returns one row per measurer (ranking = "rouge_l", "ce", "fusion") with columns ranking, spearman_rho, p_value and
+    n; rho and p are NaN when undefined (a NaN true difficulty, as for real data, or a constant score or truth).
     """
     from scipy.stats import spearmanr
     out = []
@@ -117,14 +100,10 @@ def rank_agreement(frame: pd.DataFrame) -> pd.DataFrame:
 def extremes(frame: pd.DataFrame, n: int, method: str = "fusion") -> pd.DataFrame:
     """The n easiest and n hardest samples by one measurer, with the student's greedy output beside the reference.
 
-    Args:
-        frame: a `ranking_frame`.
-        n: the number of samples at each end.
-        method: the measurer: "fusion", "rouge_l" or "ce".
-
-    Returns:
-        The n easiest then the n hardest rows, with columns which ("easiest" / "hardest"), rank_<method>,
-        true_difficulty, family, instruction, input, output, greedy, rouge_l and ce.
+    `frame`: a `ranking_frame`.
+    `method`: the measurer: "fusion", "rouge_l" or "ce".
+    Returns the n easiest then the n hardest rows, with columns which ("easiest" / "hardest"), rank_<method>,
+    true_difficulty, family, instruction, input, output, greedy, rouge_l and ce.
     """
     cols = ["which", f"rank_{method}", "true_difficulty", "family", "instruction", "input", "output", "greedy",
             "rouge_l", "ce"]
@@ -134,14 +113,7 @@ def extremes(frame: pd.DataFrame, n: int, method: str = "fusion") -> pd.DataFram
 
 def stage_frame(stages: list) -> pd.DataFrame:
     """curriculum.Stage objects, or a record's metrics.train.stages dicts, as rows: stage, n_samples, tau, alpha,
-    steps.
-
-    Args:
-        stages: curriculum.Stage objects, or dicts with the keys stage, n_samples, tau, alpha and steps.
-
-    Returns:
-        One row per stage with columns stage, n_samples, tau, alpha, steps.
-    """
+    steps."""
     rows = []
     for s in stages:
         if isinstance(s, dict):
@@ -153,17 +125,8 @@ def stage_frame(stages: list) -> pd.DataFrame:
 
 
 def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, variant: str, seed: int = 0) -> dict | None:
-    """The record of one (method, variant, seed) among runner.records_for pairs, or None.
-
-    Args:
-        records: (spec, record) pairs (`runner.records_for`).
-        method: the run's method.
-        variant: the row label as `tidy` gives it (spec.variant, else "+POCL" or "baseline").
-        seed: the training seed.
-
-    Returns:
-        The first matching record, or None when no run matches.
-    """
+    """The first record of one (method, variant, seed) among runner.records_for pairs, or None; `variant` as `tidy`
+    labels it (spec.variant, else "+POCL" or "baseline")."""
     for spec, rec in records:
         label = spec.variant or ("+POCL" if spec.pocl else "baseline")  # as tidy() labels it
         if spec.method == method and label == variant and spec.seed == seed:
@@ -182,15 +145,8 @@ def _row_words(row: Mapping) -> set[str]:
 
 
 def late_words(train_rows: Sequence[Mapping]) -> set[str]:
-    """The words the training rows hold only at their top level (e.g. a v3 world's rarest words, which `level_pools`
-    keeps to the longest lists). Words are those of instruction, input and right answer, so a made-up word counts
-    whichever side of a translation it is on.
-
-    Args:
-        train_rows: the training rows, each with a "level".
-
-    Returns:
-        The words whose every training row has the top training level (empty when no row has a level).
+    """The words whose every training row has the top training level (e.g. the rarest words, which `level_pools`
+    keeps to the longest lists); empty when no row has a level. Words of instruction, input and right answer count.
     """
     levels = [r["level"] for r in train_rows if r.get("level") is not None]
     if not levels:
@@ -204,21 +160,13 @@ def late_words(train_rows: Sequence[Mapping]) -> set[str]:
 
 def per_row_frame(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[str, Sequence[Mapping]],
                   protocol: str = "greedy") -> pd.DataFrame:
-    """One row per (run, eval set, scored eval row): its ROUGE-L, its true difficulty and level, and whether it needs
-    a late word (`late_words` of sets["train"]).
+    """One row per (run, eval set, scored eval row): its ROUGE-L (`protocol` "sampled": mean over the sampling seeds),
+    true difficulty and level, and whether it needs a late word (`late_words` of sets["train"]). Records without
+    per-row scores give no rows.
 
-    Args:
-        records: (spec, record) pairs of finished runs; a record without per-row scores (from before they were
-            kept) gives no rows.
-        sets: role -> rows, with "train" and the eval sets (a workspace's `sets`).
-        protocol: "greedy" or "sampled" (per-row scores are the mean over the sampling seeds).
-
-    Returns:
-        Columns method, variant, seed, dataset, index (the row's position in its set), rouge_l, level, difficulty
-        (NaN where the data has none, e.g. real data) and late_words (bool).
-
-    Raises:
-        ValueError: an unknown protocol.
+    Returns columns method, variant, seed, dataset, index (the row's position in its set), rouge_l, level, difficulty
+    (NaN where the data has none) and late_words (bool).
+    Raises ValueError: an unknown protocol.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"per_row_frame: protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
@@ -239,20 +187,12 @@ def per_row_frame(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[s
 
 
 def per_row_gap(frame: pd.DataFrame, base: tuple[str, str], other: tuple[str, str], by: str) -> pd.DataFrame:
-    """other - base on the eval rows, grouped by a row property, paired by training seed and row.
+    """other - base on the eval rows, grouped by `by` ("difficulty", "level", "late_words" or "dataset"), paired by
+    training seed and row: per seed the mean over the group's rows both runs scored, then the mean of those, with a
+    t 95% CI over the seeds (the unit that repeats).
 
-    For each seed the difference is averaged over the group's rows that both runs scored; the group's value is the
-    mean of those per-seed means, with a t 95% CI over the seeds (the seed is the unit that repeats).
-
-    Args:
-        frame: `per_row_frame`'s rows.
-        base: the (method, variant) subtracted, e.g. ("KLD", "baseline").
-        other: the (method, variant) compared with it, e.g. ("KLD", "+POCL").
-        by: the grouping column: "difficulty", "level", "late_words" or "dataset".
-
-    Returns:
-        One row per group value (sorted): columns `by`, diff, ci95 (NaN with one seed), n_seeds, n_rows (rows per
-        seed, the largest count).
+    Returns one row per group value (sorted): `by`, diff, ci95 (NaN with one seed), n_seeds, n_rows (rows per seed, the
+    largest count).
     """
     keys = ["seed", "dataset", "index"]
     pick = lambda mv: frame[(frame.method == mv[0]) & (frame.variant == mv[1])]  # noqa: E731
@@ -269,18 +209,9 @@ def per_row_gap(frame: pd.DataFrame, base: tuple[str, str], other: tuple[str, st
 
 def per_row_gaps(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[str, Sequence[Mapping]],
                  methods: Sequence[str], protocol: str, variant: str = "+POCL") -> dict[str, pd.DataFrame]:
-    """`per_row_gap` of variant - baseline for each method, by true difficulty and by late words, in one frame each.
-
-    Args:
-        records: (spec, record) pairs holding each method's baseline and `variant` runs.
-        sets: role -> rows (a workspace's `sets`).
-        methods: the methods compared (each its own "comparison" label).
-        protocol: "greedy" or "sampled".
-        variant: the variant set against each method's baseline.
-
-    Returns:
-        {"difficulty": rows, "late_words": rows}: `per_row_gap`'s columns plus "comparison" (the method); empty
-        frames when the records keep no per-row scores.
+    """`per_row_gap` of variant - baseline for each method, by true difficulty and by late words: {"difficulty": rows,
+    "late_words": rows}, `per_row_gap`'s columns plus "comparison" (the method); empty frames when the records keep no
+    per-row scores.
     """
     frame = per_row_frame(records, sets, protocol)
     return {by: pd.concat([per_row_gap(frame, (m, "baseline"), (m, variant), by).assign(comparison=m)

@@ -35,13 +35,10 @@ PAPER_VARIANTS: dict[tuple[str, str], dict[str, str]] = {
 def paper_table(n: int, family: str = "gpt2") -> pd.DataFrame:
     """Table n of the paper as printed (long form), for one model family.
 
-    Args:
-        n: the paper's table number (pocl_utils/paper/table<n>.csv).
-        family: the model family, e.g. "gpt2".
-
-    Returns:
-        Its rows of that family, columns table, family, teacher_params, student_params, method, variant, dataset and
-        rouge_l (the printed ROUGE-L, float).
+    `n`: the paper's table number (pocl_utils/paper/table<n>.csv).
+    `family`: the model family, e.g. "gpt2".
+    Returns its rows of that family, columns table, family, teacher_params, student_params, method, variant, dataset and
+    rouge_l (the printed ROUGE-L, float).
     """
     with resources.files("pocl_utils").joinpath(f"paper/table{n}.csv").open() as f:
         t = pd.read_csv(f, dtype={"rouge_l": str})
@@ -52,15 +49,10 @@ def paper_table(n: int, family: str = "gpt2") -> pd.DataFrame:
 def paper_diff(table: int, base: tuple[str, str], other: tuple[str, str], family: str = "gpt2") -> dict[str, float]:
     """The paper's other - base per dataset, from its printed table (NaN where it prints no such cell).
 
-    Args:
-        table: the paper's table number.
-        base: the (method, paper variant) subtracted.
-        other: the (method, paper variant) compared with it.
-        family: the model family.
-
-    Returns:
-        dataset -> difference for the five eval sets and "Avg"; where the table prints no Avg but all five sets, "Avg"
-        is derived as the mean of the five differences.
+    `base`: the (method, paper variant) subtracted.
+    `other`: the (method, paper variant) compared with it.
+    Returns dataset -> difference for the five eval sets and "Avg"; where the table prints no Avg but all five sets,
+    "Avg" is derived as the mean of the five differences.
     """
     t = paper_table(table, family)
     get = lambda m, v: t[(t.method == m) & (t.variant == v)].set_index("dataset")["rouge_l"]  # noqa: E731
@@ -75,17 +67,11 @@ def compare_with_paper(df: pd.DataFrame, table: int, comparisons: list[tuple[tup
                        paper_variants: dict[str, str] | None = None, family: str = "gpt2") -> pd.DataFrame:
     """Our paired differences beside the paper's, per dataset, with whether the direction agrees.
 
-    Args:
-        df: a tidy frame (`tables.tidy`).
-        table: the paper's table number.
-        comparisons: (base, other) pairs of (method, variant).
-        paper_variants: maps our variant labels to the paper's where they differ (e.g. our "+POCL (ratio 0-0)" is
-            the paper's GKD default); None = the same labels.
-        family: the model family.
-
-    Returns:
-        `tables.paired`'s rows for each comparison plus paper_diff (NaN where the paper prints no cell) and
-        direction_agrees ("yes", "no", or "" when either difference is NaN).
+    `df`: a tidy frame (`tables.tidy`).
+    `paper_variants`: maps our variant labels to the paper's where they differ (e.g. our "+POCL (ratio 0-0)" is the
+    paper's GKD default); None = the same labels.
+    Returns `tables.paired`'s rows for each comparison plus paper_diff (NaN where the paper prints no cell) and
+    direction_agrees ("yes", "no", or "" when either difference is NaN).
     """
     rename = paper_variants or {}
     out = []
@@ -103,11 +89,8 @@ def compare_with_paper(df: pd.DataFrame, table: int, comparisons: list[tuple[tup
 def baseline_comparisons(df: pd.DataFrame) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """Every (method, variant) of a tidy frame against the same method's baseline, in order of appearance.
 
-    Args:
-        df: a tidy frame (`tables.tidy`).
-
-    Returns:
-        ((method, "baseline"), (method, variant)) pairs for every non-baseline variant whose method has a baseline.
+    `df`: a tidy frame (`tables.tidy`).
+    Returns ((method, "baseline"), (method, variant)) pairs for every non-baseline variant whose method has a baseline.
     """
     pairs = df[["method", "variant"]].drop_duplicates()
     have = set(map(tuple, pairs.to_numpy()))
@@ -126,15 +109,11 @@ def paper_comparison(df: pd.DataFrame, name: str, family: str = "gpt2") -> pd.Da
 
     A missing paper Avg is the mean of the comparison's five paper differences (even when two tables split them).
 
-    Args:
-        df: a tidy frame (`tables.tidy`) of the grid's runs.
-        name: the grid (a key of PAPER_TABLES); a grid the paper does not print gets NaN paper differences.
-        family: the model family.
-
-    Returns:
-        `tables.paired`'s rows for each comparison with the baseline, plus paper_diff, direction_agrees ("yes", "no",
-        or "" when either is NaN), method and variant; an empty frame when no method has a baseline and another
-        variant.
+    `df`: a tidy frame (`tables.tidy`) of the grid's runs.
+    `name`: the grid (a key of PAPER_TABLES); a grid the paper does not print gets NaN paper differences.
+    Returns `tables.paired`'s rows for each comparison with the baseline, plus paper_diff, direction_agrees ("yes",
+    "no", or "" when either is NaN), method and variant; an empty frame when no method has a baseline and another
+    variant.
     """
     out = []
     for method in df.method.drop_duplicates():
@@ -174,12 +153,9 @@ def _fill_avg(frame: pd.DataFrame, n_comps: int) -> np.ndarray:
 def paired_wide(comparison: pd.DataFrame) -> pd.DataFrame:
     """Rows = comparison, columns = datasets; cells 'diff ± CI | paper x' with ✓/✗ when the signs agree/differ.
 
-    Args:
-        comparison: a `compare_with_paper` or `paper_comparison` frame.
-
-    Returns:
-        A frame indexed by comparison, one string column per eval set present, then 'Avg'; a NaN CI is written as 0,
-        and the paper's part only where it prints the cell.
+    `comparison`: a `compare_with_paper` or `paper_comparison` frame.
+    Returns a frame indexed by comparison, one string column per eval set present, then 'Avg'; a NaN CI is written as 0,
+    and the paper's part only where it prints the cell.
     """
     def cell(r) -> str:
         text = f"{r['diff']:+.2f} ± {0.0 if np.isnan(r['ci95']) else r['ci95']:.2f}"
@@ -195,13 +171,8 @@ def paper_values(name: str, family: str = "gpt2") -> dict[tuple[str, str, str], 
     """(method, paper variant, dataset) -> the paper's ROUGE-L over the tables of grid `name`; 'Avg' is derived as
     the mean of the five sets where the paper does not print it.
 
-    Args:
-        name: the grid (a key of PAPER_TABLES).
-        family: the model family.
-
-    Returns:
-        The dict; where several tables print a cell, the first in PAPER_TABLES[name] wins. Empty for a grid the paper
-        does not print.
+    Returns the dict; where several tables print a cell, the first in PAPER_TABLES[name] wins. Empty for a grid the
+    paper does not print.
     """
     values: dict[tuple[str, str, str], float] = {}
     for t in PAPER_TABLES.get(name, ()):
@@ -217,15 +188,10 @@ def paper_values(name: str, family: str = "gpt2") -> dict[tuple[str, str, str], 
 def beside_paper(summary_df: pd.DataFrame, comparison: pd.DataFrame, name: str, family: str = "gpt2") -> pd.DataFrame:
     """Long table: our mean ± CI, the paper's number, and (for non-baseline rows) both differences to the baseline.
 
-    Args:
-        summary_df: a `tables.summary` frame of the grid's runs.
-        comparison: its `paper_comparison` frame (may be empty: no difference columns are added then).
-        name: the grid (a key of PAPER_TABLES).
-        family: the model family.
-
-    Returns:
-        `summary_df` plus paper (the paper's ROUGE-L, NaN where not printed) and, when `comparison` has rows, diff,
-        diff_ci95, paper_diff and direction_agrees (NaN on baseline rows).
+    `summary_df`: a `tables.summary` frame of the grid's runs.
+    `comparison`: its `paper_comparison` frame (may be empty: no difference columns are added then).
+    Returns `summary_df` plus paper (the paper's ROUGE-L, NaN where not printed) and, when `comparison` has rows, diff,
+    diff_ci95, paper_diff and direction_agrees (NaN on baseline rows).
     """
     values = paper_values(name, family)
     paper = [values.get((m, PAPER_VARIANTS.get((name, m), {}).get(v, v), ds), np.nan)
@@ -241,11 +207,8 @@ def beside_wide(beside: pd.DataFrame) -> pd.DataFrame:
     """Rows = method/variant, columns = datasets; cells 'ours ± CI | paper x', ✓/✗ for the direction of the
     difference to the baseline.
 
-    Args:
-        beside: a `beside_paper` frame.
-
-    Returns:
-        A frame indexed by (method, variant), one string column per eval set present, then 'Avg'.
+    `beside`: a `beside_paper` frame.
+    Returns a frame indexed by (method, variant), one string column per eval set present, then 'Avg'.
     """
     def cell(r) -> str:
         text = f"{r['mean']:.2f} ± {0.0 if np.isnan(r['ci95']) else r['ci95']:.2f}"

@@ -1,22 +1,16 @@
 """POCL's premises, measured in a world before its grid is believed.
 
-A curriculum-KD experiment says something about the method only if
-
     P1  the teacher is worth distilling: on every eval set it beats the SFT student by >= 3 ROUGE-L and every
         trivial rule (echo the input; the most frequent training answer) by >= 5; in distribution it scores >= 40;
     P2  the difficulty measurer can see difficulty: Spearman(fusion rank, true difficulty) >= 0.5 over the training
         rows, and the student's greedy ROUGE-L is 0 on at most half of them;
-    P3  the grid has the power to see the paper's gains: for each Table-1 method, the minimum detectable effect
-        (80% power, two-sided 5%, paired over the seeds used) beside the paper's gain three ways: scaled by our
-        teacher - SFT gap over the paper's, scaled by the method's own KD - SFT gap over the paper's (what the
-        teacher's soft targets add beyond the references; a gap <= 0 leaves nothing to scale, so the row fails), and
-        as printed (the raw gain, no scaling);
-    P4  the teacher is worth distilling rather than copying: the best KD baseline beats the SFT student by >= 2
-        ROUGE-L Avg, paired over the seeds, with a Holm-adjusted p < 0.05 (over the KD methods), under each
-        evaluation protocol (sampled at temperature 1, the paper's; and greedy).
+    P3  the grid has the power to see the paper's gains: per Table-1 method, the minimum detectable effect (80% power,
+        two-sided 5%, paired over seeds) beside the paper's gain scaled by our teacher - SFT gap, by the method's own
+        KD - SFT gap (a gap <= 0 fails the row), and as printed;
+    P4  distilling beats copying: the best KD baseline beats the SFT student by >= 2 ROUGE-L Avg, paired over seeds,
+        Holm-adjusted p < 0.05, under both protocols (sampled at temperature 1, and greedy).
 
-This module computes each check from a prepared workspace's rows, ranking and scores; `premises_table` gives the
-committed `premises.csv` (columns premise, value, threshold, holds).
+`premises_table` gives `premises.csv` (columns premise, value, threshold, holds).
 """
 from __future__ import annotations
 
@@ -51,26 +45,15 @@ COLUMNS = ("premise", "value", "threshold", "holds")
 def echo_answer(row: Mapping) -> str:
     """The echo rule: answer with the prompt's input, copied (the instruction when the input is empty).
 
-    Args:
-        row: a data row with `instruction` and optionally `input`.
-
-    Returns:
-        The rule's answer.
+    `row`: a data row with `instruction` and optionally `input`.
     """
     return row.get("input") or row["instruction"]
 
 
 def most_frequent_answer(train_rows: Sequence[Mapping]) -> str:
-    """The most frequent reference answer of the training rows (first seen wins a tie).
+    """The most frequent `output` of the training rows (first seen wins a tie).
 
-    Args:
-        train_rows: the training rows; their `output` is counted.
-
-    Returns:
-        The most frequent `output`.
-
-    Raises:
-        ValueError: no training rows.
+    Raises ValueError: no training rows.
     """
     if not train_rows:
         raise ValueError("most_frequent_answer: no training rows")
@@ -78,15 +61,8 @@ def most_frequent_answer(train_rows: Sequence[Mapping]) -> str:
 
 
 def rule_scores(sets: Mapping[str, Sequence[Mapping]], train_rows: Sequence[Mapping]) -> dict[str, dict[str, float]]:
-    """rule -> eval set -> mean ROUGE-L of the rule's answers (deterministic: no model, no sampling).
-
-    Args:
-        sets: eval set name -> rows with `instruction`, `input` and `references` (or `output`).
-        train_rows: the training rows (the frequent-answer rule reads their `output`).
-
-    Returns:
-        {"echo input": {set: score}, "most frequent answer": {set: score}}.
-    """
+    """{"echo input": {set: score}, "most frequent answer": {set: score}}: mean ROUGE-L of each trivial rule's answers
+    on eval sets of rows with `instruction`, `input` and `references` (or `output`); no model, no sampling."""
     frequent = most_frequent_answer(train_rows)
     out: dict[str, dict[str, float]] = {"echo input": {}, "most frequent answer": {}}
     for name, rows in sets.items():
@@ -101,17 +77,9 @@ def rule_scores(sets: Mapping[str, Sequence[Mapping]], train_rows: Sequence[Mapp
 
 def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: Mapping[str, Mapping[str, float]],
                  in_distribution: str = "DollyEval") -> list[dict]:
-    """P1 rows: teacher - SFT and teacher - rule per eval set, and the in-distribution teacher score.
-
-    Args:
-        teacher: eval set -> the teacher's mean ROUGE-L (the paper's protocol).
-        sft: eval set -> the SFT student's mean ROUGE-L (mean over training seeds).
-        rules: rule -> eval set -> score, from `rule_scores`.
-        in_distribution: the set held to TEACHER_IN_DISTRIBUTION.
-
-    Returns:
-        `premise_row` dicts: the in-distribution teacher score first, then per eval set (in EVAL_SETS order) teacher -
-        SFT (threshold TEACHER_MARGIN_SFT) and teacher - each rule (threshold TEACHER_MARGIN_RULE).
+    """P1 rows (eval set -> mean ROUGE-L inputs; `sft` mean over training seeds, `rules` from `rule_scores`): the
+    in-distribution teacher score first, then per eval set (EVAL_SETS order) teacher - SFT (threshold
+    TEACHER_MARGIN_SFT) and teacher - each rule (TEACHER_MARGIN_RULE).
     """
     rows = [premise_row(f"P1 teacher on {in_distribution}", teacher[in_distribution], TEACHER_IN_DISTRIBUTION)]
     for name in sorted(teacher, key=lambda k: EVAL_SETS.index(k) if k in EVAL_SETS else len(EVAL_SETS)):
@@ -126,29 +94,13 @@ def teacher_rows(teacher: Mapping[str, float], sft: Mapping[str, float], rules: 
 
 
 def fusion_rank(fused: np.ndarray) -> np.ndarray:
-    """1-based ranks of Eq. 2 scores, 1 = easiest (highest fused score); ties share their mean rank.
-
-    Args:
-        fused: the Eq. 2 scores, higher = easier.
-
-    Returns:
-        A float array of ranks, one per score.
-    """
+    """1-based float ranks of Eq. 2 scores, 1 = easiest (highest fused score); ties share their mean rank."""
     return stats.rankdata(-np.asarray(fused, dtype=np.float64), method="average")
 
 
 def measurer_rows(rouge_l, fused, true_difficulty) -> list[dict]:
-    """P2 rows: Spearman(fusion rank, true difficulty) (only when the truth is known, i.e. not None) and the share of
-    rows whose greedy ROUGE-L is 0.
-
-    Args:
-        rouge_l: the student's greedy ROUGE-L (x 100) per training row.
-        fused: the Eq. 2 score per training row (same order).
-        true_difficulty: the world's true difficulty per training row; None when unknown (real data).
-
-    Returns:
-        `premise_row` dicts: the Spearman row (threshold MEASURER_RHO) when the truth is known, then the zero share
-        (at most MEASURER_ZERO_SHARE).
+    """P2 rows: Spearman(fusion rank of `fused`, true difficulty) with threshold MEASURER_RHO (only when the truth is
+    known: not for real data), then the share of training rows whose greedy ROUGE-L is 0 (at most MEASURER_ZERO_SHARE).
     """
     zero = float(np.mean(np.asarray(rouge_l) == 0.0))
     rows = [premise_row("P2 share of training rows with student greedy ROUGE-L 0", zero, MEASURER_ZERO_SHARE,
@@ -163,16 +115,9 @@ def measurer_rows(rouge_l, fused, true_difficulty) -> list[dict]:
 
 
 def paired_power(effect_over_sd: float, n: int, alpha: float = 0.05) -> float:
-    """Power of a two-sided paired t-test with n pairs when the true mean difference is effect_over_sd x SD.
-
-    Args:
-        effect_over_sd: the true mean difference in units of the paired differences' SD.
-        n: the number of pairs.
-        alpha: the test's two-sided level.
-
-    Returns:
-        The power, from the noncentral t (df n - 1, noncentrality effect_over_sd * sqrt(n)); NaN for n < 2, and 1
-        where scipy's nct gives NaN far in the tail.
+    """Power of a two-sided paired t-test with n pairs when the true mean difference is effect_over_sd x the paired SD,
+    from the noncentral t (df n - 1, noncentrality effect_over_sd * sqrt(n)); NaN for n < 2, 1 where scipy's nct gives
+    NaN far in the tail.
     """
     if n < 2:
         return math.nan
@@ -182,16 +127,8 @@ def paired_power(effect_over_sd: float, n: int, alpha: float = 0.05) -> float:
 
 
 def mde_factor(n: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The minimum detectable effect of a paired t-test in units of the paired SD (n = 5: 1.68).
-
-    Args:
-        n: the number of pairs.
-        power: the power the effect must be detected with.
-        alpha: the test's two-sided level.
-
-    Returns:
-        The effect / SD at which `paired_power` reaches `power` (solved on [1e-6, 20]); inf for n < 2.
-    """
+    """The minimum detectable effect of a paired t-test with n pairs, in units of the paired SD (n = 5: 1.68): where
+    `paired_power` reaches `power` (solved on [1e-6, 20]); inf for n < 2."""
     if n < 2:
         return math.inf
     return float(optimize.brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, 20.0))
@@ -200,25 +137,13 @@ def mde_factor(n: int, power: float = 0.8, alpha: float = 0.05) -> float:
 def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping[str, float],
                teacher_gap: float, kd_gap: Mapping[str, float] | None = None,
                paper_kd_gap: Mapping[str, float] | None = None) -> list[dict]:
-    """P3 rows: per method, the MDE (80% power) against the paper's gain scaled three ways.
+    """P3 rows: per method of `paired_sd` (SD of +POCL - baseline over the seeds), the MDE (80% power) against the
+    paper's gain (ROUGE-L points) scaled three ways.
 
-    MDE = mde_factor(n_seeds) x SD of the paired differences. Thresholds: paper gain x teacher_gap / PAPER_TEACHER_GAP;
-    paper gain x kd_gap[m] / paper_kd_gap[m] (only for methods in both maps; a scale <= 0 gives threshold <= 0, which
-    no MDE meets); and the paper gain as printed. `holds` says whether the grid could see the paper's effect at that
-    scale; a method where it does not is one whose null result says little.
-
-    Args:
-        paired_sd: method -> SD of its paired differences (+POCL - baseline) over the seeds.
-        n_seeds: the number of seeds (pairs) the MDE is computed for.
-        paper_gain: method -> the paper's gain, in ROUGE-L points.
-        teacher_gap: our teacher - SFT student gap (Avg ROUGE-L).
-        kd_gap: method -> our KD baseline - SFT student (Avg ROUGE-L, mean over seeds); None: no such rows.
-        paper_kd_gap: method -> the paper's KD baseline - SFT (Table 1 Avg).
-
-    Returns:
-        `premise_row` dicts, per method of `paired_sd`: the teacher-gap row, the KD-gap row (where both gaps are
-        known), the raw row; value = the MDE, threshold = the (scaled) paper gain, holds = MDE <= threshold and
-        threshold > 0.
+    MDE = mde_factor(n_seeds) x paired SD. Thresholds: paper gain x teacher_gap / PAPER_TEACHER_GAP (our teacher - SFT
+    gap); paper gain x kd_gap[m] / paper_kd_gap[m] (KD baseline - SFT, Avg; only for methods in both maps, None = no
+    such rows; a scale <= 0 gives a threshold no MDE meets); and the paper gain as printed. holds = MDE <= threshold
+    and threshold > 0: where it fails, a null result says little.
     """
     factor, scale, rows = mde_factor(n_seeds), teacher_gap / PAPER_TEACHER_GAP, []
     label = f"MDE (80% power, {n_seeds} seeds) vs paper gain"
@@ -236,21 +161,10 @@ def power_rows(paired_sd: Mapping[str, float], n_seeds: int, paper_gain: Mapping
 
 def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, n_seeds: int,
                       methods: Sequence[str]) -> list[dict]:
-    """P3 rows from Table 1's tidy runs (tables.with_average applied): each method's paired SD of +POCL - baseline on
-    Avg over the seeds both have (methods with fewer than 2 pairs are left out), the paper's Table 1 Avg gain, and
-    our teacher - SFT gap on Avg.
-
-    Args:
-        table1: tidy rows of the Table 1 grid with the 'Avg' dataset (`tables.with_average`).
-        teacher_avg: our teacher's Avg ROUGE-L.
-        sft_avg: our SFT student's Avg ROUGE-L.
-        n_seeds: the number of seeds the MDE is computed for.
-        methods: the methods to check (each with variants "baseline" and "+POCL").
-
-    Returns:
-        `power_rows` for the methods with at least 2 pairs (the paper's GPT-2 Table 1 gain), with the KD - SFT rows
-        when `table1` holds SFT baseline runs (our gap: the mean over seeds of the method's baseline Avg minus the
-        SFT runs' mean).
+    """P3 rows (`power_rows`) from Table 1's tidy rows with the 'Avg' dataset (`tables.with_average`): each method's
+    paired SD of +POCL - baseline on Avg over the seeds both have (methods with fewer than 2 pairs are left out), the
+    paper's GPT-2 Table 1 Avg gain, our teacher - SFT gap, and, when `table1` holds SFT runs, each method's KD - SFT
+    gap (the mean over seeds of its baseline Avg minus the SFT runs' mean).
     """
     avg = table1[table1.dataset == "Avg"]
     sd, gain, kd_gap, paper_kd_gap = {}, {}, {}, {}
@@ -273,19 +187,12 @@ def table1_power_rows(table1: pd.DataFrame, teacher_avg: float, sft_avg: float, 
 def distillation_rows(table1: Mapping[str, pd.DataFrame], methods: Sequence[str]) -> list[dict]:
     """P4 rows: per protocol, the best KD baseline - SFT on Avg, paired by seed, Holm-adjusted over the methods.
 
-    For each protocol the KD methods' baselines are each compared with the SFT runs (`tables.paired`, Avg: mean
-    difference, t CI, the paired t-test's p via `stats.p_value`); Holm's adjustment runs over the methods compared;
-    the best is the largest mean difference. It holds when that difference is >= KD_MARGIN_SFT and its adjusted p is
-    below KD_ALPHA. A protocol without SFT runs or without a method of two paired seeds gets a NaN row that fails.
+    Each KD method's baseline is compared with the SFT runs (`tables.paired` on Avg: mean difference, t CI, p via
+    `stats.p_value`); the best is the largest mean difference. It holds when that is >= KD_MARGIN_SFT with adjusted
+    p < KD_ALPHA. A protocol without SFT runs or without a method of two paired seeds gets a NaN row that fails.
 
-    Args:
-        table1: protocol ("sampled", "greedy") -> tidy rows of the Table 1 grid (`tables.tidy` of that protocol; Avg
-            rows, if any, are recomputed).
-        methods: the KD methods (each with variant "baseline").
-
-    Returns:
-        One `premise_row` dict per protocol: value = the best difference, threshold = KD_MARGIN_SFT, the method and
-        its adjusted p in the premise's text, holds as above.
+    `table1`: protocol ("sampled", "greedy") -> tidy rows of the Table 1 grid (Avg rows, if any, are recomputed).
+    Returns one `premise_row` per protocol, the method and its adjusted p in the premise's text.
     """
     rows = []
     for protocol, df in table1.items():
@@ -311,28 +218,12 @@ def distillation_rows(table1: Mapping[str, pd.DataFrame], methods: Sequence[str]
 
 
 def premise_row(premise: str, value: float, threshold: float, at_most: bool = False) -> dict:
-    """One row of the premises table.
-
-    Args:
-        premise: the check, in words.
-        value: the measured value.
-        threshold: the bound it is held to.
-        at_most: True: holds when value <= threshold; False: when value >= threshold.
-
-    Returns:
-        {"premise", "value", "threshold", "holds"}, the numbers as floats and holds as a bool.
-    """
+    """One row of the premises table: {"premise", "value", "threshold", "holds"}, numbers as floats, holds a bool
+    (value <= threshold with `at_most`, else value >= threshold)."""
     holds = value <= threshold if at_most else value >= threshold
     return {"premise": premise, "value": float(value), "threshold": float(threshold), "holds": bool(holds)}
 
 
 def premises_table(rows: list[dict]) -> pd.DataFrame:
-    """The premise rows as a DataFrame with COLUMNS, in the order given.
-
-    Args:
-        rows: `premise_row` dicts (from `teacher_rows`, `measurer_rows`, `power_rows`, ...).
-
-    Returns:
-        The frame, columns premise, value, threshold, holds.
-    """
+    """The `premise_row` dicts as a DataFrame with COLUMNS (premise, value, threshold, holds), in the order given."""
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -21,17 +21,12 @@ from ..stats import mean_ci, paired_diff
 def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled") -> pd.DataFrame:
     """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l.
 
-    Args:
-        records: (spec, record) pairs of finished runs (`runner.records_for`).
-        protocol: "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
-            ROUGE-L (scoring.greedy_scores), for the runs that have it (the others give no rows).
-
-    Returns:
-        A tidy frame with columns method, variant (spec.variant, else "+POCL" or "baseline"), seed, dataset, rouge_l
-        (ROUGE-L x 100), sampling_std (the std over sampling seeds, 0.0 when absent), run_key, wall_s, git_commit.
-
-    Raises:
-        ValueError: a protocol not in PROTOCOLS.
+    `records`: (spec, record) pairs of finished runs (`runner.records_for`).
+    `protocol`: "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
+    ROUGE-L (scoring.greedy_scores), for the runs that have it (the others give no rows).
+    Returns a tidy frame with columns method, variant (spec.variant, else "+POCL" or "baseline"), seed, dataset, rouge_l
+    (ROUGE-L x 100), sampling_std (the std over sampling seeds, 0.0 when absent), run_key, wall_s, git_commit.
+    Raises ValueError: a protocol not in PROTOCOLS.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"tidy: protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -53,12 +48,9 @@ PROTOCOLS = {"sampled": "eval", "greedy": "greedy"}  # protocol -> the key of a 
 def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -> pd.DataFrame:
     """scoring.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0).
 
-    Args:
-        refs: model name -> its score record, as `scoring.reference_scores` returns.
-        protocol: "sampled" or "greedy" (a key of PROTOCOLS); a model without that protocol's metrics gives no rows.
-
-    Returns:
-        A frame with `tidy`'s columns, one row per (reference model, eval set).
+    `refs`: model name -> its score record, as `scoring.reference_scores` returns.
+    `protocol`: "sampled" or "greedy" (a key of PROTOCOLS); a model without that protocol's metrics gives no rows.
+    Returns a frame with `tidy`'s columns, one row per (reference model, eval set).
     """
     key = PROTOCOLS[protocol]
     rows = [{"method": name, "variant": "baseline", "seed": 0, "dataset": ds,
@@ -71,12 +63,9 @@ def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -
 def with_average(df: pd.DataFrame) -> pd.DataFrame:
     """Add the per-run average over the five eval sets as dataset 'Avg' (as Tables 1 and 4 print).
 
-    Args:
-        df: a tidy frame (`tidy`).
-
-    Returns:
-        `df` followed by one 'Avg' row per (method, variant, seed) whose rouge_l is the mean over its eval sets; the
-        Avg rows carry only method, variant, seed, rouge_l and dataset.
+    `df`: a tidy frame (`tidy`).
+    Returns `df` followed by one 'Avg' row per (method, variant, seed) whose rouge_l is the mean over its eval sets; the
+    Avg rows carry only method, variant, seed, rouge_l and dataset.
     """
     keys = ["method", "variant", "seed"]
     avg = df.groupby(keys, sort=False, as_index=False)["rouge_l"].mean().assign(dataset="Avg")
@@ -86,12 +75,9 @@ def with_average(df: pd.DataFrame) -> pd.DataFrame:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, 95% CI half-width and seed count per (method, variant, dataset).
 
-    Args:
-        df: a tidy frame (`tidy`); the 'Avg' dataset is added here (`with_average`).
-
-    Returns:
-        One row per (method, variant, dataset) with columns method, variant, dataset, mean (of rouge_l over the training
-        seeds), ci95 (t CI half-width; NaN for one seed) and n_seeds.
+    `df`: a tidy frame (`tidy`); the 'Avg' dataset is added here (`with_average`).
+    Returns one row per (method, variant, dataset) with columns method, variant, dataset, mean (of rouge_l over the
+    training seeds), ci95 (t CI half-width; NaN for one seed) and n_seeds.
     """
     out = []
     for (method, variant, dataset), g in with_average(df).groupby(["method", "variant", "dataset"], sort=False):
@@ -103,12 +89,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def wide(summary_df: pd.DataFrame, fmt: str = "{mean:.2f} ± {ci95:.2f}") -> pd.DataFrame:
     """Rows = method/variant, columns = datasets (+ Avg), cells 'mean ± CI'.
 
-    Args:
-        summary_df: a `summary` frame.
-        fmt: the cell's format, with fields `mean` and `ci95` (a NaN ci95 is written as 0).
-
-    Returns:
-        A frame indexed by (method, variant), one string column per eval set present, then 'Avg'.
+    `summary_df`: a `summary` frame.
+    `fmt`: the cell's format, with fields `mean` and `ci95` (a NaN ci95 is written as 0).
+    Returns a frame indexed by (method, variant), one string column per eval set present, then 'Avg'.
     """
     cells = summary_df.assign(cell=[fmt.format(mean=r["mean"], ci95=0.0 if np.isnan(r["ci95"]) else r["ci95"])
                                     for _, r in summary_df.iterrows()])
@@ -127,14 +110,9 @@ def dataset_columns(columns) -> list[str]:
 def paired(df: pd.DataFrame, base: tuple[str, str], other: tuple[str, str]) -> pd.DataFrame:
     """other - base per dataset (+ Avg), paired by training seed, with its 95% CI and the seed count.
 
-    Args:
-        df: a tidy frame (`tidy`).
-        base: the (method, variant) subtracted.
-        other: the (method, variant) compared with it.
-
-    Returns:
-        One row per eval set and 'Avg' with columns comparison (its label), dataset, diff (mean of other - base over
-        the shared seeds), ci95, n_pairs and significant (more than one pair and |diff| > ci95).
+    `df`: a tidy frame (`tidy`).
+    Returns one row per eval set and 'Avg' with columns comparison (its label), dataset, diff (mean of other - base over
+    the shared seeds), ci95, n_pairs and significant (more than one pair and |diff| > ci95).
     """
     d = with_average(df)
     out = []
@@ -156,15 +134,11 @@ def paired_to(df: pd.DataFrame, refs: tuple[str, ...] = ("baseline", "+POCL"), d
     A frame with a `training` column (the training protocol) is split by it first: runs of one protocol are never
     paired with another's.
 
-    Args:
-        df: a tidy frame (`tidy`), optionally with a `training` column.
-        refs: the reference variants subtracted (each method's own).
-        dataset: the eval set, or "Avg" (the mean over the run's eval sets, `with_average`).
-
-    Returns:
-        One row per ([training,] method, variant) in the frame's order, with the columns [training,] method, variant,
-        n_seeds, mean, ci95 and, per reference r, `vs r` (the mean paired difference), `vs r ci95` and `vs r n` (the
-        shared seeds); the differences are NaN for the reference itself and where the method has no run of r.
+    `df`: a tidy frame (`tidy`), optionally with a `training` column.
+    `dataset`: the eval set, or "Avg" (the mean over the run's eval sets, `with_average`).
+    Returns one row per ([training,] method, variant) in the frame's order, with the columns [training,] method,
+    variant, n_seeds, mean, ci95 and, per reference r, `vs r` (the mean paired difference), `vs r ci95` and `vs r n`
+    (the shared seeds); the differences are NaN for the reference itself and where the method has no run of r.
     """
     groups = df.groupby("training", sort=False) if "training" in df.columns else [(None, df)]
     rows = []
@@ -188,13 +162,7 @@ def paired_to(df: pd.DataFrame, refs: tuple[str, ...] = ("baseline", "+POCL"), d
 def by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
     """seed -> rouge_l of one (method, variant) in a tidy frame already cut to one dataset.
 
-    Args:
-        df: tidy rows of one dataset.
-        method: the method to select.
-        variant: the variant to select.
-
-    Returns:
-        A dict seed (int) -> rouge_l (float); empty when the pair has no rows.
+    Returns a dict seed (int) -> rouge_l (float); empty when the pair has no rows.
     """
     g = df[(df.method == method) & (df.variant == variant)]
     return dict(zip(g.seed.astype(int), g.rouge_l.astype(float)))
@@ -205,13 +173,9 @@ def save_table(df: pd.DataFrame, name: str, folder: Path) -> Path:
 
     The CSV keeps the index unless it is a plain RangeIndex; the Markdown prints floats with 2 decimals.
 
-    Args:
-        df: the table.
-        name: the files' stem: `<name>.csv` and `<name>.md`.
-        folder: where to write them (created if missing).
-
-    Returns:
-        The path of the CSV file.
+    `name`: the files' stem: `<name>.csv` and `<name>.md`.
+    `folder`: where to write them (created if missing).
+    Returns the path of the CSV file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / f"{name}.csv", df.to_csv(index=not isinstance(df.index, pd.RangeIndex)))

@@ -11,13 +11,10 @@ from .records import STANDARD_FIELDS
 def describe_sets(sets: Mapping[str, Sequence[dict]], count_tokens: Callable[[str], int] = gpt2_token_count):
     """A data card: per set its rows, extra fields, prompt lengths and reference lengths.
 
-    Args:
-        sets: set name -> records (`load_instructions`).
-        count_tokens: the prompt token counter (default GPT-2's).
-
-    Returns:
-        A DataFrame indexed by set: rows, extra fields (beyond STANDARD_FIELDS), prompt tokens (mean/median/max),
-        mean words per reference, references per row.
+    `sets`: set name -> records (`load_instructions`).
+    `count_tokens`: the prompt token counter (default GPT-2's).
+    Returns a DataFrame indexed by set: rows, extra fields (beyond STANDARD_FIELDS), prompt tokens (mean/median/max),
+    mean words per reference, references per row.
     """
     import pandas as pd
 

@@ -25,11 +25,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     `download-dolly` prints one "role<TAB>path" line per file written; `fetch-gpt2-ranks` prints the ranks file's
     path.
 
-    Args:
-        argv: the command-line arguments; None = sys.argv[1:] (argparse's default).
-
-    Raises:
-        SystemExit: from argparse, on a missing command, bad arguments or --help.
+    `argv`: the command-line arguments; None = sys.argv[1:] (argparse's default).
+    Raises SystemExit: from argparse, on a missing command, bad arguments or --help.
     """
     parser = argparse.ArgumentParser(prog="python -m pocl_utils.data", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)

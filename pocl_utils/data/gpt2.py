@@ -72,11 +72,7 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
 def gpt2_token_count(text: str) -> int:
     """Number of GPT-2 tokens of `text` (no BOS/EOS added), as MiniLLM's 256-token prompt filter counts.
 
-    Args:
-        text: any string; a literal '<|endoftext|>' counts as one token.
-
-    Returns:
-        The token count.
+    `text`: any string; a literal '<|endoftext|>' counts as one token.
     """
     # HF's GPT-2 tokenizer (used by MiniLLM) turns a literal '<|endoftext|>' into the special token; so do we.
     return len(gpt2_encoding().encode(text, allowed_special={GPT2_EOS}))
@@ -87,17 +83,10 @@ def filter_long_prompts(examples: Sequence[dict], max_prompt_tokens: int = 256,
                         name: str | None = None) -> tuple[list[dict], int]:
     """Drop examples whose prompt has more than `max_prompt_tokens` tokens (MiniLLM drops, not truncates).
 
-    Args:
-        examples: records with a `prompt`.
-        max_prompt_tokens: the longest prompt kept.
-        count_tokens: the token counter (default GPT-2's).
-        name: the set's name for the error message.
-
-    Returns:
-        (kept, n_dropped).
-
-    Raises:
-        DataError: naming the set (`name`, else the first example's id) when every example is dropped.
+    `examples`: records with a `prompt`.
+    `count_tokens`: the token counter (default GPT-2's).
+    Returns (kept, n_dropped).
+    Raises DataError: naming the set (`name`, else the first example's id) when every example is dropped.
     """
     kept = [ex for ex in examples if count_tokens(ex["prompt"]) <= max_prompt_tokens]
     n_dropped = len(examples) - len(kept)

@@ -26,17 +26,11 @@ def load_dolly_from_hub(out_dir: str | os.PathLike, *, seed: int = 0, name: str 
     the test set is the first `n_test` rows, valid the next `n_valid`, train the rest (MiniLLM also
     splits by position after shuffling, but with its own shuffle: these are not MiniLLM's exact rows).
 
-    Args:
-        out_dir: the data folder; files go to out_dir/HUB_DOLLY_FILES[role].
-        seed: the shuffle's seed.
-        name: a hub dataset id, or a local JSON Lines file / folder.
-        n_valid, n_test: the sizes of the validation and test sets.
-        max_prompt_tokens: the longest prompt kept.
-        count_tokens: the token counter; None = GPT-2's.
-        cache_dir: the `datasets` cache folder.
-
-    Returns:
-        role -> written file, for 'train', 'valid' and 'DollyEval'.
+    `out_dir`: the data folder; files go to out_dir/HUB_DOLLY_FILES[role].
+    `name`: a hub dataset id, or a local JSON Lines file / folder.
+    `count_tokens`: the token counter; None = GPT-2's.
+    `cache_dir`: the `datasets` cache folder.
+    Returns role -> written file, for 'train', 'valid' and 'DollyEval'.
     """
     rows = _load_hub_rows(name, cache_dir)
     examples = [_dolly_example(row, name, i + 1) for i, row in enumerate(rows)]

@@ -18,11 +18,7 @@ from .sets import data_dir
 def fetch_gpt2_ranks(dest: str | os.PathLike | None = None) -> Path:
     """Download openai-whisper's sdist from PyPI, extract gpt2.tiktoken, check its sha256 and write it atomically.
 
-    Args:
-        dest: the destination file; None = <data_dir>/cache/gpt2.tiktoken.
-
-    Returns:
-        The written file.
+    `dest`: the destination file; None = <data_dir>/cache/gpt2.tiktoken.
     """
     dest = Path(dest) if dest is not None else data_dir() / "cache" / "gpt2.tiktoken"
     with tempfile.TemporaryDirectory() as tmp:

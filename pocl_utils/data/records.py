@@ -23,13 +23,9 @@ PROMPT_WITH_INPUT = (
 def build_prompt(instruction: str, input: str = "", template: str = "") -> str:  # noqa: A002 - name fixed by the API
     """The MiniLLM/POCL prompt template (the `prompt` field of every MiniLLM-processed file), or `template`.
 
-    Args:
-        instruction: the task.
-        input: its context; empty = the template without an input section.
-        template: a format string with the fields {instruction} and (optionally) {input}; "" = MiniLLM's.
-
-    Returns:
-        The prompt; MiniLLM's ends in "### Response:\\n".
+    `input`: its context; empty = the template without an input section.
+    `template`: a format string with the fields {instruction} and (optionally) {input}; "" = MiniLLM's.
+    Returns the prompt; MiniLLM's ends in "### Response:\\n".
     """
     if template:
         return template.format(instruction=instruction, input=input)
@@ -206,16 +202,10 @@ def load_instructions(path: str | os.PathLike, template: str = "") -> list[dict]
     references as in S-NI). Each record gets `id`, `instruction`, `input`, `prompt`, `references`
     (list[str]) and `output` (the first reference); every other field of the row is kept.
 
-    Args:
-        path: the JSON Lines file.
-        template: the prompt of rows without a `prompt` (`build_prompt`); "" = MiniLLM's.
-
-    Returns:
-        One record per row, in file order.
-
-    Raises:
-        MissingDataError: the file does not exist.
-        DataError: naming file, line and field, for a malformed row, a duplicate id or an empty file.
+    `template`: the prompt of rows without a `prompt` (`build_prompt`); "" = MiniLLM's.
+    Returns one record per row, in file order.
+    Raises MissingDataError: the file does not exist.
+    Raises DataError: naming file, line and field, for a malformed row, a duplicate id or an empty file.
     """
     path = Path(path)
     if not path.is_file():

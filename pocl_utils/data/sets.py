@@ -40,16 +40,10 @@ def real_data_path(role: str, root: str | os.PathLike | None = None) -> Path:
 
     For the Dolly roles the file written by `download-dolly` is accepted when MiniLLM's is absent.
 
-    Args:
-        role: a key of REAL_SETS.
-        root: the data folder; None = data_dir().
-
-    Returns:
-        The set's JSON Lines file.
-
-    Raises:
-        DataError: an unknown role.
-        MissingDataError: (a DataError and a FileNotFoundError) no file, with how to get the data.
+    `root`: the data folder; None = data_dir().
+    Returns the set's JSON Lines file.
+    Raises DataError: an unknown role.
+    Raises MissingDataError: (a DataError and a FileNotFoundError) no file, with how to get the data.
     """
     if role not in REAL_SETS:
         raise DataError(f"unknown data role {role!r}; valid roles: {', '.join(REAL_SETS)}")
@@ -75,11 +69,8 @@ def _missing_set_message(role: str, root: Path) -> str:
 def load_real(role: str, root: str | os.PathLike | None = None) -> list[dict]:
     """load_instructions(real_data_path(role, root)).
 
-    Args:
-        role, root: as in `real_data_path`.
-
-    Returns:
-        The set's records (`load_instructions`).
+    role, root: as in `real_data_path`.
+    Returns the set's records (`load_instructions`).
     """
     return load_instructions(real_data_path(role, root))
 

@@ -30,13 +30,7 @@ def close_response(generated: Sequence[int], max_new_tokens: int, eos_id: int) -
     truncated, so it gets no EOS, as a cut reference loses its EOS in `encode_examples` (MiniLLM); otherwise the
     student would be taught to stop where the budget, not the teacher, ended the answer. An empty one is [EOS].
 
-    Args:
-        generated: the generated ids, cut at (excluding) EOS.
-        max_new_tokens: the generation budget.
-        eos_id: the EOS token id.
-
-    Returns:
-        The response ids: `generated` + [eos_id], or `generated` alone when it used the whole budget.
+    Returns the response ids: `generated` + [eos_id], or `generated` alone when it used the whole budget.
     """
     ids = list(generated)
     truncated = len(ids) >= max_new_tokens
@@ -51,15 +45,10 @@ def encode_examples(examples: Sequence[dict], tokenizer, *, max_prompt_len: int,
     drop_long=False (DistiLLM). The response is cut so prompt + response <= max_len; a cut response
     loses its EOS, as in MiniLLM.
 
-    Args:
-        examples: records with `prompt` and `output` (`load_instructions`).
-        tokenizer: a Hugging Face tokenizer with an EOS token.
-        max_prompt_len: the longest prompt in tokens, < max_len.
-        max_len: the longest prompt + response in tokens.
-        drop_long: drop longer prompts (True) or truncate them (False).
-
-    Returns:
-        (encoded, n_dropped); Encoded.index is the position in `examples`, Encoded.meta['id'] the example's id.
+    `examples`: records with `prompt` and `output` (`load_instructions`).
+    `max_prompt_len`: the longest prompt in tokens, < max_len.
+    `drop_long`: drop longer prompts (True) or truncate them (False).
+    Returns (encoded, n_dropped); Encoded.index is the position in `examples`, Encoded.meta['id'] the example's id.
     """
     if max_prompt_len >= max_len:
         raise ValueError(f"max_prompt_len ({max_prompt_len}) must be < max_len ({max_len}) "

@@ -35,26 +35,15 @@ def run_job(profile: str | Profile, grid_name: str, *, runs_root: Path | None = 
     """prepare -> the lr chosen per arm on validation (the profile's lr_factors; the choice in <out>_lr.csv) -> run_grid
     -> wait for runs other processes hold -> results CSV (written atomically); returns its path.
 
-    Runs claimed by another live process are waited for, or taken over if their owner dies, so the CSV covers the
-    whole grid. Launched on several processes, only the main rank logs and writes the CSV; the others return its path.
+    Runs claimed by another live process are waited for, or taken over if their owner dies. On several processes
+    only the main rank logs and writes the CSV.
 
-    Args:
-        profile: a Profile, a profile's name or a config file's path (see `config.get_profile`).
-        grid_name: the experiment, a key of GRIDS or EXTRA_GRIDS.
-        runs_root: the folder holding one workspace per profile; None = RUNS_ROOT (runs/).
-        n_seeds: training seeds per configuration; None = the profile's (`n_seeds_for`).
-        size: the grid size (config.GRID_SIZES); None = the profile's `grid`.
-        out: the results CSV; None = <workspace>/results/<grid_name>.csv.
-        protocol: the training protocol ("official" or "paper-text"), an override of the profile's; None = its own.
-        overrides: profile keys to change (`config.override`), dotted for nested settings; None = none.
-        log: called with one line per progress message (silenced on ranks other than the main one).
-
-    Returns:
-        The path of the results CSV.
-
-    Raises:
-        ConfigError: an unknown profile, a bad config file or override.
-        ValueError: an unknown grid name.
+    `profile`: a Profile, a profile's name or a config file's path (`config.get_profile`).
+    `size`: one of config.GRID_SIZES; None = the profile's `grid`. Other None arguments mean the profile's or
+    the default (runs/, <workspace>/results/<grid_name>.csv).
+    `overrides`: profile keys to change (`config.override`), dotted for nested settings.
+    Raises ConfigError: an unknown profile, a bad config file or override.
+    Raises ValueError: an unknown grid name.
     """
     import pandas as pd
 
@@ -101,8 +90,7 @@ micro-batches per step), POCL_COMPILE=1 (compile, CUDA only). Also POCL_RUNS_DIR
 def parse_overrides(params: list[list[str]]) -> dict[str, Any]:
     """`-p overrides JSON` pairs (pocl-reproduce's syntax) as one overrides mapping.
 
-    Raises:
-        ConfigError: a name other than `overrides`, or a value that is not a JSON object.
+    Raises ConfigError: a name other than `overrides`, or a value that is not a JSON object.
     """
     out: dict[str, Any] = {}
     for name, value in params:
@@ -155,13 +143,10 @@ def engine_overrides(environ: dict[str, str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """The command line: parse the arguments, set torch's CPU threads and run `run_job`.
 
-    Args:
-        argv: the arguments (--profile or --config, -p overrides, --grid, --runs-root, --seeds, --size, --out,
-            --threads, --help-profile); None = sys.argv[1:].
-
-    Returns:
-        The exit status: 0 when the results CSV is written, 2 after a ConfigError, DataError, CheckpointError, StepError
-        or RegistryError, printed to stderr as one line without a traceback.
+    `argv`: the arguments (--profile or --config, -p overrides, --grid, --runs-root, --seeds, --size, --out, --threads,
+    --help-profile); None = sys.argv[1:].
+    Returns the exit status: 0 when the results CSV is written, 2 after a ConfigError, DataError, CheckpointError,
+    StepError or RegistryError, printed to stderr as one line without a traceback.
     """
     ap = argparse.ArgumentParser(prog="python -m pocl_utils.experiment.job", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)

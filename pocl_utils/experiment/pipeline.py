@@ -25,19 +25,14 @@ def prepare(profile: Profile | str, *, runs_root: Path | None = None, device: st
             log: Callable[[str], None] = print, until: str = STEPS[-1]) -> Workspace:
     """Build (or find) every shared artefact of a profile's grid: the steps of STEPS, each cached under its key.
 
-    Args:
-        profile: a Profile or a profile name; real-data profiles are prepared by `real.prepare_real`.
-        runs_root: the folder holding one workspace per profile (default RUNS_ROOT).
-        device: the profile's `device` setting for this call ("auto", "cpu", "cuda", ...; the workspace keeps it);
-            None = the profile's own.
-        log: called with one line per finished step.
-        until: the last step to build (world profiles; default all of STEPS). Probes stop at "ranking".
-
-    Returns:
-        The workspace, whose artefacts load lazily from disk.
-
-    Raises:
-        ConfigError: (key "device") a device this machine lacks, before any step is built.
+    `profile`: a Profile or a profile name; real-data profiles are prepared by `real.prepare_real`.
+    `runs_root`: the folder holding one workspace per profile (default RUNS_ROOT).
+    `device`: the profile's `device` setting for this call ("auto", "cpu", "cuda", ...; the workspace keeps it); None =
+    the profile's own.
+    `log`: called with one line per finished step.
+    `until`: the last step to build (world profiles; default all of STEPS). Probes stop at "ranking".
+    Returns the workspace, whose artefacts load lazily from disk.
+    Raises ConfigError: (key "device") a device this machine lacks, before any step is built.
     """
     p = get_profile(profile) if isinstance(profile, str) else profile
     p = p if device is None else replace(p, device=device)
@@ -95,11 +90,7 @@ def teacher_sft_data(ws: Workspace) -> list:
     A world with noisy training references (`WorldConfig.ref_noise`) gives the teacher the right answers
     (`clean_output`): it is tuned on cleaner text than the student's one noisy reference, which it then corrects.
 
-    Args:
-        ws: the workspace of a world profile, with its data and tokenizer built.
-
-    Returns:
-        The encoded training set, followed by the pre-training blocks (their `index` continuing after its last).
+    Returns the encoded training set, followed by the pre-training blocks (their `index` continuing after its last).
     """
     p, train = ws.profile, ws.encoded("train")
     if any("clean_output" in r for r in ws.sets["train"]):

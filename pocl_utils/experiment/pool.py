@@ -42,13 +42,10 @@ def run_grid(ws: Workspace, specs: list[RunSpec], *, workers: int | None = None,
     (`execute`), so `workers` is 1 and every rank walks the main rank's list of unfinished specs. On CUDA, or with one
     worker, the specs run one after the other in this process.
 
-    Args:
-        workers: worker processes; None = the profile's `workers`. Never more than the runs left to do.
-        log: called with one line per finished run and one summary line before.
-
-    Returns:
-        The records of the finished runs among `specs`, in their order (runs still held by another process are
-        missing).
+    `workers`: worker processes; None = the profile's `workers`. Never more than the runs left to do.
+    `log`: called with one line per finished run and one summary line before.
+    Returns the records of the finished runs among `specs`, in their order (runs still held by another process are
+    missing).
     """
     todo = distributed.broadcast([s for s in specs if not ws.registry.done(KIND, run_key(ws, s))])
     workers = 1 if distributed.world_size() > 1 else min(workers or ws.profile.workers, max(1, len(todo)))
@@ -73,17 +70,10 @@ def at_chosen_lrs(ws: Workspace, specs: list[RunSpec], *,
     on the validation set" from {5e-4, 1e-4, 5e-5}): runs each arm's candidates (seed 0 at the protocol's lr times each
     of the profile's lr_factors, `experiments.lr_candidates`), then picks on their validation (`chosen_lrs`).
 
-    Args:
-        ws: the prepared workspace; its profile's lr_factors () means no choice.
-        specs: the grid's runs.
-        log: called with the pool's progress lines.
-
-    Returns:
-        (the specs at their arm's chosen lr_scale, `experiments.chosen_lrs`' table); without lr_factors the specs
-        unchanged and [].
-
-    Raises:
-        ValueError: an arm without a finished candidate (all held by other processes), so without a choice.
+    `ws`: the prepared workspace; its profile's lr_factors () means no choice.
+    Returns (the specs at their arm's chosen lr_scale, `experiments.chosen_lrs`' table); without lr_factors the specs
+    unchanged and [].
+    Raises ValueError: an arm without a finished candidate (all held by other processes), so without a choice.
     """
     factors = ws.profile.lr_factors
     if not factors:

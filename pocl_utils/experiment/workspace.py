@@ -39,24 +39,12 @@ class StepError(RuntimeError):
 def step_dir(root: Path, name: str, key: str, build: Callable[[Path], None], *,
              record: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> Path:
     """Run `build(tmp_dir)` unless `root/name` already holds the complete output for `key`; the result appears
-    atomically.
+    atomically. Returns `root/name`.
 
-    `record` (e.g. the device it was built on) is kept in the step's STEP.json. STEP.json also lists every file the
-    step wrote with its size and sha256 (`manifest`). A step whose files no longer match it (one truncated, deleted or
-    rewritten later), or whose STEP.json is unreadable, is rebuilt, with a line saying so. Concurrent processes build a
-    step once: the builder holds an exclusive lock on `root/.name.lock` (released by the kernel if it is killed) and the
-    others wait, then find the finished step. A failed build leaves nothing behind (its exception propagates).
-
-    Args:
-        root: the folder holding the steps (the workspace root).
-        name: the step's name, its folder under `root`.
-        key: the step's cache key; a folder built for another key is rebuilt.
-        build: writes the step's files into the temporary folder it is given.
-        record: extra fields for STEP.json; None = none.
-        log: called with a line when an existing step is rebuilt because it is damaged.
-
-    Returns:
-        `root/name`, the finished step's folder.
+    STEP.json holds `record` (e.g. the device) and every file the step wrote with its size and sha256 (`manifest`).
+    A step whose files no longer match it, whose STEP.json is unreadable, or built for another key is rebuilt, with a
+    line saying so. Concurrent processes build a step once: the builder holds an exclusive lock on `root/.name.lock`
+    (released by the kernel if it is killed), the others wait. A failed build leaves nothing behind.
     """
     out = root / name
     if _intact(out, key):
@@ -90,11 +78,7 @@ HASH_LIMIT = 256 * 2**20  # files up to this size are checked by sha256 at every
 def manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """Relative path -> {size, sha256} of every file under `folder` (STEP.json excluded).
 
-    Args:
-        folder: the step's folder.
-
-    Returns:
-        POSIX relative path -> {"size": bytes, "sha256": hex digest}, sorted by path.
+    Returns POSIX relative path -> {"size": bytes, "sha256": hex digest}, sorted by path.
     """
     return {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)}
             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != "STEP.json"}
@@ -141,14 +125,8 @@ def _step_problem(out: Path, key: str) -> str | None:
 def step_info(out: Path) -> dict[str, Any] | None:
     """A finished step's STEP.json (None if the step is not there); StepError naming the file if it is unreadable.
 
-    Args:
-        out: the step's folder.
-
-    Returns:
-        STEP.json's object (key, wall_s, the build record and files), or None when the folder has no STEP.json.
-
-    Raises:
-        StepError: STEP.json is not valid JSON, not UTF-8, or not a JSON object.
+    Returns STEP.json's object (key, wall_s, the build record and files), or None when the folder has no STEP.json.
+    Raises StepError: STEP.json is not valid JSON, not UTF-8, or not a JSON object.
     """
     path = out / "STEP.json"
     try:
@@ -182,26 +160,16 @@ class Workspace:
     def device(self) -> torch.device:
         """The device this process runs the profile's models on: its `device` setting (`distributed.device`).
 
-        Raises:
-            ConfigError: (key "device") a device this machine lacks, with the ones it has.
+        Raises ConfigError: (key "device") a device this machine lacks, with the ones it has.
         """
         return distributed.device(self.profile.device)
 
     def cached(self, kind: str, name: str, params: dict[str, Any],
                compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """compute()'s metrics, stored once in the registry (`kind`) under a key.
+        """compute()'s metrics, stored once in the registry (`kind`) under a key hashing (name, `params`, the prepared
+        steps' keys, this device's precision policy); a later call with the same key loads the stored record.
 
-        The key hashes (name, params, the prepared steps' keys, the precision policy of this process's device); a
-        later call with the same key loads the stored record instead of computing.
-
-        Args:
-            kind: the registry kind (folder) to store it under, e.g. "reference".
-            name: what is computed, e.g. a reference model's name.
-            params: the settings it depends on; part of the key and of the record's config.
-            compute: returns the metrics; called only when no record exists.
-
-        Returns:
-            The registry record (config, "metrics" = compute()'s output, timing and provenance), as read back from disk.
+        Returns the registry record (config, "metrics", timing and provenance), as read back from disk.
         """
         dev = self.device
         key = config_hash({"name": name, "params": params, "prep": self.step_keys(),
@@ -231,18 +199,11 @@ class Workspace:
         return {role: load_instructions(self.root / "data" / f"{role}.jsonl") for role in roles(self.profile)}
 
     def encoded(self, role: str) -> list:
-        """The tokenized examples of one set, encoded once per Workspace (`data.encode_examples`).
+        """The tokenized examples of `role` ("train", "valid" or an eval set), encoded once per Workspace
+        (`data.encode_examples`), `index` = the row's position in `sets[role]`. Prompts longer than max_prompt_len are
+        dropped; responses are cut to fit max_len.
 
-        Prompts longer than the profile's max_prompt_len are dropped; responses are cut to fit max_len.
-
-        Args:
-            role: one of `roles(profile)`: "train", "valid" or an eval set.
-
-        Returns:
-            The Encoded examples, `index` = the row's position in `sets[role]`.
-
-        Raises:
-            DataError: every prompt of a non-empty set is longer than max_prompt_len.
+        Raises DataError: every prompt of a non-empty set is longer than max_prompt_len.
         """
         return self._encoded[role]
 
@@ -286,30 +247,14 @@ class Workspace:
     def load_teacher(self, device: torch.device):
         """The prepared teacher (the "teacher" step's checkpoint), in eval mode.
 
-        Args:
-            device: the device to put it on.
-
-        Returns:
-            The teacher model.
-
-        Raises:
-            CheckpointError: a truncated or corrupt weights file, naming it.
-            FileNotFoundError: the teacher step is not built.
+        Raises CheckpointError: a truncated or corrupt weights file; FileNotFoundError: the step is not built.
         """
         return load_checkpoint(self.root / "teacher" / "model", device).eval()
 
     def load_student_init(self, device: torch.device):
         """A fresh copy of the student's initial weights (the "student_init" step's checkpoint).
 
-        Args:
-            device: the device to put it on.
-
-        Returns:
-            The student model.
-
-        Raises:
-            CheckpointError: a truncated or corrupt weights file, naming it.
-            FileNotFoundError: the student_init step is not built.
+        Raises CheckpointError: a truncated or corrupt weights file; FileNotFoundError: the step is not built.
         """
         return load_checkpoint(self.root / "student_init" / "model", device)
 
@@ -326,31 +271,19 @@ STEPS = ("data", "tokenizer", "teacher", "student_init", "ranking", "teacher_cac
 def workspace_root(profile: Profile, runs_root: Path | None = None) -> Path:
     """The folder of a profile's workspace.
 
-    Args:
-        profile: the profile.
-        runs_root: the folder holding one workspace per profile; None = RUNS_ROOT ($POCL_RUNS_DIR, default runs/).
-
-    Returns:
-        `runs_root / profile.name`.
+    `runs_root`: the folder holding one workspace per profile; None = RUNS_ROOT ($POCL_RUNS_DIR, default runs/).
+    Returns `runs_root / profile.name`.
     """
     return Path(runs_root or RUNS_ROOT) / profile.name
 
 
 def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, str], dev, *,
                 log: Callable[[str], None] = print, tag: str = "prepare") -> None:
-    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under its key.
+    """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under `keys[name]`.
 
     Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
-    the teacher SFT (`trained_together`), which every process trains together (data parallel, or FSDP-sharded). Each
-    step's STEP.json records `environment(dev, ...)`.
-
-    Args:
-        ws: the workspace.
-        builders: step name -> builder, in build order.
-        keys: step name -> cache key (e.g. `prep_keys`); must hold every name of `builders`.
-        dev: the device the builders run models on.
-        log: called with one line per step once it is ready.
-        tag: the log lines' prefix.
+    the teacher SFT (`trained_together`), which every process trains together. Each step's STEP.json records
+    `environment(dev, ...)`.
     """
     record = environment(dev, **ws.profile.engine())
     for name, build in builders.items():
@@ -365,17 +298,8 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
 
 
 def trained_together(p: Profile, name: str) -> bool:
-    """Whether all launched processes build step `name` together: the teacher step when it trains the teacher.
-
-    That is for world profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding.
-
-    Args:
-        p: the profile.
-        name: the step's name (one of STEPS).
-
-    Returns:
-        True for the "teacher" step of a profile that trains its teacher.
-    """
+    """Whether all launched processes build step `name` together: the "teacher" step of a profile that trains its
+    teacher (world profiles, and real ones with `sft_teacher`; OPT-2.7B's SFT is what needs FSDP's sharding)."""
     return name == "teacher" and (p.data == "world" or p.sft_teacher)
 
 
@@ -407,11 +331,7 @@ def _build_together(root: Path, name: str, key: str, build: Callable[[Path], Non
 def cache_mode(p: Profile) -> dict[str, str]:
     """The teacher cache's mode for its step key; "exact", the default, adds nothing to the key.
 
-    Args:
-        p: the profile.
-
-    Returns:
-        {} for "exact", else {"mode": p.teacher_cache}.
+    Returns {} for "exact", else {"mode": p.teacher_cache}.
     """
     return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
 
@@ -419,11 +339,7 @@ def cache_mode(p: Profile) -> dict[str, str]:
 def prep_keys(p: Profile) -> dict[str, str]:
     """Each step's cache key for a world profile: the profile fields it reads plus the key of the steps before it.
 
-    Args:
-        p: the profile.
-
-    Returns:
-        Step name (STEPS) -> key.
+    Returns step name (STEPS) -> key.
     """
     data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
     tok = config_hash({"up": data, "vocab": p.vocab_size})
@@ -444,18 +360,9 @@ def prep_keys(p: Profile) -> dict[str, str]:
 
 
 def lm_blocks(texts: list[str], tokenizer, block: int) -> list:
-    """Plain-LM training data as Encoded pairs: the first token is the 'prompt', every later token a target.
-
-    The texts are tokenized without special tokens, each followed by EOS, concatenated and cut into consecutive blocks
-    of `block` tokens, started while more than `block` tokens remain (the rest is dropped).
-
-    Args:
-        texts: the text corpus.
-        tokenizer: the tokenizer.
-        block: tokens per example (prompt + response).
-
-    Returns:
-        The Encoded blocks, `index` = their position.
+    """Plain-LM training data as Encoded pairs (`index` = position): the first token is the 'prompt', every later
+    token a target. The texts, tokenized without special tokens and each followed by EOS, are concatenated and cut into
+    consecutive blocks of `block` tokens while more than `block` remain (the rest is dropped).
     """
     ids: list[int] = []
     for t in texts:
@@ -471,11 +378,6 @@ def ranking_step(ws: Workspace, out: Path, dev) -> None:
     """ranking.csv: the training samples scored by the initial student (`difficulty.score_samples`).
 
     The references are each training row's "output"; generation is greedy, up to the profile's max_new_tokens.
-
-    Args:
-        ws: the workspace, with the steps before this one built.
-        out: the step's (temporary) folder to write into.
-        dev: the device to run the model on.
     """
     student = ws.load_student_init(dev).eval()
     enc = ws.encoded("train")
@@ -488,11 +390,6 @@ def teacher_cache_step(ws: Workspace, out: Path, dev) -> None:
     """The profile's teacher cache (`Profile.teacher_cache`): exact logits or top-k; nothing for "live".
 
     Writes cache.safetensors, the teacher's outputs on the encoded training set.
-
-    Args:
-        ws: the workspace, with the steps before this one built.
-        out: the step's (temporary) folder to write into.
-        dev: the device to run the model on.
     """
     top_k = cache_top_k(ws.profile)
     if top_k is not None:
@@ -505,11 +402,6 @@ def seqkd_step(ws: Workspace, out: Path, dev) -> None:
 
     Writes responses.json: one list of token ids per training example, up to max_new_tokens, closed with EOS only when
     the teacher stopped by itself (`data.close_response`).
-
-    Args:
-        ws: the workspace, with the steps before this one built.
-        out: the step's (temporary) folder to write into.
-        dev: the device to run the model on.
     """
     enc = ws.encoded("train")
     outs = generate(ws.load_teacher(dev), [e.prompt_ids for e in enc], eos_id=ws.eos_id, pad_id=ws.pad_id,
@@ -518,16 +410,7 @@ def seqkd_step(ws: Workspace, out: Path, dev) -> None:
 
 
 def thin_log(log: list[dict[str, float]], points: int = 200) -> list[dict[str, float]]:
-    """Keep a loss log small: every k-th step plus the last, with its step index.
-
-    k = max(1, len(log) // points), so a log longer than `points` keeps about `points` to 2 `points` rows.
-
-    Args:
-        log: one row of values per step.
-        points: the number of rows to aim for.
-
-    Returns:
-        The kept rows, each with "step" (its index in `log`) added first.
-    """
+    """Every k-th row of a per-step loss log plus the last, k = max(1, len(log) // points) (so about `points` to
+    2 `points` rows), each with "step" (its index in `log`) added first."""
     k = max(1, len(log) // points)
     return [{"step": i, **row} for i, row in enumerate(log) if i % k == 0 or i == len(log) - 1]

@@ -62,8 +62,7 @@ def train_with_our_loop(ws: Workspace, plan: pocl_trl.Curriculum, spec: TrainSpe
     on the CPU (on a GPU it groups batches by length; here they stay the sampler's, so both sides see the same
     batches), and a fresh optimizer per stage (`plan.restarts`) or one over all the steps.
 
-    Returns:
-        (student, per-step losses).
+    Returns (student, per-step losses).
     """
     device = device or str(ws.device)
     student, teacher = ws.load_student_init(device), ws.load_teacher(device)

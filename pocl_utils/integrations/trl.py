@@ -76,8 +76,7 @@ def row_texts(row: dict, tokenizer, where: str = "row") -> tuple[str, str, bool]
     "prompt"/"completion" strings; "prompt"/"completion" message lists (the prompt through the chat template with the
     generation prompt); or "messages", whose last message (the assistant's) is the completion.
 
-    Raises:
-        ValueError: naming `where`, a row with neither format, or an empty completion.
+    Raises ValueError: naming `where`, a row with neither format, or an empty completion.
     """
     if "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
@@ -119,28 +118,14 @@ def measure_difficulty(dataset, model: torch.nn.Module, tokenizer, *, n_subsets:
     """The dataset with POCL's difficulty columns, measured with the student (§3.1, Eq. 2).
 
     Adds "rouge_l" (ROUGE-L F x 100 of the student's greedy output against the completion), "ce" (its mean token
-    cross-entropy on the completion, nats), "difficulty_rank" (1 = easiest by `method`: "fusion" is reciprocal rank
-    fusion, FR = 1/(k + r_rouge) + 1/(k + r_ce)) and "stage" (i of the subset d_i the row falls in when the ranking
-    is cut into `n_subsets`; Baby Step stage i trains on the rows with stage <= i). Scored by
-    `difficulty.score_samples` in batches on the model's device (CPU or GPU), with a progress bar.
+    cross-entropy on the completion, nats), "difficulty_rank" (1 = easiest by `method`: "fusion", FR = 1/(k + r_rouge)
+    + 1/(k + r_ce); "rouge_l" or "ce" for the §5.1 ablation) and "stage" (i of the subset d_i the row falls in when
+    the ranking is cut into `n_subsets`), replacing old columns of those names. Scored by `difficulty.score_samples`
+    on the model's device.
 
-    Args:
-        dataset: a `datasets.Dataset` of prompt/completion or messages rows (`row_texts`).
-        model: the student, a causal LM.
-        tokenizer: its tokenizer (with an EOS token; a chat template for conversational rows).
-        n_subsets: n, the number of subsets and stages.
-        max_new_tokens: the greedy decode's length limit.
-        batch_size: rows per forward.
-        method: "fusion", "rouge_l" or "ce" (the §5.1 ablation).
-        k: the fusion constant of Eq. 2.
-        progress: show a tqdm bar.
-
-    Returns:
-        A new Dataset with the four columns (any old ones of those names replaced).
-
-    Raises:
-        ValueError: a row in neither format (naming it), a row too long for the model, or n_subsets outside
-            1..len(dataset).
+    `dataset`: prompt/completion or messages rows (`row_texts`); `tokenizer` needs EOS (and a chat template for those).
+    Raises ValueError: a row in neither format (naming it), a row too long for the model, or n_subsets outside
+    1..len(dataset).
     """
     from tqdm.auto import tqdm
     rows = [encode_row(row, tokenizer, i) for i, row in enumerate(dataset)]
@@ -202,19 +187,14 @@ def plan_curriculum(dataset, *, total_steps: int, n_subsets: int | None = None, 
                     restarts: bool = True, warmup_frac: float | None = None) -> Curriculum:
     """POCL's schedule from the dataset's "difficulty_rank" column (`measure_difficulty`), by `curriculum.plan_stages`.
 
-    Args:
-        dataset: rows with "difficulty_rank" (and "stage", whose largest value is the default n_subsets).
-        total_steps: the baseline's optimizer steps (e.g. `steps_for`), shared out over the stages by their sizes.
-        n_subsets: n; None = the dataset's number of stages.
-        tau: (tau_0, tau_n), Eq. 3; alpha: (alpha_0, alpha_n), Eq. 4 (the CE weight).
-        order: "easy_to_hard", "hard_to_easy" or "random" (Table 7); seed: its shuffle's and the batches' seed.
-        restarts, warmup_frac: as in `Curriculum`.
-
-    Returns:
-        The Curriculum.
-
-    Raises:
-        ValueError: no "difficulty_rank" column, or a plan `plan_stages` rejects.
+    `dataset`: rows with "difficulty_rank" (and "stage", whose largest value is the default n_subsets).
+    `total_steps`: the baseline's optimizer steps (e.g. `steps_for`), shared out over the stages by their sizes.
+    `n_subsets`: n; None = the dataset's number of stages.
+    `tau`: (tau_0, tau_n), Eq. 3; alpha: (alpha_0, alpha_n), Eq. 4 (the CE weight).
+    `order`: "easy_to_hard", "hard_to_easy" or "random" (Table 7); seed: its shuffle's and the batches' seed.
+    restarts, warmup_frac: as in `Curriculum`.
+    Returns the Curriculum.
+    Raises ValueError: no "difficulty_rank" column, or a plan `plan_stages` rejects.
     """
     if "difficulty_rank" not in dataset.column_names:
         raise ValueError("plan_curriculum: the dataset has no 'difficulty_rank' column; run measure_difficulty first")
@@ -249,8 +229,7 @@ class BabyStepBatchSampler(torch.utils.data.Sampler):
     `accumulation` micro-batches, or, with `repeat`, yields the slice `accumulation` times (TRL's generation batch,
     which DistillationTrainer splits itself). Its length is fixed: total steps x accumulation.
 
-    Raises:
-        ValueError: a batch whose slice for some rank or micro-batch would be empty (naming the stage).
+    Raises ValueError: a batch whose slice for some rank or micro-batch would be empty (naming the stage).
     """
 
     def __init__(self, curriculum: Curriculum, batch_size: int, *, rank: int = 0, world: int = 1,
@@ -565,8 +544,7 @@ def make_kd_trainer(*, curriculum: Curriculum, teacher_model: torch.nn.Module, d
                     beta: float | None = None, **trainer_kwargs):
     """A `KDTrainer` (TRL's SFTTrainer + POCL's curriculum + our KD loss); trainer_kwargs are SFTTrainer's.
 
-    Raises:
-        ImportError: TRL is not installed (naming the extra).
+    Raises ImportError: TRL is not installed (naming the extra).
     """
     return _classes()["KDTrainer"](curriculum=curriculum, teacher_model=teacher_model, divergence=divergence,
                                    beta=beta, **trainer_kwargs)

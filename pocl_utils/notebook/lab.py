@@ -75,17 +75,10 @@ def variant(source_nb: Any, solutions: bool, source_name: str = "11_lab_source.i
     lines go. The copy's metadata records the variant (`pocl_lab`) and the project's kernel spec; `source_nb` itself is
     not changed.
 
-    Args:
-        source_nb: the lab's source notebook (an nbformat v4 notebook node).
-        solutions: True for the solutions variant, False for the student variant.
-        source_name: the source's file name, used in the error messages.
-
-    Returns:
-        A new notebook node (a modified deep copy of `source_nb`).
-
-    Raises:
-        LabSourceError: a cell breaks the marker rules: markers outside a code cell tagged `exercise`, a tagged cell
-            without a block, or a marker without its partner (the message names the cell and line).
+    `source_nb`: the lab's source notebook (an nbformat v4 notebook node).
+    Returns a new notebook node (a modified deep copy of `source_nb`).
+    Raises LabSourceError: a cell breaks the marker rules: markers outside a code cell tagged `exercise`, a tagged cell
+    without a block, or a marker without its partner (the message names the cell and line).
     """
     nb = copy.deepcopy(source_nb)
     for k, cell in enumerate(nb.cells):
@@ -112,15 +105,9 @@ KERNELSPEC = {"name": "pocl", "display_name": "pocl (.venv)", "language": "pytho
 def render(solutions: bool, source: Path = SOURCE) -> str:
     """The variant as the exact text `write` puts on disk.
 
-    Args:
-        solutions: True for the solutions variant, False for the student variant.
-        source: the source notebook's path (default notebooks/lab/11_lab_source.ipynb).
-
-    Returns:
-        The variant's notebook JSON (nbformat.writes), ending with a newline.
-
-    Raises:
-        LabSourceError: the source breaks the marker rules (see `variant`).
+    `source`: the source notebook's path (default notebooks/lab/11_lab_source.ipynb).
+    Returns the variant's notebook JSON (nbformat.writes), ending with a newline.
+    Raises LabSourceError: the source breaks the marker rules (see `variant`).
     """
     text = nbformat.writes(variant(nbformat.read(source, as_version=4), solutions, Path(source).name))
     return text if text.endswith("\n") else text + "\n"
@@ -129,16 +116,10 @@ def render(solutions: bool, source: Path = SOURCE) -> str:
 def write(out: Path, solutions: bool, source: Path = SOURCE) -> Path:
     """Write the student or the solutions variant of the lab's source notebook.
 
-    Args:
-        out: the notebook file to write; its parent folders are created.
-        solutions: True for the solutions variant, False for the student variant.
-        source: the source notebook's path (default notebooks/lab/11_lab_source.ipynb).
-
-    Returns:
-        `out`, as a Path.
-
-    Raises:
-        LabSourceError: the source breaks the marker rules (see `variant`); `out` is not written.
+    `out`: the notebook file to write; its parent folders are created.
+    `source`: the source notebook's path (default notebooks/lab/11_lab_source.ipynb).
+    Returns `out`, as a Path.
+    Raises LabSourceError: the source breaks the marker rules (see `variant`); `out` is not written.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,12 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     `build` writes the student variant (default notebooks/11_lab.ipynb), `solutions` the solutions variant to OUT; each
     prints the path it wrote.
 
-    Args:
-        argv: the arguments after the program's name; None = sys.argv[1:].
-
-    Returns:
-        The exit status: 0 when the variant was written, 2 when the source breaks the marker rules (the reason is
-        printed).
+    `argv`: the arguments after the program's name; None = sys.argv[1:].
+    Returns the exit status: 0 when the variant was written, 2 when the source breaks the marker rules (the reason is
+    printed).
     """
     ap = argparse.ArgumentParser(prog="python -m pocl_utils.notebook.lab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)

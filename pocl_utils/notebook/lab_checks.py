@@ -100,14 +100,11 @@ def check_rrf(fuse_ranks: Callable) -> None:
     fuse_ranks(rouge_l, ce, k) against difficulty.fuse_ranks (Eq. 2): one fused score per sample, on four inputs (three
     samples, ties, k = 10, 40 random samples with ties), compared to a relative tolerance of 1e-6.
 
-    Args:
-        fuse_ranks: the student's `fuse_ranks(rouge_l, ce, k)`; it gets two float64 arrays and `k` by keyword and must
-            return one score per sample.
-
-    Raises:
-        NotImplementedYet: the function still raises NotImplementedError.
-        WrongAnswer: on the first input where the function raises or a score differs; the message names the sample, its
-            ranks, the expected and the received score, and a hint about the likely mistake.
+    `fuse_ranks`: the student's `fuse_ranks(rouge_l, ce, k)`; it gets two float64 arrays and `k` by keyword and must
+    return one score per sample.
+    Raises NotImplementedYet: the function still raises NotImplementedError.
+    Raises WrongAnswer: on the first input where the function raises or a score differs; the message names the sample,
+    its ranks, the expected and the received score, and a hint about the likely mistake.
     """
     cases = _rrf_cases()
     for label, rouge_l, ce, k in cases:
@@ -183,16 +180,13 @@ def check_stages(partition: Callable, baby_step: Callable) -> None:
     the correct subsets, so each function is judged on its own), on five inputs each (n dividing N or not, n = 1,
     n = N).
 
-    Args:
-        partition: the student's `partition(order, n_subsets)`: it gets an int array of sample ids (easiest first) and
-            the number of subsets n, and must return n arrays d_1..d_n.
-        baby_step: the student's `baby_step(subsets)`: it gets the list d_1..d_n and must return n stages,
-            stage i = d_1 ∪ ... ∪ d_i.
-
-    Raises:
-        NotImplementedYet: a function still raises NotImplementedError.
-        WrongAnswer: on the first input where a function raises or its result differs; the message names the input, the
-            expected and the received value, and a hint.
+    `partition`: the student's `partition(order, n_subsets)`: it gets an int array of sample ids (easiest first) and the
+    number of subsets n, and must return n arrays d_1..d_n.
+    `baby_step`: the student's `baby_step(subsets)`: it gets the list d_1..d_n and must return n stages, stage i = d_1 ∪
+    ... ∪ d_i.
+    Raises NotImplementedYet: a function still raises NotImplementedError.
+    Raises WrongAnswer: on the first input where a function raises or its result differs; the message names the input,
+    the expected and the received value, and a hint.
     """
     cases = _stage_cases()
     for label, order, n in cases:
@@ -265,14 +259,11 @@ def check_schedules(tau_schedule: Callable, alpha_schedule: Callable) -> None:
     curriculum.linear_schedule: one value per stage, endpoints exact, n = 1 allowed. The inputs are TAU_CASES and
     ALPHA_CASES.
 
-    Args:
-        tau_schedule: the student's `tau_schedule(tau_0, tau_n, n)`, which must return the n stage temperatures.
-        alpha_schedule: the student's `alpha_schedule(alpha_0, alpha_n, n)`, which must return the n stage SFT ratios.
-
-    Raises:
-        NotImplementedYet: a function still raises NotImplementedError.
-        WrongAnswer: on the first input where a function raises or its values differ; the message names the input, the
-            expected and the received values, and a hint.
+    `tau_schedule`: the student's `tau_schedule(tau_0, tau_n, n)`, which must return the n stage temperatures.
+    `alpha_schedule`: the student's `alpha_schedule(alpha_0, alpha_n, n)`, which must return the n stage SFT ratios.
+    Raises NotImplementedYet: a function still raises NotImplementedError.
+    Raises WrongAnswer: on the first input where a function raises or its values differ; the message names the input,
+    the expected and the received values, and a hint.
     """
     _check_schedule("tau_schedule", "tau", tau_schedule, TAU_CASES)
     _check_schedule("alpha_schedule", "alpha", alpha_schedule, ALPHA_CASES)
@@ -332,16 +323,12 @@ def check_divergence(divergence: Callable, kind: str) -> None:
     kind's default beta, on random fp64 logits: temperature 1 and not, a mask, everything masked, p = q. Compared to a
     relative tolerance of 1e-5.
 
-    Args:
-        divergence: the student's function; it gets [batch, tokens, vocab] student and teacher logits, then
-            `temperature` and `mask` (a [batch, tokens] bool tensor, or None) by keyword, and must return one number:
-            tau² times the mean over the counted tokens.
-        kind: the divergence the student implemented (the notebook's KIND), one of losses.KINDS.
-
-    Raises:
-        NotImplementedYet: the function still raises NotImplementedError.
-        WrongAnswer: `kind` is not one of losses.KINDS, or on the first input where the function raises or its value
-            differs (the message names the input, the expected and the received value, and a hint).
+    `divergence`: the student's function; it gets [batch, tokens, vocab] student and teacher logits, then `temperature`
+    and `mask` (a [batch, tokens] bool tensor, or None) by keyword, and must return one number: tau² times the mean over
+    the counted tokens.
+    Raises NotImplementedYet: the function still raises NotImplementedError.
+    Raises WrongAnswer: `kind` is not one of losses.KINDS, or on the first input where the function raises or its value
+    differs (the message names the input, the expected and the received value, and a hint).
     """
     if kind not in losses.KINDS:
         raise WrongAnswer(f"divergence: KIND = {kind!r} is not one of {', '.join(losses.KINDS)}")
@@ -374,13 +361,9 @@ def check(name: str, *answers: Callable, **options: Any) -> None:
     Runs CHECKS[name] on the student's function(s); never raises WrongAnswer (nor NotImplementedYet), so a check cell
     does not stop the notebook.
 
-    Args:
-        name: the exercise, a key of CHECKS: "rrf", "stages", "schedules" or "divergence".
-        *answers: the student's function(s), in the order the exercise's check_* function takes them.
-        **options: passed on to the check (`kind=` for "divergence").
-
-    Raises:
-        KeyError: `name` is not a key of CHECKS.
+    `name`: the exercise, a key of CHECKS: "rrf", "stages", "schedules" or "divergence".
+    `**options`: passed on to the check (`kind=` for "divergence").
+    Raises KeyError: `name` is not a key of CHECKS.
     """
     try:
         CHECKS[name](*answers, **options)
@@ -391,17 +374,11 @@ def check(name: str, *answers: Callable, **options: Any) -> None:
 def reference(name: str, **options: Any) -> tuple[Callable, ...]:
     """pocl_utils's own functions for exercise `name`, with the student's signatures.
 
-    Args:
-        name: the exercise, a key of CHECKS.
-        **options: for "divergence", `kind=`: the divergence bound into losses.divergence.
-
-    Returns:
-        A tuple of functions in the order the exercise's check takes them: (difficulty.fuse_ranks,) for "rrf",
-        (curriculum.partition, curriculum.baby_step) for "stages", curriculum.linear_schedule twice (tau, alpha) for
-        "schedules", and (losses.divergence with `kind` bound,) for "divergence".
-
-    Raises:
-        KeyError: an unknown `name`, or "divergence" without `kind`.
+    `**options`: for "divergence", `kind=`: the divergence bound into losses.divergence.
+    Returns a tuple of functions in the order the exercise's check takes them: (difficulty.fuse_ranks,) for "rrf",
+    (curriculum.partition, curriculum.baby_step) for "stages", curriculum.linear_schedule twice (tau, alpha) for
+    "schedules", and (losses.divergence with `kind` bound,) for "divergence".
+    Raises KeyError: an unknown `name`, or "divergence" without `kind`.
     """
     refs = {"rrf": (difficulty.fuse_ranks,), "stages": (curriculum.partition, curriculum.baby_step),
             "schedules": (curriculum.linear_schedule, curriculum.linear_schedule)}
@@ -416,17 +393,10 @@ def pick(name: str, *answers: Callable, **options: Any) -> Any:
     The check runs silently; functions that fail it or are not implemented yet are replaced by
     `reference(name, **options)`, so the closing experiment always runs.
 
-    Args:
-        name: the exercise, a key of CHECKS.
-        *answers: the student's function(s), in the order the exercise's check_* function takes them.
-        **options: passed on to the check and to `reference` (`kind=` for "divergence").
-
-    Returns:
-        The chosen function when the exercise has one ("rrf", "divergence"), else the tuple of chosen functions (e.g.
-        (partition, baby_step) for "stages").
-
-    Raises:
-        KeyError: `name` is not a key of CHECKS.
+    `**options`: passed on to the check and to `reference` (`kind=` for "divergence").
+    Returns the chosen function when the exercise has one ("rrf", "divergence"), else the tuple of chosen functions
+    (e.g. (partition, baby_step) for "stages").
+    Raises KeyError: `name` is not a key of CHECKS.
     """
     try:
         with contextlib.redirect_stdout(io.StringIO()):

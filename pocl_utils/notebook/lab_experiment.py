@@ -20,18 +20,9 @@ from ..experiment.workspace import Workspace
 
 
 def easy_first(ws: Workspace, fuse_ranks: Callable = difficulty.fuse_ranks) -> np.ndarray:
-    """The training samples easiest first, as ranked by `fuse_ranks` over the workspace's cached scores.
-
-    Training positions (into ws.encoded("train")) easiest first, by `fuse_ranks` over the workspace's cached ROUGE-L and
-    CE scores (ws.ranking; a higher fused score is easier); ties keep id order, as Ranking.order does.
-
-    Args:
-        ws: the prepared workspace (`setup`).
-        fuse_ranks: `fuse_ranks(rouge_l, ce)`, one fused score per sample, higher = easier: the student's function
-            (`pick("rrf", ...)`) or difficulty.fuse_ranks.
-
-    Returns:
-        An int64 array of positions into ws.encoded("train"), easiest first.
+    """Training positions (into ws.encoded("train")), int64, easiest first by `fuse_ranks(rouge_l, ce)` over the
+    workspace's cached scores (higher fused = easier; the student's function or difficulty.fuse_ranks); ties keep id
+    order, as Ranking.order does.
     """
     r = ws.ranking
     fused = np.asarray(fuse_ranks(r.rouge_l, r.ce), dtype=np.float64)
@@ -41,22 +32,13 @@ def easy_first(ws: Workspace, fuse_ranks: Callable = difficulty.fuse_ranks) -> n
 
 def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, baby_step: Callable,
          tau_schedule: Callable, alpha_schedule: Callable) -> list[curriculum.Stage]:
-    """The POCL stages of run `spec`, built from the given pieces.
+    """The POCL stages of run `spec` (its n_subsets, tau, alpha, order and seed), built from the given pieces: the
+    student's or curriculum's `partition(order, n_subsets)`, `baby_step(subsets)`, and `tau_schedule` /
+    `alpha_schedule(v_0, v_n, n)` (Eq. 3, 4).
 
-    curriculum.plan_stages with the baseline's step budget (loop.total_steps of the training set under the profile's KD
-    settings), as training_run.stages_for builds them from pocl_utils's pieces.
-
-    Args:
-        ws: the prepared workspace (its training set and KD settings set the step budget).
-        spec: the POCL run; its n_subsets, tau, alpha, order and seed are used.
-        order: training positions, easiest first (`easy_first`); spec.order then reorders them (Table 7's ablation).
-        partition: `partition(order, n_subsets)`, the student's or curriculum.partition.
-        baby_step: `baby_step(subsets)`, the student's or curriculum.baby_step.
-        tau_schedule: `tau_schedule(tau_0, tau_n, n)` (Eq. 3), the student's or curriculum.linear_schedule.
-        alpha_schedule: `alpha_schedule(alpha_0, alpha_n, n)` (Eq. 4), the student's or curriculum.linear_schedule.
-
-    Returns:
-        One curriculum.Stage per stage i = 1..n: its samples (d_1 ∪ ... ∪ d_i), tau_i, alpha_i and optimizer steps.
+    curriculum.plan_stages with the baseline's step budget (loop.total_steps), as training_run.stages_for builds them.
+    `order`: training positions, easiest first (`easy_first`); spec.order then reorders them (Table 7's ablation).
+    Returns one curriculum.Stage per stage i = 1..n: its samples (d_1 ∪ ... ∪ d_i), tau_i, alpha_i and optimizer steps.
     """
     n_steps = total_steps(len(ws.encoded("train")), ws.profile.kd)
     return curriculum.plan_stages(order, n_subsets=spec.n_subsets, total_steps=n_steps,
@@ -66,16 +48,8 @@ def plan(ws: Workspace, spec: RunSpec, order: np.ndarray, partition: Callable, b
 
 
 def plan_table(stages: Sequence[curriculum.Stage]) -> pd.DataFrame:
-    """One row per stage of a plan: what it trains on, its size, what it adds, tau, alpha and steps. (Of a plan's
-    stages; `nb.stage_table(ws, specs)` tabulates the plans of run specs.)
-
-    frames.stage_frame with what each stage trains on (d1 ∪ … ∪ di) and how many samples it adds (|d_i|).
-
-    Args:
-        stages: the plan's stages, in order (`plan`, or training_run.stages_for).
-
-    Returns:
-        A DataFrame with the columns stage, trains on ("d1 ∪ d2 ∪ …"), n_samples, added (|d_i|), tau, alpha and steps.
+    """One row per stage of a plan (`frames.stage_frame`): stage, trains on ("d1 ∪ d2 ∪ …"), n_samples, added
+    (|d_i|), tau, alpha and steps. (`nb.stage_table(ws, specs)` tabulates the plans of run specs.)
     """
     frame = stage_frame(list(stages))
     frame.insert(1, "trains on", [" ∪ ".join(f"d{j}" for j in range(1, i + 1)) for i in frame["stage"]])
@@ -84,16 +58,8 @@ def plan_table(stages: Sequence[curriculum.Stage]) -> pd.DataFrame:
 
 
 def same_stages(mine: Sequence[curriculum.Stage], theirs: Sequence[curriculum.Stage]) -> bool:
-    """Whether two POCL plans are the same, stage by stage.
-
-    Args:
-        mine: one plan (e.g. built by `plan` from the student's pieces).
-        theirs: the plan to compare it with (e.g. training_run.stages_for's).
-
-    Returns:
-        True when both plans have the same number of stages and the same samples, tau, alpha and steps in every stage
-        (samples in the same order; tau and alpha to np.isclose).
-    """
+    """Whether two POCL plans have the same number of stages and the same samples (in order), tau, alpha (to
+    np.isclose) and steps in every stage."""
     return len(mine) == len(theirs) and bool(all(
         np.array_equal(a.samples, b.samples) and np.isclose(a.tau, b.tau) and np.isclose(a.alpha, b.alpha)
         and a.steps == b.steps for a, b in zip(mine, theirs)))
@@ -101,22 +67,13 @@ def same_stages(mine: Sequence[curriculum.Stage], theirs: Sequence[curriculum.St
 
 def kd_by_subset(ws: Workspace, stages: Sequence[curriculum.Stage], divergence: Callable,
                  n_per_subset: int = 32) -> pd.DataFrame:
-    """The initial student's KD loss against the teacher on each subset d_j, at every stage's temperature.
+    """The initial student's mean KD loss tau²·D (Eq. 7) against the teacher on up to n_per_subset evenly spaced
+    samples of each subset d_j (what stage j adds), at every stage's tau. The student runs on the CPU; the teacher's
+    logits come from the workspace's cache.
 
-    The initial student against the teacher, before any distillation: the mean KD loss tau²·D (Eq. 7) on up to
-    n_per_subset evenly spaced samples of each subset d_j (what stage j adds), at every stage's tau. The student runs on
-    the CPU; the teacher's logits come from the workspace's cache.
-
-    Args:
-        ws: the prepared workspace (its initial student, cached teacher logits and training set).
-        stages: the Baby Step plan (`plan`); d_j is what stage j adds to stage j-1.
-        divergence: `divergence(student_logits, teacher_logits, temperature=tau)` on [1, N, vocab] logits, returning the
-            mean KD loss tau²·D: the student's function (`pick("divergence", ...)`) or losses.divergence with a kind
-            bound.
-        n_per_subset: the most samples scored per subset.
-
-    Returns:
-        A DataFrame with one row per (subset, stage tau): subset ("d1", "d2", ...), tau, kd (tau²·D) and D (kd / tau²).
+    `divergence`: `divergence(student_logits, teacher_logits, temperature=tau)` on [1, N, vocab] logits, returning
+    tau²·D: the student's function (`pick("divergence", ...)`) or losses.divergence with a kind bound.
+    Returns one row per (subset, stage tau): subset ("d1", "d2", ...), tau, kd (tau²·D) and D (kd / tau²).
     """
     enc, student, rows, done = ws.encoded("train"), ws.load_student_init("cpu").eval(), [], 0
     for stage in stages:
@@ -133,16 +90,8 @@ def kd_by_subset(ws: Workspace, stages: Sequence[curriculum.Stage], divergence: 
 
 
 def kd_figure(frame: pd.DataFrame, kind: str) -> Any:
-    """Plot `kd_by_subset`'s frame: one line per subset d_j against the stage temperature tau.
-
-    Left: the loss the student would train on (tau²·D) per subset against tau; right: D alone.
-
-    Args:
-        frame: `kd_by_subset`'s frame (columns subset, tau, kd, D).
-        kind: the divergence's name, for the panel titles.
-
-    Returns:
-        The matplotlib Figure (neither shown nor saved here).
+    """Plot `kd_by_subset`'s frame, one line per subset d_j against the stage temperature tau: left the loss the
+    student would train on (tau²·D), right D alone. Returns the Figure, neither shown nor saved.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     panels = ((axes[0], "kd", f"τ²·D ({kind}), the KD loss of Eq. 7"), (axes[1], "D", f"D ({kind}) alone"))

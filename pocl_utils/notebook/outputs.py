@@ -40,11 +40,7 @@ def output_root() -> Path:
 def results_dir(profile: str) -> Path:
     """The folder of a run's tables for one profile: results/<profile>/ under `output_root()`.
 
-    Args:
-        profile: the profile's name.
-
-    Returns:
-        The folder's path (not created here).
+    Returns the folder's path (not created here).
     """
     return output_root() / "results" / profile
 
@@ -52,11 +48,7 @@ def results_dir(profile: str) -> Path:
 def figures_dir(profile: str) -> Path:
     """The folder of a run's figures for one profile: figures/<profile>/ under `output_root()`.
 
-    Args:
-        profile: the profile's name.
-
-    Returns:
-        The folder's path (not created here).
+    Returns the folder's path (not created here).
     """
     return output_root() / "figures" / profile
 
@@ -68,15 +60,9 @@ def run_problem(profile: str, notebooks: list[Path], executed: Path, output: Pat
     notebook has its executed copy there, each of REQUIRED_TABLES is in `output`/results/<profile>/ and
     `output`/figures/<profile>/ holds at least one PNG.
 
-    Args:
-        profile: the profile's name.
-        notebooks: the collection's notebooks (only their names are used).
-        executed: the folder of the executed notebooks.
-        output: the output root holding the run's results/<profile>/ and figures/<profile>/.
-
-    Returns:
-        A one-line reason naming the first problem found (an unfinished or missing notebook, a missing table, no
-        figure), or None when the run is finished.
+    `output`: the output root holding the run's results/<profile>/ and figures/<profile>/.
+    Returns a one-line reason naming the first problem found (an unfinished or missing notebook, a missing table, no
+    figure), or None when the run is finished.
     """
     for nb in notebooks:
         for status in UNFINISHED:
@@ -102,21 +88,12 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
     variant when the run folder holds one (<runs root>/<profile>/lab/11_lab_solutions.ipynb, from `pocl-reproduce --lab
     solutions`). What a publish killed between its two renames left behind is undone first.
 
-    Args:
-        profile: the profile's name.
-        notebooks: the collection's notebooks; all must have finished (`run_problem`).
-        executed: the folder of their executed copies.
-        output: the run's output root, holding results/<profile>/ and figures/<profile>/.
-        reference: the root of the committed reference results (default: the repository's root).
-        log: receives the progress lines (files kept in the reference, files published).
-
-    Returns:
-        The new folders: [reference/results/<profile>, reference/figures/<profile>].
-
-    Raises:
-        PublishError: the run is unfinished (a notebook failed, was interrupted or has not run, a required table is
-            missing or there is no figure), or its executed notebooks take more than NOTEBOOKS_MAX_MB; nothing was
-            touched.
+    `notebooks`: the collection's notebooks; all must have finished (`run_problem`).
+    `output`: the run's output root, holding results/<profile>/ and figures/<profile>/.
+    `reference`: the root of the committed reference results (default: the repository's root).
+    Returns the new folders: [reference/results/<profile>, reference/figures/<profile>].
+    Raises PublishError: the run is unfinished (a notebook failed, was interrupted or has not run, a required table is
+    missing or there is no figure), or its executed notebooks take more than NOTEBOOKS_MAX_MB; nothing was touched.
     """
     problem = run_problem(profile, notebooks, executed, output)
     if problem:
@@ -149,11 +126,7 @@ def published_notebook(path: Path) -> str:
     a stream that then shows nothing (a cleared bar's empty red box) is dropped; papermill's per-cell timing metadata is
     left out (its notebook-level record stays).
 
-    Args:
-        path: the executed notebook.
-
-    Returns:
-        The cleaned notebook's JSON text (nbformat.writes).
+    Returns the cleaned notebook's JSON text (nbformat.writes).
     """
     import nbformat
     nb = nbformat.read(path, as_version=4)
@@ -181,17 +154,9 @@ def published_notebooks(profile: str, notebooks: list[Path], executed: Path,
     """The files of results/<profile>/notebooks/: each executed notebook, cleaned (`published_notebook`), and a
     README.md that lists them with their titles and wall times (from timings.json when the run wrote one).
 
-    Args:
-        profile: the profile's name.
-        notebooks: the collection's notebooks (their names are looked up in `executed`).
-        executed: the folder of the executed notebooks.
-        extra: more executed notebooks to publish after them, read where they are (the lab's solutions).
-
-    Returns:
-        {file name: text}.
-
-    Raises:
-        PublishError: the notebooks take more than NOTEBOOKS_MAX_MB together (the message names the largest).
+    `notebooks`: the collection's notebooks (their names are looked up in `executed`).
+    Returns {file name: text}.
+    Raises PublishError: the notebooks take more than NOTEBOOKS_MAX_MB together (the message names the largest).
     """
     import nbformat
     pages = {path.name: published_notebook(path) for path in [executed / nb.name for nb in notebooks] + list(extra)}

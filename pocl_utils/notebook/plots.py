@@ -73,11 +73,7 @@ def figure(ws: Workspace, name: str) -> None:
     A bar chart draws a grid's finished runs (`grid_runs`; `run_grid` trains them). When the profile has nothing to
     draw (e.g. no true difficulty on real data), a note is printed instead.
 
-    Args:
-        name: the figure, a key of FIGURES.
-
-    Raises:
-        KeyError: an unknown figure name (the message lists the valid ones).
+    Raises KeyError: an unknown figure name (the message lists the valid ones).
     """
     if name not in FIGURES:
         raise KeyError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}")
@@ -94,11 +90,8 @@ def collect(ws: Workspace, family: str = "gpt2") -> dict[str, TableReport]:
     Runs whatever of every grid is not finished yet (`run_grid`) and saves its tables (`grid_report`), writes runs.csv
     (`runs_frame`) when a run has finished, and draws and saves every figure of FIGURES (`figure`).
 
-    Args:
-        family: the paper's model family to compare with: "gpt2" or "opt".
-
-    Returns:
-        The TableReport of every grid, by grid name.
+    `family`: the paper's model family to compare with: "gpt2" or "opt".
+    Returns the TableReport of every grid, by grid name.
     """
     for name in GRIDS:
         if specs_of(ws, name):

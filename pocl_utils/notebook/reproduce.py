@@ -34,18 +34,8 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 def collection(folder: Path = NOTEBOOK_DIR, profile: str = "laptop") -> list[Path]:
-    """The numbered notebooks of the main job, in run order.
-
-    The lab notebook and its solutions are not part of the main job; the real-models notebook (`*_real_models`) only for
-    profiles with real data.
-
-    Args:
-        folder: the notebooks' folder (notebooks named NN_*.ipynb).
-        profile: the profile's name, or a config file's path; an unknown name counts as a profile with generated
-            data.
-
-    Returns:
-        The notebooks' paths, sorted by name.
+    """The numbered notebooks of the main job, sorted by name: not the lab; the real-models notebook only for profiles
+    with real data (an unknown profile name counts as generated data).
     """
     data = get_profile(profile).data if is_config_file(profile) else getattr(PROFILES.get(profile), "data", "world")
     if data == "files":  # a config's own models and data: the notebooks that need no generated world or paper data
@@ -61,8 +51,7 @@ def profile_name(profile: str) -> str:
     """The name of a profile or of a config file's profile (what its runs/, results/ and figures/ folders are named
     after).
 
-    Raises:
-        ConfigError: an unknown profile name, or a config file that does not load (naming its file, line and key).
+    Raises ConfigError: an unknown profile name, or a config file that does not load (naming its file, line and key).
     """
     if is_config_file(profile):
         return get_profile(profile).name
@@ -74,17 +63,11 @@ def profile_name(profile: str) -> str:
 def select(notebooks: list[Path], prefixes: list[str], profile: str) -> list[Path]:
     """The notebooks whose file names start with one of `prefixes` (`--only`), in run order.
 
-    Args:
-        notebooks: the profile's collection (`collection`).
-        prefixes: name prefixes, e.g. ["03", "10"] or ["03_kd"].
-        profile: the profile's name (for the message).
-
-    Returns:
-        The matching notebooks, in the order of `notebooks`.
-
-    Raises:
-        ConfigError: a prefix matches no notebook; the one-line message lists the valid prefixes (and says that the lab
-            runs with --lab).
+    `notebooks`: the profile's collection (`collection`).
+    `prefixes`: name prefixes, e.g. ["03", "10"] or ["03_kd"].
+    Returns the matching notebooks, in the order of `notebooks`.
+    Raises ConfigError: a prefix matches no notebook; the one-line message lists the valid prefixes (and says that the
+    lab runs with --lab).
     """
     unmatched = [o for o in prefixes if not any(nb.name.startswith(o) for nb in notebooks)]
     if unmatched:
@@ -100,13 +83,10 @@ LAB_VARIANTS = ("student", "solutions")
 def lab_notebook(variant: str, folder: Path) -> Path:
     """The lab notebook that `--lab VARIANT` executes.
 
-    Args:
-        variant: "student" (the committed notebooks/11_lab.ipynb, as a student meets it) or "solutions" (generated
-            from notebooks/lab/11_lab_source.ipynb into `folder`/source/, every exercise solved).
-        folder: the lab's run folder, <runs root>/<profile>/lab.
-
-    Returns:
-        The notebook to execute.
+    `variant`: "student" (the committed notebooks/11_lab.ipynb, as a student meets it) or "solutions" (generated from
+    notebooks/lab/11_lab_source.ipynb into `folder`/source/, every exercise solved).
+    `folder`: the lab's run folder, <runs root>/<profile>/lab.
+    Returns the notebook to execute.
     """
     from . import lab
     if variant == "student":
@@ -119,11 +99,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
     Read with papermill's inspector; a default that is not a Python literal is None.
 
-    Args:
-        path: the notebook file.
-
-    Returns:
-        {parameter name: default value}.
+    Returns {parameter name: default value}.
     """
     import papermill as pm
     return {name: _literal(spec["default"]) for name, spec in pm.inspect_notebook(str(path)).items()}
@@ -159,13 +135,9 @@ def kernel_name() -> str:
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
     """Check the parameters given to a notebook against its `parameters` cell, before it runs.
 
-    Args:
-        path: the notebook file.
-        params: the parameters it would get, name -> value.
-
-    Raises:
-        ConfigError: naming an unknown parameter and listing the valid ones, or a value whose type does not match the
-            parameter's default (e.g. `overrides` must be a JSON object; see `check_value`).
+    `params`: the parameters it would get, name -> value.
+    Raises ConfigError: naming an unknown parameter and listing the valid ones, or a value whose type does not match the
+    parameter's default (e.g. `overrides` must be a JSON object; see `check_value`).
     """
     valid = notebook_parameters(path)
     for key, value in params.items():
@@ -177,17 +149,8 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
 
 
 def check_value(key: str, value: Any, default: Any) -> None:
-    """Check that a notebook parameter's value has the JSON type of the parameter's `default`.
-
-    An int is a valid float; a None default takes anything.
-
-    Args:
-        key: the parameter's name (for the message; for `overrides` it shows an example).
-        value: the value given (-p NAME VALUE, parsed as JSON).
-        default: the parameter's default in the notebook.
-
-    Raises:
-        ConfigError: unless `value` has the JSON type of `default`.
+    """Raises ConfigError (naming `key`; for `overrides` with an example) unless `value` has the JSON type of the
+    notebook parameter's `default`. An int is a valid float; a None default takes anything.
     """
     want = _json_kind(default)
     if want is None or _json_kind(value) == want or (want == "number" and _json_kind(value) == "integer"):
@@ -208,19 +171,11 @@ def _json_kind(value: Any) -> str | None:
 
 
 def check_extra(profile: str, extra: dict[str, Any]) -> None:
-    """Refuse extra parameters that would run something other than asked, before any kernel starts.
+    """Refuse, before any kernel starts, extra parameters (-p NAME VALUE) that would run something other than asked.
 
-    What is refused: `profile` set twice with two values, overrides the profile rejects (unknown key, bad value), or a
-    `device` this machine lacks.
-
-    Args:
-        profile: the profile's name (--profile).
-        extra: the extra notebook parameters (-p NAME VALUE), name -> value.
-
-    Raises:
-        ConfigError: `extra["profile"]` is an unknown profile or differs from `profile`, or get_profile rejects
-            `profile` with `extra["overrides"]` (when that is a mapping); (key "device") the profile's device is not
-            on this machine (`models.pick_device`).
+    Raises ConfigError: `extra["profile"]` is an unknown profile or differs from `profile`, or get_profile rejects
+    `profile` with `extra["overrides"]` (when that is a mapping); (key "device") the profile's device is not on this
+    machine (`models.pick_device`).
     """
     if "profile" in extra and extra["profile"] != profile:
         if not isinstance(extra["profile"], str) or extra["profile"] not in PROFILES:
@@ -245,18 +200,11 @@ BAR = re.compile(r"\d+%\|")  # tqdm's text bar, e.g. "teacher SFT:  12%|█▏  
 
 
 class ProgressLine:
-    """Echo the progress bars of a running notebook's kernel to the terminal, as one line (papermill's stdout_file and
-    stderr_file).
+    """Echo the progress bars of a running notebook's kernel (papermill's stdout_file and stderr_file) to `stream` as
+    one line; everything else the kernel prints stays in the executed notebook.
 
-    Everything else the kernel prints stays in the executed notebook. On a terminal the line is rewritten in place and
-    cleared by `close`; elsewhere (a log file, CI) a bar is written as a line when it first appears and then at most
-    once every `interval` seconds.
-
-    Args:
-        stream: where the line goes (default sys.stdout).
-        tty: whether `stream` is a terminal; None = stream.isatty().
-        interval: the seconds between two lines of the same bar when not on a terminal.
-        indent: put before each line (under the command's "[k/n] notebook" line).
+    On a terminal (`tty`, None = stream.isatty()) the line is rewritten in place and cleared by `close`; elsewhere (a
+    log file, CI) a bar is written when it first appears, then at most once every `interval` seconds.
     """
 
     def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, interval: float = 30.0,
@@ -307,27 +255,15 @@ class Interrupted(Exception):
 
 def execute_one(nb: Path, out_dir: Path, parameters: dict[str, Any], kernel: str,
                 progress: ProgressLine | None = None) -> Path:
-    """Execute notebook `nb` with papermill into `out_dir/<name>`, atomically.
+    """Execute notebook `nb` with papermill into `out_dir/<name>`, atomically; returns that path.
 
     papermill writes `<stem>.running.ipynb`, which replaces the last good executed copy only once it finished. A failed
     run is kept as `<stem>.failed.ipynb`, an interrupted one as `<stem>.interrupted.ipynb` (each marked as such inside);
-    the last good copy is never touched by either. A finished run removes the notebook's older failed and interrupted
-    copies. The kernel starts in the repository root.
+    a finished run removes the older ones. The kernel starts in the repository root.
 
-    Args:
-        nb: the notebook to execute.
-        out_dir: the folder of the executed copies.
-        parameters: the values papermill injects, name -> value.
-        kernel: the Jupyter kernel's name (`kernel_name`).
-        progress: echoes the kernel's progress bars to the terminal while the notebook runs; None = nothing echoed.
-
-    Returns:
-        The executed copy's path, out_dir/<name>.
-
-    Raises:
-        Interrupted: Ctrl-C while the notebook ran.
-        Exception: any other error of the run (e.g. papermill's PapermillExecutionError for a failing cell), re-raised
-            after the partial copy is kept as `<stem>.failed.ipynb`.
+    Raises Interrupted: Ctrl-C while the notebook ran.
+    Raises Exception: any other error of the run (e.g. papermill's PapermillExecutionError for a failing cell),
+    re-raised after the partial copy is kept as `<stem>.failed.ipynb`.
     """
     import papermill as pm
     final, running = out_dir / nb.name, out_dir / f"{nb.stem}.running.ipynb"
@@ -374,29 +310,16 @@ def _keep_unfinished(running: Path, target: Path, status: str) -> None:
 def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir: Path | None = None,
                    extra: dict[str, Any] | None = None, log=print,
                    progress: ProgressLine | None = None) -> dict[str, float]:
-    """Execute each notebook with `profile` (and `extra` parameters where a notebook has them), in order.
+    """Execute each notebook with `profile` (a name or a config file's path) and the `extra` parameters it has, in
+    order; returns the merged timings.json (`merge_timings`) of `out_dir` (None = <runs root>/<profile>/notebooks).
 
     Every notebook must have `profile`; an extra parameter must exist in at least one notebook and have the type of its
-    default (checked before anything runs) and is passed to the notebooks that have it. Kernels start in the repository
-    root, so they import this checkout's pocl_utils even where the package is not installed. Wall times are merged into
-    `out_dir/timings.json` (a run of some notebooks updates theirs, the others stay); Ctrl-C raises `Interrupted` naming
-    the notebook. The error of a failing notebook propagates (see `execute_one`).
+    default (checked before anything runs). Kernels start in the repository root, so they import this checkout's
+    pocl_utils. The error of a failing notebook propagates (see `execute_one`).
 
-    Args:
-        profile: the profile's name, one of PROFILES, or a config file's path (`config.load_config`).
-        notebooks: the notebooks to run, in this order; None = `collection(profile=profile)`.
-        out_dir: the folder of the executed notebooks and timings.json; None = <runs root>/<profile name>/notebooks.
-        extra: extra notebook parameters, name -> value.
-        log: receives the progress lines.
-        progress: echoes each kernel's progress bars (see `ProgressLine`); None = nothing echoed.
-
-    Returns:
-        The merged timings.json: wall seconds per notebook file name, and "total" (see `merge_timings`).
-
-    Raises:
-        ConfigError: an unknown profile, a bad extra parameter (`check_extra`, `check_parameters`), or no Jupyter kernel
-            that runs this interpreter (`kernel_name`).
-        Interrupted: Ctrl-C while a notebook ran (the message names it).
+    Raises ConfigError: an unknown profile, a bad extra parameter (`check_extra`, `check_parameters`), or no Jupyter
+    kernel that runs this interpreter (`kernel_name`).
+    Raises Interrupted: Ctrl-C while a notebook ran (the message names it).
     """
     name = profile_name(profile)
     extra = dict(extra or {})
@@ -432,19 +355,9 @@ def run_collection(profile: str, *, notebooks: list[Path] | None = None, out_dir
 
 
 def merge_timings(path: Path, times: dict[str, float], total: float, *, whole: bool) -> dict[str, float]:
-    """Update the notebooks' entries in timings.json, keeping the others.
-
-    `total` is this run's wall time when it ran the whole collection; after a partial run (`--only`) it is the sum of
-    the latest per-notebook times.
-
-    Args:
-        path: the timings.json file; a missing one, or one that is not valid JSON, counts as empty.
-        times: this run's wall seconds per notebook file name.
-        total: this run's wall seconds.
-        whole: whether this run ran the whole collection.
-
-    Returns:
-        The merged timings, as written to `path`: seconds per notebook file name and "total".
+    """Update the notebooks' entries of timings.json (missing or invalid = empty), keeping the others; returns the
+    merged timings as written: seconds per notebook file name and "total", which is this run's wall seconds when it
+    ran the whole collection, else the sum of the latest per-notebook times.
     """
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -493,12 +406,9 @@ def main(argv: list[str] | None = None) -> int:
 
     See `pocl-reproduce --help` for the options and where things go (EPILOG). Errors are printed on stderr.
 
-    Args:
-        argv: the arguments after the program's name; None = sys.argv[1:].
-
-    Returns:
-        The exit status: 0 on success; 1 when a notebook failed or `--publish` was refused; 2 for a configuration error
-        (ConfigError: a bad profile or parameter, no usable kernel); 130 when interrupted.
+    `argv`: the arguments after the program's name; None = sys.argv[1:].
+    Returns the exit status: 0 on success; 1 when a notebook failed or `--publish` was refused; 2 for a configuration
+    error (ConfigError: a bad profile or parameter, no usable kernel); 130 when interrupted.
     """
     ap = argparse.ArgumentParser(prog="pocl-reproduce", description=__doc__.splitlines()[0], epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -582,10 +492,6 @@ def where_outputs(profile: str, log=print) -> None:
     """Say where this run's tables and figures are, and how to compare the tables with the committed reference.
 
     Names only folders that exist: the comparison line only when the repository holds a reference for the profile.
-
-    Args:
-        profile: the profile's name.
-        log: receives the lines.
     """
     run = output_root() / "results" / profile
     found = [f"{what} in {_short(folder)}/" for what, folder in (("tables", run),

@@ -26,11 +26,8 @@ def _name(profile: str | Profile) -> str:
 def results_dir(profile: str | Profile) -> Path:
     """This run's tables: results/<profile>/ under the output root (see outputs.output_root).
 
-    Args:
-        profile: a Profile or a profile's name.
-
-    Returns:
-        The folder's path (not created here).
+    `profile`: a Profile or a profile's name.
+    Returns the folder's path (not created here).
     """
     return outputs.results_dir(_name(profile))
 
@@ -38,11 +35,8 @@ def results_dir(profile: str | Profile) -> Path:
 def figures_dir(profile: str | Profile) -> Path:
     """This run's figures: figures/<profile>/ under the output root.
 
-    Args:
-        profile: a Profile or a profile's name.
-
-    Returns:
-        The folder's path (not created here).
+    `profile`: a Profile or a profile's name.
+    Returns the folder's path (not created here).
     """
     return outputs.figures_dir(_name(profile))
 
@@ -60,16 +54,10 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
     resolved profile to results/<profile>/profile.json and prints a one-line summary. In a notebook, our input errors
     are then shown as one line instead of a traceback (`short_errors`).
 
-    Args:
-        profile: the profile's name, one of PROFILES.
-        **overrides: profile keys to change, dotted for nested settings (the notebooks pass their `overrides` parameter,
-            e.g. {"kd.lr": 0.001}).
-
-    Returns:
-        The prepared Workspace: the profile's data sets, models, difficulty ranking and caches.
-
-    Raises:
-        ConfigError: an unknown profile, an unknown key or a bad value.
+    `**overrides`: profile keys to change, dotted for nested settings (the notebooks pass their `overrides` parameter,
+    e.g. {"kd.lr": 0.001}).
+    Returns the prepared Workspace: the profile's data sets, models, difficulty ranking and caches.
+    Raises ConfigError: an unknown profile, an unknown key or a bad value.
     """
     import seaborn as sns
     short_errors()
@@ -90,11 +78,8 @@ def setup(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Workspace:
 def require_real(ws: Workspace) -> None:
     """Stop with a one-line error unless the workspace holds real data (the real-models notebook needs it).
 
-    Args:
-        ws: the notebook's workspace (`setup`).
-
-    Raises:
-        ConfigError: the profile has generated data (the message names the real-data profiles).
+    `ws`: the notebook's workspace (`setup`).
+    Raises ConfigError: the profile has generated data (the message names the real-data profiles).
     """
     if ws.profile.data != "real":
         raise ConfigError(f"profile {ws.profile.name!r} has generated data; this notebook needs a real-data profile "

@@ -28,12 +28,8 @@ class SourceError(LookupError):
 class Source:
     """One piece of the package's code: its text and where it lives.
 
-    Args:
-        name: the dotted name below pocl_utils, as asked.
-        path: the file, relative to the package's parent folder (e.g. pocl_utils/losses.py).
-        first: the first line's number in the file (1-based).
-        last: the last line's number.
-        text: the code, dedented; without its docstring unless asked.
+    `first`: the first line's number in the file (1-based).
+    `text`: the code, dedented; without its docstring unless asked.
     """
 
     name: str
@@ -90,17 +86,12 @@ def _without_docstring(text: str) -> str:
 
 
 def source(name: str, *, docstring: bool = False) -> Source:
-    """The code of one name below pocl_utils, read from the installed package.
+    """The code of one dotted name below pocl_utils ("difficulty.fuse_ranks", "curriculum.Stage"), read from the
+    installed package.
 
-    Args:
-        name: a dotted path below pocl_utils: "difficulty.fuse_ranks", "curriculum.Stage", "losses.DIVERGENCES".
-        docstring: keep the function's or class's docstring (default: left out, the notebook's prose says it).
-
-    Returns:
-        The Source: its text, file and line span.
-
-    Raises:
-        SourceError: the name leads to no module, attribute or code in pocl_utils.
+    `docstring`: keep the function's or class's docstring (default: left out, the notebook's prose says it).
+    Returns the Source: its text, file and line span.
+    Raises SourceError: the name leads to no module, attribute or code in pocl_utils.
     """
     module, obj, attr = _resolve(name)
     file = Path(inspect.getsourcefile(module))
@@ -142,14 +133,7 @@ def show_source(*names: str, docstring: bool = False) -> Sources:
     As the last line of a notebook cell it renders as one Markdown block per name (syntax-highlighted); printed, or
     as a value in a terminal, it gives the same text.
 
-    Args:
-        *names: dotted paths below pocl_utils, shown in this order.
-        docstring: keep the docstrings.
-
-    Returns:
-        The pieces of code, as a Sources value.
-
-    Raises:
-        SourceError: a name leads to no code in pocl_utils.
+    Returns the pieces of code, as a Sources value.
+    Raises SourceError: a name leads to no code in pocl_utils.
     """
     return Sources(tuple(source(n, docstring=docstring) for n in names))

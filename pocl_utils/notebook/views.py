@@ -14,13 +14,8 @@ from .session import model_text
 
 
 def examples_frame(ws: Workspace) -> pd.DataFrame:
-    """One row per example of every role: family, level, difficulty, token lengths (NaN if dropped as too long).
-
-    Returns:
-        A DataFrame with the columns role, family ("-" when the row has none), level and difficulty (NaN when the row
-        has none), prompt_tokens and response_tokens (without EOS; NaN if dropped as too long) and kept (whether the
-        example survived encoding).
-    """
+    """One row per example of every role: role, family ("-" if none), level and difficulty (NaN if none),
+    prompt_tokens and response_tokens (without EOS; NaN if dropped as too long) and kept (survived encoding)."""
     rows = []
     for role, data in ws.sets.items():
         lengths = {e.index: (len(e.prompt_ids), len(e.response_ids) - 1) for e in ws.encoded(role)}  # minus EOS
@@ -33,32 +28,16 @@ def examples_frame(ws: Workspace) -> pd.DataFrame:
 
 
 def sample_rows(ws: Workspace, n: int) -> pd.DataFrame:
-    """The first n rows of every role (instruction, input, reference output, family, level, difficulty).
-
-    Args:
-        n: the number of rows per role.
-
-    Returns:
-        A DataFrame with the columns role, family, level, difficulty, instruction, input and output ("" where a row
-        lacks the field).
-    """
+    """The first n rows of every role: role, family, level, difficulty, instruction, input and output ("" where a row
+    lacks the field)."""
     keys = ("family", "level", "difficulty", "instruction", "input", "output")
     return pd.DataFrame([{"role": role, **{k: r.get(k, "") for k in keys}} for role, data in ws.sets.items()
                          for r in data[:n]])
 
 
 def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
-    """The teacher's and the initial student's greedy responses to the first n (kept) prompts of a role.
-
-    Both models run on the CPU, up to the profile's max_new_tokens.
-
-    Args:
-        role: a data set: "train", "valid" or an eval set's name.
-
-    Returns:
-        A DataFrame with one row per prompt and the columns instruction, input, output (the reference), teacher and
-        student (init).
-    """
+    """The teacher's and the initial student's greedy responses (on the CPU, up to the profile's max_new_tokens) to
+    the first n kept prompts of `role`, beside the reference output."""
     from ..evaluate import responses
     enc = ws.encoded(role)[:n]
     out = pd.DataFrame([{k: ws.sets[role][e.index][k] for k in ("instruction", "input", "output")} for e in enc])
@@ -68,18 +47,9 @@ def greedy_examples(ws: Workspace, role: str, n: int) -> pd.DataFrame:
 
 
 def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
-    """Samples of the easiest and of the hardest POCL subset, with the reference and both models' greedy answers.
-
-    n seeded samples of the easiest and of the hardest POCL subset (d_1, d_n by the fused ranking), with the reference,
-    the teacher's and the initial student's greedy answers, and each answer's ROUGE-L. The teacher runs on the CPU; the
-    student's answers and ROUGE-L are the ones cached with the difficulty ranking.
-
-    Args:
-        n: the number of samples per subset (all of a smaller subset).
-
-    Returns:
-        A DataFrame, d_1's rows first, with the columns subset, true_difficulty (NaN on real data), instruction, input,
-        output (the reference), teacher, student (init), ROUGE-L teacher and ROUGE-L student.
+    """n seeded samples (all of a smaller subset) of the easiest and of the hardest POCL subset (d_1, d_n by the fused
+    ranking), d_1's first, with the reference, the teacher's greedy answer (run on the CPU) and the initial student's
+    (cached with the ranking), and each answer's ROUGE-L; true_difficulty is NaN on real data.
     """
     from ..evaluate import responses, rouge_l
     frame = ranking_table(ws)
@@ -97,13 +67,8 @@ def subset_examples(ws: Workspace, n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def model_sizes(ws: Workspace) -> pd.DataFrame:
-    """Teacher and student: architecture and parameter count.
-
-    Both models (the student before training) are loaded on the CPU to count their parameters.
-
-    Returns:
-        Two rows (teacher, student) with the columns model, spec (architecture, layers × width, or the hub name), heads
-        (None for hub models), parameters (M) and teacher ÷ this (the teacher's parameter count over this model's).
+    """Teacher and student (before training), loaded on the CPU: columns model, spec (architecture, layers × width, or
+    the hub name), heads (None for hub models), parameters (M) and teacher ÷ this (parameter-count ratio).
     """
     from ..modeling.models import n_params
     out = []
@@ -117,13 +82,9 @@ def model_sizes(ws: Workspace) -> pd.DataFrame:
 
 
 def training_logs(ws: Workspace) -> dict[str, list[dict]]:
-    """The cached step logs of teacher SFT and student pre-training, titled with their build time (STEP.json).
-
-    A step that trained nothing has no log (real-lite's teacher is used as its authors released it).
-
-    Returns:
-        {title: log}: "teacher SFT (<wall> s)" and "student LM pre-training (<wall> s)", each mapped to the step's
-        log.json (a list of dicts), for the steps that have one.
+    """{title: log} of the cached step logs (log.json) of teacher SFT and student pre-training, titled with their
+    build time: "teacher SFT (<wall> s)", "student LM pre-training (<wall> s)". A step that trained nothing (real-lite's
+    teacher, used as released) has no log.
     """
     import json
     read = lambda step, name: json.loads((ws.root / step / name).read_text())  # noqa: E731
@@ -133,25 +94,14 @@ def training_logs(ws: Workspace) -> dict[str, list[dict]]:
 
 
 def ranking_table(ws: Workspace) -> pd.DataFrame:
-    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2).
-
-    Returns:
-        One row per ranked training sample, with the columns id, rouge_l, ce, fused, greedy (the student's greedy
-        answer), rank_rouge_l, rank_ce, rank_fusion (1 = easiest), subset (1..n by the fused ranking), family, level,
-        instruction, input, output and true_difficulty (NaN on real data).
-    """
+    """frames.ranking_frame of the workspace's cached difficulty ranking (Eq. 2)."""
     return frames.ranking_frame(ws.ranking, ws.sets["train"], ws.profile.n_subsets)
 
 
 def ranking_verdict(agreement: pd.DataFrame) -> str:
-    """One line on frames.rank_agreement's table: does the fused ranking find the true difficulty (premise P2)?
-
-    Args:
-        agreement: frames.rank_agreement's table (one row per ranking, with its spearman_rho).
-
-    Returns:
-        A sentence: whether the fused ranking's Spearman ρ reaches premises.MEASURER_RHO, and the best single measurer
-        with its ρ; or, when no ρ is known (real data), that the ranking cannot be checked.
+    """One sentence on frames.rank_agreement's table: whether the fused ranking's Spearman ρ reaches
+    premises.MEASURER_RHO (premise P2), and the best single measurer with its ρ; or, with no ρ (real data), that the
+    ranking cannot be checked.
     """
     from ..analysis.premises import MEASURER_RHO
     rho = agreement.set_index("ranking")["spearman_rho"]
@@ -165,16 +115,9 @@ def ranking_verdict(agreement: pd.DataFrame) -> str:
 
 
 def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
-    """The curriculum of each distinct (method, variant) among `specs`, stage by stage.
-
-    Per stage its size, the mean true difficulty of the samples it adds (NaN on real data), tau, alpha and optimizer
-    steps. Nothing is trained.
-
-    Args:
-        specs: runs; the first of each (method, variant) gives its plan.
-
-    Returns:
-        One row per stage, with the columns method, variant, stage, n_samples, added_difficulty, tau, alpha and steps.
+    """The curriculum of each distinct (method, variant) among `specs` (the first of each gives its plan), stage by
+    stage; nothing is trained. Columns method, variant, stage, n_samples, added_difficulty (mean true difficulty of the
+    samples the stage adds; NaN on real data), tau, alpha and steps.
     """
     enc, rows = ws.encoded("train"), ws.sets["train"]
     out, seen = [], set()
@@ -193,17 +136,9 @@ def stage_table(ws: Workspace, specs: list[RunSpec]) -> pd.DataFrame:
 
 
 def real_data_card(ws: Workspace) -> pd.DataFrame:
-    """The card of the real data sets: sources, sizes, filtering, use and licence.
-
-    real.data_card, saved as results/<profile>/data_card.{csv,md} and figures/<profile>/real_prompt_lengths.{png,pdf}
-    (the histograms of every source prompt's GPT-2 length; shown in a notebook).
-
-    Args:
-        ws: a workspace of a real-data profile.
-
-    Returns:
-        One row per real set, with the columns role, file, rows, fields, dropped_over_256_gpt2_tokens, in_workspace,
-        used, licence and source.
+    """The card of the real data sets (`real.data_card`: one row per set with sources, sizes, filtering, use and
+    licence), saved as results/<profile>/data_card.{csv,md}, with the prompt-length histograms as
+    figures/<profile>/real_prompt_lengths.{png,pdf}.
     """
     from ..experiment.real import data_card
     card, lengths = data_card(ws)

@@ -23,8 +23,7 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         """The batch on `device`; to a GPU from pinned memory, so the copies are really asynchronous.
 
-        Returns:
-            A new Batch whose tensors live on `device`.
+        Returns a new Batch whose tensors live on `device`.
         """
         pin = torch.device(device).type == "cuda"
         moved = [None if t is None else (t.pin_memory() if pin and t.device.type == "cpu" else t).to(
@@ -41,13 +40,8 @@ class Batch:
 def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
     """Right-pad prompt + response sequences into one batch; only response tokens (incl. EOS) are targets.
 
-    Args:
-        examples: the encoded examples of the batch.
-        pad_id: the token id that fills the padding.
-
-    Returns:
-        A Batch with input_ids, attention_mask and labels [B, T] (T = the longest example; labels[b, t] is token t + 1
-        where that is a response token, else -100) and the targets' flat positions [N].
+    Returns a Batch with input_ids, attention_mask and labels [B, T] (T = the longest example; labels[b, t] is token t +
+    1 where that is a response token, else -100) and the targets' flat positions [N].
     """
     T = max(e.length for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
@@ -65,12 +59,8 @@ def make_batch(examples: list[Encoded], pad_id: int) -> Batch:
 def epoch_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator):
     """Endless stream of shuffled mini-batches, reshuffled every epoch.
 
-    Args:
-        indices: the example indices to draw from.
-        batch_size: examples per batch (an epoch's last batch may be smaller).
-
-    Returns:
-        A generator of batches, each a list of indices.
+    `batch_size`: examples per batch (an epoch's last batch may be smaller).
+    Returns a generator of batches, each a list of indices.
     """
     while True:
         perm = rng.permutation(indices)
@@ -89,14 +79,10 @@ def length_grouped_batches(indices: np.ndarray, lengths: list[int] | np.ndarray,
     order. Every example still appears once per epoch; a batch is not a uniform draw, as with HF Trainer's
     group_by_length.
 
-    Args:
-        indices: the example indices to draw from.
-        lengths: the length of each example, indexed by the values of `indices`.
-        batch_size: examples per batch.
-        group: the number of batches per sorted window.
-
-    Returns:
-        A generator of batches, each a list of indices.
+    `lengths`: the length of each example, indexed by the values of `indices`.
+    `batch_size`: examples per batch.
+    `group`: the number of batches per sorted window.
+    Returns a generator of batches, each a list of indices.
     """
     lengths = np.asarray(lengths)
     while True:
@@ -117,14 +103,9 @@ def batch_stream(indices: np.ndarray, encoded: list[Encoded], batch_size: int, r
     On CUDA the batches are length-grouped (less padding, `length_grouped_batches`); elsewhere they are uniform
     reshuffles (`epoch_batches`), which keeps the CPU's draws bitwise reproducible.
 
-    Args:
-        indices: positions in `encoded` of the examples to train on.
-        encoded: the training set (its lengths group the batches on CUDA).
-        batch_size: examples per batch.
-        device: the device the batches will train on.
-
-    Returns:
-        A generator of batches, each a list of indices.
+    `indices`: positions in `encoded` of the examples to train on.
+    `batch_size`: examples per batch.
+    Returns a generator of batches, each a list of indices.
     """
     if torch.device(device).type == "cuda":
         return length_grouped_batches(indices, [e.length for e in encoded], batch_size, rng)

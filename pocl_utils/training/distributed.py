@@ -1,31 +1,21 @@
 """Process topology for data-parallel training under `accelerate launch`, in one place.
 
-`accelerate launch` (torchrun underneath) starts N copies of the same program with RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT set; `accelerate.PartialState` reads them and opens the process group (NCCL on GPUs, gloo
-on CPU) and pins each process to its GPU. `loop.run_steps` first calls `prepare_model`, then:
+`accelerate.PartialState` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK, opens the process group (NCCL on GPUs,
+gloo on CPU) and pins each process to its GPU. `loop.run_steps` calls `prepare_model`, then:
 
-- every rank draws the same global batch (same seed, same RNG draws) and trains on `shard(indices)`, its slice;
-- its loss is its shard's summed token loss divided by the GLOBAL number of response tokens (`all_sum`), so the
-  ranks' losses add up to the 1-process token mean of the whole batch;
-- data parallel, `prepare_model` has wrapped the model's step forwards (`heads`) in DDP through accelerate's
-  `Accelerator.prepare_model`, with a communication hook that sums the gradient buckets (DDP would average them)
-  while the backward runs: every rank holds the 1-process gradient, clips it and takes the same optimizer step, and
-  the replicas stay identical.
+- every rank draws the same global batch and trains on `shard(indices)`, its slice;
+- its loss is its shard's summed token loss divided by the GLOBAL response-token count (`all_sum`), so the ranks'
+  losses add up to the 1-process token mean;
+- under DDP the gradient hook sums the buckets (DDP would average), so every rank holds the 1-process gradient.
 
-Launched with an FSDP config (e.g. configs/accelerate/fsdp.yaml, read by accelerate's `FullyShardedDataParallelPlugin`,
-`fsdp_plugin`), `prepare_model` shards the trained model with FSDP2 as the plugin sets it (`shard_model`:
-`fully_shard`, one unit per transformer block plus the root): each rank then holds 1/N of the parameters, gradients
-and AdamW state, FSDP gathers a block's weights for its forward and backward, and the backward reduce-scatters the
-gradients (summed, as under DDP). Everything else above stays the same, so an FSDP step also equals the 1-process
-step. Every rank must then call the model the same number of times: evaluation and GKD's sampling run on every rank
-with the same inputs (`kd.kd_loss_fn`). Checkpoints are gathered whole (`full_state_dict`, torch's
-distributed-checkpoint API) and are ordinary safetensors files.
+Under an FSDP launch (e.g. configs/accelerate/fsdp.yaml) `prepare_model` shards with FSDP2 (`shard_model`, one unit
+per transformer block plus the root); the step still equals the 1-process step. Every rank must then call the model
+the same number of times (evaluation and GKD's sampling run on every rank). Checkpoints are gathered whole
+(`full_state_dict`) into ordinary safetensors files. Preparation steps run on the main rank first, alone
+(`main_first`).
 
-Preparation steps run on the main rank first, alone (`main_first`: accelerate's `main_process_first` around `alone`,
-a context variable that makes the block a 1-process program).
-
-With one process (WORLD_SIZE unset or 1) nothing is initialised, accelerate is not even imported, and every function
-here returns the 1-process answer at once, so a 1-process run is the plain training loop.
+With one process nothing is initialised, accelerate is not imported, and every function returns the 1-process
+answer at once.
 """
 from __future__ import annotations
 
@@ -91,12 +81,9 @@ def is_main() -> bool:
 def device(prefer: str = "auto") -> torch.device:
     """This process's device: its own GPU when launched on GPUs, else `models.pick_device(prefer)`.
 
-    Args:
-        prefer: a profile's `device` setting ("auto", "cpu", "cuda", "cuda:1", "mps").
-
-    Raises:
-        ConfigError: (key "device") not launched: as `models.pick_device`; launched: `prefer` is neither "auto" nor
-            the type of the device the launch gave this process (the launch config chooses the devices).
+    `prefer`: a profile's `device` setting ("auto", "cpu", "cuda", "cuda:1", "mps").
+    Raises ConfigError: (key "device") not launched: as `models.pick_device`; launched: `prefer` is neither "auto" nor
+    the type of the device the launch gave this process (the launch config chooses the devices).
     """
     if not launched():
         return models.pick_device(prefer)
@@ -119,16 +106,9 @@ def _slice(items: list, part: int, parts: int) -> list:
 
 
 def shard(indices: Sequence[int]) -> list[int]:
-    """This rank's contiguous slice of a global batch; inside `micro_batch(j, k)`, the j-th of k slices of it.
-
-    Slice sizes differ by at most one (earlier ranks get the extra example). A batch smaller than the world (or than
-    world * k) leaves some slices empty; `loop.run_steps` handles that.
-
-    Args:
-        indices: the global batch, the same on every rank.
-
-    Returns:
-        This rank's indices (all of them with one process and no micro-batches).
+    """This rank's contiguous slice of a global batch, which is the same on every rank (all of it with one process);
+    inside `micro_batch(j, k)`, the j-th of k slices of it. Sizes differ by at most one (earlier ranks get the extra
+    example); a batch smaller than the world (times k) leaves some slices empty.
     """
     mine = list(indices) if world_size() == 1 else _slice(list(indices), rank(), world_size())
     j, k = _MICRO.get()
@@ -137,13 +117,8 @@ def shard(indices: Sequence[int]) -> list[int]:
 
 @contextmanager
 def micro_batch(j: int, k: int) -> Iterator[None]:
-    """Within the block `shard` gives the j-th of k micro-batches of this rank's slice (gradient accumulation,
-    `loop.run_steps`), so that the loop and the losses that re-slice a batch (GKD's samples) pick the same rows.
-
-    Args:
-        j: the micro-batch, 0 <= j < k.
-        k: micro-batches per step.
-    """
+    """Within the block `shard` gives the j-th (0 <= j < k) of k micro-batches of this rank's slice (gradient
+    accumulation), so the loop and the losses that re-slice a batch (GKD's samples) pick the same rows."""
     token = _MICRO.set((j, k))
     try:
         yield
@@ -153,13 +128,9 @@ def micro_batch(j: int, k: int) -> Iterator[None]:
 
 @contextmanager
 def no_sync(model: torch.nn.Module, skip: bool = True) -> Iterator[None]:
-    """With `skip`, the backwards inside the block keep their gradients local: not summed over the ranks (gradient
-    accumulation's micro-batches before the last); like accelerate's `Accelerator.no_sync`, for pocl's DDP routing
-    and FSDP2 models. One process, or `skip` False: nothing changes.
-
-    Args:
-        model: the trained model, after `prepare_model`.
-        skip: whether to skip the gradient sum in this block.
+    """With `skip`, the backwards inside the block keep their gradients local, not summed over the ranks (gradient
+    accumulation's micro-batches before the last); accelerate's `Accelerator.no_sync` for pocl's DDP routing and FSDP2
+    models (after `prepare_model`). One process, or `skip` False: nothing changes.
     """
     step_forward = getattr(model, FUSED_AT, None)  # data parallel: a partial of the DDP wrapper
     if not skip or world_size() == 1:
@@ -178,13 +149,10 @@ def no_sync(model: torch.nn.Module, skip: bool = True) -> Iterator[None]:
 
 
 def all_sum(values: Sequence[float]) -> list[float]:
-    """Element-wise sum of a few numbers over the ranks (float64, so token counts stay exact); a collective.
+    """Element-wise sum of a few numbers over the ranks (float64, so token counts stay exact); a collective: every
+    rank passes as many values.
 
-    Args:
-        values: this rank's numbers, as many on every rank.
-
-    Returns:
-        The sums, as floats (the values themselves with one process).
+    Returns the sums, as floats (the values themselves with one process).
     """
     if world_size() == 1:
         return [float(v) for v in values]
@@ -220,18 +188,11 @@ def _accelerator():
 
 
 def prepare_model(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
-    """Ready `model` for training on the launched processes, in place.
+    """Ready `model` for training on the launched processes, in place; returns it.
 
     FSDP2-sharded under an FSDP launch (`shard_model`), else wrapped by accelerate's `prepare` in DDP (gradients summed
-    during the backward, overlapped with it), its step forwards (`heads`) routed through the wrapper. With `compile`,
-    each transformer block is first compiled in place (`compile_blocks`), which DDP and FSDP2 then wrap as they would
-    the eager block. One process: returned unchanged.
-
-    Args:
-        compile: compile the blocks (`loop.run_steps` passes the policy's: the profile's `compile` on CUDA).
-
-    Returns:
-        The same model.
+    during the backward), its step forwards (`heads`) routed through the wrapper. With `compile`, each transformer block
+    is first compiled in place (`compile_blocks`). One process: unchanged.
     """
     if world_size() == 1 or is_prepared(model):
         return model
@@ -251,8 +212,7 @@ def compile_blocks(model: torch.nn.Module) -> list[str]:
     data-parallel or sharded step can use. DDP's gradient hooks and FSDP2's gathers stay outside the compiled code, at
     the block boundaries, and the state dict keeps its names.
 
-    Returns:
-        The qualified names of the compiled blocks.
+    Returns the qualified names of the compiled blocks.
     """
     names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [(name, m) for name, m in model.named_modules() if type(m).__name__ in names]
@@ -264,8 +224,7 @@ def compile_blocks(model: torch.nn.Module) -> list[str]:
 def is_prepared(model: torch.nn.Module) -> bool:
     """Whether `prepare_model` has taken `model` over (sharded, or its gradients summed by DDP).
 
-    Returns:
-        True when sharded or routed through DDP.
+    Returns True when sharded or routed through DDP.
     """
     return is_sharded(model) or getattr(model, FUSED_AT, None) is not None
 
@@ -276,13 +235,10 @@ def fsdp() -> bool:
 
 
 def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
-    """accelerate's `FullyShardedDataParallelPlugin` of this launch; None when not an FSDP launch.
+    """accelerate's `FullyShardedDataParallelPlugin` of this launch (from the ACCELERATE_USE_FSDP / FSDP_* variables
+    `accelerate launch` exports); None when not an FSDP launch. pocl shards with FSDP2 only.
 
-    The FSDP settings of the config yaml (exported by `accelerate launch` as ACCELERATE_USE_FSDP and FSDP_*), parsed by
-    accelerate. pocl shards with FSDP2 only.
-
-    Raises:
-        ValueError: an FSDP1 config (fsdp_version 1).
+    Raises ValueError: an FSDP1 config (fsdp_version 1).
     """
     from accelerate.utils import FullyShardedDataParallelPlugin, parse_flag_from_env
     if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
@@ -302,16 +258,9 @@ def _mesh():
 
 
 def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin | None = None) -> set[str]:
-    """Class names of the model's FSDP units.
-
-    The plugin's transformer_cls_names_to_wrap (the config's fsdp_transformer_layer_cls_to_wrap) and the model's own
-    `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves both the OPT and the GPT-2 profiles.
-
-    Args:
-        plugin: the FSDP settings; None = accelerate's plugin read from the environment.
-
-    Returns:
-        The class names whose modules become FSDP units.
+    """Class names of the model's FSDP units: the plugin's transformer_cls_names_to_wrap (None = read from the
+    environment) and the model's own `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...), so one config serves
+    every profile's model.
     """
     if plugin is None:
         from accelerate.utils import FullyShardedDataParallelPlugin
@@ -321,14 +270,9 @@ def block_classes(model: torch.nn.Module, plugin: FullyShardedDataParallelPlugin
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Under an FSDP launch, shard `model` in place over the ranks with FSDP2.
-
-    As accelerate's plugin (`fsdp_plugin`) sets it (reshard_after_forward, offloading, the block classes): each
-    transformer block a unit, then the root, which holds the embeddings and the tied LM head; gradients summed, not
-    averaged. Otherwise, or if it is sharded already, it is returned unchanged.
-
-    Returns:
-        The same model.
+    """Under an FSDP launch, shard `model` in place over the ranks with FSDP2, as accelerate's plugin (`fsdp_plugin`)
+    sets it: each transformer block a unit, then the root (embeddings, tied LM head); gradients summed, not averaged.
+    Otherwise, or if already sharded, unchanged. Returns the same model.
     """
     if not fsdp() or is_sharded(model):
         return model
@@ -355,8 +299,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model` is sharded with FSDP2 (an `FSDPModule`).
 
-    Returns:
-        True for an FSDP2-sharded model; False where torch.distributed is unavailable.
+    Returns True for an FSDP2-sharded model; False where torch.distributed is unavailable.
     """
     if not torch.distributed.is_available():
         return False
@@ -365,18 +308,11 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every tensor whole.
+    """Parameter and buffer name -> whole tensor, sharded model or not.
 
-    A sharded model is gathered by torch's distributed-checkpoint `get_model_state_dict` (full_state_dict, as
-    accelerate's `Accelerator.get_state_dict` asks for FSDP2, but on every rank: each keeps its own checkpoint to resume
-    from; a collective: every rank must call it). Tied names (embeddings and LM head) share one tensor, as in
-    `model.state_dict()`.
-
-    Args:
-        model: the model, sharded or not.
-
-    Returns:
-        Parameter and buffer name -> whole tensor.
+    A sharded model is gathered by torch's distributed-checkpoint `get_model_state_dict` (full_state_dict) on every
+    rank (each keeps its own checkpoint to resume from; a collective: every rank must call it). Tied names
+    (embeddings and LM head) share one tensor, as in `model.state_dict()`.
     """
     if not is_sharded(model):
         return model.state_dict()
@@ -399,12 +335,8 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     torch's distributed-checkpoint `set_model_state_dict`, the counterpart of `full_state_dict`. Names missing from
     `state` must be tied to one present (safetensors stores a tied tensor once).
 
-    Args:
-        model: the sharded model, loaded in place.
-        state: name -> whole tensor.
-
-    Raises:
-        KeyError: listing unexpected tensors, or missing tensors not tied to a present one.
+    `state`: name -> whole tensor.
+    Raises KeyError: listing unexpected tensors, or missing tensors not tied to a present one.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     current = set(model.state_dict())
@@ -420,14 +352,8 @@ def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 
 def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
-    """`models.save_checkpoint` on the launched processes; only the main rank writes.
-
-    A sharded model is gathered whole first (a collective: every rank must call).
-
-    Args:
-        model: the model, sharded or not.
-        out_dir: the checkpoint folder, replaced if it exists.
-    """
+    """`models.save_checkpoint` on the launched processes; only the main rank writes. A sharded model is gathered whole
+    first (a collective: every rank must call)."""
     state = full_state_dict(model) if is_sharded(model) else None
     if world_size() > 1 and not is_main():
         return  # a step trained together (`pipeline.trained_together`): the main process writes it
@@ -435,27 +361,17 @@ def save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """`models.save_weights` of a model that may be sharded; every rank writes its own file.
-
-    A sharded model is gathered whole first (a collective: every rank must call).
-
-    Args:
-        model: the model, sharded or not.
-        path: the .safetensors file, replaced if it exists.
-    """
+    """`models.save_weights` of a model that may be sharded (gathered whole first: a collective, every rank must call);
+    every rank writes its own file, replaced if it exists."""
     models.save_weights(model, path, state_dict=full_state_dict(model) if is_sharded(model) else None)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """`models.load_weights` into a model that may be sharded: each rank then keeps its shard of every tensor.
 
-    Args:
-        model: the model, loaded in place.
-        path: a file written by `save_weights`.
-
-    Raises:
-        CheckpointError: the file is unreadable.
-        KeyError: (sharded model) unexpected or missing tensors.
+    `path`: a file written by `save_weights`.
+    Raises CheckpointError: the file is unreadable.
+    Raises KeyError: (sharded model) unexpected or missing tensors.
     """
     if is_sharded(model):
         load_full_state_dict(model, models.read_weights(path))
@@ -472,11 +388,8 @@ def barrier() -> None:
 def broadcast(obj: Any) -> Any:
     """The main rank's `obj` on every rank; a collective.
 
-    Args:
-        obj: any picklable value; the other ranks' arguments are ignored.
-
-    Returns:
-        The main rank's obj (obj itself with one process).
+    `obj`: any picklable value; the other ranks' arguments are ignored.
+    Returns the main rank's obj (obj itself with one process).
     """
     if world_size() == 1:
         return obj

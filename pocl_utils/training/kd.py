@@ -37,24 +37,13 @@ class KDContext:
 
 def kd_loss_fn(student: PreTrainedModel, ctx: KDContext, *, kind: str, tau: float, alpha: float,
                rng: np.random.Generator) -> LossFn:
-    """A KD stage's step loss: ground-truth batches against the cached teacher, on-policy ones against the live one.
+    """A KD stage's step loss (a `loop.LossFn`): ground-truth batches against the cached teacher, or the live one when
+    there is none; with probability `ctx.on_policy_frac` a step is on-policy (GKD): the student's own samples, scored
+    by the live teacher, frozen (`models.freeze_teacher`).
 
-    A step is on-policy (GKD) with probability `ctx.on_policy_frac`: its batch is the student's own samples, scored by
-    the live teacher; ground-truth batches use the cache, or the live teacher when there is none.
-
-    The live teacher is frozen (`models.freeze_teacher`: no gradients; stored in bf16 on a GPU).
-
-    Args:
-        ctx: the stage's data, teacher and on-policy settings.
-        kind: a `losses.KINDS` divergence; None means CE only (SFT, SeqKD).
-        alpha: the stage's CE weight in [0, 1].
-        rng: the generator of the on-policy choice and the sampling seeds (the same draws on every rank).
-
-    Returns:
-        A `loop.LossFn` for `loop.run_steps`.
-
-    Raises:
-        ValueError: on-policy steps with alpha > 0 under gradient accumulation (`ctx.grad_accum` > 1).
+    `kind`: a `losses.KINDS` divergence; None means CE only (SFT, SeqKD).
+    `rng`: draws the on-policy choice and the sampling seeds (the same draws on every rank).
+    Raises ValueError: on-policy steps with alpha > 0 under gradient accumulation (`ctx.grad_accum` > 1).
     """
     device = next(student.parameters()).device
     precision = ctx.precision or precision_for(device)
@@ -121,14 +110,9 @@ def _on_policy_loss(student: PreTrainedModel, ctx: KDContext, idx: list[int], ou
 def student_generated(student: PreTrainedModel, examples: list[Encoded], ctx: KDContext, *, seed: int) -> list[Encoded]:
     """The examples with the student's own samples (temperature 1) as responses: GKD's on-policy data (SGOs).
 
-    Args:
-        student: the student model; its training flag is restored afterwards.
-        examples: the examples whose prompts are continued.
-        ctx: the stage's settings (eos_id, pad_id, max_new_tokens).
-
-    Returns:
-        New Encoded examples: the same prompts, indices and metadata, the samples (closed by `data.close_response`) as
-        responses.
+    `student`: the student model; its training flag is restored afterwards.
+    Returns new Encoded examples: the same prompts, indices and metadata, the samples (closed by `data.close_response`)
+    as responses.
     """
     from ..modeling.generate import generate
     was_training = student.training

@@ -25,13 +25,8 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int, warmup: i
     AdamW: on the CPU it makes the laptop student's KD step about 10% faster (fewer, larger kernels) than the plain loop
     and gives its results bitwise (tests/test_distributed.py checks that, so the committed results reproduce).
 
-    Args:
-        spec: the training settings (lr, weight_decay, warmup_frac).
-        steps: the schedule's length in optimizer steps.
-        warmup: the linear warm-up's steps; None = int(spec.warmup_frac * steps).
-
-    Returns:
-        (optimizer, schedule).
+    `warmup`: the linear warm-up's steps; None = int(spec.warmup_frac * steps).
+    Returns (optimizer, schedule).
     """
     on_gpu = all(p.device.type == "cuda" for p in model.parameters())
     kind = {"fused": True} if on_gpu else {"foreach": True}
@@ -42,10 +37,6 @@ def optimizer_for(model: PreTrainedModel, spec: TrainSpec, steps: int, warmup: i
 
 def apply_grads(model: PreTrainedModel, opt: torch.optim.Optimizer, spec: TrainSpec) -> None:
     """Clip the gradient norm to spec.grad_clip (if > 0; multi-tensor, as the optimizer) and take the optimizer step.
-
-    Args:
-        model: the model whose gradients are clipped.
-        spec: the training settings (grad_clip).
     """
     if spec.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip, foreach=True)
@@ -74,43 +65,23 @@ def run_steps(model: PreTrainedModel, loss_fn: LossFn, batches, steps: int, spec
               warmup: int | None = None, grad_accum: int = 1, compile: bool = False) -> list[dict[str, float]]:
     """`steps` optimizer steps of `loss_fn(indices, step, batch)`; stops on a NaN/inf loss.
 
-    Launched on several processes, the model is first prepared (`distributed.prepare_model`: DDP through accelerate,
-    or FSDP2-sharded under an FSDP launch); every rank draws the same global batch, computes the loss of its shard
-    (`_shard_loss`), the backward sums the gradients over the ranks before clipping (so the clip sees the full
-    gradient), and the logged values are the global ones. The step equals, to float rounding, one process's step on
-    the whole batch. With one process the loop is the plain one, bitwise.
+    On several processes the model is first prepared (`distributed.prepare_model`: DDP or FSDP2); every rank draws the
+    same global batch, computes its shard's loss (`_shard_loss`) and the backward sums the gradients before clipping,
+    so the step equals one process's step on the whole batch to float rounding. With one process: bitwise the plain
+    loop. With grad_accum=k each rank's slice runs as k micro-batches (`_accumulated_step`) whose token-loss
+    gradients are summed, then divided by the step's token count.
 
-    With grad_accum=k each rank's slice of a step runs as k micro-batches (`_accumulated_step`):
-    the gradients of their token-loss sums add up locally (summed over the ranks at the last one only), then are
-    divided by the step's token count, which again gives the step's gradient to float rounding.
+    Log rows are read back (and the loss checked) every `log_every` steps: None = 1 on the CPU, so a bad loss stops
+    the loop before its update; `LOG_EVERY_GPU` on a GPU (a bad loss stops it up to that many steps later, still
+    before any checkpoint is saved). Between read-backs `on_step(step, row)` sees 0-d tensors.
 
-    The log rows are read back (turned into floats, the loss checked for NaN/inf) every `log_every` steps: 1 by default
-    on the CPU, where reading is free, so a bad loss stops the loop before its update; `LOG_EVERY_GPU` on a GPU, where
-    each read waits for the device (a bad loss then stops the loop up to that many steps later, still before any
-    checkpoint is saved).
-
-    Args:
-        model: the model to train, in place.
-        loss_fn: the loss of a step's batch (`LossFn`).
-        batches: an iterator of global batches, each a list of example indices.
-        on_step: `on_step(step, row)` runs after every step's update; between read-backs its row's values are 0-d
-            tensors.
-        desc: the progress bar's label and the error messages' prefix.
-        log_every: steps between read-backs; None = 1 on the CPU, `LOG_EVERY_GPU` on a GPU.
-        optimizer: an (optimizer, schedule) pair to continue (one schedule across several calls); None = a fresh
-            `optimizer_for(model, spec, steps, warmup)`.
-        warmup: the fresh schedule's warm-up steps; None = int(spec.warmup_frac * steps).
-        grad_accum: micro-batches per step (the profile's engine setting): gradient accumulation, for a batch whose
-            activations do not fit at once; the same step to float rounding, so run keys do not name it.
-        compile: launched on several processes, compile each transformer block (the profile's engine setting).
-
-    Returns:
-        The per-step log: one row of floats per step ("loss" and the loss function's parts).
-
-    Raises:
-        FloatingPointError: a non-finite loss, naming the step.
-        ValueError: on several processes or with grad_accum > 1, a loss function that does not report `TOKENS`; a
-            grad_accum below 1.
+    `optimizer`: an (optimizer, schedule) pair to continue; None = a fresh `optimizer_for(model, spec, steps, warmup)`.
+    `warmup`: None = int(spec.warmup_frac * steps).
+    `compile`: on several processes, compile each transformer block (the profile's engine setting).
+    Returns the per-step log: one row of floats per step ("loss" and the loss function's parts).
+    Raises FloatingPointError: a non-finite loss, naming the step.
+    Raises ValueError: on several processes or with grad_accum > 1, a loss function that does not report `TOKENS`; a
+    grad_accum below 1.
     """
     from tqdm.auto import tqdm
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
@@ -224,12 +195,7 @@ def _accumulated_step(model: PreTrainedModel, loss_fn: LossFn, idx: list[int], s
 def total_steps(n_examples: int, spec: TrainSpec) -> int:
     """Baseline budget: `epochs` passes over the full training set.
 
-    Args:
-        n_examples: the size of the training set.
-        spec: the training settings (epochs, batch_size).
-
-    Returns:
-        The number of optimizer steps, at least 1.
+    Returns the number of optimizer steps, at least 1.
     """
     return max(1, math.ceil(spec.epochs * n_examples / spec.batch_size))
 
@@ -239,14 +205,9 @@ def sft(model: PreTrainedModel, encoded: list[Encoded], pad_id: int, spec: Train
         compile: bool = False) -> list[dict[str, float]]:
     """Supervised fine-tuning on (prompt, response) pairs: CE on response tokens.
 
-    Args:
-        model: the model to train, in place.
-        seed: the seed of the batch draws and of torch.
-        steps: optimizer steps; None = `total_steps(len(encoded), spec)`.
-        grad_accum, compile: the profile's engine settings (`run_steps`; compile: on CUDA the step forward too).
-
-    Returns:
-        The per-step log (`run_steps`).
+    `steps`: optimizer steps; None = `total_steps(len(encoded), spec)`.
+    grad_accum, compile: the profile's engine settings (`run_steps`; compile: on CUDA the step forward too).
+    Returns the per-step log (`run_steps`).
     """
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)

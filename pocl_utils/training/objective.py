@@ -34,11 +34,7 @@ class TeacherHidden:
     def logits(self, rows: slice) -> torch.Tensor:
         """The teacher's logits of some rows: hidden[rows] @ weight^T (+ bias), in the hidden states' dtype.
 
-        Args:
-            rows: the rows to build, a slice of the N target positions.
-
-        Returns:
-            Logits [n, V].
+        Returns logits [n, V].
         """
         h = self.hidden[rows]
         w = self.weight.to(h.dtype)
@@ -111,22 +107,17 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """alpha * CE + (1 - alpha) * tau^2 * D from the student's hidden states at the N target positions.
 
-    Args:
-        hidden: [N, H] student hidden states (after the final norm) at the positions that predict `targets`.
-        weight: [V, H] the student's LM head (fp32 master weights; cast to hidden's dtype for the matmuls).
-        targets: [N] the ground-truth next tokens.
-        teacher: [N, V] teacher rows (logits or cache rows, any device), a `TeacherHidden`, or None (CE only).
-        kind: a `losses.KINDS` divergence; None means CE only.
-        alpha: the CE weight in [0, 1].
-        beta: the divergence's mixing weight (see `losses`).
-        bias: [V] LM-head bias or None.
-        chunk_size: rows per chunk; None = about `losses.CHUNK_ELEMENTS`[device type] / V.
-
-    Returns:
-        (loss 0-d fp32, {"ce", "kd"} 0-d detached fp32 tensors; "kd" only with a teacher) - no host sync.
-
-    Raises:
-        ValueError: hidden, weight and targets not [N, H], [V, H] and [N], or no target rows.
+    `hidden`: [N, H] student hidden states (after the final norm) at the positions that predict `targets`.
+    `weight`: [V, H] the student's LM head (fp32 master weights; cast to hidden's dtype for the matmuls).
+    `targets`: [N] the ground-truth next tokens.
+    `teacher`: [N, V] teacher rows (logits or cache rows, any device), a `TeacherHidden`, or None (CE only).
+    `kind`: a `losses.KINDS` divergence; None means CE only.
+    `alpha`: the CE weight in [0, 1].
+    `beta`: the divergence's mixing weight (see `losses`).
+    `bias`: [V] LM-head bias or None.
+    `chunk_size`: rows per chunk; None = about `losses.CHUNK_ELEMENTS`[device type] / V.
+    Returns (loss 0-d fp32, {"ce", "kd"} 0-d detached fp32 tensors; "kd" only with a teacher) - no host sync.
+    Raises ValueError: hidden, weight and targets not [N, H], [V, H] and [N], or no target rows.
     """
     shapes_ok = hidden.dim() == 2 and weight.dim() == 2 and hidden.shape[1] == weight.shape[1]
     if not shapes_ok or targets.shape != hidden.shape[:1]:

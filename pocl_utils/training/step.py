@@ -22,12 +22,9 @@ TOKENS = "tokens"  # key of a loss's parts: the response tokens its mean is over
 def student_logits_at_targets(student: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Student logits only where a target exists: the LM head runs on [N, H] rows instead of [B*T, H].
 
-    Args:
-        student: the student model (a prepared one through its own `LOGITS_AT` forward).
-        batch: the batch; its labels != -100 mark the targets.
-
-    Returns:
-        Logits [N, V] in flattened (b, t) order, with autograd.
+    `student`: the student model (a prepared one through its own `LOGITS_AT` forward).
+    `batch`: the batch; its labels != -100 mark the targets.
+    Returns logits [N, V] in flattened (b, t) order, with autograd.
     """
     logits_at = getattr(student, LOGITS_AT, None) or partial(logits_at_positions, student)  # a sharded model's own
     return logits_at(batch.input_ids, batch.attention_mask, batch.labels != -100)  # [N, V]
@@ -39,11 +36,7 @@ def teacher_logits(teacher: PreTrainedModel, batch: Batch) -> torch.Tensor:
 
     The LM head runs on those N rows only (never [B, T, V]); under bf16 autocast on a GPU.
 
-    Args:
-        batch: the batch, on the teacher's device.
-
-    Returns:
-        Logits [N, V] float32.
+    Returns logits [N, V] float32.
     """
     logits_at = getattr(teacher, LOGITS_AT, None) or partial(logits_at_positions, teacher)  # a sharded model's own
     with autocast(batch.input_ids.device):
@@ -56,12 +49,9 @@ def teacher_hidden(teacher: PreTrainedModel, batch: Batch, precision: Precision)
 
     The fused loss builds the teacher's logits one row chunk at a time (`objective.TeacherHidden`).
 
-    Args:
-        batch: the batch, on the teacher's device.
-        precision: the step's precision policy (its autocast and compute dtype).
-
-    Returns:
-        A TeacherHidden: hidden states [N, H'] in the precision's dtype, the LM head's weight [V, H'] and bias or None.
+    `precision`: the step's precision policy (its autocast and compute dtype).
+    Returns a TeacherHidden: hidden states [N, H'] in the precision's dtype, the LM head's weight [V, H'] and bias or
+    None.
     """
     with autocast(batch.input_ids.device, precision):
         hidden = hidden_at_positions(teacher, batch.input_ids, batch.attention_mask, batch.target_positions())
@@ -75,12 +65,8 @@ def live_teacher(teacher: PreTrainedModel, batch: Batch, *, precision: Precision
 
     Hidden states + LM head for the fused loss (no [N, V] logits), else its logits at the targets.
 
-    Args:
-        batch: the batch, on the teacher's device.
-        precision: the step's precision policy; its fused_loss chooses the form.
-
-    Returns:
-        A TeacherHidden, or logits [N, V] float32.
+    `precision`: the step's precision policy; its fused_loss chooses the form.
+    Returns a TeacherHidden, or logits [N, V] float32.
     """
     if precision.fused_loss and _fusable(teacher):
         return teacher_hidden(teacher, batch, precision)
@@ -94,25 +80,15 @@ def step_loss(student: PreTrainedModel, batch: Batch, teacher_rows: torch.Tensor
 
         loss = alpha * CE + (1 - alpha) * tau^2 * D(p_tau || q_tau)
 
-    The parts also give `TOKENS`, the number of tokens averaged over, which `loop.run_steps` needs to weigh the shards
-    of a multi-process step (and drops from the log). `precision` (default `models.precision_for` the student's
-    device) chooses the path: fp32 with whole [N, V] logits (the CPU's, bitwise reproducible), or the student's forward
-    under autocast and the loss fused with the LM head in row chunks (`objective.linear_objective`; GPUs, and sharded
-    models never). The fused path's parts are 0-d tensors, so that it makes no host sync.
+    The parts also give `TOKENS`, the count averaged over (`loop.run_steps` weighs a multi-process step's shards by
+    it). `precision` picks the path: fp32 with whole [N, V] logits (the CPU's, bitwise reproducible), or autocast with
+    the loss fused with the LM head in row chunks (`objective.linear_objective`; GPUs, never sharded models), whose
+    parts stay 0-d tensors (no host sync).
 
-    Args:
-        batch: the batch, on the student's device.
-        teacher_rows: teacher logits or cache rows [N, V], a `TeacherHidden`, or None (CE only).
-        kind: a `losses.KINDS` divergence; None means CE only.
-        alpha: the CE weight in [0, 1]; 1 means CE only.
-        beta: the divergence's mixing weight (see `losses`); None = the kind's default.
-        precision: the precision policy; None = `models.precision_for` the batch's device.
-
-    Returns:
-        (loss, parts): the 0-d loss and its log row: "ce", "kd" (with a teacher) and `TOKENS`.
-
-    Raises:
-        ValueError: the batch has no response tokens.
+    `teacher_rows`: teacher logits or cache rows [N, V], a `TeacherHidden`, or None (CE only).
+    `kind`: a `losses.KINDS` divergence; None, or `alpha` = 1, means CE only. `beta`: None = the kind's default.
+    Returns (loss, parts): the 0-d loss and its log row: "ce", "kd" (with a teacher) and `TOKENS`.
+    Raises ValueError: the batch has no response tokens.
     """
     precision = precision or precision_for(batch.input_ids.device)
     if batch.target_positions().numel() == 0:  # the mean CE of zero tokens is 0/0 = NaN; no valid example gets here

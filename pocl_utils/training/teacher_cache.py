@@ -87,20 +87,11 @@ class TeacherCache:
         return sum(t.numel() * t.element_size() for t in self._parts()) / max(int(self.offsets[-1]), 1)
 
     def rows(self, indices: list[int], tau: float = 1.0) -> torch.Tensor:
-        """Teacher rows of these examples for `losses.divergence` at KD temperature `tau`.
+        """[n, V] teacher rows of examples `indices` (concatenated in this order; n = their response tokens) for
+        `losses.divergence` at KD temperature `tau`: exact mode gives the logits (tau unused), top-k mode gives z with
+        softmax(z / tau) = p_hat_tau (see `tempered_log_tail`).
 
-        Exact mode gives the logits (tau unused: the losses temper them); top-k mode gives z with softmax(z / tau) =
-        p_hat_tau (see the comment above `tempered_log_tail`).
-
-        Args:
-            indices: example indices; their rows are concatenated in this order.
-            tau: the KD temperature the rows will be tempered at.
-
-        Returns:
-            [n, V] rows, n = the examples' response tokens.
-
-        Raises:
-            ValueError: (top-k mode) tau outside the cache's tail_taus.
+        Raises ValueError: (top-k mode) tau outside the cache's tail_taus.
         """
         spans = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
         if self.top_k == 0:
@@ -112,8 +103,7 @@ class TeacherCache:
     def save(self, path: Path) -> None:
         """Write the cache as one safetensors file, atomically (a temp file, then renamed).
 
-        Args:
-            path: the file, replaced if it exists.
+        `path`: the file, replaced if it exists.
         """
         tensors = {"offsets": torch.from_numpy(np.asarray(self.offsets, dtype=np.int64))}
         if self.top_k == 0:
@@ -128,14 +118,10 @@ class TeacherCache:
 
     @classmethod
     def load(cls, path: Path) -> "TeacherCache":
-        """Read a cache written by `save`.
+        """Read a cache written by `save`, exact or top-k.
 
-        Returns:
-            The TeacherCache, exact or top-k as written.
-
-        Raises:
-            CheckpointError: naming the file, when it is unreadable, inconsistent, not a teacher cache, or a top-k cache
-                without the tempered tail statistics; deleting it and re-running rebuilds it.
+        Raises CheckpointError: naming the file, when it is unreadable, inconsistent, not a teacher cache, or a top-k
+        cache without the tempered tail statistics; deleting it and re-running rebuilds it.
         """
         from safetensors import SafetensorError
         from ..modeling.models import CheckpointError, checkpoint_error
@@ -200,19 +186,10 @@ def _check_tail_parts(taus, mass: torch.Tensor | None, slope: torch.Tensor | Non
 
 
 def compress_top_k(logits: torch.Tensor, k: int, tail_taus: tuple[float, ...] = TAIL_TAUS) -> tuple[torch.Tensor, ...]:
-    """The fields of `TeacherCache`'s top-k mode, from teacher logits.
-
-    The remainder is a log-sum-exp over the other tokens, not log(1 - sum top-k): the subtraction would cancel to 0
-    (then -inf) once the top k hold all but ~1e-7 of the mass.
-
-    Args:
-        logits: teacher logits [n, V].
-        k: the number of tokens kept per row, 1 <= k <= V.
-        tail_taus: the G temperatures of the tail statistics, ascending.
-
-    Returns:
-        (top-k log-probs [n, k] fp32 descending, their token ids [n, k] int32, log of the remaining mass [n],
-        log_tail_mass [n, G], tail_mean_logp [n, G]).
+    """The fields of `TeacherCache`'s top-k mode from teacher logits [n, V], 1 <= k <= V: (top-k log-probs [n, k]
+    fp32 descending, their token ids [n, k] int32, log of the remaining mass [n], log_tail_mass [n, G],
+    tail_mean_logp [n, G]). The remainder is a log-sum-exp over the other tokens, not log(1 - sum top-k), which would
+    cancel to 0 once the top k hold all but ~1e-7 of the mass.
     """
     logp = torch.log_softmax(logits.float(), dim=-1)  # [n, V]
     top, ids = logp.topk(k, dim=-1)  # [n, k]
@@ -257,24 +234,14 @@ def _tail_moments(tail: torch.Tensor, taus: tuple[float, ...]) -> tuple[torch.Te
 
 def tempered_log_tail(tail_taus: tuple[float, ...], log_tail_mass: torch.Tensor, tail_mean_logp: torch.Tensor,
                       tau: float) -> torch.Tensor:
-    """f(1 / tau) = log sum_tail p_v^(1/tau) per row, from the grid statistics (the comment above says why).
+    """f(1 / tau) = log sum_tail p_v^(1/tau) per row, [n] float32 (-inf for an empty tail), from the grid statistics
+    (`log_tail_mass` f and `tail_mean_logp` f' at the G ascending `tail_taus`, [n, G]).
 
     The stored value at a grid tau, else the cubic Hermite interpolant in s = 1/tau between the two neighbouring grid
     points:
         f(s) ~ h00(t) f_0 + h10(t) h f'_0 + h01(t) f_1 + h11(t) h f'_1,  h = s_1 - s_0,  t = (s - s_0) / h,
         h00 = 2t^3 - 3t^2 + 1, h10 = t^3 - 2t^2 + t, h01 = -2t^3 + 3t^2, h11 = t^3 - t^2.
-
-    Args:
-        tail_taus: the G grid temperatures, ascending.
-        log_tail_mass: f at each grid point, [n, G].
-        tail_mean_logp: f' (d/ds) at each grid point, [n, G].
-        tau: the KD temperature, within [tail_taus[0], tail_taus[-1]].
-
-    Returns:
-        f(1 / tau), [n] float32; -inf for an empty tail.
-
-    Raises:
-        ValueError: tau outside the grid.
+    Raises ValueError: tau outside the grid.
     """
     for g, grid_tau in enumerate(tail_taus):
         if math.isclose(tau, grid_tau, rel_tol=1e-9):  # schedule values like 1 + 2/3 match their grid point
@@ -295,20 +262,11 @@ def tempered_log_tail(tail_taus: tuple[float, ...], log_tail_mass: torch.Tensor,
 
 def expand_top_k(top_logprobs: torch.Tensor, token_ids: torch.Tensor, log_tail: torch.Tensor, vocab_size: int, *,
                  tau: float = 1.0) -> torch.Tensor:
-    """[n, V] rows z with softmax(z / tau) = the top-k tempered teacher with a flat tail (the comment above).
+    """[n, V] float32 rows z with softmax(z / tau) = the top-k tempered teacher with a flat tail (the comment above).
 
-        z_v = log p_v                          on the k kept tokens
+        z_v = log p_v                          on the k kept tokens (`top_logprobs`, `token_ids` [n, k])
         z_v = tau * (log_tail - log(V - k))    on each other token
-    where log_tail is log sum_tail p_v^(1/tau) (at tau = 1 the remainder log r, and z are log-probs: r / (V - k) per
-    tail token).
-
-    Args:
-        top_logprobs: log p of the kept tokens, [n, k].
-        token_ids: their vocabulary ids, [n, k].
-        log_tail: log sum_tail p_v^(1/tau), [n] (`tempered_log_tail`).
-
-    Returns:
-        The rows z, [n, V] float32.
+    where `log_tail` [n] is log sum_tail p_v^(1/tau) (`tempered_log_tail`; at tau = 1 the remainder log r).
     """
     n, k = top_logprobs.shape
     fill = tau * (log_tail.float() - math.log(max(vocab_size - k, 1)))  # [n]; unused when k = V (every column is kept)
@@ -318,18 +276,9 @@ def expand_top_k(top_logprobs: torch.Tensor, token_ids: torch.Tensor, log_tail: 
 
 def cache_batches(lengths: list[int], vocab_size: int, *, batch_size: int | None = None,
                   budget_bytes: int = LOGITS_BUDGET_BYTES, max_batch: int = MAX_CACHE_BATCH) -> list[list[int]]:
-    """Length-sorted batches of example positions for the teacher pass.
-
-    Each batch holds `batch_size` examples, or (None) as many as keep the teacher's fp32 logits [B, T_max, V] within
-    budget_bytes, at most max_batch (a single example may exceed the budget).
-
-    Args:
-        batch_size: a fixed batch size, or None to size batches by the budget.
-        budget_bytes: the bytes of fp32 logits a batch may take.
-        max_batch: the most examples per batch.
-
-    Returns:
-        Batches of example positions, shortest examples first.
+    """Length-sorted batches of example positions, shortest first, for the teacher pass: `batch_size` examples, or
+    (None) as many as keep the teacher's fp32 logits [B, T_max, V] within budget_bytes, at most max_batch (a single
+    example may exceed the budget).
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if batch_size is not None:
@@ -346,23 +295,11 @@ def cache_batches(lengths: list[int], vocab_size: int, *, batch_size: int | None
 def build_teacher_cache(teacher: PreTrainedModel, encoded: list[Encoded], pad_id: int, *, batch_size: int | None = None,
                         top_k: int = 0, budget_bytes: int = LOGITS_BUDGET_BYTES,
                         tail_taus: tuple[float, ...] = TAIL_TAUS) -> TeacherCache:
-    """Run the teacher once over the training set and keep its outputs at the response positions.
+    """Run the teacher once over the training set (length-sorted `cache_batches`) and keep its outputs at the response
+    positions, rows in the order of `encoded`: exact logits (top_k = 0) or the top-k compression of `TeacherCache`,
+    whose rows are then available at every KD temperature in [min(tail_taus), max(tail_taus)].
 
-    Batches are length-sorted (`cache_batches`). The cache holds exact logits (top_k = 0, the default) or the top-k
-    compression described in `TeacherCache`, whose rows are then available at every KD temperature in
-    [min(tail_taus), max(tail_taus)].
-
-    Args:
-        batch_size: a fixed batch size, or None to size batches by budget_bytes.
-        top_k: 0 for exact logits, else the tokens kept per row, at most V.
-        budget_bytes: the bytes of fp32 logits a batch may take (batch_size None).
-        tail_taus: the temperatures of the tail statistics (top-k mode), ascending.
-
-    Returns:
-        The TeacherCache, rows in the order of `encoded`.
-
-    Raises:
-        ValueError: top_k not an int in [0, V], bad tail_taus (top-k mode), or no examples.
+    Raises ValueError: top_k not an int in [0, V], bad tail_taus (top-k mode), or no examples.
     """
     vocab = int(teacher.config.vocab_size)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab:

@@ -1,25 +1,14 @@
 """A synthetic instruction world: seeded task families whose difficulty is known, plus its BPE tokenizer.
 
-Real instruction data cannot train a useful teacher/student pair on a 2-core CPU, so the default profiles
-generate a small world of natural-language instructions, written in the same JSON Lines layout as the
-MiniLLM-processed Dolly files, so one loader reads both.
+Real instruction data cannot train a useful teacher/student pair on a 2-core CPU, so the default profiles generate a
+world of natural-language instructions in the MiniLLM-processed Dolly JSON Lines layout (one loader reads both).
+Every answer is a list of tokens the input does not show (words translated into "the old tongue" or "the new
+tongue", `LEXICON` and `NEW_LEXICON`), so copying scores little and partial answers earn partial ROUGE-L.
+Difficulty is `level + depth - 1`, fixed by the generator.
 
-The tasks (version 3). Every answer is a list made of tokens the input does not show: a list of words translated
-into "the old tongue" or "the new tongue" (two fixed made-up lexicons, `LEXICON` and `NEW_LEXICON`, over the world's
-first `n_words` of the 128 `WORDS`), in order or last word first. Copying the input or answering with the most
-frequent training answer therefore scores little, and a partly right answer earns partial ROUGE-L, so a student's
-greedy output says how far it got (the ranking half of the difficulty measurer needs that). Version 1's single-word
-answers let "echo the input" beat the teacher (FINDINGS.md, run 2). The elementary steps are per-item maps of one
-kind, so that the label below, not the family, is what makes a sample hard, and the lexicons take capacity to learn,
-so the teacher's size matters.
-
-Difficulty is `level + depth - 1`, fixed by the generator (`generation`, which also says what each of the five eval
-roles holds); the teacher and the student are pre-trained on plain world text (`pretraining`).
-
-Modules, one job each: `families` (words, lexicons, task families), `config` (WorldConfig, presets), `generation`
-(roles, rows, true difficulty), `files` (writing and reloading a world), `pretraining` (plain-LM text), `tokenizer`
-(the BPE tokenizer). Every public name is re-exported here, so `from pocl_utils.world import X` works for all of
-them. As the subpackage `pocl_utils.world`, it imports only the method's `data` module.
+Modules: `families` (words, lexicons, task families), `config` (WorldConfig, presets), `generation` (roles, rows,
+true difficulty), `files` (writing and reloading a world), `pretraining` (plain-LM text), `tokenizer` (BPE). Every
+public name is re-exported here. Imports only the method's `data` module.
 """
 from .config import PRESETS, WorldConfig, world_config
 from .families import (FAMILIES, LEXICON, MAX_ITEMS, NEW_LEXICON, ORDINALS, PRETRAIN_FAMILIES, SNI_FAMILIES, TONGUE,

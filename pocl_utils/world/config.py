@@ -74,15 +74,8 @@ PRESETS = {
 def world_config(profile: str, **overrides) -> WorldConfig:
     """The preset WorldConfig of a profile (a key of PRESETS: "smoke", "laptop", "laptop-v4", ...), with overrides.
 
-    Args:
-        profile: a key of PRESETS.
-        **overrides: WorldConfig fields that replace the preset's values.
-
-    Returns:
-        The WorldConfig (its own checks run: TypeError / ValueError on a bad field value).
-
-    Raises:
-        ValueError: an unknown profile or an unknown WorldConfig field among `overrides`.
+    Returns the WorldConfig (its own checks run: TypeError / ValueError on a bad field value).
+    Raises ValueError: an unknown profile or an unknown WorldConfig field among `overrides`.
     """
     if profile not in PRESETS:
         raise ValueError(f"unknown world profile {profile!r}; valid: {sorted(PRESETS)}")

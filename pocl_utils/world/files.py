@@ -18,13 +18,10 @@ def write_world(world: dict[str, list[dict]], out_dir: str | Path, cfg: WorldCon
     The old meta file is removed first, so a crash mid-write leaves no meta and the world is rebuilt. Each file is
     written atomically.
 
-    Args:
-        world: role -> rows (`generate_world`).
-        out_dir: the folder (created if missing).
-        cfg: the settings recorded in the meta file (its "config"); None records null.
-
-    Returns:
-        role -> the path of its JSON Lines file.
+    `world`: role -> rows (`generate_world`).
+    `out_dir`: the folder (created if missing).
+    `cfg`: the settings recorded in the meta file (its "config"); None records null.
+    Returns role -> the path of its JSON Lines file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,12 +44,7 @@ def load_or_create_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Pat
 
     It is also regenerated when the meta file is missing or unreadable, or a role's file is missing.
 
-    Args:
-        cfg: the world's settings.
-        out_dir: the world's folder.
-
-    Returns:
-        role -> the path of its `<role>.jsonl`, for every role in ROLES.
+    Returns role -> the path of its `<role>.jsonl`, for every role in ROLES.
     """
     out = Path(out_dir)
     paths = {role: out / f"{role}.jsonl" for role in ROLES}

@@ -1,23 +1,16 @@
 """Sampling a world: the roles (train, valid and the five eval sets), their rows and their true difficulty.
 
-Difficulty. Every family has one knob, the `level` L = 1, 2, ...: lists have L + 1 items. A composition of
-`depth` d elementary steps costs d - 1 more, so
+Every family has one knob, the `level` L = 1, 2, ...: lists have L + 1 items. A composition of `depth` d steps
+costs d - 1 more, so
 
     difficulty = level + depth - 1        (an integer >= 1, comparable across families)
 
-i.e. one unit per extra item and one per extra step. Training levels are 1..max_level. With `level_pools` a
-row of level L also draws its words from the first n_words * L / max_level only (`word_pool`), so the rarest words
-(the most knowledge) come with the longest lists, as rare knowledge comes with hard questions in real data. The
-label stays level + depth - 1; it is fixed by the generator, never by a model.
-
-Version 4 (`easy_cover` = k > 0, `level_pools` off) removes knowledge exclusive to the hard rows instead: every
-level draws from all n_words, and the training rows of the lowest difficulties (those that fill the easiest quarter,
-`easy_difficulty`) take their words from a shuffled deck per tongue and difficulty, so that each answer word of each
-tongue comes about equally often there; `generate_world` then checks that every answer word is in at least k rows of
-the easiest quarter by true difficulty (`easiest_quarter`, as the oracle curriculum's first subset) and raises if
-not. Difficulty still comes from list length and composition only. With `ref_noise` = p > 0 each item of a training
-reference is, with probability p, the word of another (random) word of the same tongue: one annotator's slips. The
-row keeps its right answer as `clean_output`; valid and eval references stay clean.
+With `level_pools` a row of level L draws its words from the first n_words * L / max_level only (`word_pool`), so
+the rarest words come with the longest lists. With `easy_cover` = k > 0 (`level_pools` off) the easiest quarter's
+training rows take their words from a shuffled deck per tongue and difficulty, and `generate_world` raises unless
+every answer word is in at least k rows of the easiest quarter (`easiest_quarter`). With `ref_noise` = p > 0 each
+item of a training reference is, with probability p, another word of the same tongue; the row keeps its right
+answer as `clean_output`.
 
 Eval roles mirror the paper's five sets (Sec. 5, A.2.3):
     DollyEval  - the test split: trained families, trained phrasings, trained levels
@@ -25,7 +18,7 @@ Eval roles mirror the paper's five sets (Sec. 5, A.2.3):
     VicunaEval - the compositions at the two top trained levels and one beyond, with held-out phrasings (harder)
     S-NI       - families never in the instruction data (untranslate, decr, double), known from pre-training only
     UnNI       - trained families at levels above the training maximum (longer lists)
-All prompts are unique across every role, so no eval prompt is ever seen in training.
+All prompts are unique across every role.
 """
 from __future__ import annotations
 
@@ -71,15 +64,8 @@ def all_templates(fam: Family) -> range:
 def role_spec(role: str, cfg: WorldConfig) -> RoleSpec:
     """Families, phrasings and levels each role samples from (see the module docstring).
 
-    Args:
-        role: one of ROLES.
-        cfg: the world's settings (levels and role sizes).
-
-    Returns:
-        The role's RoleSpec.
-
-    Raises:
-        ValueError: an unknown role.
+    Returns the role's RoleSpec.
+    Raises ValueError: an unknown role.
     """
     trained = tuple(range(1, cfg.max_level + 1))
     beyond = tuple(range(cfg.max_level + 1, cfg.max_level + cfg.ood_extra_levels + 1))
@@ -106,15 +92,10 @@ def _slots(args: dict) -> dict[str, str]:
 def make_row(family: str, level: int, template: int, args: dict) -> dict:
     """One row in the MiniLLM layout, plus family/level/difficulty and the structured args in `meta`.
 
-    Args:
-        family: a key of FAMILIES.
-        level: the row's level L (lists of L + 1 items).
-        template: the index of the phrasing in the family's templates.
-        args: the family's sampled arguments (its `sample`), substituted into the template's slots.
-
-    Returns:
-        A dict with instruction, input, output (the family's answer), prompt (the MiniLLM prompt), family, topic
-        (= family), level, difficulty (level + depth - 1) and meta {"args", "template", "depth"}.
+    `level`: the row's level L (lists of L + 1 items).
+    `args`: the family's sampled arguments (its `sample`), substituted into the template's slots.
+    Returns a dict with instruction, input, output (the family's answer), prompt (the MiniLLM prompt), family, topic (=
+    family), level, difficulty (level + depth - 1) and meta {"args", "template", "depth"}.
     """
     fam = FAMILIES[family]
     slots = _slots(args)
@@ -129,12 +110,7 @@ def word_pool(cfg: WorldConfig, level: int) -> tuple[str, ...]:
     """The words a row of this level draws from: the world's first n_words, or with level_pools the first
     n_words * level / max_level (levels above max_level: all), so that the rarest words come with the longest lists.
 
-    Args:
-        cfg: the world's settings (n_words, max_level, level_pools).
-        level: the row's level.
-
-    Returns:
-        A prefix of WORDS (at least 2 words).
+    Returns a prefix of WORDS (at least 2 words).
     """
     if not cfg.level_pools or level >= cfg.max_level:
         return WORDS[:cfg.n_words]
@@ -229,15 +205,9 @@ GENERATION_ORDER = ("DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI", "vali
 def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
     """role -> rows for every role in ROLES; deterministic in cfg; prompts unique across all roles.
 
-    Args:
-        cfg: the world's settings.
-
-    Returns:
-        role -> its rows (`make_row` dicts with an "id" "<role>-00000", ...), in ROLES order; the eval roles are drawn
-        before valid and train.
-
-    Raises:
-        RuntimeError: a role finds no new prompt in 500 draws (sizes too large for the levels).
+    Returns role -> its rows (`make_row` dicts with an "id" "<role>-00000", ...), in ROLES order; the eval roles are
+    drawn before valid and train.
+    Raises RuntimeError: a role finds no new prompt in 500 draws (sizes too large for the levels).
     """
     seen: set[str] = set()
     world = {role: sample_role(role, cfg, seen) for role in GENERATION_ORDER}
@@ -254,11 +224,8 @@ def easiest_quarter(rows: Iterable) -> np.ndarray:
     """Positions of the easiest quarter of `rows` by true difficulty, as the oracle curriculum's first of 4 subsets:
     a stable sort by difficulty (ties keep the rows' order), the first ceil(n / 4).
 
-    Args:
-        rows: world rows (see `true_difficulty`).
-
-    Returns:
-        int64 positions into `rows`, easiest first.
+    `rows`: world rows (see `true_difficulty`).
+    Returns int64 positions into `rows`, easiest first.
     """
     truth = true_difficulty(rows)
     return np.argsort(truth, kind="stable")[:-(-len(truth) // 4)].astype(np.int64)
@@ -270,12 +237,7 @@ def easy_coverage(train_rows: list[dict], cfg: WorldConfig) -> dict[str, int]:
     The answer words are both tongues' words for the world's first n_words; the right answer is `clean_output` where
     the reference is noisy. Version 4's rule: every count >= easy_cover.
 
-    Args:
-        train_rows: the training rows.
-        cfg: the world's settings (n_words).
-
-    Returns:
-        Every answer word of both tongues (zeros included) -> its count.
+    Returns every answer word of both tongues (zeros included) -> its count.
     """
     counts = {lexicon[w]: 0 for lexicon in TONGUES.values() for w in WORDS[:cfg.n_words]}
     for i in easiest_quarter(train_rows):
@@ -289,14 +251,9 @@ def easy_coverage(train_rows: list[dict], cfg: WorldConfig) -> dict[str, int]:
 def true_difficulty(rows: Iterable) -> np.ndarray:
     """The generator's difficulty of each row (a dict, or an object whose `.meta` dict holds it), float64.
 
-    Args:
-        rows: world rows (dicts), or objects whose `.meta` dict holds "difficulty".
-
-    Returns:
-        A float64 array of the rows' difficulty labels (level + depth - 1).
-
-    Raises:
-        KeyError: a row without a "difficulty" field (not a world row).
+    `rows`: world rows (dicts), or objects whose `.meta` dict holds "difficulty".
+    Returns a float64 array of the rows' difficulty labels (level + depth - 1).
+    Raises KeyError: a row without a "difficulty" field (not a world row).
     """
     out = []
     for i, row in enumerate(rows):

@@ -55,11 +55,7 @@ def _pool_of(prompt: str) -> str:
 def pretrain_spec(cfg: WorldConfig) -> RoleSpec:
     """What pre-training text demonstrates: every family (S-NI's too), every phrasing, levels up to UnNI's.
 
-    Args:
-        cfg: the world's settings (max_level, ood_extra_levels).
-
-    Returns:
-        A RoleSpec over PRETRAIN_FAMILIES, all templates, levels 1..max_level + ood_extra_levels, n = 0.
+    Returns a RoleSpec over PRETRAIN_FAMILIES, all templates, levels 1..max_level + ood_extra_levels, n = 0.
     """
     return RoleSpec(PRETRAIN_FAMILIES, all_templates, tuple(range(1, cfg.max_level + cfg.ood_extra_levels + 1)), 0)
 
@@ -73,16 +69,10 @@ def pretrain_corpus(cfg: WorldConfig, n: int, pool: str = "student") -> list[str
     picks one of two disjoint halves of the task prompts (split by a hash of the prompt), so the teacher and the
     student are pre-trained on different demonstrations of the same world.
 
-    Args:
-        cfg: the world's settings (seed, pretrain_qa_frac, pretrain_template, levels).
-        n: the number of texts, >= 0.
-        pool: "teacher" or "student" (PRETRAIN_POOLS): which half of the task prompts to draw from.
-
-    Returns:
-        `n` texts, deterministic in (cfg, pool).
-
-    Raises:
-        ValueError: n < 0 or an unknown pool.
+    `n`: the number of texts, >= 0.
+    `pool`: "teacher" or "student" (PRETRAIN_POOLS): which half of the task prompts to draw from.
+    Returns `n` texts, deterministic in (cfg, pool).
+    Raises ValueError: n < 0 or an unknown pool.
     """
     if n < 0:
         raise ValueError(f"pretrain_corpus: n must be >= 0, got {n}")

@@ -29,16 +29,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
     one token per piece: its 4 pieces are added tokens, removed from the BPE training text so they use no
     merges. `<|endoftext|>` is eos, bos and pad. Saved with save_pretrained when out_dir is given.
 
-    Args:
-        texts: the training text (e.g. `pretrain_corpus`); the template pieces are cut out of it before BPE training.
-        vocab_size: the vocabulary size, the 4 template pieces included; an int in [262, 65536].
-        out_dir: where to save it; None = not saved.
-
-    Returns:
-        The transformers.PreTrainedTokenizerFast.
-
-    Raises:
-        ValueError: a vocab_size that is not an int in that range.
+    `texts`: the training text (e.g. `pretrain_corpus`); the template pieces are cut out of it before BPE training.
+    `vocab_size`: the vocabulary size, the 4 template pieces included; an int in [262, 65536].
+    `out_dir`: where to save it; None = not saved.
+    Returns the transformers.PreTrainedTokenizerFast.
+    Raises ValueError: a vocab_size that is not an int in that range.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -67,12 +62,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
 def token_stats(world: Mapping[str, list[dict]], tokenizer) -> dict[str, dict[str, dict[str, float]]]:
     """role -> family (and "all") -> mean/max token counts of prompt and response (response without EOS).
 
-    Args:
-        world: role -> rows with prompt, output and family (`generate_world`).
-        tokenizer: a transformers tokenizer (called without special tokens).
-
-    Returns:
-        role -> family or "all" -> {"n", "prompt_mean", "prompt_max", "response_mean", "response_max"}.
+    `world`: role -> rows with prompt, output and family (`generate_world`).
+    Returns role -> family or "all" -> {"n", "prompt_mean", "prompt_max", "response_mean", "response_max"}.
     """
     stats: dict[str, dict[str, dict[str, float]]] = {}
     for role, rows in world.items():
