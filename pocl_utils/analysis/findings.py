@@ -63,15 +63,9 @@ CONTROL_CLAIMS = ("a", "f", "i", "j", "k", "l", "m")
 def verdict(diff: float, p_adj: float, n: int, alpha: float = 0.05) -> str:
     """From the paired difference and its Holm-adjusted p-value: supported / contradicted, else undecided.
 
-    Args:
-        diff: the mean paired difference other - base (positive = in the claim's direction).
-        p_adj: its Holm-adjusted p-value.
-        n: the number of paired seeds.
-        alpha: the significance level.
-
-    Returns:
-        "supported" or "contradicted" (p_adj < alpha, by the sign of diff); "not separable from noise (same
-        direction)" or "... (opposite direction)" otherwise; "too few seeds" for n < 2 or a NaN input.
+    `diff`: the mean paired difference other - base (positive = in the claim's direction).
+    Returns "supported" or "contradicted" (p_adj < alpha, by the sign of diff); "not separable from noise (same
+    direction)" or "... (opposite direction)" otherwise; "too few seeds" for n < 2 or a NaN input.
     """
     if n < 2 or np.isnan(diff) or np.isnan(p_adj):
         return "too few seeds"
@@ -84,13 +78,8 @@ def excluded_effects(diff: float, half: float, paper: float) -> str:
     """What the 95% interval rules out, in words: gains above its upper end (naming the paper's gain if among them)
     and losses below its lower end.
 
-    Args:
-        diff: our mean paired difference.
-        half: its 95% CI half-width.
-        paper: the paper's difference (NaN when it prints none).
-
-    Returns:
-        E.g. "effects above +0.52 or below -0.31 (the paper's +1.20 among them)"; "" when diff or half is NaN.
+    `half`: its 95% CI half-width.
+    Returns E.g. "effects above +0.52 or below -0.31 (the paper's +1.20 among them)"; "" when diff or half is NaN.
     """
     if np.isnan(diff) or np.isnan(half):
         return ""
@@ -116,14 +105,11 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
     """One row per comparison of every claim: ours (diff, CI, n, p-value, Holm-adjusted p within the claim, verdict,
     the effects the interval excludes) and the paper's difference. Verdicts use the Holm-adjusted p-values.
 
-    Args:
-        df: a tidy frame (`tables.tidy`); comparisons whose two (method, variant) are not both in it are left out
-            (and out of the Holm family).
-        dataset: the eval set compared, or "Avg".
-
-    Returns:
-        A frame with columns claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm, verdict,
-        excludes and paper_diff (the paper's Avg difference; NaN where it prints none).
+    `df`: a tidy frame (`tables.tidy`); comparisons whose two (method, variant) are not both in it are left out (and out
+    of the Holm family).
+    `dataset`: the eval set compared, or "Avg".
+    Returns a frame with columns claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm, verdict,
+    excludes and paper_diff (the paper's Avg difference; NaN where it prints none).
     """
     rows = []
     for cid, (text, comps) in CLAIMS.items():
@@ -153,13 +139,10 @@ def claims_by_protocol(records: list, claims: tuple[str, ...] | None = None) -> 
 
     A run listed twice under one label (a spec shared by two grids) counts once.
 
-    Args:
-        records: (spec, record) pairs of finished runs (`runner.records_for`), from one grid or several.
-        claims: the claim ids to keep; None = all of CLAIMS.
-
-    Returns:
-        claim_table's rows with the column protocol ("sampled" or "greedy"), sampled first; empty when no run has
-        finished.
+    `records`: (spec, record) pairs of finished runs (`runner.records_for`), from one grid or several.
+    `claims`: the claim ids to keep; None = all of CLAIMS.
+    Returns claim_table's rows with the column protocol ("sampled" or "greedy"), sampled first; empty when no run has
+    finished.
     """
     parts = []
     for protocol in PROTOCOLS:
@@ -174,13 +157,10 @@ def claims_by_training(records: dict[str, list], claims: tuple[str, ...] | None 
     """`claims_by_protocol` once per training protocol: the same labels name different runs under each, so each
     protocol's runs are judged apart (their own Holm families).
 
-    Args:
-        records: training protocol ("official", "paper-text") -> the (spec, record) pairs of its finished runs.
-        claims: the claim ids to keep; None = all of CLAIMS.
-
-    Returns:
-        claims_by_protocol's rows with the column training (the training protocol), in `records`' order; empty when no
-        run has finished.
+    `records`: training protocol ("official", "paper-text") -> the (spec, record) pairs of its finished runs.
+    `claims`: the claim ids to keep; None = all of CLAIMS.
+    Returns claims_by_protocol's rows with the column training (the training protocol), in `records`' order; empty when
+    no run has finished.
     """
     parts = [claims_by_protocol(recs, claims).assign(training=name) for name, recs in records.items()]
     parts = [p for p in parts if len(p)]
@@ -191,12 +171,9 @@ def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per claim (and training and evaluation protocol, when the table has them): how many comparisons are supported,
     contradicted, or undecided.
 
-    Args:
-        table: a `claim_table` frame, or several stacked with a protocol (and a training) column.
-
-    Returns:
-        One row per ([training,] [protocol,] claim) with those columns, then paper_says, comparisons, supported,
-        contradicted and undecided (every other verdict, "too few seeds" included).
+    `table`: a `claim_table` frame, or several stacked with a protocol (and a training) column.
+    Returns one row per ([training,] [protocol,] claim) with those columns, then paper_says, comparisons, supported,
+    contradicted and undecided (every other verdict, "too few seeds" included).
     """
     keys = [c for c in ("training", "protocol") if c in table.columns] + ["claim"]
     out = []

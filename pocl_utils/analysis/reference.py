@@ -26,17 +26,10 @@ def runs_tidy(runs: pd.DataFrame, protocol: str = "sampled", grid: str = "table1
     training protocol (runs.csv's `training` column; None = its first, the headline's; a runs.csv without the column
     has one).
 
-    Args:
-        runs: runs.csv as read by pandas (columns method, variant, seed, dataset, rouge_l, greedy_rouge_l, grid, ...).
-        protocol: "sampled" (the paper's: temperature 1, mean over sampling seeds) or "greedy".
-        grid: the grid whose rows are kept (a run shared by several grids appears once per grid in runs.csv).
-        training: the training protocol whose rows are kept.
-
-    Returns:
-        The grid's rows with `rouge_l` holding the protocol's score; rows without a score under it are dropped.
-
-    Raises:
-        ValueError: an unknown protocol, or a runs.csv without the protocol's column or a `grid` column.
+    `protocol`: "sampled" (the paper's: temperature 1, mean over sampling seeds) or "greedy".
+    `grid`: the grid whose rows are kept (a run shared by several grids appears once per grid in runs.csv).
+    Returns the grid's rows with `rouge_l` holding the protocol's score; rows without a score under it are dropped.
+    Raises ValueError: an unknown protocol, or a runs.csv without the protocol's column or a `grid` column.
     """
     if protocol not in PROTOCOL_COLUMNS:
         raise ValueError(f"runs_tidy: protocol must be one of {sorted(PROTOCOL_COLUMNS)}, got {protocol!r}")
@@ -56,19 +49,12 @@ def avg_table(results: Path) -> pd.DataFrame:
     """Table 1's Avg ROUGE-L (mean over the five eval sets, then over training seeds) per training protocol,
     evaluation protocol and method.
 
-    Args:
-        results: a published results folder holding runs.csv and, for the verdicts, claims.csv (claim a).
-
-    Returns:
-        One row per (training, protocol, method) in runs.csv's order, with columns training ("" for a runs.csv
-        without training protocols), protocol, method, n_seeds,
-        baseline, baseline_ci, pocl, pocl_ci (NaN for a method without +POCL, i.e. SFT and SeqKD), diff and diff_ci
-        (+POCL - baseline paired by training seed), p_holm and verdict (claim a's row in claims.csv; NaN / "" when
-        absent). CI columns are 95% t half-widths, NaN for one seed. A protocol without scores (or without its
-        column in runs.csv) gives no rows.
-
-    Raises:
-        FileNotFoundError: runs.csv is missing (the message names it).
+    Returns one row per (training, protocol, method) in runs.csv's order, with columns training ("" for a runs.csv
+    without training protocols), protocol, method, n_seeds, baseline, baseline_ci, pocl, pocl_ci (NaN for a method
+    without +POCL, i.e. SFT and SeqKD), diff and diff_ci (+POCL - baseline paired by training seed), p_holm and verdict
+    (claim a's row in claims.csv; NaN / "" when absent). CI columns are 95% t half-widths, NaN for one seed. A protocol
+    without scores (or without its column in runs.csv) gives no rows.
+    Raises FileNotFoundError: runs.csv is missing (the message names it).
     """
     results = Path(results)
     if not (results / "runs.csv").exists():
@@ -167,12 +153,9 @@ def claims_overview(claims: pd.DataFrame) -> str:
     ours under each training and evaluation protocol (one comparison: difference ± 95% CI; several: the range of the
     differences; not judged there: '—') and the verdicts counted (`findings.claim_summary`).
 
-    Args:
-        claims: claims.csv as read by pandas (columns claim, paper_says, comparison, ours_diff, ci95, verdict,
-            paper_diff, protocol and, with several training protocols, training).
-
-    Returns:
-        The Markdown table, ending in a newline.
+    `claims`: claims.csv as read by pandas (columns claim, paper_says, comparison, ours_diff, ci95, verdict, paper_diff,
+    protocol and, with several training protocols, training).
+    Returns the Markdown table, ending in a newline.
     """
     from .findings import claim_summary
     if "training" not in claims.columns:

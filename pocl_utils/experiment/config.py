@@ -237,16 +237,11 @@ def override(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     A key may name a nested dataclass field with dots, or give a nested dataclass a dict of its fields. Each value is
     checked against the type of the current one (tuples accept lists; floats accept ints; bools only bools).
 
-    Args:
-        obj: the frozen dataclass instance to copy (a `Profile`, `TrainSpec`, `ModelSpec`, ...).
-        overrides: field name (or dotted path) -> new value.
-        prefix: the dotted path of `obj` inside the outer dataclass, prepended to keys in error messages.
-
-    Returns:
-        A copy of `obj` with the overrides applied; `obj` itself is unchanged.
-
-    Raises:
-        ConfigError: an unknown key (the message lists the valid ones) or a value of the wrong type.
+    `obj`: the frozen dataclass instance to copy (a `Profile`, `TrainSpec`, `ModelSpec`, ...).
+    `overrides`: field name (or dotted path) -> new value.
+    `prefix`: the dotted path of `obj` inside the outer dataclass, prepended to keys in error messages.
+    Returns a copy of `obj` with the overrides applied; `obj` itself is unchanged.
+    Raises ConfigError: an unknown key (the message lists the valid ones) or a value of the wrong type.
     """
     names = {f.name for f in fields(obj)}
     nested: dict[str, dict[str, Any]] = {}
@@ -272,17 +267,11 @@ DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"  # a profile's `device`; `models
 def validate_profile(p: Profile) -> Profile:
     """Check a profile's values against the ranges that the type system cannot express.
 
-    Args:
-        p: the profile to check.
-
-    Returns:
-        `p` itself, unchanged.
-
-    Raises:
-        ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds, table1_seeds,
-            eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, protocols, select_metric,
-            select_points, valid_checks, lr_factors, grad_accum, device, teacher_cache, or the lr, batch_size or epochs
-            of teacher_sft and kd).
+    Returns `p` itself, unchanged.
+    Raises ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds,
+    table1_seeds, eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, protocols,
+    select_metric, select_points, valid_checks, lr_factors, grad_accum, device, teacher_cache, or the lr, batch_size or
+    epochs of teacher_sft and kd).
     """
     checks = [
         (p.data in DATA_KINDS, "data", f"must be one of {', '.join(DATA_KINDS)}"),
@@ -325,11 +314,8 @@ def validate_profile(p: Profile) -> Profile:
 def cache_top_k(p: Profile) -> int | None:
     """The profile's teacher cache as `build_teacher_cache`'s top_k.
 
-    Args:
-        p: a profile whose `teacher_cache` is "exact", "live" or "top-<k>" (as `validate_profile` checks).
-
-    Returns:
-        0 = exact, k = top-k, None = no cache (live).
+    `p`: a profile whose `teacher_cache` is "exact", "live" or "top-<k>" (as `validate_profile` checks).
+    Returns 0 = exact, k = top-k, None = no cache (live).
     """
     if p.teacher_cache == "live":
         return None
@@ -341,17 +327,12 @@ def cache_top_k(p: Profile) -> int | None:
 def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> Profile:
     """Resolve a profile by name, apply strict overrides and validate.
 
-    Args:
-        name: a key of PROFILES (smoke, classroom, laptop, laptop-run3, real-lite, gpu, paper, paper-opt), or the path
-            of a config file (`load_config`); default DEFAULT_PROFILE.
-        overrides: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
-
-    Returns:
-        The validated profile.
-
-    Raises:
-        ConfigError: an unknown profile name, an unknown override key, a value of the wrong type, or a value out of
-            range; for a config file, naming the file, the line and the key.
+    `name`: a key of PROFILES (smoke, classroom, laptop, laptop-run3, real-lite, gpu, paper, paper-opt), or the path of
+    a config file (`load_config`); default DEFAULT_PROFILE.
+    `overrides`: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
+    Returns the validated profile.
+    Raises ConfigError: an unknown profile name, an unknown override key, a value of the wrong type, or a value out of
+    range; for a config file, naming the file, the line and the key.
     """
     if is_config_file(name):
         return load_config(name, overrides)
@@ -434,9 +415,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pr
     name_or_path is made absolute when such a folder exists, else it is a hub id. `name` defaults to the file's stem
     and names the workspace and the outputs.
 
-    Raises:
-        ConfigError: the file cannot be read or parsed, a key is unknown, a value has the wrong type or is out of range,
-            or a data file is missing; naming the file, the line and the key.
+    Raises ConfigError: the file cannot be read or parsed, a key is unknown, a value has the wrong type or is out of
+    range, or a data file is missing; naming the file, the line and the key.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -612,13 +592,9 @@ class RunSpec:
 def validate_run(r: RunSpec) -> None:
     """Check a run spec's fields; RunSpec runs it on construction.
 
-    Args:
-        r: the run spec to check.
-
-    Raises:
-        ConfigError: naming the field of an invalid run spec: an unknown method, ranking or order, n_subsets < 1, tau
-            not two finite values > 0, alpha not two values in [0, 1], POCL asked of SFT or SeqKD, an unknown control
-            or one asked of a POCL run or of SFT/SeqKD, or lr_scale not a finite value > 0.
+    Raises ConfigError: naming the field of an invalid run spec: an unknown method, ranking or order, n_subsets < 1, tau
+    not two finite values > 0, alpha not two values in [0, 1], POCL asked of SFT or SeqKD, an unknown control or one
+    asked of a POCL run or of SFT/SeqKD, or lr_scale not a finite value > 0.
     """
     if r.method not in METHODS:
         raise ConfigError(f"method {r.method!r} unknown; valid: {', '.join(METHODS)}")
@@ -643,15 +619,8 @@ def validate_run(r: RunSpec) -> None:
 def baseline(method: str, seed: int = 0) -> RunSpec:
     """The paper's baseline row: no curriculum, tau = 1, alpha = 0.3 off-policy (0 on-policy, 1 for SFT/SeqKD).
 
-    Args:
-        method: one of METHODS.
-        seed: the training seed.
-
-    Returns:
-        The RunSpec, with variant "baseline".
-
-    Raises:
-        ConfigError: an unknown method.
+    Returns the RunSpec, with variant "baseline".
+    Raises ConfigError: an unknown method.
     """
     alpha = {"SFT": 1.0, "SeqKD": 1.0, "GKD": 0.0}.get(method, 0.3)
     return RunSpec(method, tau=(1.0, 1.0), alpha=(alpha, alpha), seed=seed, variant="baseline")
@@ -660,17 +629,10 @@ def baseline(method: str, seed: int = 0) -> RunSpec:
 def pocl(method: str, seed: int = 0, **changes: Any) -> RunSpec:
     """The paper's default +POCL row: fusion ranking, easy->hard, n=4, tau 1->2, alpha 0.3->0 (0 on-policy).
 
-    Args:
-        method: one of the KD methods (METHODS less SFT and SeqKD).
-        seed: the training seed.
-        **changes: RunSpec fields to set instead of the defaults (ranking, order, n_subsets, tau, alpha, variant, ...).
-
-    Returns:
-        The RunSpec, with variant "+POCL" unless `changes` sets it.
-
-    Raises:
-        ConfigError: an invalid method or changed field (see `validate_run`).
-        TypeError: a name in `changes` that is not a RunSpec field.
+    `**changes`: RunSpec fields to set instead of the defaults (ranking, order, n_subsets, tau, alpha, variant, ...).
+    Returns the RunSpec, with variant "+POCL" unless `changes` sets it.
+    Raises ConfigError: an invalid method or changed field (see `validate_run`).
+    Raises TypeError: a name in `changes` that is not a RunSpec field.
     """
     alpha = (0.0, 0.0) if method == "GKD" else (0.3, 0.0)
     base = RunSpec(method, pocl=True, alpha=alpha, seed=seed, variant="+POCL")
@@ -680,11 +642,7 @@ def pocl(method: str, seed: int = 0, **changes: Any) -> RunSpec:
 def protocol_of(p: Profile) -> Protocol:
     """The profile's training protocol resolved against its KD settings (`curriculum.Protocol`).
 
-    Args:
-        p: the profile (protocol, stage_warmup, kd's epochs, batch_size, lr and warmup_frac).
-
-    Returns:
-        The Protocol: the baseline's E = kd.epochs at b = kd.batch_size and eta = kd.lr.
+    Returns the Protocol: the baseline's E = kd.epochs at b = kd.batch_size and eta = kd.lr.
     """
     return Protocol(p.protocol, p.kd.epochs, p.kd.batch_size, p.kd.lr, p.kd.warmup_frac, p.stage_warmup)
 
@@ -697,11 +655,7 @@ def protocol_key(p: Profile) -> dict[str, Any]:
     """The training protocol's part of a run key: {} under run 3's settings (so run 3's keys stay the same), else
     the protocol, stage_warmup, select_metric and select_points.
 
-    Args:
-        p: the profile.
-
-    Returns:
-        The settings that change what a run trains and which checkpoint it keeps.
+    Returns the settings that change what a run trains and which checkpoint it keeps.
     """
     mine = {k: getattr(p, k) for k in RUN3_SELECTION}
     return {} if mine == RUN3_SELECTION else {"protocol": mine}
@@ -712,11 +666,8 @@ def config_hash(obj: Any) -> str:
 
     Keys are sorted and values JSON cannot write are turned into their `str`, so equal configs hash equally.
 
-    Args:
-        obj: a dataclass instance, or any value `json.dumps` can write.
-
-    Returns:
-        The first 16 hex digits of the SHA-256 of its JSON.
+    `obj`: a dataclass instance, or any value `json.dumps` can write.
+    Returns the first 16 hex digits of the SHA-256 of its JSON.
     """
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)

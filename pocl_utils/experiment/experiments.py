@@ -19,12 +19,9 @@ def _seeds(n: int) -> range:
 def table1(n_seeds: int, methods: tuple[str, ...] = KD_METHODS) -> list[RunSpec]:
     """Table 1: SFT, SeqKD, and every KD method with and without POCL.
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-        methods: the KD methods whose baseline and default +POCL rows are added after SFT and SeqKD.
-
-    Returns:
-        The run specs: SFT and SeqKD baselines, then per method its baselines and its +POCL runs.
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    `methods`: the KD methods whose baseline and default +POCL rows are added after SFT and SeqKD.
+    Returns the run specs: SFT and SeqKD baselines, then per method its baselines and its +POCL runs.
     """
     runs = [baseline(m, s) for s in _seeds(n_seeds) for m in ("SFT", "SeqKD")]
     for m in methods:
@@ -35,11 +32,8 @@ def table1(n_seeds: int, methods: tuple[str, ...] = KD_METHODS) -> list[RunSpec]
 def ranking_ablation(n_seeds: int) -> list[RunSpec]:
     """Tables 2 and 5: KLD+POCL with ROUGE-L-only, CE-only and fused difficulty ranking.
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-
-    Returns:
-        The run specs: KLD's baseline, then +POCL (R-L), +POCL (Loss) and +POCL (Fusion).
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    Returns the run specs: KLD's baseline, then +POCL (R-L), +POCL (Loss) and +POCL (Fusion).
     """
     labels = {"rouge_l": "+POCL (R-L)", "ce": "+POCL (Loss)", "fusion": "+POCL (Fusion)"}
     return [baseline("KLD", s) for s in _seeds(n_seeds)] + [
@@ -52,12 +46,9 @@ def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
     "w/o temp." keeps tau at tau_0 = 1; "w/o ratio" keeps alpha at alpha_0 = 0.3 (GKD has alpha = 0 throughout,
     so only its temperature can be removed, as in Table 6).
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-
-    Returns:
-        The run specs: for KLD and JSD the baseline, w/o temp. & ratio, w/o temp., w/o ratio and default +POCL; for GKD
-        the baseline, w/o temp. and default +POCL.
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    Returns the run specs: for KLD and JSD the baseline, w/o temp. & ratio, w/o temp., w/o ratio and default +POCL; for
+    GKD the baseline, w/o temp. and default +POCL.
     """
     runs: list[RunSpec] = []
     for m in ("KLD", "JSD"):
@@ -80,12 +71,9 @@ def order_ablation(n_seeds: int, oracle: bool = False) -> list[RunSpec]:
     the curriculum ranked by the world's true difficulty (positive: if it cannot beat the baseline, no curriculum has a
     lever here).
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-        oracle: add the `+POCL (oracle)` rows (generated worlds only: real data has no true difficulty).
-
-    Returns:
-        The run specs, per method (GKD, then KLD): baseline, E2H, H2E, random, and oracle if asked.
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    `oracle`: add the `+POCL (oracle)` rows (generated worlds only: real data has no true difficulty).
+    Returns the run specs, per method (GKD, then KLD): baseline, E2H, H2E, random, and oracle if asked.
     """
     labels = {"easy_to_hard": "+POCL (E2H)", "hard_to_easy": "+POCL (H2E)", "random": "+POCL (random)"}
     runs = []
@@ -100,11 +88,8 @@ def order_ablation(n_seeds: int, oracle: bool = False) -> list[RunSpec]:
 def temperature_ablation(n_seeds: int) -> list[RunSpec]:
     """Table 8 / Fig. 4b: tau 1->2 (default) vs 2->1 vs constant 1, for GKD and KLD.
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-
-    Returns:
-        The run specs, per method (GKD, then KLD): baseline, then +POCL at each tau schedule.
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    Returns the run specs, per method (GKD, then KLD): baseline, then +POCL at each tau schedule.
     """
     labels = {(1.0, 2.0): "+POCL (temp. 1-2)", (2.0, 1.0): "+POCL (temp. 2-1)", (1.0, 1.0): "+POCL (temp. 1-1)"}
     return [spec for m in ("GKD", "KLD") for spec in [baseline(m, s) for s in _seeds(n_seeds)] + [
@@ -117,12 +102,9 @@ def ratio_ablation(n_seeds: int) -> list[RunSpec]:
     For KLD: alpha 0.3->0 (off-policy default) vs 0->0.3 vs constant; for GKD its default alpha = 0 against the
     off-policy schedule 0.3->0 (the paper's Table 9 prints GKD rows too, see README A8).
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-
-    Returns:
-        The run specs: KLD's baseline and its four alpha schedules (0.3-0, 0-0.3, 0.3-0.3, 0-0), then GKD's baseline
-        and its three (0-0, 0-0.3, 0.3-0).
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    Returns the run specs: KLD's baseline and its four alpha schedules (0.3-0, 0-0.3, 0.3-0.3, 0-0), then GKD's baseline
+    and its three (0-0, 0-0.3, 0.3-0).
     """
     kld = {(0.3, 0.0): "+POCL (ratio 0.3-0)", (0.0, 0.3): "+POCL (ratio 0-0.3)", (0.3, 0.3): "+POCL (ratio 0.3-0.3)",
            (0.0, 0.0): "+POCL (ratio 0-0)"}
@@ -141,14 +123,10 @@ def subsets_ablation(n_seeds: int, ns: tuple[int, ...] = (1, 2, 4, 8),
     n = 1 is POCL's schedule without a curriculum. For the `one_schedule` methods, n = 4 with one optimizer and LR
     schedule across the stages instead of a fresh one per stage (beside their baseline and default +POCL).
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-        ns: the values of n for KLD+POCL.
-        one_schedule: the methods that also get the one-schedule run (`restarts=False`).
-
-    Returns:
-        The run specs: KLD's baseline and +POCL (n=...) rows, then for each `one_schedule` method its baseline and
-        default +POCL (unless already listed) and its one-schedule rows.
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    `one_schedule`: the methods that also get the one-schedule run (`restarts=False`).
+    Returns the run specs: KLD's baseline and +POCL (n=...) rows, then for each `one_schedule` method its baseline and
+    default +POCL (unless already listed) and its one-schedule rows.
     """
     runs = [baseline("KLD", s) for s in _seeds(n_seeds)] + [
         pocl("KLD", s, n_subsets=n, variant=f"+POCL (n={n})") for n in ns for s in _seeds(n_seeds)]
@@ -172,12 +150,7 @@ def pocl_optimizer(method: str, seed: int = 0) -> RunSpec:
     (`curriculum.plan_run`, control "pocl-optimizer"), at the baseline's tau and alpha. If it matches +POCL, POCL's
     gain is its optimizer settings, not its curriculum. Under paper-text it is the baseline itself.
 
-    Args:
-        method: a KD method (METHODS less SFT and SeqKD).
-        seed: the training seed.
-
-    Returns:
-        The RunSpec, variant POCL_OPTIMIZER.
+    Returns the RunSpec, variant POCL_OPTIMIZER.
     """
     return replace(baseline(method, seed), control="pocl-optimizer", variant=POCL_OPTIMIZER)
 
@@ -187,12 +160,7 @@ def restarts_control(method: str, seed: int = 0) -> RunSpec:
     fresh optimizers, every stage on every row at the baseline's tau and alpha (control "restarts"): the restarts
     without the curriculum.
 
-    Args:
-        method: a KD method (METHODS less SFT and SeqKD).
-        seed: the training seed.
-
-    Returns:
-        The RunSpec, variant RESTARTS.
+    Returns the RunSpec, variant RESTARTS.
     """
     return replace(baseline(method, seed), control="restarts", variant=RESTARTS)
 
@@ -205,15 +173,11 @@ def controls(n_seeds: int, methods: tuple[str, ...] = ("KLD", "GKD"), oracle: bo
     generated world; the baseline at POCL's optimizer settings (`pocl_optimizer`); the baseline with restarts at POCL's
     stage boundaries (`restarts_control`); POCL with one optimizer and schedule across its stages (ONE_SCHEDULE).
 
-    Args:
-        n_seeds: training seeds per configuration (seeds 0 .. n_seeds - 1).
-        methods: the KD methods (the issue asks KLD and GKD at least).
-        oracle: add the true-difficulty control (generated worlds only).
-        protocol: the profile's protocol; under "paper-text" the POCL-optimizer control is left out, as its plan is the
-            baseline's (same rows, steps, batch, lr and warm-up: it would train the same bits again). None = keep it.
-
-    Returns:
-        The run specs, per method in CONTROL_LABELS' order.
+    `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
+    `methods`: the KD methods (the issue asks KLD and GKD at least).
+    `protocol`: the profile's protocol; under "paper-text" the POCL-optimizer control is left out, as its plan is the
+    baseline's (same rows, steps, batch, lr and warm-up: it would train the same bits again). None = keep it.
+    Returns the run specs, per method in CONTROL_LABELS' order.
     """
     runs: list[RunSpec] = []
     for m in methods:
@@ -234,12 +198,7 @@ EXTRA_GRIDS = {"controls": controls}
 def n_seeds_for(profile, name: str) -> int:
     """Training seeds of one experiment under a profile: Table 1 may have more (`table1_seeds`) than the ablations.
 
-    Args:
-        profile: the Profile.
-        name: the experiment, a key of GRIDS.
-
-    Returns:
-        `profile.table1_seeds` for "table1" when it is set (> 0), else `profile.n_seeds`.
+    Returns `profile.table1_seeds` for "table1" when it is set (> 0), else `profile.n_seeds`.
     """
     return profile.table1_seeds if name == "table1" and profile.table1_seeds else profile.n_seeds
 
@@ -249,22 +208,14 @@ def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False,
     """The specs of one experiment.
 
     size 'minimal' (smoke) keeps KLD (and GKD in Table 1 and the controls) so every notebook runs in seconds; 'table1',
-    'headline' and 'full' run the whole table (which tables a profile runs is `notebook.grids.specs_of`'s choice). The minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
+    'headline' and 'full' run the whole table (which tables a profile runs is `notebook.grids.specs_of`'s choice). The
+    minimal subsets grid keeps n = 1, 2, 4 and the one-schedule run of KLD only.
 
-    Args:
-        name: the experiment, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio, subsets) or of
-            EXTRA_GRIDS (controls).
-        n_seeds: training seeds per configuration.
-        size: the profile's grid (config.GRID_SIZES).
-        oracle: add the true-difficulty control to the order and controls grids (generated worlds only: real data has
-            no true difficulty).
-        protocol: the profile's training protocol (the controls grid leaves out what equals the baseline under it).
-
-    Returns:
-        The experiment's run specs.
-
-    Raises:
-        ValueError: an unknown grid name.
+    `name`: the experiment, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio, subsets) or of
+    EXTRA_GRIDS (controls).
+    `n_seeds`: training seeds per configuration.
+    Returns the experiment's run specs.
+    Raises ValueError: an unknown grid name.
     """
     if name not in GRIDS and name not in EXTRA_GRIDS:
         raise ValueError(f"unknown grid {name!r}; valid: {', '.join([*GRIDS, *EXTRA_GRIDS])}")
@@ -287,14 +238,10 @@ def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[Run
 
     Specs are identical when their `key()` is (the variant label does not count); the first one met is kept.
 
-    Args:
-        n_seeds: training seeds per configuration.
-        size: the profile's grid: "table1" or "headline" = Table 1's runs only; "full" or "minimal" = every grid at
-            that size.
-        oracle: include the order grid's true-difficulty control.
-
-    Returns:
-        The run specs, in grid order (GRIDS' order).
+    `n_seeds`: training seeds per configuration.
+    `size`: the profile's grid: "table1" or "headline" = Table 1's runs only; "full" or "minimal" = every grid at that
+    size.
+    Returns the run specs, in grid order (GRIDS' order).
     """
     names = ["table1"] if size in ("table1", "headline") else list(GRIDS)
     seen: dict = {}
@@ -319,12 +266,7 @@ def lr_candidates(specs: list[RunSpec], factors: tuple[float, ...]) -> list[RunS
     The seed-0 run at the chosen factor is then one of the arm's seeds already (the same key), so the choice costs
     len(factors) - 1 runs per arm.
 
-    Args:
-        specs: the grid's runs.
-        factors: the protocol's lr is multiplied by each (the profile's lr_factors).
-
-    Returns:
-        One spec per arm and factor, in the grid's order of arms.
+    Returns one spec per arm and factor, in the grid's order of arms.
     """
     firsts: dict[str, RunSpec] = {}
     for s in specs:
@@ -337,12 +279,9 @@ def chosen_lrs(pairs: list[tuple[RunSpec, dict]]) -> list[dict]:
     record's metrics.train.best, higher is better: validation ROUGE-L or minus the validation loss) is highest. The
     eval sets play no part. Ties go to the first candidate.
 
-    Args:
-        pairs: (candidate spec, its registry record) of `lr_candidates`' finished runs.
-
-    Returns:
-        One row per arm and candidate: method, variant, arm, lr_scale, lr (the run's peak lr, its first stage's),
-        valid (the selection score) and chosen (True on the arm's pick).
+    `pairs`: (candidate spec, its registry record) of `lr_candidates`' finished runs.
+    Returns one row per arm and candidate: method, variant, arm, lr_scale, lr (the run's peak lr, its first stage's),
+    valid (the selection score) and chosen (True on the arm's pick).
     """
     rows = [{"method": s.method, "variant": s.variant or ("+POCL" if s.pocl else "baseline"), "arm": arm(s),
              "lr_scale": s.lr_scale, "lr": rec["metrics"]["train"]["stages"][0].get("lr"),
@@ -359,15 +298,9 @@ def chosen_lrs(pairs: list[tuple[RunSpec, dict]]) -> list[dict]:
 def with_chosen_lr(specs: list[RunSpec], table: list[dict]) -> list[RunSpec]:
     """The grid's runs at their arm's chosen lr_scale (`chosen_lrs`).
 
-    Args:
-        specs: the grid's runs.
-        table: `chosen_lrs`' rows.
-
-    Returns:
-        The specs with lr_scale set to their arm's choice.
-
-    Raises:
-        ValueError: an arm of `specs` without a chosen rate.
+    `table`: `chosen_lrs`' rows.
+    Returns the specs with lr_scale set to their arm's choice.
+    Raises ValueError: an arm of `specs` without a chosen rate.
     """
     pick = {r["arm"]: r["lr_scale"] for r in table if r["chosen"]}
     missing = sorted({s.label for s in specs if arm(s) not in pick})

@@ -32,15 +32,10 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
     """The profile's runs of one grid; a profile whose grid is 'table1' (classroom) runs Table 1 only, one whose grid
     is 'headline' (laptop's main job) Table 1 and the controls (GRIDS_OF_SIZE).
 
-    Args:
-        name: the grid, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio or subsets) or "controls".
-
-    Returns:
-        The grid's RunSpecs at the profile's seed count, grid size and training protocol (the order and controls grids
-        add the true-difficulty control on generated worlds); [] for a grid the profile's size leaves out.
-
-    Raises:
-        ValueError: an unknown grid name (from experiments.grid).
+    `name`: the grid, a key of GRIDS (table1, ranking, adaptive, order, temperature, ratio or subsets) or "controls".
+    Returns the grid's RunSpecs at the profile's seed count, grid size and training protocol (the order and controls
+    grids add the true-difficulty control on generated worlds); [] for a grid the profile's size leaves out.
+    Raises ValueError: an unknown grid name (from experiments.grid).
     """
     p = ws.profile
     if name not in GRIDS_OF_SIZE.get(p.grid, (name,)):
@@ -51,12 +46,8 @@ def specs_of(ws: Workspace, name: str) -> list[RunSpec]:
 def records(ws: Workspace, name: str) -> list[tuple[RunSpec, dict]]:
     """(spec, record) of the finished runs of one grid (nothing is trained).
 
-    Args:
-        name: the grid, a key of GRIDS.
-
-    Returns:
-        (RunSpec, record) pairs of the grid's finished runs, in the grid's order; a record is a dict with the run's key,
-        config, metrics, wall time (wall_s) and git commit.
+    Returns (RunSpec, record) pairs of the grid's finished runs, in the grid's order; a record is a dict with the run's
+    key, config, metrics, wall time (wall_s) and git commit.
     """
     return runner.records_for(ws, specs_of(ws, name))
 
@@ -98,14 +89,9 @@ def grid_report(ws: Workspace, name: str, family: str = "gpt2", save: bool = Tru
     With `save`, the tables go to results/<profile>/<TABLE_FILES[name]>_{ours,paired,vs_paper,long}.{csv,md} (`long`:
     every number, tidy). Table 1's summary also holds the teacher and the untrained student.
 
-    Args:
-        name: the grid, a key of GRIDS (and of TABLE_FILES).
-        family: the paper's model family to compare with: "gpt2" or "opt".
-        save: whether to write the four tables.
-
-    Returns:
-        The grid's TableReport; all seven frames are empty when the profile has no runs for the grid (nothing is saved
-        then).
+    `family`: the paper's model family to compare with: "gpt2" or "opt".
+    Returns the grid's TableReport; all seven frames are empty when the profile has no runs for the grid (nothing is
+    saved then).
     """
     runs = grid_runs(ws, name)
     if runs.empty:
@@ -148,10 +134,9 @@ def runs_frame(ws: Workspace) -> pd.DataFrame:
     One row per training protocol, grid, run and eval set. A run shared by two tables appears under both, with the
     same run_key. Nothing is trained.
 
-    Returns:
-        tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n, alpha_0, alpha_n,
-        device, device_name, precision, torch, transformers, grid and training (the training protocol); empty when no
-        run has finished.
+    Returns tables.tidy's columns plus greedy_rouge_l, pocl, ranking, order, n_subsets, tau_0, tau_n, alpha_0, alpha_n,
+    device, device_name, precision, torch, transformers, grid and training (the training protocol); empty when no run
+    has finished.
     """
     parts = []
     for protocol, grids in _protocol_records(ws).items():
@@ -179,10 +164,9 @@ def claims(ws: Workspace) -> pd.DataFrame:
     and the controls under the others) are judged apart, a run shared by two grids under one label counted once;
     Holm within each training and evaluation protocol. Nothing is trained.
 
-    Returns:
-        findings.claim_table's rows (claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm,
-        verdict, excludes, paper_diff) with the columns protocol ("sampled" or "greedy") and training; empty when no
-        run has finished.
+    Returns findings.claim_table's rows (claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm,
+    verdict, excludes, paper_diff) with the columns protocol ("sampled" or "greedy") and training; empty when no run has
+    finished.
     """
     return findings.claims_by_training({protocol: [rec for recs in grids.values() for rec in recs]
                                         for protocol, grids in _protocol_records(ws).items()})
@@ -191,12 +175,9 @@ def claims(ws: Workspace) -> pd.DataFrame:
 def agreement(reports: dict[str, TableReport]) -> pd.DataFrame:
     """Per grid: how many paired differences the paper also prints, and in how many the sign agrees.
 
-    Args:
-        reports: TableReports by grid name (`collect`, or `grid_report` per grid).
-
-    Returns:
-        One row per grid, with the columns grid, tables (its TABLE_FILES stem), compared_cells, same_direction and share
-        (same_direction / compared_cells; NaN when nothing was compared).
+    `reports`: TableReports by grid name (`collect`, or `grid_report` per grid).
+    Returns one row per grid, with the columns grid, tables (its TABLE_FILES stem), compared_cells, same_direction and
+    share (same_direction / compared_cells; NaN when nothing was compared).
     """
     rows = []
     for name, rep in reports.items():
@@ -217,11 +198,8 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     paper's gain scaled to our teacher - SFT gap, to the method's KD - SFT gap, and as printed; P4 (with P3): the best
     KD baseline against SFT under both protocols.
 
-    Args:
-        with_power: add P3's rows (needs Table 1's finished runs).
-
-    Returns:
-        One row per premise check, with the columns premise, value, threshold and holds.
+    `with_power`: add P3's rows (needs Table 1's finished runs).
+    Returns one row per premise check, with the columns premise, value, threshold and holds.
     """
     from ..analysis import premises
     from ..experiment.experiments import KD_METHODS
@@ -271,12 +249,9 @@ def protocol_plans(ws: Workspace, method: str = "KLD") -> pd.DataFrame:
     """The stage plan of the baseline, +POCL and the two optimizer controls of `method` under each training protocol
     (`curriculum.PROTOCOLS`), for the profile's training set; nothing is trained.
 
-    Args:
-        method: the KD method (under official its baseline and controls train at alpha 0).
-
-    Returns:
-        `curriculum.plan_rows` per run (stage, rows, batch, epochs, steps, lr, warmup, restart, tau, alpha, and a
-        "total" row), with the columns protocol and run first.
+    `method`: the KD method (under official its baseline and controls train at alpha 0).
+    Returns `curriculum.plan_rows` per run (stage, rows, batch, epochs, steps, lr, warmup, restart, tau, alpha, and a
+    "total" row), with the columns protocol and run first.
     """
     enc = ws.encoded("train")
     runs = {"baseline": baseline(method), "+POCL": pocl(method),
@@ -295,9 +270,7 @@ def run_protocols(ws: Workspace, name: str, log=print) -> None:
     """Train grid `name` under each of the profile's training protocols (`protocols_of`), each arm at its learning rate
     chosen on validation when the profile has lr_factors (`pool.at_chosen_lrs`); finished runs are skipped.
 
-    Args:
-        name: the grid, "table1" or "controls" (any key of GRIDS works).
-        log: called with the pool's progress lines.
+    `name`: the grid, "table1" or "controls" (any key of GRIDS works).
     """
     for protocol in protocols_of(ws.profile):
         w = under_protocol(ws, protocol)
@@ -344,8 +317,7 @@ def controls_report(ws: Workspace, save: bool = True) -> ControlsReport:
     protocol and evaluation protocol (`findings.claims_by_training`), Holm within each. With `save` they go to
     results/<profile>/beyond_controls_{paired,claims,claims_summary}.{csv,md}.
 
-    Returns:
-        The ControlsReport; its frames are empty when no control has finished (nothing is saved then).
+    Returns the ControlsReport; its frames are empty when no control has finished (nothing is saved then).
     """
     recs = protocol_records(ws, "controls")
     parts = [tables.tidy(r).assign(training=t) for t, r in recs.items() if r]
