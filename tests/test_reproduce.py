@@ -265,3 +265,20 @@ def test_a_running_notebooks_bars_reach_the_terminal(tmp_path):
     (tmp_path / "executed").mkdir()
     execute_one(nb, tmp_path / "executed", {"profile": "smoke"}, kernel_name(), ProgressLine(out, tty=False))
     assert out.getvalue().startswith("      preparing:") and "done" not in out.getvalue()
+
+
+def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, capsys):
+    """scripts/ablations.py runs pocl-reproduce on the profile with grid 'full' (the same workspace, so the main job's
+    runs are reused) and passes the runs root on; its exit code is the collection's."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ablations", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = []
+    monkeypatch.setattr(module.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
+    assert module.main(["--profile", "laptop", "--runs-root", "/tmp/r"]) == 3
+    cmd = calls[0]
+    assert cmd[1:] == ["-m", "pocl_utils.notebook.reproduce", "--profile", "laptop", "-p", "overrides",
+                       '{"grid": "full"}', "--runs-root", "/tmp/r"]
+    assert "ablations study of 'laptop'" in capsys.readouterr().out
