@@ -216,3 +216,17 @@ def test_publish_refuses_notebooks_over_the_size_limit_and_touches_nothing(tmp_p
                                            r"0\.25 MB limit \(largest: 00_data\.ipynb 0\.4 MB"):
         publish("laptop", notebooks, executed, output, reference=ref, log=lambda s: None)
     assert _snapshot(ref) == before
+
+
+def test_a_published_notebook_names_no_machine_path(tmp_path):
+    """The repository's absolute path in an output (a workspace line, a warning's file) becomes relative."""
+    from pocl_utils.notebook.outputs import published_notebook
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("ws = setup()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout",
+                                           text=f"workspace {tmp_path}/runs/laptop\nroot {tmp_path}\n")]
+    nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    text = published_notebook(tmp_path / "n.ipynb", root=tmp_path)
+    assert str(tmp_path) not in text
+    assert nbformat.reads(text, 4).cells[0].outputs[0].text == "workspace runs/laptop\nroot .\n"

@@ -277,8 +277,8 @@ def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, 
     spec.loader.exec_module(module)
     calls = []
     monkeypatch.setattr(module.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
-    assert module.main(["--profile", "laptop", "--runs-root", "/tmp/r"]) == 3
+    assert module.main(["--profile", "laptop", "--runs-root", "runs-elsewhere"]) == 3
     cmd = calls[0]
     assert cmd[1:] == ["-m", "pocl_utils.notebook.reproduce", "--profile", "laptop", "-p", "overrides",
-                       '{"grid": "full"}', "--runs-root", "/tmp/r"]
+                       '{"grid": "full"}', "--runs-root", "runs-elsewhere"]
     assert "ablations study of 'laptop'" in capsys.readouterr().out

@@ -118,13 +118,14 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
     return [dest for _, _, dest in staged]
 
 
-def published_notebook(path: Path) -> str:
+def published_notebook(path: Path, root: Path = REPO_ROOT) -> str:
     """An executed notebook as published: its outputs as a reader sees them in JupyterLab, nothing else.
 
     Consecutive stream outputs of one name are joined, as JupyterLab shows them, and reduced to what a terminal shows
     (of each line, the text after its last carriage return: a progress bar's final state instead of its every update);
     a stream that then shows nothing (a cleared bar's empty red box) is dropped; papermill's per-cell timing metadata is
-    left out (its notebook-level record stays).
+    left out (its notebook-level record stays); the repository's absolute path (`root`) becomes relative, so the
+    published copy does not name the machine it ran on.
 
     Returns the cleaned notebook's JSON text (nbformat.writes).
     """
@@ -146,7 +147,7 @@ def published_notebook(path: Path) -> str:
             if out.output_type == "stream":
                 out.text = "\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n"))
         cell.outputs = [o for o in joined if o.output_type != "stream" or o.text.strip()]
-    return nbformat.writes(nb) + "\n"
+    return (nbformat.writes(nb) + "\n").replace(f"{root}/", "").replace(str(root), ".")
 
 
 def published_notebooks(profile: str, notebooks: list[Path], executed: Path,
