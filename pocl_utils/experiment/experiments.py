@@ -203,6 +203,10 @@ def n_seeds_for(profile, name: str) -> int:
     return profile.table1_seeds if name == "table1" and profile.table1_seeds else profile.n_seeds
 
 
+# the grids a profile runs by its `grid` size (config.GRID_SIZES; a size not listed runs every grid)
+GRIDS_OF_SIZE = {"table1": ("table1",), "headline": ("table1", "controls")}
+
+
 def grid(name: str, n_seeds: int, size: str = "full", oracle: bool = False,
          protocol: str | None = None) -> list[RunSpec]:
     """The specs of one experiment.
@@ -243,7 +247,7 @@ def all_runs(n_seeds: int, size: str = "full", oracle: bool = False) -> list[Run
     size.
     Returns the run specs, in grid order (GRIDS' order).
     """
-    names = ["table1"] if size in ("table1", "headline") else list(GRIDS)
+    names = [name for name in GRIDS if name in GRIDS_OF_SIZE.get(size, GRIDS)]
     seen: dict = {}
     for name in names:
         for spec in grid(name, n_seeds, size, oracle=oracle):

@@ -12,14 +12,12 @@ from ..analysis import findings, paper, tables
 from ..curriculum import PROTOCOLS, plan_rows
 from ..experiment import experiments, pool, runner, scoring, training_run
 from ..experiment.config import Profile, RunSpec, baseline, pocl
-from ..experiment.experiments import GRIDS, grid, n_seeds_for
+from ..experiment.experiments import GRIDS, GRIDS_OF_SIZE, grid, n_seeds_for
 from ..experiment.workspace import Workspace
 from .display import save_table
 from .views import ranking_table
 
 
-# the grids a profile runs by its `grid` (others: every grid)
-GRIDS_OF_SIZE = {"table1": ("table1",), "headline": ("table1", "controls")}
 PROTOCOL_GRIDS = ("table1", "controls")  # the grids run under every training protocol of a profile
 
 # Grid -> the stem of its files in results/<profile>/, named after the paper's tables it reproduces.
