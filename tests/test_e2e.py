@@ -94,6 +94,12 @@ def test_registry_skips_finished_runs(ws, monkeypatch):
     assert pool.run_grid(ws, [spec], log=lambda s: None) == [first]
 
 
+def test_pool_starts_the_on_policy_runs_first_and_keeps_the_others_order():
+    specs = [baseline("KLD", 0), pocl("GKD", 0), baseline("SFT", 1), baseline("GKD", 2), pocl("KLD", 0)]
+    order = [(s.method, s.pocl, s.seed) for s in pool.longest_first(specs)]
+    assert order == [("GKD", True, 0), ("GKD", False, 2), ("KLD", False, 0), ("SFT", False, 1), ("KLD", True, 0)]
+
+
 def test_ranking_ablation_changes_the_curriculum(ws):
     enc = ws.encoded("train")
     by = {m: training_run.stages_for(ws, pocl("KLD", ranking=m), enc)[0].samples.tolist()
