@@ -267,14 +267,49 @@ def test_a_running_notebooks_bars_reach_the_terminal(tmp_path):
     assert out.getvalue().startswith("      preparing:") and "done" not in out.getvalue()
 
 
+def _script(name: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lr_study_runs_table1_per_protocol_with_the_factors_and_pairs_at_the_chosen_rates(monkeypatch, tmp_path):
+    """scripts/lr_study.py: one table1 job per protocol with the lr_factors override; the chosen-rate table and
+    +POCL - baseline (Avg, paired by seed) are written beside the job's CSV."""
+    import pandas as pd
+    module = _script("lr_study")
+    jobs = []
+
+    def job(profile, grid, *, runs_root, protocol, out, overrides):
+        jobs.append((profile, grid, protocol, overrides))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = [("KLD", v, seed, d, r) for v, base in (("baseline", 10.0), ("+POCL", 12.0)) for seed in (0, 1)
+                for d, r in (("DollyEval", base + seed), ("S-NI", base + 2 * seed + (v == "+POCL")))]
+        pd.DataFrame(rows, columns=["method", "variant", "seed", "dataset", "rouge_l"]).to_csv(out, index=False)
+        pd.DataFrame([{"method": "KLD", "variant": "baseline", "arm": "a", "lr_scale": s, "lr": 3e-3 * s,
+                       "valid": v, "chosen": c} for s, v, c in ((5.0, -2.0, False), (1.0, -1.0, True))]).to_csv(
+            out.with_name(f"{out.stem}_lr.csv"), index=False)
+        return out
+
+    monkeypatch.setattr(module, "run_job", job)
+    assert module.main(["--profile", "laptop", "--protocols", "official", "paper-text", "--factors", "5", "1",
+                        "--runs-root", str(tmp_path)]) == 0
+    assert jobs == [("laptop", "table1", q, {"lr_factors": [5.0, 1.0]}) for q in ("official", "paper-text")]
+    out = tmp_path / "results" / "laptop" / "lr_per_arm"
+    assert list(pd.read_csv(out / "table1_official_lr.csv").columns) == ["method", "variant", "lr_scale", "lr",
+                                                                        "valid", "chosen"]
+    paired = pd.read_csv(out / "table1_paper-text_paired.csv").set_index("variant")
+    # Avg per seed: baseline 10.0, 11.5; +POCL 12.5, 14.0 -> +POCL - baseline = 2.5 for both seeds
+    assert paired.loc["+POCL", "vs baseline"] == pytest.approx(2.5)
+    assert paired.loc["baseline", "mean"] == pytest.approx(10.75)
+
+
 def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, capsys):
     """scripts/ablations.py runs pocl-reproduce on the profile with grid 'full' (the same workspace, so the main job's
     runs are reused) and passes the runs root on; its exit code is the collection's."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ablations", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("ablations")
     calls = []
     monkeypatch.setattr(module.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
     assert module.main(["--profile", "laptop", "--runs-root", "runs-elsewhere"]) == 3
