@@ -298,12 +298,13 @@ def test_lr_study_runs_table1_per_protocol_with_the_factors_and_pairs_at_the_cho
                         "--runs-root", str(tmp_path)]) == 0
     assert jobs == [("laptop", "table1", q, {"lr_factors": [5.0, 1.0]}) for q in ("official", "paper-text")]
     out = tmp_path / "results" / "laptop" / "lr_per_arm"
-    assert list(pd.read_csv(out / "table1_official_lr.csv").columns) == ["method", "variant", "lr_scale", "lr",
-                                                                        "valid", "chosen"]
+    assert list(pd.read_csv(out / "table1_official_lr.csv").columns) == ["method", "variant", "lr_scale",
+                                                                        "lr (1e-3)", "valid", "chosen"]
     paired = pd.read_csv(out / "table1_paper-text_paired.csv").set_index("variant")
     # Avg per seed: baseline 10.0, 11.5; +POCL 12.5, 14.0 -> +POCL - baseline = 2.5 for both seeds
     assert paired.loc["+POCL", "vs baseline"] == pytest.approx(2.5)
-    assert paired.loc["baseline", "mean"] == pytest.approx(10.75)
+    assert paired.loc["baseline", "mean"] == pytest.approx(10.75) and paired.loc["baseline", "n_seeds"] == 2
+    assert pd.read_csv(out / "table1_official_lr.csv")["lr (1e-3)"].tolist() == pytest.approx([15.0, 3.0])
 
 
 def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, capsys):
