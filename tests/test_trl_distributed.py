@@ -1,7 +1,7 @@
-"""The TRL KD trainer on 2 processes (`accelerate launch`, gloo, CPU): each rank trains on its slice of the curriculum's
-global batches, every example of a stage is seen once per epoch of that stage, and the 2-process run's per-step
-losses equal one process's. Run as a script under `accelerate launch`, this file is also the worker the test
-launches."""
+"""The TRL KD and GKD trainers on 2 processes (`accelerate launch`, gloo, CPU): each rank trains on its slice of the
+curriculum's global batches, every example of a stage is seen once per epoch of that stage, and the 2-process run's
+per-step losses equal one process's (GKD: on the dataset's batches; on the student's samples both ranks sample at the
+same steps). Run as a script under `accelerate launch`, this file is also the worker the tests launch."""
 import json
 import os
 import subprocess
@@ -65,11 +65,65 @@ def _train(root: Path, out: Path, per_device: int) -> dict:
             "stages": [[int(i) for i in s.samples] for s in plan.stages], "steps": [s.steps for s in plan.stages]}
 
 
-def _worker(root: Path, out: Path) -> None:
+GKD_STEPS = 6
+
+
+def _train_gkd(root: Path, out: Path, per_device: int, lmbda: float) -> dict:
+    """TRL's GKDTrainer with the curriculum (alpha 0, as POCL's GKD; the trainer refuses alpha > 0 on samples under
+    several processes) for GKD_STEPS steps; returns its per-step log, the dataset rows of each step's batch and the
+    steps that sampled."""
+    import copy
+
+    import datasets
+    from trl.experimental.gkd import GKDConfig
+
+    from pocl_utils.integrations import trl as pt
+    ws, ds, _ = _setup(root)
+    tok = copy.deepcopy(ws.tokenizer)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    rows = datasets.Dataset.from_dict({
+        "messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": " " + c}]
+                     for p, c in zip(ds["prompt"], ds["completion"])],
+        "difficulty_rank": ds["difficulty_rank"], "stage": ds["stage"], "row": list(range(len(ds)))})
+    plan = pt.plan_curriculum(rows, total_steps=GKD_STEPS, tau=(1.0, 2.0), alpha=(0.0, 0.0), seed=0)
+    args = GKDConfig(output_dir=str(out), per_device_train_batch_size=per_device, learning_rate=1e-3, lmbda=lmbda,
+                     max_new_tokens=4, temperature=1.0, report_to=[], save_strategy="no", use_cpu=True,
+                     logging_steps=1, seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = pt.GKDTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
+                            train_dataset=rows, processing_class=tok, curriculum=plan)
+    seen, sampled = [], []
+    collate, generate = trainer.data_collator, trainer.generate_on_policy_outputs
+
+    def collating(examples):
+        seen.append([e["row"] for e in examples])
+        return collate(examples)
+
+    def generating(*a):
+        sampled.append(trainer.state.global_step)
+        return generate(*a)
+
+    trainer.data_collator, trainer.generate_on_policy_outputs = collating, generating
+    trainer.train()
+    return {"log": trainer.pocl_log, "seen": seen, "sampled": sampled,
+            "batches": [list(map(int, b)) for b in pt.BabyStepBatchSampler(plan, BATCH)]}  # the global batches
+
+
+def _worker(root: Path, out: Path, kind: str) -> None:
     import torch.distributed as dist
-    result = _train(root, out, BATCH // 2)
+    result = _train(root, out, BATCH // 2) if kind == "kd" else _train_gkd(root, out, BATCH // 2, float(kind[3:]))
     rank = dist.get_rank()
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _launch(root: Path, out: Path, kind: str) -> list[dict]:
+    """This file as the worker of a 2-process `accelerate launch`; returns each rank's result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), str(Path(__file__)),
+           str(root), str(out), kind]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +135,7 @@ def smoke_root(tmp_path_factory) -> Path:
 
 
 def test_two_processes_see_each_stage_example_once_per_epoch_and_equal_one_process(smoke_root, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), str(Path(__file__)),
-           str(smoke_root), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _launch(smoke_root, tmp_path, "kd")
     one = _train(smoke_root, tmp_path / "one", BATCH)
     ws, ds, plan = _setup(smoke_root)
     sequences = [tuple(e.prompt_ids + e.response_ids) for e in ws.encoded("train")]
@@ -112,5 +160,24 @@ def test_two_processes_see_each_stage_example_once_per_epoch_and_equal_one_proce
     np.testing.assert_allclose(two, [row["loss"] for row in one["log"]], rtol=1e-5, atol=1.2e-7)
 
 
+@pytest.mark.parametrize("lmbda", [0.0, 1.0])
+def test_gkd_trainer_on_two_processes_shares_the_curriculums_batches(smoke_root, tmp_path, lmbda):
+    """GKD on 2 processes: at each step the two ranks' rows make up the sampler's global batch, both run the same
+    stage (tau) and sample at the same steps (lmbda 1: every step; 0: none); on the dataset's batches (lmbda 0) the
+    per-step loss equals one process's, up to float32 rounding."""
+    ranks = _launch(smoke_root, tmp_path, f"gkd{lmbda}")
+    one = _train_gkd(smoke_root, tmp_path / "one", BATCH, lmbda)
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == GKD_STEPS == len(one["seen"])
+    for step in range(GKD_STEPS):
+        assert sorted(ranks[0]["seen"][step] + ranks[1]["seen"][step]) == sorted(one["batches"][step])
+        assert sorted(one["seen"][step]) == sorted(one["batches"][step])
+    assert ranks[0]["sampled"] == ranks[1]["sampled"] == ([] if lmbda == 0 else list(range(GKD_STEPS)))
+    assert [r["tau"] for r in ranks[0]["log"]] == [r["tau"] for r in ranks[1]["log"]] == [r["tau"] for r in one["log"]]
+    two = np.array([a["loss"] + b["loss"] for a, b in zip(ranks[0]["log"], ranks[1]["log"])])
+    assert np.isfinite(two).all()
+    if lmbda == 0:
+        np.testing.assert_allclose(two, [r["loss"] for r in one["log"]], rtol=1e-5, atol=1.2e-7)
+
+
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    _worker(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "kd")

@@ -483,7 +483,8 @@ def _gkd_class() -> type:
 
         D TRL's generalized JSD at beta ("fkl": 0, "rkl": 1, "jsd": `beta`, default our jsd's 0.5), the CE on the
         dataset's completions even when the divergence is on samples (as `training.kd`). Each micro-batch's loss is
-        its token mean; the Trainer averages them over gradient accumulation and processes.
+        its token mean, the processes' weighted by their tokens (N processes train as one); the Trainer averages
+        the micro-batches of gradient accumulation.
 
         Keyword arguments besides TRL's: curriculum, divergence, beta."""
 
@@ -525,8 +526,13 @@ def _gkd_class() -> type:
                 ce, ce_parts = self._pocl_redirect(model, student, step_loss, student, gold, None, kind=None,
                                                    tau=1.0, alpha=1.0, precision=precision)
                 loss, parts = kd_loss(ce, loss, stage.alpha), {**parts, "ce": ce_parts["ce"]}
-            share = 1.0 / (getattr(self, "current_gradient_accumulation_steps", 1) * self.accelerator.num_processes)
-            self._pocl_record(loss, parts, share)
+            # the ranks' token means weighted by their tokens (samples differ in length), so N processes give one
+            # process's loss; DDP then averages the gradients over processes
+            mine = float(parts[TOKENS])
+            total = float(self.accelerator.reduce(torch.tensor(mine, device=loss.device), reduction="sum"))
+            weight = mine / total if total > 0 else 0.0
+            self._pocl_record(loss, parts, weight / getattr(self, "current_gradient_accumulation_steps", 1))
+            loss = loss * (weight * self.accelerator.num_processes)
             return (loss, None) if return_outputs else loss
 
     return GKDTrainer

@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .heads import position_ids
 from .models import autocast
 
 _MASK32 = 0xFFFFFFFF
@@ -70,15 +71,6 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device | str, *,
         ids[row, cols] = torch.tensor(seq, dtype=torch.long)
         mask[row, cols] = 1
     return ids.to(device), mask.to(device)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions [B, L] counted over real tokens of `mask` only, so a left-padded row sees its unpadded positions.
-
-    HF's generate derives them this way; a manual forward must pass them (GPT-2 and Llama default to arange). Pad slots
-    get position 0; they are masked out.
-    """
-    return (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -11,6 +11,13 @@ FUSED_AT = "pocl_fused_at"  # ... and `fused_inputs` (data parallel only: FSDP s
 COMPILED_AT = "pocl_compiled_at"  # `fused_inputs` compiled (`models.compiled_inputs`, opt-in on CUDA)
 
 
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions [B, L] counted over the real tokens of `mask` [B, L] only, so a left-padded row sees its unpadded
+    positions (GPT-2 and Llama default to arange, which shifts them by the padding); pads get 0, or on the right the
+    last real position, and are masked out. Right-padded rows get arange on their real tokens, as before."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def logits_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         keep: torch.Tensor) -> torch.Tensor:
     """LM-head logits [N, V] at the kept positions only (`keep` as in `hidden_at_positions`), flattened (b, t): the
@@ -24,7 +31,8 @@ def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attenti
 
     `keep`: [B, T] bool, or the flat indices b * T + t, [N] int64 (an index gather: no host sync, unlike a mask).
     """
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask)).last_hidden_state  # [B, T, H]
     if keep.dtype == torch.bool:
         return hidden[keep]
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
