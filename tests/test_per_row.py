@@ -98,3 +98,13 @@ def test_per_row_gap_figure_draws_each_groups_difference():
     assert heights == [pytest.approx([1.5, -2.0]), pytest.approx([0.5, -4.0])]
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["no", "yes"]
     assert "n = 5 training seeds" in fig._suptitle.get_text()
+
+
+def test_per_row_gap_figure_draws_empty_panels_for_data_without_true_difficulty():
+    """Real data has no true difficulty: per_row_gaps gives empty frames, and the figure is drawn without bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    columns = ["diff", "ci95", "n_seeds", "n_rows", "comparison"]
+    fig = figures.per_row_gap_figure(pd.DataFrame(columns=["difficulty", *columns]),
+                                     pd.DataFrame(columns=["late_words", *columns]), "sampled")
+    assert [len(ax.patches) for ax in fig.axes] == [0, 0]

@@ -383,7 +383,8 @@ def per_row_gap_figure(by_difficulty: pd.DataFrame, by_late: pd.DataFrame, proto
     axes[0].set(xlabel="true difficulty of the eval row", ylabel=f"+POCL − baseline, ROUGE-L ({protocol})")
     axes[1].set(xlabel="needs a word seen only at the top level")
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    n = pd.concat([by_difficulty, by_late])["n_seeds"] if len(by_difficulty) + len(by_late) else pd.Series([], float)
+    both = pd.concat([by_difficulty, by_late])
+    n = both["n_seeds"] if len(both) else pd.Series([], dtype=float)  # real data: no true difficulty, no groups
     fig.suptitle(f"{title or '+POCL − baseline per eval row'}\n{error_bar_note(n)}", fontsize=10)
     fig.tight_layout()
     return fig
