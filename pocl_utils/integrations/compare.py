@@ -21,10 +21,16 @@ from . import trl as pocl_trl
 
 def train_dataset(ws: Workspace):
     """The workspace's training examples as a prompt/completion `datasets.Dataset` (rows in `ws.encoded("train")`
-    order, so row k is encoded example k)."""
+    order, so row k is encoded example k). A response our encoding cut to `max_len` (it has no EOS,
+    `data.encode_examples`) is given as the text of its kept tokens, so TRL trains on what our loop trains on."""
     import datasets
-    rows = [ws.sets["train"][e.index] for e in ws.encoded("train")]
-    return datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["output"]} for r in rows])
+    rows = []
+    for e in ws.encoded("train"):
+        row = ws.sets["train"][e.index]
+        cut = not e.response_ids or e.response_ids[-1] != ws.eos_id
+        text = ws.tokenizer.decode(e.response_ids) if cut else row["output"]
+        rows.append({"prompt": row["prompt"], "completion": text})
+    return datasets.Dataset.from_list(rows)
 
 
 def trl_config(out_dir: str | Path, spec: TrainSpec, device: str = "cpu", **overrides: Any):
