@@ -262,3 +262,18 @@ def test_gkd_trainer_follows_the_curriculum_and_our_loss(ws, measured, tmp_path,
     with pytest.raises(ValueError, match="generalized JSD"):
         pt.GKDTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
                       train_dataset=rows, processing_class=tok, curriculum=plan, divergence="tvd")
+
+
+def test_train_dataset_gives_a_cut_response_as_its_kept_tokens(ws):
+    """A response our encoding cuts to max_len (no EOS) reaches TRL as the text of its kept tokens, so a long real row
+    cannot overflow the student's positions; an uncut one keeps the row's own text."""
+    from pocl_utils.experiment.workspace import Workspace
+    longest = max(len(e.prompt_ids) for e in ws.encoded("train"))
+    short = Workspace(replace(ws.profile, max_prompt_len=longest, max_len=longest + 2), ws.root)
+    rows = compare.train_dataset(short)
+    cut = [(e, r) for e, r in zip(short.encoded("train"), rows) if e.response_ids[-1] != short.eos_id]
+    assert cut, "max_len should cut some responses"
+    for e, r in cut:
+        assert short.tokenizer(r["completion"], add_special_tokens=False)["input_ids"] == e.response_ids
+    whole = compare.train_dataset(ws)
+    assert whole["completion"] == [ws.sets["train"][e.index]["output"] for e in ws.encoded("train")]
