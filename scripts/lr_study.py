@@ -7,9 +7,9 @@ For each training protocol, `python -m pocl_utils.experiment.job --grid table1` 
 arm (method x variant) trains seed 0 at the protocol's lr times each factor, keeps the one whose best checkpoint has
 the best validation score (the eval sets play no part, `experiments.chosen_lrs`), and trains its other seeds at that
 rate. `valid` in the chosen-rate table is the selection score (higher is better: minus the validation loss under
-`select_metric = "loss"`). Writes, per protocol, under <runs root>/results/<profile>/lr_per_arm/: the job's results CSV, the chosen rates
-(`table1_<protocol>_lr.csv` / `.md`) and +POCL - baseline at the chosen rates (`table1_<protocol>_paired.csv` / `.md`,
-Avg ROUGE-L, sampled, paired by seed). Prints the study's wall time.
+`select_metric = "loss"`). Writes, per protocol, under <runs root>/results/<profile>/lr_per_arm/: the job's results
+CSV, the chosen rates (`table1_<protocol>_lr.csv` / `.md`) and +POCL - baseline at the chosen rates
+(`table1_<protocol>_paired.csv` / `.md`, Avg ROUGE-L, sampled, paired by seed). Prints the study's wall time.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="laptop")
     ap.add_argument("--protocols", nargs="+", default=None, help="default: the profile's protocols")
     ap.add_argument("--factors", nargs="+", type=float, default=[5.0, 1.0, 0.5])
-    ap.add_argument("--runs-root", type=Path, default=None, help="as pocl-reproduce's (default: $POCL_RUNS_DIR, else ./runs)")
+    ap.add_argument("--runs-root", type=Path, default=None,
+                    help="as pocl-reproduce's (default: $POCL_RUNS_DIR, else ./runs)")
     a = ap.parse_args(argv)
     p = get_profile(a.profile)
     root = a.runs_root or RUNS_ROOT
