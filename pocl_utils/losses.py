@@ -269,6 +269,17 @@ def _zero_grad(logq, logp, beta=None):
 _ZERO = Divergence("zero", "", "0", lambda logq, logp, beta=None: logq.new_zeros(logq.shape[0]), _zero_grad)
 
 
+def divergence_at(kind: str, beta: float | None = None) -> tuple[Divergence, float | None]:
+    """The registry entry that computes `kind` at `beta`, and the resolved beta (None = the kind's default).
+
+    At one of the kind's limits the entry is the limit's divergence, or one that is 0 for every token (`Divergence`).
+    Raises ValueError: an unknown kind, or beta outside [0, 1].
+    """
+    beta = _check_kind_beta(kind, beta)
+    entry = _at_beta(kind, beta)
+    return (_ZERO if entry is None else entry), beta
+
+
 def token_divergence(
     student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: str, beta: float | None = None
 ) -> torch.Tensor:
@@ -310,7 +321,8 @@ def divergence_naive(
     Returns the loss, a 0-d fp32 tensor (fp64 for fp64 input).
     Raises ValueError: as `divergence`, naming the bad argument.
     """
-    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
+    entry, beta = divergence_at(kind, beta)
+    temperature = _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
     flat_mask = _flat_mask(mask, student_logits.shape[:-1])  # [N] or None
@@ -416,7 +428,8 @@ def divergence(
     Raises ValueError: an unknown kind, beta outside [0, 1], a temperature that is not a finite number > 0, logits of
     different shapes or not floating point, a mask of the wrong shape or not 0/1, a chunk_size not a positive int.
     """
-    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
+    entry, beta = divergence_at(kind, beta)
+    temperature = _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
     chunk_size = chunk_rows(chunk_size, vocab, student_logits.device)
@@ -424,9 +437,6 @@ def divergence(
     student = student_logits.reshape(-1, vocab)  # [N, V], a view for contiguous input
     teacher = teacher_logits.detach().reshape(-1, vocab)  # [N, V]
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    entry = _at_beta(kind, beta)
-    if entry is None:  # the mixture equals the first argument: KL(x || x) = 0 for every token
-        entry = _ZERO
     return _ChunkedDivergence.apply(student, teacher, rows, entry, temperature, beta, chunk_size, need_grad)
 
 

@@ -55,6 +55,28 @@ def test_linear_objective_matches_float64(kind, bias):
         torch.testing.assert_close(g.double(), w.double(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind, beta, alpha", [(None, None, 1.0), ("jsd", 0.0, 0.3), ("jsd", 1.0, 0.0),
+                                                ("skl", 1.0, 0.5), ("srkl", 0.4, 0.7)])
+def test_hand_gradients_match_float64_for_ce_only_and_beta_limits(kind, beta, alpha):
+    """The chunk's hand-written gradient (softmax - onehot; the registry's dD/ds, at its beta limits too) against
+    float64 autograd: CE alone, GKD's JSD at beta 0 and 1 (KL(p||q), KL(q||p)), skl at beta 1 (D = 0)."""
+    hidden, weight, _, targets = _leaves(5, False)
+    teacher = None if kind is None else torch.randn(N, V, generator=torch.Generator().manual_seed(6)) * 2
+    loss, _ = linear_objective(hidden, weight, targets, teacher, kind=kind, tau=1.3, alpha=alpha, beta=beta,
+                               chunk_size=5)
+    loss.backward()
+    got = [hidden.grad.clone(), weight.grad.clone()]
+    hidden.grad = weight.grad = None
+    z = hidden.double() @ weight.double().t()
+    ref = F.cross_entropy(z, targets)
+    if kind is not None:
+        ref = alpha * ref + (1 - alpha) * divergence_naive(z, teacher.double(), kind, temperature=1.3, beta=beta)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, w in zip(got, [hidden.grad, weight.grad]):
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-4, atol=1e-6)
+
+
 def test_teacher_given_as_hidden_states_equals_teacher_logits():
     hidden, weight, _, targets = _leaves(2, False)
     g = torch.Generator().manual_seed(3)

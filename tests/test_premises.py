@@ -1,5 +1,6 @@
 """POCL's premises: trivial rules, P1/P2 rows from hand-worked numbers, and the power calculation of P3."""
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -119,3 +120,11 @@ def test_distillation_rows_need_significance_and_pairs():
     lonely = _kd_frame({"KLD": [5.0]}, [50.0])  # one seed: no test
     table = premises.premises_table(premises.distillation_rows({"greedy": lonely}, ("KLD",)))
     assert np.isnan(table.value[0]) and not table.holds[0] and "no paired runs" in table.premise[0]
+
+
+def test_distillation_rows_of_a_protocol_without_runs_fail():
+    """A training protocol whose Table 1 has not run (an empty frame) gets the failing "no paired runs" row."""
+    empty = pd.DataFrame(columns=["method", "variant", "seed", "dataset", "rouge_l"])
+    table = premises.premises_table(premises.distillation_rows({"paper-text, sampled": empty}, ("KLD",)))
+    assert np.isnan(table.value[0]) and not table.holds[0]
+    assert "paper-text, sampled: no paired runs" in table.premise[0]

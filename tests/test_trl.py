@@ -56,6 +56,22 @@ def test_measured_columns_rank_as_our_ranking_step(ws, measured):
     assert (np.diff(stage[np.argsort(rank)]) >= 0).all()  # easier rows never in a later subset
 
 
+def test_as_messages_gives_gkd_rows_whose_text_is_prompt_plus_completion(ws):
+    plain = datasets.Dataset.from_dict({"prompt": ["bread book\n"], "completion": ["bop put"], "stage": [2]})
+    assert getattr(ws.tokenizer, "chat_template", None) is None  # the world tokenizer has none: a copy gets one
+    rows, tok = pt.as_messages(plain, ws.tokenizer)
+    assert rows.column_names == ["stage", "messages"] and rows[0]["stage"] == 2
+    assert rows[0]["messages"] == [{"role": "user", "content": "bread book\n"},
+                                   {"role": "assistant", "content": "bop put"}]
+    assert pt.row_texts(rows[0], tok) == ("bread book\n", "bop put", True)  # as the plain row's texts
+    assert tok is not ws.tokenizer and getattr(ws.tokenizer, "chat_template", None) is None
+    assert pt.as_messages(plain, tok)[1] is tok  # a tokenizer with a template is handed back as it is
+    with pytest.raises(ValueError, match="needs 'prompt' and 'completion' columns, has \\['stage'\\]"):
+        pt.as_messages(plain.remove_columns(["prompt", "completion"]))
+    with pytest.raises(ValueError, match="row 1: 'prompt' and 'completion' must be strings"):
+        pt.as_messages(datasets.Dataset.from_dict({"prompt": ["a", "b"], "completion": ["c", None]}))
+
+
 def test_messages_rows_are_prompt_and_last_assistant_message(ws):
     tok = copy.deepcopy(ws.tokenizer)
     tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -207,13 +223,7 @@ def test_gkd_trainer_follows_the_curriculum_and_our_loss(ws, measured, tmp_path,
 
     from pocl_utils.losses import divergence, kd_loss
     from pocl_utils.modeling.heads import logits_at_positions
-    tok = copy.deepcopy(ws.tokenizer)
-    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
-                         "{% if add_generation_prompt %}{% endif %}")
-    rows = datasets.Dataset.from_dict({
-        "messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": " " + c}]
-                     for p, c in zip(measured["prompt"], measured["completion"])],
-        "difficulty_rank": measured["difficulty_rank"], "stage": measured["stage"], "row": list(range(len(measured)))})
+    rows, tok = pt.as_messages(measured.add_column("row", list(range(len(measured)))), ws.tokenizer)
     plan = pt.plan_curriculum(measured, total_steps=4, tau=(1.0, 2.5), alpha=(0.3, 0.0), seed=0)
     args = GKDConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, learning_rate=1e-3, lmbda=lmbda,
                      max_new_tokens=4, temperature=0.7, report_to=[], save_strategy="no", use_cpu=True,

@@ -72,19 +72,11 @@ def _train_gkd(root: Path, out: Path, per_device: int, lmbda: float) -> dict:
     """TRL's GKDTrainer with the curriculum (alpha 0, as POCL's GKD; the trainer refuses alpha > 0 on samples under
     several processes) for GKD_STEPS steps; returns its per-step log, the dataset rows of each step's batch and the
     steps that sampled."""
-    import copy
-
-    import datasets
     from trl.experimental.gkd import GKDConfig
 
     from pocl_utils.integrations import trl as pt
     ws, ds, _ = _setup(root)
-    tok = copy.deepcopy(ws.tokenizer)
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    rows = datasets.Dataset.from_dict({
-        "messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": " " + c}]
-                     for p, c in zip(ds["prompt"], ds["completion"])],
-        "difficulty_rank": ds["difficulty_rank"], "stage": ds["stage"], "row": list(range(len(ds)))})
+    rows, tok = pt.as_messages(ds.add_column("row", list(range(len(ds)))), ws.tokenizer)
     plan = pt.plan_curriculum(rows, total_steps=GKD_STEPS, tau=(1.0, 2.0), alpha=(0.0, 0.0), seed=0)
     args = GKDConfig(output_dir=str(out), per_device_train_batch_size=per_device, learning_rate=1e-3, lmbda=lmbda,
                      max_new_tokens=4, temperature=1.0, report_to=[], save_strategy="no", use_cpu=True,

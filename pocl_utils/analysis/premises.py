@@ -191,13 +191,14 @@ def distillation_rows(table1: Mapping[str, pd.DataFrame], methods: Sequence[str]
     `stats.p_value`); the best is the largest mean difference. It holds when that is >= KD_MARGIN_SFT with adjusted
     p < KD_ALPHA. A protocol without SFT runs or without a method of two paired seeds gets a NaN row that fails.
 
-    `table1`: protocol ("sampled", "greedy") -> tidy rows of the Table 1 grid (Avg rows, if any, are recomputed).
+    `table1`: a label naming the protocol(s) (e.g. "sampled", or "official, greedy") -> tidy rows of the Table 1 grid
+    scored under it (Avg rows, if any, are recomputed); an empty frame gives the failing "no paired runs" row.
     Returns one `premise_row` per protocol, the method and its adjusted p in the premise's text.
     """
     rows = []
     for protocol, df in table1.items():
         found = []
-        for m in methods:
+        for m in methods if len(df) else ():
             r = paired(df[df.dataset != "Avg"], ("SFT", "baseline"), (m, "baseline")).set_index("dataset").loc["Avg"]
             if r.n_pairs >= 2:
                 found.append((m, float(r["diff"]), p_value(float(r["diff"]), float(r.ci95), int(r.n_pairs))))

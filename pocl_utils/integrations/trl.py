@@ -98,6 +98,41 @@ def row_texts(row: dict, tokenizer, where: str = "row") -> tuple[str, str, bool]
     return text, completion, conversational
 
 
+CONCAT_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                        "{% if add_generation_prompt %}{% endif %}")  # the messages' texts, nothing between
+
+
+def as_messages(dataset, tokenizer=None):
+    """A prompt/completion dataset as the rows TRL's GKDTrainer reads: "messages" = [{"role": "user", "content":
+    prompt}, {"role": "assistant", "content": completion}], the other columns (difficulty_rank,
+    stage, ...) kept, "prompt" and "completion" dropped.
+
+    `tokenizer`: when given, the tokenizer to hand the trainer: itself if it has a chat template, else a copy whose
+    template only concatenates the messages' texts (`CONCAT_CHAT_TEMPLATE`; base models such as GPT-2 have none), so a
+    row's text is the plain prompt + completion.
+    Returns the dataset, or (dataset, tokenizer) with `tokenizer`.
+    Raises ValueError: the dataset has no "prompt" or "completion" column, or (naming the row) one is not a string.
+    """
+    import copy
+
+    def convert(row: dict, index: int) -> dict:
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not (isinstance(prompt, str) and isinstance(completion, str)):
+            raise ValueError(f"row {index}: 'prompt' and 'completion' must be strings, got {prompt!r}, {completion!r}")
+        return {"messages": [{"role": "user", "content": prompt},
+                             {"role": "assistant", "content": completion}]}
+
+    if not {"prompt", "completion"} <= set(dataset.column_names):
+        raise ValueError(f"as_messages: needs 'prompt' and 'completion' columns, has {sorted(dataset.column_names)}")
+    out = dataset.map(convert, with_indices=True, remove_columns=["prompt", "completion"])
+    if tokenizer is None:
+        return out
+    if getattr(tokenizer, "chat_template", None) is None:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = CONCAT_CHAT_TEMPLATE
+    return out, tokenizer
+
+
 def encode_row(row: dict, tokenizer, index: int = 0) -> tuple[Encoded, str]:
     """A row as an `Encoded` example (prompt ids; completion ids ending in EOS) and its completion text.
 

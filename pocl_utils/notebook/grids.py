@@ -194,7 +194,8 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     eval rows the paper's protocol scores. P2: the measurer (the Spearman row on generated worlds only, where the true
     difficulty is known). P3 (`with_power`, once Table 1 has run): each method's minimum detectable effect beside the
     paper's gain scaled to our teacher - SFT gap, to the method's KD - SFT gap, and as printed; P4 (with P3): the best
-    KD baseline against SFT under both protocols.
+    KD baseline against SFT under each training protocol the profile runs (`protocols_of`) and each evaluation protocol
+    (a training protocol without Table 1's runs gets P4's failing "no paired runs" rows).
 
     `with_power`: add P3's rows (needs Table 1's finished runs).
     Returns one row per premise check, with the columns premise, value, threshold and holds.
@@ -219,7 +220,10 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
         runs = tables.with_average(tables.tidy(recs))
         rows += premises.table1_power_rows(runs, float(np.mean(list(teacher.values()))), float(sft["Avg"]),
                                            n_seeds_for(p, "table1"), KD_METHODS)
-        rows += premises.distillation_rows({proto: tables.tidy(recs, proto) for proto in tables.PROTOCOLS}, KD_METHODS)
+        for training in protocols_of(p):  # P4 under each training protocol, each evaluation protocol
+            recs = records(under_protocol(ws, training), "table1")
+            rows += premises.distillation_rows(
+                {f"{training}, {proto}": tables.tidy(recs, proto) for proto in tables.PROTOCOLS}, KD_METHODS)
     table = premises.premises_table(rows)
     save_table(ws, table, "premises")
     return table

@@ -5,9 +5,10 @@
     D    = (1 / N) sum_i losses.token_divergence(log_softmax(z_i / tau), log_softmax(t_i / tau))
 
 over the N response tokens. The student logits z [N, V] never exist whole: each chunk of rows builds its logits,
-values and d loss / d z at once (autograd over the chunk only, with `losses`' public per-token divergence), and folds
-that gradient straight into grad_hidden [N, H] and grad_W [V, H]. The teacher comes as rows [N, V] (the cache) or as
-its hidden states and LM head, whose logits are then also built one chunk at a time. The LM head counts once: one
+values and d loss / d z at once (by hand: softmax - onehot for the CE, and for the KD term each divergence's own
+gradient from the `losses` registry, the one the chunked CPU path uses), and folds that gradient straight into
+grad_hidden [N, H] and grad_W [V, H]. The teacher comes as rows [N, V] (the cache) or as its hidden states and LM head,
+whose logits are then also built one chunk at a time. The LM head counts once: one
 [n, H] x [H, V] product per chunk forward, two for the folded gradient, the same FLOPs as the unfused step.
 
 Matmuls run in the hidden states' dtype (bf16 under the GPU path's autocast), log-softmax and the sums in fp32,
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..losses import chunk_rows, kd_loss, log_probs, token_divergence
+from ..losses import Divergence, chunk_rows, divergence_at, kd_loss, log_probs
 
 
 @dataclass
@@ -51,21 +52,39 @@ def _teacher_chunk(teacher: Teacher, rows: slice, device: torch.device) -> torch
     return teacher[rows].to(device, non_blocking=True)
 
 
-def _chunk_loss(z: torch.Tensor, targets: torch.Tensor, teacher_z: torch.Tensor | None, kind: str | None,
-                tau: float, alpha: float, beta: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed (not averaged) weighted loss of one chunk, its CE sum and its tau^2 D sum; z [n, V] fp32."""
-    ce = F.cross_entropy(z, targets, reduction="sum")
+def _chunk_loss(z: torch.Tensor, targets: torch.Tensor, teacher_z: torch.Tensor | None, entry: Divergence | None,
+                tau: float, alpha: float, beta: float | None
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One chunk's summed (not averaged) weighted loss, CE and tau^2 D, and d(loss sum) / dz [n, V], by hand:
+
+        d CE / dz         = softmax(z) - onehot(y)
+        d tau^2 D / dz    = tau * dD/ds,   s = z / tau   (the registry entry's hand-written gradient, `losses`)
+
+    `z`: [n, V] fp32 student logits; `entry` None (no teacher) = CE only. No autograd graph is built, so the chunk's
+    temporaries are a few [n, V] tensors. May overwrite z.
+    """
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [n, 1]
+    ce = (lse.squeeze(1) - z.gather(1, targets[:, None]).squeeze(1)).sum()
+    rows = torch.arange(z.shape[0], device=z.device)
     if teacher_z is None:
-        return ce, ce, ce.new_zeros(())
-    kd = token_divergence(log_probs(z, tau), log_probs(teacher_z, tau), kind, beta).sum() * tau**2
-    return kd_loss(ce, kd, alpha), ce, kd
+        grad = z.sub_(lse).exp_()  # softmax(z), in z's storage
+        grad[rows, targets] -= 1.0
+        return (ce, ce, ce.new_zeros(())), grad
+    value, grad = entry.value_and_grad(log_probs(z, tau), log_probs(teacher_z, tau), beta)  # D [n], dD/ds [n, V]
+    kd = value.sum() * tau**2
+    grad.mul_((1.0 - alpha) * tau)
+    if alpha > 0:
+        soft = z.sub_(lse).exp_()
+        soft[rows, targets] -= 1.0
+        grad.add_(soft, alpha=alpha)
+    return (kd_loss(ce, kd, alpha), ce, kd), grad
 
 
 class _LinearObjective(torch.autograd.Function):
     """Value in forward, with the gradients of hidden and weight folded chunk by chunk and saved for backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, teacher, kind, tau, alpha, beta, chunk):
+    def forward(ctx, hidden, weight, bias, targets, teacher, entry, tau, alpha, beta, chunk):
         n = hidden.shape[0]
         w = weight.to(hidden.dtype)  # bf16 copy of the fp32 master under the GPU path; a no-op in fp32
         b = None if bias is None else bias.to(hidden.dtype)
@@ -78,13 +97,11 @@ class _LinearObjective(torch.autograd.Function):
             h = hidden[rows]  # [n, H]
             with torch.autocast(hidden.device.type, enabled=False):
                 z = h @ w.t() if b is None else torch.addmm(b, h, w.t())  # [n, V]
-                z = z.float().requires_grad_(True)
+                z = z.float()
                 tz = None if teacher is None else _teacher_chunk(teacher, rows, hidden.device).float()
-                with torch.enable_grad():
-                    parts = _chunk_loss(z, targets[rows], tz, kind, tau, alpha, beta)
-                    (g,) = torch.autograd.grad(parts[0], z)  # [n, V] d(chunk loss sum) / dz
-                g = g / n
-                sums += torch.stack([p.detach().double() for p in parts])
+                parts, g = _chunk_loss(z, targets[rows], tz, entry, tau, alpha, beta)  # g: d(chunk loss sum) / dz
+                g = g.div_(n)
+                sums += torch.stack([p.double() for p in parts])
                 if grad_h is not None:
                     grad_h[rows] = (g.to(w.dtype) @ w).to(hidden.dtype)
                 grad_w.addmm_(g.t(), h.float())
@@ -127,8 +144,11 @@ def linear_objective(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
         raise ValueError("linear_objective: no target rows (every label is -100)")
     if kind is None or alpha >= 1.0:
         teacher = None
+    entry = None
+    if teacher is not None:
+        entry, beta = divergence_at(kind, beta)
     chunk = chunk_rows(chunk_size, weight.shape[0], hidden.device)
-    sums = _LinearObjective.apply(hidden, weight, bias, targets, teacher, kind, float(tau), float(alpha), beta, chunk)
+    sums = _LinearObjective.apply(hidden, weight, bias, targets, teacher, entry, float(tau), float(alpha), beta, chunk)
     loss = sums[0]
     parts = {"ce": sums[1].detach()}
     if teacher is not None:
