@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -162,10 +163,14 @@ def teacher_cache_section(rec: dict) -> tuple[str, list[Check]]:
     if rc is None:  # an older JSON: it compared whole loss logs, which is not what the cache guarantees
         checks.append(Check("teacher cache", "cached vs live teacher rows, max |d log p|", "-", "<= 1e-05", None,
                             measured=False))
-    else:
+    elif "rows_err_ratio" not in rc:  # an older JSON: an absolute tolerance between two fp32 roundings
         checks.append(Check("teacher cache", f"cached vs live teacher rows ({rc['batches']} batches), max |d log p|",
                             f"{rc['rows_max_logp_diff']:.1e}", f"<= {rc['row_tol']:g}",
                             rc["rows_max_logp_diff"] <= rc["row_tol"]))
+    else:
+        checks.append(Check("teacher cache", f"cached rows' error vs a float64 teacher / the live rows' "
+                            f"({rc['batches']} batches), max |d log p|", f"{rc['rows_err_ratio']:.2f}",
+                            f"<= {rc['err_ratio_tol']:g}", rc["rows_err_ratio"] <= rc["err_ratio_tol"]))
     for r in rec["rows"]:
         ok = r["cached_over_live"] <= TARGETS["cache_time"]
         checks.append(Check("teacher cache", f"{r['kind']} KD steps, cached / live time", f"{r['cached_over_live']:.3f}",
@@ -178,13 +183,31 @@ def teacher_cache_section(rec: dict) -> tuple[str, list[Check]]:
                                 f"<= {r['loss_tol']:g}", r["step0_loss_diff"] <= r["loss_tol"]))
     body = table(["kind", "steps", "live s", "cached s", "cached / live", "target", "status", "loss diff at step 0",
                   "first step with loss diff > 1e-4", "max loss diff (info)"], rows)
-    guarantee = ("" if rc is None else
-                 f"What the cache guarantees, checked: on every batch of the timed steps the cached rows give the live "
-                 f"teacher's log-probabilities to {rc['row_tol']:g} (max |d log p| {rc['rows_max_logp_diff']:.1e}, max "
-                 f"|d logit| {rc['rows_max_logit_diff']:.1e}; {100 * rc['rows_bitwise_equal_share']:.1f}% of the logits "
-                 f"bitwise equal: the cache runs the teacher on length-sorted batches, so padding and BLAS blocking "
-                 f"differ), and the first step's loss agrees. Later losses are not expected to be equal: training "
-                 f"amplifies that rounding step by step, so the loss logs drift apart (last column, for information).\n\n")
+    if rc is None:
+        guarantee = ""
+    elif "rows_err_ratio" in rc:
+        guarantee = (f"What the cache guarantees, checked: its rows are as exact as the live teacher's. On every batch "
+                     f"of the timed steps both are compared with the same teacher run in float64 on that batch: max "
+                     f"|d log p| {rc['rows_cache_err_fp64']:.1e} (cached) and {rc['rows_live_err_fp64']:.1e} (live), "
+                     f"ratio {rc['rows_err_ratio']:.2f} (target <= {rc['err_ratio_tol']:g}; the same rows stored in fp16 "
+                     f"would give {rc.get('rows_fp16_err_ratio', math.nan):.0f}). They are not bitwise equal to each other (max |d log p| {rc['rows_max_logp_diff']:.1e}, "
+                     f"{100 * rc['rows_bitwise_equal_share']:.1f}% of the logits bitwise equal): the cache runs the "
+                     f"teacher on length-sorted batches, so padding and BLAS blocking differ and each is its own fp32 "
+                     f"rounding. The first step's loss agrees; later losses are not expected to be equal: training "
+                     f"amplifies that rounding step by step, so the loss logs drift apart (last column, for "
+                     f"information).\n\n")
+    else:
+        guarantee = (f"What the cache guarantees, checked: on every batch of the timed steps the cached rows give the "
+                     f"live teacher's log-probabilities to {rc['row_tol']:g} (max |d log p| "
+                     f"{rc['rows_max_logp_diff']:.1e}), and the first step's loss agrees.\n\n")
+    guarantee += ("Why cached / live misses 1/3 on these models: the cached step is the student's step S, the live one "
+                  "S plus the teacher's forward T, so the ratio is S / (S + T) and needs S <= T / 2. The teacher's "
+                  "forward is 80% of the live step's FLOPs, but the student's tiny matmuls run at about half the "
+                  "teacher's fraction of peak (FLOP/s section), so S / T is about 0.55. The what-ifs that bring S under "
+                  "T / 2 there (fused AdamW, a one-kernel GELU) change the float bits of training (fused AdamW differs "
+                  "from the multi-tensor one by ~3e-8 after 20 steps), which must stay bitwise until the `laptop` "
+                  "reference run is made again. Whole grid runs, where validation and data work count too, meet the "
+                  "target (Teacher cache (grid runs)).\n\n")
     return (f"Teacher cache on KD steps ({rec.get('profile', '?')} profile, {rec.get('workspace', 'workspace not recorded')}, "
             f"{rec.get('threads', '?')} thread)\n\n" + body + "\n\n" + guarantee + provenance(rec)), checks
 
