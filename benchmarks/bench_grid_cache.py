@@ -83,7 +83,7 @@ def train_once(ws, spec, folder: Path, cached: bool) -> dict:
         state = training_run.train_run(ws, spec, run_dir, CPU, validate)
         total = time.perf_counter() - t0
     return {"total_s": total, "valid_s": valid_s[0], "train_s": total - valid_s[0], "state": state,
-            "weights": load_file(str(run_dir / "last.safetensors"))}
+            "weights": load_file(str(run_dir / f"stage{state['done_stage']}.safetensors"))}  # the last stage's
 
 
 def max_diff(a: list[float], b: list[float]) -> float:
@@ -102,7 +102,7 @@ def drift(cached: list[dict], live: list[dict], tol: float = 1e-4) -> dict:
 
 def compare(ws, spec, cached: dict, live: dict) -> dict:
     losses = lambda r: [row["loss"] for row in r["state"]["loss"]]  # noqa: E731
-    valids = lambda state: [v["rouge_l"] for v in state["valid"]]  # noqa: E731
+    valids = lambda state: [v[k] for v in state["valid"] for k in sorted(v) if k not in ("stage", "step")]  # noqa: E731
     weights = max(float((cached["weights"][k] - live["weights"][k]).abs().max()) for k in cached["weights"])
     out = {"label": spec.label, "method": spec.method, "pocl": spec.pocl, "seed": spec.seed,
            "steps": cached["state"]["steps"],

@@ -223,7 +223,7 @@ def grid_cache_section(rec: dict) -> tuple[str, list[Check]]:
              fmt(r["max_valid_diff"], ".1e"), fmt(r.get("registry_max_loss_diff"), ".1e")] for r in rec["rows"]]
     body = table(["run", "seed", "steps", "live train s", "cached train s", "train ratio", "ratio incl. validation",
                   "max loss diff", "max weight diff", "loss diff at step 0", "first step with loss diff > 1e-4",
-                  "max valid ROUGE-L diff", "loss diff vs registry"], rows)
+                  "max validation diff (selection values)", "loss diff vs registry"], rows)
     extra = (f"Summary: {s['runs']} runs, {s['steps']} steps; cached {s['cached_train_s']:.1f} s vs live "
              f"{s['live_train_s']:.1f} s of training; the grid holds {s['off_policy_runs_in_grid']} off-policy runs, so "
              f"the cache saves about {s['estimated_grid_saving_min']:.1f} min of single-thread training there. "

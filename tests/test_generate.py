@@ -224,3 +224,35 @@ def test_decode_drops_special_tokens():
 def test_cut_at_eos():
     assert cut_at_eos([[1, 2, EOS, 3], [4, 5], [EOS]], EOS) == [[1, 2], [4, 5], []]
     assert list(itertools.chain.from_iterable(cut_at_eos([[EOS, EOS]], EOS))) == []
+
+
+def test_hidden_at_positions_is_the_default_forward_on_right_padded_rows_and_unpadded_on_left_padded_ones():
+    """Right padding (our training batches) on the CPU: forward and every gradient bitwise those of the model's own
+    default positions (given as [B, L], the position embedding's gradient would accumulate in another order: the
+    pinned `laptop` results would change). Left padding (TRL's collators, prompts): each row equals its unpadded run."""
+    from pocl_utils.modeling.heads import hidden_at_positions
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=48, n_layer=2, n_head=2, n_positions=64,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 300, (32, 60), generator=g)
+    lengths = torch.randint(10, 61, (32,), generator=g)
+    right = (torch.arange(60)[None] < lengths[:, None]).long()  # [B, L] real tokens first
+
+    def grads(fn):
+        model.zero_grad()
+        h = fn()
+        (h ** 2).sum().backward()
+        return h.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    keep = right.bool()
+    ours = grads(lambda: hidden_at_positions(model, ids, right, keep))
+    default = grads(lambda: model.base_model(input_ids=ids, attention_mask=right).last_hidden_state[keep])
+    assert torch.equal(ours[0], default[0])
+    assert all(torch.equal(ours[1][k], default[1][k]) for k in ours[1])
+    left = right.flip(-1)  # the same rows padded on the left
+    left_ids = torch.stack([torch.roll(r, 60 - n) for r, n in zip(ids, lengths.tolist())])
+    with torch.no_grad():
+        got = hidden_at_positions(model, left_ids, left, left.bool())
+        want = model.base_model(input_ids=ids, attention_mask=right).last_hidden_state[keep]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

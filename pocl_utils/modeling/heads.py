@@ -14,8 +14,19 @@ COMPILED_AT = "pocl_compiled_at"  # `fused_inputs` compiled (`models.compiled_in
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions [B, L] counted over the real tokens of `mask` [B, L] only, so a left-padded row sees its unpadded
     positions (GPT-2 and Llama default to arange, which shifts them by the padding); pads get 0, or on the right the
-    last real position, and are masked out. Right-padded rows get arange on their real tokens, as before."""
+    last real position, and are masked out."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _positions_for(mask: torch.Tensor) -> torch.Tensor | None:
+    """`position_ids(mask)`, or None (the model's default arange) when the batch is on the CPU and no row is padded on
+    the left. Right-padded rows need no positions, and given as [B, L] they would change the float bits of training:
+    the position embedding's gradient then accumulates per row, in another order than the default's broadcast
+    [1, L] (the `laptop` reference results are pinned to the default). The check reads the mask, free on the CPU; on
+    a GPU it would wait for the device, so there the positions are always given."""
+    if mask.device.type == "cpu" and bool(mask[:, 0].all()):
+        return None
+    return position_ids(mask)
 
 
 def logits_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -32,7 +43,7 @@ def hidden_at_positions(model: torch.nn.Module, input_ids: torch.Tensor, attenti
     `keep`: [B, T] bool, or the flat indices b * T + t, [N] int64 (an index gather: no host sync, unlike a mask).
     """
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids(attention_mask)).last_hidden_state  # [B, T, H]
+                              position_ids=_positions_for(attention_mask)).last_hidden_state  # [B, T, H]
     if keep.dtype == torch.bool:
         return hidden[keep]
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
