@@ -11,8 +11,9 @@ Deviations from the printed paper (typos or conventions):
 alpha * CE + (1 - alpha) * tau^2 * D is combined in one place, `kd_loss`. The same D, three ways:
 `divergence_naive` (plain autograd; the test oracle), `divergence` (row chunks in a custom autograd Function with
 a hand-derived gradient, no graph over [N, V] temporaries; the CPU step) and `training.objective.linear_objective`
-(the GPU step's, LM head and CE folded in, as Liger-Kernel's fused linear JSD). A new divergence is one
-`Divergence` entry in `DIVERGENCES` (formula, value, gradient); `config.METHODS` and the lab derive from it.
+(the GPU step's, LM head and CE folded in, as Liger-Kernel's fused linear JSD, with the same hand-derived
+gradients). A new divergence is one `Divergence` entry in `DIVERGENCES` (formula, value, gradient); `config.METHODS`
+and the lab derive from it.
 
 Numerics: log-softmax in fp32 (fp64 stays fp64); mixtures in log space; log-probabilities floored at LOG_FLOOR so
 entries -inf in both distributions give 0 instead of NaN, in values and gradients.
