@@ -7,9 +7,10 @@ cache guarantees:
   rows    the cached rows are as exact as the live teacher's: on every batch of the timed steps, both the cached rows
           and the live teacher's (`step.teacher_logits` on that batch) are compared with the same teacher run in
           float64 on that batch, and the cached rows' max |log p - log p_fp64| is at most ERR_RATIO_TOL times the live
-          rows' (the JSON also records the ratio of the same rows stored in fp16). Not bitwise: the cache runs the teacher on length-sorted batches, training on shuffled ones, so
-          padding and BLAS blocking differ and each is its own fp32 rounding of the float64 values (the difference
-          between them and the share of bitwise-equal logits are recorded).
+          rows' (the JSON also records the ratio of the same rows stored in fp16). Not bitwise: the cache runs the
+          teacher on length-sorted batches, training on shuffled ones, so padding and BLAS blocking differ and each is
+          its own fp32 rounding of the float64 values (the difference between them and the share of bitwise-equal
+          logits are recorded).
   step 0  the first step's loss (same initial student, same batch) agrees to LOSS_TOL, which those rows imply.
 
 Later losses are NOT checked: rounding of the rows (about 1e-7) is amplified by every optimizer step, as any change of

@@ -318,3 +318,33 @@ def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, 
     assert cmd[1:] == ["-m", "pocl_utils.notebook.reproduce", "--profile", "laptop", "-p", "overrides",
                        '{"grid": "full"}', "--runs-root", "runs-elsewhere"]
     assert "ablations study of 'laptop'" in capsys.readouterr().out
+
+
+def test_verify_reference_retrains_published_runs_and_finds_a_changed_score(tmp_path, capsys):
+    """scripts/verify_reference.py on the smoke world: two finished runs published as runs.csv re-train in a fresh
+    registry to the same scores (exit 0, nothing read back from the original registry), one changed score is found
+    (exit 1), and a runs.csv of runs the grids do not hold is refused (exit 2)."""
+    import torch
+
+    from pocl_utils.experiment import pipeline, pool
+    from pocl_utils.experiment.config import baseline, get_profile, pocl
+    from pocl_utils.notebook import grids
+    module = _script("verify_reference")
+    torch.set_num_threads(1)
+    ws = pipeline.prepare(get_profile("smoke"), runs_root=tmp_path / "runs", log=lambda s: None)
+    pool.run_grid(ws, [baseline("KLD", 0), pocl("KLD", 0)], workers=1)
+    runs = grids.runs_frame(ws)
+    assert runs.run_key.nunique() == 2
+    (tmp_path / "res").mkdir()
+    runs.to_csv(tmp_path / "res" / "runs.csv", index=False)
+    argv = ["--profile", "smoke", "--runs", "2", "--runs-root", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "res")]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 published runs found; re-training 2" in out and out.count(": equal (") == 2
+    assert len(list((tmp_path / "runs" / "smoke" / "registry" / "runs").iterdir())) == 2  # trained elsewhere
+    runs.loc[runs.index[0], "rouge_l"] += 1e-9  # one published score off by a rounding
+    runs.to_csv(tmp_path / "res" / "runs.csv", index=False)
+    assert module.main(argv) == 1 and "DIFFERS by 1e-09" in capsys.readouterr().out
+    runs.assign(run_key="0" * 16).to_csv(tmp_path / "res" / "runs.csv", index=False)
+    assert module.main(argv) == 2

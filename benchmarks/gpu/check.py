@@ -1,6 +1,6 @@
-"""The one-command GPU check: `python benchmarks/gpu/check.py` (offline; needs only torch, transformers, accelerate and
-pocl_utils importable). Three parts, each in its own subprocess with its own time limit, so that one failure, hang or
-out-of-memory never hides the others; prints a summary and writes everything as JSON (--out).
+"""The one-command GPU check: `python benchmarks/gpu/check.py` (offline; needs torch, transformers, accelerate and
+pocl_utils importable, and TRL for part `trl`). Four parts, each in its own subprocess with its own time limit, so
+that one failure, hang or out-of-memory never hides the others; prints a summary and writes everything as JSON (--out).
 
   step      a naive KD loop vs pocl's training step (`kd.kd_loss_fn` + `loop.run_steps`, live teacher) at two
             batch sizes: ms/step, tokens/s, MFU against a bf16 matmul peak measured here, peak memory, and each
@@ -12,6 +12,9 @@ out-of-memory never hides the others; prints a summary and writes everything as 
             with pocl's n-gram ban and counter-based Gumbel noise as LogitsProcessors).
   profile   the `gpu` profile: each preparation step timed on a sample and projected to its full size, one KD run
             (steps, validation, evaluation) likewise, and the projected time of the whole grid.
+  trl       POCL in TRL (`integrations.trl`, notebook 13's steps) on the `smoke` world: the difficulty measured on
+            this device, TRL's KDTrainer with the curriculum vs our loop on the same stages and batches: seconds
+            and the per-step losses' largest relative difference. Needs the `trl` extra.
 
 `--compile` adds a step variant with the student's step forward compiled (`torch.compile`, what the profile's
 `compile` turns on in runs; the part gets 120 s more for the compilations). `--tiny` runs the same code at toy sizes (the CPU: CI
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -58,6 +62,7 @@ class Sizes:
     sample: int  # examples each preparation step is timed on
     kd_steps: int  # timed steps of a KD run and of each SFT
     world_fraction: float  # part (c) generates this fraction of the profile's world and projects to the whole
+    trl_profile: str = "smoke"  # the world profile part (d) prepares and trains on
 
 
 FULL = Sizes(teacher=(48, 1600, 25), student=(12, 768, 12), vocab=50257, prompt=256, response=256, batches=(8, 16),
@@ -67,7 +72,7 @@ TINY = Sizes(teacher=(2, 64, 2), student=(1, 32, 2), vocab=211, prompt=8, respon
              gen_batch=4, gen_prompt=6, gen_new=8, peak_n=256, profile="smoke", sample=16, kd_steps=2,
              world_fraction=1.0)
 ALPHA, KIND = 0.3, "fkl"
-LIMITS_S = {"step": 150, "generate": 90, "profile": 150}  # per part, on one GPU; --timeout overrides
+LIMITS_S = {"step": 150, "generate": 90, "profile": 150, "trl": 120}  # per part, on one GPU; --timeout overrides
 COMPILE_EXTRA_S = 120  # --compile: the step part's extra time, for torch.compile's compilations
 COMPILED = "pocl+compile"  # --compile's variant of the step: pocl's step with the student's forward compiled
 
@@ -416,7 +421,42 @@ def part_profile(s: Sizes) -> dict:
 
 # ---- the driver --------------------------------------------------------------------------------------------------
 
-PARTS = {"step": part_step, "generate": part_generate, "profile": part_profile}
+def part_trl(s: Sizes) -> dict:
+    """Notebook 13's steps on this device: the `smoke` world prepared here, the difficulty measured with the student
+    here (`integrations.trl.measure_difficulty`), then TRL's KDTrainer with POCL's curriculum and our loop, from the
+    same weights on the same stages and batches; seconds of each, and their per-step losses' largest relative
+    difference (bf16 autocast on a GPU for both: equal to rounding; fp32 on the CPU: to 1e-5)."""
+    import tempfile
+    from pocl_utils.experiment import pipeline
+    from pocl_utils.experiment.config import get_profile
+    from pocl_utils.integrations import compare, trl as pocl_trl
+    dev = str(device())
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ws = pipeline.prepare(get_profile(s.trl_profile), runs_root=Path(tmp), until="student_init", log=lambda m: None)
+        prepare_s = time.perf_counter() - t0
+        kd = ws.profile.kd
+        t0 = time.perf_counter()
+        data = pocl_trl.measure_difficulty(compare.train_dataset(ws), ws.load_student_init(dev), ws.tokenizer,
+                                           n_subsets=4, max_new_tokens=ws.profile.max_new_tokens)
+        measure_s = time.perf_counter() - t0
+        steps = pocl_trl.steps_for(len(data), epochs=kd.epochs, batch_size=kd.batch_size)
+        plan = pocl_trl.plan_curriculum(data, total_steps=steps, tau=(1.0, 2.0), alpha=(ALPHA, 0.0), seed=0,
+                                        warmup_frac=kd.warmup_frac)
+        t0 = time.perf_counter()
+        trainer = compare.train_with_trl(ws, data, plan, kd, Path(tmp) / "trl", divergence=KIND, device=dev)
+        trl_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, ours = compare.train_with_our_loop(ws, plan, kd, divergence=KIND, device=dev)
+        ours_s = time.perf_counter() - t0
+    theirs = [row["loss"] for row in trainer.pocl_log]
+    rel = max(abs(a - b) / abs(b) for a, b in zip(theirs, ours)) if len(theirs) == len(ours) else math.inf
+    return {"profile": s.trl_profile, "rows": len(data), "steps": plan.total_steps, "logged_steps": len(theirs),
+            "prepare_s": prepare_s, "measure_s": measure_s, "trl_s": trl_s, "ours_s": ours_s,
+            "max_rel_loss_diff": rel}
+
+
+PARTS = {"step": part_step, "generate": part_generate, "profile": part_profile, "trl": part_trl}
 
 
 def machine() -> dict:
@@ -477,6 +517,10 @@ def summary(report: dict) -> str:
             lines.append(f"  sampled (T 1, no_repeat_ngram_size 6): pocl {q['pocl']['tok_s']:.1f} tok/s, "
                          f"transformers + pocl's processors {q['transformers']['tok_s']:.1f} tok/s; "
                          f"pocl / transformers {q['pocl_speedup']:.2f}x; rows equal {q['rows_equal']}/{r['rows']}")
+        elif name == "trl":
+            lines.append(f"  {r['profile']} world, {r['rows']} rows: measured in {r['measure_s']:.1f} s; "
+                         f"{r['steps']} steps: TRL KDTrainer {r['trl_s']:.1f} s, our loop {r['ours_s']:.1f} s; "
+                         f"per-step loss rel. diff {r['max_rel_loss_diff']:.2e}")
         else:
             for k, v in r["prepare_s"].items():
                 lines.append(f"  prepare {k:13s} {v:10.1f} s")
