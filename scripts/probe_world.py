@@ -1,12 +1,16 @@
 """Probe a world design before its grid runs: POCL's premises P1 and P2 (pocl_utils.analysis.premises), per family.
 
     python scripts/probe_world.py --profile laptop --name v2 [--preset laptop-v4] [--world '{"n_train": 2500}'] \
-        [--overrides '{"teacher.n_embd": 192}'] [--sft] [--kd-seeds 5 --out DIR]
+        [--overrides '{"teacher.n_embd": 192}'] [--sft] [--p4-seeds 5] [--kd-seeds 5 --out DIR]
 
 Prepares data, tokenizer, teacher and student (warm start) for the profile in a private runs folder (default
 <the system's temp folder>/pocl-probes/<name>), then prints: the rules' and the teacher's scores per eval set, the measurer's Spearman
 and zero share, greedy ROUGE-L per training family for the teacher and the warm-started student, and with --sft
 the SFT student (one seed) and the P1 rows. This is how the laptop world was chosen.
+
+With --p4-seeds N it prepares the rest and trains, in this process, SFT and the 7 KD baselines (N seeds each) under
+each training protocol, and prints P4 (`premises.distillation_rows`), the SFT student's scores beside the
+teacher's (P1) and each method's Avg: premises only, no POCL run.
 
 With --kd-seeds N it then prepares the rest and trains, in this process, KLD and GKD's baseline, +POCL, +POCL with
 one schedule and +POCL by the true difficulty (N seeds each), and prints (and with --out writes) FINDINGS' claims
@@ -50,6 +54,7 @@ def main() -> None:
     ap.add_argument("--world", default="{}", help="WorldConfig overrides (JSON)")
     ap.add_argument("--overrides", default="{}", help="profile overrides (JSON)")
     ap.add_argument("--sft", action="store_true", help="also train and evaluate the SFT student (seed 0)")
+    ap.add_argument("--p4-seeds", type=int, default=0, help="also train SFT and the KD baselines for P4 (no POCL)")
     ap.add_argument("--kd-seeds", type=int, default=0, help="also train the KD mini-grid with this many seeds")
     ap.add_argument("--out", type=Path, help="folder for the mini-grid's claims table (probe_claims.{csv,md})")
     ap.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "pocl-probes"))
@@ -97,12 +102,41 @@ def main() -> None:
     print(f"holds: {int(table.holds.sum())}/{len(table)}; total {time.time() - t0:.0f}s")
     if a.out:
         tables.save_table(table, "probe_premises", a.out)
+    if a.p4_seeds:
+        p4 = distillation_premise(p, Path(a.root), a.p4_seeds, teacher_scores)
+        print(p4.to_string())
+        if a.out:
+            tables.save_table(p4, "probe_p4", a.out)
     if a.kd_seeds:
         claims = kd_mini_grid(p, Path(a.root), a.kd_seeds)
         print(claims[["claim", "comparison", "protocol", "ours_diff", "ci95", "p_holm", "verdict"]].to_string())
         if a.out:
             tables.save_table(claims, "probe_claims", a.out)
         print(f"mini-grid done; total {time.time() - t0:.0f}s")
+
+
+def distillation_premise(p, root: Path, n_seeds: int, teacher: dict[str, float]) -> pd.DataFrame:
+    """P4 in the probe's world: SFT and the 7 KD baselines, `n_seeds` each, under each training protocol of the profile
+    (trained in this process); prints the SFT student's mean scores beside the teacher's (P1) and each method's Avg.
+
+    Returns premises.premises_table's rows of P4, per training and evaluation protocol.
+    """
+    from pocl_utils.experiment.experiments import KD_METHODS
+    from pocl_utils.notebook import grids
+    ws = pipeline.prepare(p, runs_root=root, until="teacher_cache")
+    specs = [baseline(m, s) for m in ("SFT", *KD_METHODS) for s in range(n_seeds)]
+    rows = []
+    for training in grids.protocols_of(p):
+        w = grids.under_protocol(ws, training)
+        pool.run_grid(w, specs, workers=1)
+        recs = runner.records_for(w, specs)
+        runs = tables.with_average(tables.tidy(recs))
+        sft = runs[runs.method == "SFT"].groupby("dataset").rouge_l.mean()
+        print(training, pd.DataFrame({"teacher": teacher, "sft": sft}).round(2).T.to_string(), sep="\n")
+        print(runs[runs.dataset == "Avg"].groupby("method").rouge_l.mean().round(2).to_string())
+        rows += premises.distillation_rows({f"{training}, {ev}": tables.tidy(recs, ev) for ev in tables.PROTOCOLS},
+                                           KD_METHODS)
+    return premises.premises_table(rows)
 
 
 def kd_mini_grid(p, root: Path, n_seeds: int) -> pd.DataFrame:
