@@ -83,7 +83,7 @@ def train_once(ws, spec, folder: Path, cached: bool) -> dict:
         state = training_run.train_run(ws, spec, run_dir, CPU, validate)
         total = time.perf_counter() - t0
     return {"total_s": total, "valid_s": valid_s[0], "train_s": total - valid_s[0], "state": state,
-            "weights": load_file(str(run_dir / f"stage{state['done_stage']}.safetensors"))}  # the last stage's
+            "weights": load_file(str(training_run.stage_checkpoint(run_dir, state["done_stage"], ".safetensors")))}
 
 
 def max_diff(a: list[float], b: list[float]) -> float:

@@ -292,9 +292,8 @@ def token_divergence(
     Returns D(p || q) per row, [N].
     Raises ValueError: an unknown kind, or beta outside [0, 1].
     """
-    beta = _check_kind_beta(kind, beta)
-    entry = _at_beta(kind, beta)
-    if entry is None:  # the mixture equals the first argument: KL(x || x) = 0
+    entry, beta = divergence_at(kind, beta)
+    if entry is _ZERO:  # the mixture equals the first argument: KL(x || x) = 0
         return student_logprobs.sum(-1) * 0.0  # keeps the graph so backward gives zeros
     return entry.value(student_logprobs, teacher_logprobs.detach(), beta)
 
@@ -322,8 +321,7 @@ def divergence_naive(
     Returns the loss, a 0-d fp32 tensor (fp64 for fp64 input).
     Raises ValueError: as `divergence`, naming the bad argument.
     """
-    entry, beta = divergence_at(kind, beta)
-    temperature = _check_temperature(temperature)
+    beta, temperature = _check_kind_beta(kind, beta), _check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
     flat_mask = _flat_mask(mask, student_logits.shape[:-1])  # [N] or None

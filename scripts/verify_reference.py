@@ -33,12 +33,12 @@ from pocl_utils.notebook import grids
 def published_runs(ws, runs: pd.DataFrame) -> list[tuple]:
     """(workspace under the run's training protocol, RunSpec, run key) of every run of `runs` found in the
     profile's grids, once per key."""
-    found = {}
+    found, published = {}, set(runs.run_key)
     for (training, grid), _ in runs.groupby(["training", "grid"]):
         w = grids.under_protocol(ws, training)
         for spec in grids.specs_of(w, grid):
             key = runner.run_key(w, spec)
-            if key in set(runs.run_key):
+            if key in published:
                 found.setdefault(key, (w, spec, key))
     return list(found.values())
 

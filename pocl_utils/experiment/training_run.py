@@ -177,13 +177,13 @@ def _shared_optimizer(run_dir: Path, student, ws: Workspace, stages: list[Stage]
     spec = replace(ws.profile.kd, lr=stages[0].lr)
     opt, sched = optimizer_for(student, spec, sum(s.steps for s in stages), stages[0].warmup)
     if state["steps"]:
-        saved = _checkpoint(run_dir, state["done_stage"], ".optimizer.pt")
+        saved = stage_checkpoint(run_dir, state["done_stage"], ".optimizer.pt")
         opt.load_state_dict(torch.load(saved, weights_only=True))  # its lr is the step's
         sched.last_epoch = state["steps"]  # the schedule is a function of the step alone
     return opt, sched
 
 
-def _checkpoint(run_dir: Path, stage: int, suffix: str) -> Path:
+def stage_checkpoint(run_dir: Path, stage: int, suffix: str) -> Path:
     """The file of stage `stage`'s checkpoint: its weights (".safetensors") or its optimizer (".optimizer.pt")."""
     return run_dir / f"stage{stage}{suffix}"
 
@@ -201,7 +201,7 @@ def _load_progress(run_dir: Path, student) -> dict[str, Any]:
     if not path.exists():
         return {"done_stage": 0, "steps": 0, "best": None, "valid": [], "loss": [], "stages": []}
     state = json.loads(path.read_text())
-    distributed.load_weights(student, _checkpoint(run_dir, state["done_stage"], ".safetensors"))
+    distributed.load_weights(student, stage_checkpoint(run_dir, state["done_stage"], ".safetensors"))
     return state
 
 
@@ -210,12 +210,12 @@ def _save_progress(run_dir: Path, student, state: dict[str, Any], opt: torch.opt
     atomic rename), then the older stages' files. A kill at any moment leaves progress.json naming a whole
     checkpoint: never the next stage's weights under the previous stage's progress."""
     stage = state["done_stage"]
-    distributed.save_weights(student, _checkpoint(run_dir, stage, ".safetensors"))
+    distributed.save_weights(student, stage_checkpoint(run_dir, stage, ".safetensors"))
     if opt is not None:
         tmp = run_dir / f".stage{stage}.optimizer.pt.tmp"
         torch.save(opt.state_dict(), tmp)
-        os.replace(tmp, _checkpoint(run_dir, stage, ".optimizer.pt"))
+        os.replace(tmp, stage_checkpoint(run_dir, stage, ".optimizer.pt"))
     atomic_write_json(run_dir / "progress.json", state)
     for old in range(stage):
         for suffix in (".safetensors", ".optimizer.pt"):
-            _checkpoint(run_dir, old, suffix).unlink(missing_ok=True)
+            stage_checkpoint(run_dir, old, suffix).unlink(missing_ok=True)
