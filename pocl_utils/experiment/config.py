@@ -200,10 +200,11 @@ def _profiles() -> dict[str, Profile]:
     # teacher tuned on the clean ones corrects), the headline under the official scripts' protocol and Table 1 and the
     # controls also under paper-text (docs/choices.md); checkpoints by validation loss at the same number of evenly
     # spaced points for every arm; every arm at its protocol's eta (the lr choice is a study: docs/reproducibility.md).
-    # The student keeps its 3,000-step warm start: at 5,000 it already answers the training rows as well as the
-    # teacher and no ranking signal is left (results/laptop/probe_world_v4b/)
+    # The student (run 5): 2L x 64 with its 3,000-step warm start; the 2L x 48 student of run 4 fails P2's zero share
+    # at every warm-start length (results/laptop/probe_world_v4b/), this one holds P1, P2 and most of P4
+    # (results/laptop/probe_student_width/; docs/choices.md)
     laptop = replace(laptop, world="laptop-v4", protocol="official", protocols=("official", "paper-text"),
-                     grid="headline")
+                     grid="headline", student=ModelSpec(n_layer=2, n_embd=64, n_head=2))
     smoke = replace(smoke, protocols=("paper-text", "official"))  # CI runs Table 1 and the controls under both
     # real-lite: its committed results (results/real-lite) were made with run 3's code
     real_lite = replace(real_lite, **run3)
