@@ -243,3 +243,24 @@ def test_claims_by_training_judges_each_protocol_apart_and_summary_counts_per_tr
     summary = claim_summary(t.reset_index()).set_index(["training", "protocol", "claim"])
     assert summary.loc[("official", "sampled", "a"), "supported"] == 1
     assert summary.loc[("paper-text", "sampled", "a"), "supported"] == 0
+
+
+def test_hot_baseline_is_the_baseline_at_tau_2_and_claim_n_pairs_it_with_pocl_1_to_2():
+    """The temperature grid's baseline at tau = 2 (no curriculum, one stage at tau 2 with the baseline's steps) and
+    claim n, hand-worked: +POCL (temp. 1-2) - that baseline per seed (3, -1, 1) -> mean 1, one method a family of one."""
+    from pocl_utils.curriculum import Protocol, plan_run
+    from pocl_utils.experiment.config import baseline
+    from pocl_utils.experiment.experiments import HOT_BASELINE, temperature_ablation
+    hot = [s for s in temperature_ablation(2) if s.variant == HOT_BASELINE]
+    assert [(s.method, s.seed) for s in hot] == [("GKD", 0), ("GKD", 1), ("KLD", 0), ("KLD", 1)]
+    assert all(not s.pocl and s.tau == (2.0, 2.0) and s.alpha == baseline(s.method).alpha for s in hot)
+    stages = plan_run(np.arange(100), Protocol("paper-text", epochs=2, batch=10, lr=1e-3), pocl=False, n_subsets=4,
+                      tau=hot[2].tau, alpha=hot[2].alpha)
+    assert [(s.tau, s.alpha, s.steps, len(s.samples)) for s in stages] == [(2.0, 0.3, 20, 100)]
+    df = _df([("KLD", HOT_BASELINE, 0, 10.0), ("KLD", HOT_BASELINE, 1, 12.0), ("KLD", HOT_BASELINE, 2, 11.0),
+              ("KLD", "+POCL (temp. 1-2)", 0, 13.0), ("KLD", "+POCL (temp. 1-2)", 1, 11.0),
+              ("KLD", "+POCL (temp. 1-2)", 2, 12.0)])
+    row = claim_table(df).set_index("claim").loc["n"]
+    assert row.comparison == "KLD +POCL (temp. 1-2) vs baseline (temp. 2)"
+    assert row.ours_diff == pytest.approx(1.0) and row.ci95 == pytest.approx(_t_half([3, -1, 1]))
+    assert row.p_holm == pytest.approx(row.p_value) and np.isnan(row.paper_diff)

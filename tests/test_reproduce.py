@@ -318,6 +318,8 @@ def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, 
     assert cmd[1:] == ["-m", "pocl_utils.notebook.reproduce", "--profile", "laptop", "-p", "overrides",
                        '{"grid": "full"}', "--runs-root", "runs-elsewhere"]
     assert "ablations study of 'laptop'" in capsys.readouterr().out
+    assert module.main(["--protocol", "paper-text"]) == 3  # another protocol: one more override, no runs root
+    assert calls[1][-2:] == ["overrides", '{"grid": "full", "protocol": "paper-text"}']
 
 
 def test_verify_reference_retrains_published_runs_and_finds_a_changed_score(tmp_path, capsys):
