@@ -202,7 +202,7 @@ def test_publish_adds_the_executed_notebooks_as_a_reader_sees_them(tmp_path):
     assert "papermill" not in page.cells[1].metadata
     readme = (folder / "README.md").read_text()
     assert "| [00_data.ipynb](00_data.ipynb) | 00_data · a title | 1.5 min |" in readme
-    assert "The whole collection: 2.0 min." in readme
+    assert "The whole collection: 2.0 min in this execution" in readme
 
 
 def test_publish_refuses_notebooks_over_the_size_limit_and_touches_nothing(tmp_path, monkeypatch):
