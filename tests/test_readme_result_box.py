@@ -245,3 +245,23 @@ def test_main_figure_has_a_row_of_panels_per_training_protocol(tmp_path):
             "training: paper-text; sampled protocol (the paper's)", "training: paper-text; greedy protocol"]
     finally:
         plt.close(fig)
+
+
+def test_findings_paper_text_ablation_rows_are_the_studys_claims():
+    """Every 'difference ± CI' in a claim row of FINDINGS' paper-text ablations table is that claim's row of
+    results/laptop/ablations_paper-text/claims.csv (paper-text, sampled or greedy), so the prose table cannot drift
+    from the study's tables."""
+    findings = (ROOT / "FINDINGS.md").read_text(encoding="utf-8")
+    section = findings.split("## The ablations under paper-text", 1)[1].split("\n## ", 1)[0]
+    claims = pd.read_csv(RESULTS / "ablations_paper-text" / "claims.csv").query("training == 'paper-text'")
+    checked = 0
+    for line in section.splitlines():
+        m = re.search(r", claim ([a-n])\s*\|", line)
+        if not m:
+            continue
+        rows = claims[claims.claim == m.group(1)]
+        published = {f"{_minus2(d)} ± {h:.2f}" for d, h in zip(rows.ours_diff, rows.ci95)}
+        for cell in re.findall(r"[+−]\d+\.\d\d ± \d+\.\d\d", line):
+            assert cell in published, (m.group(1), cell)
+            checked += 1
+    assert checked >= 16  # claims a, c, d, g and n, four cells each
