@@ -182,8 +182,9 @@ def published_notebooks(profile: str, notebooks: list[Path], executed: Path,
         wall = f"{timings[name] / 60:.1f} min" if isinstance(timings.get(name), (int, float)) else ""
         lines.append(f"| [{name}]({name}) | {title} | {wall} |")
     if isinstance(timings.get("total"), (int, float)):
-        lines += ["", f"The whole collection: {timings['total'] / 60:.1f} min in this execution (an execution skips the runs "
-                  "a previous one finished, so this is the time of the last one, not of a run from a fresh clone)."]
+        lines += ["", f"The whole collection: {timings['total'] / 60:.1f} min in this execution (an execution skips "
+                  "the runs a previous one finished, so this is the time of the last one, not of a run from a fresh "
+                  "clone)."]
     pages["README.md"] = "\n".join(lines) + "\n"
     return pages
 
