@@ -89,17 +89,23 @@ HOT_BASELINE = "baseline (temp. 2)"  # the baseline at POCL's last-stage tau for
 
 
 def temperature_ablation(n_seeds: int) -> list[RunSpec]:
-    """Table 8 / Fig. 4b: tau 1->2 (default) vs 2->1 vs constant 1, for GKD and KLD; beyond the paper, the baseline
-    trained at tau = 2 throughout (HOT_BASELINE, no curriculum): if +POCL (temp. 1-2) does not beat it, what POCL adds
-    over its baseline is its last stage's temperature, not its curriculum (findings claim n).
+    """Table 8 / Fig. 4b: tau 1->2 (default) vs 2->1 vs constant 1, for GKD and KLD; beyond the paper, for every KD
+    method, the baseline trained at tau = 2 throughout (HOT_BASELINE, no curriculum) beside its baseline and its
+    +POCL (tau 1->2, Table 1's run): if +POCL does not beat it, what POCL adds over its baseline is its last stage's
+    temperature, not its curriculum (findings claim n).
 
     `n_seeds`: training seeds per configuration (seeds 0 .. n_seeds - 1).
-    Returns the run specs, per method (GKD, then KLD): baseline, the baseline at tau 2, then +POCL at each tau schedule.
+    Returns the run specs, per method (GKD, KLD, then the other KD methods): baseline, the baseline at tau 2, then
+    +POCL at each tau schedule (the other methods: at 1->2 only).
     """
     labels = {(1.0, 2.0): "+POCL (temp. 1-2)", (2.0, 1.0): "+POCL (temp. 2-1)", (1.0, 1.0): "+POCL (temp. 1-1)"}
-    return [spec for m in ("GKD", "KLD") for spec in [baseline(m, s) for s in _seeds(n_seeds)] + [
-        replace(baseline(m, s), tau=(2.0, 2.0), variant=HOT_BASELINE) for s in _seeds(n_seeds)] + [
-        pocl(m, s, tau=t, variant=v) for t, v in labels.items() for s in _seeds(n_seeds)]]
+    runs = []
+    for m in ("GKD", "KLD") + tuple(x for x in KD_METHODS if x not in ("GKD", "KLD")):
+        schedules = labels if m in ("GKD", "KLD") else {(1.0, 2.0): labels[(1.0, 2.0)]}
+        runs += [baseline(m, s) for s in _seeds(n_seeds)] + [
+            replace(baseline(m, s), tau=(2.0, 2.0), variant=HOT_BASELINE) for s in _seeds(n_seeds)] + [
+            pocl(m, s, tau=t, variant=v) for t, v in schedules.items() for s in _seeds(n_seeds)]
+    return runs
 
 
 def ratio_ablation(n_seeds: int) -> list[RunSpec]:
