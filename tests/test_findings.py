@@ -250,14 +250,13 @@ def test_hot_baseline_is_the_baseline_at_tau_2_and_claim_n_pairs_it_with_pocl_1_
     claim n, hand-worked: +POCL (temp. 1-2) - that baseline per seed (3, -1, 1) -> mean 1, one method a family of one."""
     from pocl_utils.curriculum import Protocol, plan_run
     from pocl_utils.experiment.config import baseline
-    from pocl_utils.experiment import experiments
-    from pocl_utils.experiment.experiments import HOT_BASELINE, temperature_ablation
+    from pocl_utils.experiment.experiments import HOT_BASELINE, table1, temperature_ablation
     hot = [s for s in temperature_ablation(2) if s.variant == HOT_BASELINE]
     assert [(s.method, s.seed) for s in hot] == [(m, seed) for m in ("GKD", "KLD", "RKL", "JSD", "TVD", "SKL", "SRKL")
                                                  for seed in (0, 1)]
-    table1 = {(s.method, s.seed, s.key().__repr__()) for s in experiments.table1(2)}
+    table1_keys = [s.key() for s in table1(2)]  # +POCL (temp. 1-2) is Table 1's +POCL run: the same key
     pocl_12 = [s for s in temperature_ablation(2) if s.variant == "+POCL (temp. 1-2)"]
-    assert len(pocl_12) == 14 and all((s.method, s.seed, s.key().__repr__()) in table1 for s in pocl_12)
+    assert len(pocl_12) == 14 and all(s.key() in table1_keys for s in pocl_12)
     assert all(not s.pocl and s.tau == (2.0, 2.0) and s.alpha == baseline(s.method).alpha for s in hot)
     stages = plan_run(np.arange(100), Protocol("paper-text", epochs=2, batch=10, lr=1e-3), pocl=False, n_subsets=4,
                       tau=hot[2].tau, alpha=hot[2].alpha)
