@@ -5,6 +5,7 @@ import pytest
 
 from scipy import stats
 
+from pocl_utils.analysis import tables
 from pocl_utils.analysis.findings import claim_table, claims_by_protocol, excluded_effects, verdict
 from pocl_utils.stats import holm, p_value
 from pocl_utils.stats import paired_diff
@@ -116,22 +117,11 @@ def test_claims_h_and_i_take_every_kd_method_that_has_the_runs_and_holm_over_the
     assert t[t.claim == "h"].p_holm.tolist() == t[t.claim == "h"].p_value.tolist()  # a family of one
 
 
-def _restarts_script():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "restarts_all_methods.py"
-    spec = importlib.util.spec_from_file_location("restarts_all_methods", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_claims_by_protocol_and_the_restarts_script_average_per_seed_from_records():
-    """findings.claims_by_protocol and scripts/restarts_all_methods.py on hand-made records: claims h and i under both
-    protocols, and per seed the Avg over the five sets."""
+def test_claims_by_protocol_and_arm_means_average_per_seed_from_records():
+    """findings.claims_by_protocol and tables.arm_means (the restarts and temperature-residual studies' tables) on
+    hand-made records: claims h and i under both protocols, and per seed the Avg over the five sets."""
     from pocl_utils.data import EVAL_SETS
     from pocl_utils.experiment.config import baseline, pocl
-    script = _restarts_script()
     records = []
     for seed in range(3):
         for spec, score in ((baseline("RKL", seed), 50.0), (pocl("RKL", seed, variant="+POCL (n=4)"), 40.0 + seed),
@@ -143,7 +133,7 @@ def test_claims_by_protocol_and_the_restarts_script_average_per_seed_from_record
     assert set(t.index) == {(c, p) for c in ("h", "i") for p in ("sampled", "greedy")}
     assert t.loc[("h", "sampled"), "ours_diff"] == pytest.approx(4.0)  # 45 - (40, 41, 42)
     assert t.loc[("i", "greedy"), "ours_diff"] == pytest.approx(-5.0)
-    means = script.means_table(records).set_index(["protocol", "variant"])
+    means = tables.arm_means(records).set_index(["protocol", "variant"])
     assert means.loc[("sampled", "+POCL (n=4)"), "avg"] == pytest.approx(41.0 + 2.0 / len(EVAL_SETS))
     assert means.loc[("sampled", "+POCL (n=4)"), "sd"] == pytest.approx(1.0)
     assert (means.n_seeds == 3).all()
@@ -268,3 +258,48 @@ def test_hot_baseline_is_the_baseline_at_tau_2_and_claim_n_pairs_it_with_pocl_1_
     assert row.comparison == "KLD +POCL (temp. 1-2) vs baseline (temp. 2)"
     assert row.ours_diff == pytest.approx(1.0) and row.ci95 == pytest.approx(_t_half([3, -1, 1]))
     assert row.p_holm == pytest.approx(row.p_value) and np.isnan(row.paper_diff)
+
+
+# ---- scripts/temperature_residual.py: what +POCL keeps over the baseline at tau = 2 -------------------------------
+def _temperature_residual_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_residual.py"
+    spec = importlib.util.spec_from_file_location("temperature_residual", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_temperature_residual_arms_are_the_grids_runs_so_finished_runs_are_reused():
+    """Its +POCL, baseline at tau = 2, random-subset and w/o-ratio runs have the keys of Table 1's, the temperature
+    grid's, the controls' and the adaptive ablation's runs; GKD (alpha = 0 throughout) gets no w/o-ratio arm."""
+    from pocl_utils.experiment import experiments as e
+    script = _temperature_residual_script()
+    mine = script.specs(("GKD", "JSD", "TVD"), 2)
+    assert len(mine) == 2 * (4 + 5 + 5)
+    assert not [s for s in mine if s.method == "GKD" and s.variant == e.WITHOUT_RATIO]
+    grids = e.table1(2) + e.temperature_ablation(2) + e.controls(2, methods=e.KD_METHODS) + e.adaptive_ablation(2)
+    known = {(repr(s.key()), s.variant) for s in grids}
+    relabel = {"+POCL (temp. 1-2)": "+POCL"}  # the temperature grid names Table 1's +POCL after its schedule
+    known |= {(k, relabel.get(v, v)) for k, v in known}
+    assert {(repr(s.key()), s.variant) for s in mine if s.method != "TVD" or s.variant != e.WITHOUT_RATIO} <= known
+    tvd = [s for s in mine if s.method == "TVD" and s.variant == e.WITHOUT_RATIO]  # no grid has it: new runs
+    assert [(s.alpha, s.tau, s.order) for s in tvd] == [((0.3, 0.3), (1.0, 2.0), "easy_to_hard")] * 2
+
+
+def test_temperature_residual_families_split_the_gain_over_the_hot_baseline_hand_worked():
+    """Hand-worked, one method, three seeds: +POCL 50, random subsets 49, w/o ratio 46, the baseline at tau = 2 45
+    (+POCL with a little noise by seed): the order's part +1, the alpha schedule's +4, the staging's +1, and claim n the
+    alpha's and the staging's parts together, +5."""
+    from pocl_utils.experiment.experiments import HOT_BASELINE, RANDOM_SUBSETS, WITHOUT_RATIO
+    script = _temperature_residual_script()
+    arms = {"+POCL": 50.0, RANDOM_SUBSETS: 49.0, WITHOUT_RATIO: 46.0, HOT_BASELINE: 45.0, "baseline": 40.0}
+    noise = (0.0, 0.3, -0.2)
+    df = _df([("SKL", v, seed, x + noise[seed] * (v == "+POCL")) for v, x in arms.items() for seed in range(3)])
+    t = claim_table(df, families=script.families(("SKL", "KLD"))).set_index("claim")
+    assert list(t.index) == ["n", "order", "alpha", "staging"]  # KLD has no runs: its comparisons are left out
+    assert t.ours_diff.to_dict() == pytest.approx({"n": 5.0 + 0.1 / 3, "order": 1.0 + 0.1 / 3,
+                                                   "alpha": 4.0 + 0.1 / 3, "staging": 1.0})
+    assert t.loc["staging", "comparison"] == f"SKL {WITHOUT_RATIO} vs {HOT_BASELINE}"
+    assert t.loc["staging", "ci95"] == pytest.approx(0.0)  # the same +1 at every seed

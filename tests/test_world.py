@@ -453,3 +453,39 @@ def test_teacher_sft_reads_the_clean_answers(tmp_path):
     got = [tok.decode(e.response_ids[:-1]) for e in teacher_sft_data(ws)]
     assert got == [r["clean_output"] for r in rows]
     assert [tok.decode(e.response_ids[:-1]) for e in ws.encoded("train")] == [r["output"] for r in rows]
+
+
+def test_systematic_confusions_replace_each_word_by_its_one_confuser_at_the_set_rate():
+    """ref_confusion = q: an item of a training reference is its word's fixed confuser with probability q (never
+    another word), the confusers form one cycle (no word its own, each word exactly one word's), prompts and clean
+    answers do not move, and with q = 0 the world is the same as without the knob."""
+    cfg = replace(W.world_config("laptop-v4"), ref_noise=0.0, ref_confusion=0.3)
+    confuser = W.generation.confusers(cfg)
+    assert sorted(confuser) == sorted(confuser.values()) == sorted(W.WORDS[:64])
+    assert all(w != c for w, c in confuser.items())
+    seen, w = set(), W.WORDS[0]
+    while w not in seen:  # one cycle through all 64 words
+        seen, w = seen | {w}, confuser[w]
+    assert len(seen) == 64
+    train, clean = W.generate_world(cfg)["train"], W.generate_world(replace(cfg, ref_confusion=0.0))["train"]
+    assert [r["clean_output"] for r in train] == [r["output"] for r in clean]
+    confused = total = 0
+    for r in train:
+        lexicon = W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON
+        source = {v: k for k, v in lexicon.items()}
+        for got, right in zip(r["output"].split(), r["clean_output"].split()):
+            assert got in (right, lexicon[confuser[source[right]]])
+            confused, total = confused + (got != right), total + 1
+    assert abs(confused / total - 0.3) < 0.02
+    v4 = W.world_config("laptop-v4")
+    confuser_v4 = W.generation.confusers(v4)
+    assert W.generate_world(replace(v4, ref_confusion=0.0)) == W.generate_world(v4)
+    both = W.generate_world(replace(v4, ref_confusion=0.2))["train"]  # the random wrong words stay where they were
+    plain = W.generate_world(v4)["train"]
+    for rb, rp in zip(both, plain):
+        for a, b, right in zip(rb["output"].split(), rp["output"].split(), rp["clean_output"].split()):
+            lexicon = W.LEXICON if rp["family"].startswith("translate") else W.NEW_LEXICON
+            source = {v: k for k, v in lexicon.items()}
+            assert a == b if b != right else a in (right, lexicon[confuser_v4[source[right]]])
+    with pytest.raises(ValueError, match="ref_confusion"):
+        W.WorldConfig(ref_noise=0.2, ref_confusion=0.3)

@@ -105,18 +105,20 @@ def _paper(grid: str, base: tuple[str, str], other: tuple[str, str]) -> float:
     return o - b if b is not None and o is not None else np.nan
 
 
-def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
+def claim_table(df: pd.DataFrame, dataset: str = "Avg", families: dict | None = None) -> pd.DataFrame:
     """One row per comparison of every claim: ours (diff, CI, n, p-value, Holm-adjusted p within the claim, verdict,
     the effects the interval excludes) and the paper's difference. Verdicts use the Holm-adjusted p-values.
 
     `df`: a tidy frame (`tables.tidy`); comparisons whose two (method, variant) are not both in it are left out (and out
     of the Holm family).
     `dataset`: the eval set compared, or "Avg".
+    `families`: claim id -> (text, comparisons), shaped as CLAIMS; None = CLAIMS. A study can judge its own families
+    of comparisons (each its own Holm family) this way.
     Returns a frame with columns claim, paper_says, comparison, ours_diff, ci95, n_seeds, p_value, p_holm, verdict,
     excludes and paper_diff (the paper's Avg difference; NaN where it prints none).
     """
     rows = []
-    for cid, (text, comps) in CLAIMS.items():
+    for cid, (text, comps) in (CLAIMS if families is None else families).items():
         have = {(m, v) for m, v in zip(df.method, df.variant)}
         family = []
         for grid_name, base, other in comps:
@@ -138,13 +140,15 @@ def claim_table(df: pd.DataFrame, dataset: str = "Avg") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def claims_by_protocol(records: list, claims: tuple[str, ...] | None = None) -> pd.DataFrame:
+def claims_by_protocol(records: list, claims: tuple[str, ...] | None = None,
+                       families: dict | None = None) -> pd.DataFrame:
     """`claim_table` of finished runs under the paper's sampled protocol and under greedy decoding.
 
     A run listed twice under one label (a spec shared by two grids) counts once.
 
     `records`: (spec, record) pairs of finished runs (`runner.records_for`), from one grid or several.
-    `claims`: the claim ids to keep; None = all of CLAIMS.
+    `claims`: the claim ids to keep; None = all of them.
+    `families`: as claim_table's (None = CLAIMS).
     Returns claim_table's rows with the column protocol ("sampled" or "greedy"), sampled first; empty when no run has
     finished.
     """
@@ -152,7 +156,7 @@ def claims_by_protocol(records: list, claims: tuple[str, ...] | None = None) -> 
     for protocol in PROTOCOLS:
         runs = tidy(records, protocol).drop_duplicates(["method", "variant", "seed", "dataset"])
         if len(runs):
-            parts.append(claim_table(runs).assign(protocol=protocol))
+            parts.append(claim_table(runs, families=families).assign(protocol=protocol))
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     return table if claims is None or table.empty else table[table.claim.isin(claims)].reset_index(drop=True)
 

@@ -168,6 +168,22 @@ def by_seed(df: pd.DataFrame, method: str, variant: str) -> dict[int, float]:
     return dict(zip(g.seed.astype(int), g.rouge_l.astype(float)))
 
 
+def arm_means(records: list[tuple[RunSpec, dict[str, Any]]]) -> pd.DataFrame:
+    """Each (method, variant)'s Avg ROUGE-L over the five sets, mean and SD over training seeds, under both evaluation
+    protocols (a run listed twice under one label counts once).
+
+    Returns a frame with columns protocol, method, variant, avg (the mean over seeds of each seed's Avg), sd and
+    n_seeds, in PROTOCOLS' order.
+    """
+    parts = []
+    for protocol in PROTOCOLS:
+        runs = tidy(records, protocol).drop_duplicates(["method", "variant", "seed", "dataset"])
+        per_seed = runs.groupby(["method", "variant", "seed"], sort=False).rouge_l.mean()
+        stats = per_seed.groupby(["method", "variant"], sort=False).agg(avg="mean", sd="std", n_seeds="count")
+        parts.append(stats.reset_index().assign(protocol=protocol))
+    return pd.concat(parts, ignore_index=True)[["protocol", "method", "variant", "avg", "sd", "n_seeds"]]
+
+
 def save_table(df: pd.DataFrame, name: str, folder: Path) -> Path:
     """Write a table as CSV and Markdown (atomically).
 

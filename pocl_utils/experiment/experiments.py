@@ -56,7 +56,7 @@ def adaptive_ablation(n_seeds: int) -> list[RunSpec]:
         for s in _seeds(n_seeds):
             runs += [pocl(m, s, tau=(1.0, 1.0), alpha=(0.3, 0.3), variant="+POCL (w/o temp. & ratio)"),
                      pocl(m, s, tau=(1.0, 1.0), variant="+POCL (w/o temp.)"),
-                     pocl(m, s, alpha=(0.3, 0.3), variant="+POCL (w/o ratio)"),
+                     without_ratio(m, s),
                      pocl(m, s)]
     runs += [baseline("GKD", s) for s in _seeds(n_seeds)]
     runs += [r for s in _seeds(n_seeds)
@@ -86,6 +86,23 @@ def order_ablation(n_seeds: int, oracle: bool = False) -> list[RunSpec]:
 
 
 HOT_BASELINE = "baseline (temp. 2)"  # the baseline at POCL's last-stage tau for the whole run (claim n)
+WITHOUT_RATIO = "+POCL (w/o ratio)"
+
+
+def hot_baseline(method: str, seed: int = 0) -> RunSpec:
+    """The baseline trained at POCL's last-stage temperature, tau = 2, for the whole run (no curriculum).
+
+    Returns the RunSpec, variant HOT_BASELINE.
+    """
+    return replace(baseline(method, seed), tau=(2.0, 2.0), variant=HOT_BASELINE)
+
+
+def without_ratio(method: str, seed: int = 0) -> RunSpec:
+    """+POCL with alpha held at its start value 0.3 in every stage (Table 3's "w/o ratio"; off-policy methods).
+
+    Returns the RunSpec, variant WITHOUT_RATIO.
+    """
+    return pocl(method, seed, alpha=(0.3, 0.3), variant=WITHOUT_RATIO)
 
 
 def temperature_ablation(n_seeds: int) -> list[RunSpec]:
@@ -103,7 +120,7 @@ def temperature_ablation(n_seeds: int) -> list[RunSpec]:
     for m in KD_METHODS:  # GKD and KLD first
         schedules = labels if m in ("GKD", "KLD") else {(1.0, 2.0): labels[(1.0, 2.0)]}
         runs += [baseline(m, s) for s in _seeds(n_seeds)] + [
-            replace(baseline(m, s), tau=(2.0, 2.0), variant=HOT_BASELINE) for s in _seeds(n_seeds)] + [
+            hot_baseline(m, s) for s in _seeds(n_seeds)] + [
             pocl(m, s, tau=t, variant=v) for t, v in schedules.items() for s in _seeds(n_seeds)]
     return runs
 
@@ -157,6 +174,14 @@ RESTARTS = "baseline (restarts, all data)"
 CONTROL_LABELS = ("baseline", "+POCL", RANDOM_SUBSETS, ORACLE, POCL_OPTIMIZER, RESTARTS, ONE_SCHEDULE)
 
 
+def random_subsets(method: str, seed: int = 0) -> RunSpec:
+    """+POCL's Baby Step staging and schedules on a random order of the rows instead of the measurer's.
+
+    Returns the RunSpec, variant RANDOM_SUBSETS.
+    """
+    return pocl(method, seed, order="random", variant=RANDOM_SUBSETS)
+
+
 def pocl_optimizer(method: str, seed: int = 0) -> RunSpec:
     """The baseline at POCL's optimizer settings: one stage on every row at POCL's batch, lr and total steps
     (`curriculum.plan_run`, control "pocl-optimizer"), at the baseline's tau and alpha. If it matches +POCL, POCL's
@@ -193,7 +218,7 @@ def controls(n_seeds: int, methods: tuple[str, ...] = ("KLD", "GKD"), oracle: bo
     """
     runs: list[RunSpec] = []
     for m in methods:
-        for build in (baseline, pocl, lambda m, s: pocl(m, s, order="random", variant=RANDOM_SUBSETS),
+        for build in (baseline, pocl, random_subsets,
                       *([lambda m, s: pocl(m, s, ranking="oracle", variant=ORACLE)] if oracle else []),
                       *([pocl_optimizer] if protocol != "paper-text" else []), restarts_control,
                       lambda m, s: pocl(m, s, restarts=False, variant=ONE_SCHEDULE)):

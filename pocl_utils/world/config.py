@@ -24,6 +24,7 @@ class WorldConfig:
     level_pools: bool = False  # level L draws its words from the first n_words * L / max_level: rarer words are harder
     easy_cover: int = 0  # k > 0: every answer word is in >= k training rows of the easiest quarter (version 4)
     ref_noise: float = 0.0  # each item of a training reference is a wrong word with this probability (version 4)
+    ref_confusion: float = 0.0  # each item of a training reference is its word's fixed confuser with this probability
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -49,6 +50,9 @@ class WorldConfig:
                              "rarest words out of it: set one of them")
         if not 0.0 <= self.ref_noise < 0.5:
             raise ValueError(f"WorldConfig.ref_noise must be in [0, 0.5), got {self.ref_noise}")
+        if not 0.0 <= self.ref_confusion < 0.5 - self.ref_noise:
+            raise ValueError(f"WorldConfig.ref_confusion must be in [0, 0.5 - ref_noise), got {self.ref_confusion} "
+                             f"(ref_noise {self.ref_noise}): the right word must stay the likeliest")
 
 
 PRESETS = {

@@ -9,8 +9,9 @@ With `level_pools` a row of level L draws its words from the first n_words * L /
 the rarest words come with the longest lists. With `easy_cover` = k > 0 (`level_pools` off) the easiest quarter's
 training rows take their words from a shuffled deck per tongue and difficulty, and `generate_world` raises unless
 every answer word is in at least k rows of the easiest quarter (`easiest_quarter`). With `ref_noise` = p > 0 each
-item of a training reference is, with probability p, another word of the same tongue; the row keeps its right
-answer as `clean_output`.
+item of a training reference is, with probability p, another word of the same tongue; with `ref_confusion` = q > 0,
+with probability q, its word's one fixed confuser (`confusers`: systematic errors, as an annotator who mixes up the
+same pairs makes). The row keeps its right answer as `clean_output`.
 
 Eval roles mirror the paper's five sets (Sec. 5, A.2.3):
     DollyEval  - the test split: trained families, trained phrasings, trained levels
@@ -159,19 +160,33 @@ def draw_row(rng: random.Random, spec: RoleSpec, cfg: WorldConfig, decks: _Decks
     return make_row(fam.name, level, template, fam.sample(rng, level, word_pool(cfg, level)))
 
 
+def confusers(cfg: WorldConfig) -> dict[str, str]:
+    """Each of the world's n_words words -> the one word it is confused with (`ref_confusion`): one cycle through a
+    fixed shuffle of the words, so no word is its own confuser and every word is exactly one word's confuser."""
+    order = list(WORDS[:cfg.n_words])
+    random.Random(f"pocl-world/{cfg.seed}/confusers").shuffle(order)
+    return {w: order[(i + 1) % len(order)] for i, w in enumerate(order)}
+
+
 def _add_noise(rows: list[dict], cfg: WorldConfig, role: str) -> None:
-    """ref_noise: each answer item of a translation row becomes, with probability p, another word of its tongue; the
-    right answer is kept as `clean_output`. Its own random stream, so prompts and clean answers do not move."""
+    """ref_noise and ref_confusion: each answer item of a translation row becomes, with probability p, another word of
+    its tongue, else with probability q its word's confuser; the right answer is kept as `clean_output`. Its own
+    random stream, so prompts and clean answers do not move."""
     rng, words = random.Random(f"pocl-world/{cfg.seed}/{role}/noise"), WORDS[:cfg.n_words]
+    confuser = confusers(cfg)
     for row in rows:
         if row["family"] not in TONGUE:
             continue
         lexicon, items = TONGUES[TONGUE[row["family"]]], row["output"].split(" ")
+        source = {v: k for k, v in lexicon.items()}
         for i, item in enumerate(items):
-            if rng.random() < cfg.ref_noise:
+            u = rng.random()
+            if u < cfg.ref_noise:
                 while (wrong := lexicon[rng.choice(words)]) == item:
                     pass
                 items[i] = wrong
+            elif u < cfg.ref_noise + cfg.ref_confusion:
+                items[i] = lexicon[confuser[source[item]]]
         row["clean_output"], row["output"] = row["output"], join_items(items)
 
 
@@ -179,7 +194,7 @@ def sample_role(role: str, cfg: WorldConfig, seen: set[str], max_tries: int = 50
     """`spec.n` rows whose prompts are new to `seen` (which is updated): redraws family and level on a clash.
 
     The training role draws its easiest rows' words from decks when `easy_cover` is on, and gets noisy references
-    when `ref_noise` is on (see the module docstring)."""
+    when `ref_noise` or `ref_confusion` is on (see the module docstring)."""
     rng = random.Random(f"pocl-world/{cfg.seed}/{role}")  # str seeds hash with sha512: stable across runs
     spec, rows = role_spec(role, cfg), []
     decks = _Decks(rng, WORDS[:cfg.n_words]) if role == "train" and cfg.easy_cover else None
@@ -194,7 +209,7 @@ def sample_role(role: str, cfg: WorldConfig, seen: set[str], max_tries: int = 50
                                f"lower the sizes or raise max_level ({cfg})")
         seen.add(row["prompt"])
         rows.append({"id": f"{role}-{len(rows):05d}", **row})
-    if role == "train" and cfg.ref_noise > 0:
+    if role == "train" and (cfg.ref_noise > 0 or cfg.ref_confusion > 0):
         _add_noise(rows, cfg, role)
     return rows
 
