@@ -265,3 +265,28 @@ def test_findings_paper_text_ablation_rows_are_the_studys_claims():
             assert cell in published, (m.group(1), cell)
             checked += 1
     assert checked >= 16  # claims a, c, d, g and n, four cells each
+
+
+def test_findings_temperature_residual_numbers_are_the_studys():
+    """FINDINGS' split of +POCL's edge over the tau = 2 baseline (scripts/temperature_residual.py) quotes
+    results/laptop/ablations_paper-text/temperature_residual.csv: each 'METHOD ±d ± h' is that method's row of the family
+    it is quoted for (sampled), each range the family's lowest and highest difference."""
+    findings = (ROOT / "FINDINGS.md").read_text(encoding="utf-8")
+    text = " ".join(findings.split("`scripts/temperature_residual.py` splits it", 1)[1].split("For GKD", 1)[0].split())
+    table = pd.read_csv(RESULTS / "ablations_paper-text" / "temperature_residual.csv").query("protocol == 'sampled'")
+
+    quoted = {"alpha": text.split("**the α schedule**", 1)[1].split("**not the order**", 1)[0],
+              "order": text.split("**not the order**", 1)[1].split("**nor the staging", 1)[0],
+              "staging": text.split("**nor the staging", 1)[1]}
+    checked = 0
+    for family, part in quoted.items():
+        rows = table[table.claim == family]
+        diffs = dict(zip(rows.comparison.str.split().str[0], rows.ours_diff))
+        for method, d, h in re.findall(r"([A-Z]{3,4}) ([+−]\d+\.\d) ± (\d+\.\d)", part):
+            half = rows[rows.comparison.str.startswith(method + " ")].ci95.iloc[0]
+            assert (d, h) == (_minus(diffs[method]), f"{half:.1f}"), (family, method)
+            checked += 1
+        for lo, hi in re.findall(r"([+−]\d+\.\d) to ([+−]\d+\.\d)", part):
+            assert (lo, hi) == (_minus(min(diffs.values())), _minus(max(diffs.values()))), family
+            checked += 1
+    assert checked == 5  # JSD, TVD, SKL of the alpha family; the order's and the staging's ranges
