@@ -224,3 +224,31 @@ def test_a_notebook_cell_reaches_the_divergence_in_at_most_8_calls(ws, monkeypat
     assert chain[0] == "run_grid" and "divergence" in chain, chain
     assert chain.index("divergence") + 1 <= 8, chain  # calls from the cell: run_grid is the cell's, the 1st
     assert len(chain) <= 10, chain
+
+
+def test_a_study_trains_its_missing_runs_and_judges_them_from_the_registry(ws, tmp_path):
+    """experiment.study.run on the smoke workspace with scripts/temperature_residual.py's arms of KLD (one seed): every
+    run lands in the registry, the tables are written, and each comparison is the difference of its two runs' Avg."""
+    import argparse
+
+    import pandas as pd
+
+    from conftest import load_script
+    from pocl_utils.data import EVAL_SETS
+    from pocl_utils.experiment import study
+    script = load_script("temperature_residual")
+    specs = script.specs(("KLD",), 1)
+    args = argparse.Namespace(profile="smoke", overrides={"workers": 1}, runs_root=ws.root.parent, out=tmp_path,
+                              name="study")
+    table = study.run(args, specs, families=script.families(("KLD",)))
+    assert all(ws.registry.done(runner.KIND, runner.run_key(ws, s)) for s in specs)
+    avg = {s.variant: np.mean([ws.registry.load(runner.KIND, runner.run_key(ws, s))["metrics"]["eval"][d]["mean"]
+                               for d in EVAL_SETS]) for s in specs}
+    sampled = table[table.protocol == "sampled"].set_index("claim")
+    assert list(sampled.index) == ["n", "order", "alpha", "staging"]
+    assert sampled.loc["order", "ours_diff"] == pytest.approx(avg["+POCL"] - avg["+POCL (random subsets)"])
+    assert sampled.loc["staging", "ours_diff"] == pytest.approx(avg["+POCL (w/o ratio)"] - avg["baseline (temp. 2)"])
+    written = pd.read_csv(tmp_path / "study.csv")
+    assert len(written) == len(table) and (tmp_path / "study_means.md").is_file()
+    means = pd.read_csv(tmp_path / "study_means.csv").query("protocol == 'sampled'").set_index("variant")
+    assert means.avg.to_dict() == pytest.approx(avg) and (means.n_seeds == 1).all()

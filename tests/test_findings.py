@@ -5,6 +5,7 @@ import pytest
 
 from scipy import stats
 
+from conftest import load_script
 from pocl_utils.analysis import tables
 from pocl_utils.analysis.findings import claim_table, claims_by_protocol, excluded_effects, verdict
 from pocl_utils.stats import holm, p_value
@@ -261,21 +262,11 @@ def test_hot_baseline_is_the_baseline_at_tau_2_and_claim_n_pairs_it_with_pocl_1_
 
 
 # ---- scripts/temperature_residual.py: what +POCL keeps over the baseline at tau = 2 -------------------------------
-def _temperature_residual_script():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_residual.py"
-    spec = importlib.util.spec_from_file_location("temperature_residual", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_temperature_residual_arms_are_the_grids_runs_so_finished_runs_are_reused():
     """Its +POCL, baseline at tau = 2, random-subset and w/o-ratio runs have the keys of Table 1's, the temperature
     grid's, the controls' and the adaptive ablation's runs; GKD (alpha = 0 throughout) gets no w/o-ratio arm."""
     from pocl_utils.experiment import experiments as e
-    script = _temperature_residual_script()
+    script = load_script("temperature_residual")
     mine = script.specs(("GKD", "JSD", "TVD"), 2)
     assert len(mine) == 2 * (4 + 5 + 5)
     assert not [s for s in mine if s.method == "GKD" and s.variant == e.WITHOUT_RATIO]
@@ -293,7 +284,7 @@ def test_temperature_residual_families_split_the_gain_over_the_hot_baseline_hand
     (+POCL with a little noise by seed): the order's part +1, the alpha schedule's +4, the staging's +1, and claim n the
     alpha's and the staging's parts together, +5."""
     from pocl_utils.experiment.experiments import HOT_BASELINE, RANDOM_SUBSETS, WITHOUT_RATIO
-    script = _temperature_residual_script()
+    script = load_script("temperature_residual")
     arms = {"+POCL": 50.0, RANDOM_SUBSETS: 49.0, WITHOUT_RATIO: 46.0, HOT_BASELINE: 45.0, "baseline": 40.0}
     noise = (0.0, 0.3, -0.2)
     df = _df([("SKL", v, seed, x + noise[seed] * (v == "+POCL")) for v, x in arms.items() for seed in range(3)])

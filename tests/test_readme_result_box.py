@@ -2,7 +2,6 @@
 them compute what a hand-worked example says."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -11,19 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import load_script
 from pocl_utils.analysis import figures, reference
 from pocl_utils.stats import t_quantile
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "laptop"
 SETS = ["DollyEval", "SelfInst", "VicunaEval", "S-NI", "UnNI"]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("main_figure", ROOT / "scripts" / "main_figure.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 
@@ -43,12 +36,12 @@ def _minus(x: float) -> str:
 
 def test_readme_table_is_the_one_the_committed_csvs_give(avg):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert _script().between(readme) == reference.avg_markdown(avg).strip("\n"), \
+    assert load_script("main_figure").between(readme) == reference.avg_markdown(avg).strip("\n"), \
         "README's result table differs from results/laptop: run scripts/main_figure.py"
 
 
 def test_findings_summary_is_the_one_claims_csv_gives():
-    script = _script()
+    script = load_script("main_figure")
     findings = (ROOT / "FINDINGS.md").read_text(encoding="utf-8")
     table = reference.claims_overview(pd.read_csv(RESULTS / "claims.csv"))
     assert script.between(findings, script.SUMMARY_START, script.SUMMARY_END) == table.strip("\n"), \
@@ -169,7 +162,7 @@ def test_main_figure_draws_every_method_and_its_difference(avg):
 
 
 def test_the_script_replaces_only_the_table():
-    script = _script()
+    script = load_script("main_figure")
     text = f"a\n{script.START}\nold\n{script.END}\nb\n"
     assert script.with_table(text, "| new |\n") == f"a\n{script.START}\n| new |\n{script.END}\nb\n"
     assert script.between(script.with_table(text, "| new |\n")) == "| new |"

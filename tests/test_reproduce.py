@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import load_script
 from pocl_utils.experiment.config import ConfigError
 from pocl_utils.notebook.reproduce import (check_extra, check_parameters, collection, execute_one, kernel_name,
                                            merge_timings)
@@ -267,19 +268,11 @@ def test_a_running_notebooks_bars_reach_the_terminal(tmp_path):
     assert out.getvalue().startswith("      preparing:") and "done" not in out.getvalue()
 
 
-def _script(name: str):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_lr_study_runs_table1_per_protocol_with_the_factors_and_pairs_at_the_chosen_rates(monkeypatch, tmp_path):
     """scripts/lr_study.py: one table1 job per protocol with the lr_factors override; the chosen-rate table and
     +POCL - baseline (Avg, paired by seed) are written beside the job's CSV."""
     import pandas as pd
-    module = _script("lr_study")
+    module = load_script("lr_study")
     jobs = []
 
     def job(profile, grid, *, runs_root, protocol, out, overrides):
@@ -310,7 +303,7 @@ def test_lr_study_runs_table1_per_protocol_with_the_factors_and_pairs_at_the_cho
 def test_ablations_study_reexecutes_the_collection_with_every_grid(monkeypatch, capsys):
     """scripts/ablations.py runs pocl-reproduce on the profile with grid 'full' (the same workspace, so the main job's
     runs are reused) and passes the runs root on; its exit code is the collection's."""
-    module = _script("ablations")
+    module = load_script("ablations")
     calls = []
     monkeypatch.setattr(module.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
     assert module.main(["--profile", "laptop", "--runs-root", "runs-elsewhere"]) == 3
@@ -331,7 +324,7 @@ def test_verify_reference_retrains_published_runs_and_finds_a_changed_score(tmp_
     from pocl_utils.experiment import pipeline, pool
     from pocl_utils.experiment.config import baseline, get_profile, pocl
     from pocl_utils.notebook import grids
-    module = _script("verify_reference")
+    module = load_script("verify_reference")
     torch.set_num_threads(1)
     ws = pipeline.prepare(get_profile("smoke"), runs_root=tmp_path / "runs", log=lambda s: None)
     pool.run_grid(ws, [baseline("KLD", 0), pocl("KLD", 0)], workers=1)

@@ -17,6 +17,7 @@ from pocl_utils.training.batches import batch_stream
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 from pocl_utils.integrations import compare, trl as pt  # noqa: E402
+from conftest import spy_on_gkd  # noqa: E402
 
 SPEC = TrainSpec(lr=3e-3, batch_size=16, epochs=6, warmup_frac=0.05, weight_decay=0.0, grad_clip=1.0)
 TAU, ALPHA = (1.0, 2.0), (0.3, 0.0)
@@ -230,16 +231,7 @@ def test_gkd_trainer_follows_the_curriculum_and_our_loss(ws, measured, tmp_path,
                      logging_steps=1, seed=0, disable_tqdm=True)
     trainer = pt.GKDTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
                             train_dataset=rows, processing_class=tok, curriculum=plan)
-    seen, generated, checked = [], [], []
-    collate, generate, loss_at = trainer.data_collator, trainer.generate_on_policy_outputs, trainer.compute_loss
-
-    def collating(examples):
-        seen.append([e["row"] for e in examples])
-        return collate(examples)
-
-    def generating(*a):
-        generated.append(trainer.state.global_step)
-        return generate(*a)
+    (seen, generated), checked, loss_at = spy_on_gkd(trainer), [], trainer.compute_loss
 
     def ours(model, batch, stage):  # the loss from the models' logits by our losses module
         def logits(m, b):  # the logits at the completion tokens, by the forward our loss uses (TRL pads on the left)
@@ -258,7 +250,7 @@ def test_gkd_trainer_follows_the_curriculum_and_our_loss(ws, measured, tmp_path,
         checked.append((float(out.detach()), ours(model, inputs, trainer.pocl_stage)))
         return out
 
-    trainer.data_collator, trainer.generate_on_policy_outputs, trainer.compute_loss = collating, generating, loss
+    trainer.compute_loss = loss
     trainer.train()
     assert seen == list(pt.BabyStepBatchSampler(plan, 16)) and len(seen) == plan.total_steps
     assert [(r["stage"], r["tau"], r["alpha"]) for r in trainer.pocl_log] == \

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import spy_on_gkd
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 EPOCHS, BATCH = 3, 16
@@ -83,18 +85,7 @@ def _train_gkd(root: Path, out: Path, per_device: int, lmbda: float) -> dict:
                      logging_steps=1, seed=0, disable_tqdm=True, dataloader_num_workers=0)
     trainer = pt.GKDTrainer(model=ws.load_student_init("cpu"), teacher_model=ws.load_teacher("cpu"), args=args,
                             train_dataset=rows, processing_class=tok, curriculum=plan)
-    seen, sampled = [], []
-    collate, generate = trainer.data_collator, trainer.generate_on_policy_outputs
-
-    def collating(examples):
-        seen.append([e["row"] for e in examples])
-        return collate(examples)
-
-    def generating(*a):
-        sampled.append(trainer.state.global_step)
-        return generate(*a)
-
-    trainer.data_collator, trainer.generate_on_policy_outputs = collating, generating
+    seen, sampled = spy_on_gkd(trainer)
     trainer.train()
     return {"log": trainer.pocl_log, "seen": seen, "sampled": sampled,
             "batches": [list(map(int, b)) for b in pt.BabyStepBatchSampler(plan, BATCH)]}  # the global batches
