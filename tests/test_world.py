@@ -489,3 +489,23 @@ def test_systematic_confusions_replace_each_word_by_its_one_confuser_at_the_set_
             assert a == b if b != right else a in (right, lexicon[confuser_v4[source[right]]])
     with pytest.raises(ValueError, match="ref_confusion"):
         W.WorldConfig(ref_noise=0.2, ref_confusion=0.3)
+
+
+def test_version_5_is_version_4_with_confusions_instead_of_random_wrong_words():
+    """laptop-v5: the same prompts and clean answers as laptop-v4, every training reference item right or its word's
+    confuser (about 20% of the items, version 4's rate), and the easy-cover rule still met."""
+    v4, v5 = W.world_config("laptop-v4"), W.world_config("laptop-v5")
+    assert replace(v5, ref_confusion=0.0, ref_noise=0.2) == v4
+    world, old = W.generate_world(v5), W.generate_world(v4)
+    assert [r["prompt"] for r in world["train"]] == [r["prompt"] for r in old["train"]]
+    assert [r["clean_output"] for r in world["train"]] == [r["clean_output"] for r in old["train"]]
+    assert all(world[role] == old[role] for role in W.ROLES[1:])
+    confuser, confused, total = W.generation.confusers(v5), 0, 0
+    for r in world["train"]:
+        lexicon = W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON
+        source = {v: k for k, v in lexicon.items()}
+        for got, right in zip(r["output"].split(), r["clean_output"].split()):
+            assert got in (right, lexicon[confuser[source[right]]])
+            confused, total = confused + (got != right), total + 1
+    assert abs(confused / total - 0.2) < 0.02
+    assert min(W.easy_coverage(world["train"], v5).values()) >= v5.easy_cover
