@@ -455,6 +455,19 @@ def test_teacher_sft_reads_the_clean_answers(tmp_path):
     assert [tok.decode(e.response_ids[:-1]) for e in ws.encoded("train")] == [r["output"] for r in rows]
 
 
+def _confused_share(train: list[dict], confuser: dict[str, str]) -> float:
+    """The share of training reference items that are their word's confuser; fails on an item that is neither the
+    right word nor its confuser."""
+    confused = total = 0
+    for r in train:
+        lexicon = W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON
+        source = {v: k for k, v in lexicon.items()}
+        for got, right in zip(r["output"].split(), r["clean_output"].split()):
+            assert got in (right, lexicon[confuser[source[right]]])
+            confused, total = confused + (got != right), total + 1
+    return confused / total
+
+
 def test_systematic_confusions_replace_each_word_by_its_one_confuser_at_the_set_rate():
     """ref_confusion = q: an item of a training reference is its word's fixed confuser with probability q (never
     another word), the confusers form one cycle (no word its own, each word exactly one word's), prompts and clean
@@ -469,14 +482,7 @@ def test_systematic_confusions_replace_each_word_by_its_one_confuser_at_the_set_
     assert len(seen) == 64
     train, clean = W.generate_world(cfg)["train"], W.generate_world(replace(cfg, ref_confusion=0.0))["train"]
     assert [r["clean_output"] for r in train] == [r["output"] for r in clean]
-    confused = total = 0
-    for r in train:
-        lexicon = W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON
-        source = {v: k for k, v in lexicon.items()}
-        for got, right in zip(r["output"].split(), r["clean_output"].split()):
-            assert got in (right, lexicon[confuser[source[right]]])
-            confused, total = confused + (got != right), total + 1
-    assert abs(confused / total - 0.3) < 0.02
+    assert abs(_confused_share(train, confuser) - 0.3) < 0.02
     v4 = W.world_config("laptop-v4")
     confuser_v4 = W.generation.confusers(v4)
     assert W.generate_world(replace(v4, ref_confusion=0.0)) == W.generate_world(v4)
@@ -500,12 +506,5 @@ def test_version_5_is_version_4_with_confusions_instead_of_random_wrong_words():
     assert [r["prompt"] for r in world["train"]] == [r["prompt"] for r in old["train"]]
     assert [r["clean_output"] for r in world["train"]] == [r["clean_output"] for r in old["train"]]
     assert all(world[role] == old[role] for role in W.ROLES[1:])
-    confuser, confused, total = W.generation.confusers(v5), 0, 0
-    for r in world["train"]:
-        lexicon = W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON
-        source = {v: k for k, v in lexicon.items()}
-        for got, right in zip(r["output"].split(), r["clean_output"].split()):
-            assert got in (right, lexicon[confuser[source[right]]])
-            confused, total = confused + (got != right), total + 1
-    assert abs(confused / total - 0.2) < 0.02
+    assert abs(_confused_share(world["train"], W.generation.confusers(v5)) - 0.2) < 0.02
     assert min(W.easy_coverage(world["train"], v5).values()) >= v5.easy_cover
