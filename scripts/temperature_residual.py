@@ -40,7 +40,7 @@ def families(methods: tuple[str, ...]) -> dict:
     def comps(base, other):
         return [("controls", (m, base), (m, other)) for m in methods]
     return {
-        "n": findings.CLAIMS["n"][0:1] + (comps(HOT_BASELINE, "+POCL"),),
+        "n": (findings.CLAIMS["n"][0], comps(HOT_BASELINE, "+POCL")),
         "order": ("+POCL beats the same staging and schedules on random subsets (the measurer's order)",
                   comps(RANDOM_SUBSETS, "+POCL")),
         "alpha": ("+POCL beats +POCL with alpha held at 0.3 (the alpha schedule)", comps(WITHOUT_RATIO, "+POCL")),

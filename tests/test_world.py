@@ -455,15 +455,23 @@ def test_teacher_sft_reads_the_clean_answers(tmp_path):
     assert [tok.decode(e.response_ids[:-1]) for e in ws.encoded("train")] == [r["output"] for r in rows]
 
 
+def _confused_words(confuser: dict[str, str]) -> dict[str, dict[str, str]]:
+    """family -> (a right answer word -> its word's confuser, in the family's tongue), through the inverse lexicon."""
+    out = {}
+    for family, tongue in W.TONGUE.items():
+        lexicon = W.TONGUES[tongue]
+        source = {v: k for k, v in lexicon.items()}
+        out[family] = {v: lexicon[confuser[source[v]]] for v in lexicon.values() if source[v] in confuser}
+    return out
+
+
 def _confused_share(train: list[dict], confuser: dict[str, str]) -> float:
     """The share of training reference items that are their word's confuser; fails on an item that is neither the
     right word nor its confuser."""
-    confused = total = 0
+    wrong, confused, total = _confused_words(confuser), 0, 0
     for r in train:
-        lexicon = W.LEXICON if r["family"].startswith("translate") else W.NEW_LEXICON
-        source = {v: k for k, v in lexicon.items()}
         for got, right in zip(r["output"].split(), r["clean_output"].split()):
-            assert got in (right, lexicon[confuser[source[right]]])
+            assert got in (right, wrong[r["family"]][right])
             confused, total = confused + (got != right), total + 1
     return confused / total
 
@@ -484,15 +492,13 @@ def test_systematic_confusions_replace_each_word_by_its_one_confuser_at_the_set_
     assert [r["clean_output"] for r in train] == [r["output"] for r in clean]
     assert abs(_confused_share(train, confuser) - 0.3) < 0.02
     v4 = W.world_config("laptop-v4")
-    confuser_v4 = W.generation.confusers(v4)
+    wrong = _confused_words(W.generation.confusers(v4))
     assert W.generate_world(replace(v4, ref_confusion=0.0)) == W.generate_world(v4)
     both = W.generate_world(replace(v4, ref_confusion=0.2))["train"]  # the random wrong words stay where they were
     plain = W.generate_world(v4)["train"]
     for rb, rp in zip(both, plain):
         for a, b, right in zip(rb["output"].split(), rp["output"].split(), rp["clean_output"].split()):
-            lexicon = W.LEXICON if rp["family"].startswith("translate") else W.NEW_LEXICON
-            source = {v: k for k, v in lexicon.items()}
-            assert a == b if b != right else a in (right, lexicon[confuser_v4[source[right]]])
+            assert a == b if b != right else a in (right, wrong[rp["family"]][right])
     with pytest.raises(ValueError, match="ref_confusion"):
         W.WorldConfig(ref_noise=0.2, ref_confusion=0.3)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .paper import PAPER_VARIANTS, paper_values
-from .tables import PROTOCOLS, paired, tidy
+from .tables import PROTOCOLS, paired, tidy_once
 from ..experiment.experiments import HOT_BASELINE, KD_METHODS, POCL_OPTIMIZER, RANDOM_SUBSETS, RESTARTS
 from ..stats import holm, p_value
 
@@ -154,7 +154,7 @@ def claims_by_protocol(records: list, claims: tuple[str, ...] | None = None,
     """
     parts = []
     for protocol in PROTOCOLS:
-        runs = tidy(records, protocol).drop_duplicates(["method", "variant", "seed", "dataset"])
+        runs = tidy_once(records, protocol)
         if len(runs):
             parts.append(claim_table(runs, families=families).assign(protocol=protocol))
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

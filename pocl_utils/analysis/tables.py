@@ -45,6 +45,11 @@ def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled
 PROTOCOLS = {"sampled": "eval", "greedy": "greedy"}  # protocol -> the key of a record's metrics
 
 
+def tidy_once(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled") -> pd.DataFrame:
+    """`tidy`, with a run listed twice under one label (a spec shared by two grids) counted once."""
+    return tidy(records, protocol).drop_duplicates(["method", "variant", "seed", "dataset"])
+
+
 def reference_tidy(refs: dict[str, dict[str, Any]], protocol: str = "sampled") -> pd.DataFrame:
     """scoring.reference_scores(ws) as tidy rows (method = 'Teacher' / 'Student (init)', variant 'baseline', seed 0).
 
@@ -177,8 +182,7 @@ def arm_means(records: list[tuple[RunSpec, dict[str, Any]]]) -> pd.DataFrame:
     """
     parts = []
     for protocol in PROTOCOLS:
-        runs = tidy(records, protocol).drop_duplicates(["method", "variant", "seed", "dataset"])
-        per_seed = runs.groupby(["method", "variant", "seed"], sort=False).rouge_l.mean()
+        per_seed = tidy_once(records, protocol).groupby(["method", "variant", "seed"], sort=False).rouge_l.mean()
         stats = per_seed.groupby(["method", "variant"], sort=False).agg(avg="mean", sd="std", n_seeds="count")
         parts.append(stats.reset_index().assign(protocol=protocol))
     return pd.concat(parts, ignore_index=True)[["protocol", "method", "variant", "avg", "sd", "n_seeds"]]

@@ -173,12 +173,13 @@ def _add_noise(rows: list[dict], cfg: WorldConfig, role: str) -> None:
     its tongue, else with probability q its word's confuser; the right answer is kept as `clean_output`. Its own
     random stream, so prompts and clean answers do not move."""
     rng, words = random.Random(f"pocl-world/{cfg.seed}/{role}/noise"), WORDS[:cfg.n_words]
-    confuser = confusers(cfg)
+    pairs = confusers(cfg).items()
+    confused = {t: {lexicon[w]: lexicon[c] for w, c in pairs} for t, lexicon in TONGUES.items()}  # in each tongue
     for row in rows:
         if row["family"] not in TONGUE:
             continue
-        lexicon, items = TONGUES[TONGUE[row["family"]]], row["output"].split(" ")
-        source = {v: k for k, v in lexicon.items()}
+        tongue, items = TONGUE[row["family"]], row["output"].split(" ")
+        lexicon = TONGUES[tongue]
         for i, item in enumerate(items):
             u = rng.random()
             if u < cfg.ref_noise:
@@ -186,7 +187,7 @@ def _add_noise(rows: list[dict], cfg: WorldConfig, role: str) -> None:
                     pass
                 items[i] = wrong
             elif u < cfg.ref_noise + cfg.ref_confusion:
-                items[i] = lexicon[confuser[source[item]]]
+                items[i] = confused[tongue][item]
         row["clean_output"], row["output"] = row["output"], join_items(items)
 
 
