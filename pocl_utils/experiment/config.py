@@ -205,13 +205,20 @@ def _profiles() -> dict[str, Profile]:
     # (results/laptop/probe_student_width/; docs/choices.md)
     laptop = replace(laptop, world="laptop-v4", protocol="official", protocols=("official", "paper-text"),
                      grid="headline", student=ModelSpec(n_layer=2, n_embd=64, n_head=2))
-    # laptop-run4: the configuration of run 4 (results/laptop/run4_5seeds/), kept to regenerate it: today's laptop with
-    # run 4's 2L x 48 student
+    # laptop-run4: the configuration of run 4 (results/laptop/run4_5seeds/), kept to regenerate it: run 5's laptop
+    # with run 4's 2L x 48 student
     laptop_run4 = replace(laptop, name="laptop-run4", student=ModelSpec(n_layer=2, n_embd=48, n_head=2))
+    # laptop-run5: the configuration of run 5 (results/laptop/run5_5seeds/), kept to regenerate it: world version 4
+    laptop_run5 = replace(laptop, name="laptop-run5")
+    # laptop (run 6): world version 5, the training references' noise systematic (each wrong item is its word's one
+    # fixed confuser) instead of uniform, the one setting under which the probe found every premise, P4's official
+    # greedy cell included, before any POCL run (results/laptop/probe_world_confusions/; docs/choices.md)
+    laptop = replace(laptop, world="laptop-v5")
     smoke = replace(smoke, protocols=("paper-text", "official"))  # CI runs Table 1 and the controls under both
     # real-lite: its committed results (results/real-lite) were made with run 3's code
     real_lite = replace(real_lite, **run3)
-    return {p.name: p for p in (smoke, classroom, laptop, laptop_run3, laptop_run4, real_lite, gpu, paper)}
+    return {p.name: p for p in (smoke, classroom, laptop, laptop_run3, laptop_run4, laptop_run5, real_lite, gpu,
+                                paper)}
 
 
 PROFILES: dict[str, Profile] = _profiles()
@@ -333,8 +340,8 @@ def cache_top_k(p: Profile) -> int | None:
 def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> Profile:
     """Resolve a profile by name, apply strict overrides and validate.
 
-    `name`: a key of PROFILES (smoke, classroom, laptop, laptop-run3, laptop-run4, real-lite, gpu, paper, paper-opt),
-    or the path of a config file (`load_config`); default DEFAULT_PROFILE.
+    `name`: a key of PROFILES (smoke, classroom, laptop, laptop-run3, laptop-run4, laptop-run5, real-lite, gpu,
+    paper, paper-opt), or the path of a config file (`load_config`); default DEFAULT_PROFILE.
     `overrides`: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
     Returns the validated profile.
     Raises ConfigError: an unknown profile name, an unknown override key, a value of the wrong type, or a value out of
