@@ -71,8 +71,9 @@ PRESETS = {
     "laptop-v4": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
                       pretrain_template=True, pretrain_qa_frac=0.8, n_words=64, easy_cover=8, ref_noise=0.2),
     # version 5 (issue 23, item 4; results/laptop/probe_world_confusions/): version 4 with systematic confusions in
-    # the training references instead of random wrong words, at the same rate: the SFT student's greedy answer then
-    # inherits them, and the teacher, tuned on the clean answers, is worth distilling under greedy decoding too
+    # the training references instead of random wrong words, at the same rate, so that the SFT student's greedy answer
+    # inherits them and the teacher, tuned on the clean answers, has more to teach (P4: every cell on the probe, one of
+    # four in run 6; FINDINGS.md)
     "laptop-v5": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
                       pretrain_template=True, pretrain_qa_frac=0.8, n_words=64, easy_cover=8, ref_confusion=0.2),
     "gpu": dict(n_train=20000, n_valid=1600, n_test=800, n_ood=400, n_vicuna=80, max_level=6,
