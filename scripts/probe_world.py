@@ -6,7 +6,9 @@
 Prepares data, tokenizer, teacher and student (warm start) for the profile in a private runs folder (default
 <the system's temp folder>/pocl-probes/<name>), then prints: the rules' and the teacher's scores per eval set, the measurer's Spearman
 and zero share, greedy ROUGE-L per training family for the teacher and the warm-started student, and with --sft
-the SFT student (one seed) and the P1 rows. This is how the laptop world was chosen.
+the SFT student (one seed) and the P1 rows. This is how the laptop world was chosen. The workspace is prepared as
+the main job prepares it (`prepare_threads`) and every run trains with one thread, as each grid worker does, so a probe
+of the profile's own world gives the reference run's numbers.
 
 With --p4-seeds N it prepares the rest and trains, in this process, SFT and the 7 KD baselines (N seeds each) under
 each training protocol, and prints P4 (`premises.distillation_rows`), the SFT student's scores beside the
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pocl_utils import world
 from pocl_utils.experiment import pipeline, pool, runner, scoring
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--world-name", default="", help="name of the world preset (default probe-<name>); probes that "
                     "share it and the teacher's settings can reuse a copied teacher folder")
     a = ap.parse_args()
+    torch.set_num_threads(1)  # as each grid worker trains; prepare() builds with the profile's prepare_threads
     base = get_profile(a.profile)
     world_name = a.world_name or f"probe-{a.name}"
     world.PRESETS[world_name] = {**world.PRESETS[a.preset or base.world], **json.loads(a.world)}
@@ -117,7 +121,8 @@ def main() -> None:
 
 def distillation_premise(p, root: Path, n_seeds: int, teacher: dict[str, float]) -> pd.DataFrame:
     """P4 in the probe's world: SFT and the 7 KD baselines, `n_seeds` each, under each training protocol of the profile
-    (trained in this process); prints the SFT student's mean scores beside the teacher's (P1) and each method's Avg.
+    (trained in this process); prints the SFT student's mean scores beside the teacher's (P1), each method's Avg and
+    each seed's validation loss at its end (`premises.convergence_frame`).
 
     Returns premises.premises_table's rows of P4, per training and evaluation protocol.
     """
@@ -134,6 +139,9 @@ def distillation_premise(p, root: Path, n_seeds: int, teacher: dict[str, float])
         sft = runs[runs.method == "SFT"].groupby("dataset").rouge_l.mean()
         print(training, pd.DataFrame({"teacher": teacher, "sft": sft}).round(2).T.to_string(), sep="\n")
         print(runs[runs.dataset == "Avg"].groupby("method").rouge_l.mean().round(2).to_string())
+        ends = premises.convergence_frame(recs, tables.tidy(recs))
+        print("validation loss at the end, per seed:",
+              ends.pivot_table(index="method", columns="seed", values="valid_end").round(2).to_string(), sep="\n")
         rows += premises.distillation_rows({f"{training}, {ev}": tables.tidy(recs, ev) for ev in tables.PROTOCOLS},
                                            KD_METHODS)
     return premises.premises_table(rows)

@@ -3,8 +3,8 @@ results/<profile>/runs.csv and compares every score, sampled and greedy, for exa
 
     python scripts/verify_reference.py [--profile laptop] [--runs 10] [--seed 0] [--runs-root DIR] [--results DIR]
 
-The profile's workspace is prepared as the main job prepares it (the first time, notebook 00's minutes; later it is
-found), then its prepared steps are copied to a temporary folder with an empty run registry, so every sampled run
+The profile's workspace is prepared as the main job prepares it, with the profile's `prepare_threads` (the first
+time, notebook 00's minutes; later it is found), then its prepared steps are copied to a temporary folder with an empty run registry, so every sampled run
 trains again instead of being read back. A run is found by its key among the grids runs.csv names (its `grid`
 column) under each training protocol it names (`training`). Prints one line per run and exits 0 when every score
 equals the published one, 1 when one differs (a changed float path: the reference no longer regenerates bitwise),
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-root", type=Path, default=None, help="where the workspace is prepared (default ./runs)")
     ap.add_argument("--results", type=Path, default=None, help="the folder of runs.csv (default results/<profile>)")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)  # as each grid worker trains
+    torch.set_num_threads(1)  # as each grid worker trains (prepare pins its own count)
     runs = pd.read_csv((a.results or REPO_ROOT / "results" / a.profile) / "runs.csv")
     ws = pipeline.prepare(get_profile(a.profile), runs_root=a.runs_root, log=lambda s: None)
     with tempfile.TemporaryDirectory() as tmp:

@@ -223,6 +223,9 @@ def test_collection_executes_on_smoke(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "results" / "smoke" / f"{nb.TABLE_FILES['controls']}_paired.csv").stat().st_size > 0
     for stem in (nb.TABLE_FILES[g] for g in paper_grids):
         assert (tmp_path / "out" / "results" / "smoke" / f"{stem}_vs_paper.md").exists()
+    ends = pd.read_csv(tmp_path / "out" / "results" / "smoke" / "convergence.csv")  # notebook 10: P4's seeds
+    assert set(ends.protocol) == {"paper-text", "official"} and "SFT" in set(ends.method)
+    assert ends.valid_end.notna().all() and ends.sampled.notna().all() and ends.greedy.notna().all()
     assert (tmp_path / "runs" / "smoke" / "registry" / "runs").is_dir()  # the kernels used POCL_RUNS_DIR
 
 

@@ -230,3 +230,23 @@ def test_a_published_notebook_names_no_machine_path(tmp_path):
     text = published_notebook(tmp_path / "n.ipynb", root=tmp_path)
     assert str(tmp_path) not in text
     assert nbformat.reads(text, 4).cells[0].outputs[0].text == "workspace runs/laptop\nroot .\n"
+
+
+def test_a_runs_root_outside_the_repository_is_not_named_either(tmp_path):
+    """`pocl-reproduce --publish --runs-root DIR` with DIR elsewhere: DIR's absolute path becomes `<runs root>`, and a
+    runs root inside the repository stays relative to it (the runs root's own replacement does not apply)."""
+    from pocl_utils.notebook.outputs import published_notebook
+    repo, outside = tmp_path / "repo", tmp_path / "elsewhere" / "runs"
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("ws = setup()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout",
+                                           text=f"workspace {outside}/laptop\nrepo {repo}/notebooks\n"
+                                                f"running in {outside}\n")]
+    nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    out = nbformat.reads(published_notebook(tmp_path / "n.ipynb", root=repo, runs_root=outside), 4).cells[0].outputs[0]
+    assert out.text == "workspace <runs root>/laptop\nrepo notebooks\nrunning in <runs root>\n"
+    assert str(tmp_path) not in out.text
+    inside = nbformat.reads(published_notebook(tmp_path / "n.ipynb", root=tmp_path, runs_root=outside), 4)
+    assert inside.cells[0].outputs[0].text == ("workspace elsewhere/runs/laptop\nrepo repo/notebooks\n"
+                                               "running in elsewhere/runs\n")

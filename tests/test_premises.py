@@ -128,3 +128,29 @@ def test_distillation_rows_of_a_protocol_without_runs_fail():
     table = premises.premises_table(premises.distillation_rows({"paper-text, sampled": empty}, ("KLD",)))
     assert np.isnan(table.value[0]) and not table.holds[0]
     assert "paper-text, sampled: no paired runs" in table.premise[0]
+
+
+def test_convergence_frame_reads_each_runs_curve_end_beside_its_avg():
+    """Two SFT seeds, one converged (flat at the end), one still falling; a KLD run without a loss curve gets NaN.
+    Avg is the mean of the run's eval sets, hand-worked."""
+    from pocl_utils.analysis import tables
+    from pocl_utils.experiment.config import baseline
+
+    def rec(key, scores, valid):
+        return {"key": key, "wall_s": 1.0, "git_commit": "x",
+                "metrics": {"eval": {ds: {"mean": v} for ds, v in scores.items()},
+                            "train": {"steps": 625, "valid": valid}}}
+    records = [
+        (baseline("SFT", 0), rec("a", {"A": 40.0, "B": 60.0}, [{"loss": 1.9, "step": 313}, {"loss": 0.64, "step": 469},
+                                                               {"loss": 0.60, "step": 625}])),
+        (baseline("SFT", 1), rec("b", {"A": 20.0, "B": 40.0}, [{"loss": 1.5, "step": 313}, {"loss": 1.07, "step": 469},
+                                                               {"loss": 0.95, "step": 625}])),
+        (baseline("KLD", 0), rec("c", {"A": 50.0, "B": 50.0}, [{"rouge_l": 90.0, "step": 625}])),
+    ]
+    out = premises.convergence_frame(records, tables.with_average(tables.tidy(records))).set_index(["method", "seed"])
+    assert out.loc[("SFT", 0), "valid_end"] == pytest.approx(0.60)
+    assert out.loc[("SFT", 0), "valid_fall"] == pytest.approx(0.04)
+    assert out.loc[("SFT", 1), "valid_fall"] == pytest.approx(0.12)
+    assert out.loc[("SFT", 0), "avg"] == pytest.approx(50.0) and out.loc[("SFT", 1), "avg"] == pytest.approx(30.0)
+    assert np.isnan(out.loc[("KLD", 0), "valid_end"]) and out.loc[("KLD", 0), "avg"] == pytest.approx(50.0)
+    assert (out.variant == "baseline").all() and (out.steps == 625).all()

@@ -18,7 +18,7 @@ import pandas as pd
 from ..curriculum import partition
 from ..experiment.config import RunSpec
 from ..stats import mean_ci
-from .tables import PROTOCOLS
+from .tables import PROTOCOLS, row_label
 
 
 def set_table(examples: pd.DataFrame) -> pd.DataFrame:
@@ -128,7 +128,7 @@ def find_record(records: list[tuple[RunSpec, dict[str, Any]]], method: str, vari
     """The first record of one (method, variant, seed) among runner.records_for pairs, or None; `variant` as `tidy`
     labels it (spec.variant, else "+POCL" or "baseline")."""
     for spec, rec in records:
-        label = spec.variant or ("+POCL" if spec.pocl else "baseline")  # as tidy() labels it
+        label = row_label(spec)
         if spec.method == method and label == variant and spec.seed == seed:
             return rec
     return None
@@ -172,7 +172,7 @@ def per_row_frame(records: list[tuple[RunSpec, dict[str, Any]]], sets: Mapping[s
         raise ValueError(f"per_row_frame: protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
     late, out = late_words(sets.get("train", [])), []
     for spec, rec in records:
-        label = spec.variant or ("+POCL" if spec.pocl else "baseline")  # as tables.tidy labels it
+        label = row_label(spec)
         for dataset, m in (rec["metrics"].get(PROTOCOLS[protocol]) or {}).items():
             if "per_row" not in m or "index" not in m:
                 continue

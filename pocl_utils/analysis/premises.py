@@ -10,7 +10,8 @@
     P4  distilling beats copying: the best KD baseline beats the SFT student by >= 2 ROUGE-L Avg, paired over seeds,
         Holm-adjusted p < 0.05, under both protocols (sampled at temperature 1, and greedy).
 
-`premises_table` gives `premises.csv` (columns premise, value, threshold, holds).
+`premises_table` gives `premises.csv` (columns premise, value, threshold, holds); `convergence_frame` shows, per
+seed, whether a baseline was still converging when its budget ended (what makes P4's seeds spread).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..data import EVAL_SETS
 from ..evaluate import rouge_l_batch
 from ..stats import holm, p_value
 from .paper import paper_diff
-from .tables import by_seed, paired
+from .tables import by_seed, paired, row_label, with_average
 
 TEACHER_MARGIN_SFT = 3.0  # P1: teacher - SFT student, every eval set
 TEACHER_MARGIN_RULE = 5.0  # P1: teacher - each trivial rule, every eval set
@@ -228,3 +229,30 @@ def premise_row(premise: str, value: float, threshold: float, at_most: bool = Fa
 def premises_table(rows: list[dict]) -> pd.DataFrame:
     """The `premise_row` dicts as a DataFrame with COLUMNS (premise, value, threshold, holds), in the order given."""
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def convergence_frame(records: Sequence[tuple], table1: pd.DataFrame) -> pd.DataFrame:
+    """Per run: where its validation curve ended and how fast it was still falling, beside its Avg ROUGE-L.
+
+    A run whose checkpoint-selection loss (the references' cross-entropy under the student, profile key
+    select_metric "loss") still falls over its last check interval had not converged when its budget ran out; when
+    that happens in some seeds of a method and not in others, the seeds spread, and a paired test over them loses its
+    power (P4's SFT student).
+
+    `records`: (spec, record) pairs (`runner.records_for`); runs whose record has no "loss" curve get NaN.
+    `table1`: the same runs' tidy rows (`tables.tidy`, one protocol); their Avg is recomputed.
+    Returns one row per (method, variant, seed): valid_end (the last check's loss), valid_fall (the check before it
+    minus the last; > 0 = still falling), steps, and avg (mean ROUGE-L over the eval sets).
+    """
+    curves = {}
+    for spec, rec in records:
+        valid = [v for v in rec["metrics"].get("train", {}).get("valid", []) if "loss" in v]
+        end = valid[-1]["loss"] if valid else math.nan
+        fall = valid[-2]["loss"] - end if len(valid) >= 2 else math.nan
+        label = (spec.method, row_label(spec), spec.seed)
+        curves[label] = {"valid_end": end, "valid_fall": fall, "steps": rec["metrics"].get("train", {}).get("steps")}
+    avg = with_average(table1[table1.dataset != "Avg"])
+    avg = avg[avg.dataset == "Avg"].set_index(["method", "variant", "seed"]).rouge_l
+    rows = [{"method": m, "variant": v, "seed": s, **c, "avg": float(avg.get((m, v, s), math.nan))}
+            for (m, v, s), c in curves.items()]
+    return pd.DataFrame(rows, columns=["method", "variant", "seed", "valid_end", "valid_fall", "steps", "avg"])

@@ -18,13 +18,18 @@ from ..experiment.results import atomic_write_text
 from ..stats import mean_ci, paired_diff
 
 
+def row_label(spec: RunSpec) -> str:
+    """A run's variant as the tables print it: the spec's own label, else "+POCL" or "baseline"."""
+    return spec.variant or ("+POCL" if spec.pocl else "baseline")
+
+
 def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled") -> pd.DataFrame:
     """One row per (run, eval set): method, variant (the table's label), seed, dataset, rouge_l.
 
     `records`: (spec, record) pairs of finished runs (`runner.records_for`).
     `protocol`: "sampled": the paper's (mean over sampling seeds at temperature 1); "greedy": the deterministic greedy
     ROUGE-L (scoring.greedy_scores), for the runs that have it (the others give no rows).
-    Returns a tidy frame with columns method, variant (spec.variant, else "+POCL" or "baseline"), seed, dataset, rouge_l
+    Returns a tidy frame with columns method, variant (`row_label`), seed, dataset, rouge_l
     (ROUGE-L x 100), sampling_std (the std over sampling seeds, 0.0 when absent), run_key, wall_s, git_commit.
     Raises ValueError: a protocol not in PROTOCOLS.
     """
@@ -35,7 +40,7 @@ def tidy(records: list[tuple[RunSpec, dict[str, Any]]], protocol: str = "sampled
         metrics = rec["metrics"].get(PROTOCOLS[protocol]) or {}
         for dataset in metrics:  # the eval sets, in the order they were scored
             m = metrics[dataset]
-            rows.append({"method": spec.method, "variant": spec.variant or ("+POCL" if spec.pocl else "baseline"),
+            rows.append({"method": spec.method, "variant": row_label(spec),
                          "seed": spec.seed, "dataset": dataset, "rouge_l": m["mean"], "sampling_std": m.get("std", 0.0),
                          "run_key": rec["key"], "wall_s": rec["wall_s"], "git_commit": rec["git_commit"]})
     columns = ["method", "variant", "seed", "dataset", "rouge_l", "sampling_std", "run_key", "wall_s", "git_commit"]

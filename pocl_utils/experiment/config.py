@@ -54,6 +54,7 @@ class TrainSpec:
 
 
 GRID_SIZES = ("full", "headline", "table1", "minimal")  # Profile.grid
+PREPARE_THREADS = 2  # Profile.prepare_threads' default: every committed workspace was prepared with two threads
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class Profile:
     rank_max_examples: int = 0  # real data: rank a seeded subset; 0 = all
     gkd_lambda: float = 0.5  # fraction of on-policy batches with student-generated outputs
     workers: int = 2  # parallel worker processes for the grid (1 thread each)
+    # torch CPU threads while the workspace's steps are built (teacher, warm start, ranking, caches): the float
+    # summation order, and with it every prepared weight, depends on the thread count, so it is pinned, not left to the
+    # machine's cores; 0 = torch's default (GPU profiles, whose models are built on the GPU)
+    prepare_threads: int = PREPARE_THREADS
     lr_grid: tuple[float, ...] = ()  # KD learning rates searched (paper: 5e-4, 1e-4, 5e-5); empty = kd.lr
     batch_grid: tuple[int, ...] = ()  # KD batch sizes searched (paper: 8, 16); empty = kd.batch_size
     # full: every grid | headline: Table 1 and the controls (the paper's ablations are a study: scripts/ablations.py)
@@ -171,7 +176,7 @@ def _profiles() -> dict[str, Profile]:
     gpu = replace(laptop, name="gpu", world="gpu", vocab_size=1024, teacher=ModelSpec(n_layer=8, n_embd=512, n_head=8),
                   student=ModelSpec(n_layer=4, n_embd=128, n_head=4), max_len=96, max_prompt_len=64, max_new_tokens=32,
                   teacher_sft=TrainSpec(lr=1e-3, batch_size=64, epochs=10), student_pretrain_steps=1000,
-                  kd=TrainSpec(lr=1e-3, batch_size=64, epochs=8), n_seeds=5, workers=1)
+                  kd=TrainSpec(lr=1e-3, batch_size=64, epochs=8), n_seeds=5, workers=1, prepare_threads=0)
     smol = ModelSpec(arch="hub", name_or_path="smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     # real-lite: SmolLM2's tokenizer needs up to ~341 tokens for prompts that are <= 256 GPT-2 tokens, so the
     # token limits are set so that only MiniLLM's GPT-2 prompt filter decides what is dropped. Evaluation uses a
@@ -188,7 +193,7 @@ def _profiles() -> dict[str, Profile]:
         teacher_sft=TrainSpec(lr=5e-5, batch_size=8, epochs=10), sft_teacher=True, student_pretrain_steps=0,
         kd=TrainSpec(lr=5e-4, batch_size=8, epochs=20, warmup_frac=0.0), n_seeds=1, valid_max_examples=1000,
         valid_checks=20, workers=1, lr_grid=(5e-4, 1e-4, 5e-5), batch_grid=(8, 16),
-        teacher_cache="live")  # exact logits of Dolly's 788k answer tokens x 50,257 x 4 B: ~160 GB
+        teacher_cache="live", prepare_threads=0)  # exact logits of Dolly's 788k answer tokens x 50,257 x 4 B: ~160 GB
     # paper: its numbers come from the official scripts, whose KD baseline is this kd spec (kd_base.sh)
     paper = replace(paper, protocol="official")
     # laptop-run3: the configuration of run 3 (results/laptop/run3_5seeds/), kept to regenerate it: world version 3,
@@ -282,9 +287,9 @@ def validate_profile(p: Profile) -> Profile:
 
     Returns `p` itself, unchanged.
     Raises ConfigError: naming the profile and the first field out of range (data, n_subsets, rrf_k, n_seeds,
-    table1_seeds, eval_seeds, gkd_lambda, workers, max_prompt_len, max_new_tokens, grid, protocol, protocols,
-    select_metric, select_points, valid_checks, lr_factors, grad_accum, device, teacher_cache, or the lr, batch_size or
-    epochs of teacher_sft and kd).
+    table1_seeds, eval_seeds, gkd_lambda, workers, prepare_threads, max_prompt_len, max_new_tokens, grid, protocol,
+    protocols, select_metric, select_points, valid_checks, lr_factors, grad_accum, device, teacher_cache, or the lr,
+    batch_size or epochs of teacher_sft and kd).
     """
     checks = [
         (p.data in DATA_KINDS, "data", f"must be one of {', '.join(DATA_KINDS)}"),
@@ -295,6 +300,7 @@ def validate_profile(p: Profile) -> Profile:
         (len(p.eval_seeds) >= 1, "eval_seeds", "must name at least one seed"),
         (0.0 <= p.gkd_lambda <= 1.0, "gkd_lambda", "must be in [0, 1]"),
         (p.workers >= 1, "workers", "must be >= 1"),
+        (p.prepare_threads >= 0, "prepare_threads", "must be >= 0 (0 = torch's default)"),
         (0 < p.max_prompt_len < p.max_len, "max_prompt_len", "must be in (0, max_len)"),
         (p.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
         (p.grid in GRID_SIZES, "grid", f"must be one of {', '.join(GRID_SIZES)}"),

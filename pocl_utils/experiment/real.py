@@ -36,7 +36,7 @@ from ..training.kd import KDContext, kd_loss_fn
 from ..training.loop import run_steps, sft
 from ..training.teacher_cache import build_teacher_cache
 from .workspace import (ROLES, STEPS, roles, Workspace, build_steps, cache_mode, lm_blocks, prep_keys, ranking_step,
-                        seqkd_step, step_dir, teacher_cache_step, thin_log, workspace_root)
+                        seqkd_step, step_dir, teacher_cache_step, thin_log, threads_key, workspace_root)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = REPO_ROOT / "data" / "cache" / "smollm2-135m-instruct"  # git-ignored (/data/cache/)
@@ -174,9 +174,10 @@ def real_keys(p: Profile, paths: dict[str, Path], max_rows: int) -> dict[str, st
     tok = config_hash({"teacher": p.teacher} if p.data != "files" else {"teacher": p.teacher, "student": p.student})
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
     sft = {"sft": p.teacher_sft, "data": data, "seed": p.seed, **enc} if p.sft_teacher else {}
-    teacher = config_hash({"up": tok, "spec": p.teacher, **sft})
+    teacher = config_hash({"up": tok, "spec": p.teacher, **sft, **threads_key(p)})
     student = config_hash({"up": tok, "data": data, "spec": p.student, "steps": p.student_pretrain_steps,
-                           "block": REAL_LM_BLOCK, "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc})
+                           "block": REAL_LM_BLOCK, "kd": [p.kd.lr, p.kd.batch_size], "new": p.max_new_tokens, **enc,
+                           **threads_key(p)})
     ranking = config_hash({"up": student, "data": data, "new": p.max_new_tokens, **enc})
     cache = config_hash({"up": teacher, "data": data, **enc, **cache_mode(p)})
     seqkd = config_hash({"up": teacher, "data": data, "new": p.max_new_tokens, **enc, "eos": "when stopped"})

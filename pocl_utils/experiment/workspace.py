@@ -8,16 +8,17 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from ..data import EVAL_SETS, DataError, Encoded, close_response, encode_examples, load_instructions
 from ..training import distributed
-from .config import Profile, cache_top_k, config_hash, eval_sets
+from .config import PREPARE_THREADS, Profile, cache_top_k, config_hash, eval_sets
 from ..difficulty import Ranking, score_samples
 from ..modeling.generate import generate
 from ..modeling.models import load_checkpoint, load_tokenizer
@@ -282,10 +283,34 @@ def build_steps(ws: Workspace, builders: dict[str, Callable], keys: dict[str, st
     """Build (or find) each named step in order with `builder(ws, tmp_dir, dev)`, cached under `keys[name]`.
 
     Under `accelerate launch` the main process builds each step alone while the others wait (`main_first`), except
-    the teacher SFT (`trained_together`), which every process trains together. Each step's STEP.json records
-    `environment(dev, ...)`.
+    the teacher SFT (`trained_together`), which every process trains together. Steps build with the profile's
+    `prepare_threads` torch threads (`cpu_threads`); each step's STEP.json records `environment(dev, ...)` and that
+    thread count.
     """
-    record = environment(dev, **ws.profile.engine())
+    with cpu_threads(ws.profile.prepare_threads):
+        record = {**environment(dev, **ws.profile.engine()), "cpu_threads": torch.get_num_threads()}
+        _build_each(ws, builders, keys, dev, record, log, tag)
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch CPU threads, then restore the caller's count; n = 0 leaves the count as it is.
+
+    A CPU matmul splits its sums across threads, so the thread count changes float rounding: the same step trained with
+    one thread and with two gives weights that differ after a few hundred steps. Pinning it makes a prepared workspace
+    the same on every machine, whatever its cores.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build_each(ws: Workspace, builders: dict[str, Callable], keys: dict[str, str], dev, record: dict[str, Any],
+                log: Callable[[str], None], tag: str) -> None:
     for name, build in builders.items():
         t0 = time.time()
         b = partial(build, ws)
@@ -336,6 +361,13 @@ def cache_mode(p: Profile) -> dict[str, str]:
     return {} if p.teacher_cache == "exact" else {"mode": p.teacher_cache}
 
 
+def threads_key(p: Profile) -> dict[str, int]:
+    """The preparation's thread count for the keys of the steps that train or run a model: {} at the default
+    (PREPARE_THREADS, the count every committed workspace was built with) or 0 (unpinned), else {"threads": n}, so a
+    workspace prepared with another count is never found for this one."""
+    return {} if p.prepare_threads in (0, PREPARE_THREADS) else {"threads": p.prepare_threads}
+
+
 def prep_keys(p: Profile) -> dict[str, str]:
     """Each step's cache key for a world profile: the profile fields it reads plus the key of the steps before it.
 
@@ -344,10 +376,10 @@ def prep_keys(p: Profile) -> dict[str, str]:
     data = config_hash({"data": p.data, "world": p.world, "seed": p.seed})
     tok = config_hash({"up": data, "vocab": p.vocab_size})
     enc = {"max_len": p.max_len, "max_prompt_len": p.max_prompt_len}
-    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc,
+    teacher = config_hash({"up": tok, "spec": p.teacher, "train": p.teacher_sft, **enc, **threads_key(p),
                            **({"pretrain": p.teacher_pretrain_steps} if p.teacher_pretrain_steps else {}),
                            **({"mix": p.teacher_sft_mix} if p.teacher_sft_mix else {})})
-    student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc})
+    student = config_hash({"up": tok, "spec": p.student, "steps": p.student_pretrain_steps, **enc, **threads_key(p)})
     ranking = config_hash({"up": student, "new": p.max_new_tokens, "n": p.rank_max_examples})
     cache = config_hash({"up": teacher, **enc, **cache_mode(p)})
     seqkd = config_hash({"up": teacher, "new": p.max_new_tokens, **enc, "eos": "when stopped"})

@@ -229,6 +229,26 @@ def premises_table(ws: Workspace, with_power: bool = False) -> pd.DataFrame:
     return table
 
 
+def convergence_table(ws: Workspace) -> pd.DataFrame:
+    """Table 1's baselines at the end of their budget (`premises.convergence_frame`) under each training protocol the
+    profile runs, saved as results/<profile>/convergence.{csv,md}: whether a seed was still converging when it stopped,
+    beside its Avg ROUGE-L under each evaluation protocol (nothing is trained).
+
+    Returns one row per (protocol, method, seed): valid_end, valid_fall, steps, sampled and greedy (Avg ROUGE-L).
+    """
+    from ..analysis import premises
+    frames = []
+    for training in protocols_of(ws.profile):
+        recs = [(s, r) for s, r in records(under_protocol(ws, training), "table1") if not s.pocl]
+        per = {proto: premises.convergence_frame(recs, tables.tidy(recs, proto)) for proto in tables.PROTOCOLS}
+        frame = per["sampled"].rename(columns={"avg": "sampled"}).assign(greedy=per["greedy"]["avg"].to_numpy())
+        frames.append(frame.drop(columns="variant").assign(protocol=training))
+    cols = ["protocol", "method", "seed", "valid_end", "valid_fall", "steps", "sampled", "greedy"]
+    table = pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    save_table(ws, table.round(3), "convergence")
+    return table
+
+
 # ---- the training protocols (issue 23): the stage plans, and the Table 1 and controls grids under each ---------------
 
 

@@ -118,14 +118,15 @@ def publish(profile: str, notebooks: list[Path], executed: Path, output: Path, r
     return [dest for _, _, dest in staged]
 
 
-def published_notebook(path: Path, root: Path = REPO_ROOT) -> str:
+def published_notebook(path: Path, root: Path = REPO_ROOT, runs_root: Path | None = None) -> str:
     """An executed notebook as published: its outputs as a reader sees them in JupyterLab, nothing else.
 
     Consecutive stream outputs of one name are joined, as JupyterLab shows them, and reduced to what a terminal shows
     (of each line, the text after its last carriage return: a progress bar's final state instead of its every update);
     a stream that then shows nothing (a cleared bar's empty red box) is dropped; papermill's per-cell timing metadata is
-    left out (its notebook-level record stays); the repository's absolute path (`root`) becomes relative, so the
-    published copy does not name the machine it ran on.
+    left out (its notebook-level record stays); the repository's absolute path (`root`) becomes relative and the runs
+    folder's (`runs_root`, when it lies outside `root`) becomes `<runs root>`, so the published copy does not name the
+    machine it ran on.
 
     Returns the cleaned notebook's JSON text (nbformat.writes).
     """
@@ -147,7 +148,14 @@ def published_notebook(path: Path, root: Path = REPO_ROOT) -> str:
             if out.output_type == "stream":
                 out.text = "\n".join(line.rsplit("\r", 1)[-1] for line in out.text.split("\n"))
         cell.outputs = [o for o in joined if o.output_type != "stream" or o.text.strip()]
-    return (nbformat.writes(nb) + "\n").replace(f"{root}/", "").replace(str(root), ".")
+    text = nbformat.writes(nb) + "\n"
+    places = {str(root): "."}
+    if runs_root is not None and not Path(runs_root).resolve().is_relative_to(Path(root).resolve()):
+        places[str(runs_root)] = "<runs root>"
+    for place in sorted(places, key=len, reverse=True):  # a folder before any folder that holds it
+        text = text.replace(f"{place}/", f"{places[place]}/" if places[place] != "." else "")
+        text = text.replace(place, places[place])
+    return text
 
 
 def published_notebooks(profile: str, notebooks: list[Path], executed: Path,
@@ -160,7 +168,9 @@ def published_notebooks(profile: str, notebooks: list[Path], executed: Path,
     Raises PublishError: the notebooks take more than NOTEBOOKS_MAX_MB together (the message names the largest).
     """
     import nbformat
-    pages = {path.name: published_notebook(path) for path in [executed / nb.name for nb in notebooks] + list(extra)}
+    runs_root = executed.parent.parent  # <runs root>/<profile>/<executed>
+    pages = {path.name: published_notebook(path, runs_root=runs_root)
+             for path in [executed / nb.name for nb in notebooks] + list(extra)}
     size = {name: len(text.encode("utf-8")) for name, text in pages.items()}
     if sum(size.values()) > NOTEBOOKS_MAX_MB * 2**20:
         largest = ", ".join(f"{n} {size[n] / 2**20:.1f} MB" for n in sorted(size, key=size.get, reverse=True)[:3])
