@@ -514,3 +514,50 @@ def test_version_5_is_version_4_with_confusions_instead_of_random_wrong_words():
     assert all(world[role] == old[role] for role in W.ROLES[1:])
     assert abs(_confused_share(world["train"], W.generation.confusers(v5)) - 0.2) < 0.02
     assert min(W.easy_coverage(world["train"], v5).values()) >= v5.easy_cover
+
+
+def test_a_clean_tokenizer_does_not_move_with_the_reference_noise():
+    """With tokenizer_clean the tokenizer's training text, and so its token ids and the warm start built on them, is
+    the same whatever the training references' noise; without it the noisy references are in it."""
+    from pocl_utils.experiment.pipeline import tokenizer_texts
+    base = W.world_config("smoke-v4", ref_noise=0.0)
+
+    def texts(**kw):
+        cfg = replace(base, **kw)
+        return tokenizer_texts(cfg, W.generate_world(cfg)["train"])
+    clean = texts(tokenizer_clean=True)
+    assert texts(ref_confusion=0.3, tokenizer_clean=True) == clean == texts(ref_noise=0.2, tokenizer_clean=True)
+    noisy = texts(ref_confusion=0.3)
+    assert noisy != clean and len(noisy) == len(clean)
+    assert texts() == clean  # no noise: the references are the clean answers
+
+
+def test_major_words_carry_their_confuser_at_their_own_rate_and_nothing_else_moves():
+    """major_words = k, ref_confusion_major = m: the references of k seeded words carry their confuser at about m
+    (here more often than not), every other word at ref_confusion; prompts and clean answers do not move, the other
+    words' references are item for item those of the world without major words, and bad settings are refused."""
+    v5 = W.world_config("laptop-v5")
+    cfg = replace(v5, major_words=8, ref_confusion_major=0.7)
+    major = W.generation.major_words(cfg)
+    assert len(major) == 8 and major <= set(W.WORDS[:64]) and major == W.generation.major_words(cfg)
+    world, plain = W.generate_world(cfg)["train"], W.generate_world(v5)["train"]
+    assert [r["clean_output"] for r in world] == [r["clean_output"] for r in plain]
+    wrong = _confused_words(W.generation.confusers(cfg))
+    rate = {True: [0, 0], False: [0, 0]}  # is a major word -> [confused, items]
+    for r, p in zip(world, plain):
+        if r["family"] not in W.TONGUE:
+            assert r["output"] == p["output"]
+            continue
+        source = {v: k for k, v in W.TONGUES[W.TONGUE[r["family"]]].items()}
+        for got, old, right in zip(r["output"].split(), p["output"].split(), r["clean_output"].split()):
+            assert got in (right, wrong[r["family"]][right])
+            is_major = source[right] in major
+            rate[is_major][0] += got != right
+            rate[is_major][1] += 1
+            if not is_major:
+                assert got == old  # one draw per item: the other words' noise is where it was
+    assert abs(rate[True][0] / rate[True][1] - 0.7) < 0.05 and abs(rate[False][0] / rate[False][1] - 0.2) < 0.02
+    for bad in (dict(major_words=8), dict(ref_confusion_major=0.7), dict(major_words=65, ref_confusion_major=0.7),
+                dict(major_words=8, ref_confusion_major=1.0)):
+        with pytest.raises(ValueError, match="major"):
+            replace(v5, **bad)

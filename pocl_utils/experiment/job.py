@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default=None, help=f"{' | '.join(GRID_SIZES)} (default: the profile's grid size)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results CSV (default: <runs-root>/<profile>/results/<grid>.csv)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads of the runs (the preparation uses the profile's prepare_threads)")
     args = ap.parse_args(argv)
     if args.help_profile:
         print(profile_help())

@@ -16,7 +16,7 @@ from .real import prepare_real
 from .results import atomic_write_json
 from ..training.distributed import save_checkpoint
 from ..training.loop import sft
-from ..world import generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
+from ..world import WorldConfig, generate_world, pretrain_corpus, train_tokenizer, world_config, write_world
 from .workspace import (STEPS, Workspace, build_steps, lm_blocks, prep_keys, ranking_step, seqkd_step,
                         teacher_cache_step, thin_log, workspace_root)
 
@@ -62,8 +62,15 @@ def _build_data(ws: Workspace, out: Path, dev) -> None:
 def _build_tokenizer(ws: Workspace, out: Path, dev) -> None:
     cfg = replace(world_config(ws.profile.world), seed=ws.profile.seed)
     rows = load_instructions(ws.root / "data" / "train.jsonl")
-    texts = pretrain_corpus(cfg, 2000) + [r["prompt"] + r["output"] for r in rows]
-    train_tokenizer(texts, ws.profile.vocab_size, out)
+    train_tokenizer(tokenizer_texts(cfg, rows), ws.profile.vocab_size, out)
+
+
+def tokenizer_texts(cfg: WorldConfig, train_rows: list[dict]) -> list[str]:
+    """The BPE training text of a world's tokenizer: 2,000 pre-training texts, then each training row's prompt and
+    answer: the reference as written, or its clean answer (`clean_output`, when the row has one) with
+    `cfg.tokenizer_clean`."""
+    answer = "clean_output" if cfg.tokenizer_clean else "output"
+    return pretrain_corpus(cfg, 2000) + [r["prompt"] + r.get(answer, r["output"]) for r in train_rows]
 
 
 def _build_teacher(ws: Workspace, out: Path, dev) -> None:

@@ -27,8 +27,9 @@ from ..experiment.results import REPO_ROOT
 from . import outputs
 from .display import save_figure, save_table, show
 from .grids import (ENVIRONMENT, PROTOCOL_GRIDS, TABLE_FILES, ControlsReport, TableReport, agreement, claims,
-                    controls_report, convergence_table, grid_report, grid_runs, premises_table, protocol_plans, protocol_records,
-                    protocols_of, records, run_grid, run_protocols, runs_frame, specs_of, under_protocol)
+                    controls_report, convergence_table, grid_report, grid_runs, premises_table, protocol_plans,
+                    protocol_records, protocols_of, records, run_grid, run_protocols, runs_frame, specs_of,
+                    under_protocol)
 from .outputs import output_root
 from .plots import FIG3_RUNS, FIGURES, collect, figure
 from .source import show_source

@@ -25,6 +25,14 @@ class WorldConfig:
     easy_cover: int = 0  # k > 0: every answer word is in >= k training rows of the easiest quarter (version 4)
     ref_noise: float = 0.0  # each item of a training reference is a wrong word with this probability (version 4)
     ref_confusion: float = 0.0  # each item of a training reference is its word's fixed confuser with this probability
+    # major_words = k > 0: the training references of k words (a seeded choice, `generation.major_words`) carry their
+    # confuser with probability ref_confusion_major instead of ref_confusion; at >= 0.5 the annotators mostly get those
+    # words wrong, so the references' likeliest answer is wrong where a teacher tuned on the clean answers is right
+    major_words: int = 0
+    ref_confusion_major: float = 0.0
+    # the tokenizer learns from the training references' clean answers instead of the noisy ones, so the token ids,
+    # and with them the student's warm start, do not move with ref_noise or ref_confusion
+    tokenizer_clean: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,6 +61,14 @@ class WorldConfig:
         if not 0.0 <= self.ref_confusion < 0.5 - self.ref_noise:
             raise ValueError(f"WorldConfig.ref_confusion must be in [0, 0.5 - ref_noise), got {self.ref_confusion} "
                              f"(ref_noise {self.ref_noise}): the right word must stay the likeliest")
+        if not 0 <= self.major_words <= self.n_words:
+            raise ValueError(f"WorldConfig.major_words must be in [0, n_words], got {self.major_words}")
+        if not 0.0 <= self.ref_confusion_major < 1.0 - self.ref_noise:
+            raise ValueError(f"WorldConfig.ref_confusion_major must be in [0, 1 - ref_noise), got "
+                             f"{self.ref_confusion_major} (ref_noise {self.ref_noise})")
+        if (self.major_words > 0) != (self.ref_confusion_major > 0):
+            raise ValueError("WorldConfig: major_words and ref_confusion_major go together (both 0, or both > 0), got "
+                             f"{self.major_words} and {self.ref_confusion_major}")
 
 
 PRESETS = {

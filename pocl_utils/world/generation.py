@@ -11,7 +11,8 @@ training rows take their words from a shuffled deck per tongue and difficulty, a
 every answer word is in at least k rows of the easiest quarter (`easiest_quarter`). With `ref_noise` = p > 0 each
 item of a training reference is, with probability p, another word of the same tongue; with `ref_confusion` = q > 0,
 with probability q, its word's one fixed confuser (`confusers`: systematic errors, as an annotator who mixes up the
-same pairs makes). The row keeps its right answer as `clean_output`.
+same pairs makes), and for the `major_words` with probability `ref_confusion_major` (words the annotators mostly get
+wrong, at >= 0.5). The row keeps its right answer as `clean_output`.
 
 Eval roles mirror the paper's five sets (Sec. 5, A.2.3):
     DollyEval  - the test split: trained families, trained phrasings, trained levels
@@ -168,13 +169,23 @@ def confusers(cfg: WorldConfig) -> dict[str, str]:
     return {w: order[(i + 1) % len(order)] for i, w in enumerate(order)}
 
 
+def major_words(cfg: WorldConfig) -> set[str]:
+    """The `major_words` words whose references carry their confuser at `ref_confusion_major`: the first of a seeded
+    shuffle of the world's words (its own stream, so the confusers do not move)."""
+    order = list(WORDS[:cfg.n_words])
+    random.Random(f"pocl-world/{cfg.seed}/major").shuffle(order)
+    return set(order[:cfg.major_words])
+
+
 def _add_noise(rows: list[dict], cfg: WorldConfig, role: str) -> None:
     """ref_noise and ref_confusion: each answer item of a translation row becomes, with probability p, another word of
-    its tongue, else with probability q its word's confuser; the right answer is kept as `clean_output`. Its own
-    random stream, so prompts and clean answers do not move."""
+    its tongue, else with probability q its word's confuser (q = ref_confusion_major for the `major_words`); the right
+    answer is kept as `clean_output`. Its own random stream, one draw per item, so prompts and clean answers do not
+    move, and a world without major words is drawn as before they existed."""
     rng, words = random.Random(f"pocl-world/{cfg.seed}/{role}/noise"), WORDS[:cfg.n_words]
     pairs = confusers(cfg).items()
     confused = {t: {lexicon[w]: lexicon[c] for w, c in pairs} for t, lexicon in TONGUES.items()}  # in each tongue
+    major = {t: {lexicon[w] for w in major_words(cfg)} for t, lexicon in TONGUES.items()}
     for row in rows:
         if row["family"] not in TONGUE:
             continue
@@ -186,7 +197,7 @@ def _add_noise(rows: list[dict], cfg: WorldConfig, role: str) -> None:
                 while (wrong := lexicon[rng.choice(words)]) == item:
                     pass
                 items[i] = wrong
-            elif u < cfg.ref_noise + cfg.ref_confusion:
+            elif u < cfg.ref_noise + (cfg.ref_confusion_major if item in major[tongue] else cfg.ref_confusion):
                 items[i] = confused[tongue][item]
         row["clean_output"], row["output"] = row["output"], join_items(items)
 
@@ -210,7 +221,7 @@ def sample_role(role: str, cfg: WorldConfig, seen: set[str], max_tries: int = 50
                                f"lower the sizes or raise max_level ({cfg})")
         seen.add(row["prompt"])
         rows.append({"id": f"{role}-{len(rows):05d}", **row})
-    if role == "train" and (cfg.ref_noise > 0 or cfg.ref_confusion > 0):
+    if role == "train" and (cfg.ref_noise > 0 or cfg.ref_confusion > 0 or cfg.major_words > 0):
         _add_noise(rows, cfg, role)
     return rows
 
