@@ -561,3 +561,13 @@ def test_major_words_carry_their_confuser_at_their_own_rate_and_nothing_else_mov
                 dict(major_words=8, ref_confusion_major=1.0)):
         with pytest.raises(ValueError, match="major"):
             replace(v5, **bad)
+
+
+def test_version_6_is_version_5_with_sixteen_mislabelled_words_and_a_clean_tokenizer():
+    """laptop-v6 (the second candidate of results/laptop/probe_world_major_words/): version 5's prompts and clean
+    answers, 16 words at 0.6, the others at 0.067, the tokenizer on the clean answers."""
+    v5, v6 = W.world_config("laptop-v5"), W.world_config("laptop-v6")
+    assert replace(v5, ref_confusion=0.067, major_words=16, ref_confusion_major=0.6, tokenizer_clean=True) == v6
+    world, old = W.generate_world(v6), W.generate_world(v5)
+    assert [r["clean_output"] for r in world["train"]] == [r["clean_output"] for r in old["train"]]
+    assert all(world[role] == old[role] for role in W.ROLES[1:])

@@ -92,6 +92,13 @@ PRESETS = {
     # four in run 6; FINDINGS.md)
     "laptop-v5": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
                       pretrain_template=True, pretrain_qa_frac=0.8, n_words=64, easy_cover=8, ref_confusion=0.2),
+    # version 6 (issue 23, item 4; results/laptop/probe_world_major_words/): version 5 where 16 of the 64 words are
+    # mostly mislabelled (their confuser with probability 0.6, the others' 0.067: about 20% wrong items, as in version
+    # 5), so the references' likeliest answer is wrong there and only the teacher is right; the tokenizer learns from
+    # the clean answers. Chosen by its rule on the premises alone (P1, P2, all four P4 cells), before any POCL run
+    "laptop-v6": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
+                      pretrain_template=True, pretrain_qa_frac=0.8, n_words=64, easy_cover=8, ref_confusion=0.067,
+                      major_words=16, ref_confusion_major=0.6, tokenizer_clean=True),
     "gpu": dict(n_train=20000, n_valid=1600, n_test=800, n_ood=400, n_vicuna=80, max_level=6,
                 pretrain_template=True, pretrain_qa_frac=0.8, n_words=128, level_pools=True),
 }
