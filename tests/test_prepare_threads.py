@@ -59,7 +59,8 @@ def test_zero_leaves_the_count_as_the_caller_set_it(one_thread):
 
 def test_cpu_profiles_pin_the_default_and_gpu_profiles_leave_it():
     assert PREPARE_THREADS == 2
-    for name in ("smoke", "classroom", "laptop", "laptop-run3", "laptop-run4", "laptop-run5", "real-lite"):
+    for name in ("smoke", "classroom", "laptop", "laptop-run3", "laptop-run4", "laptop-run5", "laptop-run6",
+                 "real-lite"):
         assert get_profile(name).prepare_threads == PREPARE_THREADS, name
     for name in ("gpu", "paper", "paper-opt"):
         assert get_profile(name).prepare_threads == 0, name

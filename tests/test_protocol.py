@@ -141,11 +141,12 @@ def test_profiles_protocol_settings():
     assert (run3.protocol, run3.stage_warmup, run3.select_metric, run3.select_points) == (
         "paper-text", True, "rouge", "stage-ends")
     assert protocol_key(run3) == {} and run3.world == "laptop"  # run 3's run keys and world unchanged
-    laptop = PROFILES["laptop"]  # issue 23's final grid: world v5, official first, Table 1 and controls under both
-    assert (laptop.world, laptop.protocol, laptop.protocols) == ("laptop-v5", "official", ("official", "paper-text"))
-    run5, run4 = PROFILES["laptop-run5"], PROFILES["laptop-run4"]  # the earlier references keep their worlds
-    assert (run5.world, run4.world) == ("laptop-v4", "laptop-v4")
-    assert replace(run5, name="laptop", world="laptop-v5") == laptop and run4.student.n_embd == 48
+    laptop = PROFILES["laptop"]  # issue 23's final grid: world v6, official first, Table 1 and controls under both
+    assert (laptop.world, laptop.protocol, laptop.protocols) == ("laptop-v6", "official", ("official", "paper-text"))
+    run6, run5, run4 = (PROFILES[f"laptop-run{i}"] for i in (6, 5, 4))  # the earlier references keep their worlds
+    assert (run6.world, run5.world, run4.world) == ("laptop-v5", "laptop-v4", "laptop-v4")
+    assert replace(run5, name="laptop", world="laptop-v6") == laptop and run4.student.n_embd == 48
+    assert replace(run6, name="laptop", world="laptop-v6") == laptop
     assert (laptop.stage_warmup, laptop.select_metric, laptop.select_points) == (False, "loss", "even")
     assert protocol_key(PROFILES["smoke"]) != {}
     paper = PROFILES["paper"]

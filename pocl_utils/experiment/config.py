@@ -219,11 +219,17 @@ def _profiles() -> dict[str, Profile]:
     # fixed confuser) instead of uniform, the one setting under which the probe found every premise, P4's official
     # greedy cell included, before any POCL run (results/laptop/probe_world_confusions/; docs/choices.md)
     laptop = replace(laptop, world="laptop-v5")
+    # laptop-run6: the configuration of run 6 (results/laptop/run6_5seeds/), kept to regenerate it: world version 5
+    laptop_run6 = replace(laptop, name="laptop-run6")
+    # laptop (run 7): world version 6, the references of 16 seeded words mostly carry their confuser and the rest
+    # rarely, the tokenizer learnt from the clean answers: the probe found every premise, all four P4 cells included,
+    # before any POCL run (results/laptop/probe_world_major_words/; docs/choices.md)
+    laptop = replace(laptop, world="laptop-v6")
     smoke = replace(smoke, protocols=("paper-text", "official"))  # CI runs Table 1 and the controls under both
     # real-lite: its committed results (results/real-lite) were made with run 3's code
     real_lite = replace(real_lite, **run3)
-    return {p.name: p for p in (smoke, classroom, laptop, laptop_run3, laptop_run4, laptop_run5, real_lite, gpu,
-                                paper)}
+    return {p.name: p for p in (smoke, classroom, laptop, laptop_run3, laptop_run4, laptop_run5, laptop_run6,
+                                real_lite, gpu, paper)}
 
 
 PROFILES: dict[str, Profile] = _profiles()
@@ -346,8 +352,8 @@ def cache_top_k(p: Profile) -> int | None:
 def get_profile(name: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> Profile:
     """Resolve a profile by name, apply strict overrides and validate.
 
-    `name`: a key of PROFILES (smoke, classroom, laptop, laptop-run3, laptop-run4, laptop-run5, real-lite, gpu,
-    paper, paper-opt), or the path of a config file (`load_config`); default DEFAULT_PROFILE.
+    `name`: a key of PROFILES (smoke, classroom, laptop, laptop-run3 to laptop-run6, real-lite, gpu, paper,
+    paper-opt), or the path of a config file (`load_config`); default DEFAULT_PROFILE.
     `overrides`: field name (or dotted path, "kd.lr") -> value, applied by `override`; None = none.
     Returns the validated profile.
     Raises ConfigError: an unknown profile name, an unknown override key, a value of the wrong type, or a value out of
