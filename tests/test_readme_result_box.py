@@ -281,4 +281,4 @@ def test_findings_temperature_residual_numbers_are_the_studys():
         for lo, hi in re.findall(r"([+−]\d+\.\d) to ([+−]\d+\.\d)", part):
             assert (lo, hi) == (_minus(min(diffs.values())), _minus(max(diffs.values()))), family
             checked += 1
-    assert checked == 8  # the three families' ranges; SKL's order, RKL's and TVD's alpha, TVD's and SRKL's staging
+    assert checked == 6  # the three families' ranges; GKD's and TVD's order, RKL's staging

@@ -89,13 +89,14 @@ PRESETS = {
     # version 5 (issue 23, item 4; results/laptop/probe_world_confusions/): version 4 with systematic confusions in
     # the training references instead of random wrong words, at the same rate, so that the SFT student's greedy answer
     # inherits them and the teacher, tuned on the clean answers, has more to teach (P4: every cell on the probe, one of
-    # four in run 6; FINDINGS.md)
+    # four in run 6; docs/history.md)
     "laptop-v5": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
                       pretrain_template=True, pretrain_qa_frac=0.8, n_words=64, easy_cover=8, ref_confusion=0.2),
     # version 6 (issue 23, item 4; results/laptop/probe_world_major_words/): version 5 where 16 of the 64 words are
     # mostly mislabelled (their confuser with probability 0.6, the others' 0.067: about 20% wrong items, as in version
     # 5), so the references' likeliest answer is wrong there and only the teacher is right; the tokenizer learns from
-    # the clean answers. Chosen by its rule on the premises alone (P1, P2, all four P4 cells), before any POCL run
+    # the clean answers. Chosen by its rule on the premises alone (P1, P2, all four P4 cells), before any POCL run;
+    # run 7 holds every premise too (FINDINGS.md)
     "laptop-v6": dict(n_train=2500, n_valid=200, n_test=300, n_ood=300, n_vicuna=120, max_level=4,
                       pretrain_template=True, pretrain_qa_frac=0.8, n_words=64, easy_cover=8, ref_confusion=0.067,
                       major_words=16, ref_confusion_major=0.6, tokenizer_clean=True),
