@@ -219,6 +219,7 @@ def test_the_end_of_a_run_names_only_folders_that_exist_and_no_maintainer_action
     (tmp_path / "results" / "laptop").mkdir(parents=True)
     (tmp_path / "results" / "laptop" / "runs.csv").write_text("x")
     reproduce.where_outputs("laptop", log=lines.append)  # the repository holds results/laptop
+    assert lines[-2].startswith("scores not compared with the committed reference: compare_runs: ")  # "x" is no table
     assert lines[-1].startswith("compare with the committed reference: diff -q ")
     assert lines[-1].endswith(f"results/laptop {tmp_path / 'results' / 'laptop'}")
     assert not any("publish" in line for line in lines)
@@ -343,3 +344,72 @@ def test_verify_reference_retrains_published_runs_and_finds_a_changed_score(tmp_
     assert module.main(argv) == 1 and "DIFFERS by 1e-09" in capsys.readouterr().out
     runs.assign(run_key="0" * 16).to_csv(tmp_path / "res" / "runs.csv", index=False)
     assert module.main(argv) == 2
+
+
+def _runs_csv(folder: Path, rows: list[tuple]) -> Path:
+    """A runs.csv of (run_key, dataset, sampled, greedy) rows, as `results` writes it (grid column included)."""
+    import pandas as pd
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["run_key", "dataset", "rouge_l", "greedy_rouge_l"]).assign(grid="table1").to_csv(
+        folder / "runs.csv", index=False)
+    return folder
+
+
+def test_compare_runs_by_hand(tmp_path):
+    from pocl_utils.analysis.reference import compare_runs, comparison_line
+    nan = float("nan")
+    # the reference: A and B, which the main job makes, and C from a later study
+    ref = _runs_csv(tmp_path / "ref", [("A", "DollyEval", 40.0, nan), ("A", "UnNI", 30.25, nan),
+                                       ("B", "DollyEval", 50.0, 60.0), ("B", "UnNI", 20.0, 25.0),
+                                       ("C", "DollyEval", 10.0, 11.0)])
+    # the run: A equal (listed under two grids; its greedy scores absent on both sides), B's greedy UnNI 0.5 lower,
+    # D not in the reference
+    run = _runs_csv(tmp_path / "run", [("A", "DollyEval", 40.0, nan), ("A", "UnNI", 30.25, nan),
+                                       ("A", "DollyEval", 40.0, nan), ("B", "DollyEval", 50.0, 60.0),
+                                       ("B", "UnNI", 20.0, 24.5), ("D", "DollyEval", 1.0, 2.0)])
+    c = compare_runs(run, ref)
+    assert c == {"both": 2, "equal": 1, "differ": ["B"], "largest_diff": 0.5, "only_run": 1, "only_reference": 1}
+    assert comparison_line(c) == ("scores: 1 of the 2 runs shared with the committed reference differ (largest "
+                                  "difference 0.5 ROUGE-L): another CPU model or changed code, see Determinism in "
+                                  "docs/reproducibility.md; 1 of this run's runs are not in it")
+    same = compare_runs(ref, ref)
+    assert same == {"both": 3, "equal": 3, "differ": [], "largest_diff": 0.0, "only_run": 0, "only_reference": 0}
+    assert comparison_line(same) == ("scores: equal to the committed reference's in all 3 runs they share, every "
+                                     "sampled and greedy score to the last bit")
+    only_a = _runs_csv(tmp_path / "only_a", [("A", "UnNI", 30.25, nan), ("A", "DollyEval", 40.0, nan)])
+    assert comparison_line(compare_runs(only_a, ref)) == (
+        "scores: equal to the committed reference's in all 1 runs they share, every sampled and greedy score to the "
+        "last bit; its other 2 runs (its studies) were not run here")
+    # a score on one side only, or a set missing on one side, is a difference
+    one_sided = _runs_csv(tmp_path / "one_sided", [("A", "DollyEval", 40.0, 41.0)])
+    assert compare_runs(one_sided, ref)["largest_diff"] == float("inf")
+    assert compare_runs(one_sided, ref)["differ"] == ["A"]
+    other = _runs_csv(tmp_path / "other", [("E", "DollyEval", 1.0, 1.0)])
+    assert comparison_line(compare_runs(other, ref)).startswith("scores: none of this run's 1 runs")
+
+
+def test_compare_runs_names_a_missing_file_or_column(tmp_path):
+    from pocl_utils.analysis.reference import compare_runs
+    ref = _runs_csv(tmp_path / "ref", [("A", "DollyEval", 40.0, 41.0)])
+    with pytest.raises(ValueError, match="no runs.csv in"):
+        compare_runs(tmp_path / "nowhere", ref)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "runs.csv").write_text("run_key,dataset,rouge_l\nA,DollyEval,40.0\n")
+    with pytest.raises(ValueError, match=r"bad.runs\.csv lacks the column\(s\) \['greedy_rouge_l'\]"):
+        compare_runs(tmp_path / "bad", ref)
+
+
+def test_the_end_of_a_main_job_says_whether_its_scores_equal_the_reference(tmp_path, monkeypatch):
+    import shutil
+    import pandas as pd
+    from pocl_utils.notebook import reproduce
+    from pocl_utils.experiment.results import REPO_ROOT
+    committed = REPO_ROOT / "results" / "laptop" / "runs.csv"
+    monkeypatch.setenv("POCL_OUTPUT_DIR", str(tmp_path))
+    (tmp_path / "results" / "laptop").mkdir(parents=True)
+    shutil.copy(committed, tmp_path / "results" / "laptop" / "runs.csv")
+    lines = []
+    reproduce.where_outputs("laptop", log=lines.append)
+    n = pd.read_csv(committed).run_key.nunique()
+    assert lines[-2] == (f"scores: equal to the committed reference's in all {n} runs they share, every sampled and "
+                         f"greedy score to the last bit")

@@ -341,8 +341,8 @@ def main_figure(avg: pd.DataFrame, title: str = "") -> Any:
                     ax.annotate(f"{r['diff']:+.1f}".replace("-", "−"), (xi, top), textcoords="offset points",
                                 xytext=(0, 3), ha="center", fontsize=7)
             ax.set_xticks(x, methods, rotation=45, ha="right")
-            title = "sampled protocol (the paper's)" if protocol == "sampled" else f"{protocol} protocol"
-            ax.set_title(f"training: {training}; {title}" if training else title, fontsize=10)
+            panel = "sampled protocol (the paper's)" if protocol == "sampled" else f"{protocol} protocol"
+            ax.set_title(f"training: {training}; {panel}" if training else panel, fontsize=10)
             ax.set_ylabel("Avg ROUGE-L" if ax is row[0] else "")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     head = title or "Avg ROUGE-L over the five eval sets: baseline vs +POCL"

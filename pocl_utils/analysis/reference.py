@@ -1,7 +1,8 @@
 """A finished run read back from its published tables alone (`runs.csv`, `claims.csv`), with no run registry: Table 1's
 Avg ROUGE-L per method, baseline beside +POCL, under each evaluation protocol, as a frame and as Markdown. README's
 result box and the main figure (`figures.main_figure`) are drawn from it, so both regenerate from the committed
-`results/<profile>/` without re-running anything.
+`results/<profile>/` without re-running anything. A new run's runs.csv is compared with the committed one run by run
+(`compare_runs`), which `pocl-reproduce` reports at its end.
 
 May import `analysis.tables` and the method's `stats`; nothing of `training`, `modeling` or `notebook`.
 """
@@ -179,3 +180,56 @@ def claims_overview(claims: pd.DataFrame) -> str:
             verdicts.append(f"{_label(t, p)}: {', '.join(said)}")
         lines.append("| " + " | ".join(cells + ["; ".join(verdicts)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def compare_runs(run: Path, reference: Path) -> dict:
+    """A run's scores against a reference run's, run by run: `run`/runs.csv beside `reference`/runs.csv.
+
+    Runs are matched by run_key (the spec and everything upstream of it; a run listed under several grids counts once),
+    and a run is equal when every eval set's sampled and greedy score is the same float (a score absent from both
+    counts as equal). The reference may hold more runs than a main job makes (its later studies), so runs found only
+    on one side are counted, never compared.
+
+    Returns {"both": runs in both, "equal": of those, the equal ones, "differ": the other run keys (sorted),
+    "largest_diff": the largest |score difference| in ROUGE-L points over the runs in both (0.0 when all equal),
+    "only_run": runs only in `run`, "only_reference": runs only in `reference`}.
+    Raises ValueError: a runs.csv that is missing or lacks run_key, dataset or a score column (the message names it).
+    """
+    frames = []
+    for folder in (Path(run), Path(reference)):
+        path = folder / "runs.csv"
+        if not path.exists():
+            raise ValueError(f"compare_runs: no runs.csv in {folder}")
+        frame = pd.read_csv(path)
+        missing = {"run_key", "dataset", *PROTOCOL_COLUMNS.values()} - set(frame.columns)
+        if missing:
+            raise ValueError(f"compare_runs: {path} lacks the column(s) {sorted(missing)}")
+        frames.append(frame[["run_key", "dataset", *PROTOCOL_COLUMNS.values()]].drop_duplicates(["run_key", "dataset"]))
+    ours, ref = frames
+    both = sorted(set(ours.run_key) & set(ref.run_key))
+    joined = ours[ours.run_key.isin(both)].merge(ref[ref.run_key.isin(both)], on=["run_key", "dataset"], how="outer",
+                                                 suffixes=("", "_ref"))
+    differ, largest = set(), 0.0
+    for column in PROTOCOL_COLUMNS.values():
+        a, b = joined[column], joined[f"{column}_ref"]
+        gaps = (a - b).abs().where(~(a.isna() ^ b.isna()), math.inf).fillna(0.0)  # a score on one side only: inf
+        differ |= set(joined.run_key[gaps > 0])
+        largest = max(largest, float(gaps.max()) if len(gaps) else 0.0)
+    return {"both": len(both), "equal": len(both) - len(differ), "differ": sorted(differ), "largest_diff": largest,
+            "only_run": len(set(ours.run_key) - set(ref.run_key)),
+            "only_reference": len(set(ref.run_key) - set(ours.run_key))}
+
+
+def comparison_line(c: dict) -> str:
+    """`compare_runs`' result as the one line `pocl-reproduce` ends with."""
+    if c["both"] == 0:
+        return (f"scores: none of this run's {c['only_run']} runs is in the committed reference (other settings or "
+                f"another profile)")
+    extra = f"; {c['only_run']} of this run's runs are not in it" if c["only_run"] else ""
+    if c["differ"]:
+        return (f"scores: {len(c['differ'])} of the {c['both']} runs shared with the committed reference differ "
+                f"(largest difference {c['largest_diff']:.3g} ROUGE-L): another CPU model or changed code, see "
+                f"Determinism in docs/reproducibility.md{extra}")
+    later = f"; its other {c['only_reference']} runs (its studies) were not run here" if c["only_reference"] else ""
+    return (f"scores: equal to the committed reference's in all {c['both']} runs they share, every sampled and greedy "
+            f"score to the last bit{extra}{later}")

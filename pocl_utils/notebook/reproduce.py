@@ -489,9 +489,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def where_outputs(profile: str, log=print) -> None:
-    """Say where this run's tables and figures are, and how to compare the tables with the committed reference.
+    """Say where this run's tables and figures are, whether its scores equal the committed reference's
+    (`reference.compare_runs`, when both have a runs.csv), and how to compare the tables with it.
 
-    Names only folders that exist: the comparison line only when the repository holds a reference for the profile.
+    Names only folders that exist: the comparison lines only when the repository holds a reference for the profile.
     """
     run = output_root() / "results" / profile
     found = [f"{what} in {_short(folder)}/" for what, folder in (("tables", run),
@@ -501,6 +502,12 @@ def where_outputs(profile: str, log=print) -> None:
         log(", ".join(found))
     ref = REPO_ROOT / "results" / profile
     if ref.is_dir() and run.is_dir():
+        if (ref / "runs.csv").exists() and (run / "runs.csv").exists():
+            from ..analysis.reference import compare_runs, comparison_line
+            try:
+                log(comparison_line(compare_runs(run, ref)))
+            except ValueError as e:  # an unreadable runs.csv (pandas errors are ValueErrors) must not fail a run
+                log(f"scores not compared with the committed reference: {e}")
         log(f"compare with the committed reference: diff -q {_short(ref)} {_short(run)}")
 
 
