@@ -97,7 +97,11 @@ def test_per_row_gap_figure_draws_each_groups_difference():
     heights = [[p.get_height() for p in ax.patches] for ax in fig.axes]
     assert heights == [pytest.approx([1.5, -2.0]), pytest.approx([0.5, -4.0])]
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["no", "yes"]
+    assert fig.axes[1].get_xlabel() == "needs a word seen only at the top level"
     assert "n = 5 training seeds" in fig._suptitle.get_text()
+    fig = figures.per_row_gap_figure(d, late[~late.late_words], "greedy")  # a world where no eval row needs one
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["no"]
+    assert fig.axes[1].get_xlabel() == "needs a word seen only at the top level\n(no eval row does)"
 
 
 def test_per_row_gap_figure_draws_empty_panels_for_data_without_true_difficulty():

@@ -357,7 +357,8 @@ def main_figure(avg: pd.DataFrame, title: str = "") -> Any:
 
 def per_row_gap_figure(by_difficulty: pd.DataFrame, by_late: pd.DataFrame, protocol: str, title: str = "") -> Any:
     """POCL - baseline on the eval rows, by true difficulty (left) and by whether a row needs a word training shows
-    only at its top level (right); one bar colour per comparison, 95% CI error bars over the training seeds.
+    only at its top level (right; its label says so when no row does); one bar colour per comparison, 95% CI error
+    bars over the training seeds.
 
     `by_difficulty`: `frames.per_row_gap(..., by="difficulty")` rows of each comparison, with a column "comparison"
     (e.g. "KLD").
@@ -381,7 +382,8 @@ def per_row_gap_figure(by_difficulty: pd.DataFrame, by_late: pd.DataFrame, proto
         ax.set_xticks(np.arange(len(groups)), [names[g] if names else f"{g:g}" for g in groups])
         ax.axhline(0.0, color="0.3", lw=0.8)
     axes[0].set(xlabel="true difficulty of the eval row", ylabel=f"+POCL − baseline, ROUGE-L ({protocol})")
-    axes[1].set(xlabel="needs a word seen only at the top level")
+    none_late = len(by_late) > 0 and not by_late["late_words"].astype(bool).any()  # a world without such words
+    axes[1].set(xlabel="needs a word seen only at the top level" + ("\n(no eval row does)" if none_late else ""))
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     both = pd.concat([by_difficulty, by_late])
     n = both["n_seeds"] if len(both) else pd.Series([], dtype=float)  # real data: no true difficulty, no groups
